@@ -1,0 +1,1 @@
+"""ebiw-capture: encounter-based visible-light imaging."""
