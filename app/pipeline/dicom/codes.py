@@ -1,0 +1,65 @@
+"""Coded values: body sites (SNOMED CT), laterality, image source.
+
+Body sites come from the DICOM standard's context groups as pydicom ships them (generated from
+PS3.16): CID 4029 *Dermatology Anatomic Site* and CID 4031 *Common Anatomic Region*, SNOMED CT
+concepts only.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import cache
+
+from pydicom.sr.codedict import codes
+
+SNOMED = "SCT"
+SNOMED_FHIR_SYSTEM = "http://snomed.info/sct"
+
+# Sites whose photos are sensitive: viewing is restricted (issue: capture app, sensitive flag).
+_SENSITIVE = re.compile(r"\b(genital|anus|anal|perine|breast|areola|nipple|labi(um|a)|clitoris"
+                        r"|penis|scrot|vulva|urethral|buttock|gluteal|groin|inguinal|pubic"
+                        r"|perianal)")
+
+# Paired structures: a photo of one needs its side (R, L or B). Word match on the meaning.
+_PAIRED = re.compile(r"\b(arm|forearm|hand|finger|thumb|digit|leg|foot|toe|knee|thigh|ankle|wrist"
+                     r"|elbow|shoulder|hip|ear|eye|eyelid|eyebrow|cheek|breast|nipple|areola"
+                     r"|axilla|buttock|gluteal|groin|inguinal|heel|sole|palm|calf|limb|extremity"
+                     r"|temple|nail|helix|pinna|antitragus|tragus|concha|clavicle|scapula|humerus"
+                     r"|femur|tibia|fibula|patella|calcaneus|antecubital|popliteal|malleolus"
+                     r"|labium|canthus|ala|iliac|lung|kidney|orbit)")
+
+LATERALITY = {"R": "right", "L": "left", "B": "both", "U": "unpaired"}
+"""DICOM Image Laterality (0020,0062) values."""
+
+LATERALITY_SNOMED = {"R": ("24028007", "Right"), "L": ("7771000", "Left"),
+                     "B": ("51440002", "Right and left")}
+
+
+@dataclass(frozen=True)
+class BodySite:
+    """A SNOMED CT anatomic site as DICOM and FHIR code it."""
+
+    code: str
+    meaning: str
+    sensitive: bool
+    paired: bool
+
+
+@cache
+def body_sites() -> dict[str, BodySite]:
+    """All selectable body sites by SNOMED CT code, dermatology sites first."""
+    sites: dict[str, BodySite] = {}
+    for group in (codes.CID4029, codes.CID4031):
+        for concept in group.concepts.values():
+            if concept.scheme_designator != SNOMED or concept.value in sites:
+                continue
+            sensitive = _SENSITIVE.search(concept.meaning.lower()) is not None
+            paired = _PAIRED.search(concept.meaning.lower()) is not None
+            sites[concept.value] = BodySite(concept.value, concept.meaning, sensitive, paired)
+    return sites
+
+
+def body_site(code: str) -> BodySite:
+    """The body site for a SNOMED CT code; ``KeyError`` if it is not in our table."""
+    return body_sites()[code]
