@@ -1,0 +1,1 @@
+"""Outside roles (patients, archive, EMR): one Protocol each, embedded default + real ones."""

@@ -1,1 +1,1 @@
-"""Pure steps of the photo pipeline: bytes and arrays in, values out (no I/O, no web, no database)."""
+"""Pure steps of the photo pipeline: bytes and arrays in, values out (no I/O, web or database)."""

@@ -21,6 +21,7 @@ from app.pipeline.dicom.builder import (
     SeriesInfo,
     StudyInfo,
     build_vl_photo,
+    encapsulated_pixel_data,
     srgb_profile,
 )
 from app.pipeline.dicom.codes import body_site, body_sites
@@ -175,3 +176,12 @@ def test_body_site_table_is_snomed_with_sensitive_flags() -> None:
     sensitive = {s.meaning for s in sites.values() if s.sensitive}
     assert "Breast" in sensitive and "Skin of nasolabial fold" not in sensitive
     assert body_site("14975008").paired and not body_site("818981001").paired  # abdomen
+
+
+def test_hand_encapsulation_reads_back_with_pydicom() -> None:
+    for frame in (b"\xff\xd8odd\xff\xd9", b"\xff\xd8even!\xff\xd9"):
+        chunks = encapsulated_pixel_data(frame)
+        value = b"".join(chunks[1:])
+        assert value.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")  # sequence delimiter
+        frames = list(pydicom.encaps.generate_frames(value, number_of_frames=1))
+        assert frames[0].rstrip(b"\x00") == frame

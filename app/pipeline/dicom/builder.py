@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import io
 import re
+import struct
 from dataclasses import dataclass
 from datetime import date, datetime
 from functools import cache
 
 from PIL import ImageCms
 from pydicom import Dataset
-from pydicom.encaps import encapsulate
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, JPEGBaseline8Bit
 
@@ -217,8 +217,6 @@ def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
     ds.LossyImageCompressionRatio = f"{photo.width * photo.height * 3 / len(photo.jpeg):.2f}"
     ds.LossyImageCompressionMethod = "ISO_10918_1"
     ds.ICCProfile = info.icc_profile or srgb_profile()
-    ds.PixelData = encapsulate([photo.jpeg])
-    ds["PixelData"].VR = "OB"
 
     meta = Dataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
@@ -229,4 +227,22 @@ def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
     ds.file_meta = meta
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
-    return buf.getvalue()
+    # Pixel Data (7FE0,0010) is the last element: append it encapsulated by hand, so the
+    # megabytes of JPEG are copied once instead of through pydicom's element writers.
+    return b"".join((buf.getvalue(), *encapsulated_pixel_data(photo.jpeg)))
+
+
+def encapsulated_pixel_data(frame: bytes) -> tuple[bytes, ...]:
+    """Explicit VR little endian Pixel Data with one fragment (PS3.5 A.4), as byte chunks.
+
+    Guarantees: an empty Basic Offset Table item, one item holding ``frame`` padded to even
+    length, and the sequence delimiter — what pydicom's ``encapsulate`` produces.
+    """
+    pad = b"\x00" if len(frame) % 2 else b""
+    return (
+        struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF),
+        struct.pack("<HHI", 0xFFFE, 0xE000, 0),
+        struct.pack("<HHI", 0xFFFE, 0xE000, len(frame) + len(pad)),
+        frame, pad,
+        struct.pack("<HHI", 0xFFFE, 0xE0DD, 0),
+    )

@@ -1,0 +1,109 @@
+"""JSON API v1: the contract of the capture app and batch tools (``openapi.json`` beside it)."""
+
+from __future__ import annotations
+
+import json
+from functools import cache
+from importlib import resources
+from typing import Any
+
+from flask import Blueprint, Response, g, jsonify, request
+
+from app.db.models import CaptureSession, Photo
+from app.pipeline.dicom.codes import body_site, body_sites
+from app.web import services
+from app.web.auth import require
+from app.workflow.intake import SessionRequest
+
+bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat() if value is not None else None
+
+
+def photo_json(photo: Photo) -> dict[str, Any]:
+    """What a client learns about one upload (no PHI)."""
+    return {
+        "upload_uuid": photo.upload_uuid,
+        "sop_instance_uid": photo.sop_uid,
+        "series_instance_uid": photo.instance.series_uid,
+        "instance_number": photo.instance_number,
+        "sha256": photo.sha256,
+        "size": photo.size,
+        "media_type": photo.media_type,
+        "passthrough": photo.passthrough,
+        "width": photo.width,
+        "height": photo.height,
+        "dicom_sha256": photo.instance.sha256,
+        "status": "stored",
+    }
+
+
+def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, Any]:
+    """The session summary: identifiers, coded context and the state of every photo."""
+    site = body_site(session.body_site) if session.body_site else None
+    body: dict[str, Any] = {
+        "id": session.id,
+        "study_instance_uid": session.study_uid,
+        "status": session.status,
+        "patient": {"id": session.patient_id, "issuer": session.issuer},
+        "encounter": session.encounter,
+        "body_site": {"code": site.code, "meaning": site.meaning} if site else None,
+        "laterality": session.laterality,
+        "department": session.department,
+        "source": session.source,
+        "created_at": _iso(session.created_at),
+        "completed_at": _iso(session.completed_at),
+    }
+    if photos:
+        body["photos"] = [photo_json(p) for p in session.photos]
+        body["photo_count"] = len(session.photos)
+    return body
+
+
+@bp.post("/sessions")
+@require("capture")
+def open_session() -> tuple[Response, int]:
+    svc = services()
+    req = SessionRequest.from_json(request.get_json(silent=True), svc.settings.default_issuer)
+    session, created = svc.intake.open_session(req, g.caller.user)
+    return jsonify(session_json(session, photos=False)), 201 if created else 200
+
+
+@bp.get("/sessions/<session_id>")
+@require("capture", "view")
+def get_session(session_id: str) -> Response:
+    return jsonify(session_json(services().intake.get_session(session_id)))
+
+
+@bp.put("/sessions/<session_id>/photos/<upload_uuid>")
+@require("capture")
+def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
+    data = request.get_data(cache=False)
+    photo, created = services().intake.accept_photo(session_id, upload_uuid, data)
+    return jsonify(photo_json(photo)), 201 if created else 200
+
+
+@bp.post("/sessions/<session_id>/complete")
+@require("capture")
+def complete_session(session_id: str) -> Response:
+    return jsonify(session_json(services().intake.complete(session_id)))
+
+
+@bp.get("/body-sites")
+@require("capture", "view")
+def list_body_sites() -> Response:
+    return jsonify([{"code": s.code, "meaning": s.meaning, "sensitive": s.sensitive,
+                     "paired": s.paired} for s in body_sites().values()])
+
+
+@cache
+def _openapi() -> str:
+    return json.dumps(json.loads(resources.files(__package__).joinpath("openapi.json")
+                                 .read_text()))
+
+
+@bp.get("/openapi.json")
+def openapi() -> Response:
+    return Response(_openapi(), mimetype="application/json")

@@ -1,0 +1,44 @@
+# ebiw-capture: `make run` serves the app on embedded defaults; `make test` runs every test.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export EBIW_DATA_DIR ?= $(CURDIR)/var
+# Debian packages: libzbar0 for the app; DICOM validators, PACS, worklist, browser for the tests.
+APT_RUN := libzbar0
+APT_TEST := $(APT_RUN) dicom3tools dcmtk orthanc orthanc-dicomweb chromium gcc libc6-dev
+
+.PHONY: run test venv lint apt-run apt-test bench clean
+
+run: apt-run $(BIN)/ebiw
+	$(BIN)/ebiw db upgrade
+	$(BIN)/ebiw demo
+	$(BIN)/ebiw serve --host 127.0.0.1 --port 8000
+
+test: apt-test venv lint
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+venv: $(BIN)/ebiw
+
+$(BIN)/ebiw: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+lint: venv
+	$(BIN)/ruff check .
+	$(BIN)/lint-imports
+
+# Install the Debian packages that are missing (root, as on CI); never start system services.
+apt-run:
+	@./deploy/apt-install.sh $(APT_RUN)
+
+apt-test:
+	@./deploy/apt-install.sh $(APT_TEST)
+
+bench: venv
+	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) var .pytest_cache .ruff_cache

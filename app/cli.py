@@ -1,0 +1,158 @@
+"""The ``ebiw`` command. Commands that process files print one JSON object per line per file."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import uuid
+from datetime import date, datetime
+from pathlib import Path
+
+import click
+from flask import current_app
+from flask.cli import FlaskGroup
+
+from app import create_app
+from app.gateways.archive.local import LocalArchive
+from app.pipeline.decode import UnreadablePhotoError, prepare_for_dicom
+from app.pipeline.dicom.builder import (
+    InstanceInfo,
+    PatientInfo,
+    SeriesInfo,
+    StudyInfo,
+    build_vl_photo,
+)
+from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
+from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
+from app.settings import Settings
+from app.web import Services
+from app.workflow.demo import seed_demo_patients
+from app.workflow.tokens import ROLES, create_token
+
+
+def _services() -> Services:
+    return current_app.extensions["ebiw"]
+
+
+@click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=False,
+             add_version_option=False, load_dotenv=False)
+def cli() -> None:
+    """ebiw-capture: encounter-based visible-light imaging."""
+
+
+def _emit(record: dict[str, object]) -> None:
+    click.echo(json.dumps(record, ensure_ascii=False))
+
+
+@cli.command(with_appcontext=False)
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--workers", default=2, show_default=True, type=int)
+def serve(host: str, port: int, workers: int) -> None:
+    """Serve the app with gunicorn (data under EBIW_DATA_DIR, default ./var)."""
+    Settings.from_env()  # fail now, with a clear message, on a bad configuration
+    gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or "gunicorn"
+    args = [gunicorn, "--bind", f"{host}:{port}", "--workers", str(workers),
+            "--timeout", "120", "--access-logfile", "-", "app:create_app()"]
+    os.execv(gunicorn, args)
+
+
+@cli.group()
+def db() -> None:
+    """Database schema."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Create or upgrade the database schema."""
+    _services().db.create_schema()
+    click.echo("database is up to date")
+
+
+@cli.command()
+def demo() -> None:
+    """Seed a few synthetic demo patients (with open encounters) into the local index."""
+    services = _services()
+    services.db.create_schema()
+    added = seed_demo_patients(services.db, services.settings.default_issuer)
+    click.echo(f"demo patients: {added} added")
+
+
+@cli.group()
+def token() -> None:
+    """API tokens for devices and integrations."""
+
+
+@token.command("create")
+@click.option("--user", required=True)
+@click.option("--role", required=True, type=click.Choice(ROLES))
+def token_create(user: str, role: str) -> None:
+    """Create a bearer token and print it (it is shown only this once)."""
+    services = _services()
+    services.db.create_schema()
+    click.echo(create_token(services.db, user, role))
+
+
+def _birth_date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:
+    if value is None:
+        return None
+    try:
+        return datetime.strptime(value, "%Y%m%d").date()
+    except ValueError as exc:
+        raise click.BadParameter("use YYYYMMDD") from exc
+
+
+def _site(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
+    if value is not None and value not in body_sites():
+        raise click.BadParameter("not a SNOMED CT code from the body-site table")
+    return value
+
+
+@cli.command(with_appcontext=False)
+@click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--patient-id", required=True)
+@click.option("--issuer", required=True)
+@click.option("--name", help="FAMILY^GIVEN")
+@click.option("--birth-date", callback=_birth_date, help="YYYYMMDD")
+@click.option("--sex", type=click.Choice(["F", "M", "O"]))
+@click.option("--body-site", "site_code", callback=_site, help="SNOMED CT code")
+@click.option("--laterality", type=click.Choice(list(LATERALITY)))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def dicomize(photos: tuple[str, ...], patient_id: str, issuer: str, name: str | None,
+             birth_date: date | None, sex: str | None, site_code: str | None,
+             laterality: str | None, out_dir: str) -> None:
+    """Wrap photos as DICOM VL Photographic images (one study per run) into --out."""
+    settings = Settings.from_env()
+    session = uuid.uuid4()
+    patient = PatientInfo(patient_id, issuer, name, birth_date, sex)
+    study = StudyInfo(uid_from_uuid(session, settings.uid_prefix), datetime.now().astimezone())
+    series = SeriesInfo(uid_from_uuid(derived_uuid(session, "series:original"),
+                                      settings.uid_prefix), 1,
+                        body_site=body_site(site_code) if site_code else None,
+                        laterality=laterality, institution=settings.institution_name or None)
+    out = Path(out_dir)
+    failed = False
+    for number, path in enumerate(photos, start=1):
+        try:
+            photo = prepare_for_dicom(Path(path).read_bytes(), settings.max_pixels)
+        except (OSError, UnreadablePhotoError) as exc:
+            failed = True
+            _emit({"input": path, "error": str(exc) if isinstance(exc, UnreadablePhotoError)
+                   else f"cannot read the file ({exc.strerror})"})
+            continue
+        sop_uid = uid_from_uuid(uuid.uuid4(), settings.uid_prefix)
+        data = build_vl_photo(photo, patient, study, series, InstanceInfo(sop_uid, number))
+        target = out / f"{sop_uid}.dcm"
+        LocalArchive.write_atomic(target, data)
+        _emit({"input": path, "output": str(target), "sop_instance_uid": sop_uid,
+               "study_instance_uid": study.uid, "passthrough": photo.passthrough})
+    sys.exit(1 if failed else 0)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    cli()
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,127 @@
+"""Database models. Times are stored as timezone-aware UTC."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime
+from typing import ClassVar
+
+from sqlalchemy import JSON, Boolean, Date, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map: ClassVar = {datetime: DateTime(timezone=True)}
+
+
+class Patient(Base):
+    """The local patient index (embedded default of the patient directory)."""
+
+    __tablename__ = "patient"
+    __table_args__ = (UniqueConstraint("issuer", "mrn"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    mrn: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(64))
+    family: Mapped[str] = mapped_column(String(128), default="")
+    given: Mapped[str] = mapped_column(String(128), default="")
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    sex: Mapped[str | None] = mapped_column(String(1))
+    encounters: Mapped[list[Encounter]] = relationship(back_populates="patient",
+                                                       cascade="all, delete-orphan")
+
+
+class Encounter(Base):
+    """A visit of a patient (the DICOM Admission ID); ``status`` uses FHIR's codes."""
+
+    __tablename__ = "encounter"
+    __table_args__ = (UniqueConstraint("patient_id", "identifier"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    patient_id: Mapped[int] = mapped_column(ForeignKey("patient.id"))
+    identifier: Mapped[str] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="in-progress")
+    department: Mapped[str | None] = mapped_column(String(64))
+    started: Mapped[datetime | None]
+    patient: Mapped[Patient] = relationship(back_populates="encounters")
+
+
+class CaptureSession(Base):
+    """One capture session = one DICOM study (its UID derived from the session id)."""
+
+    __tablename__ = "capture_session"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(64))
+    patient_name: Mapped[str | None] = mapped_column(String(256))
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    sex: Mapped[str | None] = mapped_column(String(1))
+    encounter: Mapped[str | None] = mapped_column(String(64))
+    accession_number: Mapped[str] = mapped_column(String(16), default="")
+    body_site: Mapped[str | None] = mapped_column(String(32))
+    laterality: Mapped[str | None] = mapped_column(String(1))
+    department: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(16), default="provider")
+    status: Mapped[str] = mapped_column(String(16), default="open")
+    photo_count: Mapped[int] = mapped_column(Integer, default=0)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    utc_offset_minutes: Mapped[int] = mapped_column(Integer, default=0)
+    completed_at: Mapped[datetime | None]
+    photos: Mapped[list[Photo]] = relationship(back_populates="session",
+                                               order_by="Photo.instance_number")
+
+
+class Photo(Base):
+    """One upload, identified by the client's UUID; the instance it became."""
+
+    __tablename__ = "photo"
+
+    upload_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("capture_session.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    media_type: Mapped[str] = mapped_column(String(32))
+    passthrough: Mapped[bool] = mapped_column(Boolean)
+    width: Mapped[int]
+    height: Mapped[int]
+    acquired_at: Mapped[datetime | None]
+    instance_number: Mapped[int]
+    sop_uid: Mapped[str] = mapped_column(ForeignKey("instance.sop_uid"), unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    session: Mapped[CaptureSession] = relationship(back_populates="photos")
+    instance: Mapped[Instance] = relationship()
+
+
+class Instance(Base):
+    """The archive's index: one row per stored SOP instance (one file)."""
+
+    __tablename__ = "instance"
+
+    sop_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    series_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_class_uid: Mapped[str] = mapped_column(String(64))
+    path: Mapped[str] = mapped_column(String(512))
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    attributes: Mapped[dict] = mapped_column(JSON, default=dict)
+    stored_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ApiToken(Base):
+    """A bearer token for a device or integration; only its SHA-256 is kept."""
+
+    __tablename__ = "api_token"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    user: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    revoked_at: Mapped[datetime | None]

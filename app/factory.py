@@ -1,0 +1,41 @@
+"""``create_app``: wires settings, database, archive, workflow and blueprints; nothing else."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from flask import Flask
+
+from app.db.session import Database
+from app.gateways.archive.local import LocalArchive
+from app.settings import Settings
+from app.web import Services
+from app.web.api import bp as api_bp
+from app.web.errors import register_error_handlers
+from app.workflow.intake import Intake
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
+    """Build the WSGI app from ``EBIW_*`` settings (``overrides`` win, for tests)."""
+    settings = Settings.from_env(overrides=overrides)
+    app = Flask(__name__, static_folder=str(ROOT / "static"),
+                template_folder=str(ROOT / "templates"))
+    app.config.update(SECRET_KEY=settings.secret_key,
+                      MAX_CONTENT_LENGTH=settings.max_upload_bytes,
+                      JSON_SORT_KEYS=False)
+    db = Database(settings.database)
+    archive = LocalArchive(settings.archive_root)
+    app.extensions["ebiw"] = Services(settings=settings, db=db, archive=archive,
+                                      intake=Intake(db, archive, settings))
+    register_error_handlers(app)
+    app.register_blueprint(api_bp)
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app

@@ -1,0 +1,113 @@
+"""The local archive: Part 10 files under ``<root>/<StudyUID>/<SeriesUID>/<SOPUID>.dcm``.
+
+Files are written atomically and durably (temporary file, fsync, rename, directory fsync) and
+indexed in the ``instance`` table in the caller's transaction. File names come only from UIDs
+we generated and checked, never from user input.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from sqlalchemy.orm import Session
+
+from app.db.models import Instance
+
+_UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
+
+
+class ArchiveConflictError(RuntimeError):
+    """A SOP Instance UID is already stored with other content; the first copy is kept."""
+
+
+@dataclass(frozen=True)
+class InstanceKey:
+    """The three UIDs that place an instance in the archive."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    sop_class_uid: str
+
+
+def _checked_uid(uid: str) -> str:
+    if not (0 < len(uid) <= 64 and _UID.match(uid)):
+        raise ValueError(f"not a DICOM UID: {uid[:70]!r}")
+    return uid
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalArchive:
+    """Stores each SOP instance once; the same bytes again is a no-op, other bytes a conflict."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def relative_path(self, key: InstanceKey) -> Path:
+        return Path(_checked_uid(key.study_uid), _checked_uid(key.series_uid),
+                    f"{_checked_uid(key.sop_uid)}.dcm")
+
+    def path(self, instance: Instance) -> Path:
+        """Absolute path of an indexed instance's file."""
+        return self.root / instance.path
+
+    def store(self, db: Session, key: InstanceKey, data: bytes,
+              attributes: dict | None = None) -> Instance:
+        """Write ``data`` durably and index it; return the index row (flushed, not committed).
+
+        Guarantees: when this returns, the file is on disk with its directory entry synced;
+        an instance already indexed with the same SHA-256 is returned as it is; one indexed
+        with other bytes raises :class:`ArchiveConflictError` and nothing changes. A file left
+        by an attempt that never committed (no index row) is replaced.
+        """
+        digest = hashlib.sha256(data).hexdigest()
+        existing = db.get(Instance, key.sop_uid)
+        if existing is not None:
+            if existing.sha256 != digest:
+                raise ArchiveConflictError(
+                    f"SOP Instance {key.sop_uid} is already stored with other content")
+            return existing
+        relative = self.relative_path(key)
+        target = self.root / relative
+        self.write_atomic(target, data)
+        row = Instance(sop_uid=key.sop_uid, study_uid=key.study_uid, series_uid=key.series_uid,
+                       sop_class_uid=key.sop_class_uid, path=relative.as_posix(),
+                       sha256=digest, size=len(data), attributes=attributes or {})
+        db.add(row)
+        db.flush()
+        return row
+
+    @staticmethod
+    def write_atomic(target: Path, data: bytes) -> None:
+        """Temp file in the target's directory, fsync, rename over, fsync the directory."""
+        folder = target.parent
+        created = [p for p in (folder.parent, folder) if not p.exists()]
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=folder)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fdatasync(handle.fileno())
+            os.replace(tmp, target)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        _fsync_dir(folder)
+        for made in created:  # new study/series folders must survive a crash too
+            _fsync_dir(made.parent)
+
+    def read(self, instance: Instance) -> bytes:
+        return self.path(instance).read_bytes()

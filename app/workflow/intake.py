@@ -1,0 +1,303 @@
+"""Accept capture sessions and photos: the only place where pipeline, database and archive meet.
+
+An accepted photo means: its DICOM object is durably written to the archive and the database
+transaction that indexes it is committed. Uploads are idempotent by the client's UUID: the same
+bytes again give the same answer, other bytes under that UUID are refused.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta, timezone
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import selectinload
+
+from app.db.models import CaptureSession, Photo
+from app.db.session import Database
+from app.gateways.archive.local import ArchiveConflictError, InstanceKey, LocalArchive
+from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, prepare_for_dicom
+from app.pipeline.dicom.builder import (
+    VL_PHOTOGRAPHIC_IMAGE_STORAGE,
+    InstanceInfo,
+    PatientInfo,
+    SeriesInfo,
+    StudyInfo,
+    build_vl_photo,
+)
+from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
+from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
+from app.settings import Settings
+
+SOURCES = ("provider", "patient")
+SEXES = ("F", "M", "O")
+ORIGINAL_SERIES_NUMBER = 1
+
+
+class IntakeError(Exception):
+    """A request we refuse; ``status`` is the HTTP status, the message is safe to show (no PHI)."""
+
+    status = 400
+    code = "invalid"
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class InvalidRequest(IntakeError):
+    status, code = 422, "invalid"
+
+
+class NotFound(IntakeError):
+    status, code = 404, "not_found"
+
+
+class Conflict(IntakeError):
+    status, code = 409, "conflict"
+
+
+class UnreadablePhoto(IntakeError):
+    status, code = 422, "unreadable_photo"
+
+
+_LO_TEXT = re.compile(r"^[^\\\x00-\x1f]{1,64}$")  # DICOM LO: no backslash, no control chars
+
+
+def _text(value: Any, name: str, *, required: bool = False, max_len: int = 64) -> str | None:
+    if value is None or value == "":
+        if required:
+            raise InvalidRequest(f"{name} is required")
+        return None
+    if not isinstance(value, str) or len(value) > max_len or not _LO_TEXT.match(value[:64]):
+        raise InvalidRequest(f"{name} must be text of at most {max_len} characters "
+                             "without backslashes or control characters")
+    return value.strip()
+
+
+def _uuid(value: Any, name: str) -> str:
+    try:
+        return str(uuid.UUID(str(value)))
+    except ValueError as exc:
+        raise InvalidRequest(f"{name} must be a UUID") from exc
+
+
+@dataclass(frozen=True)
+class SessionRequest:
+    """A validated request to open a capture session (one DICOM study)."""
+
+    patient_id: str
+    issuer: str
+    name: str | None
+    birth_date: date | None
+    sex: str | None
+    encounter: str | None
+    body_site: str | None
+    laterality: str | None
+    department: str | None
+    source: str
+    session_id: str
+
+    @classmethod
+    def from_json(cls, body: Any, default_issuer: str) -> SessionRequest:
+        """Validate the API's JSON body; raise :class:`InvalidRequest` naming the bad field."""
+        if not isinstance(body, dict):
+            raise InvalidRequest("the body must be a JSON object")
+        patient = body.get("patient")
+        if not isinstance(patient, dict):
+            raise InvalidRequest("patient is required (an object with id and issuer)")
+        birth = patient.get("birth_date")
+        try:
+            birth_date = date.fromisoformat(birth) if birth else None
+        except (TypeError, ValueError) as exc:
+            raise InvalidRequest("patient.birth_date must be YYYY-MM-DD") from exc
+        sex = patient.get("sex") or None
+        if sex is not None and sex not in SEXES:
+            raise InvalidRequest("patient.sex must be F, M or O")
+        site = body.get("body_site") or None
+        if site is not None and site not in body_sites():
+            raise InvalidRequest("body_site must be a SNOMED CT code from /api/v1/body-sites")
+        laterality = body.get("laterality") or None
+        if laterality is not None and laterality not in LATERALITY:
+            raise InvalidRequest("laterality must be R, L, B or U")
+        if site is not None and body_site(site).paired and laterality not in ("R", "L", "B"):
+            raise InvalidRequest("laterality (R, L or B) is required for this body site")
+        source = body.get("source") or "provider"
+        if source not in SOURCES:
+            raise InvalidRequest("source must be provider or patient")
+        name = _text(patient.get("name"), "patient.name", max_len=192)
+        return cls(
+            patient_id=_text(patient.get("id"), "patient.id", required=True) or "",
+            issuer=_text(patient.get("issuer"), "patient.issuer") or default_issuer,
+            name=name, birth_date=birth_date, sex=sex,
+            encounter=_text(body.get("encounter"), "encounter"),
+            body_site=site, laterality=laterality,
+            department=_text(body.get("department"), "department"),
+            source=source,
+            session_id=_uuid(body["id"], "id") if body.get("id") else str(uuid.uuid4()),
+        )
+
+
+def _as_utc(value: datetime) -> datetime:
+    """SQLite hands back naive datetimes: they were stored as UTC."""
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+class Intake:
+    """Opens sessions and accepts photos into the local archive."""
+
+    def __init__(self, db: Database, archive: LocalArchive, settings: Settings) -> None:
+        self.db = db
+        self.archive = archive
+        self.settings = settings
+
+    # --- sessions ------------------------------------------------------------------------
+
+    def open_session(self, request: SessionRequest, user: str) -> tuple[CaptureSession, bool]:
+        """Create the session, or return the existing one when its id is sent again.
+
+        Returns (session, created). The Study Instance UID is derived from the session id.
+        """
+        now = datetime.now().astimezone()
+        offset = now.utcoffset() or timedelta(0)
+        row = CaptureSession(
+            id=request.session_id,
+            study_uid=uid_from_uuid(request.session_id, self.settings.uid_prefix),
+            patient_id=request.patient_id, issuer=request.issuer,
+            patient_name=request.name, birth_date=request.birth_date, sex=request.sex,
+            encounter=request.encounter, body_site=request.body_site,
+            laterality=request.laterality, department=request.department,
+            source=request.source, created_by=user, created_at=now.astimezone(UTC),
+            utc_offset_minutes=int(offset.total_seconds() // 60))
+        try:
+            with self.db.session() as db:
+                existing = db.get(CaptureSession, request.session_id)
+                if existing is not None:
+                    if (existing.patient_id, existing.issuer) != (request.patient_id,
+                                                                  request.issuer):
+                        raise Conflict("this session id is already used for another patient")
+                    return existing, False
+                db.add(row)
+        except IntegrityError:
+            return self.get_session(request.session_id), False
+        return row, True
+
+    def get_session(self, session_id: str) -> CaptureSession:
+        with self.db.session() as db:
+            row = db.get(CaptureSession, _uuid(session_id, "session id"),
+                         options=[selectinload(CaptureSession.photos)
+                                  .selectinload(Photo.instance)])
+            if row is None:
+                raise NotFound("no such capture session")
+            return row
+
+    def complete(self, session_id: str) -> CaptureSession:
+        """Mark the session complete (photos may still be added later; they update the study)."""
+        with self.db.session() as db:
+            row = db.get(CaptureSession, _uuid(session_id, "session id"))
+            if row is None:
+                raise NotFound("no such capture session")
+            if row.completed_at is None:
+                row.status = "complete"
+                row.completed_at = datetime.now(UTC)
+        return self.get_session(session_id)
+
+    # --- photos --------------------------------------------------------------------------
+
+    def accept_photo(self, session_id: str, upload_uuid: str, data: bytes) -> tuple[Photo, bool]:
+        """Store one photo as a DICOM instance; return (photo, created).
+
+        Guarantees: when this returns, the instance is durably in the archive and indexed;
+        the same bytes under the same UUID return the first result with ``created=False``;
+        other bytes under that UUID raise :class:`Conflict`; unreadable input raises
+        :class:`UnreadablePhoto` and stores nothing.
+        """
+        upload_uuid = _uuid(upload_uuid, "upload id")
+        digest = hashlib.sha256(data).hexdigest()
+        session = self.get_session(session_id)
+        known = self._known_photo(upload_uuid, digest, session.id)
+        if known is not None:
+            return known, False
+        try:
+            photo = prepare_for_dicom(data, self.settings.max_pixels)
+        except UnreadablePhotoError as exc:
+            raise UnreadablePhoto(str(exc)) from exc
+        number = self._next_instance_number(session.id)
+        sop_uid = uid_from_uuid(upload_uuid, self.settings.uid_prefix)
+        key, dicom = self._original(photo, session, sop_uid, number)
+        try:
+            with self.db.session() as db:
+                instance = self.archive.store(db, key, dicom)
+                row = Photo(upload_uuid=upload_uuid, session_id=session.id, sha256=digest,
+                            size=len(data), media_type=photo.info.media_type,
+                            passthrough=photo.passthrough, width=photo.width,
+                            height=photo.height,
+                            acquired_at=_as_utc(photo.info.acquired)
+                            if photo.info.acquired else None,
+                            instance_number=number, sop_uid=instance.sop_uid)
+                db.add(row)
+            row.instance = instance
+        except (IntegrityError, ArchiveConflictError):
+            # The same upload raced us and won. Our file may have replaced the winner's (it
+            # differs only in Instance Number): rebuild the winner's bytes, which are a pure
+            # function of the photo and its number, and put them back.
+            known = self._known_photo(upload_uuid, digest, session.id)
+            if known is None:
+                raise
+            _, winner = self._original(photo, session, sop_uid, known.instance_number)
+            if hashlib.sha256(winner).hexdigest() == known.instance.sha256:
+                self.archive.write_atomic(self.archive.path(known.instance), winner)
+            return known, False
+        return row, True
+
+    def _original(self, photo: PreparedPhoto, session: CaptureSession, sop_uid: str,
+                  number: int) -> tuple[InstanceKey, bytes]:
+        """The original instance of a photo: where it goes and its Part 10 bytes."""
+        series = self._series(session)
+        dicom = build_vl_photo(photo, self._patient(session), self._study(session), series,
+                               InstanceInfo(sop_uid=sop_uid, number=number))
+        key = InstanceKey(session.study_uid, series.uid, sop_uid, VL_PHOTOGRAPHIC_IMAGE_STORAGE)
+        return key, dicom
+
+    def _known_photo(self, upload_uuid: str, digest: str, session_id: str) -> Photo | None:
+        with self.db.session() as db:
+            row = db.get(Photo, upload_uuid, options=[selectinload(Photo.instance)])
+            if row is None:
+                return None
+            if row.session_id != session_id or row.sha256 != digest:
+                raise Conflict("this upload id was already used for a different photo")
+            return row
+
+    def _next_instance_number(self, session_id: str) -> int:
+        """Atomically take the next instance number of the session (gaps are harmless)."""
+        with self.db.session() as db:
+            db.execute(update(CaptureSession).where(CaptureSession.id == session_id)
+                       .values(photo_count=CaptureSession.photo_count + 1))
+            return db.scalar(select(CaptureSession.photo_count)
+                             .where(CaptureSession.id == session_id)) or 1
+
+    # --- DICOM context of a session --------------------------------------------------------
+
+    def _patient(self, s: CaptureSession) -> PatientInfo:
+        return PatientInfo(id=s.patient_id, issuer=s.issuer, name=s.patient_name,
+                           birth_date=s.birth_date, sex=s.sex)
+
+    def _study(self, s: CaptureSession) -> StudyInfo:
+        tz = timezone(timedelta(minutes=s.utc_offset_minutes))
+        return StudyInfo(uid=s.study_uid, started=_as_utc(s.created_at).astimezone(tz),
+                         accession_number=s.accession_number, admission_id=s.encounter)
+
+    def _series(self, s: CaptureSession) -> SeriesInfo:
+        return SeriesInfo(
+            uid=uid_from_uuid(derived_uuid(s.id, "series:original"), self.settings.uid_prefix),
+            number=ORIGINAL_SERIES_NUMBER,
+            body_site=body_site(s.body_site) if s.body_site else None,
+            laterality=s.laterality, department=s.department,
+            institution=self.settings.institution_name or None,
+            description="Patient-taken photographs" if s.source == "patient"
+            else "Clinical photographs")

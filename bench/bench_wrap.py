@@ -1,0 +1,84 @@
+"""Pass-through wrap of 12 MP phone JPEGs (header, strip, wrap, durable write) vs DCMTK img2dcm.
+
+Both run on one core, on the same files, in the same run. Ours is measured in process
+(prepare_for_dicom + build_vl_photo + atomic write with fsync); img2dcm is measured as the
+command a converter would run (process start included, no fsync): see the note printed.
+Usage: .venv/bin/python bench/bench_wrap.py [REPEATS]
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+from common import TESTDATA, median_ms, pin_one_core, table
+
+from app.gateways.archive.local import LocalArchive
+from app.pipeline.decode import prepare_for_dicom, probe
+from app.pipeline.dicom.builder import (
+    InstanceInfo,
+    PatientInfo,
+    SeriesInfo,
+    StudyInfo,
+    build_vl_photo,
+)
+from app.pipeline.dicom.uids import uid_from_uuid
+
+
+def twelve_mp_jpegs() -> list[Path]:
+    files = []
+    for path in sorted((TESTDATA / "colourchart").glob("*.jpg")):
+        info = probe(path.read_bytes())
+        if 11_000_000 <= info.width * info.height <= 14_000_000:
+            files.append(path)
+    return files
+
+
+def ours(data: bytes, out: Path) -> None:
+    photo = prepare_for_dicom(data)
+    dicom = build_vl_photo(photo, PatientInfo("BENCH", "BENCH"),
+                           StudyInfo(uid_from_uuid(uuid.uuid4()), datetime.now().astimezone()),
+                           SeriesInfo(uid_from_uuid(uuid.uuid4()), 1),
+                           InstanceInfo(uid_from_uuid(uuid.uuid4()), 1))
+    LocalArchive.write_atomic(out, dicom)
+
+
+def img2dcm(src: Path, out: Path) -> None:
+    subprocess.run(["img2dcm", "-q", "-vlp", "-k", "PatientID=BENCH", str(src), str(out)],
+                   check=True)
+
+
+def main() -> None:
+    repeats = int(sys.argv[1]) if len(sys.argv) > 1 else 7
+    pin_one_core()
+    files = twelve_mp_jpegs()
+    ours_t: list[float] = []
+    peer_t: list[float] = []
+    with tempfile.TemporaryDirectory(dir=Path(__file__).parent) as tmp:
+        for _ in range(repeats):
+            for path in files:
+                data = path.read_bytes()
+                t0 = time.perf_counter()
+                ours(data, Path(tmp) / "ours.dcm")
+                ours_t.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                img2dcm(path, Path(tmp) / "peer.dcm")
+                peer_t.append(time.perf_counter() - t0)
+    ours_ms, peer_ms = median_ms(ours_t), median_ms(peer_t)
+    print(f"12 MP phone JPEGs: {len(files)} files x {repeats} repeats, one core\n")
+    print(table(["path", "median ms/photo", "ratio to img2dcm"], [
+        ["ebiw pass-through (strip + wrap + fsync'd write)", f"{ours_ms:.1f}",
+         f"{ours_ms / peer_ms:.2f}"],
+        ["DCMTK img2dcm --vl-photo (process per file)", f"{peer_ms:.1f}", "1.00"],
+    ]))
+    print(f"\nspeed-up vs img2dcm: {peer_ms / ours_ms:.1f}x (goal >= 2x); goal <= 25 ms: "
+          f"{'met' if ours_ms <= 25 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""The local archive: durable, one copy per SOP Instance UID, never silently replaced."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from pathlib import Path
+
+import pytest
+from flask import Flask
+from sqlalchemy import func, select
+
+from app.db.models import Instance
+from app.gateways.archive.local import ArchiveConflictError, InstanceKey, LocalArchive
+from tests.conftest import CHARTS, services
+
+KEY = InstanceKey("2.25.1", "2.25.2", "2.25.3", "1.2.840.10008.5.1.4.1.1.77.1.4")
+
+
+def test_store_places_and_indexes_the_file(app: Flask) -> None:
+    svc = services(app)
+    with svc.db.session() as db:
+        row = svc.archive.store(db, KEY, b"DICM-bytes")
+    path = svc.settings.archive_root / "2.25.1" / "2.25.2" / "2.25.3.dcm"
+    assert path.read_bytes() == b"DICM-bytes" and row.path == "2.25.1/2.25.2/2.25.3.dcm"
+    assert not list(path.parent.glob(".tmp-*"))
+    with svc.db.session() as db:
+        again = svc.archive.store(db, KEY, b"DICM-bytes")
+        assert again.sha256 == row.sha256
+        with pytest.raises(ArchiveConflictError):
+            svc.archive.store(db, KEY, b"other bytes")
+        assert db.scalar(select(func.count()).select_from(Instance)) == 1
+    assert path.read_bytes() == b"DICM-bytes"
+
+
+def test_a_file_left_by_an_uncommitted_attempt_is_replaced(app: Flask) -> None:
+    svc = services(app)
+    target = svc.settings.archive_root / svc.archive.relative_path(KEY)
+    LocalArchive.write_atomic(target, b"orphan from a crash before commit")
+    with svc.db.session() as db:
+        svc.archive.store(db, KEY, b"the real one")
+    assert target.read_bytes() == b"the real one"
+
+
+@pytest.mark.parametrize("uid", ["../../etc", "2.25.1/..", "", "1." * 40])
+def test_file_names_only_from_valid_uids(tmp_path: Path, uid: str) -> None:
+    with pytest.raises(ValueError):
+        LocalArchive(tmp_path).relative_path(InstanceKey(uid, "2.25.2", "2.25.3", "x"))
+
+
+def test_concurrent_uploads_of_the_same_photo_keep_one_consistent_copy(app: Flask) -> None:
+    """Racing retries of one upload: one row, one file, whose bytes match the index."""
+    from app.workflow.intake import SessionRequest
+
+    svc = services(app)
+    request = SessionRequest.from_json({"patient": {"id": "1", "issuer": "H"}}, "H")
+    session, _ = svc.intake.open_session(request, "tester")
+    data = (CHARTS / "sio_classic.jpg").read_bytes()
+    upload = str(uuid.uuid4())
+    results: list[bool] = []
+    errors: list[BaseException] = []
+
+    def put() -> None:
+        try:
+            results.append(svc.intake.accept_photo(session.id, upload, data)[1])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=put) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors and sorted(results) == [False, False, False, True]
+    with svc.db.session() as db:
+        rows = db.scalars(select(Instance)).all()
+    assert len(rows) == 1
+    import hashlib
+    stored = (svc.settings.archive_root / rows[0].path).read_bytes()
+    assert hashlib.sha256(stored).hexdigest() == rows[0].sha256

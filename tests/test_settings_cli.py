@@ -1,0 +1,80 @@
+"""Settings from the environment and the ebiw command."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pydicom
+import pytest
+
+from app.settings import Settings, SettingsError
+from tests.conftest import CHARTS, REPO
+
+
+def test_embedded_defaults(tmp_path: Path) -> None:
+    s = Settings.from_env({"EBIW_DATA_DIR": str(tmp_path)})
+    assert s.archive_root == tmp_path / "archive"
+    assert s.database.startswith("sqlite:///") and s.database.endswith("ebiw.sqlite3")
+    assert s.uid_prefix == "2.25" and len(s.secret_key) >= 32
+    assert Settings.from_env({"EBIW_DATA_DIR": str(tmp_path)}).secret_key == s.secret_key
+    assert (tmp_path / ".secret_key").stat().st_mode & 0o077 == 0
+    assert Settings.from_env({"EBIW_MAX_PIXELS": "1000"}, {"data_dir": tmp_path}).max_pixels == 1000
+
+
+@pytest.mark.parametrize(("environ", "message"), [
+    ({"EBIW_ENV": "production", "EBIW_UID_ROOT": "1.2.3"}, "EBIW_SECRET_KEY"),
+    ({"EBIW_ENV": "production", "EBIW_SECRET_KEY": "k" * 40}, "EBIW_UID_ROOT"),
+    ({"EBIW_MAX_PIXELS": "many"}, "EBIW_MAX_PIXELS"),
+    ({"EBIW_ENV": "staging"}, "EBIW_ENV"),
+])
+def test_bad_or_missing_settings_stop_startup(environ: dict[str, str], message: str,
+                                              tmp_path: Path) -> None:
+    with pytest.raises(SettingsError, match=message):
+        Settings.from_env({**environ, "EBIW_DATA_DIR": str(tmp_path)})
+
+
+def test_production_with_secrets_is_accepted(tmp_path: Path) -> None:
+    s = Settings.from_env({"EBIW_ENV": "production", "EBIW_SECRET_KEY": "k" * 40,
+                           "EBIW_UID_ROOT": "1.2.826.0.1.3680043.10.999",
+                           "EBIW_DATA_DIR": str(tmp_path)})
+    assert s.production and s.uid_prefix == "1.2.826.0.1.3680043.10.999"
+
+
+def ebiw(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EBIW_DATA_DIR": str(data_dir)}
+    return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True,
+                          text=True, env=env, cwd=REPO, check=False)
+
+
+def test_cli_dicomize_prints_one_json_line_per_file(tmp_path: Path) -> None:
+    photo = CHARTS / "qiu_passport.jpg"
+    bad = tmp_path / "not-a-photo.jpg"
+    bad.write_text("<html></html>")
+    out = tmp_path / "out"
+    proc = ebiw("dicomize", str(photo), str(bad), "--patient-id", "MRN0001", "--issuer", "HOSP",
+                "--name", "TEST^ALICE", "--birth-date", "19700101", "--sex", "F",
+                "--body-site", "14975008", "--laterality", "R", "--out", str(out),
+                data_dir=tmp_path / "var")
+    assert proc.returncode == 1, proc.stderr
+    lines = [json.loads(line) for line in proc.stdout.splitlines()]
+    assert lines[0]["input"] == str(photo) and "error" in lines[1]
+    ds = pydicom.dcmread(lines[0]["output"])
+    assert ds.SOPInstanceUID == lines[0]["sop_instance_uid"]
+    assert (ds.PatientID, ds.IssuerOfPatientID, ds.ImageLaterality) == ("MRN0001", "HOSP", "R")
+    assert lines[1] == {"input": str(bad), "error": "not a supported image (expected JPEG, "
+                                                    "PNG, HEIC, TIFF or WebP)"}
+
+
+def test_cli_token_demo_and_db(tmp_path: Path) -> None:
+    assert ebiw("db", "upgrade", data_dir=tmp_path).returncode == 0
+    demo = ebiw("demo", data_dir=tmp_path)
+    assert "4 added" in demo.stdout, demo.stderr
+    assert "0 added" in ebiw("demo", data_dir=tmp_path).stdout
+    token = ebiw("token", "create", "--user", "ward7", "--role", "capture", data_dir=tmp_path)
+    assert token.stdout.startswith("ebiw_") and len(token.stdout.strip()) > 40
+    refused = ebiw("token", "create", "--user", "x", "--role", "root", data_dir=tmp_path)
+    assert refused.returncode != 0

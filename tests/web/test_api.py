@@ -1,0 +1,214 @@
+"""API v1 end to end on embedded defaults: sessions, idempotent uploads, refusals."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import uuid
+from pathlib import Path
+
+import pydicom
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from app.db.models import Instance, Photo
+from app.pipeline.decode import strip_jpeg
+from tests.conftest import CHARTS, dicom_validate, services
+from tests.pipeline.test_decode import png_bomb
+
+PHOTO = (CHARTS / "oycq_data_iphone.jpg").read_bytes()
+OTHER = (CHARTS / "sio_classic.jpg").read_bytes()
+SESSION_BODY = {"patient": {"id": "00123456", "issuer": "HOSP-A", "name": "DEMO^ALICE",
+                            "birth_date": "1950-03-14", "sex": "F"},
+                "encounter": "ENC1001", "body_site": "14975008", "laterality": "L",
+                "department": "Wound care"}
+
+
+def open_session(client: FlaskClient, headers: dict[str, str], **body: object) -> dict:
+    response = client.post("/api/v1/sessions", json={**SESSION_BODY, **body}, headers=headers)
+    assert response.status_code in (200, 201), response.get_json()
+    return response.get_json()
+
+
+def counts(app: Flask) -> tuple[int, int, int]:
+    """(photo rows, instance rows, files in the archive)."""
+    svc = services(app)
+    with svc.db.session() as db:
+        photos = db.scalar(select(func.count()).select_from(Photo))
+        instances = db.scalar(select(func.count()).select_from(Instance))
+    root = svc.settings.archive_root
+    files = len([p for p in root.rglob("*") if p.is_file()]) if root.exists() else 0
+    return photos or 0, instances or 0, files
+
+
+def test_full_flow_stores_a_valid_instance(app: Flask, client: FlaskClient,
+                                           auth: dict[str, dict[str, str]],
+                                           tmp_path: Path) -> None:
+    session = open_session(client, auth["capture"])
+    assert session["study_instance_uid"].startswith("2.25.")
+    upload = str(uuid.uuid4())
+    put = client.put(f"/api/v1/sessions/{session['id']}/photos/{upload}", data=PHOTO,
+                     headers={**auth["capture"], "Content-Type": "image/jpeg"})
+    assert put.status_code == 201, put.get_json()
+    body = put.get_json()
+    assert body["sha256"] == hashlib.sha256(PHOTO).hexdigest()
+    assert body["sop_instance_uid"] == f"2.25.{uuid.UUID(upload).int}"
+    assert body["passthrough"] is True
+    # The file in the archive is where the design says, and is what the API reported.
+    svc = services(app)
+    path = (svc.settings.archive_root / session["study_instance_uid"] /
+            body["series_instance_uid"] / f"{body['sop_instance_uid']}.dcm")
+    stored = path.read_bytes()
+    assert hashlib.sha256(stored).hexdigest() == body["dicom_sha256"]
+    ds = pydicom.dcmread(io.BytesIO(stored))
+    assert (ds.PatientID, ds.IssuerOfPatientID, ds.AdmissionID) == ("00123456", "HOSP-A",
+                                                                    "ENC1001")
+    assert ds.StudyInstanceUID == session["study_instance_uid"]
+    assert ds.AnatomicRegionSequence[0].CodeValue == "14975008" and ds.ImageLaterality == "L"
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    assert frame.rstrip(b"\x00") == strip_jpeg(PHOTO)
+    errors, warnings, output = dicom_validate(path)
+    assert (errors, warnings) == (0, 0), output
+
+    status = client.get(f"/api/v1/sessions/{session['id']}", headers=auth["view"]).get_json()
+    assert [p["upload_uuid"] for p in status["photos"]] == [upload]
+    assert status["photos"][0]["status"] == "stored"
+    done = client.post(f"/api/v1/sessions/{session['id']}/complete", headers=auth["capture"])
+    assert done.status_code == 200 and done.get_json()["status"] == "complete"
+    assert done.get_json()["photo_count"] == 1
+
+
+def test_upload_is_idempotent_by_uuid(app: Flask, client: FlaskClient,
+                                      auth: dict[str, dict[str, str]]) -> None:
+    session = open_session(client, auth["capture"])
+    url = f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}"
+    first = client.put(url, data=PHOTO, headers=auth["capture"])
+    again = client.put(url, data=PHOTO, headers=auth["capture"])
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.get_json() == again.get_json()
+    clash = client.put(url, data=OTHER, headers=auth["capture"])
+    assert clash.status_code == 409
+    assert clash.get_json()["error"]["code"] == "conflict"
+    assert counts(app) == (1, 1, 1)
+    second = client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}", data=OTHER,
+                        headers=auth["capture"])
+    assert second.status_code == 201 and second.get_json()["instance_number"] == 2
+    assert counts(app) == (2, 2, 2)
+
+
+def test_session_is_idempotent_by_client_id(client: FlaskClient,
+                                            auth: dict[str, dict[str, str]]) -> None:
+    sid = str(uuid.uuid4())
+    first = client.post("/api/v1/sessions", json={**SESSION_BODY, "id": sid},
+                        headers=auth["capture"])
+    again = client.post("/api/v1/sessions", json={**SESSION_BODY, "id": sid},
+                        headers=auth["capture"])
+    assert (first.status_code, again.status_code) == (201, 200)
+    assert first.get_json()["study_instance_uid"] == again.get_json()["study_instance_uid"]
+    other = client.post("/api/v1/sessions", json={**SESSION_BODY, "id": sid,
+                                                  "patient": {"id": "999", "issuer": "X"}},
+                        headers=auth["capture"])
+    assert other.status_code == 409
+
+
+@pytest.mark.parametrize(("data", "message"), [
+    (b"", "empty"),
+    (PHOTO[:300_000], "truncated"),
+    (png_bomb(), "too large"),
+    (b"<!DOCTYPE html><html><body><script>alert(1)</script></body></html>",
+     "not a supported image"),
+    (OTHER + b"<html><body><script>alert(1)</script></body></html>", "after the end"),
+])
+def test_bad_uploads_get_4xx_and_store_nothing(app: Flask, client: FlaskClient,
+                                               auth: dict[str, dict[str, str]],
+                                               data: bytes, message: str) -> None:
+    session = open_session(client, auth["capture"])
+    response = client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
+                          data=data, headers=auth["capture"])
+    assert response.status_code == 422
+    error = response.get_json()["error"]
+    assert error["code"] == "unreadable_photo" and message in error["message"]
+    assert counts(app) == (0, 0, 0)
+
+
+def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
+    from app import create_app
+    from app.workflow.tokens import create_token
+
+    small = create_app({"data_dir": tmp_path, "env": "test", "max_upload_bytes": 100_000})
+    services(small).db.create_schema()
+    headers = {"Authorization": f"Bearer {create_token(services(small).db, 'n', 'capture')}"}
+    client = small.test_client()
+    session = open_session(client, headers)
+    response = client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
+                          data=PHOTO, headers=headers)
+    assert response.status_code == 413
+    assert response.get_json()["error"]["message"] == "the upload is too large"
+    assert counts(small) == (0, 0, 0)
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({}, "patient"),
+    ({"patient": {"issuer": "X"}}, "patient.id"),
+    ({"patient": {"id": "a\\b"}}, "patient.id"),
+    ({"patient": {"id": "1", "birth_date": "14/03/1950"}}, "birth_date"),
+    ({"patient": {"id": "1", "sex": "X"}}, "sex"),
+    ({"patient": {"id": "1"}, "body_site": "123"}, "body_site"),
+    ({"patient": {"id": "1"}, "body_site": "14975008"}, "laterality"),
+    ({"patient": {"id": "1"}, "laterality": "Q"}, "laterality"),
+    ({"patient": {"id": "1"}, "id": "not-a-uuid"}, "id"),
+])
+def test_invalid_session_requests_name_the_field(client: FlaskClient,
+                                                 auth: dict[str, dict[str, str]],
+                                                 body: dict, field: str) -> None:
+    response = client.post("/api/v1/sessions", json=body, headers=auth["capture"])
+    assert response.status_code == 422
+    assert field in response.get_json()["error"]["message"]
+
+
+def test_api_is_never_open_anonymously(client: FlaskClient,
+                                       auth: dict[str, dict[str, str]]) -> None:
+    sid = uuid.uuid4()
+    calls = [("post", "/api/v1/sessions"), ("get", f"/api/v1/sessions/{sid}"),
+             ("put", f"/api/v1/sessions/{sid}/photos/{uuid.uuid4()}"),
+             ("post", f"/api/v1/sessions/{sid}/complete"), ("get", "/api/v1/body-sites")]
+    for method, url in calls:
+        for headers in ({}, {"Authorization": "Bearer ebiw_wrong"}, {"Authorization": "Basic x"}):
+            response = getattr(client, method)(url, headers=headers)
+            assert response.status_code == 401, (method, url)
+            assert response.get_json()["error"]["code"] == "unauthorized"
+    viewer = client.post("/api/v1/sessions", json=SESSION_BODY, headers=auth["view"])
+    assert viewer.status_code == 403
+
+
+def test_unknown_session_and_errors_carry_no_phi(client: FlaskClient,
+                                                 auth: dict[str, dict[str, str]]) -> None:
+    response = client.get(f"/api/v1/sessions/{uuid.uuid4()}", headers=auth["view"])
+    assert response.status_code == 404
+    assert response.get_json() == {"error": {"code": "not_found",
+                                             "message": "no such capture session"}}
+    session = open_session(client, auth["capture"])
+    bad = client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}", data=b"x",
+                     headers=auth["capture"])
+    assert "00123456" not in bad.get_data(as_text=True)
+    assert "ALICE" not in bad.get_data(as_text=True)
+
+
+def test_openapi_document_describes_the_routes(app: Flask, client: FlaskClient) -> None:
+    spec = client.get("/api/v1/openapi.json").get_json()
+    assert spec["openapi"].startswith("3.")
+    documented = {path for path in spec["paths"]}
+    served = {rule.rule.removeprefix("/api/v1").replace("<", "{").replace(">", "}")
+              for rule in app.url_map.iter_rules() if rule.rule.startswith("/api/v1")}
+    assert served == documented
+
+
+def test_body_sites(client: FlaskClient, auth: dict[str, dict[str, str]]) -> None:
+    sites = client.get("/api/v1/body-sites", headers=auth["capture"]).get_json()
+    forearm = next(s for s in sites if s["code"] == "14975008")
+    assert forearm == {"code": "14975008", "meaning": "Forearm", "sensitive": False,
+                       "paired": True}
+    assert json.dumps(sites)
