@@ -54,8 +54,8 @@ def serve(host: str, port: int, workers: int) -> None:
     """Serve the app with gunicorn (data under EBIW_DATA_DIR, default ./var)."""
     Settings.from_env()  # fail now, with a clear message, on a bad configuration
     gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or "gunicorn"
-    args = [gunicorn, "--bind", f"{host}:{port}", "--workers", str(workers),
-            "--timeout", "120", "--access-logfile", "-", "app:create_app()"]
+    args = [gunicorn, "--config", "python:app.gunicorn_conf", "--bind", f"{host}:{port}",
+            "--workers", str(workers), "app:create_app()"]
     os.execv(gunicorn, args)
 
 

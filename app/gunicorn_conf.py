@@ -1,0 +1,48 @@
+"""Gunicorn settings for ``ebiw serve`` and deployments (``-c python:app.gunicorn_conf``).
+
+Workers follow the cores (the photo pipeline is CPU-bound: more processes than cores only adds
+memory); two threads each keep a slow upload from blocking a worker. Logs are JSON lines on
+stdout; the access log records the path without its query string, so QIDO-RS matching keys
+such as PatientID never reach a log.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+
+bind = os.environ.get("EBIW_BIND", "127.0.0.1:8000")
+workers = int(os.environ.get("EBIW_WORKERS", max(2, multiprocessing.cpu_count())))
+worker_class = "gthread"
+threads = int(os.environ.get("EBIW_THREADS", 2))
+timeout = 120  # a 20 MB photo over a slow phone link
+graceful_timeout = 30
+keepalive = 5
+max_requests = 2000  # recycle workers now and then (bounded memory)
+max_requests_jitter = 200
+forwarded_allow_ips = os.environ.get("EBIW_FORWARDED_ALLOW_IPS", "127.0.0.1")
+accesslog = "-"
+errorlog = "-"
+access_log_format = (
+    '{"log":"access","time":"%(t)s","method":"%(m)s","path":"%(U)s","status":%(s)s,'
+    '"bytes":"%(B)s","duration_ms":%(M)s,"remote":"%(h)s"}'
+)
+logconfig_dict = {
+    "version": 1,
+    "disable_existing_loggers": False,
+    "formatters": {
+        "json": {"()": "app.logs.JsonFormatter"},
+        "access": {"format": "%(message)s"},
+    },
+    "handlers": {
+        "console": {"class": "logging.StreamHandler", "formatter": "json",
+                    "stream": "ext://sys.stdout"},
+        "access": {"class": "logging.StreamHandler", "formatter": "access",
+                   "stream": "ext://sys.stdout"},
+    },
+    "root": {"level": "INFO", "handlers": ["console"]},
+    "loggers": {
+        "gunicorn.error": {"level": "INFO", "handlers": ["console"], "propagate": False},
+        "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+    },
+}
