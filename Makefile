@@ -8,15 +8,23 @@ export EBIW_DATA_DIR ?= $(CURDIR)/var
 APT_RUN := libzbar0
 APT_TEST := $(APT_RUN) dicom3tools dcmtk orthanc orthanc-dicomweb chromium gcc libc6-dev
 
-.PHONY: run test venv lint apt-run apt-test bench clean
+.PHONY: run test venv lint apt-run apt-test postgres bench clean
 
 run: apt-run $(BIN)/ebiw
 	$(BIN)/ebiw db upgrade
 	$(BIN)/ebiw demo
 	$(BIN)/ebiw serve --host 127.0.0.1 --port 8000
 
-test: apt-test venv lint
+POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
+
+# The whole suite on the embedded SQLite, then every database test again on PostgreSQL.
+test: apt-test venv lint postgres
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	EBIW_TEST_POSTGRES_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+postgres:
+	@pg_isready -q -h 127.0.0.1 -p 5432 || pg_ctlcluster --skip-systemctl-redirect \
+		$$(ls /etc/postgresql) main start
 
 venv: $(BIN)/ebiw
 

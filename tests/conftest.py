@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import create_engine, text
 
 from app import create_app
 from app.web import Services
@@ -23,10 +26,33 @@ CHARTS = TESTDATA / "colourchart"
 BARCODES = TESTDATA / "barcodes"
 
 
+POSTGRES_ADMIN_URL = os.environ.get("EBIW_TEST_POSTGRES_URL", "")
+"""Set (e.g. postgresql+psycopg://postgres@127.0.0.1:5432/postgres) to run on PostgreSQL."""
+
+
 @pytest.fixture
-def app(tmp_path: Path) -> Iterator[Flask]:
-    """An app on embedded defaults in a fresh data dir, schema created."""
-    flask_app = create_app({"data_dir": tmp_path / "var", "env": "test"})
+def database_url() -> Iterator[str]:
+    """Empty for the embedded SQLite; else a throw-away PostgreSQL database for this test."""
+    if not POSTGRES_ADMIN_URL:
+        yield ""
+        return
+    admin = create_engine(POSTGRES_ADMIN_URL, isolation_level="AUTOCOMMIT")
+    name = f"ebiw_test_{uuid.uuid4().hex[:12]}"
+    with admin.connect() as conn:
+        conn.execute(text(f'CREATE DATABASE "{name}"'))
+    try:
+        yield admin.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture
+def app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
+    """An app on embedded defaults (or PostgreSQL) in a fresh data dir, schema created."""
+    flask_app = create_app({"data_dir": tmp_path / "var", "env": "test",
+                            "database_url": database_url})
     services(flask_app).db.create_schema()
     yield flask_app
     services(flask_app).db.engine.dispose()
@@ -56,3 +82,13 @@ def dicom_validate(*files: Path) -> tuple[int, int, str]:
     total = re.search(r"TOTAL errors=(\d+) warnings=(\d+)", proc.stdout)
     assert total, proc.stdout + proc.stderr
     return int(total.group(1)), int(total.group(2)), proc.stdout
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On the PostgreSQL pass, run only the tests that use a database."""
+    if not POSTGRES_ADMIN_URL:
+        return
+    skip = pytest.mark.skip(reason="uses no database: covered by the SQLite pass")
+    for item in items:
+        if "database_url" not in getattr(item, "fixturenames", ()):
+            item.add_marker(skip)
