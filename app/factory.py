@@ -14,6 +14,7 @@ from app.settings import Settings
 from app.web import Services
 from app.web.api import bp as api_bp
 from app.web.errors import register_error_handlers
+from app.web.health import bp as health_bp
 from app.workflow.intake import Intake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,10 +33,6 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["ebiw"] = Services(settings=settings, db=db, archive=archive,
                                       intake=Intake(db, archive, settings))
     register_error_handlers(app)
+    app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
-
-    @app.get("/healthz")
-    def healthz() -> dict[str, str]:
-        return {"status": "ok"}
-
     return app
