@@ -14,7 +14,7 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup
 
-from app import create_app
+from app.factory import create_app
 from app.gateways.archive.local import LocalArchive
 from app.pipeline.decode import UnreadablePhotoError, prepare_for_dicom
 from app.pipeline.dicom.builder import (
@@ -28,6 +28,7 @@ from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.settings import Settings
 from app.web import Services
+from app.workflow.accounts import AccountError, create_user
 from app.workflow.demo import seed_demo_patients
 from app.workflow.tokens import ROLES, create_token
 
@@ -55,7 +56,7 @@ def serve(host: str, port: int, workers: int) -> None:
     Settings.from_env()  # fail now, with a clear message, on a bad configuration
     gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or "gunicorn"
     args = [gunicorn, "--config", "python:app.gunicorn_conf", "--bind", f"{host}:{port}",
-            "--workers", str(workers), "app:create_app()"]
+            "--workers", str(workers), "app.factory:create_app()"]
     os.execv(gunicorn, args)
 
 
@@ -93,6 +94,29 @@ def token_create(user: str, role: str) -> None:
     services = _services()
     services.db.create_schema()
     click.echo(create_token(services.db, user, role))
+
+
+@cli.group()
+def user() -> None:
+    """Local accounts of the capture app."""
+
+
+@user.command("create")
+@click.option("--username", required=True)
+@click.option("--role", required=True, type=click.Choice(ROLES))
+def user_create(username: str, role: str) -> None:
+    """Create an account; the password is read from standard input or prompted for."""
+    if sys.stdin.isatty():
+        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
+    else:
+        password = sys.stdin.readline().rstrip("\r\n")
+    services = _services()
+    services.db.create_schema()
+    try:
+        create_user(services.db, username, password, role)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"user {username} created ({role})")
 
 
 def _birth_date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:

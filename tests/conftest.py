@@ -14,7 +14,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
 
-from app import create_app
+from app.factory import create_app
 from app.web import Services
 from app.workflow.tokens import create_token
 

@@ -135,7 +135,7 @@ def test_bad_uploads_get_4xx_and_store_nothing(app: Flask, client: FlaskClient,
 
 
 def test_body_over_the_limit_is_413(tmp_path: Path) -> None:
-    from app import create_app
+    from app.factory import create_app
     from app.workflow.tokens import create_token
 
     small = create_app({"data_dir": tmp_path, "env": "test", "max_upload_bytes": 100_000})

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from flask.testing import FlaskClient
 
-from app import create_app
+from app.factory import create_app
 
 
 def test_health_and_ready(client: FlaskClient) -> None:
