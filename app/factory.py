@@ -14,6 +14,7 @@ from app.settings import Settings
 from app.web import Services
 from app.web.api import bp as api_bp
 from app.web.errors import register_error_handlers
+from app.web.fhir import bp as fhir_bp
 from app.web.health import bp as health_bp
 from app.workflow.intake import Intake
 
@@ -35,4 +36,5 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(fhir_bp)
     return app

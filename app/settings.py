@@ -7,7 +7,9 @@ a missing secret key or UID root stops start-up instead of falling back to a def
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import secrets
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
@@ -37,6 +39,20 @@ class Settings:
     default_issuer: str = "LOCAL"
     institution_name: str = ""
     public_url: str = "http://127.0.0.1:8000"
+    # EMR notification (app/gateways/emr; README "EMR notification")
+    emr_notifiers: str = "local"  # comma separated: local, fhir, hl7v2
+    emr_fhir_url: str = ""  # remote FHIR R4 base, e.g. https://emr.example.org/fhir
+    emr_token_url: str = ""  # OAuth2 token endpoint (client credentials); empty: no token
+    emr_client_id: str = ""
+    emr_client_secret: str = ""
+    emr_scope: str = ""
+    emr_timeout_seconds: int = 10
+    emr_issuer_systems: str = ""  # JSON {"<Issuer of Patient ID>": "<identifier system>"}
+    emr_encounter_system: str = ""  # identifier system of the Admission ID; empty: any
+    emr_mllp_address: str = ""  # host:port of the HL7 v2 receiver
+    emr_hl7_sending_application: str = "EBIW"
+    emr_hl7_receiving_application: str = ""
+    emr_hl7_receiving_facility: str = ""
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -54,6 +70,16 @@ class Settings:
     @property
     def uid_prefix(self) -> str:
         return self.uid_root or UUID_ROOT
+
+    @property
+    def emr_notifier_names(self) -> tuple[str, ...]:
+        """The EMR notifiers to run, in order (``EBIW_EMR_NOTIFIERS``)."""
+        return tuple(n.strip().lower() for n in self.emr_notifiers.split(",") if n.strip())
+
+    @property
+    def issuer_systems(self) -> dict[str, str]:
+        """``EBIW_EMR_ISSUER_SYSTEMS`` parsed: Issuer of Patient ID -> FHIR identifier system."""
+        return json.loads(self.emr_issuer_systems) if self.emr_issuer_systems else {}
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None,
@@ -99,9 +125,33 @@ class Settings:
                                     "organisation's DICOM UID root, or 2.25 explicitly)")
         if self.max_pixels <= 0 or self.max_upload_bytes <= 0:
             raise SettingsError("EBIW_MAX_PIXELS and EBIW_MAX_UPLOAD_BYTES must be positive")
+        self._check_emr()
         if self.secret_key:
             return self
         return replace(self, secret_key=_development_secret(self.data_dir))
+
+    def _check_emr(self) -> None:
+        """The EMR notifiers named exist and have what they need to connect."""
+        unknown = set(self.emr_notifier_names) - {"local", "fhir", "hl7v2"}
+        if unknown:
+            raise SettingsError("EBIW_EMR_NOTIFIERS: the notifiers are local, fhir and hl7v2")
+        if "fhir" in self.emr_notifier_names and not self.emr_fhir_url:
+            raise SettingsError("EBIW_EMR_FHIR_URL must be set for the fhir notifier")
+        if self.emr_token_url and not (self.emr_client_id and self.emr_client_secret):
+            raise SettingsError("EBIW_EMR_CLIENT_ID and EBIW_EMR_CLIENT_SECRET must be set "
+                                "with EBIW_EMR_TOKEN_URL")
+        if "hl7v2" in self.emr_notifier_names and \
+                not re.fullmatch(r"[^:\s]+:\d{1,5}", self.emr_mllp_address):
+            raise SettingsError("EBIW_EMR_MLLP_ADDRESS must be host:port for the hl7v2 notifier")
+        if self.emr_timeout_seconds <= 0:
+            raise SettingsError("EBIW_EMR_TIMEOUT_SECONDS must be positive")
+        try:
+            systems = self.issuer_systems
+        except ValueError as exc:
+            raise SettingsError("EBIW_EMR_ISSUER_SYSTEMS must be a JSON object") from exc
+        if not isinstance(systems, dict) or not all(
+                isinstance(k, str) and isinstance(v, str) and v for k, v in systems.items()):
+            raise SettingsError("EBIW_EMR_ISSUER_SYSTEMS must map issuers to system URIs")
 
 
 def _development_secret(data_dir: Path) -> str:

@@ -125,3 +125,39 @@ class ApiToken(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+
+
+# --- EMR notification: the local FHIR store, HL7 v2 notices (app/gateways/emr) -------------
+
+
+class FhirResource(Base):
+    """The current version of one resource of the local FHIR store, served read-only at /fhir.
+
+    ``identifier`` is the resource's search token (``system|value``, e.g. the Study UID's
+    ``urn:dicom:uid|urn:oid:<uid>``, unique per type) and ``subject`` its ``Patient/<id>``
+    reference, both indexed for searches; ``body`` is the resource JSON without ``meta``.
+    """
+
+    __tablename__ = "fhir_resource"
+    __table_args__ = (UniqueConstraint("resource_type", "logical_id"),
+                      UniqueConstraint("resource_type", "identifier"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    resource_type: Mapped[str] = mapped_column(String(32))
+    logical_id: Mapped[str] = mapped_column(String(64))
+    identifier: Mapped[str | None] = mapped_column(String(160))
+    subject: Mapped[str | None] = mapped_column(String(80), index=True)
+    version_id: Mapped[int] = mapped_column(Integer, default=1)
+    last_updated: Mapped[datetime] = mapped_column(default=utcnow)
+    body: Mapped[dict] = mapped_column(JSON)
+
+
+class Hl7Notice(Base):
+    """The last state of a study (its instance count) an HL7 v2 receiver accepted (AA)."""
+
+    __tablename__ = "hl7_notice"
+
+    study_uid: Mapped[str] = mapped_column(String(64), primary_key=True)
+    instance_count: Mapped[int] = mapped_column(Integer)
+    control_id: Mapped[str] = mapped_column(String(20))
+    accepted_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -12,6 +12,9 @@ from typing import Protocol
 
 from sqlalchemy.orm import Session
 
+from app.gateways.emr.hl7v2 import Hl7v2Notifier
+from app.gateways.emr.local import LocalFhirStore
+from app.gateways.emr.remote import RemoteFhirNotifier
 from app.settings import Settings
 
 
@@ -37,21 +40,9 @@ def build_notifiers(settings: Settings) -> list[StudyNotifier]:
 
     ``local`` is the embedded FHIR store served at ``/fhir``, ``fhir`` a remote FHIR R4 server
     (``EBIW_EMR_FHIR_URL``), ``hl7v2`` an HL7 v2 ORU^R01 over MLLP (``EBIW_EMR_MLLP_ADDRESS``).
-    Raises :class:`app.settings.SettingsError` for an unknown name or a missing setting.
+    The names and what each needs were checked when the settings were read.
     """
-    from app.gateways.emr.hl7v2 import Hl7v2Notifier
-    from app.gateways.emr.local import LocalFhirStore
-    from app.gateways.emr.remote import RemoteFhirNotifier
-    from app.settings import SettingsError
-
-    notifiers: list[StudyNotifier] = []
-    for name in settings.emr_notifier_names:
-        if name == LocalFhirStore.name:
-            notifiers.append(LocalFhirStore(settings))
-        elif name == RemoteFhirNotifier.name:
-            notifiers.append(RemoteFhirNotifier(settings))
-        elif name == Hl7v2Notifier.name:
-            notifiers.append(Hl7v2Notifier(settings))
-        else:
-            raise SettingsError("EBIW_EMR_NOTIFIERS: names are local, fhir and hl7v2")
-    return notifiers
+    kinds: dict[str, type[LocalFhirStore | RemoteFhirNotifier | Hl7v2Notifier]] = {
+        LocalFhirStore.name: LocalFhirStore, RemoteFhirNotifier.name: RemoteFhirNotifier,
+        Hl7v2Notifier.name: Hl7v2Notifier}
+    return [kinds[name](settings) for name in settings.emr_notifier_names]

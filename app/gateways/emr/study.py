@@ -1,0 +1,77 @@
+"""The current state of a study as the database knows it, for every EMR notifier."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, date, timedelta, timezone
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from app.db.models import CaptureSession, Instance, Photo
+from app.gateways.errors import PermanentError
+from app.pipeline.dicom.codes import body_site
+from app.pipeline.fhir import InstanceFacts, SeriesFacts, StudyFacts
+
+DEFAULT_MODALITY = "XC"
+
+
+@dataclass(frozen=True)
+class StudyRecord:
+    """A study's facts plus the patient and encounter context of its capture session."""
+
+    facts: StudyFacts
+    session_id: str
+    mrn: str
+    issuer: str
+    encounter: str | None
+    patient_name: str | None
+    birth_date: date | None
+    sex: str | None
+    department: str | None
+
+
+def load_study(db: Session, study_uid: str) -> StudyRecord:
+    """Read the session and every indexed instance of ``study_uid``.
+
+    Series are ordered by when their first instance was stored (the originals first); a
+    series or instance number comes from the instance's indexed attributes (``SeriesNumber``,
+    ``InstanceNumber``), the photo's instance number, or else its position. Raises
+    :class:`PermanentError` for an unknown study or one without instances.
+    """
+    session = db.scalar(select(CaptureSession).where(CaptureSession.study_uid == study_uid))
+    if session is None:
+        raise PermanentError("no capture session has this Study Instance UID")
+    rows = db.scalars(select(Instance).where(Instance.study_uid == study_uid)
+                      .order_by(Instance.stored_at, Instance.sop_uid)).all()
+    if not rows:
+        raise PermanentError("the study has no stored instance yet")
+    photo_numbers: dict[str, int] = {sop_uid: number for sop_uid, number in db.execute(
+        select(Photo.sop_uid, Photo.instance_number).where(Photo.session_id == session.id))}
+    by_series: dict[str, list[Instance]] = {}
+    for row in rows:
+        by_series.setdefault(row.series_uid, []).append(row)
+    series = []
+    for position, (series_uid, instances) in enumerate(by_series.items(), start=1):
+        numbered = sorted(
+            (InstanceFacts(uid=i.sop_uid, sop_class_uid=i.sop_class_uid,
+                           number=int(photo_numbers.get(i.sop_uid)
+                                      or (i.attributes or {}).get("InstanceNumber") or n))
+             for n, i in enumerate(instances, start=1)),
+            key=lambda i: (i.number, i.uid))
+        first = instances[0].attributes or {}
+        series.append(SeriesFacts(uid=series_uid,
+                                  number=int(first.get("SeriesNumber") or position),
+                                  modality=str(first.get("Modality") or DEFAULT_MODALITY),
+                                  instances=tuple(numbered)))
+    created = session.created_at
+    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created
+    started = created.astimezone(timezone(timedelta(minutes=session.utc_offset_minutes)))
+    facts = StudyFacts(uid=study_uid, started=started, series=tuple(series),
+                       body_site=body_site(session.body_site) if session.body_site else None,
+                       laterality=session.laterality,
+                       accession_number=session.accession_number or "")
+    return StudyRecord(facts=facts, session_id=session.id, mrn=session.patient_id,
+                       issuer=session.issuer, encounter=session.encounter,
+                       patient_name=session.patient_name, birth_date=session.birth_date,
+                       sex=session.sex, department=session.department)
