@@ -232,6 +232,29 @@ def test_chart_with_shuffled_patches_gives_none() -> None:
     assert find_chart(synthetic_chart(REFERENCE_SRGB8[order], 20)) is None
 
 
+def test_mirrored_chart_gives_none() -> None:
+    # no physical chart looks like this; taking it for a rotated one would swap patches
+    assert find_chart(cv2.flip(synthetic_chart(REFERENCE_SRGB8, 15), 1)) is None
+
+
+@pytest.mark.parametrize(
+    "image",
+    [
+        np.zeros((480, 640, 3), np.uint8),
+        np.full((31, 17, 3), 200, np.uint8),
+        np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8),
+    ],
+    ids=["black", "tiny", "noise"],
+)
+def test_images_without_structure_give_none(image: np.ndarray) -> None:
+    assert find_chart(image) is None
+
+
+def test_find_chart_rejects_non_bgr_input() -> None:
+    with pytest.raises(ValueError):
+        find_chart(np.zeros((100, 100), np.uint8))
+
+
 def test_real_chart_with_scrambled_patches_gives_none() -> None:
     name = "sio_classic.jpg"
     img = photo(name).copy()

@@ -61,7 +61,8 @@ class ColorReport:
         linearization: ``"srgb"`` (decoded with the sRGB curve) or ``"linear"`` (data taken
             as linear), whichever gives the lower leave-one-out ΔE.
         chart_type: the chart's type, see `Chart.type`.
-        patches_used: unclipped patches that entered the fit.
+        patches_used: patches that entered the fit: the unclipped ones, or all 24 when fewer
+            than `MIN_PATCHES` are unclipped (the result is then unreliable).
         delta_e_before: patches as they are in the photo (read as sRGB) vs the reference.
         delta_e_after: patches after the fitted correction (clipped to the output range), with
             the leave-one-out mean: each patch predicted by a fit without it.

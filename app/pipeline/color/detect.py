@@ -58,7 +58,7 @@ _SAMPLE_HALF = 0.2  # half-size of the sampled square, in pitches (central 40 % 
 _RECT_PX = 48  # pixels per pitch in the rectified view used for refinement and sampling
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Chart:
     """A verified 24-patch chart in an image.
 
@@ -100,8 +100,9 @@ def find_chart(bgr: np.ndarray) -> Chart | None:
     """Find the 24-patch ColorChecker in an oriented BGR uint8 image.
 
     Returns the chart with oriented corners, or None when no candidate passes every check
-    (so a wrong chart comes back as None, never as a bad placement). Runs in about 0.1-0.3 s
-    on one core for photos of any size; the input is not modified.
+    (so a wrong chart comes back as None, never as a bad placement). Charts seen mirrored
+    (a selfie camera's preview) are not found. Runs in about 0.1-0.3 s on one core for
+    photos of any size; the input is not modified.
     """
     if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
         raise ValueError("expected an H x W x 3 uint8 BGR image")
@@ -141,8 +142,8 @@ def _reduce(bgr: np.ndarray) -> tuple[np.ndarray, float]:
 @dataclass
 class _Nodes:
     centers: np.ndarray  # (N, 2)
-    sizes: np.ndarray  # (N,) sqrt(area) of the largest member contour
-    quads: np.ndarray  # (N, 4, 2) quad of the largest member
+    sizes: np.ndarray  # (N,) sqrt(area) of the median-sized member contour
+    quads: np.ndarray  # (N, 4, 2) quad of that member
     support: np.ndarray  # (N,) number of thresholds that found it
 
 
@@ -158,8 +159,11 @@ def _candidates(work: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         )
         # Cut one-pixel bridges between neighbours, then keep only blobs whose size and
         # bounding-box fill could be a patch before tracing their outlines.
+        # (Spaghetti is named explicitly: twice as fast as the default for 4-connectivity.)
         bw = cv2.erode(bw, _CROSS)
-        _, labels, stats, _ = cv2.connectedComponentsWithStats(bw, connectivity=4)
+        _, labels, stats, _ = cv2.connectedComponentsWithStatsWithAlgorithm(
+            bw, 4, cv2.CV_32S, cv2.CCL_SPAGHETTI
+        )
         bw_w, bw_h, bw_area = stats[:, 2], stats[:, 3], stats[:, 4]
         keep = (
             (bw_area >= min_area)
@@ -170,7 +174,7 @@ def _candidates(work: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         keep[0] = False
         if not keep.any():
             continue
-        mask = (keep.astype(np.uint8) * 255)[labels]
+        mask = np.take(keep.astype(np.uint8) * 255, labels)
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         for contour in contours:
             if len(contour) < 4:
@@ -249,6 +253,9 @@ def _grids(nodes: _Nodes) -> list[tuple[np.ndarray, dict[tuple[int, int], int]]]
 
 
 def _grow(nodes: _Nodes, seed: int) -> tuple[np.ndarray, dict[tuple[int, int], int]] | None:
+    """Lattice through the seed: neighbours are placed with the seed's own axes and the
+    pitch of its nearest axial neighbours, then a homography is refitted three times while
+    every similar-sized node within 0.22 pitch of a lattice point joins (one per point)."""
     centers, sizes = nodes.centers, nodes.sizes
     c0, s0, quad = centers[seed], sizes[seed], nodes.quads[seed]
     basis = np.stack([quad[1] - quad[0], quad[3] - quad[0]], axis=1)
@@ -319,12 +326,7 @@ def _lattice_colours(
     to_lattice = np.array([[1 / px, 0, lo[0] - 0.5], [0, 1 / px, lo[1] - 0.5], [0, 0, 1]])
     m = lattice_h @ to_lattice
     rect = cv2.warpPerspective(
-        work,
-        m,
-        (nx * px, ny * px),
-        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-        borderMode=cv2.BORDER_CONSTANT,
-        borderValue=(-1, -1, -1),
+        work, m, (nx * px, ny * px), flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
     )
     inside = cv2.warpPerspective(
         np.full(work.shape[:2], 255, np.uint8),
@@ -372,12 +374,12 @@ def _best_hypothesis(
                 outside.append(len(keys) - inside)
     if not samples:
         return None
-    scores = match_delta_e(np.array(samples))
+    scores = _match_delta_e(np.array(samples))
     best = int(np.argmin(scores))
     return float(scores[best]), transforms[best], outside[best]
 
 
-def match_delta_e(patches_srgb: np.ndarray) -> np.ndarray:
+def _match_delta_e(patches_srgb: np.ndarray) -> np.ndarray:
     """Mean CIEDE2000 of 24 patch colours after the best 3 x 3 fit to the reference.
 
     `patches_srgb` is (..., 24, 3) 8-bit (R, G, B); the data are tried both as sRGB-encoded
@@ -428,7 +430,7 @@ def _patch_centres(rect: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray
     return np.array(found, dtype=int), np.array(centres).reshape(-1, 2), np.array(fractions)
 
 
-def sample_patches(bgr: np.ndarray, chart_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _sample_patches(bgr: np.ndarray, chart_h: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Robust mean sRGB8 (R, G, B) of the central 40 % of each cell, and the clipped flags.
 
     `chart_h` maps chart coordinates to `bgr`. The mean drops the 10 % lowest and highest
@@ -462,8 +464,8 @@ def _refine_and_verify(bgr: np.ndarray, chart_h: np.ndarray, *, embedded: bool) 
         if refined is None or inliers.sum() < 12:
             break
         chart_h = refined / refined[2, 2]
-    patches, clipped = sample_patches(bgr, chart_h)
-    score = float(match_delta_e(patches))
+    patches, clipped = _sample_patches(bgr, chart_h)
+    score = float(_match_delta_e(patches))
     corners = _transform(chart_h, CHART_QUAD)
     if score > MAX_MATCH_DELTA_E or not _plausible(corners, patches, bgr.shape):
         return None
