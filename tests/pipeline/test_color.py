@@ -180,6 +180,26 @@ def test_find_chart_places_and_orients_the_chart(name: str) -> None:
     assert chart.match_delta_e <= 12.0
 
 
+@pytest.mark.slow
+def test_every_photo_of_the_data_set() -> None:
+    """The benchmark's claim in miniature: >= 45 of 47 charts placed, none wrong."""
+    placed, wrong = 0, []
+    for name, truth in GROUND_TRUTH.items():
+        if not truth.get("quad"):
+            continue
+        chart = chart_of(name)
+        if chart is None:
+            continue
+        truth_lab = srgb8_to_lab(np.array(truth["patch_srgb8"]))
+        swatches_ok = delta_e_2000(srgb8_to_lab(chart.patches_srgb), truth_lab).mean() < 3.0
+        if corner_error(chart.corners, np.array(truth["quad"])) <= 0.03:
+            placed += 1
+        elif not swatches_ok:
+            wrong.append(name)
+    assert placed >= 45
+    assert wrong == []
+
+
 def test_photo_without_chart_gives_none() -> None:
     assert chart_of("karnehen_cam2_nochart.jpg") is None
 

@@ -99,6 +99,8 @@ def normalize(
     Returns the corrected sRGB image (BGR uint8, same shape) and the report; the image is
     None when the report says the correction is unreliable. The input is not modified.
     """
+    if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
+        raise ValueError("expected an H x W x 3 uint8 BGR image")
     obs = np.asarray(chart.patches_srgb, dtype=np.float64) / 255.0
     used = ~np.asarray(chart.clipped, dtype=bool)
     before = delta_e_2000(linear_srgb_to_lab(srgb_decode(obs)), REFERENCE_LAB_D50)[used]
