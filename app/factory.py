@@ -13,9 +13,11 @@ from app.gateways.archive.local import LocalArchive
 from app.settings import Settings
 from app.web import Services
 from app.web.api import bp as api_bp
+from app.web.auth import bp as auth_bp
 from app.web.errors import register_error_handlers
 from app.web.fhir import bp as fhir_bp
 from app.web.health import bp as health_bp
+from app.web.pwa import bp as pwa_bp
 from app.workflow.intake import Intake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,5 +38,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(auth_bp)
+    app.register_blueprint(pwa_bp)
     app.register_blueprint(fhir_bp)
     return app

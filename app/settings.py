@@ -39,6 +39,9 @@ class Settings:
     default_issuer: str = "LOCAL"
     institution_name: str = ""
     public_url: str = "http://127.0.0.1:8000"
+    # Web login sessions (app/workflow/accounts.py): idle timeout and absolute lifetime
+    session_idle_minutes: int = 15
+    session_lifetime_hours: int = 12
     # EMR notification (app/gateways/emr; README "EMR notification")
     emr_notifiers: str = "local"  # comma separated: local, fhir, hl7v2
     emr_fhir_url: str = ""  # remote FHIR R4 base, e.g. https://emr.example.org/fhir
@@ -125,6 +128,9 @@ class Settings:
                                     "organisation's DICOM UID root, or 2.25 explicitly)")
         if self.max_pixels <= 0 or self.max_upload_bytes <= 0:
             raise SettingsError("EBIW_MAX_PIXELS and EBIW_MAX_UPLOAD_BYTES must be positive")
+        if self.session_idle_minutes <= 0 or self.session_lifetime_hours <= 0:
+            raise SettingsError("EBIW_SESSION_IDLE_MINUTES and EBIW_SESSION_LIFETIME_HOURS "
+                                "must be positive")
         self._check_emr()
         if self.secret_key:
             return self

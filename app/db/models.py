@@ -67,6 +67,9 @@ class CaptureSession(Base):
     laterality: Mapped[str | None] = mapped_column(String(1))
     department: Mapped[str | None] = mapped_column(String(64))
     source: Mapped[str] = mapped_column(String(16), default="provider")
+    consent: Mapped[str | None] = mapped_column(String(16))  # given, declined, not-required
+    sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
+    description: Mapped[str | None] = mapped_column(String(64))  # the view, e.g. "close-up"
     status: Mapped[str] = mapped_column(String(16), default="open")
     photo_count: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str] = mapped_column(String(128))
@@ -161,3 +164,33 @@ class Hl7Notice(Base):
     instance_count: Mapped[int] = mapped_column(Integer)
     control_id: Mapped[str] = mapped_column(String(20))
     accepted_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Local user accounts and server-side web sessions (app/workflow/accounts.py) -----------
+
+
+class User(Base):
+    """A local account of the web app; only an Argon2id hash of the password is kept."""
+
+    __tablename__ = "app_user"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    username: Mapped[str] = mapped_column(String(128), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(256))
+    role: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    disabled_at: Mapped[datetime | None]
+
+
+class WebSession(Base):
+    """A logged-in browser. The cookie holds a random id; only its SHA-256 is stored here."""
+
+    __tablename__ = "web_session"
+
+    id_hash: Mapped[str] = mapped_column(String(64), primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"),
+                                         index=True)
+    csrf_token: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
+    user: Mapped[User] = relationship()

@@ -35,6 +35,7 @@ from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.settings import Settings
 
 SOURCES = ("provider", "patient")
+CONSENTS = ("given", "declined", "not-required")
 SEXES = ("F", "M", "O")
 ORIGINAL_SERIES_NUMBER = 1
 
@@ -102,6 +103,9 @@ class SessionRequest:
     department: str | None
     source: str
     session_id: str
+    consent: str | None = None
+    sensitive: bool = False
+    description: str | None = None
 
     @classmethod
     def from_json(cls, body: Any, default_issuer: str) -> SessionRequest:
@@ -130,6 +134,12 @@ class SessionRequest:
         source = body.get("source") or "provider"
         if source not in SOURCES:
             raise InvalidRequest("source must be provider or patient")
+        consent = body.get("consent") or None
+        if consent is not None and consent not in CONSENTS:
+            raise InvalidRequest("consent must be given, declined or not-required")
+        sensitive = body.get("sensitive", False)
+        if not isinstance(sensitive, bool):
+            raise InvalidRequest("sensitive must be true or false")
         name = _text(patient.get("name"), "patient.name", max_len=192)
         return cls(
             patient_id=_text(patient.get("id"), "patient.id", required=True) or "",
@@ -140,6 +150,9 @@ class SessionRequest:
             department=_text(body.get("department"), "department"),
             source=source,
             session_id=_uuid(body["id"], "id") if body.get("id") else str(uuid.uuid4()),
+            consent=consent,
+            description=_text(body.get("description"), "description", max_len=36),
+            sensitive=sensitive or (site is not None and body_site(site).sensitive),
         )
 
 
@@ -172,7 +185,8 @@ class Intake:
             patient_name=request.name, birth_date=request.birth_date, sex=request.sex,
             encounter=request.encounter, body_site=request.body_site,
             laterality=request.laterality, department=request.department,
-            source=request.source, created_by=user, created_at=now.astimezone(UTC),
+            source=request.source, consent=request.consent, sensitive=request.sensitive,
+            description=request.description, created_by=user, created_at=now.astimezone(UTC),
             utc_offset_minutes=int(offset.total_seconds() // 60))
         try:
             with self.db.session() as db:
@@ -299,5 +313,6 @@ class Intake:
             body_site=body_site(s.body_site) if s.body_site else None,
             laterality=s.laterality, department=s.department,
             institution=self.settings.institution_name or None,
-            description="Patient-taken photographs" if s.source == "patient"
-            else "Clinical photographs")
+            description=", ".join(filter(None, (
+                "Patient-taken photographs" if s.source == "patient" else "Clinical photographs",
+                s.description))))

@@ -12,7 +12,7 @@ from flask import Blueprint, Response, g, jsonify, request
 from app.db.models import CaptureSession, Photo
 from app.pipeline.dicom.codes import body_site, body_sites
 from app.web import services
-from app.web.auth import require
+from app.web.auth import current_login, login_json, require
 from app.workflow.intake import SessionRequest
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -53,6 +53,9 @@ def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, A
         "laterality": session.laterality,
         "department": session.department,
         "source": session.source,
+        "consent": session.consent,
+        "sensitive": session.sensitive,
+        "description": session.description,
         "created_at": _iso(session.created_at),
         "completed_at": _iso(session.completed_at),
     }
@@ -96,6 +99,19 @@ def complete_session(session_id: str) -> Response:
 def list_body_sites() -> Response:
     return jsonify([{"code": s.code, "meaning": s.meaning, "sensitive": s.sensitive,
                      "paired": s.paired} for s in body_sites().values()])
+
+
+@bp.get("/me")
+@require("capture", "view")
+def me() -> Response:
+    """Who is logged in; for the session cookie also its CSRF token and lifetime."""
+    login = current_login()
+    body = login_json(login) if login is not None and "Authorization" not in request.headers \
+        else {"user": g.caller.user, "role": g.caller.role, "csrf_token": None,
+              "expires_at": None, "idle_timeout_seconds": None}
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @cache

@@ -1,0 +1,84 @@
+"""The capture app as an installable PWA: the app shell at ``/``, ``/sw.js`` and the manifest.
+
+The service worker and the manifest are served at the root so that their scope is the whole
+site. The worker precaches the *app shell only* (the page, scripts, styles, icons; never API
+answers or photos) in a cache named after a hash of those files, so every change of the shell
+installs a new worker that replaces the old cache.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from functools import cache
+from pathlib import Path
+
+from flask import Blueprint, Response, current_app, render_template, send_from_directory
+
+bp = Blueprint("pwa", __name__)
+
+ENTRY = "js/app.js"
+"""The app's entry module; the shell is it, the modules it imports, the stylesheet and icons."""
+
+_IMPORT = re.compile(r'^\s*(?:import|export)\b[^;]*?\bfrom\s+"\./([\w.-]+\.js)"', re.M)
+
+
+def _static() -> Path:
+    return Path(current_app.static_folder or "static")
+
+
+def _modules(static: Path) -> list[Path]:
+    """The entry module and every module it imports, directly or not (relative imports)."""
+    found: list[Path] = []
+    todo = [static / ENTRY]
+    while todo:
+        module = todo.pop()
+        if module in found:
+            continue
+        found.append(module)
+        todo.extend(module.parent / name for name in _IMPORT.findall(module.read_text()))
+    return found
+
+
+@cache
+def _shell(static: Path, templates: Path) -> tuple[str, tuple[str, ...]]:
+    """(version, URLs) of the app shell; the version hashes every file the shell is made of."""
+    files = sorted([*_modules(static), static / "css" / "app.css",
+                    *(static / "icons").glob("*.png")])
+    digest = hashlib.sha256()
+    for path in [*files, static / "manifest.webmanifest", templates / "base.html",
+                 templates / "capture" / "index.html", templates / "capture" / "sw.js"]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    urls = ["/", "/manifest.webmanifest",
+            *(f"/static/{p.relative_to(static).as_posix()}" for p in files)]
+    return digest.hexdigest()[:16], tuple(urls)
+
+
+def shell() -> tuple[str, tuple[str, ...]]:
+    """The current app's shell version and URLs."""
+    return _shell(_static(), Path(current_app.template_folder or "templates"))
+
+
+@bp.get("/")
+def index() -> Response:
+    """The app shell: the same page for everyone (no user data), so it can be cached."""
+    response = Response(render_template("capture/index.html"))
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@bp.get("/sw.js")
+def service_worker() -> Response:
+    """The service worker, with the shell version and file list filled in."""
+    version, urls = shell()
+    response = Response(render_template("capture/sw.js", version=version, shell=list(urls)),
+                        mimetype="text/javascript")
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
+@bp.get("/manifest.webmanifest")
+def manifest() -> Response:
+    """The web app manifest (name, standalone display, icons)."""
+    return send_from_directory(_static(), "manifest.webmanifest",
+                               mimetype="application/manifest+json", max_age=0)

@@ -1,0 +1,167 @@
+/**
+ * The server's API as the app uses it: JSON calls with the session cookie and CSRF header,
+ * photo uploads with progress, and typed errors (network trouble vs. an answer).
+ * @module api
+ */
+
+const CSRF_HEADER = "X-CSRF-Token";
+let csrfToken = null;
+
+/** The request never got an answer (offline, connection reset, server unreachable). */
+export class NetworkError extends Error {
+  constructor(message = "no connection to the server") {
+    super(message);
+    this.name = "NetworkError";
+  }
+}
+
+/** The server answered with an error status; `message` is the server's, safe to show. */
+export class ApiError extends Error {
+  /**
+   * @param {number} status HTTP status
+   * @param {string} code the error body's code
+   * @param {string} message the error body's message
+   * @param {object|null} [body] the whole JSON answer, when there was one
+   */
+  constructor(status, code, message, body = null) {
+    super(message);
+    this.name = "ApiError";
+    this.status = status;
+    this.code = code;
+    this.body = body;
+  }
+
+  /** @returns {boolean} whether trying again later may succeed */
+  get transient() {
+    return this.status >= 500 || [408, 425, 429].includes(this.status);
+  }
+
+  /** @returns {boolean} whether the user must log in (again) first */
+  get needsLogin() {
+    return this.status === 401 || (this.status === 403 && this.code === "csrf");
+  }
+}
+
+/**
+ * Remember the session's CSRF token (from the login answer or GET /api/v1/me); memory only.
+ * @param {string|null} token
+ */
+export function setCsrfToken(token) {
+  csrfToken = token;
+}
+
+async function errorOf(response) {
+  let body = null;
+  try {
+    body = await response.json();
+  } catch {
+    // not JSON: keep the generic message
+  }
+  const error = (body && body.error) || {};
+  return new ApiError(response.status, error.code || "error",
+    error.message || `the server answered ${response.status}`, body);
+}
+
+/**
+ * Call the server with an optional body (a Blob is sent as is, anything else as JSON);
+ * resolve with the JSON answer (null for 204).
+ * @param {string} method
+ * @param {string} path
+ * @param {object|Blob} [body]
+ * @returns {Promise<{status: number, body: any}>}
+ * @throws {NetworkError|ApiError}
+ */
+export async function call(method, path, body) {
+  const headers = { Accept: "application/json" };
+  let payload;
+  if (body instanceof Blob) {
+    headers["Content-Type"] = body.type || "application/octet-stream";
+    payload = body;
+  } else if (body !== undefined) {
+    headers["Content-Type"] = "application/json";
+    payload = JSON.stringify(body);
+  }
+  if (method !== "GET" && csrfToken) headers[CSRF_HEADER] = csrfToken;
+  let response;
+  try {
+    response = await fetch(path, { method, headers, body: payload, credentials: "same-origin",
+      cache: "no-store" });
+  } catch {
+    throw new NetworkError();
+  }
+  if (!response.ok) throw await errorOf(response);
+  return { status: response.status, body: response.status === 204 ? null : await response.json() };
+}
+
+/**
+ * PUT a photo's bytes, reporting upload progress; resolve with the server's answer.
+ * @param {string} path
+ * @param {Blob} blob
+ * @param {(loaded: number, total: number) => void} onProgress
+ * @returns {Promise<{status: number, body: object}>}
+ * @throws {NetworkError|ApiError}
+ */
+export function putBlob(path, blob, onProgress) {
+  return new Promise((resolve, reject) => {
+    const xhr = new XMLHttpRequest();
+    xhr.open("PUT", path);
+    xhr.setRequestHeader("Content-Type", blob.type || "application/octet-stream");
+    xhr.setRequestHeader("Accept", "application/json");
+    if (csrfToken) xhr.setRequestHeader(CSRF_HEADER, csrfToken);
+    xhr.responseType = "json";
+    xhr.timeout = 60000 + blob.size / 50;  // a stalled link fails instead of hanging (≥ 50 kB/s)
+    xhr.upload.addEventListener("progress", (event) => {
+      if (event.lengthComputable) onProgress(event.loaded, event.total);
+    });
+    xhr.addEventListener("load", () => {
+      if (xhr.status >= 200 && xhr.status < 300) {
+        resolve({ status: xhr.status, body: xhr.response });
+      } else {
+        const error = xhr.response && xhr.response.error;
+        reject(new ApiError(xhr.status, error ? error.code : "error",
+          error ? error.message : `the server answered ${xhr.status}`));
+      }
+    });
+    xhr.addEventListener("error", () => reject(new NetworkError()));
+    xhr.addEventListener("timeout", () => reject(new NetworkError("the upload timed out")));
+    xhr.addEventListener("abort", () => reject(new NetworkError("the upload was interrupted")));
+    xhr.send(blob);
+  });
+}
+
+/**
+ * Log in; resolve with the session description (user, role, csrf_token, expires_at).
+ * @param {string} username
+ * @param {string} password
+ * @returns {Promise<object>}
+ */
+export async function login(username, password) {
+  const { body } = await call("POST", "/login", { username, password });
+  setCsrfToken(body.csrf_token);
+  return body;
+}
+
+/** End the server session (best effort: the caller purges the device either way). */
+export async function logout() {
+  try {
+    await call("POST", "/logout");
+  } finally {
+    setCsrfToken(null);
+  }
+}
+
+/**
+ * Who is logged in (and the CSRF token), or null when nobody is.
+ * @returns {Promise<object|null>}
+ * @throws {NetworkError}
+ */
+export async function whoAmI() {
+  try {
+    const { body } = await call("GET", "/api/v1/me");
+    setCsrfToken(body.csrf_token);
+    return body;
+  } catch (error) {
+    if (error instanceof ApiError && error.status === 401) return null;
+    throw error;
+  }
+}

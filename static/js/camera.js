@@ -1,0 +1,70 @@
+/**
+ * The live camera: a stream shown in a <video>, and frames grabbed to a canvas and encoded as
+ * JPEG in memory (canvas → Blob). Nothing is ever written to the device's gallery.
+ * @module camera
+ */
+
+/** Resolutions asked for: the best the rear camera gives for photos, HD for scanning. */
+export const PHOTO_RESOLUTION = { width: 4096, height: 3072 };
+export const SCAN_RESOLUTION = { width: 1920, height: 1080 };
+
+/** @returns {boolean} whether this browser can show a live camera (secure context needed) */
+export function cameraSupported() {
+  return Boolean(navigator.mediaDevices && navigator.mediaDevices.getUserMedia);
+}
+
+/**
+ * Start the rear camera in `video`.
+ * @param {HTMLVideoElement} video
+ * @param {{width: number, height: number}} resolution the ideal size
+ * @returns {Promise<void>}
+ */
+export async function startCamera(video, resolution) {
+  stopCamera(video);
+  const stream = await navigator.mediaDevices.getUserMedia({
+    audio: false,
+    video: { facingMode: { ideal: "environment" }, width: { ideal: resolution.width },
+      height: { ideal: resolution.height } },
+  });
+  video.srcObject = stream;
+  await video.play();
+}
+
+/**
+ * Stop the camera shown in `video` (the light goes off).
+ * @param {HTMLVideoElement} video
+ */
+export function stopCamera(video) {
+  const stream = video.srcObject;
+  if (stream) {
+    for (const track of stream.getTracks()) track.stop();
+  }
+  video.srcObject = null;
+}
+
+/**
+ * The current frame of `video` as a canvas, at full resolution.
+ * @param {HTMLVideoElement} video
+ * @returns {HTMLCanvasElement}
+ */
+export function grabFrame(video) {
+  if (!video.videoWidth) throw new Error("the camera has no picture yet");
+  const canvas = document.createElement("canvas");
+  canvas.width = video.videoWidth;
+  canvas.height = video.videoHeight;
+  canvas.getContext("2d").drawImage(video, 0, 0);
+  return canvas;
+}
+
+/**
+ * Encode a canvas as JPEG.
+ * @param {HTMLCanvasElement} canvas
+ * @param {number} [quality=0.92]
+ * @returns {Promise<Blob>}
+ */
+export function toJpeg(canvas, quality = 0.92) {
+  return new Promise((resolve, reject) => {
+    canvas.toBlob((blob) => (blob ? resolve(blob) : reject(new Error("could not encode the photo"))),
+      "image/jpeg", quality);
+  });
+}

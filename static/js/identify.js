@@ -1,0 +1,114 @@
+/**
+ * Who is the patient: a wristband read by the camera (decoded on the device when the browser
+ * has a BarcodeDetector, otherwise the frame is sent to POST /api/v1/identify) or an MRN typed
+ * by hand (POST /api/v1/patients/search). Identifiers travel in request bodies, never in URLs.
+ * @module identify
+ */
+
+import { ApiError, call } from "./api.js";
+import { grabFrame, toJpeg } from "./camera.js";
+
+/** BarcodeDetector format → the symbology names of the API. */
+const SYMBOLOGIES = { code_128: "Code128", code_39: "Code39", qr_code: "QRCode",
+  pdf417: "PDF417", data_matrix: "DataMatrix" };
+
+async function detectOnDevice(video) {
+  if (!("BarcodeDetector" in window)) return null;
+  try {
+    const supported = await window.BarcodeDetector.getSupportedFormats();
+    const formats = Object.keys(SYMBOLOGIES).filter((f) => supported.includes(f));
+    if (!formats.length) return null;
+    const found = await new window.BarcodeDetector({ formats }).detect(video);
+    return found.length ? found[0] : null;
+  } catch {
+    return null;  // the server reads the frame instead
+  }
+}
+
+async function lookUp(path, body) {
+  try {
+    return identification((await call("POST", path, body)).body);
+  } catch (error) {
+    // 404 carries the same answer (nobody matches, and what was read): not a failure here
+    if (error instanceof ApiError && error.status === 404 && error.body &&
+        Array.isArray(error.body.patients)) {
+      return identification(error.body);
+    }
+    throw error;
+  }
+}
+
+/**
+ * Identify from the wristband in front of the camera.
+ * @param {HTMLVideoElement} video the live camera
+ * @returns {Promise<Identification>}
+ */
+export async function identifyWristband(video) {
+  const barcode = await detectOnDevice(video);
+  if (barcode) {
+    return lookUp("/api/v1/identify", { barcode: barcode.rawValue, method: "scanned",
+      symbology: SYMBOLOGIES[barcode.format] });
+  }
+  return lookUp("/api/v1/identify", await toJpeg(grabFrame(video), 0.9));
+}
+
+/**
+ * Identify from an MRN entered by hand.
+ * @param {string} mrn
+ * @returns {Promise<Identification>}
+ */
+export async function identifyTyped(mrn) {
+  return lookUp("/api/v1/patients/search", { mrn: mrn.trim() });
+}
+
+/**
+ * @typedef {object} Encounter
+ * @property {string} id the encounter identifier (DICOM Admission ID)
+ * @property {string|null} department
+ * @property {string|null} started ISO date-time
+ * @property {boolean} onWristband the wristband names this encounter
+ *
+ * @typedef {object} Patient
+ * @property {string} mrn
+ * @property {string|null} issuer
+ * @property {string} family
+ * @property {string} given
+ * @property {string|null} birthDate YYYY-MM-DD
+ * @property {string|null} sex F, M or O
+ * @property {Encounter[]} encounters open encounters, preferred first
+ * @property {object[]} worklist scheduled worklist items (as the API gives them)
+ * @property {object|null} identification how the patient was identified, for POST /sessions
+ *
+ * @typedef {object} Identification
+ * @property {string|null} read the identifier that was read, for the user to compare
+ * @property {Patient[]} patients the matching patients (possibly none, possibly several)
+ * @property {boolean} incomplete some patient directory did not answer
+ */
+
+/**
+ * The identify answer in the shape the screens use.
+ * @param {object} body the JSON answer of /api/v1/identify or /api/v1/patients/search
+ * @returns {Identification}
+ */
+export function identification(body) {
+  const patients = (Array.isArray(body.patients) ? body.patients : []).map((p) => ({
+    mrn: String(p.mrn || ""),
+    issuer: p.issuer || null,
+    family: (p.name && p.name.family) || "",
+    given: (p.name && p.name.given) || "",
+    birthDate: p.birth_date || null,
+    sex: p.sex || null,
+    encounters: (p.encounters || []).filter((e) => e.identifier).map((e) => ({
+      id: e.identifier, department: e.department || null, started: e.started || null,
+      onWristband: Boolean(e.on_wristband),
+    })),
+    worklist: Array.isArray(p.worklist) ? p.worklist : [],
+    identification: p.identification || null,
+  })).filter((p) => p.mrn);
+  const first = Array.isArray(body.identifiers) && body.identifiers[0];
+  return {
+    read: first ? first.mrn : null,
+    patients,
+    incomplete: Boolean(body.unavailable && Object.keys(body.unavailable).length),
+  };
+}

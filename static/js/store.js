@@ -1,0 +1,221 @@
+/**
+ * What the app keeps on the device: photos not yet acknowledged by the server and the capture
+ * sessions they belong to, in IndexedDB, encrypted with AES-GCM under a non-extractable key
+ * that lives in the same database. Nothing is kept once the server has it, and everything
+ * (the key too) is deleted at logout.
+ *
+ * Stores: `keys` (the CryptoKey), `sessions` (id, owner, state, encrypted request body),
+ * `photos` (uuid, owner, draft, session, state: metadata only) and `blobs` (uuid → encrypted
+ * bytes, kept apart so that listing the queue never copies photos).
+ * @module store
+ */
+
+const DB_NAME = "ebiw-capture";
+const DB_VERSION = 1;
+const KEY_ID = "photo-key";
+
+/** Names of every object store, as logout empties them. */
+export const STORES = ["keys", "sessions", "photos", "blobs"];
+
+let dbPromise = null;
+let keyPromise = null;
+
+function promised(request) {
+  return new Promise((resolve, reject) => {
+    request.onsuccess = () => resolve(request.result);
+    request.onerror = () => reject(request.error);
+  });
+}
+
+function openDb() {
+  if (!dbPromise) {
+    const request = indexedDB.open(DB_NAME, DB_VERSION);
+    request.onupgradeneeded = () => {
+      const db = request.result;
+      db.createObjectStore("keys");
+      db.createObjectStore("sessions", { keyPath: "id" });
+      db.createObjectStore("photos", { keyPath: "uuid" });
+      db.createObjectStore("blobs");
+    };
+    dbPromise = promised(request);
+  }
+  return dbPromise;
+}
+
+/**
+ * Run `work(stores)` in one transaction and resolve with its result once it has committed.
+ * @template T
+ * @param {string[]} names object stores to open
+ * @param {IDBTransactionMode} mode
+ * @param {(stores: Object<string, IDBObjectStore>) => Promise<T>|T} work
+ * @returns {Promise<T>}
+ */
+async function transaction(names, mode, work) {
+  const db = await openDb();
+  const tx = db.transaction(names, mode);
+  const stores = Object.fromEntries(names.map((name) => [name, tx.objectStore(name)]));
+  const done = new Promise((resolve, reject) => {
+    tx.oncomplete = resolve;
+    tx.onabort = () => reject(tx.error);
+    tx.onerror = () => reject(tx.error);
+  });
+  let result;
+  try {
+    result = await work(stores);
+  } catch (error) {
+    done.catch(() => {});
+    tx.abort();
+    throw error;
+  }
+  await done;
+  return result;
+}
+
+/** The device key: made once, never extractable, shared by every tab (first writer wins). */
+function deviceKey() {
+  if (!keyPromise) {
+    keyPromise = (async () => {
+      const existing = await transaction(["keys"], "readonly", (s) => promised(s.keys.get(KEY_ID)));
+      if (existing) return existing;
+      const key = await crypto.subtle.generateKey({ name: "AES-GCM", length: 256 }, false,
+        ["encrypt", "decrypt"]);
+      try {
+        await transaction(["keys"], "readwrite", (s) => promised(s.keys.add(key, KEY_ID)));
+        return key;
+      } catch {
+        return transaction(["keys"], "readonly", (s) => promised(s.keys.get(KEY_ID)));
+      }
+    })();
+    keyPromise.catch(() => { keyPromise = null; });
+  }
+  return keyPromise;
+}
+
+async function encrypt(bytes, label) {
+  const iv = crypto.getRandomValues(new Uint8Array(12));
+  const data = await crypto.subtle.encrypt(
+    { name: "AES-GCM", iv, additionalData: new TextEncoder().encode(label) },
+    await deviceKey(), bytes);
+  return { iv, data };
+}
+
+async function decrypt(sealed, label) {
+  return crypto.subtle.decrypt(
+    { name: "AES-GCM", iv: sealed.iv, additionalData: new TextEncoder().encode(label) },
+    await deviceKey(), sealed.data);
+}
+
+/**
+ * Keep a new photo, encrypted, as held by a draft (not yet assigned to a session).
+ * @param {{uuid: string, user: string, draftId: string, blob: Blob}} photo
+ * @returns {Promise<object>} the photo's metadata record
+ */
+export async function savePhoto({ uuid, user, draftId, blob }) {
+  const sealed = await encrypt(await blob.arrayBuffer(), uuid);
+  const record = { uuid, user, draftId, sessionId: null, state: "held", error: null,
+    type: blob.type || "application/octet-stream", size: blob.size, createdAt: Date.now() };
+  await transaction(["photos", "blobs"], "readwrite", (s) => {
+    s.photos.add(record);
+    s.blobs.add(sealed, uuid);
+  });
+  return record;
+}
+
+/**
+ * The photo's bytes, decrypted.
+ * @param {{uuid: string, type: string}} record
+ * @returns {Promise<Blob>}
+ */
+export async function photoBlob(record) {
+  const sealed = await transaction(["blobs"], "readonly", (s) => promised(s.blobs.get(record.uuid)));
+  if (!sealed) throw new Error("photo not on this device");
+  return new Blob([await decrypt(sealed, record.uuid)], { type: record.type });
+}
+
+/** @returns {Promise<object[]>} every photo's metadata, oldest first */
+export async function listPhotos() {
+  const all = await transaction(["photos"], "readonly", (s) => promised(s.photos.getAll()));
+  return all.sort((a, b) => a.createdAt - b.createdAt);
+}
+
+/**
+ * Change fields of a photo's metadata (no-op when the photo is gone).
+ * @param {string} uuid
+ * @param {object} changes
+ */
+export async function updatePhoto(uuid, changes) {
+  await transaction(["photos"], "readwrite", async (s) => {
+    const record = await promised(s.photos.get(uuid));
+    if (record) s.photos.put({ ...record, ...changes });
+  });
+}
+
+/**
+ * Forget a photo and its bytes (after the server acknowledged it, or when discarded).
+ * @param {string} uuid
+ */
+export async function deletePhoto(uuid) {
+  await transaction(["photos", "blobs"], "readwrite", (s) => {
+    s.photos.delete(uuid);
+    s.blobs.delete(uuid);
+  });
+}
+
+/**
+ * Keep a capture session to open on the server and give it the draft's held photos, in one
+ * transaction: from then on the uploader sends them.
+ * @param {{id: string, user: string, draftId: string, body: object}} session
+ */
+export async function queueSession({ id, user, draftId, body }) {
+  const sealed = await encrypt(new TextEncoder().encode(JSON.stringify(body)), id);
+  await transaction(["sessions", "photos"], "readwrite", async (s) => {
+    s.sessions.add({ id, user, draftId, state: "new", studyUid: null, error: null,
+      sealed, createdAt: Date.now() });
+    const photos = await promised(s.photos.getAll());
+    for (const photo of photos) {
+      if (photo.draftId === draftId && photo.state === "held") {
+        s.photos.put({ ...photo, sessionId: id, state: "queued" });
+      }
+    }
+  });
+}
+
+/**
+ * The session request body (decrypted).
+ * @param {{id: string, sealed: object}} session
+ * @returns {Promise<object>}
+ */
+export async function sessionBody(session) {
+  return JSON.parse(new TextDecoder().decode(await decrypt(session.sealed, session.id)));
+}
+
+/** @returns {Promise<object[]>} every queued session, oldest first */
+export async function listSessions() {
+  const all = await transaction(["sessions"], "readonly", (s) => promised(s.sessions.getAll()));
+  return all.sort((a, b) => a.createdAt - b.createdAt);
+}
+
+/**
+ * Change fields of a session record (no-op when it is gone).
+ * @param {string} id
+ * @param {object} changes
+ */
+export async function updateSession(id, changes) {
+  await transaction(["sessions"], "readwrite", async (s) => {
+    const record = await promised(s.sessions.get(id));
+    if (record) s.sessions.put({ ...record, ...changes });
+  });
+}
+
+/** @param {string} id session to forget (once the server completed it) */
+export async function deleteSession(id) {
+  await transaction(["sessions"], "readwrite", (s) => s.sessions.delete(id));
+}
+
+/** Empty every store, the key included (logout). */
+export async function purgeAll() {
+  await transaction(STORES, "readwrite", (s) => {
+    for (const name of STORES) s[name].clear();
+  });
+  keyPromise = null;
+}

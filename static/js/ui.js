@@ -1,0 +1,126 @@
+/**
+ * Small DOM helpers and the wording of values shown to the user. No innerHTML anywhere:
+ * every text goes in as text.
+ * @module ui
+ */
+
+/**
+ * The element with this id (throws when the page lacks it: a bug, not a user error).
+ * @param {string} id
+ * @returns {HTMLElement}
+ */
+export function byId(id) {
+  const element = document.getElementById(id);
+  if (!element) throw new Error(`#${id} is missing from the page`);
+  return element;
+}
+
+/**
+ * Make an element: `h("li", {class: "card"}, "text", child)`.
+ * @param {string} tag
+ * @param {Object<string, string|boolean|number>} [attributes] `false`/`null` attributes are left out
+ * @param {...(Node|string|null)} children
+ * @returns {HTMLElement}
+ */
+export function h(tag, attributes = {}, ...children) {
+  const element = document.createElement(tag);
+  for (const [name, value] of Object.entries(attributes)) {
+    if (value === false || value === null || value === undefined) continue;
+    element.setAttribute(name, value === true ? "" : String(value));
+  }
+  for (const child of children) {
+    if (child !== null && child !== undefined) element.append(child);
+  }
+  return element;
+}
+
+/**
+ * Show a message in an element (hidden when the message is empty).
+ * @param {HTMLElement} element
+ * @param {string} [message]
+ */
+export function say(element, message = "") {
+  element.textContent = message;
+  element.hidden = !message;
+}
+
+/**
+ * Show one screen (`<section id="screen-NAME">`), hide the others and move focus to its title.
+ * @param {string} name
+ */
+export function showScreen(name) {
+  for (const section of document.querySelectorAll(".screen")) {
+    section.hidden = section.id !== `screen-${name}`;
+  }
+  byId("booting").hidden = true;
+  const title = document.querySelector(`#screen-${name} h1`);
+  if (title) {
+    title.tabIndex = -1;
+    title.focus({ preventScroll: true });
+  }
+  window.scrollTo(0, 0);
+}
+
+/**
+ * A DICOM-style name for people: "FAMILY, Given".
+ * @param {{family: string, given: string}} patient
+ * @returns {string}
+ */
+export function displayName(patient) {
+  const given = patient.given.toLowerCase().replace(/(^|[\s-])\p{L}/gu, (c) => c.toUpperCase());
+  return [patient.family.toUpperCase(), given].filter(Boolean).join(", ") || "(no name)";
+}
+
+/**
+ * A YYYY-MM-DD date in the user's locale (the date as written, no time-zone shift).
+ * @param {string|null} iso
+ * @returns {string}
+ */
+export function displayDate(iso) {
+  if (!iso) return "unknown";
+  const date = new Date(`${iso.slice(0, 10)}T00:00:00Z`);
+  if (Number.isNaN(date.getTime())) return iso;
+  return date.toLocaleDateString(undefined, { timeZone: "UTC", year: "numeric", month: "short",
+    day: "numeric" });
+}
+
+/**
+ * A time of day in the user's locale.
+ * @param {number|string} when ms since the epoch or an ISO date-time
+ * @returns {string}
+ */
+export function displayTime(when) {
+  return new Date(when).toLocaleTimeString(undefined, { hour: "2-digit", minute: "2-digit" });
+}
+
+const SEX = { F: "female", M: "male", O: "other" };
+
+/**
+ * @param {string|null} sex F, M or O
+ * @returns {string} the word for it
+ */
+export function sexText(sex) {
+  return sex ? SEX[sex] || sex : "unknown";
+}
+
+/**
+ * One line about a patient: name, birth date, sex, MRN.
+ * @param {import("./identify.js").Patient} patient
+ * @returns {string}
+ */
+export function patientLine(patient) {
+  const issuer = patient.issuer ? ` (${patient.issuer})` : "";
+  return `${displayName(patient)} · born ${displayDate(patient.birthDate)}` +
+    `${patient.sex ? ` · ${sexText(patient.sex)}` : ""} · MRN ${patient.mrn}${issuer}`;
+}
+
+/**
+ * "1 photo" / "3 photos".
+ * @param {number} n
+ * @param {string} [word="photo"]
+ * @param {string} [plural] the word for several (default: word + "s")
+ * @returns {string}
+ */
+export function count(n, word = "photo", plural = `${word}s`) {
+  return `${n} ${n === 1 ? word : plural}`;
+}

@@ -1,0 +1,171 @@
+"""Browser tests of the capture app: a real server on loopback, Debian's Chromium with a fake
+camera that shows a real photo, driven by Playwright (sync API).
+
+Skipped as a whole when /usr/bin/chromium is absent. Screenshots and timings go to
+``tests/.artifacts/`` (git-ignored).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from flask import Flask
+from PIL import Image, ImageOps
+from sqlalchemy import func, select
+from werkzeug.serving import make_server
+
+from app.db.models import CaptureSession, Encounter, Instance, Patient, Photo
+from app.factory import create_app
+from app.workflow.accounts import create_user
+from app.workflow.demo import seed_demo_patients
+from tests.conftest import BARCODES, CHARTS, REPO, services
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "tests" / ".artifacts"
+USER, PASSWORD = "nurse.e2e", "a long enough test password"
+WRISTBAND_MRN = "15182881"  # what zx_code128-2_05.png carries (Code 128)
+CHART_PHOTO = CHARTS / "oycq_data_iphone.jpg"  # 4032×3024 iPhone photo of a ColorChecker
+WRISTBAND_PHOTO = BARCODES / "zx_code128-2_05.png"
+PHOTO_SIZE = (4000, 3000)  # 12 MP
+
+
+def write_y4m(source: Path, size: tuple[int, int], target: Path) -> Path:
+    """One frame of ``source`` at ``size`` as a Y4M (I420) file for Chromium's fake camera."""
+    width, height = size
+    image = ImageOps.fit(ImageOps.exif_transpose(Image.open(source)).convert("RGB"), size)
+    ycc = np.asarray(image.convert("YCbCr"))
+    chroma = [np.asarray(Image.fromarray(ycc[:, :, i]).resize((width // 2, height // 2)))
+              for i in (1, 2)]
+    with target.open("wb") as out:
+        out.write(f"YUV4MPEG2 W{width} H{height} F1:1 Ip A1:1 C420jpeg\nFRAME\n".encode())
+        out.write(ycc[:, :, 0].tobytes())
+        for plane in chroma:
+            out.write(plane.tobytes())
+    return target
+
+
+class Delay:
+    """WSGI middleware that can hold photo uploads on the server for a while (offline tests)."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.put_seconds = 0.0
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        if environ["REQUEST_METHOD"] == "PUT" and self.put_seconds:
+            time.sleep(self.put_seconds)
+        return self.app(environ, start_response)
+
+
+@dataclass
+class LiveApp:
+    """The app served on loopback for one test."""
+
+    flask: Flask
+    url: str
+    delay: Delay
+
+    def counts(self) -> tuple[int, int, int]:
+        """(photo rows, instance rows, files in the archive)."""
+        svc = services(self.flask)
+        with svc.db.session() as db:
+            photos = db.scalar(select(func.count()).select_from(Photo)) or 0
+            instances = db.scalar(select(func.count()).select_from(Instance)) or 0
+        root = svc.settings.archive_root
+        files = len([p for p in root.rglob("*.dcm")]) if root.exists() else 0
+        return photos, instances, files
+
+    def sessions(self) -> list[CaptureSession]:
+        with services(self.flask).db.session() as db:
+            return list(db.scalars(select(CaptureSession)))
+
+
+@pytest.fixture
+def live(tmp_path: Path) -> Iterator[LiveApp]:
+    """A fresh app (SQLite, local archive, demo patients, one capture user) on a free port."""
+    app = create_app({"data_dir": tmp_path / "var", "env": "test"})
+    svc = services(app)
+    svc.db.create_schema()
+    seed_demo_patients(svc.db, svc.settings.default_issuer)
+    with svc.db.session() as db:
+        patient = Patient(mrn=WRISTBAND_MRN, issuer=svc.settings.default_issuer, family="BAND",
+                          given="ERIN", birth_date=date(1971, 5, 9), sex="F")
+        patient.encounters.append(Encounter(identifier="ENC2001", department="Wound care",
+                                            started=datetime.now(UTC)))
+        db.add(patient)
+    create_user(svc.db, USER, PASSWORD, "capture")
+    delay = Delay(app.wsgi_app)
+    app.wsgi_app = delay  # type: ignore[method-assign]
+    server = make_server("127.0.0.1", 0, app, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield LiveApp(app, f"http://127.0.0.1:{server.server_port}", delay)
+    finally:
+        server.shutdown()
+        thread.join(10)
+        svc.db.engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def cameras(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Fake camera files: the colour chart photo at 12 MP and the wristband photo."""
+    folder = tmp_path_factory.mktemp("camera")
+    return {"chart": write_y4m(CHART_PHOTO, PHOTO_SIZE, folder / "chart.y4m"),
+            "wristband": write_y4m(WRISTBAND_PHOTO, (1280, 960), folder / "wristband.y4m")}
+
+
+@pytest.fixture(scope="session")
+def browsers(cameras: dict[str, Path]) -> Iterator[Callable[[str], Any]]:
+    """``browsers("chart")``: a headless Chromium whose camera shows that photo (one per kind)."""
+    if not CHROMIUM.exists():
+        pytest.skip("the e2e tests need Debian's chromium at /usr/bin/chromium")
+    from playwright.sync_api import sync_playwright
+
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    launched: dict[str, Any] = {}
+    with sync_playwright() as playwright:
+
+        def browser(kind: str) -> Any:
+            if kind not in launched:
+                launched[kind] = playwright.chromium.launch(
+                    executable_path=str(CHROMIUM),
+                    args=["--headless=new", "--no-sandbox", "--disable-gpu",
+                          "--disable-background-networking", "--disable-component-update",
+                          "--no-first-run", "--use-fake-ui-for-media-stream",
+                          "--use-fake-device-for-media-stream",
+                          f"--use-file-for-fake-video-capture={cameras[kind]}"])
+            return launched[kind]
+
+        yield browser
+        for b in launched.values():
+            b.close()
+
+
+@pytest.fixture
+def page_for(browsers: Callable[[str], Any]) -> Iterator[Callable[[str, LiveApp], Any]]:
+    """``page_for("chart", live)``: a new browser context and page on the app, errors recorded."""
+    contexts = []
+
+    def open_page(camera: str, live: LiveApp) -> Any:
+        context = browsers(camera).new_context(viewport={"width": 390, "height": 844},
+                                               base_url=live.url)
+        context.set_default_timeout(20000)
+        contexts.append(context)
+        page = context.new_page()
+        page.errors = []
+        page.on("pageerror", lambda error: page.errors.append(str(error)))
+        page.goto("/")
+        return page
+
+    yield open_page
+    for context in contexts:
+        context.close()
