@@ -1,0 +1,78 @@
+"""The colour step on photo bytes: find the chart, correct, and encode the normalized image once."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from app.pipeline.color.correct import DEFAULT_MAX_LOO_DELTA_E, ColorReport, normalize
+from app.pipeline.color.detect import Chart, find_chart
+from app.pipeline.decode import DEFAULT_MAX_PIXELS, encode_jpeg, load_pixels
+
+
+@dataclass(frozen=True)
+class ColorOutcome:
+    """What the colour step found in one photo.
+
+    ``chart`` is None when no chart was found (not an error); ``report`` is set whenever a
+    chart was found; ``jpeg`` (sRGB, baseline) only when the correction is reliable.
+    """
+
+    chart: Chart | None
+    report: ColorReport | None
+    jpeg: bytes | None
+    width: int
+    height: int
+
+    @property
+    def pixel_spacing_mm(self) -> float | None:
+        return self.report.pixel_spacing_mm if self.report else None
+
+    def as_json(self) -> dict[str, Any]:
+        """The result as the API and the CLI report it (corners in the oriented image)."""
+        if self.chart is None or self.report is None:
+            return {"chart": None, "delta_e_before": None, "delta_e_after": None,
+                    "pixel_spacing_mm": None, "reliable": False, "model": None}
+        r = self.report
+        return {
+            "chart": {"type": self.chart.type,
+                      "corners": [[round(float(x), 1), round(float(y), 1)]
+                                  for x, y in self.chart.corners]},
+            "delta_e_before": {"mean": round(r.delta_e_before.mean, 2),
+                               "max": round(r.delta_e_before.max, 2)},
+            "delta_e_after": {"mean": round(r.delta_e_after.mean, 2),
+                              "max": round(r.delta_e_after.max, 2),
+                              "loo_mean": round(r.delta_e_after.loo_mean or 0.0, 2)},
+            "pixel_spacing_mm": None if r.pixel_spacing_mm is None
+            else round(r.pixel_spacing_mm, 5),
+            "reliable": r.reliable,
+            "model": r.model,
+        }
+
+    def derivation_description(self) -> str:
+        """Derivation Description (ST) of the normalized instance: method and measured ΔE."""
+        assert self.chart is not None and self.report is not None
+        r = self.report
+        return (f"Colour normalized with the {self.chart.type} chart in the frame: "
+                f"{r.model} fit in linear RGB ({r.linearization} input), "
+                f"{r.patches_used} patches. CIEDE2000 before mean {r.delta_e_before.mean:.2f} "
+                f"max {r.delta_e_before.max:.2f}; after mean {r.delta_e_after.mean:.2f} "
+                f"max {r.delta_e_after.max:.2f}, leave-one-out mean "
+                f"{r.delta_e_after.loo_mean or 0.0:.2f}.")
+
+
+def normalize_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                    max_loo_delta_e: float = DEFAULT_MAX_LOO_DELTA_E) -> ColorOutcome:
+    """Run the colour step on encoded photo bytes (decoded once, upright, at full size).
+
+    Guarantees: a wrong or absent chart gives ``chart=None``; an unreliable correction gives a
+    report but no image; raises ``UnreadablePhotoError`` for input the decode step refuses.
+    """
+    bgr = load_pixels(data, max_pixels=max_pixels)
+    height, width = bgr.shape[:2]
+    chart = find_chart(bgr)
+    if chart is None:
+        return ColorOutcome(None, None, None, width, height)
+    corrected, report = normalize(bgr, chart, max_loo_delta_e=max_loo_delta_e)
+    jpeg = encode_jpeg(corrected) if corrected is not None else None
+    return ColorOutcome(chart, report, jpeg, width, height)
