@@ -16,6 +16,7 @@ from flask.cli import FlaskGroup
 
 from app.factory import create_app
 from app.gateways.archive.local import LocalArchive
+from app.pipeline.color import normalize_photo
 from app.pipeline.decode import UnreadablePhotoError, prepare_for_dicom
 from app.pipeline.dicom.builder import (
     InstanceInfo,
@@ -172,6 +173,30 @@ def dicomize(photos: tuple[str, ...], patient_id: str, issuer: str, name: str | 
         LocalArchive.write_atomic(target, data)
         _emit({"input": path, "output": str(target), "sop_instance_uid": sop_uid,
                "study_instance_uid": study.uid, "passthrough": photo.passthrough})
+    sys.exit(1 if failed else 0)
+
+
+@cli.command(with_appcontext=False)
+@click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+def normalize(photos: tuple[str, ...], out_dir: str) -> None:
+    """Colour-normalize photos from the chart in the frame; write <name>.normalized.jpg."""
+    settings = Settings.from_env()
+    out = Path(out_dir)
+    failed = False
+    for path in photos:
+        try:
+            outcome = normalize_photo(Path(path).read_bytes(), max_pixels=settings.max_pixels)
+        except (OSError, UnreadablePhotoError) as exc:
+            failed = True
+            _emit({"file": path, "error": str(exc) if isinstance(exc, UnreadablePhotoError)
+                   else f"cannot read the file ({exc.strerror})"})
+            continue
+        target = None
+        if outcome.jpeg is not None:
+            target = out / f"{Path(path).stem}.normalized.jpg"
+            LocalArchive.write_atomic(target, outcome.jpeg)
+        _emit({"file": path, **outcome.as_json(), "output": str(target) if target else None})
     sys.exit(1 if failed else 0)
 
 

@@ -78,3 +78,16 @@ def test_cli_token_demo_and_db(tmp_path: Path) -> None:
     assert token.stdout.startswith("ebiw_") and len(token.stdout.strip()) > 40
     refused = ebiw("token", "create", "--user", "x", "--role", "root", data_dir=tmp_path)
     assert refused.returncode != 0
+
+
+def test_cli_normalize_prints_the_report(tmp_path: Path) -> None:
+    chart, none = CHARTS / "luimoli_d65.jpg", CHARTS / "karnehen_cam2_nochart.jpg"
+    proc = ebiw("normalize", str(chart), str(none), "--out", str(tmp_path / "out"),
+                data_dir=tmp_path / "var")
+    assert proc.returncode == 0, proc.stderr
+    found, missing = (json.loads(line) for line in proc.stdout.splitlines())
+    assert found["chart"]["type"] == "classic24" and len(found["chart"]["corners"]) == 4
+    assert set(found["delta_e_after"]) == {"mean", "max", "loo_mean"}
+    assert found["delta_e_after"]["mean"] < found["delta_e_before"]["mean"]
+    assert Path(found["output"]).read_bytes()[:2] == b"\xff\xd8"
+    assert missing["chart"] is None and missing["output"] is None
