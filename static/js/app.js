@@ -10,11 +10,13 @@ import { ApiError, NetworkError, login, logout, whoAmI } from "./api.js";
 import {
   PHOTO_RESOLUTION, SCAN_RESOLUTION, cameraSupported, grabFrame, startCamera, stopCamera, toJpeg,
 } from "./camera.js";
+import { renderHome, renderQueue } from "./home.js";
 import { identifyTyped, identifyWristband } from "./identify.js";
+import { renderReview, showProgress } from "./review.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
 import * as store from "./store.js";
 import {
-  byId, count, displayDate, displayName, displayTime, h, patientLine, say, sexText, showScreen,
+  byId, count, displayDate, displayName, h, paintBitmap, patientLine, say, sexText, showScreen,
 } from "./ui.js";
 import { Uploader } from "./uploader.js";
 
@@ -46,6 +48,16 @@ const state = {
  * @property {Map<string, object>} results per photo: {state, loaded, total, photo, error}
  * @property {string|null} sessionId set once sent
  */
+
+/** Redraw the status line of the queue. */
+function refreshQueue() {
+  return renderQueue(state.me && state.me.user, uploader);
+}
+
+/** Redraw the home screen's lists. */
+function refreshHome() {
+  return renderHome(state.me.user, state.draft && state.draft.id, state.sent);
+}
 
 function newDraft() {
   return { id: crypto.randomUUID(), user: state.me.user, patient: null, encounter: null,
@@ -90,8 +102,10 @@ async function enter(me) {
   byId("who").textContent = me.user;
   byId("logout").hidden = false;
   byId("role-warning").hidden = me.role !== "view";
+  byId("start").disabled = me.role === "view";
+  byId("start-emergency").disabled = me.role === "view";
   uploader.setUser(me.user);
-  await renderHome();
+  await refreshHome();
   showScreen("home");
 }
 
@@ -132,7 +146,7 @@ async function onLogout() {
   state.draft = null;
   state.sent = [];
   sessionEnded("");
-  await renderQueue();
+  await refreshQueue();
 }
 
 /** Forget the patient in memory and ask for the login again; waiting photos keep going. */
@@ -152,81 +166,7 @@ function watchIdle() {
   }, 15000);
 }
 
-// --- the queue on this device ----------------------------------------------------------------
-
-async function renderQueue() {
-  const queue = byId("queue");
-  const user = state.me && state.me.user;
-  const photos = (await store.listPhotos()).filter((p) => !user || p.user === user);
-  const sessions = (await store.listSessions()).filter((s) => !user || s.user === user);
-  const sending = photos.filter((p) => p.state === "queued").length;
-  const held = photos.filter((p) => p.state === "held").length;
-  const failed = photos.filter((p) => p.state === "failed").length;
-  const closing = sessions.filter((s) => s.state === "open" &&
-    !photos.some((p) => p.sessionId === s.id)).length;
-  const parts = [];
-  if (sending) parts.push(`${count(sending)} waiting to be sent`);
-  else if (closing) parts.push(`finishing ${count(closing, "study", "studies")}`);
-  if (held) parts.push(`${count(held)} not sent yet`);
-  if (failed) parts.push(`${count(failed)} refused by the server`);
-  const waiting = sending || closing;
-  if (waiting && !navigator.onLine) parts.push("offline");
-  else if (waiting && uploader.retryAt) {
-    parts.push(`retrying in ${Math.max(1, Math.round((uploader.retryAt - Date.now()) / 1000))} s`);
-  }
-  if (waiting && !user) parts.push("log in to send them");
-  queue.textContent = parts.join(" · ");
-  queue.hidden = parts.length === 0;
-  queue.classList.toggle("warn", Boolean(waiting && (uploader.retryAt || !navigator.onLine)));
-}
-
-async function renderHome() {
-  const user = state.me.user;
-  const [photos, sessions] = await Promise.all([store.listPhotos(), store.listSessions()]);
-  const mine = photos.filter((p) => p.user === user);
-  const list = byId("device-list");
-  list.replaceChildren();
-  const drafts = new Map();
-  for (const photo of mine.filter((p) => p.state === "held")) {
-    drafts.set(photo.draftId, [...(drafts.get(photo.draftId) || []), photo]);
-  }
-  for (const [draftId, held] of drafts) {
-    if (state.draft && state.draft.id === draftId) continue;
-    list.append(h("li", { class: "card" },
-      h("p", {}, `${count(held.length)} taken at ${displayTime(held[0].createdAt)}, `,
-        h("strong", {}, "patient not identified")),
-      h("div", { class: "row" },
-        h("button", { type: "button", class: "primary", "data-resume": draftId }, "Identify patient"),
-        h("button", { type: "button", class: "quiet danger", "data-discard": draftId }, "Discard"))));
-  }
-  for (const session of sessions.filter((s) => s.user === user)) {
-    const of = mine.filter((p) => p.sessionId === session.id);
-    const failed = of.filter((p) => p.state === "failed");
-    const line = session.state === "failed"
-      ? `Study of ${displayTime(session.createdAt)} was refused: ${session.error}`
-      : `Study of ${displayTime(session.createdAt)}: ${count(of.length - failed.length)} waiting to be sent`;
-    const item = h("li", { class: "card" }, h("p", {}, line));
-    for (const photo of failed) {
-      item.append(h("p", { class: "alert" }, `A photo was refused: ${photo.error}`),
-        h("button", { type: "button", class: "quiet danger", "data-drop": photo.uuid },
-          "Delete the refused photo"));
-    }
-    if (session.state === "failed") {
-      item.append(h("button", { type: "button", class: "quiet danger",
-        "data-drop-session": session.id }, "Delete these photos"));
-    }
-    list.append(item);
-  }
-  byId("device-empty").hidden = list.children.length > 0;
-  const others = photos.length - mine.length;
-  say(byId("others-waiting"), others
-    ? `${count(others)} of another user wait${others === 1 ? "s" : ""} here for that user to log in.`
-    : "");
-  const recent = byId("recent-list");
-  recent.replaceChildren(...state.sent.map((s) => h("li", { class: "card" },
-    h("a", { href: `/studies/${s.studyUid}` }, `Study sent at ${displayTime(s.at)}`),
-    ` (${count(s.photos)})`)));
-}
+// --- home ------------------------------------------------------------------------------------
 
 async function onHomeClick(event) {
   const target = event.target.closest("button");
@@ -253,8 +193,8 @@ async function onHomeClick(event) {
     }
     await store.deleteSession(target.dataset.dropSession);
   }
-  await renderHome();
-  await renderQueue();
+  await refreshHome();
+  await refreshQueue();
 }
 
 async function loadThumbnails(draft, photos) {
@@ -471,27 +411,21 @@ function renderStrip() {
   byId("shots").replaceChildren(...draft.photos.map((uuid, i) => {
     const canvas = h("canvas", { class: "thumb", role: "listitem",
       "aria-label": `Photo ${i + 1}` });
-    paint(canvas, draft.thumbs.get(uuid));
+    paintBitmap(canvas, draft.thumbs.get(uuid));
     return canvas;
   }));
   byId("retake").disabled = draft.photos.length === 0;
   byId("camera-done").textContent = draft.photos.length ? `Done (${draft.photos.length})` : "Done";
 }
 
-function paint(canvas, bitmap) {
-  if (!bitmap) return;
-  canvas.width = bitmap.width;
-  canvas.height = bitmap.height;
-  canvas.getContext("2d").drawImage(bitmap, 0, 0);
-}
-
 async function keepPhoto(uuid, blob, thumb) {
   const draft = state.draft;
   await store.savePhoto({ uuid, user: draft.user, draftId: draft.id, blob });
+  performance.mark(`ebiw:kept:${uuid}`);
   draft.photos.push(uuid);
   draft.thumbs.set(uuid, thumb);
   renderStrip();
-  await renderQueue();
+  await refreshQueue();
 }
 
 async function onShutter() {
@@ -535,7 +469,7 @@ async function onRetake() {
   state.draft.thumbs.delete(uuid);
   await store.deletePhoto(uuid);
   renderStrip();
-  await renderQueue();
+  await refreshQueue();
   say(byId("camera-status"), "Last photo deleted: take it again.");
 }
 
@@ -552,66 +486,9 @@ function onCameraDone() {
 
 function showReview() {
   renderPatientLines();
-  renderReview();
+  renderReview(state.draft);
   say(byId("review-error"));
   showScreen("review");
-}
-
-/** The colour chart result of an upload: ΔE when the server found a chart, else a note. */
-function colourHint(photo) {
-  const color = photo && photo.color;
-  if (!color || !color.chart) return h("p", { class: "colour" }, "No colour chart found.");
-  const delta = color.delta_e_after || {};
-  const fixed = (v) => (typeof v === "number" ? v.toFixed(1) : "?");
-  return h("p", { class: `colour found${color.reliable ? "" : " unreliable"}` },
-    `Colour chart found: ΔE00 after correction mean ${fixed(delta.mean)}, max ${
-      fixed(delta.max)}${color.reliable ? "." : " — correction not reliable."}`);
-}
-
-function resultText(result) {
-  if (!result) return "Not sent yet";
-  if (result.state === "stored") return "Stored";
-  if (result.state === "failed") return `Refused: ${result.error}`;
-  if (result.total) return `Sending… ${Math.round((100 * result.loaded) / result.total)} %`;
-  return "Waiting to be sent";
-}
-
-function renderReview() {
-  const draft = state.draft;
-  const sent = Boolean(draft.sessionId);
-  byId("review-list").replaceChildren(...draft.photos.map((uuid, i) => {
-    const result = draft.results.get(uuid);
-    const canvas = h("canvas", { class: "thumb", "aria-hidden": "true" });
-    paint(canvas, draft.thumbs.get(uuid));
-    const progress = h("progress", { max: 1, "aria-label": `Upload of photo ${i + 1}` });
-    progress.value = result && result.state === "stored" ? 1
-      : result && result.total ? result.loaded / result.total : 0;
-    return h("li", { class: "photo", "data-uuid": uuid },
-      canvas,
-      h("div", { class: "info" },
-        h("p", { class: "label" }, `Photo ${i + 1}`),
-        progress,
-        h("p", { class: "state" }, resultText(result)),
-        result && result.state === "stored" ? colourHint(result.photo) : null),
-      sent ? null : h("button", { type: "button", class: "quiet danger", "data-remove": uuid,
-        "aria-label": `Remove photo ${i + 1}` }, "Remove"));
-  }));
-  const stored = [...draft.results.values()].filter((r) => r.state === "stored").length;
-  const finished = sent && draft.complete;
-  say(byId("review-summary"), finished ? `All ${count(stored)} stored.`
-    : sent ? `${stored} of ${count(draft.photos.length)} stored.`
-      : `${count(draft.photos.length)} ready to send.`);
-  const send = byId("send");
-  send.hidden = sent;
-  send.textContent = draft.patient && draft.details
-    ? `Send ${count(draft.photos.length)}` : "Identify the patient to send";
-  send.disabled = draft.photos.length === 0;
-  byId("more-photos").hidden = sent;
-  byId("finish").hidden = !sent;
-  byId("finish").textContent = finished ? "Finish" : "Continue in the background";
-  for (const button of document.querySelectorAll("#screen-review [data-action=discard]")) {
-    button.hidden = sent;
-  }
 }
 
 async function onReviewClick(event) {
@@ -621,8 +498,8 @@ async function onReviewClick(event) {
   state.draft.photos = state.draft.photos.filter((u) => u !== uuid);
   state.draft.thumbs.delete(uuid);
   await store.deletePhoto(uuid);
-  renderReview();
-  await renderQueue();
+  renderReview(state.draft);
+  await refreshQueue();
 }
 
 function sessionRequest(draft) {
@@ -655,7 +532,7 @@ async function onSend() {
     return;
   }
   for (const uuid of draft.photos) draft.results.set(uuid, { state: "queued" });
-  renderReview();
+  renderReview(state.draft);
   uploader.kick();
 }
 
@@ -677,14 +554,14 @@ function onFinish() {
 async function discardDraft() {
   for (const uuid of state.draft.photos) await store.deletePhoto(uuid);
   state.draft = null;
-  await renderQueue();
+  await refreshQueue();
   goHome();
 }
 
 async function goHome() {
   stopCameras();
   state.identification = null;
-  await renderHome();
+  await refreshHome();
   showScreen("home");
 }
 
@@ -695,22 +572,18 @@ function draftOf(sessionId) {
 }
 
 function wireUploader() {
-  uploader.addEventListener("change", () => renderQueue());
+  uploader.addEventListener("change", () => refreshQueue());
   uploader.addEventListener("progress", ({ detail }) => {
     const draft = state.draft;
-    if (!draft || !draft.photos.includes(detail.uuid)) return;
-    draft.results.set(detail.uuid, { state: "sending", loaded: detail.loaded, total: detail.total });
-    const item = document.querySelector(`#review-list li[data-uuid="${detail.uuid}"]`);
-    if (item) {
-      item.querySelector("progress").value = detail.loaded / detail.total;
-      item.querySelector(".state").textContent = resultText(draft.results.get(detail.uuid));
+    if (draft && draft.photos.includes(detail.uuid)) {
+      showProgress(draft, detail.uuid, detail.loaded, detail.total);
     }
   });
   uploader.addEventListener("stored", ({ detail }) => {
     const draft = draftOf(detail.sessionId);
     if (draft) {
       draft.results.set(detail.uuid, { state: "stored", photo: detail.photo });
-      renderReview();
+      renderReview(draft);
     }
   });
   uploader.addEventListener("complete", ({ detail }) => {
@@ -720,15 +593,15 @@ function wireUploader() {
     if (draft) {
       draft.complete = true;
       draft.studyUid = detail.session.study_instance_uid;
-      renderReview();
+      renderReview(draft);
     } else if (!byId("screen-home").hidden && state.me) {
-      renderHome();
+      refreshHome();
     }
   });
   uploader.addEventListener("login-needed", ({ detail }) => sessionEnded(
     `${detail.message}. Log in again to send the waiting photos.`));
-  setInterval(() => { if (uploader.retryAt) renderQueue(); }, 1000);
-  window.addEventListener("offline", () => renderQueue());
+  setInterval(() => { if (uploader.retryAt) refreshQueue(); }, 1000);
+  window.addEventListener("offline", () => refreshQueue());
 }
 
 // --- start ------------------------------------------------------------------------------------
@@ -798,7 +671,7 @@ async function resumeLogin() {
       "online and logged in.");
     window.addEventListener("online", resumeLogin, { once: true });
   }
-  await renderQueue();
+  await refreshQueue();
 }
 
 async function boot() {

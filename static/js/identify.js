@@ -90,7 +90,7 @@ export async function identifyTyped(mrn) {
  * @param {object} body the JSON answer of /api/v1/identify or /api/v1/patients/search
  * @returns {Identification}
  */
-export function identification(body) {
+function identification(body) {
   const patients = (Array.isArray(body.patients) ? body.patients : []).map((p) => ({
     mrn: String(p.mrn || ""),
     issuer: p.issuer || null,

@@ -14,8 +14,8 @@ const DB_NAME = "ebiw-capture";
 const DB_VERSION = 1;
 const KEY_ID = "photo-key";
 
-/** Names of every object store, as logout empties them. */
-export const STORES = ["keys", "sessions", "photos", "blobs"];
+/** Names of every object store (logout empties them all). */
+const STORES = ["keys", "sessions", "photos", "blobs"];
 
 let dbPromise = null;
 let keyPromise = null;

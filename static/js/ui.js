@@ -124,3 +124,15 @@ export function patientLine(patient) {
 export function count(n, word = "photo", plural = `${word}s`) {
   return `${n} ${n === 1 ? word : plural}`;
 }
+
+/**
+ * Draw a bitmap (a photo's thumbnail) into a canvas at its size; nothing when there is none.
+ * @param {HTMLCanvasElement} canvas
+ * @param {ImageBitmap|undefined} bitmap
+ */
+export function paintBitmap(canvas, bitmap) {
+  if (!bitmap) return;
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  canvas.getContext("2d").drawImage(bitmap, 0, 0);
+}

@@ -35,6 +35,9 @@ WRISTBAND_MRN = "15182881"  # what zx_code128-2_05.png carries (Code 128)
 CHART_PHOTO = CHARTS / "oycq_data_iphone.jpg"  # 4032×3024 iPhone photo of a ColorChecker
 WRISTBAND_PHOTO = BARCODES / "zx_code128-2_05.png"
 PHOTO_SIZE = (4000, 3000)  # 12 MP
+CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+       "connect-src 'self'; manifest-src 'self'; worker-src 'self'; media-src 'self' blob:; "
+       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 
 def write_y4m(source: Path, size: tuple[int, int], target: Path) -> Path:
@@ -102,6 +105,12 @@ def live(tmp_path: Path) -> Iterator[LiveApp]:
                                             started=datetime.now(UTC)))
         db.add(patient)
     create_user(svc.db, USER, PASSWORD, "capture")
+
+    @app.after_request
+    def strict_csp(response: Any) -> Any:  # the policy a deployment will add: the app obeys it
+        response.headers["Content-Security-Policy"] = CSP
+        return response
+
     delay = Delay(app.wsgi_app)
     app.wsgi_app = delay  # type: ignore[method-assign]
     server = make_server("127.0.0.1", 0, app, threaded=True)
@@ -161,8 +170,12 @@ def page_for(browsers: Callable[[str], Any]) -> Iterator[Callable[[str, LiveApp]
         context.set_default_timeout(20000)
         contexts.append(context)
         page = context.new_page()
-        page.errors = []
+        page.errors = []  # uncaught exceptions and CSP violations
+        page.urls = []  # every URL the page asked for
         page.on("pageerror", lambda error: page.errors.append(str(error)))
+        page.on("console", lambda message: page.errors.append(message.text)
+                if "Content Security Policy" in message.text else None)
+        page.on("request", lambda request: page.urls.append(request.url))
         page.goto("/")
         return page
 

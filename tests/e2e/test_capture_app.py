@@ -85,19 +85,33 @@ def fill_details(page: Any, search: str, meaning: str, side: str | None,
 
 def shoot(page: Any, photos: int) -> None:
     screen(page, "camera")
-    page.wait_for_function("document.querySelector('#camera-video').videoWidth > 0")
+    page.wait_for_function("() => document.querySelector('#camera-video').videoWidth > 0")
     for n in range(photos):
         before = page.locator("#shots canvas").count()
         page.click("#shutter")
-        page.wait_for_function(f"document.querySelectorAll('#shots canvas').length > {before}")
+        page.wait_for_function("(n) => document.querySelectorAll('#shots canvas').length > n",
+                               arg=before)
         assert page.locator("#shots canvas").count() == before + 1, n
 
 
 def send_and_wait(page: Any) -> None:
     page.click("#send")
     page.wait_for_selector("#finish:not([hidden])")
-    page.wait_for_function("document.querySelector('#finish').textContent === 'Finish'",
+    page.wait_for_function("() => document.querySelector('#finish').textContent === 'Finish'",
                            timeout=60000)
+
+
+SMALL_TARGETS = """() => [...document.querySelectorAll(
+    "button, a.button, label.button, .option, .segmented label, .check, input:not([type=radio])"
+    + ":not([type=checkbox]):not([type=file])")]
+  .filter((e) => e.offsetParent !== null && e.getBoundingClientRect().height < 48)
+  .map((e) => e.id || e.textContent.trim())"""
+
+
+def check_screen(page: Any) -> None:
+    """Touch targets of at least 48 px, and no way to save a photo (no links, no <img>)."""
+    assert page.evaluate(SMALL_TARGETS) == []
+    assert page.locator("a[download], img").count() == 0
 
 
 def idb(page: Any) -> dict[str, dict[str, int]]:
@@ -124,7 +138,7 @@ def test_the_app_is_installable_and_caches_only_its_shell(live: LiveApp, page_fo
     script = page.evaluate("navigator.serviceWorker.ready.then((r) => r.active.scriptURL)")
     assert script == f"{live.url}/sw.js"
     log_in(page)  # API calls go past the worker: none may end up in a cache
-    page.wait_for_function("navigator.serviceWorker.controller !== null")
+    page.wait_for_function("() => navigator.serviceWorker.controller !== null")
     cached = page.evaluate("""async () => {
       const out = {};
       for (const name of await caches.keys()) {
@@ -146,31 +160,42 @@ def test_typed_mrn_flow_ends_with_the_photos_in_the_archive(live: LiveApp,
     snap(page, "1-login")
     log_in(page)
     snap(page, "2-home")
+    check_screen(page)
     page.click("#start")
+    screen(page, "identify")
+    page.wait_for_function("() => document.querySelector('#scan-video').videoWidth > 0")
+    snap(page, "3-identify")
+    check_screen(page)
     identify_typed(page, "00123456")
     assert "DEMO, Alice" in page.inner_text("#patient-list")
-    snap(page, "3-patient")
+    snap(page, "4-patient")
+    check_screen(page)
     page.click("[data-confirm='0']")
     fill_details(page, "forearm", "Forearm", "L")
     page.fill("#view", "close-up")
-    snap(page, "4-details")
+    snap(page, "5-details")
+    check_screen(page)
     page.click("#details-form button[type=submit]")
     shoot(page, 3)
     page.click("#retake")
-    page.wait_for_function("document.querySelectorAll('#shots canvas').length === 2")
+    page.wait_for_function("() => document.querySelectorAll('#shots canvas').length === 2")
     shoot(page, 1)
-    snap(page, "5-camera")
+    snap(page, "6-camera")
+    check_screen(page)
     page.click("#camera-done")
     screen(page, "review")
     assert page.locator("#review-list li").count() == 3
-    snap(page, "6-review")
+    snap(page, "7-review")
+    check_screen(page)
     send_and_wait(page)
     assert page.locator("#review-list .state", has_text="Stored").count() == 3
     assert page.locator("#review-list .colour").count() == 3
-    snap(page, "7-sent")
+    snap(page, "8-sent")
+    check_screen(page)
     page.click("#finish")
     screen(page, "done")
-    snap(page, "8-done")
+    snap(page, "9-done")
+    check_screen(page)
 
     assert live.counts() == (3, 3, 3)
     [session] = live.sessions()
@@ -182,6 +207,7 @@ def test_typed_mrn_flow_ends_with_the_photos_in_the_archive(live: LiveApp,
     href = page.get_attribute("#study-link", "href")
     assert href == f"/studies/{session.study_uid}"
     assert idb(page)["ebiw-capture"]["photos"] == 0  # acknowledged photos leave the device
+    assert not [url for url in page.urls if "00123456" in url or "DEMO" in url]
     assert page.errors == []
 
 
@@ -190,7 +216,7 @@ def test_wristband_scan_identifies_the_patient(live: LiveApp, page_for: Any) -> 
     log_in(page)
     page.click("#start")
     screen(page, "identify")
-    page.wait_for_function("document.querySelector('#scan-video').videoWidth > 0")
+    page.wait_for_function("() => document.querySelector('#scan-video').videoWidth > 0")
     page.click("#scan")
     screen(page, "patient")
     assert "BAND, Erin" in page.inner_text("#patient-list")
@@ -200,7 +226,18 @@ def test_wristband_scan_identifies_the_patient(live: LiveApp, page_for: Any) -> 
     page.click("#details-form button[type=submit]")
     shoot(page, 1)
     page.click("#camera-done")
+
+    def with_colour(route: Any) -> None:  # the colour step's answer, as the API documents it
+        response = route.fetch()
+        body = response.json()
+        body["color"] = {"chart": {"type": "ColorChecker Classic"}, "reliable": True,
+                         "delta_e_after": {"mean": 1.84, "max": 4.31, "loo_mean": 2.2}}
+        route.fulfill(response=response, json=body)
+
+    page.route("**/api/v1/sessions/*/photos/*", with_colour)
     send_and_wait(page)
+    assert page.inner_text("#review-list .colour") == \
+        "Colour chart found: ΔE00 after correction mean 1.8, max 4.3."
     assert live.counts() == (1, 1, 1)
     [session] = live.sessions()
     assert (session.patient_id, session.encounter, session.consent) \
@@ -222,7 +259,7 @@ def test_offline_mid_upload_loses_nothing_and_duplicates_nothing(live: LiveApp,
     page.click("#camera-done")
     live.delay.put_seconds = 1.5  # each upload is held on the server: we cut the link meanwhile
     page.click("#send")
-    page.wait_for_function("document.querySelectorAll('#review-list .state')[0]"
+    page.wait_for_function("() => document.querySelectorAll('#review-list .state')[0]"
                            ".textContent === 'Stored'", timeout=30000)
     page.context.set_offline(True)
     page.wait_for_timeout(2500)  # the upload in flight finishes on the server, unseen
@@ -236,7 +273,7 @@ def test_offline_mid_upload_loses_nothing_and_duplicates_nothing(live: LiveApp,
     live.delay.put_seconds = 0
     page.context.set_offline(False)
     screen(page, "home")  # the cookie session is still valid: the app resumes by itself
-    page.wait_for_function("document.querySelector('#queue').hidden", timeout=60000)
+    page.wait_for_function("() => document.querySelector('#queue').hidden", timeout=60000)
     assert idb(page)["ebiw-capture"] == {"blobs": 0, "keys": 1, "photos": 0, "sessions": 0}
     assert live.counts() == (3, 3, 3)
     [session] = live.sessions()
@@ -260,6 +297,7 @@ def test_capture_now_identify_later_then_logout_purges_the_device(live: LiveApp,
     page.reload()  # held photos survive a restart, and are never sent unidentified
     screen(page, "home")
     assert "patient not identified" in page.inner_text("#device-list")
+    snap(page, "home-held")
     assert live.counts() == (0, 0, 0)
     page.click("[data-resume]")
     identify_typed(page, "00345678")
@@ -308,6 +346,7 @@ def test_shutter_to_acknowledged_upload_of_a_12_mp_photo(live: LiveApp, page_for
       const put = performance.getEntriesByType("resource")
         .find((r) => r.initiatorType === "xmlhttprequest" && r.name.includes("/photos/"));
       return { shutter_to_ack_ms: at("ebiw:stored:") - at("ebiw:shutter:"),
+               shutter_to_kept_ms: at("ebiw:kept:") - at("ebiw:shutter:"),
                put_ms: put.duration };
     }""")
     with services(live.flask).db.session() as db:

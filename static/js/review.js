@@ -1,0 +1,85 @@
+/**
+ * The review screen: the photos of a draft before and while they are sent, with per-photo
+ * progress and the colour chart result the server reports.
+ * @module review
+ */
+
+import { byId, count, h, paintBitmap, say } from "./ui.js";
+
+/** The colour chart result of an upload: ΔE when the server found a chart, else a note. */
+function colourHint(photo) {
+  const color = photo && photo.color;
+  if (!color || !color.chart) return h("p", { class: "colour" }, "No colour chart found.");
+  const delta = color.delta_e_after || {};
+  const fixed = (v) => (typeof v === "number" ? v.toFixed(1) : "?");
+  return h("p", { class: `colour found${color.reliable ? "" : " unreliable"}` },
+    `Colour chart found: ΔE00 after correction mean ${fixed(delta.mean)}, max ${
+      fixed(delta.max)}${color.reliable ? "." : " — correction not reliable."}`);
+}
+
+function resultText(result) {
+  if (!result) return "Not sent yet";
+  if (result.state === "stored") return "Stored";
+  if (result.state === "failed") return `Refused: ${result.error}`;
+  if (result.total) return `Sending… ${Math.round((100 * result.loaded) / result.total)} %`;
+  return "Waiting to be sent";
+}
+
+/**
+ * The review screen for a draft: every photo with its thumbnail, upload progress, state and
+ * colour chart result, and the buttons that fit (send, take more, finish).
+ * @param {import("./app.js").Draft} draft
+ */
+export function renderReview(draft) {
+  const sent = Boolean(draft.sessionId);
+  byId("review-list").replaceChildren(...draft.photos.map((uuid, i) => {
+    const result = draft.results.get(uuid);
+    const canvas = h("canvas", { class: "thumb", "aria-hidden": "true" });
+    paintBitmap(canvas, draft.thumbs.get(uuid));
+    const progress = h("progress", { max: 1, "aria-label": `Upload of photo ${i + 1}` });
+    progress.value = result && result.state === "stored" ? 1
+      : result && result.total ? result.loaded / result.total : 0;
+    return h("li", { class: "photo", "data-uuid": uuid },
+      canvas,
+      h("div", { class: "info" },
+        h("p", { class: "label" }, `Photo ${i + 1}`),
+        progress,
+        h("p", { class: "state" }, resultText(result)),
+        result && result.state === "stored" ? colourHint(result.photo) : null),
+      sent ? null : h("button", { type: "button", class: "quiet danger", "data-remove": uuid,
+        "aria-label": `Remove photo ${i + 1}` }, "Remove"));
+  }));
+  const stored = [...draft.results.values()].filter((r) => r.state === "stored").length;
+  const finished = sent && draft.complete;
+  say(byId("review-summary"), finished ? `All ${count(stored)} stored.`
+    : sent ? `${stored} of ${count(draft.photos.length)} stored.`
+      : `${count(draft.photos.length)} ready to send.`);
+  const send = byId("send");
+  send.hidden = sent;
+  send.textContent = draft.patient && draft.details
+    ? `Send ${count(draft.photos.length)}` : "Identify the patient to send";
+  send.disabled = draft.photos.length === 0;
+  byId("more-photos").hidden = sent;
+  byId("finish").hidden = !sent;
+  byId("finish").textContent = finished ? "Finish" : "Continue in the background";
+  for (const button of document.querySelectorAll("#screen-review [data-action=discard]")) {
+    button.hidden = sent;
+  }
+}
+
+
+/**
+ * Show the upload progress of one photo without redrawing the list.
+ * @param {import("./app.js").Draft} draft
+ * @param {string} uuid
+ * @param {number} loaded bytes sent
+ * @param {number} total bytes to send
+ */
+export function showProgress(draft, uuid, loaded, total) {
+  draft.results.set(uuid, { state: "sending", loaded, total });
+  const item = document.querySelector(`#review-list li[data-uuid="${uuid}"]`);
+  if (item) {
+    item.querySelector("progress").value = loaded / total;
+    item.querySelector(".state").textContent = resultText(draft.results.get(uuid));
+  }
+}
