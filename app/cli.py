@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -16,6 +17,7 @@ from flask.cli import FlaskGroup
 
 from app.factory import create_app
 from app.gateways.archive.local import LocalArchive
+from app.gateways.patients import ImportFormatError
 from app.pipeline.color import normalize_photo
 from app.pipeline.decode import UnreadablePhotoError, prepare_for_dicom
 from app.pipeline.dicom.builder import (
@@ -31,6 +33,8 @@ from app.settings import Settings
 from app.web import Services
 from app.workflow.accounts import AccountError, create_user
 from app.workflow.demo import seed_demo_patients
+from app.workflow.identification import import_patient_file, read_wristband
+from app.workflow.intake import IntakeError
 from app.workflow.tokens import ROLES, create_token
 
 
@@ -197,6 +201,69 @@ def normalize(photos: tuple[str, ...], out_dir: str) -> None:
             target = out / f"{Path(path).stem}.normalized.jpg"
             LocalArchive.write_atomic(target, outcome.jpeg)
         _emit({"file": path, **outcome.as_json(), "output": str(target) if target else None})
+    sys.exit(1 if failed else 0)
+
+
+@cli.group()
+def patients() -> None:
+    """The local patient index."""
+
+
+@patients.command("import")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--issuer", help="Issuer of Patient ID for patients whose file names none "
+                               "(default: EBIW_DEFAULT_ISSUER)")
+def patients_import(files: tuple[str, ...], issuer: str | None) -> None:
+    """Import FHIR R4 Bundles (JSON) or CSV files into the local patient index.
+
+    Re-importing a file changes nothing; nothing absent from a file is deleted. CSV columns:
+    mrn, issuer, family, given, birth_date, sex, encounter, encounter_status, encounter_start,
+    department (header row required, only mrn is mandatory).
+    """
+    services = _services()
+    services.db.create_schema()
+    failed = False
+    for name in files:
+        try:
+            counts = import_patient_file(services.db, Path(name), settings=services.settings,
+                                         issuer=issuer)
+        except ImportFormatError as exc:
+            failed = True
+            _emit({"file": name, "error": str(exc)})
+            continue
+        except OSError as exc:
+            failed = True
+            _emit({"file": name, "error": f"cannot read the file ({exc.strerror})"})
+            continue
+        _emit({"file": name, **dataclasses.asdict(counts)})
+    sys.exit(1 if failed else 0)
+
+
+@cli.command("read-wristband", with_appcontext=False)
+@click.argument("images", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def read_wristband_command(images: tuple[str, ...]) -> None:
+    """Read the wristband barcode in each photo (rules from EBIW_WRISTBAND_RULES).
+
+    One JSON line per image: file, symbology, payload, mrn, issuer, encounter; or file, error.
+    """
+    settings = Settings.from_env()
+    failed = False
+    for name in images:
+        try:
+            reading = read_wristband(Path(name).read_bytes(), settings.wristband_rule_set,
+                                     settings.max_pixels)[0]
+        except IntakeError as exc:
+            failed = True
+            _emit({"file": name, "error": exc.message})
+            continue
+        except OSError as exc:
+            failed = True
+            _emit({"file": name, "error": f"cannot read the file ({exc.strerror})"})
+            continue
+        wid = reading.identifier
+        _emit({"file": name, "symbology": reading.symbology,
+               "payload": reading.barcode.payload if reading.barcode else None,
+               "mrn": wid.mrn, "issuer": wid.issuer, "encounter": wid.encounter})
     sys.exit(1 if failed else 0)
 
 

@@ -17,6 +17,7 @@ from app.web.auth import bp as auth_bp
 from app.web.errors import register_error_handlers
 from app.web.fhir import bp as fhir_bp
 from app.web.health import bp as health_bp
+from app.web.patients import init_app as init_patients
 from app.web.pwa import bp as pwa_bp
 from app.workflow.intake import Intake
 
@@ -38,6 +39,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
+    init_patients(app)
     app.register_blueprint(auth_bp)
     app.register_blueprint(pwa_bp)
     app.register_blueprint(fhir_bp)

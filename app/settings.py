@@ -18,6 +18,7 @@ from typing import Any
 
 from app.pipeline.decode import DEFAULT_MAX_PIXELS
 from app.pipeline.dicom.uids import UUID_ROOT
+from app.pipeline.wristband import DEFAULT_RULES, Rule, rules_from_config
 
 
 class SettingsError(RuntimeError):
@@ -56,6 +57,21 @@ class Settings:
     emr_hl7_sending_application: str = "EBIW"
     emr_hl7_receiving_application: str = ""
     emr_hl7_receiving_facility: str = ""
+    # Patient directory and wristbands (app/gateways/patients; README "Patient identification")
+    patient_directory: str = "local"  # comma separated, queried in order: local, fhir, mwl
+    patient_fhir_url: str = ""  # the EMR's FHIR R4 base; systems: EBIW_EMR_ISSUER_SYSTEMS
+    patient_fhir_token_url: str = ""  # OAuth2 token endpoint; empty: no token
+    patient_fhir_client_id: str = ""
+    patient_fhir_client_secret: str = ""  # client credentials with a secret, or ...
+    patient_fhir_private_key: Path | None = None  # ... SMART Backend Services key (PEM)
+    patient_fhir_key_id: str = ""  # "kid" of that key in the EMR's JWKS
+    patient_fhir_scope: str = "system/Patient.read system/Encounter.read"
+    patient_timeout_seconds: int = 5
+    mwl_address: str = ""  # host:port of the Modality Worklist SCP
+    mwl_aet: str = ""  # its AE title
+    mwl_calling_aet: str = "EBIWCAPTURE"
+    mwl_modality: str = "XC"
+    wristband_rules: str = ""  # JSON list of wristband rules; empty: the built-in rules
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -132,6 +148,7 @@ class Settings:
             raise SettingsError("EBIW_SESSION_IDLE_MINUTES and EBIW_SESSION_LIFETIME_HOURS "
                                 "must be positive")
         self._check_emr()
+        self._check_patients()
         if self.secret_key:
             return self
         return replace(self, secret_key=_development_secret(self.data_dir))
@@ -158,6 +175,46 @@ class Settings:
         if not isinstance(systems, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and v for k, v in systems.items()):
             raise SettingsError("EBIW_EMR_ISSUER_SYSTEMS must map issuers to system URIs")
+
+    @property
+    def patient_directory_names(self) -> tuple[str, ...]:
+        """The patient directories to query, in order (``EBIW_PATIENT_DIRECTORY``)."""
+        return tuple(n.strip().lower() for n in self.patient_directory.split(",") if n.strip())
+
+    @property
+    def wristband_rule_set(self) -> tuple[Rule, ...]:
+        """``EBIW_WRISTBAND_RULES`` parsed, in order; the built-in rules when it is empty."""
+        if not self.wristband_rules:
+            return DEFAULT_RULES
+        rules = json.loads(self.wristband_rules)
+        if not isinstance(rules, list):
+            raise ValueError("not a list")
+        return tuple(rules_from_config(rules))
+
+    def _check_patients(self) -> None:
+        """The patient directories named exist and have what they need to connect."""
+        names = self.patient_directory_names
+        if not names or set(names) - {"local", "fhir", "mwl"}:
+            raise SettingsError("EBIW_PATIENT_DIRECTORY: the directories are local, fhir, mwl")
+        if "fhir" in names and not self.patient_fhir_url:
+            raise SettingsError("EBIW_PATIENT_FHIR_URL must be set for the fhir patient "
+                                "directory")
+        if self.patient_fhir_token_url and (not self.patient_fhir_client_id or bool(
+                self.patient_fhir_client_secret) == bool(self.patient_fhir_private_key)):
+            raise SettingsError("EBIW_PATIENT_FHIR_TOKEN_URL needs EBIW_PATIENT_FHIR_CLIENT_ID and "
+                                "either EBIW_PATIENT_FHIR_CLIENT_SECRET or "
+                                "EBIW_PATIENT_FHIR_PRIVATE_KEY")
+        if "mwl" in names and not (re.fullmatch(r"[^:\s]+:\d{1,5}", self.mwl_address)
+                                   and self.mwl_aet):
+            raise SettingsError("EBIW_MWL_ADDRESS (host:port) and EBIW_MWL_AET must be set for "
+                                "the mwl patient directory")
+        if self.patient_timeout_seconds <= 0:
+            raise SettingsError("EBIW_PATIENT_TIMEOUT_SECONDS must be positive")
+        try:
+            self.wristband_rule_set  # noqa: B018 - parse and check every rule now
+        except (ValueError, TypeError) as exc:
+            raise SettingsError(f"EBIW_WRISTBAND_RULES must be a JSON list of rules ({exc})") \
+                from exc
 
 
 def _development_secret(data_dir: Path) -> str:

@@ -78,6 +78,28 @@ class CaptureSession(Base):
     completed_at: Mapped[datetime | None]
     photos: Mapped[list[Photo]] = relationship(back_populates="session",
                                                order_by="Photo.instance_number")
+    identification: Mapped[SessionIdentification | None] = relationship(lazy="joined")
+
+
+class SessionIdentification(Base):
+    """How the patient of a capture session was identified, kept with its study.
+
+    ``method``: ``wristband`` (photo of the band), ``scanned`` (the device's scanner),
+    ``typed``, ``worklist``, ``emr-launch`` or ``manual``; ``evidence``: what matched (reader,
+    symbology, rule, directory, fields), never an image. From a worklist item also its
+    Requested Procedure and Scheduled Procedure Step (Accession Number and Study Instance UID
+    are the session's own).
+    """
+
+    __tablename__ = "session_identification"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("capture_session.id"), primary_key=True)
+    method: Mapped[str] = mapped_column(String(16))
+    evidence: Mapped[dict] = mapped_column(JSON, default=dict)
+    requested_procedure_id: Mapped[str | None] = mapped_column(String(16))
+    requested_procedure_description: Mapped[str | None] = mapped_column(String(64))
+    scheduled_step_id: Mapped[str | None] = mapped_column(String(16))
+
 
 
 class Photo(Base):

@@ -8,6 +8,7 @@ bytes again give the same answer, other bytes under that UUID are refused.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import uuid
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from app.db.models import CaptureSession, Photo
+from app.db.models import CaptureSession, Photo, SessionIdentification
 from app.db.session import Database
 from app.gateways.archive.local import ArchiveConflictError, InstanceKey, LocalArchive
 from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, prepare_for_dicom
@@ -38,6 +39,10 @@ SOURCES = ("provider", "patient")
 CONSENTS = ("given", "declined", "not-required")
 SEXES = ("F", "M", "O")
 ORIGINAL_SERIES_NUMBER = 1
+IDENTIFICATION_METHODS = ("wristband", "scanned", "typed", "worklist", "emr-launch", "manual")
+"""How a session's patient was identified: photo of the wristband, the device's barcode scanner,
+typed identifier, chosen from the worklist, launched from the EMR, entered by hand."""
+MAX_EVIDENCE_CHARS = 4096
 
 
 class IntakeError(Exception):
@@ -88,6 +93,66 @@ def _uuid(value: Any, name: str) -> str:
         raise InvalidRequest(f"{name} must be a UUID") from exc
 
 
+_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
+_SH_TEXT = re.compile(r"^[^\\\x00-\x1f]{0,16}$")  # DICOM SH (may be empty)
+
+
+@dataclass(frozen=True)
+class Identification:
+    """How the patient was identified (one of ``IDENTIFICATION_METHODS``) and the evidence."""
+
+    method: str
+    evidence: dict[str, Any]
+
+    @classmethod
+    def from_json(cls, value: Any) -> Identification | None:
+        """Validate ``{"method", "evidence"}``; None when absent."""
+        if value is None:
+            return None
+        if not isinstance(value, dict) or value.get("method") not in IDENTIFICATION_METHODS:
+            raise InvalidRequest("identification.method must be one of "
+                                 + ", ".join(IDENTIFICATION_METHODS))
+        evidence = value.get("evidence") or {}
+        if not isinstance(evidence, dict) or len(json.dumps(evidence)) > MAX_EVIDENCE_CHARS:
+            raise InvalidRequest("identification.evidence must be a JSON object of at most "
+                                 f"{MAX_EVIDENCE_CHARS} characters")
+        return cls(value["method"], evidence)
+
+
+@dataclass(frozen=True)
+class WorklistContext:
+    """The Modality Worklist item a session fulfils: its Study UID becomes the session's."""
+
+    study_uid: str
+    accession_number: str
+    requested_procedure_id: str | None
+    requested_procedure_description: str | None
+    scheduled_step_id: str | None
+
+    @classmethod
+    def from_json(cls, value: Any) -> WorklistContext | None:
+        """Validate a ``worklist_item`` object (as ``/api/v1/identify`` returns it)."""
+        if value is None:
+            return None
+        if not isinstance(value, dict):
+            raise InvalidRequest("worklist_item must be an object")
+        uid = value.get("study_instance_uid")
+        if not isinstance(uid, str) or len(uid) > 64 or not _UID.match(uid):
+            raise InvalidRequest("worklist_item.study_instance_uid must be a DICOM UID")
+        short = {}
+        for key in ("accession_number", "requested_procedure_id", "scheduled_step_id"):
+            item = value.get(key) or ""
+            if not isinstance(item, str) or not _SH_TEXT.match(item):
+                raise InvalidRequest(f"worklist_item.{key} must be at most 16 characters")
+            short[key] = item
+        return cls(study_uid=uid, accession_number=short["accession_number"],
+                   requested_procedure_id=short["requested_procedure_id"] or None,
+                   requested_procedure_description=_text(
+                       value.get("requested_procedure_description"),
+                       "worklist_item.requested_procedure_description"),
+                   scheduled_step_id=short["scheduled_step_id"] or None)
+
+
 @dataclass(frozen=True)
 class SessionRequest:
     """A validated request to open a capture session (one DICOM study)."""
@@ -103,6 +168,8 @@ class SessionRequest:
     department: str | None
     source: str
     session_id: str
+    identification: Identification | None = None
+    worklist: WorklistContext | None = None
     consent: str | None = None
     sensitive: bool = False
     description: str | None = None
@@ -140,6 +207,10 @@ class SessionRequest:
         sensitive = body.get("sensitive", False)
         if not isinstance(sensitive, bool):
             raise InvalidRequest("sensitive must be true or false")
+        worklist = WorklistContext.from_json(body.get("worklist_item"))
+        identification = Identification.from_json(body.get("identification"))
+        if identification is None and worklist is not None:
+            identification = Identification("worklist", {})
         name = _text(patient.get("name"), "patient.name", max_len=192)
         return cls(
             patient_id=_text(patient.get("id"), "patient.id", required=True) or "",
@@ -150,10 +221,24 @@ class SessionRequest:
             department=_text(body.get("department"), "department"),
             source=source,
             session_id=_uuid(body["id"], "id") if body.get("id") else str(uuid.uuid4()),
+            identification=identification, worklist=worklist,
             consent=consent,
             description=_text(body.get("description"), "description", max_len=36),
             sensitive=sensitive or (site is not None and body_site(site).sensitive),
         )
+
+
+def _identification_row(request: SessionRequest) -> SessionIdentification | None:
+    """The row recording how the session's patient was identified, if the client said."""
+    if request.identification is None:
+        return None
+    item = request.worklist
+    return SessionIdentification(
+        session_id=request.session_id, method=request.identification.method,
+        evidence=request.identification.evidence,
+        requested_procedure_id=item.requested_procedure_id if item else None,
+        requested_procedure_description=item.requested_procedure_description if item else None,
+        scheduled_step_id=item.scheduled_step_id if item else None)
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -174,14 +259,18 @@ class Intake:
     def open_session(self, request: SessionRequest, user: str) -> tuple[CaptureSession, bool]:
         """Create the session, or return the existing one when its id is sent again.
 
-        Returns (session, created). The Study Instance UID is derived from the session id.
+        Returns (session, created). The Study Instance UID is derived from the session id, or
+        is the worklist item's (then a second session for that item is a :class:`Conflict`);
+        how the patient was identified is stored with the session.
         """
         now = datetime.now().astimezone()
         offset = now.utcoffset() or timedelta(0)
         row = CaptureSession(
             id=request.session_id,
-            study_uid=uid_from_uuid(request.session_id, self.settings.uid_prefix),
+            study_uid=request.worklist.study_uid if request.worklist
+            else uid_from_uuid(request.session_id, self.settings.uid_prefix),
             patient_id=request.patient_id, issuer=request.issuer,
+            accession_number=request.worklist.accession_number if request.worklist else "",
             patient_name=request.name, birth_date=request.birth_date, sex=request.sex,
             encounter=request.encounter, body_site=request.body_site,
             laterality=request.laterality, department=request.department,
@@ -196,6 +285,10 @@ class Intake:
                                                                   request.issuer):
                         raise Conflict("this session id is already used for another patient")
                     return existing, False
+                if request.worklist is not None and db.scalar(select(CaptureSession.id).where(
+                        CaptureSession.study_uid == request.worklist.study_uid)) is not None:
+                    raise Conflict("another capture session already fulfils this worklist item")
+                row.identification = _identification_row(request)
                 db.add(row)
         except IntegrityError:
             return self.get_session(request.session_id), False
@@ -304,7 +397,10 @@ class Intake:
     def _study(self, s: CaptureSession) -> StudyInfo:
         tz = timezone(timedelta(minutes=s.utc_offset_minutes))
         return StudyInfo(uid=s.study_uid, started=_as_utc(s.created_at).astimezone(tz),
-                         accession_number=s.accession_number, admission_id=s.encounter)
+                         accession_number=s.accession_number, admission_id=s.encounter,
+                         **({"description": s.identification.requested_procedure_description}
+                            if s.identification and
+                            s.identification.requested_procedure_description else {}))
 
     def _series(self, s: CaptureSession) -> SeriesInfo:
         return SeriesInfo(
