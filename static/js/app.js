@@ -81,9 +81,22 @@ function report(error, element) {
   }
 }
 
+/** Take every patient detail off the page (the screens are hidden, not gone). */
+function clearPatientViews() {
+  for (const id of ["patient-list", "review-list", "shots"]) byId(id).replaceChildren();
+  for (const id of ["patient-read", "patient-warning", "done-summary", "scan-status"]) say(byId(id));
+  for (const element of document.querySelectorAll("[data-patient-line]")) element.textContent = "";
+  byId("mrn-form").reset();
+  byId("details-form").reset();
+}
+
+/** Show the login screen, forgetting the user and the patient (their photos stay queued). */
 function showLogin(message) {
   state.me = null;
+  state.draft = null;
+  state.identification = null;
   stopCameras();
+  clearPatientViews();
   byId("logout").hidden = true;
   byId("who").textContent = "";
   say(byId("login-error"), message);
@@ -98,7 +111,6 @@ function sessionEnded(message) {
 
 async function enter(me) {
   state.me = me;
-  if (state.draft && state.draft.user !== me.user) state.draft = null;
   byId("who").textContent = me.user;
   byId("logout").hidden = false;
   byId("role-warning").hidden = me.role !== "view";
@@ -143,7 +155,6 @@ async function onLogout() {
     // offline: the server session times out by itself; the device is purged all the same
   }
   await store.purgeAll();
-  state.draft = null;
   state.sent = [];
   sessionEnded("");
   await refreshQueue();
@@ -151,8 +162,6 @@ async function onLogout() {
 
 /** Forget the patient in memory and ask for the login again; waiting photos keep going. */
 function lock() {
-  state.draft = null;
-  state.identification = null;
   showLogin("Locked after a while without use. Log in again to continue.");
 }
 
@@ -541,8 +550,8 @@ function onFinish() {
   if (draft.complete) {
     const link = byId("study-link");
     link.href = `/studies/${draft.studyUid}`;
-    byId("done-summary").textContent = `${count(draft.photos.length)} of ${
-      draft.patient ? displayName(draft.patient) : "the patient"} stored in one study.`;
+    say(byId("done-summary"), `${count(draft.photos.length)} of ${
+      draft.patient ? displayName(draft.patient) : "the patient"} stored in one study.`);
     state.draft = null;
     showScreen("done");
   } else {

@@ -4,8 +4,10 @@
  * @module camera
  */
 
-/** Resolutions asked for: the best the rear camera gives for photos, HD for scanning. */
+/** The resolution asked for photos: the best the rear camera gives (12 MP class). */
 export const PHOTO_RESOLUTION = { width: 4096, height: 3072 };
+
+/** The resolution asked for scanning a wristband: HD is plenty and quick to send. */
 export const SCAN_RESOLUTION = { width: 1920, height: 1080 };
 
 /** @returns {boolean} whether this browser can show a live camera (secure context needed) */
