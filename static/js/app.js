@@ -8,7 +8,8 @@
 
 import { ApiError, NetworkError, login, logout, whoAmI } from "./api.js";
 import {
-  PHOTO_RESOLUTION, SCAN_RESOLUTION, cameraSupported, grabFrame, startCamera, stopCamera, toJpeg,
+  PHOTO_RESOLUTION, SCAN_RESOLUTION, cameraSupported, grabFrame, startCamera, stopCamera,
+  thumbnailOf, toJpeg,
 } from "./camera.js";
 import { renderHome, renderQueue } from "./home.js";
 import { identifyTyped, identifyWristband } from "./identify.js";
@@ -209,7 +210,7 @@ async function onHomeClick(event) {
 async function loadThumbnails(draft, photos) {
   for (const record of photos.filter((p) => draft.photos.includes(p.uuid))) {
     const blob = await store.photoBlob(record);
-    draft.thumbs.set(record.uuid, await createImageBitmap(blob, { resizeWidth: 320 }));
+    draft.thumbs.set(record.uuid, await thumbnailOf(blob));
   }
 }
 
@@ -447,7 +448,7 @@ async function onShutter() {
     const frame = grabFrame(byId("camera-video"));
     say(status, "Saving…");
     const [blob, thumb] = await Promise.all([toJpeg(frame),
-      createImageBitmap(frame, { resizeWidth: 320 })]);
+      thumbnailOf(frame)]);
     await keepPhoto(uuid, blob, thumb);
     say(status, `${count(state.draft.photos.length)} taken`);
   } catch (error) {
@@ -464,7 +465,7 @@ async function onFilePicked(event) {
   if (!file) return;
   const status = byId("camera-status");
   try {
-    const thumb = await createImageBitmap(file, { resizeWidth: 320 });
+    const thumb = await thumbnailOf(file);
     await keepPhoto(crypto.randomUUID(), file, thumb);
     say(status, `${count(state.draft.photos.length)} taken`);
   } catch {

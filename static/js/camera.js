@@ -70,3 +70,24 @@ export function toJpeg(canvas, quality = 0.92) {
       "image/jpeg", quality);
   });
 }
+
+/**
+ * A small bitmap of a photo for previews (kept in memory, drawn into canvases).
+ * @param {Blob|HTMLCanvasElement} source
+ * @param {number} [width=320]
+ * @returns {Promise<ImageBitmap>}
+ */
+export async function thumbnailOf(source, width = 320) {
+  try {
+    return await createImageBitmap(source, { resizeWidth: width, resizeQuality: "medium" });
+  } catch {
+    // browsers without resize options: scale through a small canvas
+    const full = await createImageBitmap(source);
+    const canvas = document.createElement("canvas");
+    canvas.width = width;
+    canvas.height = Math.max(1, Math.round((full.height * width) / full.width));
+    canvas.getContext("2d").drawImage(full, 0, 0, canvas.width, canvas.height);
+    full.close();
+    return createImageBitmap(canvas);
+  }
+}
