@@ -216,3 +216,25 @@ class WebSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     last_seen_at: Mapped[datetime] = mapped_column(default=utcnow)
     user: Mapped[User] = relationship()
+
+
+# --- Audit trail of PHI access (app/workflow/audit.py) --------------------------------------
+
+
+class AuditEvent(Base):
+    """One access to PHI: who (``actor``, ``role``, ``client`` address), what (``action`` and
+    ``entities`` such as ``study:<uid>``), when (``recorded_at``, UTC) and ``outcome``.
+
+    Append-only: rows are only ever inserted (see ``app.workflow.audit``).
+    """
+
+    __tablename__ = "audit_event"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    recorded_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    role: Mapped[str | None] = mapped_column(String(16))
+    client: Mapped[str | None] = mapped_column(String(64))
+    action: Mapped[str] = mapped_column(String(64))
+    entities: Mapped[list] = mapped_column(JSON, default=list)
+    outcome: Mapped[str] = mapped_column(String(16))
