@@ -14,11 +14,13 @@ from app.settings import Settings
 from app.web import Services
 from app.web.api import bp as api_bp
 from app.web.auth import bp as auth_bp
+from app.web.dicomweb import bp as dicomweb_bp
 from app.web.errors import register_error_handlers
 from app.web.fhir import bp as fhir_bp
 from app.web.health import bp as health_bp
 from app.web.patients import init_app as init_patients
 from app.web.pwa import bp as pwa_bp
+from app.web.studies import bp as studies_bp
 from app.workflow.intake import Intake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,4 +45,6 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(auth_bp)
     app.register_blueprint(pwa_bp)
     app.register_blueprint(fhir_bp)
+    app.register_blueprint(dicomweb_bp)
+    app.register_blueprint(studies_bp)
     return app

@@ -1,0 +1,135 @@
+"""Render a VL photograph's JPEG frame for display: fitted to a viewport, as JPEG or PNG.
+
+Pure: bytes in, bytes out. A 12 MP phone JPEG is reduced inside libjpeg (DCT scaling by 2, 4 or
+8, see :func:`app.pipeline.decode.load_pixels`) to the smallest size that still covers the
+target, then area-averaged to it, so a thumbnail costs a fraction of a full decode. When no
+scaling is needed the stored bitstream is returned as it is (only the ICC profile spliced in),
+so the full-resolution view shows the very pixels that were captured.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image, ImageCms
+
+from app.pipeline.decode import DEFAULT_MAX_PIXELS, load_pixels, probe, strip_jpeg
+from app.pipeline.dicom.builder import srgb_profile
+
+RENDERED_MEDIA_TYPES = ("image/jpeg", "image/png")
+"""What :func:`render_frame` can produce, in order of preference."""
+
+DEFAULT_QUALITY = 90
+THUMBNAIL_BOX = (256, 256)
+THUMBNAIL_QUALITY = 80
+
+_ICC_CHUNK = 65519  # APP2 payload limit (65533) minus the 14-byte ICC_PROFILE header
+_REDUCTIONS = (8, 4, 2, 1)
+
+
+@dataclass(frozen=True)
+class Rendition:
+    """A rendered image: its bytes, media type and pixel size."""
+
+    data: bytes
+    media_type: str
+    width: int
+    height: int
+
+
+def fit(width: int, height: int, box: tuple[int, int] | None) -> tuple[int, int]:
+    """The size of a ``width``×``height`` image fitted inside ``box`` (aspect ratio kept).
+
+    Guarantees: never larger than the image (no upscaling), never smaller than 1×1; ``None``
+    means the image's own size.
+    """
+    if box is None:
+        return width, height
+    scale = min(box[0] / width, box[1] / height, 1.0)
+    return max(1, round(width * scale)), max(1, round(height * scale))
+
+
+def embed_icc(jpeg: bytes, profile: bytes) -> bytes:
+    """``jpeg`` with ``profile`` as APP2 ICC_PROFILE segments right after SOI.
+
+    Guarantees: the entropy-coded data is untouched; the input must carry no ICC segments of
+    its own (callers pass stripped frames).
+    """
+    chunks = [profile[i:i + _ICC_CHUNK] for i in range(0, len(profile), _ICC_CHUNK)]
+    segments = b"".join(
+        b"\xff\xe2" + struct.pack(">H", 2 + 14 + len(chunk)) + b"ICC_PROFILE\x00"
+        + bytes((n, len(chunks))) + chunk
+        for n, chunk in enumerate(chunks, start=1))
+    return jpeg[:2] + segments + jpeg[2:]
+
+
+def _reduction(width: int, height: int, target: tuple[int, int]) -> int:
+    """The largest DCT reduction whose output still covers ``target`` in both directions."""
+    for factor in _REDUCTIONS:
+        if -(-width // factor) >= target[0] and -(-height // factor) >= target[1]:
+            return factor
+    return 1
+
+
+def _to_srgb(rgb: np.ndarray, profile: bytes) -> np.ndarray:
+    """Pixels converted from ``profile`` to sRGB (perceptual intent)."""
+    source = ImageCms.ImageCmsProfile(io.BytesIO(profile))
+    target = ImageCms.ImageCmsProfile(io.BytesIO(srgb_profile()))
+    converted = ImageCms.profileToProfile(Image.fromarray(rgb), source, target, outputMode="RGB")
+    return np.asarray(converted)
+
+
+def render_frame(frame: bytes, *, box: tuple[int, int] | None = None,
+                 media_type: str = "image/jpeg", quality: int | None = None,
+                 icc_profile: bytes | None = None, to_srgb: bool = False,
+                 max_pixels: int = DEFAULT_MAX_PIXELS) -> Rendition:
+    """Render one JPEG frame fitted inside ``box`` as ``media_type``.
+
+    ``icc_profile`` is the instance's profile: it is embedded in the output (or, with
+    ``to_srgb``, the pixels are converted to sRGB and the sRGB profile embedded); ``None``
+    embeds nothing. Guarantees: the output fits ``box`` with the aspect ratio kept; a JPEG
+    request at full size without a quality or colour conversion returns the stored bitstream
+    unchanged apart from the embedded profile; the frame's header is checked against
+    ``max_pixels`` before any decoding.
+    """
+    if media_type not in RENDERED_MEDIA_TYPES:
+        raise ValueError(f"cannot render as {media_type}")
+    info = probe(frame, max_pixels)
+    width, height = info.oriented_size
+    target = fit(width, height, box)
+    convert = to_srgb and icc_profile is not None
+    if (target == (width, height) and media_type == "image/jpeg" and quality is None
+            and not convert and info.orientation == 1):
+        jpeg = strip_jpeg(frame)
+        return Rendition(embed_icc(jpeg, icc_profile) if icc_profile else jpeg,
+                         media_type, width, height)
+    bgr = load_pixels(frame, reduce=_reduction(width, height, target), max_pixels=max_pixels)
+    if (bgr.shape[1], bgr.shape[0]) != target:
+        bgr = cv2.resize(bgr, target, interpolation=cv2.INTER_AREA)
+    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    profile = icc_profile
+    if convert and icc_profile is not None:
+        rgb = _to_srgb(rgb, icc_profile)
+        profile = srgb_profile()
+    buf = io.BytesIO()
+    options: dict[str, object] = {"icc_profile": profile} if profile else {}
+    if media_type == "image/jpeg":
+        Image.fromarray(rgb).save(buf, "JPEG", quality=quality or DEFAULT_QUALITY,
+                                  subsampling="4:2:0", **options)
+    else:
+        Image.fromarray(rgb).save(buf, "PNG", compress_level=1, **options)
+    return Rendition(buf.getvalue(), media_type, target[0], target[1])
+
+
+def render_thumbnail(frame: bytes, *, box: tuple[int, int] = THUMBNAIL_BOX,
+                     media_type: str = "image/jpeg", icc_profile: bytes | None = None,
+                     to_srgb: bool = False,
+                     max_pixels: int = DEFAULT_MAX_PIXELS) -> Rendition:
+    """A small preview of the frame (see :func:`render_frame`), at thumbnail quality."""
+    return render_frame(frame, box=box, media_type=media_type,
+                        quality=THUMBNAIL_QUALITY if media_type == "image/jpeg" else None,
+                        icc_profile=icc_profile, to_srgb=to_srgb, max_pixels=max_pixels)

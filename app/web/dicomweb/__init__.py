@@ -1,0 +1,478 @@
+"""DICOMweb for the local archive (PS3.18): QIDO-RS search and WADO-RS retrieve at /dicomweb.
+
+Search answers DICOM JSON from the attribute index (``index.py``, ``query.py``). Retrieve
+sends instances as stored, in ``multipart/related; type="application/dicom"``; metadata as
+DICOM JSON with bulk data URIs; frames and bulk data as the stored JPEG; rendered images and
+thumbnails fitted to a ``viewport`` (``app.pipeline.render``), the default thumbnail of each
+instance cached on disk under the data directory.
+
+Every request needs the ``view`` or ``capture`` role and is audited (who, what, when, outcome),
+refusals included. Answers carry ``Cache-Control: no-store``, except thumbnails, which the
+browser may keep privately for a few minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pydicom
+from flask import Blueprint, Response, abort, g, request, url_for
+from pydicom.encaps import generate_frames
+from pydicom.uid import ExplicitVRLittleEndian
+from sqlalchemy import ColumnElement, select
+from sqlalchemy.orm import Session
+
+from app.db.models import Instance
+from app.pipeline.render import (
+    RENDERED_MEDIA_TYPES,
+    THUMBNAIL_BOX,
+    Rendition,
+    render_frame,
+    render_thumbnail,
+)
+from app.web import services
+from app.web.auth import current_caller, require
+from app.web.dicomweb import index, media, query
+from app.web.errors import error_response
+from app.workflow import audit
+
+bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
+log = logging.getLogger(__name__)
+
+ROLES = ("view", "capture")
+THUMBNAIL_CACHE_CONTROL = "private, max-age=600"
+MAX_VIEWPORT = 8192
+ICC_CHOICES = ("yes", "no", "srgb")
+
+INSTANCE = "/studies/<study>/series/<series>/instances/<sop>"
+
+
+class _Refused(Exception):
+    """A request refused with a status and a message that names no PHI."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+@bp.errorhandler(_Refused)
+def _refused(exc: _Refused) -> tuple[Response, int]:
+    return error_response(exc.status, exc.code, exc.message)
+
+
+@bp.errorhandler(query.QueryError)
+def _bad_query(exc: query.QueryError) -> tuple[Response, int]:
+    return error_response(400, "invalid_query", str(exc))
+
+
+def _not_acceptable(what: str) -> _Refused:
+    return _Refused(406, "not_acceptable", f"{what} is available only as described in the "
+                                           "conformance notes (README, Viewer and DICOMweb)")
+
+
+# --- audit and caching, for every answer of this blueprint ------------------------------------
+
+
+@bp.after_request
+def _audit_and_cache(response: Response) -> Response:
+    """Record who asked what and the outcome; fail closed if the audit cannot be written."""
+    caller = g.get("caller") or current_caller()
+    args = request.view_args or {}
+    entities = g.get("audit_entities") or [
+        f"{kind}:{args[key]}" for key, kind in (("study", "study"), ("series", "series"),
+                                                ("sop", "instance")) if key in args]
+    try:
+        with services().db.session() as db:
+            audit.record(db, caller.user if caller else "anonymous",
+                         f"dicomweb.{(request.endpoint or 'unknown').rsplit('.', 1)[-1]}",
+                         *entities, outcome=audit.outcome_of(response.status_code),
+                         role=caller.role if caller else None, client=request.remote_addr)
+    except Exception as exc:  # no audit, no PHI: the answer is withheld
+        response.close()
+        failed, status = error_response(503, "audit_unavailable",
+                                        "the access could not be audited; try again")
+        failed.status_code = status
+        failed.headers["Cache-Control"] = "no-store"
+        log.error("audit write failed: %s", type(exc).__name__)
+        return failed
+    response.headers.setdefault("Cache-Control", "no-store")
+    return response
+
+
+# --- helpers ----------------------------------------------------------------------------------
+
+
+def _base() -> str:
+    """Absolute URL of the DICOMweb root under the configured public URL (never from the
+    request's Host header, which a client may spoof or, like dicomweb-client, send without
+    its port)."""
+    path = url_for("dicomweb.search_studies").rsplit("/studies", 1)[0]
+    return services().settings.public_url.rstrip("/") + path
+
+
+def _instance_url(row: Instance) -> str:
+    return f"{_base()}/studies/{row.study_uid}/series/{row.series_uid}/instances/{row.sop_uid}"
+
+
+def _rows(study: str, series: str | None = None, sop: str | None = None) -> list[Instance]:
+    """The indexed instances of a study, series or instance (404 when there are none)."""
+    scope: list[ColumnElement[bool]] = [Instance.study_uid == study]
+    if series is not None:
+        scope.append(Instance.series_uid == series)
+    if sop is not None:
+        scope.append(Instance.sop_uid == sop)
+    svc = services()
+    with svc.db.session() as db:
+        index.refresh(db, svc.archive, *scope)
+        rows = [r for r in db.scalars(select(Instance).where(*scope)) if index.is_current(r)]
+    if not rows:
+        abort(404)
+    rows.sort(key=query.instance_order)
+    g.audit_entities = [f"study:{study}"] + [f"instance:{r.sop_uid}" for r in rows]
+    return rows
+
+
+def _dataset(row: Instance) -> pydicom.Dataset:
+    return pydicom.dcmread(services().archive.path(row))
+
+
+def _frame(ds: pydicom.Dataset) -> bytes:
+    return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def _transfer_syntax(row: Instance) -> str:
+    return row.attributes[index.TRANSFER_SYNTAX]
+
+
+def _ranges() -> list[media.MediaRange]:
+    return media.accepted(request.headers.get("Accept"))
+
+
+# --- QIDO-RS ----------------------------------------------------------------------------------
+
+
+def _search(run: Callable[[Session, query.Query, str], query.Results],
+            *scope: ColumnElement[bool]) -> Response:
+    if not media.accepts_json(_ranges()):
+        raise _not_acceptable("search results")
+    parsed = query.parse(request.args, *scope)
+    svc = services()
+    with svc.db.session() as db:
+        index.refresh(db, svc.archive)
+        results = run(db, parsed, _base())
+    g.audit_entities = [f"query:{request.endpoint.rsplit('.', 1)[-1]}"] + [
+        f"study:{uid}" for uid in query.study_uids(results)]
+    if not results.datasets:
+        return Response(status=204)
+    response = Response(json.dumps(results.datasets), content_type=media.DICOM_JSON)
+    if results.truncated:
+        response.headers["Warning"] = (f'299 {request.host}: "There are additional results '
+                                       'that can be requested"')
+    return response
+
+
+@bp.get("/studies")
+@require(*ROLES)
+def search_studies() -> Response:
+    return _search(query.search_studies)
+
+
+@bp.get("/series")
+@require(*ROLES)
+def search_all_series() -> Response:
+    return _search(lambda db, q, base: query.search_series(db, q, base, with_study=True))
+
+
+@bp.get("/instances")
+@require(*ROLES)
+def search_all_instances() -> Response:
+    return _search(query.search_instances)
+
+
+@bp.get("/studies/<study>/series")
+@require(*ROLES)
+def search_series(study: str) -> Response:
+    return _search(lambda db, q, base: query.search_series(db, q, base, with_study=False),
+                   Instance.study_uid == study)
+
+
+@bp.get("/studies/<study>/instances")
+@require(*ROLES)
+def search_study_instances(study: str) -> Response:
+    return _search(query.search_instances, Instance.study_uid == study)
+
+
+@bp.get("/studies/<study>/series/<series>/instances")
+@require(*ROLES)
+def search_series_instances(study: str, series: str) -> Response:
+    return _search(query.search_instances, Instance.study_uid == study,
+                   Instance.series_uid == series)
+
+
+# --- WADO-RS: instances and metadata ----------------------------------------------------------
+
+
+def _instances(rows: list[Instance]) -> Response:
+    ranges = _ranges()
+    if not all(media.accepts_multipart(ranges, media.DICOM, _transfer_syntax(r)) for r in rows):
+        raise _not_acceptable("instances")
+    archive = services().archive
+    parts = [media.Part(f"{media.DICOM}; transfer-syntax={_transfer_syntax(r)}",
+                        archive.path(r).read_bytes) for r in rows]
+    marker = media.boundary()
+    return Response(media.multipart(parts, marker),
+                    content_type=media.multipart_content_type(media.DICOM, marker))
+
+
+@bp.get("/studies/<study>")
+@require(*ROLES)
+def retrieve_study(study: str) -> Response:
+    return _instances(_rows(study))
+
+
+@bp.get("/studies/<study>/series/<series>")
+@require(*ROLES)
+def retrieve_series(study: str, series: str) -> Response:
+    return _instances(_rows(study, series))
+
+
+@bp.get(INSTANCE)
+@require(*ROLES)
+def retrieve_instance(study: str, series: str, sop: str) -> Response:
+    return _instances(_rows(study, series, sop))
+
+
+def _metadata_of(row: Instance) -> dict[str, Any]:
+    """The cached header with absolute bulk data URIs and the available Transfer Syntax."""
+    url = _instance_url(row)
+    body: dict[str, Any] = {}
+    for tag, element in row.attributes[index.DICOM].items():
+        uri = element.get("BulkDataURI", "")
+        body[tag] = {**element, "BulkDataURI": f"{url}/{uri}"} if uri.startswith(
+            index.BULK_PREFIX) else element
+    body["00083002"] = {"vr": "UI", "Value": [_transfer_syntax(row)]}
+    return dict(sorted(body.items()))
+
+
+def _metadata(rows: list[Instance]) -> Response:
+    if not media.accepts_json(_ranges()):
+        raise _not_acceptable("metadata")
+    return Response(json.dumps([_metadata_of(r) for r in rows]), content_type=media.DICOM_JSON)
+
+
+@bp.get("/studies/<study>/metadata")
+@require(*ROLES)
+def retrieve_study_metadata(study: str) -> Response:
+    return _metadata(_rows(study))
+
+
+@bp.get("/studies/<study>/series/<series>/metadata")
+@require(*ROLES)
+def retrieve_series_metadata(study: str, series: str) -> Response:
+    return _metadata(_rows(study, series))
+
+
+@bp.get(f"{INSTANCE}/metadata")
+@require(*ROLES)
+def retrieve_instance_metadata(study: str, series: str, sop: str) -> Response:
+    return _metadata(_rows(study, series, sop))
+
+
+# --- WADO-RS: frames and bulk data ------------------------------------------------------------
+
+
+def _frame_parts(row: Instance) -> Response:
+    """The (single) frame as it is stored, in the part type the client accepts."""
+    part_type = media.bulk_type(_ranges(), _transfer_syntax(row))
+    if part_type is None:
+        raise _not_acceptable("pixel data")
+    archive = services().archive
+
+    def load() -> bytes:
+        return _frame(pydicom.dcmread(archive.path(row)))
+
+    marker = media.boundary()
+    part = media.Part(f"{part_type}; transfer-syntax={_transfer_syntax(row)}", load)
+    return Response(media.multipart([part], marker),
+                    content_type=media.multipart_content_type(part_type, marker))
+
+
+def _single_frame(frames: str) -> None:
+    try:
+        numbers = {int(n) for n in frames.split(",")}
+    except ValueError as exc:
+        raise _Refused(400, "invalid_frames", "frames must be a list of frame numbers") from exc
+    if numbers != {1}:
+        abort(404)  # our photographs are single-frame
+
+
+@bp.get(f"{INSTANCE}/frames/<frames>")
+@require(*ROLES)
+def retrieve_frames(study: str, series: str, sop: str, frames: str) -> Response:
+    _single_frame(frames)
+    return _frame_parts(_rows(study, series, sop)[0])
+
+
+@bp.get(f"{INSTANCE}/bulkdata/<tag>")
+@require(*ROLES)
+def retrieve_bulkdata(study: str, series: str, sop: str, tag: str) -> Response:
+    row = _rows(study, series, sop)[0]
+    tag = tag.upper()
+    element = row.attributes[index.DICOM].get(tag, {})
+    if not element.get("BulkDataURI"):
+        abort(404)
+    if tag == index.PIXEL_DATA:
+        return _frame_parts(row)
+    if not media.accepts_multipart(_ranges(), media.OCTET_STREAM, ExplicitVRLittleEndian):
+        raise _not_acceptable("bulk data")
+    archive = services().archive
+
+    def load() -> bytes:
+        value = pydicom.dcmread(archive.path(row), stop_before_pixels=True)[int(tag, 16)].value
+        return bytes(value)
+
+    marker = media.boundary()
+    return Response(media.multipart([media.Part(media.OCTET_STREAM, load)], marker),
+                    content_type=media.multipart_content_type(media.OCTET_STREAM, marker))
+
+
+# --- WADO-RS: rendered images and thumbnails --------------------------------------------------
+
+
+def _viewport(default: tuple[int, int] | None) -> tuple[int, int] | None:
+    raw = request.args.get("viewport")
+    if not raw:
+        return default
+    parts = raw.split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() for p in parts):
+        raise _Refused(400, "invalid_viewport",
+                       "viewport must be vw,vh in pixels (source regions are not supported)")
+    width, height = (int(p) for p in parts)
+    if not (0 < width <= MAX_VIEWPORT and 0 < height <= MAX_VIEWPORT):
+        raise _Refused(400, "invalid_viewport", f"viewport sides must be 1 to {MAX_VIEWPORT}")
+    return width, height
+
+
+def _quality() -> int | None:
+    raw = request.args.get("quality")
+    if raw is None:
+        return None
+    if not raw.isdigit() or not 1 <= int(raw) <= 100:
+        raise _Refused(400, "invalid_quality", "quality must be 1 to 100")
+    return int(raw)
+
+
+def _icc_choice() -> str:
+    choice = request.args.get("iccprofile", "yes").lower()
+    if choice not in ICC_CHOICES:
+        raise _Refused(400, "invalid_iccprofile", "iccprofile must be yes, no or srgb")
+    return choice
+
+
+def _rendered_type(row: Instance) -> str:
+    if media.BULK_MEDIA_TYPE.get(_transfer_syntax(row)) is None:
+        raise _not_acceptable("a rendering of this instance")
+    asked = request.args.get("accept")
+    chosen = media.rendered_type(media.accepted(asked or request.headers.get("Accept")),
+                                 RENDERED_MEDIA_TYPES)
+    if chosen is None:
+        raise _not_acceptable("rendered images")
+    return chosen
+
+
+def _image(rendition: Rendition) -> Response:
+    return Response(rendition.data, content_type=rendition.media_type)
+
+
+@bp.get(f"{INSTANCE}/rendered")
+@bp.get(f"{INSTANCE}/frames/<frames>/rendered")
+@require(*ROLES)
+def retrieve_rendered(study: str, series: str, sop: str, frames: str = "1") -> Response:
+    _single_frame(frames)
+    row = _rows(study, series, sop)[0]
+    media_type = _rendered_type(row)
+    box, quality, icc = _viewport(None), _quality(), _icc_choice()
+    ds = _dataset(row)
+    return _image(render_frame(
+        _frame(ds), box=box, media_type=media_type, quality=quality,
+        icc_profile=None if icc == "no" else ds.get("ICCProfile"), to_srgb=icc == "srgb",
+        max_pixels=services().settings.max_pixels))
+
+
+def _thumbnail_file(row: Instance) -> Path:
+    """Where the default thumbnail of an instance is cached (named by its content hash)."""
+    folder = services().settings.data_dir / "cache" / "thumbnails" / row.study_uid
+    return folder / f"{row.sop_uid}-{row.sha256[:16]}.jpg"
+
+
+def _cached(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+
+
+def _store(path: Path, data: bytes) -> None:
+    """Write a cache file atomically (a reader never sees half of it); no fsync: a cache.
+
+    Best effort: a failure (disk full, the cache emptied meanwhile) is logged, not raised.
+    """
+    tmp = None
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        log.warning("thumbnail cache not written: %s", type(exc).__name__)
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
+
+
+def _thumbnail(row: Instance) -> Response:
+    media_type = _rendered_type(row)
+    box, icc = _viewport(THUMBNAIL_BOX), _icc_choice()
+    cacheable = (box, icc, media_type) == (THUMBNAIL_BOX, "yes", "image/jpeg")
+    cached = _thumbnail_file(row)
+    data = _cached(cached) if cacheable else None
+    if data is None:
+        ds = _dataset(row)
+        data = render_thumbnail(_frame(ds), box=box, media_type=media_type,
+                                icc_profile=None if icc == "no" else ds.get("ICCProfile"),
+                                to_srgb=icc == "srgb",
+                                max_pixels=services().settings.max_pixels).data
+        if cacheable:
+            _store(cached, data)
+    response = Response(data, content_type=media_type)
+    response.headers["Cache-Control"] = THUMBNAIL_CACHE_CONTROL
+    response.headers["Vary"] = "Authorization, Cookie"
+    return response
+
+
+@bp.get("/studies/<study>/thumbnail")
+@require(*ROLES)
+def retrieve_study_thumbnail(study: str) -> Response:
+    row = _rows(study)[0]
+    g.audit_entities = [f"study:{study}", f"instance:{row.sop_uid}"]
+    return _thumbnail(row)
+
+
+@bp.get("/studies/<study>/series/<series>/thumbnail")
+@require(*ROLES)
+def retrieve_series_thumbnail(study: str, series: str) -> Response:
+    row = _rows(study, series)[0]
+    g.audit_entities = [f"study:{study}", f"instance:{row.sop_uid}"]
+    return _thumbnail(row)
+
+
+@bp.get(f"{INSTANCE}/thumbnail")
+@require(*ROLES)
+def retrieve_instance_thumbnail(study: str, series: str, sop: str) -> Response:
+    return _thumbnail(_rows(study, series, sop)[0])

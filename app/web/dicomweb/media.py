@@ -1,0 +1,150 @@
+"""Media types of DICOMweb answers: Accept negotiation and multipart/related bodies.
+
+Only what this archive holds is offered: instances in the Transfer Syntax they were stored in
+(JPEG Baseline for our photos: no transcoding of a lossy image), bulk data and frames as that
+JPEG bitstream, DICOM JSON for metadata and queries, and rendered JPEG or PNG.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
+
+from werkzeug.http import parse_list_header
+
+DICOM = "application/dicom"
+DICOM_JSON = "application/dicom+json"
+OCTET_STREAM = "application/octet-stream"
+# Bulk data media type of each compressed Transfer Syntax we may hold (PS3.18 Table 8.7.3-3)
+BULK_MEDIA_TYPE = {
+    "1.2.840.10008.1.2.4.50": "image/jpeg",
+    "1.2.840.10008.1.2.4.51": "image/jpeg",
+    "1.2.840.10008.1.2.4.57": "image/jpeg",
+    "1.2.840.10008.1.2.4.70": "image/jpeg",
+}
+
+
+@dataclass(frozen=True)
+class MediaRange:
+    """One entry of an Accept header: ``type/subtype`` and its parameters (``q`` removed)."""
+
+    media_type: str
+    params: dict[str, str]
+    q: float
+
+
+def _parse_range(item: str) -> tuple[str, dict[str, str]]:
+    """``type/subtype; k=v; ...`` with quoted or bare values (clients send ``type=a/b`` bare,
+    which strict RFC 9110 parsers cut at the slash)."""
+    media_type, *pairs = item.split(";")
+    params = {}
+    for pair in pairs:
+        key, _, value = pair.partition("=")
+        params[key.strip().lower()] = value.strip().strip('"')
+    return media_type.strip().lower(), params
+
+
+def accepted(header: str | None) -> list[MediaRange]:
+    """The media ranges of an Accept header, most preferred first; none given means ``*/*``.
+
+    Guarantees: ranges with ``q=0`` are dropped; equal ``q`` keeps the header's order.
+    """
+    ranges = []
+    for item in parse_list_header(header or "*/*"):
+        media_type, params = _parse_range(item)
+        try:
+            q = float(params.pop("q", "1"))
+        except ValueError:
+            q = 1.0
+        if media_type and q > 0:
+            ranges.append(MediaRange(media_type, params, q))
+    return sorted(ranges, key=lambda r: -r.q)
+
+
+def _syntax_ok(params: dict[str, str], transfer_syntax: str) -> bool:
+    asked = params.get("transfer-syntax")
+    return asked in (None, "*", transfer_syntax)
+
+
+def accepts_multipart(ranges: list[MediaRange], part_type: str, transfer_syntax: str) -> bool:
+    """Whether ``multipart/related; type=part_type`` in ``transfer_syntax`` is acceptable.
+
+    Accepted: ``*/*``, ``multipart/*`` or ``multipart/related`` whose ``type`` is absent,
+    ``part_type`` or a wildcard covering it, and the bare part type; a ``transfer-syntax``
+    parameter must be absent, ``*`` or the stored one.
+    """
+    types = (part_type, "*/*", f"{part_type.split('/')[0]}/*")
+    for r in ranges:
+        inner = r.params.get("type", part_type).lower() if r.media_type in (
+            "*/*", "multipart/*", "multipart/related") else r.media_type
+        if inner in types and _syntax_ok(r.params, transfer_syntax):
+            return True
+    return False
+
+
+def bulk_type(ranges: list[MediaRange], transfer_syntax: str) -> str | None:
+    """The part media type to send a compressed frame in, or None when none is acceptable.
+
+    The frame goes as it is stored: as its bulk data type (``image/jpeg``) unless the client
+    prefers ``application/octet-stream`` with ``transfer-syntax`` ``*`` or the stored one
+    (without it, octet-stream means uncompressed, which we do not offer).
+    """
+    native = BULK_MEDIA_TYPE.get(transfer_syntax)
+    if native is None:
+        return None
+    for r in ranges:
+        inner = r.params.get("type", native).lower() if r.media_type in (
+            "*/*", "multipart/*", "multipart/related") else r.media_type
+        if inner in (native, "image/*", "*/*") and _syntax_ok(r.params, transfer_syntax):
+            return native
+        if inner == OCTET_STREAM and r.params.get("transfer-syntax") in ("*", transfer_syntax):
+            return OCTET_STREAM
+    return None
+
+
+def accepts_json(ranges: list[MediaRange]) -> bool:
+    """Whether DICOM JSON (``application/dicom+json`` or ``application/json``) is acceptable."""
+    return any(r.media_type in ("*/*", "application/*", DICOM_JSON, "application/json")
+               for r in ranges)
+
+
+def rendered_type(ranges: list[MediaRange], offered: tuple[str, ...]) -> str | None:
+    """The most preferred of ``offered`` (e.g. image/jpeg, image/png) that is acceptable."""
+    for r in ranges:
+        for media_type in offered:
+            major = media_type.split("/")[0]
+            if r.media_type in ("*/*", f"{major}/*", media_type):
+                return media_type
+    return None
+
+
+@dataclass(frozen=True)
+class Part:
+    """One body part: its Content-Type and a function giving its bytes when streamed."""
+
+    content_type: str
+    load: Callable[[], bytes]
+
+
+def boundary() -> str:
+    """A fresh random boundary (128 bits: it cannot plausibly occur inside a part)."""
+    return f"ebiw-{secrets.token_hex(16)}"
+
+
+def multipart(parts: Iterable[Part], marker: str) -> Iterator[bytes]:
+    """Stream a multipart body (RFC 2046) whose parts are loaded one at a time.
+
+    Guarantees: each part is ``--marker CRLF Content-Type CRLF CRLF data`` and the body ends
+    with ``CRLF --marker-- CRLF``; at most one part's bytes are held at once.
+    """
+    for part in parts:
+        yield f"--{marker}\r\nContent-Type: {part.content_type}\r\n\r\n".encode()
+        yield part.load()
+        yield b"\r\n"
+    yield f"--{marker}--\r\n".encode()
+
+
+def multipart_content_type(part_type: str, marker: str) -> str:
+    """The Content-Type header of a multipart/related answer."""
+    return f'multipart/related; type="{part_type}"; boundary={marker}'

@@ -1,0 +1,97 @@
+// DICOMweb client of the viewer: same-origin fetches with the user's credentials.
+//
+// The session cookie is sent with every request (credentials: "same-origin"); an app that
+// embeds the viewer may instead put a bearer token in sessionStorage["ebiw.token"], which is
+// then sent as Authorization and takes precedence, as on the server.
+
+export const TOKEN_KEY = "ebiw.token";
+
+export class AuthError extends Error {
+  constructor() {
+    super("sign-in required");
+    this.name = "AuthError";
+  }
+}
+
+export class DicomWeb {
+  /** @param {string} root path of the DICOMweb root, e.g. "/dicomweb" */
+  constructor(root) {
+    this.root = root.replace(/\/$/, "");
+    this.images = new Map(); // path -> Promise<object URL>, for the life of the page
+    this.waiting = []; // queued image fetches
+    this.running = 0;
+    this.limit = 1;
+  }
+
+  /** How many queued image fetches may run at once (raise it once the main image is in). */
+  setQueueLimit(limit) {
+    this.limit = limit;
+    this.next();
+  }
+
+  headers(accept) {
+    const headers = { Accept: accept };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    return headers;
+  }
+
+  async get(path, accept) {
+    const response = await fetch(this.root + path, {
+      headers: this.headers(accept),
+      credentials: "same-origin",
+      cache: "default",
+    });
+    if (response.status === 401) throw new AuthError();
+    if (!response.ok) throw new Error(`the archive answered ${response.status}`);
+    return response;
+  }
+
+  /** DICOM JSON datasets of a search or metadata request ([] for 204 No Content). */
+  async json(path) {
+    const response = await this.get(path, "application/dicom+json");
+    return response.status === 204 ? [] : response.json();
+  }
+
+  /**
+   * An object URL of a rendered image or thumbnail, fetched once per page. With ``queued``,
+   * only a few such fetches run together (see setQueueLimit), so that a study's thumbnails,
+   * which the server renders on their first view, do not all compete with the main image.
+   */
+  image(path, { queued = false } = {}) {
+    if (!this.images.has(path)) {
+      const fetchBlob = () => this.get(path, "image/jpeg").then((response) => response.blob());
+      const pending = (queued ? this.inTurn(fetchBlob) : fetchBlob())
+        .then((blob) => URL.createObjectURL(blob));
+      pending.catch(() => this.images.delete(path));
+      this.images.set(path, pending);
+    }
+    return this.images.get(path);
+  }
+
+  inTurn(task) {
+    return new Promise((resolve, reject) => {
+      this.waiting.push(() => task().then(resolve, reject).finally(() => {
+        this.running -= 1;
+        this.next();
+      }));
+      this.next();
+    });
+  }
+
+  next() {
+    while (this.running < this.limit && this.waiting.length) {
+      this.running += 1;
+      this.waiting.shift()();
+    }
+  }
+}
+
+/** Query string of QIDO-RS parameters; repeated keys for arrays. */
+export function query(params) {
+  const search = new URLSearchParams();
+  for (const [key, value] of Object.entries(params)) {
+    for (const item of [].concat(value)) search.append(key, item);
+  }
+  return search.toString();
+}

@@ -1,0 +1,362 @@
+// The study viewer: patient banner, series with thumbnails, the image with zoom, pan and
+// measuring tools, original/normalized toggle with the ΔE report, and earlier studies of the
+// same site side by side. Everything comes from /dicomweb (see viewer-api.js for credentials).
+//
+// Performance marks for benchmarks: "ebiw:first-thumbnail" and "ebiw:main-image" when they are
+// painted (the images also carry elementtiming attributes).
+
+import { AuthError, DicomWeb, query } from "./viewer-api.js";
+import { lateralityLabel, studyOf, timelineOf } from "./viewer-dicom.js";
+import { Stage } from "./viewer-stage.js";
+
+const body = document.body;
+const api = new DicomWeb(body.dataset.dicomweb);
+const $ = (id) => document.getElementById(id);
+const TIMELINE_FIELDS = ["AnatomicRegionSequence", "ImageLaterality", "ImageType", "SourceImageSequence",
+  "PixelSpacing", "DerivationDescription", "SeriesDescription"];
+
+const state = { study: null, view: null, variant: "original", tool: "pan", compare: null };
+
+function markOnce(name) {
+  let done = false;
+  return () => {
+    if (!done) {
+      done = true;
+      performance.mark(name);
+      if (name === "ebiw:main-image") body.dataset.ready = "true";
+    }
+  };
+}
+
+const markThumbnail = markOnce("ebiw:first-thumbnail");
+const stagesElement = $("stages");
+const mainElement = document.createElement("div");
+stagesElement.append(mainElement);
+const main = new Stage(mainElement, api, { timing: "main-image", onChange: renderMeasurements, onPainted: markOnce("ebiw:main-image") });
+main.root.id = "stage-main";
+let compare = null;
+
+// --- messages ------------------------------------------------------------------------------
+
+function message(text, link) {
+  const box = $("message");
+  box.replaceChildren(document.createTextNode(text));
+  if (link) {
+    const anchor = document.createElement("a");
+    anchor.href = link.href;
+    anchor.textContent = link.text;
+    box.append(" ", anchor);
+  }
+  box.hidden = false;
+}
+
+function fail(error) {
+  if (error instanceof AuthError) {
+    const login = body.dataset.login;
+    message("Please sign in to see this study.",
+      login ? { href: `${login}?next=${encodeURIComponent(location.pathname)}`, text: "Sign in" } : null);
+  } else {
+    message(`The study could not be loaded: ${error.message}.`);
+  }
+}
+
+// --- banner and series -----------------------------------------------------------------------
+
+function siteText(site, laterality) {
+  if (!site) return "–";
+  const side = lateralityLabel(laterality);
+  return side ? `${site.meaning}, ${side}` : site.meaning;
+}
+
+function renderBanner() {
+  const { patient, date, time, site, laterality, department } = state.study;
+  $("patient-name").textContent = patient.name || "Name not recorded";
+  $("patient-id").textContent = patient.issuer ? `${patient.id} (${patient.issuer})` : patient.id || "–";
+  $("patient-birth").textContent = patient.birthDate || "–";
+  $("patient-sex").textContent = patient.sex || "–";
+  $("study-date").textContent = [date, time].filter(Boolean).join(" ") || "–";
+  $("study-site").textContent = siteText(site, laterality);
+  $("study-department").textContent = department || "–";
+  document.title = `${patient.name || "Study"} · ${date} · ebiw-capture`;
+}
+
+function thumbnail(image, label) {
+  const img = document.createElement("img");
+  img.alt = label;
+  img.decoding = "async";
+  img.setAttribute("elementtiming", "thumbnail");
+  api.image(`${image.path}/thumbnail`, { queued: true }).then((url) => {
+    img.addEventListener("load", () => requestAnimationFrame(markThumbnail), { once: true });
+    img.src = url;
+  }).catch(() => img.classList.add("missing"));
+  return img;
+}
+
+function renderSeries() {
+  const nav = $("series");
+  nav.replaceChildren();
+  for (const series of state.study.series) {
+    const section = document.createElement("section");
+    const title = document.createElement("h2");
+    title.textContent = `${series.description} (${series.images.length})`;
+    const list = document.createElement("ul");
+    for (const image of series.images) {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "thumb";
+      button.dataset.sop = image.sop;
+      const caption = document.createElement("span");
+      caption.textContent = `${image.derived ? "Normalized" : "Image"} ${image.number}`;
+      button.append(thumbnail(image, caption.textContent), caption);
+      button.addEventListener("click", () => {
+        const view = state.study.views.find((v) => v.original === image || v.normalized === image);
+        state.variant = view.normalized === image ? "normalized" : "original";
+        selectView(view);
+      });
+      item.append(button);
+      list.append(item);
+    }
+    section.append(title, list);
+    nav.append(section);
+  }
+}
+
+// --- the selected view -----------------------------------------------------------------------
+
+function shown(view) {
+  return state.variant === "normalized" && view.normalized ? view.normalized : view.original;
+}
+
+/** Pixel spacing for an image: its own, else its pair's when both share the pixel grid. */
+function calibration(view, image) {
+  if (image.spacing) return { spacing: image.spacing, from: "own" };
+  const other = image === view.original ? view.normalized : view.original;
+  if (other && other.spacing && other.rows === image.rows && other.columns === image.columns) {
+    return { spacing: other.spacing, from: "pair" };
+  }
+  return { spacing: null, from: null };
+}
+
+function calibrationText(found) {
+  if (!found.spacing) {
+    return "Not calibrated: this image has no pixel spacing, so measurements are in pixels, not millimetres.";
+  }
+  const mm = found.spacing.column.toPrecision(3);
+  return found.from === "own"
+    ? `Calibrated: ${mm} mm per pixel at the chart plane.`
+    : `Calibrated from the normalized image's chart: ${mm} mm per pixel at the chart plane.`;
+}
+
+async function showIn(stage, view, keep) {
+  const image = shown(view);
+  const found = calibration(view, image);
+  stage.root.classList.toggle("uncalibrated", !found.spacing);
+  stage.root.dataset.calibrated = found.spacing ? "true" : "false";
+  await stage.show(image, found.spacing, { keepMeasurements: keep });
+  return found;
+}
+
+function markCurrent() {
+  for (const button of document.querySelectorAll(".thumb")) {
+    if (button.dataset.sop === shown(state.view).sop) button.setAttribute("aria-current", "true");
+    else button.removeAttribute("aria-current");
+  }
+}
+
+async function selectView(view) {
+  const keep = state.view === view;
+  state.view = view;
+  markCurrent();
+  renderVariant();
+  renderReport();
+  main.setLabel(stageLabel());
+  const found = calibration(view, shown(view));
+  const note = $("calibration");
+  note.textContent = calibrationText(found);
+  note.classList.toggle("warning", !found.spacing);
+  try {
+    await showIn(main, view, keep);
+  } catch (error) {
+    fail(error);
+  }
+}
+
+function stageLabel() {
+  const variant = state.view && state.view.normalized ? ` · ${state.variant === "normalized" ? "normalized" : "original"}` : "";
+  return `${state.compare ? "This study" : state.study.date}${variant}`;
+}
+
+function renderVariant() {
+  const group = $("variant");
+  const anyNormalized = Boolean(state.view.normalized) || Boolean(state.compare && state.compare.views.some((v) => v.normalized));
+  group.hidden = !anyNormalized;
+  for (const button of group.querySelectorAll("button")) {
+    button.setAttribute("aria-pressed", String(button.dataset.variant === state.variant));
+    button.disabled = button.dataset.variant === "normalized" && !state.view.normalized;
+  }
+}
+
+function renderReport() {
+  const normalized = state.view.normalized;
+  $("report").hidden = !normalized;
+  $("report-text").textContent = normalized ? normalized.derivation || "No report recorded." : "";
+}
+
+function renderMeasurements() {
+  const list = $("measurements");
+  list.replaceChildren();
+  const stages = compare && state.compare ? [[main, "This study"], [compare, `Earlier, ${state.compare.date}`]] : [[main, ""]];
+  for (const [stage, prefix] of stages) {
+    for (const result of stage.results()) {
+      const item = document.createElement("li");
+      item.dataset.kind = result.kind;
+      item.dataset.value = String(result.value);
+      item.dataset.unit = stage.spacing ? (result.kind === "length" ? "mm" : "mm2") : (result.kind === "length" ? "px" : "px2");
+      item.textContent = `${prefix ? `${prefix} · ` : ""}${result.name}: ${result.text}`;
+      list.append(item);
+    }
+  }
+}
+
+// --- earlier studies -------------------------------------------------------------------------
+
+async function loadTimeline() {
+  const list = $("timeline");
+  const { patient } = state.study;
+  if (!patient.id || !state.study.site) {
+    list.replaceChildren(Object.assign(document.createElement("li"), { className: "empty", textContent: "No body site or patient ID to compare by." }));
+    return;
+  }
+  const params = { PatientID: patient.id, includefield: TIMELINE_FIELDS };
+  if (patient.issuer) params.IssuerOfPatientID = patient.issuer;
+  try {
+    const entries = timelineOf(await api.json(`/instances?${query(params)}`), state.study);
+    list.replaceChildren();
+    if (!entries.length) {
+      list.append(Object.assign(document.createElement("li"), { className: "empty", textContent: "None." }));
+    }
+    for (const entry of entries) {
+      const item = document.createElement("li");
+      const button = document.createElement("button");
+      button.type = "button";
+      button.className = "timeline-item";
+      button.dataset.study = entry.uid;
+      const text = document.createElement("span");
+      text.textContent = `${entry.date} · ${entry.views.length} image${entry.views.length === 1 ? "" : "s"}`;
+      button.append(thumbnail(entry.views[0].original, `Earlier study of ${entry.date}`), text);
+      button.addEventListener("click", () => openCompare(entry));
+      item.append(button);
+      list.append(item);
+    }
+  } catch (error) {
+    list.replaceChildren(Object.assign(document.createElement("li"), { className: "empty", textContent: `Not available (${error.message}).` }));
+  }
+}
+
+async function openCompare(entry) {
+  if (!compare) {
+    const element = document.createElement("div");
+    element.id = "stage-compare";
+    stagesElement.append(element);
+    compare = new Stage(element, api, { onChange: renderMeasurements });
+  }
+  state.compare = entry;
+  compare.setTool(state.tool);
+  stagesElement.classList.add("comparing");
+  $("close-compare").hidden = false;
+  for (const button of document.querySelectorAll(".timeline-item")) {
+    button.setAttribute("aria-pressed", String(button.dataset.study === entry.uid));
+  }
+  main.setLabel(stageLabel());
+  compare.setLabel(`Earlier · ${entry.date}`);
+  renderVariant();
+  main.fit();
+  try {
+    await showIn(compare, entry.views[0], false);
+  } catch (error) {
+    fail(error);
+  }
+  renderMeasurements();
+}
+
+function closeCompare() {
+  state.compare = null;
+  stagesElement.classList.remove("comparing");
+  if (compare) {
+    compare.root.remove();
+    compare = null;
+  }
+  $("close-compare").hidden = true;
+  for (const button of document.querySelectorAll(".timeline-item")) button.setAttribute("aria-pressed", "false");
+  main.setLabel(stageLabel());
+  requestAnimationFrame(() => main.fit());
+  renderMeasurements();
+}
+
+// --- toolbar ---------------------------------------------------------------------------------
+
+function stages() {
+  return compare ? [main, compare] : [main];
+}
+
+function setTool(tool) {
+  state.tool = tool;
+  for (const button of document.querySelectorAll("[data-tool]")) {
+    button.setAttribute("aria-pressed", String(button.dataset.tool === tool));
+  }
+  for (const stage of stages()) stage.setTool(tool);
+}
+
+function wireToolbar() {
+  for (const button of document.querySelectorAll("[data-tool]")) {
+    button.addEventListener("click", () => setTool(button.dataset.tool));
+  }
+  for (const button of document.querySelectorAll("[data-variant]")) {
+    button.addEventListener("click", () => {
+      if (state.variant === button.dataset.variant) return;
+      state.variant = button.dataset.variant;
+      selectView(state.view);
+      if (compare && state.compare) showIn(compare, state.compare.views[0], true).catch(fail);
+    });
+  }
+  const zoom = { in: (s) => s.zoomAt(1.5), out: (s) => s.zoomAt(1 / 1.5), fit: (s) => s.fit() };
+  for (const button of document.querySelectorAll("[data-zoom]")) {
+    button.addEventListener("click", () => stages().forEach(zoom[button.dataset.zoom]));
+  }
+  $("clear").addEventListener("click", () => stages().forEach((s) => s.clear()));
+  $("close-compare").addEventListener("click", closeCompare);
+  document.addEventListener("keydown", (event) => {
+    if (event.target.closest && event.target.closest("input, textarea")) return;
+    if (event.key === "Escape") stages().forEach((s) => s.cancel());
+    else if (event.key === "+" || event.key === "=") stages().forEach(zoom.in);
+    else if (event.key === "-") stages().forEach(zoom.out);
+    else if (event.key === "0") stages().forEach(zoom.fit);
+  });
+}
+
+// --- start -----------------------------------------------------------------------------------
+
+async function start() {
+  wireToolbar();
+  setTool("pan");
+  try {
+    const metadata = await api.json(`/studies/${encodeURIComponent(body.dataset.study)}/metadata`);
+    if (!metadata.length) {
+      message("This study has no images.");
+      return;
+    }
+    state.study = studyOf(metadata);
+    renderBanner();
+    const first = selectView(state.study.views[0]); // the main image is requested first
+    renderSeries(); // thumbnails one at a time until the main image is in, then three at once
+    markCurrent();
+    await first;
+    api.setQueueLimit(3);
+    loadTimeline();
+  } catch (error) {
+    fail(error);
+  }
+}
+
+start();
