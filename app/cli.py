@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import os
 import shutil
+import signal
 import sys
 import uuid
 from datetime import date, datetime
@@ -15,9 +17,11 @@ import click
 from flask import current_app
 from flask.cli import FlaskGroup
 
+from app.db.session import Database
 from app.factory import create_app
 from app.gateways.archive.local import LocalArchive
 from app.gateways.patients import ImportFormatError
+from app.gateways.registry import build_registry
 from app.pipeline.color import normalize_photo
 from app.pipeline.decode import UnreadablePhotoError, prepare_for_dicom
 from app.pipeline.dicom.builder import (
@@ -31,6 +35,7 @@ from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.settings import Settings
 from app.web import Services
+from app.workflow import delivery
 from app.workflow.accounts import AccountError, create_user
 from app.workflow.demo import seed_demo_patients
 from app.workflow.identification import import_patient_file, read_wristband
@@ -59,10 +64,39 @@ def _emit(record: dict[str, object]) -> None:
 def serve(host: str, port: int, workers: int) -> None:
     """Serve the app with gunicorn (data under EBIW_DATA_DIR, default ./var)."""
     Settings.from_env()  # fail now, with a clear message, on a bad configuration
+    os.environ.setdefault("EBIW_DELIVERY_THREAD", "on")  # each web worker delivers too
     gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or "gunicorn"
     args = [gunicorn, "--config", "python:app.gunicorn_conf", "--bind", f"{host}:{port}",
             "--workers", str(workers), "app.factory:create_app()"]
     os.execv(gunicorn, args)
+
+
+@cli.command(with_appcontext=False)
+@click.option("--threads", default=2, show_default=True, type=click.IntRange(1, 32))
+@click.option("--drain", is_flag=True,
+              help="Exit once nothing is due (rows waiting for a retry stay queued).")
+def worker(threads: int, drain: bool) -> None:
+    """Deliver queued photos to the PACS destinations and notify the EMR.
+
+    Any number of workers may run at once, on any node sharing the database. Stops after the
+    current batch on SIGTERM or Ctrl-C; prints one JSON line with what it handled.
+    """
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    settings = Settings.from_env()
+    database = Database(settings.database)
+    database.create_schema()
+    registry = build_registry(settings)
+    archive = LocalArchive(settings.archive_root)
+    if drain:
+        _emit({"handled": delivery.drain(database, archive, registry, threads),
+               "counts": delivery.delivery_counts(database)})
+        return
+    background = delivery.BackgroundDelivery(database, archive, registry, threads).start()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: background.stop(0))
+    background.wait()
+    background.stop()
+    _emit({"handled": background.handled, "counts": delivery.delivery_counts(database)})
 
 
 @cli.group()

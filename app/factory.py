@@ -10,8 +10,10 @@ from flask import Flask
 
 from app.db.session import Database
 from app.gateways.archive.local import LocalArchive
+from app.gateways.registry import build_registry
 from app.settings import Settings
 from app.web import Services
+from app.web.admin import bp as admin_bp
 from app.web.api import bp as api_bp
 from app.web.auth import bp as auth_bp
 from app.web.dicomweb import bp as dicomweb_bp
@@ -21,6 +23,7 @@ from app.web.health import bp as health_bp
 from app.web.patients import init_app as init_patients
 from app.web.pwa import bp as pwa_bp
 from app.web.studies import bp as studies_bp
+from app.workflow.delivery import BackgroundDelivery
 from app.workflow.intake import Intake
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -36,11 +39,16 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
                       JSON_SORT_KEYS=False)
     db = Database(settings.database)
     archive = LocalArchive(settings.archive_root)
+    registry = build_registry(settings)
     app.extensions["ebiw"] = Services(settings=settings, db=db, archive=archive,
-                                      intake=Intake(db, archive, settings))
+                                      intake=Intake(db, archive, settings, registry))
+    app.extensions["ebiw.registry"] = registry
+    if settings.delivery_thread:
+        app.extensions["ebiw.delivery"] = BackgroundDelivery(db, archive, registry).start()
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(admin_bp)
     init_patients(app)
     app.register_blueprint(auth_bp)
     app.register_blueprint(pwa_bp)

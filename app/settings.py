@@ -40,6 +40,8 @@ class Settings:
     default_issuer: str = "LOCAL"
     institution_name: str = ""
     public_url: str = "http://127.0.0.1:8000"
+    destinations_file: Path | None = None  # PACS destinations and routing (JSON or TOML)
+    delivery_thread: bool = False  # a delivery worker thread in each web process
     # Web login sessions (app/workflow/accounts.py): idle timeout and absolute lifetime
     session_idle_minutes: int = 15
     session_lifetime_hours: int = 12
@@ -120,6 +122,8 @@ class Settings:
                     values[f.name] = int(raw)
                 except ValueError as exc:
                     raise SettingsError(f"EBIW_{f.name.upper()} must be an integer") from exc
+            elif f.type == "bool":
+                values[f.name] = _flag(raw, f"EBIW_{f.name.upper()}")
             elif "Path" in str(f.type):
                 values[f.name] = Path(raw)
             else:
@@ -215,6 +219,16 @@ class Settings:
         except (ValueError, TypeError) as exc:
             raise SettingsError(f"EBIW_WRISTBAND_RULES must be a JSON list of rules ({exc})") \
                 from exc
+
+
+def _flag(raw: str, name: str) -> bool:
+    """An on/off variable: 1/true/on/yes or 0/false/off/no (any case)."""
+    value = raw.strip().lower()
+    if value in ("1", "true", "on", "yes"):
+        return True
+    if value in ("0", "false", "off", "no"):
+        return False
+    raise SettingsError(f"{name} must be on or off")
 
 
 def _development_secret(data_dir: Path) -> str:

@@ -5,7 +5,17 @@ from __future__ import annotations
 from datetime import UTC, date, datetime
 from typing import ClassVar
 
-from sqlalchemy import JSON, Boolean, Date, DateTime, ForeignKey, Integer, String, UniqueConstraint
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    Date,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 
@@ -238,3 +248,39 @@ class AuditEvent(Base):
     action: Mapped[str] = mapped_column(String(64))
     entities: Mapped[list] = mapped_column(JSON, default=list)
     outcome: Mapped[str] = mapped_column(String(16))
+
+
+# --- Outbox: deliveries to PACS destinations and EMR notifiers (app.workflow.delivery) -------
+
+
+class Delivery(Base):
+    """One thing to deliver: an instance to a PACS (``kind="pacs"``), or a study's notice to
+    an EMR notifier (``kind="emr"``, ``sop_uid=""``, one row per study, re-queued by
+    ``version`` whenever a photo is added).
+
+    ``status`` is ``pending`` (queued, or failed and waiting for ``next_attempt_at``),
+    ``sent`` or ``dead`` (a permanent failure, kept until an admin retries it). A worker owns
+    a pending row while ``claim_token`` is set and ``claimed_until`` is in the future; after
+    that the lease has expired and any worker may claim it again. ``last_error`` never holds
+    PHI (no names, identifiers, UIDs or response bodies).
+    """
+
+    __tablename__ = "delivery"
+    __table_args__ = (UniqueConstraint("destination", "study_uid", "sop_uid"),
+                      Index("ix_delivery_due", "status", "next_attempt_at"))
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    destination: Mapped[str] = mapped_column(String(64))
+    kind: Mapped[str] = mapped_column(String(8))
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), default="")
+    status: Mapped[str] = mapped_column(String(8), default="pending")
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
+    claim_token: Mapped[str | None] = mapped_column(String(32))
+    claimed_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+    sent_at: Mapped[datetime | None]

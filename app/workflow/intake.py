@@ -22,6 +22,7 @@ from sqlalchemy.orm import selectinload
 from app.db.models import CaptureSession, Photo, SessionIdentification
 from app.db.session import Database
 from app.gateways.archive.local import ArchiveConflictError, InstanceKey, LocalArchive
+from app.gateways.registry import Registry, build_registry
 from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, prepare_for_dicom
 from app.pipeline.dicom.builder import (
     VL_PHOTOGRAPHIC_IMAGE_STORAGE,
@@ -34,6 +35,7 @@ from app.pipeline.dicom.builder import (
 from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.settings import Settings
+from app.workflow.delivery import Outbox
 
 SOURCES = ("provider", "patient")
 CONSENTS = ("given", "declined", "not-required")
@@ -249,10 +251,12 @@ def _as_utc(value: datetime) -> datetime:
 class Intake:
     """Opens sessions and accepts photos into the local archive."""
 
-    def __init__(self, db: Database, archive: LocalArchive, settings: Settings) -> None:
+    def __init__(self, db: Database, archive: LocalArchive, settings: Settings,
+                 registry: Registry | None = None) -> None:
         self.db = db
         self.archive = archive
         self.settings = settings
+        self.outbox = Outbox(registry if registry is not None else build_registry(settings))
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -319,10 +323,10 @@ class Intake:
     def accept_photo(self, session_id: str, upload_uuid: str, data: bytes) -> tuple[Photo, bool]:
         """Store one photo as a DICOM instance; return (photo, created).
 
-        Guarantees: when this returns, the instance is durably in the archive and indexed;
-        the same bytes under the same UUID return the first result with ``created=False``;
-        other bytes under that UUID raise :class:`Conflict`; unreadable input raises
-        :class:`UnreadablePhoto` and stores nothing.
+        Guarantees: when this returns, the instance is durably in the archive and indexed,
+        and its deliveries are queued in the same transaction; the same bytes under the same
+        UUID return the first result with ``created=False``; other bytes under that UUID raise
+        :class:`Conflict`; unreadable input raises :class:`UnreadablePhoto` and stores nothing.
         """
         upload_uuid = _uuid(upload_uuid, "upload id")
         digest = hashlib.sha256(data).hexdigest()
@@ -348,6 +352,7 @@ class Intake:
                             if photo.info.acquired else None,
                             instance_number=number, sop_uid=instance.sop_uid)
                 db.add(row)
+                self.outbox.enqueue_photo(db, session, instance)  # queued with the photo
             row.instance = instance
         except (IntegrityError, ArchiveConflictError):
             # The same upload raced us and won. Our file may have replaced the winner's (it

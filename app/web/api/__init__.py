@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -13,6 +14,7 @@ from app.db.models import CaptureSession, Photo
 from app.pipeline.dicom.codes import body_site, body_sites
 from app.web import services
 from app.web.auth import current_login, login_json, require
+from app.workflow.delivery import EMR, DeliveryState, study_deliveries
 from app.workflow.intake import SessionRequest
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -22,8 +24,9 @@ def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
 
-def photo_json(photo: Photo) -> dict[str, Any]:
-    """What a client learns about one upload (no PHI)."""
+def photo_json(photo: Photo, deliveries: Sequence[DeliveryState] = ()) -> dict[str, Any]:
+    """What a client learns about one upload (no PHI); ``deliveries`` may be the whole
+    study's: the photo's own are shown, one per PACS destination (live state)."""
     return {
         "upload_uuid": photo.upload_uuid,
         "sop_instance_uid": photo.sop_uid,
@@ -37,6 +40,7 @@ def photo_json(photo: Photo) -> dict[str, Any]:
         "height": photo.height,
         "dicom_sha256": photo.instance.sha256,
         "status": "stored",
+        "deliveries": [d.status_json() for d in deliveries if d.sop_uid == photo.sop_uid],
     }
 
 
@@ -60,8 +64,10 @@ def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, A
         "completed_at": _iso(session.completed_at),
     }
     if photos:
-        body["photos"] = [photo_json(p) for p in session.photos]
+        deliveries = study_deliveries(services().db, session.study_uid)
+        body["photos"] = [photo_json(p, deliveries) for p in session.photos]
         body["photo_count"] = len(session.photos)
+        body["notifications"] = [d.status_json() for d in deliveries if d.kind == EMR]
     return body
 
 
@@ -85,7 +91,8 @@ def get_session(session_id: str) -> Response:
 def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
     data = request.get_data(cache=False)
     photo, created = services().intake.accept_photo(session_id, upload_uuid, data)
-    return jsonify(photo_json(photo)), 201 if created else 200
+    deliveries = study_deliveries(services().db, photo.instance.study_uid)
+    return jsonify(photo_json(photo, deliveries)), 201 if created else 200
 
 
 @bp.post("/sessions/<session_id>/complete")

@@ -1,0 +1,115 @@
+"""Admin pages (admin role only): the delivery outbox, with JSON twins for scripts.
+
+``GET /admin/deliveries`` (HTML) and ``GET /admin/api/deliveries`` (JSON) list deliveries per
+destination and state (queued, failed, sent, dead) with the reason of failures (no PHI);
+``POST …/deliveries/<id>/retry`` makes a dead or failed one due now and ``POST …/deliveries/retry``
+does so for every dead one (optionally of one destination). The HTML forms post with the
+session's CSRF token; the JSON endpoints take a bearer token or the cookie + ``X-CSRF-Token``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
+
+from app.gateways.registry import Registry
+from app.web import services
+from app.web.auth import current_login, require
+from app.web.errors import error_response
+from app.workflow.delivery import (
+    STATES,
+    NotRetryable,
+    delivery_counts,
+    list_deliveries,
+    retry_dead,
+    retry_delivery,
+)
+
+bp = Blueprint("admin", __name__, url_prefix="/admin")
+PAGE_SIZE = 200
+
+
+def _filters() -> tuple[str | None, str | None]:
+    """The ``state`` and ``destination`` query parameters (an unknown state is ignored)."""
+    state = request.args.get("state") or None
+    return (state if state in STATES else None), (request.args.get("destination") or None)
+
+
+def _destinations() -> list[dict[str, Any]]:
+    """The configured destinations and notifiers, as the page shows them (no secrets)."""
+    registry: Registry = current_app.extensions["ebiw.registry"]
+    rows: list[dict[str, Any]] = [
+        {"name": d.name, "kind": "pacs", "type": type(d.pacs).__name__,
+         "match": {k: sorted(v) for k, v in vars(d.route).items() if v is not None},
+         "morph": [f"{r.operation} {r.keyword}" for r in d.morph.rules]}
+        for d in registry.destinations]
+    rows += [{"name": n.name, "kind": "emr", "type": type(n).__name__, "match": {},
+              "morph": []} for n in registry.notifiers]
+    return rows
+
+
+def _overview() -> dict[str, Any]:
+    state, destination = _filters()
+    db = services().db
+    return {"destinations": _destinations(), "counts": delivery_counts(db),
+            "filter": {"state": state, "destination": destination},
+            "deliveries": [d.as_json() for d in
+                           list_deliveries(db, state, destination, PAGE_SIZE)]}
+
+
+@bp.get("/deliveries")
+@require("admin")
+def deliveries_page() -> Response:
+    login = current_login()
+    response = Response(render_template(
+        "admin/deliveries.html", states=STATES, csrf_token=login.csrf_token if login else "",
+        **_overview()))
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/api/deliveries")
+@require("admin")
+def deliveries_json() -> Response:
+    response = jsonify(_overview())
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+def _retry_one(delivery_id: int) -> tuple[Response, int]:
+    try:
+        state = retry_delivery(services().db, delivery_id)
+    except NotRetryable as exc:
+        return error_response(409, "conflict", str(exc))
+    if state is None:
+        return error_response(404, "not_found", "no such delivery")
+    return jsonify(state.as_json()), 200
+
+
+@bp.post("/api/deliveries/<int:delivery_id>/retry")
+@require("admin")
+def retry_json(delivery_id: int) -> tuple[Response, int]:
+    return _retry_one(delivery_id)
+
+
+@bp.post("/api/deliveries/retry")
+@require("admin")
+def retry_all_json() -> Response:
+    body = request.get_json(silent=True)
+    destination = body.get("destination") if isinstance(body, dict) else None
+    return jsonify({"retried": retry_dead(services().db, destination or None)})
+
+
+@bp.post("/deliveries/<int:delivery_id>/retry")
+@require("admin")
+def retry_form(delivery_id: int) -> Response | tuple[Response, int]:
+    response, status = _retry_one(delivery_id)
+    return redirect("/admin/deliveries", 303) if status == 200 else (response, status)
+
+
+@bp.post("/deliveries/retry")
+@require("admin")
+def retry_all_form() -> Response:
+    retry_dead(services().db, request.form.get("destination") or None)
+    return redirect("/admin/deliveries", 303)

@@ -1,0 +1,124 @@
+"""Delivery to real Orthanc PACSs: STOW-RS and C-STORE land once, pixels byte for byte,
+tag morphing on the way out only, and a PACS outage while 30 photos are accepted."""
+
+from __future__ import annotations
+
+import io
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+
+import pydicom
+from pydicom.encaps import generate_frames
+
+from app.db.models import Instance
+from app.gateways.archive.pacs import OutgoingInstance, PacsDestination
+from app.gateways.errors import GatewayError
+from app.gateways.registry import Registry
+from tests.delivery.conftest import PHOTOS, SMALL, Deployment, Orthanc, wait_for
+
+IPHONE = next(p for p in PHOTOS if p.name == "oycq_data_iphone.jpg")
+
+
+def archived(d: Deployment, sop_uid: str) -> bytes:
+    with d.services.db.session() as db:
+        return d.services.archive.read(db.get(Instance, sop_uid))
+
+
+def frame_of(part10: bytes) -> bytes:
+    ds = pydicom.dcmread(io.BytesIO(part10))
+    return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def test_stow_and_cstore_land_once_with_the_archived_pixels(
+        deploy: Callable[..., Deployment], orthancs: Callable[[], Orthanc]) -> None:
+    a, b = orthancs().start(), orthancs().start()
+    d = deploy([
+        {"name": "pacs-a", "type": "stow-rs", "url": a.dicomweb,
+         "match": {"department": "Wound care"},
+         "morph": [{"set": "InstitutionName", "value": "General Hospital"},
+                   {"prefix": "PatientID", "value": "GH-"}]},
+        {"name": "pacs-b", "type": "c-store", "host": "127.0.0.1", "port": b.dicom,
+         "called_aet": "ORTHANC", "calling_aet": "EBIW-TEST"}])
+    wound = d.open_session(department="Wound care")
+    derm = d.open_session(department="Dermatology")
+    wound_sops = [d.upload(wound, p)["sop_instance_uid"] for p in (IPHONE, PHOTOS[-1], SMALL[0])]
+    derm_sops = [d.upload(derm, SMALL[1])["sop_instance_uid"]]
+    assert d.worker().drain() == 7  # 3 + 3 for the wound study, 1 for dermatology
+    for study in (wound, derm):
+        assert {s.state for s in d.states(study["study_instance_uid"])} == {"sent"}
+
+    assert sorted(a.instances(wound["study_instance_uid"])) == sorted(wound_sops)
+    assert a.instances(derm["study_instance_uid"]) == []  # routed by department
+    assert sorted(b.instances(wound["study_instance_uid"])) == sorted(wound_sops)
+    assert b.instances(derm["study_instance_uid"]) == derm_sops
+    for sop in wound_sops:
+        original = archived(d, sop)
+        assert a.frame(sop) == frame_of(original) == b.frame(sop)  # byte for byte
+        assert (a.tags(sop)["PatientID"], a.tags(sop)["InstitutionName"]) == \
+            ("GH-00123456", "General Hospital")
+        assert b.tags(sop)["PatientID"] == "00123456"
+        assert pydicom.dcmread(io.BytesIO(original)).PatientID == "00123456"
+    assert b.frame(derm_sops[0]) == frame_of(archived(d, derm_sops[0]))
+
+    # Sending again is harmless: same UIDs, same bytes, still one copy of each.
+    for destination in d.registry.destinations:
+        outgoing = [OutgoingInstance(sop, destination.morph.apply(archived(d, sop)))
+                    for sop in wound_sops]
+        assert destination.pacs.store(wound["study_instance_uid"], outgoing) == \
+            dict.fromkeys(wound_sops)
+    assert sorted(a.instances(wound["study_instance_uid"])) == sorted(wound_sops)
+    assert sorted(b.instances(wound["study_instance_uid"])) == sorted(wound_sops)
+
+
+class Counting:
+    """Wraps a destination and counts the instances it reports stored."""
+
+    def __init__(self, inner: PacsDestination) -> None:
+        self.inner = inner
+        self.name = inner.name
+        self.stored: Counter[str] = Counter()
+
+    def store(self, study_uid: str,
+              instances: Sequence[OutgoingInstance]) -> dict[str, GatewayError | None]:
+        outcomes = self.inner.store(study_uid, instances)
+        self.stored.update(uid for uid, error in outcomes.items() if error is None)
+        return outcomes
+
+
+def test_pacs_down_while_30_photos_are_accepted(deploy: Callable[..., Deployment],
+                                                orthancs: Callable[[], Orthanc]) -> None:
+    pacs = orthancs().start()
+    d = deploy([{"name": "pacs", "type": "stow-rs", "url": pacs.dicomweb, "batch_size": 4}])
+    [destination] = d.registry.destinations
+    counting = Counting(destination.pacs)
+    registry = Registry((replace(destination, pacs=counting),), lease_seconds=30)
+    background = d.background(registry, count=2)
+    try:
+        sessions = [d.open_session() for _ in range(3)]
+        photos = [(sessions[i % 3], SMALL[i % len(SMALL)]) for i in range(30)]
+        sops = [d.upload(s, p)["sop_instance_uid"] for s, p in photos[:5]]
+        wait_for(lambda: len(counting.stored) == 5, 10, "the first 5 photos in the PACS")
+
+        pacs.stop()
+        later = [d.upload(s, p) for s, p in photos[5:]]  # every upload answered 201
+        assert all(x["deliveries"][0]["state"] == "queued" for x in later)
+        sops += [x["sop_instance_uid"] for x in later]
+
+        def states() -> Counter[str]:
+            return Counter(s.state for session in sessions
+                           for s in d.states(session["study_instance_uid"]))
+
+        wait_for(lambda: states()["failed"] >= 5, 10, "failed deliveries while down")
+        assert states()["sent"] == 5 and states()["dead"] == 0
+        reasons = {s.reason for session in sessions
+                   for s in d.states(session["study_instance_uid"]) if s.reason}
+        assert reasons == {"cannot connect to the PACS"}
+
+        pacs.start()
+        wait_for(lambda: states()["sent"] == 30, 30, "all 30 photos in the PACS")
+    finally:
+        background.stop()
+    assert set(counting.stored) == set(sops) and set(counting.stored.values()) == {1}
+    found = [uid for s in sessions for uid in pacs.instances(s["study_instance_uid"])]
+    assert sorted(found) == sorted(sops)  # exactly one copy of each
