@@ -17,7 +17,9 @@ import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
+from app.db.models import Instance
 from app.factory import create_app
 from app.gateways.registry import Registry
 from app.web import Services
@@ -33,6 +35,9 @@ from tests.conftest import CHARTS, PEERS
 # Real phone/camera photos, smallest first: the bulk tests use the small ones.
 PHOTOS = sorted(CHARTS.glob("*.jpg"), key=lambda p: p.stat().st_size)
 SMALL = [p for p in PHOTOS if p.stat().st_size < 400_000]
+# A real photo without a colour chart: one instance per upload (no colour-normalized DERIVED
+# instance), for the tests that count instances, requests and batches exactly.
+NOCHART = CHARTS / "karnehen_cam2_nochart.jpg"
 FAST_RETRY = {"base_seconds": 0.02, "cap_seconds": 0.2}
 PATIENT = {"id": "00123456", "issuer": "HOSP-A", "name": "DEMO^ALICE"}
 
@@ -161,6 +166,13 @@ class Deployment:
 
     def states(self, study_uid: str) -> list[DeliveryState]:
         return study_deliveries(self.services.db, study_uid)
+
+    def instances(self, study_uid: str) -> list[str]:
+        """Every SOP Instance UID archived in the study: the photos' originals and the
+        colour-normalized DERIVED instances the colour step made of them."""
+        with self.services.db.session() as db:
+            return sorted(db.scalars(select(Instance.sop_uid)
+                                     .where(Instance.study_uid == study_uid)))
 
 
 @pytest.fixture

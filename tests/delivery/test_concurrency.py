@@ -20,7 +20,7 @@ from sqlalchemy import func, select
 
 from app.db.models import Delivery
 from tests.conftest import REPO
-from tests.delivery.conftest import SMALL, Deployment, wait_for
+from tests.delivery.conftest import NOCHART, Deployment, wait_for
 from tests.delivery.fakes import FakeStow
 
 POSTGRES = "postgresql://postgres@127.0.0.1:5432/test"  # where the throw-away one is made
@@ -73,7 +73,7 @@ def test_two_worker_processes_never_deliver_a_row_twice(
         with ThreadPoolExecutor(2) as pool:
             workers = list(pool.map(start_worker, [env, env]))
         sessions = [d.open_session() for _ in range(4)]
-        sops = [d.upload(sessions[i % 4], SMALL[i % len(SMALL)])["sop_instance_uid"]
+        sops = [d.upload(sessions[i % 4], NOCHART)["sop_instance_uid"]
                 for i in range(40)]  # accepted while both workers deliver
 
         def sent() -> int:

@@ -8,7 +8,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tests.delivery.conftest import PATIENT, SMALL, Deployment, Orthanc, free_port, wait_for
+from tests.delivery.conftest import NOCHART, PATIENT, Deployment, Orthanc, free_port, wait_for
 from tests.delivery.fakes import FakeScp, FakeStow, ok, refused
 
 
@@ -32,7 +32,7 @@ def test_pacs_answering_503_for_a_while(deploy: Callable[..., Deployment],
         d = deploy([{"name": "pacs", "type": "stow-rs", "url": server.url,
                      "auth": {"type": "bearer", "token_env": "TEST_PACS_TOKEN"}}])
         session = d.open_session()
-        sops = [d.upload(session, p)["sop_instance_uid"] for p in SMALL[:3]]
+        sops = [d.upload(session, p)["sop_instance_uid"] for p in [NOCHART] * 3]
         seen: set[str] = set()
 
         def delivered() -> bool:
@@ -64,8 +64,8 @@ def test_refused_association(deploy: Callable[..., Deployment],
                         "port": closed, "called_aet": "ANY", "match": {"source": "patient"}}])
     session = d.open_session()
     nobody = d.open_session(source="patient")
-    d.upload(session, SMALL[0])
-    d.upload(nobody, SMALL[1])
+    d.upload(session, NOCHART)
+    d.upload(nobody, NOCHART)
     worker = d.worker()
     worker.drain()
     assert only_state(d, session) == ("dead",
@@ -93,8 +93,8 @@ def test_permanent_rejections_are_dead_letters_and_admin_retry_works(
                      "match": {"department": "Wound care"}}])
         dimse = d.open_session(department="Dermatology")
         stow = d.open_session(department="Wound care")
-        d.upload(dimse, SMALL[0])
-        d.upload(stow, SMALL[1])
+        d.upload(dimse, NOCHART)
+        d.upload(stow, NOCHART)
         worker = d.worker()
 
         worker.run_once()

@@ -27,7 +27,7 @@ from app.gateways.registry import (
 )
 from app.settings import Settings, SettingsError
 from app.workflow.delivery import DeliveryWorker, Outbox
-from tests.delivery.conftest import PATIENT, SMALL, Deployment, wait_for
+from tests.delivery.conftest import NOCHART, PATIENT, Deployment, wait_for
 from tests.delivery.fakes import FakeStow, ok, refused, stored
 
 
@@ -49,10 +49,10 @@ def test_accept_queues_one_row_per_routed_destination_in_the_same_transaction(
                 stow("patients", fake, match={"source": ["patient"], "issuer": "HOSP-A"})])
     wound = d.open_session(department="Wound care")
     derm = d.open_session(department="Dermatology", source="patient")
-    photo = d.upload(wound, SMALL[0])
+    photo = d.upload(wound, NOCHART)
     assert [(x["destination"], x["state"]) for x in photo["deliveries"]] == \
         [("all", "queued"), ("wounds", "queued")]
-    d.upload(derm, SMALL[1])
+    d.upload(derm, NOCHART)
     assert sorted(s.destination for s in d.states(derm["study_instance_uid"])) == \
         ["all", "patients"]
 
@@ -63,7 +63,7 @@ def test_accept_queues_one_row_per_routed_destination_in_the_same_transaction(
     monkeypatch.setattr(Outbox, "enqueue_photo", broken)
     response = d.client.put(f"/api/v1/sessions/{wound['id']}/photos/"
                             "5b0e5d8e-53a5-4a36-9a39-000000000001",
-                            data=SMALL[2].read_bytes(), headers=d.headers["capture"])
+                            data=NOCHART.read_bytes(), headers=d.headers["capture"])
     assert response.status_code == 500
     with d.services.db.session() as db:
         assert db.scalar(select(func.count()).select_from(Photo)) == 2
@@ -75,7 +75,7 @@ def test_lease_of_a_crashed_worker_expires_and_nothing_is_sent_twice(
         deploy: Callable[..., Deployment], fake: FakeStow) -> None:
     d = deploy([stow("pacs", fake, batch_size=2)])
     session = d.open_session()
-    for photo in SMALL[:3]:
+    for photo in [NOCHART] * 3:
         d.upload(session, photo)
     short = Registry(d.registry.destinations, lease_seconds=0.3)
     crashed = d.worker(short).claim()  # takes two rows, then "crashes" before sending
@@ -113,10 +113,10 @@ def test_emr_row_per_study_is_requeued_when_a_photo_arrives_during_a_notice(
         deploy: Callable[..., Deployment]) -> None:
     d = deploy([])
     session = d.open_session()
-    notifier = FakeNotifier(lambda: d.upload(session, SMALL[1]))
+    notifier = FakeNotifier(lambda: d.upload(session, NOCHART))
     registry = Registry(notifiers=(notifier,), retry=RetryPolicy(0.01, 0.05))
     d.services.intake.outbox = Outbox(registry)
-    d.upload(session, SMALL[0])
+    d.upload(session, NOCHART)
     worker = d.worker(registry)
     assert worker.run_once() == 1  # notified; a photo arrived meanwhile: not "sent"
     [row] = d.states(session["study_instance_uid"])
@@ -130,7 +130,7 @@ def test_emr_row_per_study_is_requeued_when_a_photo_arrives_during_a_notice(
     assert all(p["deliveries"] == [] for p in body.get_json()["photos"])
 
     notifier.error = PermanentError("the EMR refused the resource")
-    d.upload(session, SMALL[2])
+    d.upload(session, NOCHART)
     assert worker.run_once() == 1
     [row] = d.states(session["study_instance_uid"])
     assert (row.state, row.reason) == ("dead", "the EMR refused the resource")
@@ -143,7 +143,7 @@ def test_session_api_and_admin_show_states_and_admin_retries(
     try:
         d = deploy([stow("pacs", server)])
         session = d.open_session()
-        d.upload(session, SMALL[0])
+        d.upload(session, NOCHART)
         worker = d.worker()
 
         def state() -> dict:
@@ -229,7 +229,7 @@ def test_stow_partial_failure_retries_only_the_failed_instance(
     try:
         d = deploy([stow("pacs", server)])
         session = d.open_session()
-        first, second = (d.upload(session, p)["sop_instance_uid"] for p in SMALL[:2])
+        first, second = (d.upload(session, p)["sop_instance_uid"] for p in [NOCHART] * 2)
         worker = d.worker()
         assert worker.run_once() == 2
         states = {s.sop_uid: s for s in d.states(session["study_instance_uid"])}
@@ -253,7 +253,7 @@ def test_morph_changes_the_header_only_and_never_the_archive(
              {"remove": "InstitutionalDepartmentName"}]
     d = deploy([stow("pacs", fake, morph=rules)])
     session = d.open_session(department="Wound care")
-    photo = d.upload(session, SMALL[0])
+    photo = d.upload(session, NOCHART)
     with d.services.db.session() as db:
         instance = db.get(Instance, photo["sop_instance_uid"])
         archived = d.services.archive.read(instance)
@@ -292,7 +292,7 @@ def test_prefix_that_overflows_the_vr_is_a_permanent_error(deploy: Callable[...,
                                                             fake: FakeStow) -> None:
     d = deploy([stow("pacs", fake, morph=[{"prefix": "PatientID", "value": "P" * 60}])])
     session = d.open_session()
-    d.upload(session, SMALL[0])
+    d.upload(session, NOCHART)
     d.worker().run_once()
     [row] = d.states(session["study_instance_uid"])
     assert (row.state, row.reason) == ("dead", "tag morphing makes PatientID invalid (LO)")
@@ -376,7 +376,7 @@ def test_rows_for_unknown_destinations_stay_queued(deploy: Callable[..., Deploym
                                                    fake: FakeStow) -> None:
     d = deploy([stow("pacs", fake)])
     session = d.open_session()
-    d.upload(session, SMALL[0])
+    d.upload(session, NOCHART)
     assert DeliveryWorker(d.services.db, d.services.archive, Registry()).run_once() == 0
     assert d.states(session["study_instance_uid"])[0].state == "queued"
 
@@ -388,9 +388,10 @@ def test_delivery_thread_of_the_web_process(deploy: Callable[..., Deployment],
     assert Settings.from_env({**env, "EBIW_DELIVERY_THREAD": "off"}).delivery_thread is False
     with pytest.raises(SettingsError, match="EBIW_DELIVERY_THREAD"):
         Settings.from_env({**env, "EBIW_DELIVERY_THREAD": "sometimes"})
+    deploy([])  # the schema, as `ebiw db upgrade` makes it before `ebiw serve`
     d = deploy([stow("pacs", fake)], delivery_thread=True)
     session = d.open_session()
-    sop = d.upload(session, SMALL[0])["sop_instance_uid"]
+    sop = d.upload(session, NOCHART)["sop_instance_uid"]
     wait_for(lambda: fake.stored[sop] == 1, 10, "delivery by the web process's thread")
     wait_for(lambda: d.states(session["study_instance_uid"])[0].state == "sent", 5, "sent")
 
