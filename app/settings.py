@@ -40,6 +40,8 @@ class Settings:
     default_issuer: str = "LOCAL"
     institution_name: str = ""
     public_url: str = "http://127.0.0.1:8000"
+    color_normalization: bool = True  # normalize colour from a chart in the frame
+    color_max_loo_delta_e: float = 6.0  # above: the correction is unreliable and not stored
     destinations_file: Path | None = None  # PACS destinations and routing (JSON or TOML)
     delivery_thread: bool = False  # a delivery worker thread in each web process
     # Web login sessions (app/workflow/accounts.py): idle timeout and absolute lifetime
@@ -122,6 +124,11 @@ class Settings:
                     values[f.name] = int(raw)
                 except ValueError as exc:
                     raise SettingsError(f"EBIW_{f.name.upper()} must be an integer") from exc
+            elif f.type == "float":
+                try:
+                    values[f.name] = float(raw)
+                except ValueError as exc:
+                    raise SettingsError(f"EBIW_{f.name.upper()} must be a number") from exc
             elif f.type == "bool":
                 values[f.name] = _flag(raw, f"EBIW_{f.name.upper()}")
             elif "Path" in str(f.type):

@@ -49,10 +49,16 @@ def database_url() -> Iterator[str]:
 
 
 @pytest.fixture
-def app(tmp_path: Path, database_url: str) -> Iterator[Flask]:
+def app_overrides() -> dict[str, object]:
+    """Settings a test folder changes for its ``app`` (override this fixture there)."""
+    return {}
+
+
+@pytest.fixture
+def app(tmp_path: Path, database_url: str, app_overrides: dict[str, object]) -> Iterator[Flask]:
     """An app on embedded defaults (or PostgreSQL) in a fresh data dir, schema created."""
     flask_app = create_app({"data_dir": tmp_path / "var", "env": "test",
-                            "database_url": database_url})
+                            "database_url": database_url, **app_overrides})
     services(flask_app).db.create_schema()
     yield flask_app
     services(flask_app).db.engine.dispose()

@@ -128,9 +128,12 @@ class Photo(Base):
     acquired_at: Mapped[datetime | None]
     instance_number: Mapped[int]
     sop_uid: Mapped[str] = mapped_column(ForeignKey("instance.sop_uid"), unique=True)
+    color: Mapped[dict | None] = mapped_column(JSON)  # the colour step's report; None: not run
+    pixel_spacing_mm: Mapped[float | None]  # at the chart plane, when a chart was found
+    normalized_sop_uid: Mapped[str | None] = mapped_column(ForeignKey("instance.sop_uid"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     session: Mapped[CaptureSession] = relationship(back_populates="photos")
-    instance: Mapped[Instance] = relationship()
+    instance: Mapped[Instance] = relationship(foreign_keys=[sop_uid])
 
 
 class Instance(Base):

@@ -11,7 +11,7 @@ import hashlib
 import json
 import re
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
@@ -19,13 +19,15 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from app.db.models import CaptureSession, Photo, SessionIdentification
+from app.db.models import CaptureSession, Instance, Photo, SessionIdentification
 from app.db.session import Database
 from app.gateways.archive.local import ArchiveConflictError, InstanceKey, LocalArchive
 from app.gateways.registry import Registry, build_registry
+from app.pipeline.color import ColorOutcome, normalize_photo
 from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, prepare_for_dicom
 from app.pipeline.dicom.builder import (
     VL_PHOTOGRAPHIC_IMAGE_STORAGE,
+    Derivation,
     InstanceInfo,
     PatientInfo,
     SeriesInfo,
@@ -41,6 +43,7 @@ SOURCES = ("provider", "patient")
 CONSENTS = ("given", "declined", "not-required")
 SEXES = ("F", "M", "O")
 ORIGINAL_SERIES_NUMBER = 1
+NORMALIZED_SERIES_NUMBER = 2
 IDENTIFICATION_METHODS = ("wristband", "scanned", "typed", "worklist", "emr-launch", "manual")
 """How a session's patient was identified: photo of the wristband, the device's barcode scanner,
 typed identifier, chosen from the worklist, launched from the EMR, entered by hand."""
@@ -279,7 +282,8 @@ class Intake:
             encounter=request.encounter, body_site=request.body_site,
             laterality=request.laterality, department=request.department,
             source=request.source, consent=request.consent, sensitive=request.sensitive,
-            description=request.description, created_by=user, created_at=now.astimezone(UTC),
+            description=request.description,
+            created_by=user, created_at=now.astimezone(UTC),
             utc_offset_minutes=int(offset.total_seconds() // 60))
         try:
             with self.db.session() as db:
@@ -336,45 +340,87 @@ class Intake:
             return known, False
         try:
             photo = prepare_for_dicom(data, self.settings.max_pixels)
+            color = self._color(data)
         except UnreadablePhotoError as exc:
             raise UnreadablePhoto(str(exc)) from exc
         number = self._next_instance_number(session.id)
-        sop_uid = uid_from_uuid(upload_uuid, self.settings.uid_prefix)
-        key, dicom = self._original(photo, session, sop_uid, number)
+        built = self._instances(photo, color, session, upload_uuid, number)
         try:
             with self.db.session() as db:
-                instance = self.archive.store(db, key, dicom)
+                stored = [self.archive.store(db, key, dicom, {"SeriesNumber": series_number,
+                                                              "InstanceNumber": number,
+                                                              "Modality": "XC"})
+                          for key, dicom, series_number in built]
+                instance = stored[0]
                 row = Photo(upload_uuid=upload_uuid, session_id=session.id, sha256=digest,
                             size=len(data), media_type=photo.info.media_type,
                             passthrough=photo.passthrough, width=photo.width,
                             height=photo.height,
                             acquired_at=_as_utc(photo.info.acquired)
                             if photo.info.acquired else None,
-                            instance_number=number, sop_uid=instance.sop_uid)
+                            instance_number=number, sop_uid=instance.sop_uid,
+                            color=color.as_json() if color else None,
+                            pixel_spacing_mm=color.pixel_spacing_mm if color else None,
+                            normalized_sop_uid=stored[1].sop_uid if len(stored) > 1 else None)
                 db.add(row)
-                self.outbox.enqueue_photo(db, session, instance)  # queued with the photo
+                for item in stored:  # queued with the photo, in the same transaction
+                    self.outbox.enqueue_photo(db, session, item)
             row.instance = instance
         except (IntegrityError, ArchiveConflictError):
-            # The same upload raced us and won. Our file may have replaced the winner's (it
-            # differs only in Instance Number): rebuild the winner's bytes, which are a pure
+            # The same upload raced us and won. Our files may have replaced the winner's (they
+            # differ only in Instance Number): rebuild the winner's bytes, which are a pure
             # function of the photo and its number, and put them back.
             known = self._known_photo(upload_uuid, digest, session.id)
             if known is None:
                 raise
-            _, winner = self._original(photo, session, sop_uid, known.instance_number)
-            if hashlib.sha256(winner).hexdigest() == known.instance.sha256:
-                self.archive.write_atomic(self.archive.path(known.instance), winner)
+            self._restore(self._instances(photo, color, session, upload_uuid,
+                                          known.instance_number))
             return known, False
         return row, True
 
-    def _original(self, photo: PreparedPhoto, session: CaptureSession, sop_uid: str,
-                  number: int) -> tuple[InstanceKey, bytes]:
-        """The original instance of a photo: where it goes and its Part 10 bytes."""
+    def _color(self, data: bytes) -> ColorOutcome | None:
+        """The colour step's outcome, or None when normalization is switched off."""
+        if not self.settings.color_normalization:
+            return None
+        return normalize_photo(data, max_pixels=self.settings.max_pixels,
+                               max_loo_delta_e=self.settings.color_max_loo_delta_e)
+
+    def _instances(self, photo: PreparedPhoto, color: ColorOutcome | None,
+                   session: CaptureSession, upload_uuid: str,
+                   number: int) -> list[tuple[InstanceKey, bytes, int]]:
+        """The photo's instances (key, Part 10 bytes, series number): the original, then the
+        colour-normalized DERIVED one when the correction is reliable."""
+        patient, study = self._patient(session), self._study(session)
+        spacing = color.pixel_spacing_mm if color else None
+        sop_uid = uid_from_uuid(upload_uuid, self.settings.uid_prefix)
         series = self._series(session)
-        dicom = build_vl_photo(photo, self._patient(session), self._study(session), series,
-                               InstanceInfo(sop_uid=sop_uid, number=number))
-        key = InstanceKey(session.study_uid, series.uid, sop_uid, VL_PHOTOGRAPHIC_IMAGE_STORAGE)
-        return key, dicom
+        original = build_vl_photo(photo, patient, study, series,
+                                  InstanceInfo(sop_uid=sop_uid, number=number,
+                                               pixel_spacing_mm=spacing))
+        built = [(InstanceKey(study.uid, series.uid, sop_uid, VL_PHOTOGRAPHIC_IMAGE_STORAGE),
+                  original, series.number)]
+        if color is None or color.jpeg is None:
+            return built
+        derived_series = self._series(session, normalized=True)
+        derived_uid = uid_from_uuid(derived_uuid(upload_uuid, "normalized"),
+                                    self.settings.uid_prefix)
+        normalized = PreparedPhoto(jpeg=color.jpeg, width=color.width, height=color.height,
+                                   info=replace(photo.info, icc_profile=None),  # now sRGB
+                                   passthrough=False)
+        derived = build_vl_photo(normalized, patient, study, derived_series, InstanceInfo(
+            sop_uid=derived_uid, number=number, pixel_spacing_mm=spacing,
+            derivation=Derivation(sop_uid, color.derivation_description())))
+        built.append((InstanceKey(study.uid, derived_series.uid, derived_uid,
+                                  VL_PHOTOGRAPHIC_IMAGE_STORAGE), derived, derived_series.number))
+        return built
+
+    def _restore(self, built: list[tuple[InstanceKey, bytes, int]]) -> None:
+        """Put back indexed instances whose file a losing racer overwrote."""
+        with self.db.session() as db:
+            for key, dicom, _ in built:
+                row = db.get(Instance, key.sop_uid)
+                if row is not None and hashlib.sha256(dicom).hexdigest() == row.sha256:
+                    self.archive.write_atomic(self.archive.path(row), dicom)
 
     def _known_photo(self, upload_uuid: str, digest: str, session_id: str) -> Photo | None:
         with self.db.session() as db:
@@ -407,13 +453,15 @@ class Intake:
                             if s.identification and
                             s.identification.requested_procedure_description else {}))
 
-    def _series(self, s: CaptureSession) -> SeriesInfo:
+    def _series(self, s: CaptureSession, *, normalized: bool = False) -> SeriesInfo:
+        """The series of the session's originals, or of their colour-normalized versions."""
+        role = "series:normalized" if normalized else "series:original"
         return SeriesInfo(
-            uid=uid_from_uuid(derived_uuid(s.id, "series:original"), self.settings.uid_prefix),
-            number=ORIGINAL_SERIES_NUMBER,
+            uid=uid_from_uuid(derived_uuid(s.id, role), self.settings.uid_prefix),
+            number=NORMALIZED_SERIES_NUMBER if normalized else ORIGINAL_SERIES_NUMBER,
             body_site=body_site(s.body_site) if s.body_site else None,
             laterality=s.laterality, department=s.department,
             institution=self.settings.institution_name or None,
             description=", ".join(filter(None, (
                 "Patient-taken photographs" if s.source == "patient" else "Clinical photographs",
-                s.description))))
+                "colour normalized" if normalized else None, s.description))))

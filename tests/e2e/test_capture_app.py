@@ -197,7 +197,7 @@ def test_typed_mrn_flow_ends_with_the_photos_in_the_archive(live: LiveApp,
     snap(page, "9-done")
     check_screen(page)
 
-    assert live.counts() == (3, 3, 3)
+    assert live.counts() == (3, 6, 6)  # each chart photo + its colour-normalized instance
     [session] = live.sessions()
     assert (session.patient_id, session.encounter, session.body_site, session.laterality) \
         == ("00123456", "ENC1001", "14975008", "L")
@@ -275,7 +275,7 @@ def test_offline_mid_upload_loses_nothing_and_duplicates_nothing(live: LiveApp,
     screen(page, "home")  # the cookie session is still valid: the app resumes by itself
     page.wait_for_function("() => document.querySelector('#queue').hidden", timeout=60000)
     assert idb(page)["ebiw-capture"] == {"blobs": 0, "keys": 1, "photos": 0, "sessions": 0}
-    assert live.counts() == (3, 3, 3)
+    assert live.counts() == (3, 6, 6)  # each chart photo + its colour-normalized instance
     [session] = live.sessions()
     assert session.status == "complete" and session.photo_count >= 3
     assert page.errors == []
@@ -307,7 +307,7 @@ def test_capture_now_identify_later_then_logout_purges_the_device(live: LiveApp,
     page.click("#details-form button[type=submit]")
     screen(page, "review")
     send_and_wait(page)
-    assert live.counts() == (2, 2, 2)
+    assert live.counts() == (2, 4, 4)  # each chart photo + its colour-normalized instance
     [session] = live.sessions()
     assert (session.patient_id, session.sensitive, session.laterality) == ("00345678", True, "B")
 
@@ -325,7 +325,7 @@ def test_capture_now_identify_later_then_logout_purges_the_device(live: LiveApp,
     with services(live.flask).db.session() as db:
         assert db.scalars(select(WebSession)).all() == []
     assert page.request.get("/api/v1/me").status == 401
-    assert live.counts() == (2, 2, 2)
+    assert live.counts() == (2, 4, 4)  # each chart photo + its colour-normalized instance
     assert page.errors == []
 
 

@@ -244,3 +244,10 @@ def proxy(fhir_peer: FhirPeer) -> Iterator[FaultProxy]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+@pytest.fixture
+def app_overrides() -> dict[str, object]:
+    """These tests count instances per upload and build their own derived instances: the
+    colour step (which adds a normalized instance per chart photo) is tested elsewhere."""
+    return {"color_normalization": False}

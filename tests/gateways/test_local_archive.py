@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import uuid
 from pathlib import Path
@@ -74,7 +75,7 @@ def test_concurrent_uploads_of_the_same_photo_keep_one_consistent_copy(app: Flas
     assert not errors and sorted(results) == [False, False, False, True]
     with svc.db.session() as db:
         rows = db.scalars(select(Instance)).all()
-    assert len(rows) == 1
-    import hashlib
-    stored = (svc.settings.archive_root / rows[0].path).read_bytes()
-    assert hashlib.sha256(stored).hexdigest() == rows[0].sha256
+    assert len(rows) == 2  # the original and its colour-normalized instance, once each
+    for row in rows:
+        stored = (svc.settings.archive_root / row.path).read_bytes()
+        assert hashlib.sha256(stored).hexdigest() == row.sha256

@@ -253,3 +253,9 @@ def chart_study(app: Flask, client: FlaskClient,
 def as_file(data: bytes) -> pydicom.Dataset:
     return pydicom.dcmread(io.BytesIO(data))
 
+
+@pytest.fixture
+def app_overrides() -> dict[str, object]:
+    """These tests count instances per upload and build their own derived instances: the
+    colour step (which adds a normalized instance per chart photo) is tested elsewhere."""
+    return {"color_normalization": False}

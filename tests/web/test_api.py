@@ -70,7 +70,26 @@ def test_full_flow_stores_a_valid_instance(app: Flask, client: FlaskClient,
     assert ds.AnatomicRegionSequence[0].CodeValue == "14975008" and ds.ImageLaterality == "L"
     frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
     assert frame.rstrip(b"\x00") == strip_jpeg(PHOTO)
-    errors, warnings, output = dicom_validate(path)
+    assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY"]
+    assert b"Display P3" in bytes(ds.ICCProfile).replace(b"\x00", b"")  # the iPhone's own
+
+    # The chart in the photo gave a second, DERIVED instance in its own series.
+    color = body["color"]
+    assert color["chart"]["type"] == "classic24" and color["reliable"] is True
+    assert color["delta_e_after"]["loo_mean"] < color["delta_e_before"]["mean"]
+    spacing = body["pixel_spacing_mm"]
+    assert spacing == pytest.approx(color["pixel_spacing_mm"], rel=1e-4) and 0.05 < spacing < 0.5
+    assert [float(v) for v in ds.PixelSpacing] == pytest.approx([spacing, spacing], rel=1e-5)
+    derived_uid = body["normalized_sop_instance_uid"]
+    derived_path = next(svc.settings.archive_root.rglob(f"{derived_uid}.dcm"))
+    derived = pydicom.dcmread(derived_path)
+    assert list(derived.ImageType) == ["DERIVED", "PRIMARY"]
+    assert derived.SeriesInstanceUID != ds.SeriesInstanceUID and derived.SeriesNumber == 2
+    assert derived.SourceImageSequence[0].ReferencedSOPInstanceUID == ds.SOPInstanceUID
+    assert "CIEDE2000" in derived.DerivationDescription
+    assert b"Display P3" not in bytes(derived.ICCProfile)  # the corrected pixels are sRGB
+    assert (derived.Rows, derived.Columns) == (ds.Rows, ds.Columns)
+    errors, warnings, output = dicom_validate(path, derived_path)
     assert (errors, warnings) == (0, 0), output
 
     status = client.get(f"/api/v1/sessions/{session['id']}", headers=auth["view"]).get_json()
@@ -92,11 +111,11 @@ def test_upload_is_idempotent_by_uuid(app: Flask, client: FlaskClient,
     clash = client.put(url, data=OTHER, headers=auth["capture"])
     assert clash.status_code == 409
     assert clash.get_json()["error"]["code"] == "conflict"
-    assert counts(app) == (1, 1, 1)
+    assert counts(app) == (1, 2, 2)  # the original and its colour-normalized instance
     second = client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}", data=OTHER,
                         headers=auth["capture"])
     assert second.status_code == 201 and second.get_json()["instance_number"] == 2
-    assert counts(app) == (2, 2, 2)
+    assert counts(app) == (2, 4, 4)
 
 
 def test_session_is_idempotent_by_client_id(client: FlaskClient,

@@ -40,7 +40,11 @@ def photo_json(photo: Photo, deliveries: Sequence[DeliveryState] = ()) -> dict[s
         "height": photo.height,
         "dicom_sha256": photo.instance.sha256,
         "status": "stored",
-        "deliveries": [d.status_json() for d in deliveries if d.sop_uid == photo.sop_uid],
+        "color": photo.color,
+        "pixel_spacing_mm": photo.pixel_spacing_mm,
+        "normalized_sop_instance_uid": photo.normalized_sop_uid,
+        "deliveries": [d.status_json() for d in deliveries
+                       if d.sop_uid in (photo.sop_uid, photo.normalized_sop_uid)],
     }
 
 
