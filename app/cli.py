@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import getpass
 import json
 import logging
 import os
@@ -10,7 +11,7 @@ import shutil
 import signal
 import sys
 import uuid
-from datetime import date, datetime
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import click
@@ -35,8 +36,9 @@ from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.settings import Settings
 from app.web import Services
-from app.workflow import delivery
+from app.workflow import audit, delivery
 from app.workflow.accounts import AccountError, create_user
+from app.workflow.deid_export import ExportError, export_deidentified
 from app.workflow.demo import seed_demo_patients
 from app.workflow.identification import import_patient_file, read_wristband
 from app.workflow.intake import IntakeError
@@ -55,6 +57,18 @@ def cli() -> None:
 
 def _emit(record: dict[str, object]) -> None:
     click.echo(json.dumps(record, ensure_ascii=False))
+
+
+def _cli_actor() -> str:
+    """Who runs a command, in audit records: ``cli:<operating system user>``."""
+    return f"cli:{getpass.getuser()}"
+
+
+def _audit_admin(action: str, *entities: str, detail: dict[str, object] | None = None) -> None:
+    """Record an administrative change made from the command line."""
+    services = _services()
+    audit.append(services.db, _cli_actor(), action, *entities, outcome=audit.SUCCESS,
+                 detail=detail, node=services.settings.node)
 
 
 @cli.command(with_appcontext=False)
@@ -132,7 +146,9 @@ def token_create(user: str, role: str) -> None:
     """Create a bearer token and print it (it is shown only this once)."""
     services = _services()
     services.db.create_schema()
-    click.echo(create_token(services.db, user, role))
+    secret = create_token(services.db, user, role)
+    _audit_admin("token.create", f"user:{user}", detail={"role": role})
+    click.echo(secret)
 
 
 @cli.group()
@@ -155,6 +171,7 @@ def user_create(username: str, role: str) -> None:
         create_user(services.db, username, password, role)
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
+    _audit_admin("user.create", f"user:{username}", detail={"role": role})
     click.echo(f"user {username} created ({role})")
 
 
@@ -299,6 +316,92 @@ def read_wristband_command(images: tuple[str, ...]) -> None:
                "payload": reading.barcode.payload if reading.barcode else None,
                "mrn": wid.mrn, "issuer": wid.issuer, "encounter": wid.encounter})
     sys.exit(1 if failed else 0)
+
+
+@cli.group("audit")
+def audit_group() -> None:
+    """The audit trail of PHI access."""
+
+
+@audit_group.command("verify")
+def audit_verify() -> None:
+    """Check the hash chain; print {"ok", "records", "broken_at"} and exit 1 when broken."""
+    services = _services()
+    services.db.create_schema()
+    result = audit.verify(services.db)
+    audit.append(services.db, _cli_actor(), "audit.verify", outcome=audit.SUCCESS,
+                 detail={"ok": result.ok, "records": result.records},
+                 node=services.settings.node)
+    _emit(result.as_json())
+    sys.exit(0 if result.ok else 1)
+
+
+@audit_group.command("export")
+@click.option("--out", "out_file", required=True, type=click.Path(dir_okay=False))
+@click.option("--since", type=click.DateTime(), help="From this UTC time on.")
+@click.option("--until", type=click.DateTime(), help="Before this UTC time.")
+@click.option("--action", help="An action, or a family such as dicomweb.")
+def audit_export(out_file: str, since: datetime | None, until: datetime | None,
+                 action: str | None) -> None:
+    """Write the trail as a FHIR R4 Bundle of AuditEvents (chain order) to --out."""
+    services = _services()
+    services.db.create_schema()
+    filters = audit.Filters(action=action, since=since.replace(tzinfo=UTC) if since else None,
+                            until=until.replace(tzinfo=UTC) if until else None)
+    bundle = audit.fhir_bundle(services.db, filters, systems=services.settings.issuer_systems)
+    LocalArchive.write_atomic(Path(out_file), json.dumps(bundle).encode())
+    audit.append(services.db, _cli_actor(), "audit.read", outcome=audit.SUCCESS,
+                 detail={"records": len(bundle["entry"])}, node=services.settings.node)
+    _emit({"output": out_file, "records": len(bundle["entry"])})
+
+
+@audit_group.command("forward")
+def audit_forward() -> None:
+    """Send what the syslog collector (EBIW_AUDIT_SYSLOG) has not received yet, in order."""
+    services = _services()
+    services.db.create_schema()
+    forwarder = audit.syslog_forwarder(services.db, services.settings)
+    if forwarder is None:
+        raise click.ClickException("EBIW_AUDIT_SYSLOG is not set")
+    try:
+        result = forwarder.drain()
+    finally:
+        forwarder.stop()
+    _emit({"sent": result.sent, "error": result.error})
+    sys.exit(1 if result.error else 0)
+
+
+@cli.command("export-deid")
+@click.argument("studies", nargs=-1, required=True)
+@click.option("--out", "out_dir", required=True, type=click.Path(file_okay=False))
+@click.option("--retain-dates", is_flag=True,
+              help="Keep full dates (Full Dates option); default: shift them per patient.")
+@click.option("--include-burned-in/--exclude-burned-in", default=False, show_default=True,
+              help="Export images with burned-in annotation, flagged for review.")
+def export_deid(studies: tuple[str, ...], out_dir: str, retain_dates: bool,
+                include_burned_in: bool) -> None:
+    """Export studies de-identified for research (DICOM PS3.15 Basic Profile) into --out.
+
+    One JSON line per file written and per instance left out, then the report's summary
+    (the full report is <out>/deid-report.json; it never holds the pseudonym mapping).
+    """
+    services = _services()
+    services.db.create_schema()
+    try:
+        report = export_deidentified(services.db, services.archive, studies, Path(out_dir),
+                                     retain_dates=retain_dates,
+                                     include_burned_in=include_burned_in,
+                                     actor=_cli_actor(), node=services.settings.node)
+    except ExportError as exc:
+        raise click.ClickException(str(exc)) from exc
+    for item in report.files:
+        _emit({"output": str(Path(out_dir) / item["file"]), "flags": item["flags"]})
+    for item in report.exclusions:
+        _emit({"excluded": item})
+    summary = report.as_json()
+    _emit({"report": str(Path(out_dir) / "deid-report.json"), "patients": summary["patients"],
+           **summary["instances"]})
+    sys.exit(0 if report.files else 1)
 
 
 def main() -> None:

@@ -15,9 +15,11 @@ from app.settings import Settings
 from app.web import Services
 from app.web.admin import bp as admin_bp
 from app.web.api import bp as api_bp
+from app.web.audit import init_app as init_audit
 from app.web.auth import bp as auth_bp
 from app.web.dicomweb import bp as dicomweb_bp
 from app.web.errors import register_error_handlers
+from app.web.exports import bp as exports_bp
 from app.web.fhir import bp as fhir_bp
 from app.web.health import bp as health_bp
 from app.web.patients import init_app as init_patients
@@ -55,4 +57,6 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(fhir_bp)
     app.register_blueprint(dicomweb_bp)
     app.register_blueprint(studies_bp)
+    app.register_blueprint(exports_bp)
+    init_audit(app)
     return app

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import secrets
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -76,6 +77,13 @@ class Settings:
     mwl_calling_aet: str = "EBIWCAPTURE"
     mwl_modality: str = "XC"
     wristband_rules: str = ""  # JSON list of wristband rules; empty: the built-in rules
+    # Audit trail (app/workflow/audit.py; README "Audit trail")
+    node_name: str = ""  # this node in audit records; empty: the host name
+    audit_syslog: str = ""  # tcp://host:port or tls://host:port of a syslog/ATNA collector
+    audit_syslog_ca_file: Path | None = None  # CA bundle the collector's certificate chains to
+    audit_syslog_cert_file: Path | None = None  # client certificate (ATNA node authentication)
+    audit_syslog_key_file: Path | None = None
+    audit_forward_thread: bool = True  # forward from each web process (off: ebiw audit forward)
     extra: Mapping[str, str] = field(default_factory=dict)
 
     @property
@@ -89,6 +97,11 @@ class Settings:
     @property
     def database(self) -> str:
         return self.database_url or f"sqlite:///{(self.data_dir / 'ebiw.sqlite3').resolve()}"
+
+    @property
+    def node(self) -> str:
+        """This node's name in audit records (``EBIW_NODE_NAME``, else the host name)."""
+        return (self.node_name or socket.gethostname())[:64]
 
     @property
     def uid_prefix(self) -> str:
@@ -160,6 +173,9 @@ class Settings:
                                 "must be positive")
         self._check_emr()
         self._check_patients()
+        if self.audit_syslog and not re.fullmatch(r"(tcp|tls)://[^:/\s]+:\d{1,5}",
+                                                  self.audit_syslog):
+            raise SettingsError("EBIW_AUDIT_SYSLOG must be tcp://host:port or tls://host:port")
         if self.secret_key:
             return self
         return replace(self, secret_key=_development_secret(self.data_dir))

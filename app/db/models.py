@@ -235,22 +235,58 @@ class WebSession(Base):
 
 
 class AuditEvent(Base):
-    """One access to PHI: who (``actor``, ``role``, ``client`` address), what (``action`` and
-    ``entities`` such as ``study:<uid>``), when (``recorded_at``, UTC) and ``outcome``.
+    """One access to PHI: who (``actor``, ``role``, ``client`` address), what (``action``,
+    ``entities`` such as ``study:<uid>`` and ``detail``), when (``recorded_at``, UTC), where
+    (``client``, ``node``) and ``outcome``.
 
-    Append-only: rows are only ever inserted (see ``app.workflow.audit``).
+    Append-only and hash-chained: ``seq`` is the position in the chain (1, 2, …, no gaps),
+    ``hash`` the SHA-256 of the record's canonical content including ``prev_hash``, the hash of
+    record ``seq - 1`` (see ``app.workflow.audit`` and ``app.pipeline.audit``).
     """
 
     __tablename__ = "audit_event"
 
     id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, unique=True)
     recorded_at: Mapped[datetime] = mapped_column(default=utcnow, index=True)
     actor: Mapped[str] = mapped_column(String(128))
     role: Mapped[str | None] = mapped_column(String(16))
     client: Mapped[str | None] = mapped_column(String(64))
-    action: Mapped[str] = mapped_column(String(64))
+    node: Mapped[str] = mapped_column(String(64), default="")
+    action: Mapped[str] = mapped_column(String(64), index=True)
     entities: Mapped[list] = mapped_column(JSON, default=list)
+    detail: Mapped[dict] = mapped_column(JSON, default=dict)
     outcome: Mapped[str] = mapped_column(String(16))
+    prev_hash: Mapped[str] = mapped_column(String(64))
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditChainHead(Base):
+    """The one row (``id`` 1) naming the last record of the audit chain. Appends update it
+    first, so its row lock serializes them across threads, processes and nodes."""
+
+    __tablename__ = "audit_chain_head"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    hash: Mapped[str] = mapped_column(String(64))
+
+
+class AuditForward(Base):
+    """How far the audit trail has been forwarded to one syslog collector (``target``).
+
+    ``seq`` is the last record the collector accepted; a forwarder holds the row while
+    ``lease_token`` is its own and ``lease_until`` is in the future, so only one process sends.
+    """
+
+    __tablename__ = "audit_forward"
+
+    target: Mapped[str] = mapped_column(String(200), primary_key=True)
+    seq: Mapped[int] = mapped_column(Integer, default=0)
+    lease_token: Mapped[str | None] = mapped_column(String(32))
+    lease_until: Mapped[datetime | None]
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- Outbox: deliveries to PACS destinations and EMR notifiers (app.workflow.delivery) -------

@@ -40,6 +40,7 @@ from app.gateways.archive.local import LocalArchive
 from app.gateways.archive.pacs import OutgoingInstance
 from app.gateways.errors import GatewayError, PermanentError, TransientError
 from app.gateways.registry import Destination, Registry, RetryPolicy
+from app.workflow import audit
 
 log = logging.getLogger(__name__)
 
@@ -299,7 +300,9 @@ class DeliveryWorker:
         """Record each row's outcome under the claim's token and release the lease.
 
         Sent or dead applies only if the row was not re-queued meanwhile (same version);
-        otherwise it stays pending, due now. Transiently failed rows wait for one backoff
+        otherwise it stays pending, due now. The rows that became sent, and those that became
+        dead, are each one audit record (``delivery.*`` or ``notice.*``) in the same
+        transaction. Transiently failed rows wait for one backoff
         drawn for the whole claim, so they stay one batch. A row whose lease was taken over by
         another worker is left to that worker.
         """
@@ -307,6 +310,7 @@ class DeliveryWorker:
         retry_at = now + timedelta(seconds=policy.delay(
             max(row.attempts for row in claim.rows) + 1, self.uniform))
         counts = {SENT: 0, "failed": 0, DEAD: 0, "requeued": 0, "lost": 0}
+        finished: dict[str, list[ClaimedRow]] = {SENT: [], DEAD: []}
         with self.db.session() as db:
             for row in claim.rows:
                 error = outcomes.get(row.id, TransientError("not attempted"))
@@ -328,11 +332,20 @@ class DeliveryWorker:
                 if db.execute(update(Delivery).where(where).values(**values)
                               .execution_options(synchronize_session=False)).rowcount:
                     counts[outcome] += 1
+                    finished.get(outcome, []).append(row)
                 elif db.execute(update(Delivery).where(mine).values(**release)
                                 .execution_options(synchronize_session=False)).rowcount:
                     counts["requeued"] += 1
                 else:
                     counts["lost"] += 1
+            for status, rows in finished.items():
+                if rows:
+                    reasons = {_reason(e) for r in rows if (e := outcomes.get(r.id)) is not None}
+                    audit.record_delivery(db, destination=claim.destination, kind=claim.kind,
+                                          study_uid=claim.study_uid,
+                                          sop_uids=[r.sop_uid for r in rows],
+                                          sent=status == SENT,
+                                          reason="; ".join(sorted(reasons)) or None)
         log.info("delivery to %s: %s", claim.destination,
                  ", ".join(f"{n} {k}" for k, n in counts.items() if n))
 

@@ -325,7 +325,8 @@ def test_every_access_is_audited(app: Flask, client: FlaskClient,
     client.get(url, headers=auth["view"])
     client.get("/dicomweb/studies/1.2.3/metadata", headers=auth["view"])
     with services(app).db.session() as db:
-        events = db.scalars(select(AuditEvent).order_by(AuditEvent.id)).all()
+        events = db.scalars(select(AuditEvent).where(AuditEvent.action.startswith("dicomweb."))
+                            .order_by(AuditEvent.seq)).all()
         seen = [(e.actor, e.role, e.action, e.outcome, e.entities[:2]) for e in events]
     assert seen == [
         ("view-user", "view", "dicomweb.retrieve_study_metadata", "success",
@@ -339,7 +340,9 @@ def test_every_access_is_audited(app: Flask, client: FlaskClient,
          ["study:1.2.3"]),
     ]
     assert all(e.recorded_at is not None and e.client == "127.0.0.1" for e in events)
-    assert len(events[0].entities) == 5  # the study and its four instances
+    patient = audit.patient_ref(PATIENT["id"], PATIENT["issuer"])
+    assert events[0].entities[5:] == [patient]  # the study, its four instances, its patient
+    assert events[2].entities[-1] == patient
 
 
 def test_no_answer_without_an_audit_record(client: FlaskClient,

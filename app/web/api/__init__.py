@@ -14,6 +14,7 @@ from app.db.models import CaptureSession, Photo
 from app.pipeline.dicom.codes import body_site, body_sites
 from app.web import services
 from app.web.auth import current_login, login_json, require
+from app.workflow import audit
 from app.workflow.delivery import EMR, DeliveryState, study_deliveries
 from app.workflow.intake import SessionRequest
 
@@ -46,6 +47,13 @@ def photo_json(photo: Photo, deliveries: Sequence[DeliveryState] = ()) -> dict[s
         "deliveries": [d.status_json() for d in deliveries
                        if d.sop_uid in (photo.sop_uid, photo.normalized_sop_uid)],
     }
+
+
+def _audit_session(session: CaptureSession, *instances: str) -> None:
+    """Name the session's patient, study and the given instances in this request's audit."""
+    g.audit_entities = [audit.patient_ref(session.patient_id, session.issuer),
+                        audit.study_ref(session.study_uid),
+                        *(audit.instance_ref(uid) for uid in instances if uid)]
 
 
 def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, Any]:
@@ -81,13 +89,16 @@ def open_session() -> tuple[Response, int]:
     svc = services()
     req = SessionRequest.from_json(request.get_json(silent=True), svc.settings.default_issuer)
     session, created = svc.intake.open_session(req, g.caller.user)
+    _audit_session(session)
     return jsonify(session_json(session, photos=False)), 201 if created else 200
 
 
 @bp.get("/sessions/<session_id>")
 @require("capture", "view")
 def get_session(session_id: str) -> Response:
-    return jsonify(session_json(services().intake.get_session(session_id)))
+    session = services().intake.get_session(session_id)
+    _audit_session(session)
+    return jsonify(session_json(session))
 
 
 @bp.put("/sessions/<session_id>/photos/<upload_uuid>")
@@ -95,6 +106,8 @@ def get_session(session_id: str) -> Response:
 def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
     data = request.get_data(cache=False)
     photo, created = services().intake.accept_photo(session_id, upload_uuid, data)
+    _audit_session(services().intake.get_session(photo.session_id), photo.sop_uid,
+                   photo.normalized_sop_uid or "")
     deliveries = study_deliveries(services().db, photo.instance.study_uid)
     return jsonify(photo_json(photo, deliveries)), 201 if created else 200
 
@@ -102,7 +115,9 @@ def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
 @bp.post("/sessions/<session_id>/complete")
 @require("capture")
 def complete_session(session_id: str) -> Response:
-    return jsonify(session_json(services().intake.complete(session_id)))
+    session = services().intake.complete(session_id)
+    _audit_session(session)
+    return jsonify(session_json(session))
 
 
 @bp.get("/body-sites")

@@ -6,9 +6,10 @@ DICOM JSON with bulk data URIs; frames and bulk data as the stored JPEG; rendere
 thumbnails fitted to a ``viewport`` (``app.pipeline.render``), the default thumbnail of each
 instance cached on disk under the data directory.
 
-Every request needs the ``view`` or ``capture`` role and is audited (who, what, when, outcome),
-refusals included. Answers carry ``Cache-Control: no-store``, except thumbnails, which the
-browser may keep privately for a few minutes.
+Every request needs the ``view`` or ``capture`` role and is audited by ``app.web.audit`` (who,
+what — the study, its instances and its patient —, when, where, outcome), refusals included.
+Answers carry ``Cache-Control: no-store``, except thumbnails, which the browser may keep
+privately for a few minutes.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ from app.pipeline.render import (
     render_thumbnail,
 )
 from app.web import services
-from app.web.auth import current_caller, require
+from app.web.auth import require
 from app.web.dicomweb import index, media, query
 from app.web.errors import error_response
 from app.workflow import audit
@@ -76,33 +77,25 @@ def _not_acceptable(what: str) -> _Refused:
                                            "conformance notes (README, Viewer and DICOMweb)")
 
 
-# --- audit and caching, for every answer of this blueprint ------------------------------------
+# --- caching, for every answer of this blueprint (the audit hook is app.web.audit's) ---------
 
 
 @bp.after_request
-def _audit_and_cache(response: Response) -> Response:
-    """Record who asked what and the outcome; fail closed if the audit cannot be written."""
-    caller = g.get("caller") or current_caller()
-    args = request.view_args or {}
-    entities = g.get("audit_entities") or [
-        f"{kind}:{args[key]}" for key, kind in (("study", "study"), ("series", "series"),
-                                                ("sop", "instance")) if key in args]
-    try:
-        with services().db.session() as db:
-            audit.record(db, caller.user if caller else "anonymous",
-                         f"dicomweb.{(request.endpoint or 'unknown').rsplit('.', 1)[-1]}",
-                         *entities, outcome=audit.outcome_of(response.status_code),
-                         role=caller.role if caller else None, client=request.remote_addr)
-    except Exception as exc:  # no audit, no PHI: the answer is withheld
-        response.close()
-        failed, status = error_response(503, "audit_unavailable",
-                                        "the access could not be audited; try again")
-        failed.status_code = status
-        failed.headers["Cache-Control"] = "no-store"
-        log.error("audit write failed: %s", type(exc).__name__)
-        return failed
+def _cache(response: Response) -> Response:
+    """Nothing is cached unless the view said otherwise (thumbnails, privately)."""
     response.headers.setdefault("Cache-Control", "no-store")
     return response
+
+
+def _patients(headers: list[dict[str, Any]]) -> list[str]:
+    """Audit references of the patients in DICOM JSON headers, in order, once each."""
+    refs: dict[str, None] = {}
+    for header in headers:
+        patient_id = header.get("00100020", {}).get("Value", [""])[0]
+        issuer = header.get("00100021", {}).get("Value", [""])[0]
+        if patient_id:
+            refs.setdefault(audit.patient_ref(patient_id, issuer), None)
+    return list(refs)
 
 
 # --- helpers ----------------------------------------------------------------------------------
@@ -134,7 +127,8 @@ def _rows(study: str, series: str | None = None, sop: str | None = None) -> list
     if not rows:
         abort(404)
     rows.sort(key=query.instance_order)
-    g.audit_entities = [f"study:{study}"] + [f"instance:{r.sop_uid}" for r in rows]
+    g.audit_entities = [f"study:{study}", *(f"instance:{r.sop_uid}" for r in rows),
+                        *_patients([r.attributes[index.DICOM] for r in rows])]
     return rows
 
 
@@ -166,8 +160,9 @@ def _search(run: Callable[[Session, query.Query, str], query.Results],
     with svc.db.session() as db:
         index.refresh(db, svc.archive)
         results = run(db, parsed, _base())
-    g.audit_entities = [f"query:{request.endpoint.rsplit('.', 1)[-1]}"] + [
-        f"study:{uid}" for uid in query.study_uids(results)]
+    g.audit_entities = [f"query:{request.endpoint.rsplit('.', 1)[-1]}",
+                        *(f"study:{uid}" for uid in query.study_uids(results)),
+                        *_patients(results.datasets)]
     if not results.datasets:
         return Response(status=204)
     response = Response(json.dumps(results.datasets), content_type=media.DICOM_JSON)
@@ -460,7 +455,8 @@ def _thumbnail(row: Instance) -> Response:
 @require(*ROLES)
 def retrieve_study_thumbnail(study: str) -> Response:
     row = _rows(study)[0]
-    g.audit_entities = [f"study:{study}", f"instance:{row.sop_uid}"]
+    g.audit_entities = [f"study:{study}", f"instance:{row.sop_uid}",
+                        *_patients([row.attributes[index.DICOM]])]
     return _thumbnail(row)
 
 
@@ -468,7 +464,8 @@ def retrieve_study_thumbnail(study: str) -> Response:
 @require(*ROLES)
 def retrieve_series_thumbnail(study: str, series: str) -> Response:
     row = _rows(study, series)[0]
-    g.audit_entities = [f"study:{study}", f"instance:{row.sop_uid}"]
+    g.audit_entities = [f"study:{study}", f"instance:{row.sop_uid}",
+                        *_patients([row.attributes[index.DICOM]])]
     return _thumbnail(row)
 
 

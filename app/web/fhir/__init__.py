@@ -4,6 +4,7 @@ Reads: ``ImagingStudy/{id}``, ``Patient/{id}``, ``Endpoint/{id}``. Searches (GET
 ``{type}/_search`` with a form body so identifiers stay out of URLs) return ``searchset``
 Bundles: ``ImagingStudy?identifier=urn:dicom:uid|urn:oid:<uid>``, ``ImagingStudy?patient=<id>``,
 ``Patient?identifier=<system>|<mrn>``; ``_count`` caps the matches. Callers need the view role.
+Every request is audited by ``app.web.audit`` with the studies and patients it returned.
 """
 
 from __future__ import annotations
@@ -11,14 +12,18 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from flask import Blueprint, Response, request
+from flask import Blueprint, Response, g, request
+from sqlalchemy import select
+from sqlalchemy.orm import Session
 from werkzeug.exceptions import HTTPException
 
+from app.db.models import CaptureSession
 from app.db.models import Patient as PatientRow
 from app.gateways.emr.local import LocalFhirStore
 from app.pipeline.fhir import searchset
 from app.web import services
 from app.web.auth import require
+from app.workflow import audit
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
 
@@ -83,12 +88,30 @@ def _params(allowed: tuple[str, ...]) -> tuple[dict[str, str], int]:
     return params, max(0, min(count, MAX_COUNT))
 
 
+def _audit_studies(db: Session, bodies: list[dict[str, Any]]) -> None:
+    """Name the studies of ImagingStudy resources, and their patients, in this request's
+    audit record."""
+    uids = [i["value"].removeprefix("urn:oid:") for body in bodies
+            for i in body.get("identifier", []) if i.get("system") == "urn:dicom:uid"]
+    sessions = db.scalars(select(CaptureSession).where(CaptureSession.study_uid.in_(uids)))
+    patients = dict.fromkeys(audit.patient_ref(s.patient_id, s.issuer) for s in sessions)
+    g.audit_entities = [*g.get("audit_entities", []), *(audit.study_ref(u) for u in uids),
+                        *patients]
+
+
+def _audit_patients(rows: list[PatientRow]) -> None:
+    g.audit_entities = [*g.get("audit_entities", []),
+                        *(audit.patient_ref(r.mrn, r.issuer) for r in rows)]
+
+
 def _read(resource_type: str, logical_id: str) -> Response:
     with services().db.session() as db:
         row = LocalFhirStore.read(db, resource_type, logical_id)
         if row is None:
             return _outcome(404, f"{resource_type}/{logical_id} is not in this store")
         body = LocalFhirStore.render(row)
+        if resource_type == "ImagingStudy":
+            _audit_studies(db, [body])
     return _fhir(body, headers={"ETag": f'W/"{body["meta"]["versionId"]}"'})
 
 
@@ -116,6 +139,7 @@ def search_imaging_studies() -> Response:
             patient_id=patient.rsplit("Patient/", 1)[-1] if patient else None, limit=count)
         entries = [(f"{_base()}/ImagingStudy/{r.logical_id}", LocalFhirStore.render(r))
                    for r in rows]
+        _audit_studies(db, [body for _, body in entries])
     return _fhir(searchset(entries))
 
 
@@ -128,6 +152,7 @@ def read_patient(logical_id: str) -> Response:
         row = db.get(PatientRow, int(logical_id))
         if row is None:
             return _outcome(404, "Patient is not in this store")
+        _audit_patients([row])
         return _fhir(_store().patient_json(row))
 
 
@@ -138,6 +163,7 @@ def search_patients() -> Response:
     params, count = _params(("identifier",))
     store = _store()
     with services().db.session() as db:
-        entries = [(f"{_base()}/Patient/{row.id}", store.patient_json(row))
-                   for row in store.find_patients(db, params["identifier"], count)]
+        rows = list(store.find_patients(db, params["identifier"], count))
+        _audit_patients(rows)
+        entries = [(f"{_base()}/Patient/{row.id}", store.patient_json(row)) for row in rows]
     return _fhir(searchset(entries))

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from app.gateways.patients import PatientRecord
 from app.web.auth import require
+from app.workflow import audit
 from app.workflow.identification import Identifier, IdentifyResult, Match, build_identifier
 from app.workflow.intake import InvalidRequest
 
@@ -62,6 +63,9 @@ def search() -> tuple[Response, int]:
 
 
 def _answer(result: IdentifyResult) -> tuple[Response, int]:
+    g.audit_entities = [audit.patient_ref(m.patient.mrn, m.patient.issuer)
+                        for m in result.matches]
+    g.audit_detail = {"method": result.method, "status": result.status}
     body = result_json(result)
     status = 200
     if result.status == "not_found":

@@ -1,0 +1,227 @@
+"""The audit trail over HTTP: one record per request that touches PHI, and the admin views.
+
+``init_app`` installs an app-wide ``after_request`` hook that records every request of the
+audited endpoints (refusals included) with who (user, role), what (action, entities the view
+named in ``g.audit_entities``, extra facts in ``g.audit_detail``), where (client address, this
+node) and the outcome. If the record cannot be written, the answer is withheld (503): no audit,
+no PHI. Endpoints not listed here serve no PHI (health, the app shell, the viewer page shell).
+
+Admin views (admin role): ``GET /admin/audit`` (HTML), ``GET /admin/api/audit`` (JSON),
+``GET /admin/api/audit/fhir`` (FHIR R4 AuditEvent Bundle) with the same filters — ``actor``,
+``action`` (exact, or a family such as ``dicomweb.``), ``outcome``, ``patient_id`` +
+``issuer``, ``study``, ``entity``, ``since``/``until`` (ISO 8601), ``before`` (seq, paging),
+``limit`` — and ``GET /admin/api/audit/verify`` (the hash chain check). Reading the trail is
+itself audited (``audit.read``, ``audit.verify``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from datetime import UTC, datetime
+from typing import Any
+
+from flask import Blueprint, Flask, Response, g, jsonify, render_template, request
+
+from app.pipeline.audit import AuditFacts
+from app.web import services
+from app.web.auth import SAFE_METHODS, current_caller, require
+from app.web.errors import error_response
+from app.workflow import audit
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("audit", __name__, url_prefix="/admin")
+
+ACTIONS = {
+    "auth.login": "user.login",
+    "auth.logout": "user.logout",
+    "patients.identify": "patient.identify",
+    "patients.search": "patient.search",
+    "api.open_session": "session.open",
+    "api.get_session": "session.read",
+    "api.complete_session": "session.complete",
+    "api.put_photo": "photo.store",
+    "audit.audit_page": "audit.read",
+    "audit.audit_json": "audit.read",
+    "audit.audit_fhir": "audit.read",
+    "audit.audit_verify": "audit.verify",
+}
+"""Endpoints audited under a fixed action. Also audited: every ``dicomweb.*`` and ``fhir.*``
+endpoint (``<blueprint>.<endpoint>``), every state-changing ``admin.*`` request, and any view
+that sets ``g.audit_action``."""
+
+_VIEW_ARGS = (("study", "study"), ("series", "series"), ("sop", "instance"),
+              ("delivery_id", "delivery"))
+
+
+def init_app(app: Flask) -> None:
+    """Register the admin views and the audit hook; with ``EBIW_AUDIT_SYSLOG`` (and
+    ``EBIW_AUDIT_FORWARD_THREAD`` on) start forwarding the trail to the collector."""
+    app.register_blueprint(bp)
+    app.after_request(_audit_response)
+    svc = app.extensions["ebiw"]
+    forwarder = audit.syslog_forwarder(svc.db, svc.settings)
+    if forwarder is not None and svc.settings.audit_forward_thread:
+        app.extensions["ebiw.audit_forwarder"] = forwarder.start()
+
+
+def _action() -> str | None:
+    """The action this request is audited under, or None when it is not audited."""
+    if "audit_action" in g:
+        return g.audit_action
+    endpoint = request.endpoint or ""
+    if endpoint in ACTIONS:
+        return ACTIONS[endpoint]
+    blueprint, _, name = endpoint.partition(".")
+    if blueprint in ("dicomweb", "fhir") or (blueprint == "admin"
+                                             and request.method not in SAFE_METHODS):
+        return f"{blueprint}.{name}"
+    return None
+
+
+def _actor() -> tuple[str, str | None]:
+    """(user, role) of the request; for a login, the name it tried."""
+    if request.endpoint == "auth.login":
+        body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
+        name = body.get("username") if isinstance(body, dict) else None
+        return (name if isinstance(name, str) and name else "anonymous"), None
+    login = g.get("web_login")
+    caller = g.get("caller") or (login.caller if login else None) or current_caller()
+    return (caller.user, caller.role) if caller else ("anonymous", None)
+
+
+def _audit_response(response: Response) -> Response:
+    """Record the request if its endpoint is audited; fail closed if the record fails."""
+    action = _action()
+    if action is None:
+        return response
+    args = request.view_args or {}
+    entities = g.get("audit_entities") or [
+        f"{kind}:{args[key]}" for key, kind in _VIEW_ARGS if key in args]
+    try:
+        actor, role = _actor()
+        with services().db.session() as db:
+            audit.record(db, actor, action, *entities,
+                         outcome=audit.outcome_of(response.status_code), role=role,
+                         client=request.remote_addr, detail=g.get("audit_detail") or {},
+                         node=services().settings.node)
+    except Exception as exc:  # no audit, no PHI: the answer is withheld
+        response.close()
+        failed, status = error_response(503, "audit_unavailable",
+                                        "the access could not be audited; try again")
+        failed.status_code = status
+        failed.headers["Cache-Control"] = "no-store"
+        log.error("audit write failed: %s", type(exc).__name__)
+        return failed
+    return response
+
+
+# --- admin views ------------------------------------------------------------------------------
+
+
+class _BadFilter(ValueError):
+    pass
+
+
+@bp.errorhandler(_BadFilter)
+def _bad_filter(exc: _BadFilter) -> tuple[Response, int]:
+    return error_response(400, "invalid_filter", str(exc))
+
+
+def _time(name: str) -> datetime | None:
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    try:
+        value = datetime.fromisoformat(raw)
+    except ValueError as exc:
+        raise _BadFilter(f"{name} must be an ISO 8601 date or date-time") from exc
+    return value.replace(tzinfo=UTC) if value.tzinfo is None else value
+
+
+def _int(name: str) -> int | None:
+    raw = request.args.get(name)
+    if not raw:
+        return None
+    if not raw.isdigit():
+        raise _BadFilter(f"{name} must be a positive integer")
+    return int(raw)
+
+
+def _filters() -> audit.Filters:
+    """The query's filters; a patient is ``patient_id`` with ``issuer``."""
+    args = request.args
+    entity = args.get("entity") or None
+    if args.get("patient_id"):
+        if not args.get("issuer"):
+            raise _BadFilter("patient_id needs issuer")
+        entity = audit.patient_ref(args["patient_id"], args["issuer"])
+    elif args.get("study"):
+        entity = audit.study_ref(args["study"])
+    outcome = args.get("outcome") or None
+    if outcome is not None and outcome not in (audit.SUCCESS, audit.DENIED, audit.FAILED,
+                                                audit.ERROR):
+        raise _BadFilter("outcome must be success, denied, failed or error")
+    filters = audit.Filters(actor=args.get("actor") or None, action=args.get("action") or None,
+                            outcome=outcome, entity=entity, since=_time("since"),
+                            until=_time("until"), before_seq=_int("before"))
+    g.audit_entities = [entity] if entity else []
+    g.audit_detail = {k: v for k, v in args.items() if k not in ("patient_id", "issuer")
+                      and k != "entity"}
+    return filters
+
+
+def _record_json(facts: AuditFacts) -> dict[str, Any]:
+    return {"seq": facts.seq, "recorded_at": facts.recorded_at.isoformat(),
+            "actor": facts.actor, "role": facts.role, "client": facts.client,
+            "node": facts.node, "action": facts.action, "entities": list(facts.entities),
+            "detail": dict(facts.detail), "outcome": facts.outcome}
+
+
+def _page() -> dict[str, Any]:
+    filters = _filters()
+    limit = _int("limit") or 100
+    records = audit.search(services().db, filters, limit)
+    return {"records": [_record_json(r) for r in records],
+            "next_before": records[-1].seq if len(records) == min(limit, audit.MAX_PAGE)
+            else None}
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.get("/audit")
+@require("admin")
+def audit_page() -> Response:
+    """The audit trail, newest first, with the filter form."""
+    page = _page()
+    return _no_store(Response(render_template("audit/events.html", args=request.args,
+                                              **page)))
+
+
+@bp.get("/api/audit")
+@require("admin")
+def audit_json() -> Response:
+    return _no_store(jsonify(_page()))
+
+
+@bp.get("/api/audit/fhir")
+@require("admin")
+def audit_fhir() -> Response:
+    """Matching records as FHIR R4 AuditEvents (a ``collection`` Bundle, chain order)."""
+    filters = _filters()
+    bundle = audit.fhir_bundle(services().db, filters,
+                               systems=services().settings.issuer_systems)
+    return _no_store(Response(json.dumps(bundle), mimetype="application/fhir+json"))
+
+
+@bp.get("/api/audit/verify")
+@require("admin")
+def audit_verify() -> Response:
+    """Check the hash chain: ``{"ok", "records", "broken_at": {seq, id, reason} | null}``."""
+    result = audit.verify(services().db)
+    g.audit_detail = {"ok": result.ok, "records": result.records}
+    return _no_store(jsonify(result.as_json()))

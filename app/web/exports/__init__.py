@@ -1,0 +1,86 @@
+"""De-identified research exports, an admin action: ``POST /admin/api/exports/deid`` (JSON) and
+the form at ``GET /admin/exports`` (posting to ``/admin/exports/deid``).
+
+The body names the studies (``{"studies": [uid, …], "retain_dates": false,
+"include_burned_in": false}``; the form: one UID per line and two check boxes). The export is
+written under ``<EBIW_DATA_DIR>/exports/<export id>/`` with its ``deid-report.json``; the answer
+is that report with the export id. The export is audited by the workflow (``export.deid``).
+"""
+
+from __future__ import annotations
+
+import secrets
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from flask import Blueprint, Response, jsonify, render_template, request
+
+from app.web import services
+from app.web.auth import current_caller, current_login, require
+from app.web.errors import error_response
+from app.workflow.deid_export import ExportError, ExportReport, export_deidentified
+
+bp = Blueprint("exports", __name__, url_prefix="/admin")
+
+
+def _run(studies: list[str], retain_dates: bool,
+         include_burned_in: bool) -> tuple[str, ExportReport]:
+    """Run one export into a new folder of the data directory: (export id, report)."""
+    svc = services()
+    export_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+    caller = current_caller()
+    report = export_deidentified(
+        svc.db, svc.archive, studies, Path(svc.settings.data_dir) / "exports" / export_id,
+        retain_dates=retain_dates, include_burned_in=include_burned_in,
+        actor=caller.user if caller else "anonymous", role=caller.role if caller else None,
+        client=request.remote_addr, node=svc.settings.node)
+    return export_id, report
+
+
+def _no_store(response: Response) -> Response:
+    response.headers["Cache-Control"] = "no-store"
+    return response
+
+
+@bp.post("/api/exports/deid")
+@require("admin")
+def export_json() -> tuple[Response, int]:
+    body = request.get_json(silent=True)
+    studies = body.get("studies") if isinstance(body, dict) else None
+    flags = [body.get(k, False) for k in ("retain_dates", "include_burned_in")] \
+        if isinstance(body, dict) else []
+    if not (isinstance(studies, list) and all(isinstance(s, str) for s in studies)
+            and all(isinstance(f, bool) for f in flags)):
+        return error_response(422, "invalid", 'send {"studies": [Study Instance UID, …], '
+                                              '"retain_dates": bool, "include_burned_in": bool}')
+    try:
+        export_id, report = _run(studies, *flags)
+    except ExportError as exc:
+        return error_response(422, "invalid", str(exc))
+    return _no_store(jsonify({"export": export_id, **report.as_json()})), 201
+
+
+def _form_page(**context: Any) -> Response:
+    login = current_login()
+    return _no_store(Response(render_template(
+        "exports/deid.html", csrf_token=login.csrf_token if login else "", **context)))
+
+
+@bp.get("/exports")
+@require("admin")
+def export_form() -> Response:
+    return _form_page(result=None, error=None)
+
+
+@bp.post("/exports/deid")
+@require("admin")
+def export_submit() -> Response:
+    studies = [line.strip() for line in request.form.get("studies", "").splitlines()
+               if line.strip()]
+    try:
+        export_id, report = _run(studies, request.form.get("retain_dates") == "on",
+                                 request.form.get("include_burned_in") == "on")
+    except ExportError as exc:
+        return _form_page(result=None, error=str(exc))
+    return _form_page(result={"export": export_id, **report.as_json()}, error=None)
