@@ -36,13 +36,13 @@ from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.settings import Settings
 from app.web import Services
-from app.workflow import audit, delivery
+from app.workflow import accounts, audit, delivery
 from app.workflow.accounts import AccountError, create_user
 from app.workflow.deid_export import ExportError, export_deidentified
 from app.workflow.demo import seed_demo_patients
 from app.workflow.identification import import_patient_file, read_wristband
 from app.workflow.intake import IntakeError
-from app.workflow.tokens import ROLES, create_token
+from app.workflow.tokens import ROLES, create_token, list_tokens, revoke_tokens
 
 
 def _services() -> Services:
@@ -151,6 +151,32 @@ def token_create(user: str, role: str) -> None:
     click.echo(secret)
 
 
+@token.command("list")
+def token_list() -> None:
+    """One JSON line per token: number, user, role, created, revoked (never the token)."""
+    services = _services()
+    services.db.create_schema()
+    for t in list_tokens(services.db):
+        _emit({"id": t.id, "user": t.user, "role": t.role,
+               "created_at": t.created_at.isoformat(),
+               "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None})
+
+
+@token.command("revoke")
+@click.option("--id", "token_id", type=int, help="The token's number (ebiw token list).")
+@click.option("--user", help="Revoke every token of this user.")
+def token_revoke(token_id: int | None, user: str | None) -> None:
+    """Revoke a token by number, or all tokens of a user (refused from the next request)."""
+    if (token_id is None) == (user is None):
+        raise click.UsageError("give --id or --user")
+    services = _services()
+    services.db.create_schema()
+    count = revoke_tokens(services.db, token_id=token_id, user=user)
+    if count == 0:
+        raise click.ClickException("no live token matched")
+    click.echo(f"revoked {count} token(s)")
+
+
 @cli.group()
 def user() -> None:
     """Local accounts of the capture app."""
@@ -161,10 +187,7 @@ def user() -> None:
 @click.option("--role", required=True, type=click.Choice(ROLES))
 def user_create(username: str, role: str) -> None:
     """Create an account; the password is read from standard input or prompted for."""
-    if sys.stdin.isatty():
-        password = click.prompt("Password", hide_input=True, confirmation_prompt=True)
-    else:
-        password = sys.stdin.readline().rstrip("\r\n")
+    password = _read_password()
     services = _services()
     services.db.create_schema()
     try:
@@ -173,6 +196,72 @@ def user_create(username: str, role: str) -> None:
         raise click.ClickException(str(exc)) from exc
     _audit_admin("user.create", f"user:{username}", detail={"role": role})
     click.echo(f"user {username} created ({role})")
+
+
+def _read_password() -> str:
+    if sys.stdin.isatty():
+        return str(click.prompt("Password", hide_input=True, confirmation_prompt=True))
+    return sys.stdin.readline().rstrip("\r\n")
+
+
+@user.command("password")
+@click.option("--username", required=True)
+def user_password(username: str) -> None:
+    """Set a local account's password (standard input or prompt); its sessions end, its
+    lockout is lifted."""
+    password = _read_password()
+    services = _services()
+    services.db.create_schema()
+    try:
+        accounts.set_password(services.db, username, password)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"password of {username} changed")
+
+
+@user.command("disable")
+@click.option("--username", required=True)
+def user_disable(username: str) -> None:
+    """Disable an account: its sessions end now and it can no longer log in."""
+    _set_disabled(username, True)
+
+
+@user.command("enable")
+@click.option("--username", required=True)
+def user_enable(username: str) -> None:
+    """Enable a disabled account again."""
+    _set_disabled(username, False)
+
+
+def _set_disabled(username: str, disabled: bool) -> None:
+    services = _services()
+    services.db.create_schema()
+    try:
+        accounts.set_disabled(services.db, username, disabled)
+    except AccountError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"user {username} {'disabled' if disabled else 'enabled'}")
+
+
+@user.command("unlock")
+@click.option("--username", required=True)
+def user_unlock(username: str) -> None:
+    """Lift a lockout after failed logins."""
+    services = _services()
+    services.db.create_schema()
+    found = accounts.unlock(services.db, username)
+    click.echo(f"user {username} {'unlocked' if found else 'was not locked'}")
+
+
+@user.command("list")
+def user_list() -> None:
+    """One JSON line per account: username, role, kind, created, disabled, locked until."""
+    services = _services()
+    services.db.create_schema()
+    for u in accounts.list_users(services.db):
+        _emit({"username": u.username, "role": u.role, "kind": u.kind,
+               "created_at": u.created_at.isoformat(), "disabled": u.disabled,
+               "locked_until": u.locked_until.isoformat() if u.locked_until else None})
 
 
 def _birth_date(_ctx: click.Context, _param: click.Parameter, value: str | None) -> date | None:

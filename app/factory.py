@@ -11,12 +11,14 @@ from flask import Flask
 from app.db.session import Database
 from app.gateways.archive.local import LocalArchive
 from app.gateways.registry import build_registry
+from app.logs import install_log_hygiene
 from app.settings import Settings
-from app.web import Services
+from app.web import Services, security
 from app.web.admin import bp as admin_bp
 from app.web.api import bp as api_bp
 from app.web.audit import init_app as init_audit
 from app.web.auth import bp as auth_bp
+from app.web.auth.oidc import init_app as init_oidc
 from app.web.dicomweb import bp as dicomweb_bp
 from app.web.errors import register_error_handlers
 from app.web.exports import bp as exports_bp
@@ -47,12 +49,15 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.extensions["ebiw.registry"] = registry
     if settings.delivery_thread:
         app.extensions["ebiw.delivery"] = BackgroundDelivery(db, archive, registry).start()
+    install_log_hygiene(redacting=settings.env != "test")
+    security.init_app(app)
     register_error_handlers(app)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(admin_bp)
     init_patients(app)
     app.register_blueprint(auth_bp)
+    init_oidc(app)
     app.register_blueprint(pwa_bp)
     app.register_blueprint(fhir_bp)
     app.register_blueprint(dicomweb_bp)

@@ -3,13 +3,18 @@
 Workers follow the cores (the photo pipeline is CPU-bound: more processes than cores only adds
 memory); two threads each keep a slow upload from blocking a worker. Logs are JSON lines on
 stdout; the access log records the path without its query string, so QIDO-RS matching keys
-such as PatientID never reach a log.
+such as PatientID never reach a log. Application and server records also pass through
+``app.logs.PhiRedactingFilter`` (defence in depth), and the third-party loggers that print
+datasets, URLs or SQL parameters when verbose are held at WARNING (``app.logs.QUIET_LOGGERS``).
 """
 
 from __future__ import annotations
 
+import logging
 import multiprocessing
 import os
+
+from app.logs import QUIET_LOGGERS
 
 bind = os.environ.get("EBIW_BIND", "127.0.0.1:8000")
 workers = int(os.environ.get("EBIW_WORKERS", max(2, multiprocessing.cpu_count())))
@@ -34,9 +39,12 @@ logconfig_dict = {
         "json": {"()": "app.logs.JsonFormatter"},
         "access": {"format": "%(message)s"},
     },
+    "filters": {"phi": {"()": "app.logs.PhiRedactingFilter"}},
     "handlers": {
         "console": {"class": "logging.StreamHandler", "formatter": "json",
-                    "stream": "ext://sys.stdout"},
+                    "stream": "ext://sys.stdout", "filters": ["phi"]},
+        # access lines are built from fixed atoms only (no query string); the redactor would
+        # mangle their byte counts and durations, so it is not applied there
         "access": {"class": "logging.StreamHandler", "formatter": "access",
                    "stream": "ext://sys.stdout"},
     },
@@ -44,5 +52,6 @@ logconfig_dict = {
     "loggers": {
         "gunicorn.error": {"level": "INFO", "handlers": ["console"], "propagate": False},
         "gunicorn.access": {"level": "INFO", "handlers": ["access"], "propagate": False},
+        **{name: {"level": logging.getLevelName(level)} for name, level in QUIET_LOGGERS.items()},
     },
 }

@@ -48,6 +48,23 @@ class Settings:
     # Web login sessions (app/workflow/accounts.py): idle timeout and absolute lifetime
     session_idle_minutes: int = 15
     session_lifetime_hours: int = 12
+    # Login lockout, rate limits, proxies (app/web/security.py; README "Security")
+    login_max_failures: int = 5  # failed logins in a row that lock a username; 0: never
+    login_lockout_minutes: int = 15  # ... for this long
+    rate_login_per_minute: int = 20  # login attempts per client address; 0: no limit
+    rate_identify_per_minute: int = 30  # wristband/barcode identifications per user
+    rate_upload_per_minute: int = 120  # photo uploads per user
+    redis_url: str = ""  # keep rate-limit counters in Redis (else in the database)
+    proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For is trusted
+    # OpenID Connect sign-in to the hospital's identity provider (README "Security")
+    oidc_issuer: str = ""  # e.g. https://idp.example.org/realms/hospital; empty: local only
+    oidc_client_id: str = ""
+    oidc_client_secret: str = ""
+    oidc_scope: str = "openid profile email"
+    oidc_username_claim: str = "preferred_username"
+    oidc_role_claim: str = "roles"  # dotted path into the ID token, e.g. realm_access.roles
+    oidc_role_map: str = ""  # JSON {"<claim value>": "capture|view|admin[@<department>]"}
+    oidc_department_claim: str = ""  # optional: the claim naming the user's department
     # EMR notification (app/gateways/emr; README "EMR notification")
     emr_notifiers: str = "local"  # comma separated: local, fhir, hl7v2
     emr_fhir_url: str = ""  # remote FHIR R4 base, e.g. https://emr.example.org/fhir
@@ -173,6 +190,7 @@ class Settings:
                                 "must be positive")
         self._check_emr()
         self._check_patients()
+        self._check_security()
         if self.audit_syslog and not re.fullmatch(r"(tcp|tls)://[^:/\s]+:\d{1,5}",
                                                   self.audit_syslog):
             raise SettingsError("EBIW_AUDIT_SYSLOG must be tcp://host:port or tls://host:port")
@@ -242,6 +260,48 @@ class Settings:
         except (ValueError, TypeError) as exc:
             raise SettingsError(f"EBIW_WRISTBAND_RULES must be a JSON list of rules ({exc})") \
                 from exc
+
+    @property
+    def secure_cookies(self) -> bool:
+        """Whether the app is served over HTTPS (``EBIW_PUBLIC_URL``) or in production: then
+        cookies are ``__Host-`` prefixed and ``Secure``; plain http (127.0.0.1) keeps them
+        unprefixed so local development works."""
+        return self.production or self.public_url.lower().startswith("https:")
+
+    @property
+    def oidc_enabled(self) -> bool:
+        """Whether OpenID Connect sign-in is configured (``EBIW_OIDC_ISSUER``)."""
+        return bool(self.oidc_issuer)
+
+    @property
+    def oidc_roles(self) -> dict[str, str]:
+        """``EBIW_OIDC_ROLE_MAP`` parsed: claim value -> ``role`` or ``role@department``."""
+        return json.loads(self.oidc_role_map) if self.oidc_role_map else {}
+
+    def _check_security(self) -> None:
+        """Lockout, rate limits and OpenID Connect settings are usable."""
+        if min(self.login_max_failures, self.rate_login_per_minute,
+               self.rate_identify_per_minute, self.rate_upload_per_minute,
+               self.proxy_hops) < 0 or self.login_lockout_minutes <= 0:
+            raise SettingsError("EBIW_LOGIN_*, EBIW_RATE_* and EBIW_PROXY_HOPS must not be "
+                                "negative (EBIW_LOGIN_LOCKOUT_MINUTES positive)")
+        if self.redis_url and not re.match(r"^rediss?://", self.redis_url):
+            raise SettingsError("EBIW_REDIS_URL must be a redis:// or rediss:// URL")
+        if not self.oidc_enabled:
+            return
+        if not self.oidc_client_id:
+            raise SettingsError("EBIW_OIDC_CLIENT_ID must be set with EBIW_OIDC_ISSUER")
+        if self.production and not self.oidc_issuer.lower().startswith("https://"):
+            raise SettingsError("EBIW_OIDC_ISSUER must be an https:// URL in production")
+        try:
+            roles = self.oidc_roles
+        except ValueError as exc:
+            raise SettingsError("EBIW_OIDC_ROLE_MAP must be a JSON object") from exc
+        if not roles or not isinstance(roles, dict) or not all(
+                isinstance(v, str) and v.split("@", 1)[0] in ("capture", "view", "admin")
+                for v in roles.values()):
+            raise SettingsError("EBIW_OIDC_ROLE_MAP must map claim values to capture, view or "
+                                "admin (optionally role@department)")
 
 
 def _flag(raw: str, name: str) -> bool:

@@ -323,3 +323,53 @@ class Delivery(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
+
+
+# --- Login lockout, rate-limit counters, OpenID Connect identities (issue 9) ---------------
+
+
+class LoginThrottle(Base):
+    """Failed logins of one username (known or not, so a lock tells nothing about existence).
+
+    ``failures`` counts failures in a row, forgotten once ``last_failure_at`` is older than the
+    lockout period; reaching the limit sets ``locked_until`` and starts the count again.
+    """
+
+    __tablename__ = "login_throttle"
+
+    username: Mapped[str] = mapped_column(String(128), primary_key=True)
+    failures: Mapped[int] = mapped_column(Integer, default=0)
+    last_failure_at: Mapped[datetime] = mapped_column(default=utcnow)
+    locked_until: Mapped[datetime | None]
+
+
+class RateCounter(Base):
+    """Requests of one client in one fixed window of one limit, shared by every worker.
+
+    ``key`` is a SHA-256 of (limit, client, window start): no address or username is stored.
+    """
+
+    __tablename__ = "rate_counter"
+
+    key: Mapped[str] = mapped_column(String(64), primary_key=True)
+    count: Mapped[int] = mapped_column(Integer, default=0)
+    expires_at: Mapped[datetime] = mapped_column(index=True)
+
+
+class ExternalIdentity(Base):
+    """The OpenID Connect subject (``issuer``, ``subject``) an account signs in as.
+
+    Such an account has no password; its role (and optional department) are taken from the
+    identity provider's claims at every sign-in.
+    """
+
+    __tablename__ = "external_identity"
+    __table_args__ = (UniqueConstraint("issuer", "subject"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(ForeignKey("app_user.id", ondelete="CASCADE"),
+                                         unique=True)
+    issuer: Mapped[str] = mapped_column(String(256))
+    subject: Mapped[str] = mapped_column(String(256))
+    department: Mapped[str | None] = mapped_column(String(64))
+    last_login_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -13,21 +13,17 @@ PNG, HEIC, TIFF, WebP) is decoded once and encoded once as baseline JPEG.
 from __future__ import annotations
 
 import io
-import os
 import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-DEFAULT_MAX_PIXELS = 80_000_000
-"""Largest image we accept: above a 48 MP phone sensor, far below what would exhaust memory."""
+import cv2
+import numpy as np
+from PIL import Image, ImageOps
 
-# OpenCV reads this on its first decode; set before cv2 is imported anywhere in the pipeline.
-os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(DEFAULT_MAX_PIXELS))
-
-import cv2  # noqa: E402
-import numpy as np  # noqa: E402
-from PIL import Image, ImageOps  # noqa: E402
+# app/pipeline/__init__.py has set OPENCV_IO_MAX_IMAGE_PIXELS before cv2 could load.
+from app.pipeline import DEFAULT_MAX_PIXELS
 
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 

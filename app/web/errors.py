@@ -1,10 +1,14 @@
-"""Uniform error bodies: JSON ``{"error": {"code", "message"}}``, never a stack trace or PHI."""
+"""Uniform error bodies, never a stack trace or PHI.
+
+JSON ``{"error": {"code", "message"}}`` for the API, DICOMweb, admin JSON and any client that
+prefers JSON; a plain page (no script, the same fixed message) for a browser on an HTML route.
+"""
 
 from __future__ import annotations
 
 import logging
 
-from flask import Flask, Response, jsonify
+from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
 from app.gateways.archive.local import ArchiveConflictError
@@ -18,13 +22,32 @@ _MESSAGES = {
     404: "not found",
     405: "method not allowed",
     413: "the upload is too large",
+    429: "too many requests: wait a moment and try again",
 }
+_JSON_PREFIXES = ("/api/", "/dicomweb", "/fhir", "/admin/api/")
+
+
+def wants_html() -> bool:
+    """Whether this request is a browser's on an HTML route (then errors are a plain page)."""
+    if request.path.startswith(_JSON_PREFIXES) or request.is_json:
+        return False
+    return request.accept_mimetypes.best_match(["application/json", "text/html"]) == "text/html"
 
 
 def error_response(status: int, code: str, message: str) -> tuple[Response, int]:
-    response = jsonify({"error": {"code": code, "message": message}})
+    """The error answer: JSON, or the plain error page for a browser (see :func:`wants_html`).
+
+    Guarantees: the body holds only ``code`` and ``message`` (fixed texts, no PHI) and is
+    never cached.
+    """
+    if wants_html():
+        response = Response(render_template("errors/error.html", status=status,
+                                            message=message), status=status)
+    else:
+        response = jsonify({"error": {"code": code, "message": message}})
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="ebiw"'
+    response.headers["Cache-Control"] = "no-store"
     return response, status
 
 

@@ -5,6 +5,12 @@ parameters travel inside each hash, so raising them later re-hashes at the next 
 session is a database row; the browser's cookie holds only a random id, of which the row keeps
 the SHA-256. A session ends after ``session_idle_minutes`` without a request, after
 ``session_lifetime_hours`` in all, or at logout, whichever comes first.
+
+After ``login_max_failures`` failed logins in a row a username is locked for
+``login_lockout_minutes``: every login is refused, right password or not, and unknown
+usernames lock alike, so a lock tells nothing about whether an account exists. Accounts signed
+in through OpenID Connect (:func:`external_login`) have no password; their role comes from the
+identity provider at every sign-in.
 """
 
 from __future__ import annotations
@@ -12,16 +18,19 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cache
+from typing import Any
 
 from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
-from sqlalchemy import delete, or_, select
+from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
 
-from app.db.models import User, WebSession
+from app.db.models import ExternalIdentity, LoginThrottle, User, WebSession
 from app.db.session import Database
 from app.settings import Settings
 from app.workflow.tokens import ROLES, Caller
@@ -36,7 +45,15 @@ _hasher = PasswordHasher(time_cost=2, memory_cost=19 * 1024, parallelism=1)
 
 
 class AccountError(ValueError):
-    """An account cannot be created as asked; the message says why (no secret in it)."""
+    """An account cannot be created or changed as asked; the message says why (no secret)."""
+
+
+class AccountLocked(Exception):
+    """Too many failed logins for this username: refused for ``retry_after`` more seconds."""
+
+    def __init__(self, retry_after: int) -> None:
+        super().__init__("too many failed logins")
+        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -69,14 +86,18 @@ def create_user(db: Database, username: str, password: str, role: str) -> None:
         raise AccountError("username must be 1 to 128 letters, digits or . _ @ -")
     if role not in ROLES:
         raise AccountError(f"role must be one of {', '.join(ROLES)}")
-    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
-        raise AccountError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
+    _check_password(password)
     try:
         with db.session() as session:
             session.add(User(username=username, password_hash=_hasher.hash(password),
                              role=role))
     except IntegrityError as exc:
         raise AccountError("this username is taken") from exc
+
+
+def _check_password(password: str) -> None:
+    if not MIN_PASSWORD_LENGTH <= len(password) <= MAX_PASSWORD_LENGTH:
+        raise AccountError(f"password must be at least {MIN_PASSWORD_LENGTH} characters")
 
 
 def _authenticate(db: Database, username: str, password: str) -> User | None:
@@ -101,10 +122,25 @@ def login(db: Database, settings: Settings, username: str,
     """Check the password and open a new web session: (cookie value, session), or None.
 
     Every login gets a fresh random id (no session fixation); expired sessions are pruned.
+    Raises :class:`AccountLocked` while the username is locked (the password is not even
+    checked then); a failure counts towards the lock, a success clears the count.
     """
+    if settings.login_max_failures and USERNAME.match(username):
+        _refuse_if_locked(db, username)
     user = _authenticate(db, username, password)
     if user is None:
+        if settings.login_max_failures and USERNAME.match(username):
+            _record_failure(db, settings, username)
         return None
+    if settings.login_max_failures:
+        with db.session() as session:
+            session.execute(delete(LoginThrottle).where(LoginThrottle.username == username))
+    return _open_session(db, settings, user, None)
+
+
+def _open_session(db: Database, settings: Settings, user: User,
+                  department: str | None) -> tuple[str, WebLogin]:
+    """A new web session for ``user``: (cookie value, session); expired sessions are pruned."""
     session_id = secrets.token_urlsafe(32)
     now = datetime.now(UTC)
     row = WebSession(id_hash=_digest(session_id), user_id=user.id,
@@ -114,8 +150,55 @@ def login(db: Database, settings: Settings, username: str,
             WebSession.created_at < now - timedelta(hours=settings.session_lifetime_hours),
             WebSession.last_seen_at < now - timedelta(minutes=settings.session_idle_minutes))))
         session.add(row)
-    return session_id, WebLogin(Caller(user.username, user.role), row.csrf_token,
+    return session_id, WebLogin(Caller(user.username, user.role, department), row.csrf_token,
                                 now + timedelta(hours=settings.session_lifetime_hours))
+
+
+def _refuse_if_locked(db: Database, username: str) -> None:
+    """Raise :class:`AccountLocked` while ``username`` is locked."""
+    with db.session() as session:
+        until = session.scalar(select(LoginThrottle.locked_until)
+                               .where(LoginThrottle.username == username))
+    if until is not None:
+        left = (_utc(until) - datetime.now(UTC)).total_seconds()
+        if left > 0:
+            raise AccountLocked(max(1, int(left) + 1))
+
+
+def _record_failure(db: Database, settings: Settings, username: str) -> None:
+    """Count a failed login; lock the username when the count reaches the limit.
+
+    Guarantees: concurrent failures in several workers are all counted (each is one atomic
+    UPDATE, or the INSERT of the first row); failures older than the lockout period are
+    forgotten.
+    """
+    now = datetime.now(UTC)
+    window = timedelta(minutes=settings.login_lockout_minutes)
+    row = LoginThrottle.__table__.c
+    for _attempt in range(3):
+        try:
+            with db.session() as session:
+                counted = session.execute(
+                    update(LoginThrottle).where(row.username == username,
+                                                row.last_failure_at >= now - window)
+                    .values(failures=row.failures + 1, last_failure_at=now)).rowcount
+                if not counted:
+                    counted = session.execute(
+                        update(LoginThrottle).where(row.username == username)
+                        .values(failures=1, last_failure_at=now)).rowcount
+                if not counted:
+                    session.execute(insert(LoginThrottle).values(
+                        username=username, failures=1, last_failure_at=now))
+                session.execute(
+                    update(LoginThrottle).where(row.username == username,
+                                                row.failures >= settings.login_max_failures)
+                    .values(failures=0, locked_until=now + window))
+                session.execute(delete(LoginThrottle).where(
+                    row.last_failure_at < now - window,
+                    or_(row.locked_until.is_(None), row.locked_until < now)))
+            return
+        except IntegrityError:  # another worker inserted the first row: count again
+            continue
 
 
 def resume(db: Database, settings: Settings, session_id: str) -> WebLogin | None:
@@ -137,10 +220,169 @@ def resume(db: Database, settings: Settings, session_id: str) -> WebLogin | None
             return None
         if now - _utc(row.last_seen_at) >= TOUCH_EVERY:
             row.last_seen_at = now
-        return WebLogin(Caller(row.user.username, row.user.role), row.csrf_token, expires)
+        department = session.scalar(select(ExternalIdentity.department)
+                                    .where(ExternalIdentity.user_id == row.user_id))
+        return WebLogin(Caller(row.user.username, row.user.role, department), row.csrf_token,
+                        expires)
 
 
 def logout(db: Database, session_id: str) -> None:
     """End the session the cookie names (nothing happens when there is none)."""
     with db.session() as session:
         session.execute(delete(WebSession).where(WebSession.id_hash == _digest(session_id)))
+
+
+# --- administration (``ebiw user ...``) --------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class UserInfo:
+    """What ``ebiw user list`` shows about an account (never a hash)."""
+
+    username: str
+    role: str
+    kind: str  # "local" (password) or "oidc"
+    created_at: datetime
+    disabled: bool
+    locked_until: datetime | None
+
+
+def _user(session: Session, username: str) -> User:
+    user = session.scalar(select(User).where(User.username == username))
+    if user is None:
+        raise AccountError("no such user")
+    return user
+
+
+def set_password(db: Database, username: str, password: str) -> None:
+    """Give a local account a new password.
+
+    Guarantees: the account's open sessions end and its lock is lifted; an OIDC account
+    (no password) or a bad password raises :class:`AccountError` and changes nothing.
+    """
+    _check_password(password)
+    hashed = _hasher.hash(password)
+    with db.session() as session:
+        user = _user(session, username)
+        if session.scalar(select(ExternalIdentity.id)
+                          .where(ExternalIdentity.user_id == user.id)) is not None:
+            raise AccountError("this account signs in through OpenID Connect (no password)")
+        user.password_hash = hashed
+        session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+        session.execute(delete(LoginThrottle).where(LoginThrottle.username == username))
+
+
+def set_disabled(db: Database, username: str, disabled: bool) -> None:
+    """Disable (ending every open session at once) or enable an account."""
+    with db.session() as session:
+        user = _user(session, username)
+        if disabled:
+            user.disabled_at = user.disabled_at or datetime.now(UTC)
+            session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+        else:
+            user.disabled_at = None
+
+
+def unlock(db: Database, username: str) -> bool:
+    """Lift a lockout and forget failed logins; whether there was anything to forget."""
+    with db.session() as session:
+        return bool(session.execute(delete(LoginThrottle)
+                                    .where(LoginThrottle.username == username)).rowcount)
+
+
+def list_users(db: Database) -> list[UserInfo]:
+    """Every account by name, with its kind, state and lockout."""
+    now = datetime.now(UTC)
+    with db.session() as session:
+        external = set(session.scalars(select(ExternalIdentity.user_id)))
+        locks = {t.username: _utc(t.locked_until) for t in session.scalars(
+            select(LoginThrottle).where(LoginThrottle.locked_until.is_not(None)))
+            if _utc(t.locked_until) > now}
+        return [UserInfo(u.username, u.role, "oidc" if u.id in external else "local",
+                         u.created_at, u.disabled_at is not None, locks.get(u.username))
+                for u in session.scalars(select(User).order_by(User.username))]
+
+
+# --- OpenID Connect ---------------------------------------------------------------------------
+
+
+def external_login(db: Database, settings: Settings, *, issuer: str, subject: str,
+                   username: str, role: str,
+                   department: str | None) -> tuple[str, WebLogin]:
+    """Open a web session for an identity provider's user (already authenticated there).
+
+    The account is created at the first sign-in and its role and department follow the
+    provider's claims at every sign-in. Raises :class:`AccountError` when the username is
+    taken by a local account or another subject, or the account is disabled here.
+    """
+    if not USERNAME.match(username) or role not in ROLES or not subject:
+        raise AccountError("the identity provider sent no usable username, subject or role")
+    now = datetime.now(UTC)
+    try:
+        with db.session() as session:
+            identity = session.scalar(select(ExternalIdentity).where(
+                ExternalIdentity.issuer == issuer, ExternalIdentity.subject == subject))
+            if identity is None:
+                if session.scalar(select(User.id).where(User.username == username)):
+                    raise AccountError("this username belongs to another account")
+                user = User(username=username, password_hash="", role=role)
+                session.add(user)
+                session.flush()
+                identity = ExternalIdentity(user_id=user.id, issuer=issuer, subject=subject)
+                session.add(identity)
+            else:
+                user = session.get(User, identity.user_id)
+                if user is None:  # pragma: no cover - the foreign key cascades
+                    raise AccountError("the account of this identity is gone")
+                if user.username != username and session.scalar(
+                        select(User.id).where(User.username == username)):
+                    raise AccountError("this username belongs to another account")
+                user.username = username
+            if user.disabled_at is not None:
+                raise AccountError("this account is disabled")
+            user.role = role
+            identity.department = department
+            identity.last_login_at = now
+    except IntegrityError as exc:  # a concurrent first sign-in of the same subject
+        raise AccountError("sign-in raced another; try again") from exc
+    return _open_session(db, settings, user, department)
+
+
+_ROLE_PRECEDENCE = ("admin", "capture", "view")
+
+
+def _claim(claims: Mapping[str, Any], path: str) -> Any:
+    """The value at a dotted ``path`` in the claims (``realm_access.roles``), or None."""
+    value: Any = claims
+    for part in path.split("."):
+        if not isinstance(value, Mapping):
+            return None
+        value = value.get(part)
+    return value
+
+
+def identity_from_claims(settings: Settings,
+                         claims: Mapping[str, Any]) -> tuple[str, str, str | None]:
+    """(username, role, department) from validated ID-token claims, by the configured mapping.
+
+    The role is the most privileged one any value of ``EBIW_OIDC_ROLE_CLAIM`` maps to (admin,
+    then capture, then view); a mapped ``role@department`` limits the account to that
+    department, else ``EBIW_OIDC_DEPARTMENT_CLAIM`` may name it. Raises :class:`AccountError`
+    when no value maps to a role or the username claim is missing.
+    """
+    username = _claim(claims, settings.oidc_username_claim)
+    if not isinstance(username, str) or not USERNAME.match(username):
+        raise AccountError("the identity provider sent no usable username")
+    values = _claim(claims, settings.oidc_role_claim)
+    if isinstance(values, str):
+        values = [values]
+    mapping = settings.oidc_roles
+    granted = [mapping[v] for v in values or () if isinstance(v, str) and v in mapping]
+    if not granted:
+        raise AccountError("your account has no role in this app")
+    best = min(granted, key=lambda r: _ROLE_PRECEDENCE.index(r.split("@", 1)[0]))
+    role, _, department = best.partition("@")
+    if not department and settings.oidc_department_claim:
+        claimed = _claim(claims, settings.oidc_department_claim)
+        department = claimed if isinstance(claimed, str) else ""
+    return username, role, department[:64] or None

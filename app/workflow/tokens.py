@@ -1,12 +1,17 @@
-"""API bearer tokens for devices and integrations: random, shown once, stored as SHA-256."""
+"""API bearer tokens for devices and integrations: random, shown once, stored as SHA-256.
+
+Tokens are listed by number (never their value) and revoked by number or by user; a revoked
+token is refused from the next request on.
+"""
 
 from __future__ import annotations
 
 import hashlib
 import secrets
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from app.db.models import ApiToken
 from app.db.session import Database
@@ -21,6 +26,7 @@ class Caller:
 
     user: str
     role: str
+    department: str | None = None  # set for accounts limited to one department (OIDC)
 
     def may(self, *roles: str) -> bool:
         """Admins may do everything; others only what their role names."""
@@ -52,3 +58,34 @@ def verify_token(db: Database, token: str) -> Caller | None:
         if row is None or row.revoked_at is not None:
             return None
         return Caller(row.user, row.role)
+
+
+@dataclass(frozen=True)
+class TokenInfo:
+    """What may be shown about a token: never its value or hash."""
+
+    id: int
+    user: str
+    role: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+def list_tokens(db: Database) -> list[TokenInfo]:
+    """Every token ever created, oldest first (revoked ones included, marked)."""
+    with db.session() as session:
+        return [TokenInfo(r.id, r.user, r.role, r.created_at, r.revoked_at)
+                for r in session.scalars(select(ApiToken).order_by(ApiToken.id))]
+
+
+def revoke_tokens(db: Database, *, token_id: int | None = None,
+                  user: str | None = None) -> int:
+    """Revoke the token numbered ``token_id`` or every token of ``user``; return how many
+    were live. Guarantees: from the next request on, a revoked token authenticates nobody."""
+    if (token_id is None) == (user is None):
+        raise ValueError("give a token number or a user")
+    where = ApiToken.id == token_id if token_id is not None else ApiToken.user == user
+    with db.session() as session:
+        result = session.execute(update(ApiToken).where(where, ApiToken.revoked_at.is_(None))
+                                 .values(revoked_at=datetime.now(UTC)))
+        return result.rowcount or 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -14,6 +15,8 @@ from app.db.models import CaptureSession, Photo
 from app.pipeline.dicom.codes import body_site, body_sites
 from app.web import services
 from app.web.auth import current_login, login_json, require
+from app.web.errors import error_response
+from app.web.limits import rate_limited
 from app.workflow import audit
 from app.workflow.delivery import EMR, DeliveryState, study_deliveries
 from app.workflow.intake import SessionRequest
@@ -88,6 +91,12 @@ def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, A
 def open_session() -> tuple[Response, int]:
     svc = services()
     req = SessionRequest.from_json(request.get_json(silent=True), svc.settings.default_issuer)
+    department = g.caller.department
+    if department is not None:  # an account limited to one department (OIDC) captures there
+        if req.department not in (None, department):
+            return error_response(403, "department", "your account may capture only for "
+                                                     "its own department")
+        req = replace(req, department=department)
     session, created = svc.intake.open_session(req, g.caller.user)
     _audit_session(session)
     return jsonify(session_json(session, photos=False)), 201 if created else 200
@@ -103,6 +112,7 @@ def get_session(session_id: str) -> Response:
 
 @bp.put("/sessions/<session_id>/photos/<upload_uuid>")
 @require("capture")
+@rate_limited("upload")
 def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
     data = request.get_data(cache=False)
     photo, created = services().intake.accept_photo(session_id, upload_uuid, data)

@@ -5,6 +5,11 @@ it has no Authorization header, by the session cookie of the capture app. A cook
 request that changes something must also carry the session's CSRF token in ``X-CSRF-Token``
 (the app gets it from the login answer or ``GET /api/v1/me``), so another site's form or script
 cannot upload in the user's name even where SameSite is not honoured.
+
+The cookie is ``__Host-ebiw_session`` (``Secure``, ``HttpOnly``, ``SameSite=Strict``, ``Path=/``,
+no ``Domain``) when the app is served over HTTPS or in production, and plain ``ebiw_session``
+over http (local development on 127.0.0.1, where browsers would drop a ``Secure`` cookie).
+Logins are rate-limited per client address and locked per username after repeated failures.
 """
 
 from __future__ import annotations
@@ -19,23 +24,39 @@ from flask import Blueprint, Response, abort, g, jsonify, redirect, render_templ
 
 from app.web import services
 from app.web.errors import error_response
+from app.web.limits import rate_limited
 from app.workflow import accounts
-from app.workflow.accounts import WebLogin
+from app.workflow.accounts import AccountLocked, WebLogin
 from app.workflow.tokens import Caller, verify_token
 
 F = TypeVar("F", bound=Callable[..., object])
 
 SESSION_COOKIE = "ebiw_session"
+SECURE_SESSION_COOKIE = "__Host-ebiw_session"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 bp = Blueprint("auth", __name__)
 
 
+def session_cookie() -> str:
+    """The session cookie's name: ``__Host-`` prefixed when served over HTTPS."""
+    return SECURE_SESSION_COOKIE if services().settings.secure_cookies else SESSION_COOKIE
+
+
+def set_session_cookie(response: Response, session_id: str) -> None:
+    """Put a new session id in the cookie: HttpOnly, SameSite=Strict, Secure over HTTPS."""
+    settings = services().settings
+    response.set_cookie(session_cookie(), session_id,
+                        max_age=settings.session_lifetime_hours * 3600, path="/",
+                        httponly=True, samesite="Strict",
+                        secure=request.is_secure or settings.secure_cookies)
+
+
 def current_login() -> WebLogin | None:
     """The live web session named by this request's cookie, or None (looked up once)."""
     if "web_login" not in g:
-        cookie = request.cookies.get(SESSION_COOKIE, "")
+        cookie = request.cookies.get(session_cookie(), "")
         g.web_login = accounts.resume(services().db, services().settings, cookie) \
             if cookie else None
     return g.web_login
@@ -57,7 +78,7 @@ def current_caller() -> Caller | None:
     return verify_token(services().db, token.strip())
 
 
-def _csrf_ok() -> bool:
+def csrf_ok() -> bool:
     """Whether a cookie-authenticated request that changes state carries the CSRF token."""
     if request.method in SAFE_METHODS or "Authorization" in request.headers:
         return True
@@ -75,7 +96,7 @@ def require(*roles: str) -> Callable[[F], F]:
             caller = current_caller()
             if caller is None:
                 abort(401)
-            if not _csrf_ok():
+            if not csrf_ok():
                 return error_response(403, "csrf", f"the {CSRF_HEADER} header is missing "
                                                    "or wrong")
             if not caller.may(*roles):
@@ -88,12 +109,16 @@ def require(*roles: str) -> Callable[[F], F]:
     return decorate
 
 
-def _same_origin() -> bool:
-    """No Origin header (same-origin navigation, curl) or one naming this host."""
+def same_origin() -> bool:
+    """No Origin header (same-origin navigation, curl) or one naming this host, and no
+    ``Sec-Fetch-Site`` saying another site sent the request."""
+    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+        return False
     origin = request.headers.get("Origin")
     if origin is None:
         return True
-    return urlsplit(origin).netloc == request.host
+    own = {request.host, urlsplit(services().settings.public_url).netloc}
+    return urlsplit(origin).netloc in own
 
 
 def _wants_json() -> bool:
@@ -115,13 +140,19 @@ def _no_store(response: Response) -> Response:
 @bp.get("/login")
 def login_form() -> Response:
     """The plain login form (the capture app has its own login screen at ``/``)."""
-    return _no_store(Response(render_template("auth/login.html", failed=False)))
+    return _no_store(Response(render_template("auth/login.html", failed=False,
+                                              oidc=services().settings.oidc_enabled)))
 
 
 @bp.post("/login")
+@rate_limited("login")
 def login() -> Response | tuple[Response, int]:
-    """Log in with JSON ``{"username", "password"}`` or a form; set a fresh session cookie."""
-    if not _same_origin():
+    """Log in with JSON ``{"username", "password"}`` or a form; set a fresh session cookie.
+
+    Refused: from another site (403), over the rate limit (429), for a locked username (401
+    ``account_locked`` with ``Retry-After``, alike for unknown names), wrong credentials (401).
+    """
+    if not same_origin():
         return error_response(403, "cross_origin", "log in from this site's own page")
     if request.is_json:
         body = request.get_json(silent=True)
@@ -130,32 +161,38 @@ def login() -> Response | tuple[Response, int]:
     else:
         username, password = request.form.get("username"), request.form.get("password")
     settings = services().settings
-    result = accounts.login(services().db, settings, username, password) \
-        if isinstance(username, str) and isinstance(password, str) else None
+    try:
+        result = accounts.login(services().db, settings, username, password) \
+            if isinstance(username, str) and isinstance(password, str) else None
+    except AccountLocked as exc:
+        minutes = -(-exc.retry_after // 60)
+        response, status = error_response(
+            401, "account_locked", f"too many failed logins: try again in {minutes} minutes "
+                                   "or ask an administrator to unlock the account")
+        response.headers["Retry-After"] = str(exc.retry_after)
+        return response, status
     if result is None:
         if _wants_json():
             return error_response(401, "login_failed", "wrong username or password")
-        return _no_store(Response(render_template("auth/login.html", failed=True),
-                                  status=401))
+        return _no_store(Response(render_template("auth/login.html", failed=True,
+                                                  oidc=settings.oidc_enabled), status=401))
     session_id, web_login = result
     response = jsonify(login_json(web_login)) if _wants_json() else redirect("/", 303)
-    response.set_cookie(SESSION_COOKIE, session_id,
-                        max_age=settings.session_lifetime_hours * 3600, path="/",
-                        httponly=True, samesite="Strict",
-                        secure=request.is_secure or settings.public_url.startswith("https:"))
+    set_session_cookie(response, session_id)
     return _no_store(response)
 
 
 @bp.post("/logout")
 def logout() -> Response | tuple[Response, int]:
     """End the session server-side and clear the cookie (needs the CSRF token)."""
-    cookie = request.cookies.get(SESSION_COOKIE, "")
+    cookie = request.cookies.get(session_cookie(), "")
     if current_login() is not None:
-        if not _csrf_ok():
+        if not csrf_ok():
             return error_response(403, "csrf", f"the {CSRF_HEADER} header is missing or wrong")
         accounts.logout(services().db, cookie)
     response = Response(status=204) if _wants_json() or CSRF_HEADER in request.headers \
         else redirect("/login", 303)
-    response.delete_cookie(SESSION_COOKIE, path="/", httponly=True, samesite="Strict")
+    response.delete_cookie(session_cookie(), path="/", httponly=True, samesite="Strict",
+                           secure=request.is_secure or services().settings.secure_cookies)
     return _no_store(response)
 

@@ -12,6 +12,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from app.gateways.patients import PatientRecord
 from app.web.auth import require
+from app.web.limits import rate_limited
 from app.workflow import audit
 from app.workflow.identification import Identifier, IdentifyResult, Match, build_identifier
 from app.workflow.intake import InvalidRequest
@@ -33,8 +34,12 @@ def _identifier() -> Identifier:
 
 @bp.post("/identify")
 @require("capture")
+@rate_limited("identify")
 def identify() -> tuple[Response, int]:
-    """A wristband photo (raw body or multipart field ``photo``) or JSON ``{"barcode"}``."""
+    """A wristband photo (raw body or multipart field ``photo``) or JSON ``{"barcode"}``.
+
+    A multipart body carries exactly one file (more are refused before any is decoded).
+    """
     if request.is_json:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
@@ -43,6 +48,8 @@ def identify() -> tuple[Response, int]:
                                             method=body.get("method") or "typed",
                                             symbology=body.get("symbology"))
     elif request.mimetype == "multipart/form-data":
+        if len(list(request.files.items(multi=True))) > 1:
+            raise InvalidRequest("send one photo per request")
         upload = request.files.get("photo") or next(iter(request.files.values()), None)
         if upload is None:
             raise InvalidRequest("the multipart body needs a file field named photo")
@@ -54,6 +61,7 @@ def identify() -> tuple[Response, int]:
 
 @bp.post("/patients/search")
 @require("capture")
+@rate_limited("identify")
 def search() -> tuple[Response, int]:
     """Manual entry: JSON ``{"mrn", "issuer"?}`` looked up in the patient directories."""
     body = request.get_json(silent=True)

@@ -1,0 +1,109 @@
+"""Web hardening applied to every request and every response (``init_app``).
+
+Requests, before any view:
+
+- bodies that are not uploads (JSON, forms, text) are capped at ``MAX_SMALL_BODY`` bytes;
+  multipart forms at ``MAX_FORM_PARTS`` parts and ``MAX_FORM_MEMORY`` bytes of non-file fields
+  (uploads themselves at ``EBIW_MAX_UPLOAD_BYTES``);
+- CORS is refused: a preflight (``OPTIONS`` with ``Access-Control-Request-Method``) gets 403
+  without any ``Access-Control-Allow-*`` header, and a state-changing request whose ``Origin``
+  names another site gets 403;
+- a state-changing request authenticated by the session cookie must carry the session's CSRF
+  token (``X-CSRF-Token`` header or ``csrf_token`` form field) whatever the route; bearer-token
+  requests are exempt (no ambient credential), and so is ``POST /login``, which checks the
+  origin instead.
+
+Responses (errors, static files and the service worker included):
+
+- ``Content-Security-Policy`` (:data:`CONTENT_SECURITY_POLICY`: scripts, styles, images,
+  connections only from this origin, no inline script, ``frame-ancestors 'none'``) unless the
+  view set a stricter one, to which ``frame-ancestors 'none'`` is added if missing;
+- ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
+  no-referrer``, ``Cross-Origin-Opener-Policy`` and ``-Resource-Policy: same-origin``,
+  ``Permissions-Policy`` (camera for this origin only);
+- ``Strict-Transport-Security`` when served over HTTPS (or ``EBIW_PUBLIC_URL`` is https);
+- ``Cache-Control: no-store`` on every error and on any answer whose view did not choose a
+  policy (static files keep Werkzeug's ``no-cache``, thumbnails their ``private, max-age``);
+- never an ``Access-Control-*`` header.
+"""
+
+from __future__ import annotations
+
+from flask import Flask, Response, request
+from werkzeug.middleware.proxy_fix import ProxyFix
+
+from app.web import services
+from app.web.auth import CSRF_HEADER, csrf_ok, current_login, same_origin
+from app.web.errors import error_response
+from app.web.limits import EXTENSION as RATE_LIMIT_EXTENSION
+from app.workflow.ratelimit import build_rate_limiter
+
+CONTENT_SECURITY_POLICY = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; manifest-src 'self'; worker-src 'self'; media-src 'self' blob:; "
+    "font-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+PERMISSIONS_POLICY = "camera=(self), microphone=(), geolocation=(), payment=(), usb=()"
+HSTS = "max-age=63072000; includeSubDomains"
+MAX_SMALL_BODY = 1024 * 1024
+"""JSON, form and text bodies (session requests, barcodes, logins, FHIR searches)."""
+MAX_FORM_PARTS = 16
+MAX_FORM_MEMORY = 512 * 1024
+"""Bytes of the non-file fields of a multipart form (werkzeug reads in 64 KiB chunks)."""
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+CSRF_EXEMPT = frozenset({"auth.login"})
+"""Endpoints that check the request's origin instead of a CSRF token (no session yet)."""
+_SMALL_TYPES = frozenset({"application/json", "application/fhir+json",
+                          "application/x-www-form-urlencoded"})
+
+
+def init_app(app: Flask) -> None:
+    """Install the request guard, the response headers, body limits and the rate limiter."""
+    svc = app.extensions["ebiw"]
+    app.config.update(MAX_FORM_PARTS=MAX_FORM_PARTS, MAX_FORM_MEMORY_SIZE=MAX_FORM_MEMORY)
+    if svc.settings.proxy_hops:
+        app.wsgi_app = ProxyFix(app.wsgi_app,  # type: ignore[method-assign]
+                                x_for=svc.settings.proxy_hops)
+    app.extensions[RATE_LIMIT_EXTENSION] = build_rate_limiter(svc.settings, svc.db)
+    app.before_request(guard)
+    app.after_request(harden)
+
+
+def guard() -> tuple[Response, int] | None:
+    """Refuse CORS preflights, cross-site writes and cookie writes without the CSRF token;
+    cap the size of non-upload bodies. None lets the request through."""
+    if request.mimetype in _SMALL_TYPES or request.mimetype.startswith("text/"):
+        request.max_content_length = min(MAX_SMALL_BODY,
+                                         services().settings.max_upload_bytes)
+    if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
+        return error_response(403, "cors_refused", "cross-origin requests are not allowed")
+    if request.method in SAFE_METHODS:
+        return None
+    if not same_origin():
+        return error_response(403, "cross_origin", "requests from other sites are not allowed")
+    if (request.endpoint not in CSRF_EXEMPT and "Authorization" not in request.headers
+            and current_login() is not None and not csrf_ok()):
+        return error_response(403, "csrf", f"the {CSRF_HEADER} header is missing or wrong")
+    return None
+
+
+def harden(response: Response) -> Response:
+    """Add the security headers and the cache policy to ``response`` (see the module doc)."""
+    headers = response.headers
+    csp = headers.get("Content-Security-Policy")
+    if csp is None:
+        headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
+    elif "frame-ancestors" not in csp:
+        headers["Content-Security-Policy"] = f"{csp.rstrip('; ')}; frame-ancestors 'none'"
+    headers["X-Frame-Options"] = "DENY"
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    headers["Permissions-Policy"] = PERMISSIONS_POLICY
+    if request.is_secure or services().settings.secure_cookies:
+        headers["Strict-Transport-Security"] = HSTS
+    if response.status_code >= 400 or "Cache-Control" not in headers:
+        headers["Cache-Control"] = "no-store"
+    for name in {k for k, _ in headers.items() if k.lower().startswith("access-control-")}:
+        del headers[name]
+    return response
