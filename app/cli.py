@@ -174,6 +174,8 @@ def token_revoke(token_id: int | None, user: str | None) -> None:
     count = revoke_tokens(services.db, token_id=token_id, user=user)
     if count == 0:
         raise click.ClickException("no live token matched")
+    _audit_admin("token.revoke", *([f"user:{user}"] if user else [f"token:{token_id}"]),
+                 detail={"revoked": count})
     click.echo(f"revoked {count} token(s)")
 
 
@@ -216,6 +218,7 @@ def user_password(username: str) -> None:
         accounts.set_password(services.db, username, password)
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
+    _audit_admin("user.password", f"user:{username}")
     click.echo(f"password of {username} changed")
 
 
@@ -240,6 +243,7 @@ def _set_disabled(username: str, disabled: bool) -> None:
         accounts.set_disabled(services.db, username, disabled)
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
+    _audit_admin("user.disable" if disabled else "user.enable", f"user:{username}")
     click.echo(f"user {username} {'disabled' if disabled else 'enabled'}")
 
 
@@ -250,6 +254,7 @@ def user_unlock(username: str) -> None:
     services = _services()
     services.db.create_schema()
     found = accounts.unlock(services.db, username)
+    _audit_admin("user.unlock", f"user:{username}", detail={"was_locked": found})
     click.echo(f"user {username} {'unlocked' if found else 'was not locked'}")
 
 

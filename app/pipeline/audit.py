@@ -133,6 +133,8 @@ _AUDIT_LOG = EventCode(("110101", "Audit Log Used"), "R")
 CATALOGUE: dict[str, EventCode] = {
     "user.login": _LOGIN,
     "user.logout": _LOGOUT,
+    "user.launch": _LOGIN,  # a session opened by a launch from the EMR (SMART)
+    "launch.context": _RECORD_READ,
     "patient.identify": _QUERY,
     "patient.search": _QUERY,
     "session.open": _RECORD_CREATE,
@@ -148,6 +150,9 @@ CATALOGUE: dict[str, EventCode] = {
     "token.revoke": _SECURITY_ATTRIBUTES,
     "user.create": _SECURITY_ATTRIBUTES,
     "user.disable": _SECURITY_ATTRIBUTES,
+    "user.enable": _SECURITY_ATTRIBUTES,
+    "user.password": _SECURITY_ATTRIBUTES,
+    "user.unlock": _SECURITY_ATTRIBUTES,
     "audit.read": _AUDIT_LOG,
     "audit.verify": _AUDIT_LOG,
 }

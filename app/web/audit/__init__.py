@@ -2,9 +2,10 @@
 
 ``init_app`` installs an app-wide ``after_request`` hook that records every request of the
 audited endpoints (refusals included) with who (user, role), what (action, entities the view
-named in ``g.audit_entities``, extra facts in ``g.audit_detail``), where (client address, this
-node) and the outcome. If the record cannot be written, the answer is withheld (503): no audit,
-no PHI. Endpoints not listed here serve no PHI (health, the app shell, the viewer page shell).
+named in ``g.audit_entities``, extra facts in ``g.audit_detail``; a view may also set
+``g.audit_action`` and ``g.audit_actor``), where (client address, this node) and the outcome.
+If the record cannot be written, the answer is withheld (503): no audit, no PHI. Endpoints not
+listed here serve no PHI (health, the app shell, the viewer page shell).
 
 Admin views (admin role): ``GET /admin/audit`` (HTML), ``GET /admin/api/audit`` (JSON),
 ``GET /admin/api/audit/fhir`` (FHIR R4 AuditEvent Bundle) with the same filters — ``actor``,
@@ -36,6 +37,7 @@ bp = Blueprint("audit", __name__, url_prefix="/admin")
 ACTIONS = {
     "auth.login": "user.login",
     "auth.logout": "user.logout",
+    "oidc.callback": "user.login",
     "patients.identify": "patient.identify",
     "patients.search": "patient.search",
     "api.open_session": "session.open",
@@ -81,7 +83,10 @@ def _action() -> str | None:
 
 
 def _actor() -> tuple[str, str | None]:
-    """(user, role) of the request; for a login, the name it tried."""
+    """(user, role) of the request: ``g.audit_actor`` when the view set it (a sign-in that
+    does not go through ``auth.login``), for a login the name it tried, else the caller."""
+    if "audit_actor" in g:
+        return g.audit_actor
     if request.endpoint == "auth.login":
         body = request.get_json(silent=True) if request.is_json else request.form.to_dict()
         name = body.get("username") if isinstance(body, dict) else None

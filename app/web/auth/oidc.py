@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 
 from authlib.integrations.flask_client import OAuth
-from flask import Blueprint, Flask, Response, current_app, redirect, session
+from flask import Blueprint, Flask, Response, current_app, g, redirect, session
 
 from app.web import services
 from app.web.auth import set_session_cookie
@@ -86,6 +86,7 @@ def callback() -> Response | tuple[Response, int]:
         session_id, _login = accounts.external_login(
             services().db, services().settings, issuer=str(claims["iss"]),
             subject=str(claims["sub"]), username=username, role=role, department=department)
+        g.audit_actor = (username, role)  # who signed in, for the audit record (user.login)
     except AccountError as exc:
         session.clear()
         return error_response(403, "oidc_refused", str(exc))
