@@ -7,6 +7,7 @@ import getpass
 import json
 import logging
 import os
+import re
 import shutil
 import signal
 import sys
@@ -38,9 +39,14 @@ from app.settings import Settings
 from app.web import Services
 from app.workflow import accounts, audit, delivery
 from app.workflow.accounts import AccountError, create_user
+from app.workflow.batch import Batches, import_files, write_report
 from app.workflow.deid_export import ExportError, export_deidentified
 from app.workflow.demo import seed_demo_patients
-from app.workflow.identification import import_patient_file, read_wristband
+from app.workflow.identification import (
+    build_identifier,
+    import_patient_file,
+    read_wristband,
+)
 from app.workflow.intake import IntakeError
 from app.workflow.tokens import ROLES, create_token, list_tokens, revoke_tokens
 
@@ -382,6 +388,73 @@ def patients_import(files: tuple[str, ...], issuer: str | None) -> None:
             continue
         _emit({"file": name, **dataclasses.asdict(counts)})
     sys.exit(1 if failed else 0)
+
+
+def _natural(path: Path) -> list[object]:
+    """Sort key: names compared with their digit runs as numbers (IMG_9 before IMG_10)."""
+    return [int(part) if part.isdigit() else part.lower()
+            for part in re.split(r"(\d+)", path.as_posix())]
+
+
+def _import_inputs(paths: tuple[str, ...]) -> list[Path]:
+    """Files as given, folders walked (hidden entries skipped), each folder in name order."""
+    files: list[Path] = []
+    for name in paths:
+        path = Path(name)
+        if path.is_dir():
+            files += sorted((p for p in path.rglob("*") if p.is_file() and not any(
+                part.startswith(".") for part in p.relative_to(path).parts)), key=_natural)
+        else:
+            files.append(path)
+    return files
+
+
+@cli.command("import")
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--patient-id", help="Every photo is this patient's (no barcode sorting).")
+@click.option("--issuer", help="Issuer of Patient ID of --patient-id.")
+@click.option("--department", help="Institutional Department Name of the studies.")
+@click.option("--report", "report_file", type=click.Path(dir_okay=False),
+              help="Write a JSON report of every file here.")
+def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str | None,
+                   department: str | None, report_file: str | None) -> None:
+    """Import photos (files, or folders) as one batch, like the batch page does.
+
+    Without --patient-id, photos are sorted by their label frames (slip sheets, wristbands)
+    in capture order; a group whose label the patient directory resolves to exactly one
+    patient is stored as one study, the others are reported unsorted. Running again on the
+    same files stores nothing twice and finishes an interrupted import. Standard output: one
+    JSON line per file (status, patient by MRN, SOP Instance UIDs, or why not); standard
+    error: one line per file as it is held.
+    """
+    if (patient_id is None) != (issuer is None):
+        raise click.UsageError("give --patient-id and --issuer together")
+    services = _services()
+    services.db.create_schema()
+    identifier = build_identifier(services.settings, services.db)
+    batches = Batches(services.db, services.settings, services.intake,
+                      identifier.directories, identifier.rules)
+    try:
+        report = import_files(
+            batches, _import_inputs(paths), user=_cli_actor(),
+            patient=(patient_id, issuer) if patient_id and issuer else None,
+            department=department,
+            progress=lambda record: click.echo(json.dumps(record, ensure_ascii=False), err=True))
+    except IntakeError as exc:
+        raise click.ClickException(exc.message) from exc
+    stored = [f for f in report.files if f["status"] == "stored" and f.get("new")]
+    patients = {(f["patient"]["mrn"], f["patient"]["issuer"]) for f in stored}
+    studies = {f["study_instance_uid"] for f in stored}
+    audit.append(services.db, _cli_actor(), "batch.import", f"batch:{report.batch_id}",
+                 *(audit.patient_ref(mrn, iss) for mrn, iss in sorted(patients)),
+                 *(audit.study_ref(uid) for uid in sorted(studies)),
+                 outcome=audit.SUCCESS if report.ok else audit.FAILED,
+                 detail=report.as_json()["counts"], node=services.settings.node)
+    for record in report.files:
+        _emit(record)
+    if report_file:
+        write_report(report, Path(report_file))
+    sys.exit(0 if report.ok else 1)
 
 
 @cli.command("read-wristband", with_appcontext=False)

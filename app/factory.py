@@ -19,6 +19,7 @@ from app.web.api import bp as api_bp
 from app.web.audit import init_app as init_audit
 from app.web.auth import bp as auth_bp
 from app.web.auth.oidc import init_app as init_oidc
+from app.web.batch import init_app as init_batch
 from app.web.dicomweb import bp as dicomweb_bp
 from app.web.errors import register_error_handlers
 from app.web.exports import bp as exports_bp
@@ -56,6 +57,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(api_bp)
     app.register_blueprint(admin_bp)
     init_patients(app)
+    init_batch(app)
     app.register_blueprint(auth_bp)
     init_oidc(app)
     app.register_blueprint(pwa_bp)

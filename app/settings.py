@@ -44,6 +44,9 @@ class Settings:
     color_normalization: bool = True  # normalize colour from a chart in the frame
     color_max_loo_delta_e: float = 6.0  # above: the correction is unreliable and not stored
     destinations_file: Path | None = None  # PACS destinations and routing (JSON or TOML)
+    # Batch import (app/workflow/batch.py; README "Batch import")
+    batch_label_photos: str = "keep"  # keep: label frames stored in their own series; drop
+    batch_label_min_area: float = 0.02  # barcode area / frame area from which a frame is a label
     delivery_thread: bool = False  # a delivery worker thread in each web process
     # Web login sessions (app/workflow/accounts.py): idle timeout and absolute lifetime
     session_idle_minutes: int = 15
@@ -190,6 +193,10 @@ class Settings:
                                 "must be positive")
         self._check_emr()
         self._check_patients()
+        if self.batch_label_photos not in ("keep", "drop") or \
+                not 0.0 < self.batch_label_min_area <= 1.0:
+            raise SettingsError("EBIW_BATCH_LABEL_PHOTOS must be keep or drop and "
+                                "EBIW_BATCH_LABEL_MIN_AREA a fraction in (0, 1]")
         self._check_security()
         if self.audit_syslog and not re.fullmatch(r"(tcp|tls)://[^:/\s]+:\d{1,5}",
                                                   self.audit_syslog):

@@ -152,6 +152,87 @@ class Instance(Base):
     stored_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+# --- Batch import: photos held in staging until their patient group is confirmed -----------
+# (app/workflow/batch.py; README "Batch import")
+
+
+class Batch(Base):
+    """A batch of photos uploaded together (a clinic's day, a migrated folder).
+
+    Photos are held under ``<data dir>/batches/<id>/`` until their group is confirmed; nothing
+    of a batch reaches the archive, the outbox or the EMR before. ``patient_id``/``issuer``
+    set: every photo is for that patient (no barcode sorting).
+    """
+
+    __tablename__ = "batch"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    created_by: Mapped[str] = mapped_column(String(128))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    department: Mapped[str | None] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    issuer: Mapped[str | None] = mapped_column(String(64))
+    status: Mapped[str] = mapped_column(String(16), default="open")  # open, discarded
+
+
+class BatchGroup(Base):
+    """The photos of one patient in a batch: from a label's identifier or entered by hand.
+
+    ``mrn``/``issuer`` are what the label (or the user) gave (``issuer`` "" when none);
+    ``lookup`` caches the patient directory's answer (``{"status", "patients", ...}``), None
+    until looked up. ``session_id`` is the capture session (one study) made at confirmation.
+    """
+
+    __tablename__ = "batch_group"
+    __table_args__ = (UniqueConstraint("batch_id", "mrn", "issuer"),)
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batch.id"), index=True)
+    mrn: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(64), default="")
+    encounter: Mapped[str | None] = mapped_column(String(64))
+    source: Mapped[str] = mapped_column(String(8))  # label, manual
+    lookup: Mapped[dict | None] = mapped_column(JSON)
+    session_id: Mapped[str | None] = mapped_column(ForeignKey("capture_session.id"))
+    confirmed_by: Mapped[str | None] = mapped_column(String(128))
+    confirmed_at: Mapped[datetime | None]
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class BatchItem(Base):
+    """One uploaded file of a batch, by its upload UUID (also the Photo's, once stored).
+
+    ``role``: ``label`` (a wristband/label frame) or ``clinical``; ``identity`` the wristband
+    identifiers its barcodes gave (``[{"mrn", "issuer", "encounter", ...}]``, empty: none);
+    ``pinned``: ``group_id`` was set by hand (None then means "unsorted") or by storing, else
+    the group follows from the capture order. ``status``: ``held``, ``stored`` or ``skipped``
+    (dropped, or a label photo not kept). ``work`` describes what was staged beside the bytes.
+    """
+
+    __tablename__ = "batch_item"
+
+    upload_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batch.id"), index=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    media_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int]
+    height: Mapped[int]
+    file_order: Mapped[int] = mapped_column(Integer, default=0)
+    acquired_at: Mapped[datetime | None]
+    role: Mapped[str] = mapped_column(String(8), default="clinical")
+    identity: Mapped[list] = mapped_column(JSON, default=list)
+    label_area: Mapped[float | None]
+    work: Mapped[dict] = mapped_column(JSON, default=dict)
+    group_id: Mapped[str | None] = mapped_column(ForeignKey("batch_group.id"))
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False)
+    dropped: Mapped[bool] = mapped_column(Boolean, default=False)
+    status: Mapped[str] = mapped_column(String(8), default="held")
+    sop_uid: Mapped[str | None] = mapped_column(String(64))
+    normalized_sop_uid: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class ApiToken(Base):
     """A bearer token for a device or integration; only its SHA-256 is kept."""
 

@@ -44,6 +44,7 @@ CONSENTS = ("given", "declined", "not-required")
 SEXES = ("F", "M", "O")
 ORIGINAL_SERIES_NUMBER = 1
 NORMALIZED_SERIES_NUMBER = 2
+LABEL_SERIES_NUMBER = 3
 IDENTIFICATION_METHODS = ("wristband", "scanned", "typed", "worklist", "emr-launch", "manual")
 """How a session's patient was identified: photo of the wristband, the device's barcode scanner,
 typed identifier, chosen from the worklist, launched from the EMR, entered by hand."""
@@ -246,6 +247,36 @@ def _identification_row(request: SessionRequest) -> SessionIdentification | None
         scheduled_step_id=item.scheduled_step_id if item else None)
 
 
+@dataclass(frozen=True)
+class ColorResult:
+    """What intake keeps of the colour step: ``report`` (``ColorOutcome.as_json()``), the
+    normalized JPEG when the correction is reliable (else None) with its size, the pixel
+    spacing at the chart plane and the Derivation Description of the normalized instance."""
+
+    report: dict[str, Any]
+    jpeg: bytes | None
+    width: int
+    height: int
+    pixel_spacing_mm: float | None
+    derivation: str | None
+
+    @classmethod
+    def of(cls, outcome: ColorOutcome) -> ColorResult:
+        return cls(report=outcome.as_json(), jpeg=outcome.jpeg, width=outcome.width,
+                   height=outcome.height, pixel_spacing_mm=outcome.pixel_spacing_mm,
+                   derivation=outcome.derivation_description() if outcome.jpeg else None)
+
+
+@dataclass(frozen=True)
+class PhotoWork:
+    """The pixel work on one upload, which needs no session: the JPEG to wrap and the colour
+    result (None: the colour step did not run). Batch import does it when a photo arrives and
+    hands it to :meth:`Intake.accept_photo` once the photo's patient is confirmed."""
+
+    prepared: PreparedPhoto
+    color: ColorResult | None
+
+
 def _as_utc(value: datetime) -> datetime:
     """SQLite hands back naive datetimes: they were stored as UTC."""
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
@@ -324,13 +355,30 @@ class Intake:
 
     # --- photos --------------------------------------------------------------------------
 
-    def accept_photo(self, session_id: str, upload_uuid: str, data: bytes) -> tuple[Photo, bool]:
+    def process(self, data: bytes, *, color: bool = True) -> PhotoWork:
+        """Do the pixel work of an upload: the JPEG to wrap and, when ``color`` and
+        ``EBIW_COLOR_NORMALIZATION`` are on, the colour step. Raises :class:`UnreadablePhoto`
+        for input we cannot accept (nothing is stored here)."""
+        try:
+            prepared = prepare_for_dicom(data, self.settings.max_pixels)
+            outcome = self._color(data) if color else None
+        except UnreadablePhotoError as exc:
+            raise UnreadablePhoto(str(exc)) from exc
+        return PhotoWork(prepared, ColorResult.of(outcome) if outcome else None)
+
+    def accept_photo(self, session_id: str, upload_uuid: str, data: bytes, *,
+                     work: PhotoWork | None = None, label: bool = False,
+                     burned_in: bool = False) -> tuple[Photo, bool]:
         """Store one photo as a DICOM instance; return (photo, created).
 
         Guarantees: when this returns, the instance is durably in the archive and indexed,
         and its deliveries are queued in the same transaction; the same bytes under the same
         UUID return the first result with ``created=False``; other bytes under that UUID raise
         :class:`Conflict`; unreadable input raises :class:`UnreadablePhoto` and stores nothing.
+        ``work`` is :meth:`process`'s result for ``data`` when it was done earlier. A ``label``
+        photo (a wristband or patient label frame) goes to the label series with Burned In
+        Annotation YES and no colour-normalized version; ``burned_in`` marks a clinical photo
+        that shows a label too.
         """
         upload_uuid = _uuid(upload_uuid, "upload id")
         digest = hashlib.sha256(data).hexdigest()
@@ -338,13 +386,14 @@ class Intake:
         known = self._known_photo(upload_uuid, digest, session.id)
         if known is not None:
             return known, False
-        try:
-            photo = prepare_for_dicom(data, self.settings.max_pixels)
-            color = self._color(data)
-        except UnreadablePhotoError as exc:
-            raise UnreadablePhoto(str(exc)) from exc
+        if work is None:
+            work = self.process(data, color=not label)
+        if label:
+            work = replace(work, color=None)
+        photo, color = work.prepared, work.color
         number = self._next_instance_number(session.id)
-        built = self._instances(photo, color, session, upload_uuid, number)
+        built = self._instances(photo, color, session, upload_uuid, number, label=label,
+                                burned_in=burned_in or label)
         try:
             with self.db.session() as db:
                 stored = [self.archive.store(db, key, dicom, {"SeriesNumber": series_number,
@@ -359,7 +408,7 @@ class Intake:
                             acquired_at=_as_utc(photo.info.acquired)
                             if photo.info.acquired else None,
                             instance_number=number, sop_uid=instance.sop_uid,
-                            color=color.as_json() if color else None,
+                            color=color.report if color else None,
                             pixel_spacing_mm=color.pixel_spacing_mm if color else None,
                             normalized_sop_uid=stored[1].sop_uid if len(stored) > 1 else None)
                 db.add(row)
@@ -374,7 +423,8 @@ class Intake:
             if known is None:
                 raise
             self._restore(self._instances(photo, color, session, upload_uuid,
-                                          known.instance_number))
+                                          known.instance_number, label=label,
+                                          burned_in=burned_in or label))
             return known, False
         return row, True
 
@@ -385,18 +435,21 @@ class Intake:
         return normalize_photo(data, max_pixels=self.settings.max_pixels,
                                max_loo_delta_e=self.settings.color_max_loo_delta_e)
 
-    def _instances(self, photo: PreparedPhoto, color: ColorOutcome | None,
-                   session: CaptureSession, upload_uuid: str,
-                   number: int) -> list[tuple[InstanceKey, bytes, int]]:
-        """The photo's instances (key, Part 10 bytes, series number): the original, then the
-        colour-normalized DERIVED one when the correction is reliable."""
+    def _instances(self, photo: PreparedPhoto, color: ColorResult | None,
+                   session: CaptureSession, upload_uuid: str, number: int, *,
+                   label: bool = False,
+                   burned_in: bool = False) -> list[tuple[InstanceKey, bytes, int]]:
+        """The photo's instances (key, Part 10 bytes, series number): the original (in the
+        label series for a label photo), then the colour-normalized DERIVED one when the
+        correction is reliable."""
         patient, study = self._patient(session), self._study(session)
         spacing = color.pixel_spacing_mm if color else None
         sop_uid = uid_from_uuid(upload_uuid, self.settings.uid_prefix)
-        series = self._series(session)
-        original = build_vl_photo(photo, patient, study, series,
-                                  InstanceInfo(sop_uid=sop_uid, number=number,
-                                               pixel_spacing_mm=spacing))
+        series = self._series(session, labels=label)
+        original = build_vl_photo(photo, patient, study, series, InstanceInfo(
+            sop_uid=sop_uid, number=number, pixel_spacing_mm=spacing,
+            burned_in_annotation=burned_in,
+            recognizable_visual_features=False if label else None))
         built = [(InstanceKey(study.uid, series.uid, sop_uid, VL_PHOTOGRAPHIC_IMAGE_STORAGE),
                   original, series.number)]
         if color is None or color.jpeg is None:
@@ -409,7 +462,8 @@ class Intake:
                                    passthrough=False)
         derived = build_vl_photo(normalized, patient, study, derived_series, InstanceInfo(
             sop_uid=derived_uid, number=number, pixel_spacing_mm=spacing,
-            derivation=Derivation(sop_uid, color.derivation_description())))
+            burned_in_annotation=burned_in,
+            derivation=Derivation(sop_uid, color.derivation or "")))
         built.append((InstanceKey(study.uid, derived_series.uid, derived_uid,
                                   VL_PHOTOGRAPHIC_IMAGE_STORAGE), derived, derived_series.number))
         return built
@@ -453,8 +507,16 @@ class Intake:
                             if s.identification and
                             s.identification.requested_procedure_description else {}))
 
-    def _series(self, s: CaptureSession, *, normalized: bool = False) -> SeriesInfo:
-        """The series of the session's originals, or of their colour-normalized versions."""
+    def _series(self, s: CaptureSession, *, normalized: bool = False,
+                labels: bool = False) -> SeriesInfo:
+        """The series of the session's originals, of their colour-normalized versions, or of
+        its label photos (wristband / patient label frames: no body site)."""
+        if labels:
+            return SeriesInfo(
+                uid=uid_from_uuid(derived_uuid(s.id, "series:labels"), self.settings.uid_prefix),
+                number=LABEL_SERIES_NUMBER, department=s.department,
+                institution=self.settings.institution_name or None,
+                description="Patient identification labels")
         role = "series:normalized" if normalized else "series:original"
         return SeriesInfo(
             uid=uid_from_uuid(derived_uuid(s.id, role), self.settings.uid_prefix),

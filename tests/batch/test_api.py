@@ -1,0 +1,199 @@
+"""Batch API on real photos: slip-sheet sorting, nothing delivered before confirmation, review
+moves, confirmation through the normal intake, label photos in their own series, idempotence."""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import uuid
+from pathlib import Path
+
+import pydicom
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import func, select
+
+from app.db.models import BatchItem, CaptureSession, Delivery, Instance, Photo
+from app.workflow.batch import upload_uuid_for
+from app.workflow.intake import LABEL_SERIES_NUMBER, NORMALIZED_SERIES_NUMBER
+from tests.batch.conftest import ISSUER, UNKNOWN_MRN, Shot, import_patients
+from tests.conftest import services
+
+DESTINATIONS = """{"destinations": [{"name": "pacs", "type": "stow-rs",
+                   "url": "http://127.0.0.1:9/dicom-web"}]}"""
+
+
+@pytest.fixture
+def app_overrides(tmp_path: Path) -> dict[str, object]:
+    """A PACS destination and the EMR notifier, so queued deliveries would show as rows."""
+    path = tmp_path / "destinations.json"
+    path.write_text(DESTINATIONS)
+    return {"destinations_file": path}
+
+
+def rows(app: Flask, model: type) -> int:
+    with services(app).db.session() as db:
+        return db.scalar(select(func.count()).select_from(model)) or 0
+
+
+def put_all(client: FlaskClient, headers: dict[str, str], batch_id: str,
+            shots: tuple[Shot, ...]) -> dict[str, str]:
+    """PUT every shot (file order = its index); return name -> upload UUID."""
+    names = {}
+    for order, shot in enumerate(shots):
+        upload = upload_uuid_for(batch_id, hashlib.sha256(shot.data).hexdigest())
+        answer = client.put(f"/api/v1/batches/{batch_id}/items/{upload}?order={order}",
+                            data=shot.data, headers={**headers, "Content-Type": "image/jpeg"})
+        assert answer.status_code == 201, answer.get_json()
+        names[shot.name] = upload
+    return names
+
+
+def groups_by_mrn(batch: dict) -> dict[str | None, list[str]]:
+    """MRN of each group's identifier (None: unsorted) -> upload UUIDs in capture order."""
+    out: dict[str | None, list[str]] = {g["identifier"]["mrn"]: g["items"]
+                                        for g in batch["groups"] if g["items"]}
+    out[None] = batch["unsorted"]
+    return out
+
+
+def test_slip_sheet_batch_sorts_holds_and_confirms(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], tmp_path: Path,
+        batch_shots: tuple[Shot, ...]) -> None:
+    import_patients(app, tmp_path)
+    capture = auth["capture"]
+    opened = client.post("/api/v1/batches", json={"department": "Dermatology"},
+                         headers=capture)
+    assert opened.status_code == 201
+    batch_id = opened.get_json()["id"]
+    names = put_all(client, capture, batch_id, batch_shots)
+
+    # Sorted exactly as the slip sheets say, in capture order.
+    batch = client.get(f"/api/v1/batches/{batch_id}", headers=capture).get_json()
+    expected: dict[str | None, list[str]] = {}
+    by_minute = sorted(batch_shots, key=lambda s: (s.minute if s.minute is not None else 2.5))
+    for shot in by_minute:
+        expected.setdefault(shot.expect, []).append(names[shot.name])
+    assert groups_by_mrn(batch) == expected
+    items = {i["upload_uuid"]: i for i in batch["items"]}
+    assert {s.name for s in batch_shots if items[names[s.name]]["role"] == "label"} == {
+        s.name for s in batch_shots if s.role == "label"}
+    qr = next(s for s in batch_shots if "qrcode" in s.name)
+    assert items[names[qr.name]]["barcode"] and items[names[qr.name]]["role"] == "clinical"
+    lookups = {g["identifier"]["mrn"]: g["lookup"]["status"] for g in batch["groups"]}
+    assert lookups == {"15182881": "matched", "42094043": "matched", "2021200000": "matched",
+                       UNKNOWN_MRN: "not_found"}
+
+    # Nothing stored, queued or notified before confirmation; the bytes are staged.
+    assert (rows(app, Photo), rows(app, Instance), rows(app, Delivery),
+            rows(app, CaptureSession)) == (0, 0, 0, 0)
+    assert not services(app).settings.archive_root.exists() or not any(
+        services(app).settings.archive_root.rglob("*.dcm"))
+
+    # The same bytes again: 200, nothing new. Other bytes under that UUID: 409.
+    first = batch_shots[0]
+    again = client.put(f"/api/v1/batches/{batch_id}/items/{names[first.name]}?order=0",
+                       data=first.data, headers=capture)
+    assert again.status_code == 200
+    other = client.put(f"/api/v1/batches/{batch_id}/items/{names[first.name]}?order=0",
+                       data=batch_shots[1].data, headers=capture)
+    assert other.status_code == 409
+    assert rows(app, BatchItem) == len(batch_shots)
+
+    # Review: move the unsorted lesion into B's group, drop A's lesion without a time.
+    group_of = {g["identifier"]["mrn"]: g["id"] for g in batch["groups"]}
+    unsorted = batch["unsorted"][0]
+    moved = client.patch(f"/api/v1/batches/{batch_id}/items/{unsorted}",
+                         json={"group_id": group_of["42094043"]}, headers=capture).get_json()
+    assert unsorted in groups_by_mrn(moved)["42094043"] and not moved["unsorted"]
+    no_time = names["lesion-03.jpg"]
+    client.patch(f"/api/v1/batches/{batch_id}/items/{no_time}", json={"dropped": True},
+                 headers=capture)
+
+    # C's label is unknown: confirming without choosing a patient is refused, nothing stored.
+    refused = client.post(f"/api/v1/batches/{batch_id}/groups/{group_of[UNKNOWN_MRN]}/confirm",
+                          json={}, headers=capture)
+    assert refused.status_code == 422
+    assert rows(app, Photo) == 0 and rows(app, Delivery) == 0
+
+    # Confirm A: one study, its held photos stored (label in its own series), dropped skipped.
+    confirmed = client.post(f"/api/v1/batches/{batch_id}/groups/{group_of['15182881']}/confirm",
+                            json={"patient": {"mrn": "15182881", "issuer": ISSUER}},
+                            headers=capture)
+    assert confirmed.status_code == 200, confirmed.get_json()
+    group = confirmed.get_json()
+    assert group["status"] == "confirmed" and group["patient"] == {"id": "15182881",
+                                                                   "issuer": ISSUER}
+    assert group["counts"] == {"held": 0, "stored": 4, "skipped": 1, "dropped": 1}
+    with services(app).db.session() as db:
+        deliveries = list(db.scalars(select(Delivery)))
+        instances = list(db.scalars(select(Instance)))
+    assert {d.study_uid for d in deliveries} == {group["study_instance_uid"]}
+    assert {i.study_uid for i in instances} == {group["study_instance_uid"]}
+    pacs = {d.sop_uid for d in deliveries if d.kind == "pacs"}
+    assert pacs == {i.sop_uid for i in instances}
+
+    # Label photos: their own series, Burned In Annotation YES; lesions: not in that series.
+    series: dict[int, list[pydicom.Dataset]] = {}
+    archive = services(app).archive
+    for row in instances:
+        ds = pydicom.dcmread(io.BytesIO(archive.read(row)), stop_before_pixels=True)
+        assert ds.PatientID == "15182881" and ds.IssuerOfPatientID == ISSUER
+        series.setdefault(int(ds.SeriesNumber), []).append(ds)
+    labels = series[LABEL_SERIES_NUMBER]
+    assert len(labels) == 2
+    assert all(ds.BurnedInAnnotation == "YES" and ds.RecognizableVisualFeatures == "NO"
+               for ds in labels)
+    assert len({ds.SeriesInstanceUID for ds in labels}) == 1
+    originals = series[1]
+    assert len(originals) == 2 and all(ds.BurnedInAnnotation == "NO" for ds in originals)
+    assert len(series.get(NORMALIZED_SERIES_NUMBER, [])) == 2  # charts in the lesion frames
+
+    # Confirming again stores nothing twice; stored photos cannot be moved any more.
+    before = (rows(app, Photo), rows(app, Instance), rows(app, Delivery))
+    again = client.post(f"/api/v1/batches/{batch_id}/groups/{group_of['15182881']}/confirm",
+                        json={}, headers=capture)
+    assert again.status_code == 200
+    assert (rows(app, Photo), rows(app, Instance), rows(app, Delivery)) == before
+    stuck = client.patch(f"/api/v1/batches/{batch_id}/items/{names['lesion-02.jpg']}",
+                         json={"group_id": None}, headers=capture)
+    assert stuck.status_code == 409
+
+    # D: the lesion photographed with its label is in the originals, Burned In Annotation YES.
+    d = client.post(f"/api/v1/batches/{batch_id}/groups/{group_of['2021200000']}/confirm",
+                    json={}, headers=capture).get_json()
+    with services(app).db.session() as db:
+        qr_photo = db.get(Photo, names[qr.name])
+        ds = pydicom.dcmread(io.BytesIO(archive.read(qr_photo.instance)),
+                             stop_before_pixels=True)
+    assert d["counts"]["stored"] == 2
+    assert int(ds.SeriesNumber) == 1 and ds.BurnedInAnnotation == "YES"
+
+    # Staged bytes of finished photos are gone; held ones remain.
+    staged = services(app).settings.data_dir / "batches" / batch_id
+    left = {p.name for p in staged.iterdir()}
+    held = {i["upload_uuid"] for i in client.get(f"/api/v1/batches/{batch_id}",
+                                                 headers=capture).get_json()["items"]
+            if i["status"] == "held"}
+    assert {n.split(".")[0] for n in left} == held
+
+
+def test_batches_are_private_and_refuse_bad_input(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]]) -> None:
+    capture, view = auth["capture"], auth["view"]
+    batch_id = client.post("/api/v1/batches", json={}, headers=capture).get_json()["id"]
+    assert client.get(f"/api/v1/batches/{batch_id}", headers=view).status_code == 403
+    assert client.get(f"/api/v1/batches/{batch_id}").status_code == 401
+    assert client.get(f"/api/v1/batches/{batch_id}", headers=auth["admin"]).status_code == 200
+    assert client.get(f"/api/v1/batches/{uuid.uuid4()}", headers=capture).status_code == 404
+    bad = client.put(f"/api/v1/batches/{batch_id}/items/{uuid.uuid4()}", data=b"not a photo",
+                     headers=capture)
+    assert bad.status_code == 422 and bad.get_json()["error"]["code"] == "unreadable_photo"
+    assert rows(app, BatchItem) == 0
+    staged = services(app).settings.data_dir / "batches" / batch_id
+    assert not staged.exists() or not any(staged.iterdir())
+    assert client.put(f"/api/v1/batches/{batch_id}/items/../x", data=b"x",
+                      headers=capture).status_code == 404
+    assert client.put(f"/api/v1/batches/{batch_id}/items/not-a-uuid", data=b"x",
+                      headers=capture).status_code == 422
