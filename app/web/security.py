@@ -11,7 +11,10 @@ Requests, before any view:
 - a state-changing request authenticated by the session cookie must carry the session's CSRF
   token (``X-CSRF-Token`` header or ``csrf_token`` form field) whatever the route; bearer-token
   requests are exempt (no ambient credential), and so is ``POST /login``, which checks the
-  origin instead.
+  origin instead;
+- text that no database column can hold is refused before it reaches one: a NUL character in
+  the path, the query string or a form (400), and JSON strings with NUL or lone surrogates
+  (the body then counts as unreadable JSON).
 
 Responses (errors, static files and the service worker included):
 
@@ -29,7 +32,11 @@ Responses (errors, static files and the service worker included):
 
 from __future__ import annotations
 
+import re
+from typing import Any
+
 from flask import Flask, Response, request
+from flask.json.provider import DefaultJSONProvider
 from werkzeug.middleware.proxy_fix import ProxyFix
 
 from app.web import services
@@ -54,12 +61,36 @@ CSRF_EXEMPT = frozenset({"auth.login"})
 """Endpoints that check the request's origin instead of a CSRF token (no session yet)."""
 _SMALL_TYPES = frozenset({"application/json", "application/fhir+json",
                           "application/x-www-form-urlencoded"})
+_FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
+"""NUL (PostgreSQL text refuses it) and lone surrogates (not encodable as UTF-8)."""
+
+
+class StrictJSONProvider(DefaultJSONProvider):
+    """Flask's JSON, refusing documents whose strings hold NUL or lone surrogates."""
+
+    def loads(self, s: str | bytes, **kwargs: Any) -> Any:
+        """Parse; raise ``ValueError`` (unreadable JSON) for unstorable text anywhere."""
+        value = super().loads(s, **kwargs)
+        todo = [value]
+        while todo:
+            item = todo.pop()
+            if isinstance(item, str):
+                if _UNSTORABLE.search(item):
+                    raise ValueError("text with NUL or lone surrogates")
+            elif isinstance(item, dict):
+                todo.extend(item.keys())
+                todo.extend(item.values())
+            elif isinstance(item, list):
+                todo.extend(item)
+        return value
 
 
 def init_app(app: Flask) -> None:
     """Install the request guard, the response headers, body limits and the rate limiter."""
     svc = app.extensions["ebiw"]
     app.config.update(MAX_FORM_PARTS=MAX_FORM_PARTS, MAX_FORM_MEMORY_SIZE=MAX_FORM_MEMORY)
+    app.json = StrictJSONProvider(app)
     if svc.settings.proxy_hops:
         app.wsgi_app = ProxyFix(app.wsgi_app,  # type: ignore[method-assign]
                                 x_for=svc.settings.proxy_hops)
@@ -76,6 +107,8 @@ def guard() -> tuple[Response, int] | None:
                                          services().settings.max_upload_bytes)
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return error_response(403, "cors_refused", "cross-origin requests are not allowed")
+    if _has_nul():
+        return error_response(400, "invalid_text", "the request contains a NUL character")
     if request.method in SAFE_METHODS:
         return None
     if not same_origin():
@@ -84,6 +117,17 @@ def guard() -> tuple[Response, int] | None:
             and current_login() is not None and not csrf_ok()):
         return error_response(403, "csrf", f"the {CSRF_HEADER} header is missing or wrong")
     return None
+
+
+def _has_nul() -> bool:
+    """Whether the path, the query string or a form field holds a NUL character."""
+    if "\x00" in request.path or "\x00" in request.query_string.decode("latin-1") \
+            or "%00" in request.query_string.decode("latin-1"):
+        return True
+    if request.mimetype in _FORM_TYPES:
+        return any("\x00" in key or "\x00" in value
+                   for key, value in request.form.items(multi=True))
+    return False
 
 
 def harden(response: Response) -> Response:
