@@ -25,6 +25,7 @@ from app.web.errors import register_error_handlers
 from app.web.exports import bp as exports_bp
 from app.web.fhir import bp as fhir_bp
 from app.web.health import bp as health_bp
+from app.web.launch import init_app as init_launch
 from app.web.patients import init_app as init_patients
 from app.web.pwa import bp as pwa_bp
 from app.web.studies import bp as studies_bp
@@ -60,6 +61,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     init_batch(app)
     app.register_blueprint(auth_bp)
     init_oidc(app)
+    init_launch(app)
     app.register_blueprint(pwa_bp)
     app.register_blueprint(fhir_bp)
     app.register_blueprint(dicomweb_bp)

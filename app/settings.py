@@ -97,6 +97,8 @@ class Settings:
     mwl_calling_aet: str = "EBIWCAPTURE"
     mwl_modality: str = "XC"
     wristband_rules: str = ""  # JSON list of wristband rules; empty: the built-in rules
+    # Launch from the EMR: SMART on FHIR EHR launch (app/web/launch; README "Launch from the EMR")
+    smart_issuers: str = ""  # JSON {"<iss>": {"client_id", "client_secret"?, "scope"?, "role"?}}
     # Audit trail (app/workflow/audit.py; README "Audit trail")
     node_name: str = ""  # this node in audit records; empty: the host name
     audit_syslog: str = ""  # tcp://host:port or tls://host:port of a syslog/ATNA collector
@@ -198,6 +200,7 @@ class Settings:
             raise SettingsError("EBIW_BATCH_LABEL_PHOTOS must be keep or drop and "
                                 "EBIW_BATCH_LABEL_MIN_AREA a fraction in (0, 1]")
         self._check_security()
+        self._check_smart()
         if self.audit_syslog and not re.fullmatch(r"(tcp|tls)://[^:/\s]+:\d{1,5}",
                                                   self.audit_syslog):
             raise SettingsError("EBIW_AUDIT_SYSLOG must be tcp://host:port or tls://host:port")
@@ -309,6 +312,54 @@ class Settings:
                 for v in roles.values()):
             raise SettingsError("EBIW_OIDC_ROLE_MAP must map claim values to capture, view or "
                                 "admin (optionally role@department)")
+
+    @property
+    def smart_clients(self) -> dict[str, SmartClient]:
+        """``EBIW_SMART_ISSUERS`` parsed: the EMRs allowed to launch the app, by their FHIR base
+        URL (``iss``, without a trailing slash), with our client registration at each."""
+        raw = json.loads(self.smart_issuers) if self.smart_issuers else {}
+        if not isinstance(raw, dict):
+            raise ValueError("not a JSON object")
+        clients = {}
+        for iss, entry in raw.items():
+            if not isinstance(entry, dict) or not isinstance(entry.get("client_id"), str) \
+                    or not entry["client_id"]:
+                raise ValueError("every issuer needs a client_id")
+            clients[str(iss).rstrip("/")] = SmartClient(
+                client_id=entry["client_id"], client_secret=str(entry.get("client_secret", "")),
+                scope=str(entry.get("scope") or SmartClient.scope),
+                role=str(entry.get("role") or SmartClient.role))
+        return clients
+
+    def _check_smart(self) -> None:
+        """``EBIW_SMART_ISSUERS`` names usable EMRs: a client id each, a role that is capture or
+        view, and https in production."""
+        try:
+            clients = self.smart_clients
+        except (ValueError, TypeError) as exc:
+            raise SettingsError("EBIW_SMART_ISSUERS must be a JSON object mapping each EMR's FHIR "
+                                "base URL to {client_id, client_secret?, scope?, role?}") from exc
+        for iss, client in clients.items():
+            if not re.match(r"^https?://[^/\s]+", iss) or \
+                    (self.production and not iss.lower().startswith("https://")):
+                raise SettingsError("EBIW_SMART_ISSUERS: every issuer must be an http(s) URL "
+                                    "(https in production)")
+            if client.role not in ("capture", "view"):
+                raise SettingsError("EBIW_SMART_ISSUERS: role must be capture or view")
+
+
+@dataclass(frozen=True)
+class SmartClient:
+    """Our registration at one EMR's SMART authorization server (``EBIW_SMART_ISSUERS``).
+
+    No ``client_secret``: a public client (PKCE only); with one: ``client_secret_basic``.
+    ``role``: what users launched from that EMR may do here.
+    """
+
+    client_id: str
+    client_secret: str = ""
+    scope: str = "launch openid fhirUser patient/Patient.read patient/Encounter.read"
+    role: str = "capture"
 
 
 def _flag(raw: str, name: str) -> bool:

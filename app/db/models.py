@@ -454,3 +454,34 @@ class ExternalIdentity(Base):
     subject: Mapped[str] = mapped_column(String(256))
     department: Mapped[str | None] = mapped_column(String(64))
     last_login_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+# --- Launch from the EMR: SMART on FHIR EHR launch (app/workflow/launch.py) -------------------
+
+
+class LaunchContext(Base):
+    """What the EMR handed over when it launched a web session (one row per such session).
+
+    The session sees only this patient: ``patient_id`` and ``issuer`` are the DICOM Patient ID
+    and Issuer of Patient ID resolved from the EMR's Patient resource (``fhir_patient``, its id
+    at ``fhir_base``); the demographics and the encounter preselect the capture app's patient.
+    ``study_uid`` is the study an ImagingStudy launch context named, if any. No token is kept.
+    """
+
+    __tablename__ = "launch_context"
+
+    session_hash: Mapped[str] = mapped_column(
+        ForeignKey("web_session.id_hash", ondelete="CASCADE"), primary_key=True)
+    fhir_base: Mapped[str] = mapped_column(String(256))
+    fhir_patient: Mapped[str] = mapped_column(String(64))
+    patient_id: Mapped[str] = mapped_column(String(64))
+    issuer: Mapped[str] = mapped_column(String(64))
+    family: Mapped[str] = mapped_column(String(128), default="")
+    given: Mapped[str] = mapped_column(String(128), default="")
+    birth_date: Mapped[date | None] = mapped_column(Date)
+    sex: Mapped[str | None] = mapped_column(String(1))
+    encounter: Mapped[str | None] = mapped_column(String(64))  # the DICOM Admission ID
+    department: Mapped[str | None] = mapped_column(String(64))
+    study_uid: Mapped[str | None] = mapped_column(String(64))
+    target: Mapped[str] = mapped_column(String(16), default="viewer")  # viewer or capture
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -19,7 +19,7 @@ import hashlib
 import re
 import secrets
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from functools import cache
 from typing import Any
@@ -30,7 +30,7 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import ExternalIdentity, LoginThrottle, User, WebSession
+from app.db.models import ExternalIdentity, LaunchContext, LoginThrottle, User, WebSession
 from app.db.session import Database
 from app.settings import Settings
 from app.workflow.tokens import ROLES, Caller
@@ -222,8 +222,11 @@ def resume(db: Database, settings: Settings, session_id: str) -> WebLogin | None
             row.last_seen_at = now
         department = session.scalar(select(ExternalIdentity.department)
                                     .where(ExternalIdentity.user_id == row.user_id))
-        return WebLogin(Caller(row.user.username, row.user.role, department), row.csrf_token,
-                        expires)
+        launched = session.execute(select(LaunchContext.issuer, LaunchContext.patient_id)
+                                   .where(LaunchContext.session_hash == row.id_hash)).first()
+        return WebLogin(Caller(row.user.username, row.user.role, department,
+                               (launched.issuer, launched.patient_id) if launched else None),
+                        row.csrf_token, expires)
 
 
 def logout(db: Database, session_id: str) -> None:
@@ -386,3 +389,37 @@ def identity_from_claims(settings: Settings,
         claimed = _claim(claims, settings.oidc_department_claim)
         department = claimed if isinstance(claimed, str) else ""
     return username, role, department[:64] or None
+
+
+# --- SMART on FHIR EHR launch (app/workflow/launch.py) -----------------------------------------
+
+
+def launch_login(db: Database, settings: Settings, context: LaunchContext, *, issuer: str,
+                 subject: str, username: str, role: str) -> tuple[str, WebLogin]:
+    """Open a web session for a user the EMR launched the app for, limited to one patient.
+
+    The account is an identity provider's, as in :func:`external_login` (no password; created
+    at the first launch; role from the launch). ``context`` is stored with the new session (its
+    ``session_hash`` is set here), so the session sees only that patient from its first
+    request on. Raises :class:`AccountError` as :func:`external_login` does; if the context
+    cannot be stored, the session is ended before the error propagates, so no session ever
+    exists without its restriction once the cookie is handed out.
+    """
+    session_id, login = external_login(db, settings, issuer=issuer, subject=subject,
+                                       username=username, role=role, department=None)
+    context.session_hash = _digest(session_id)
+    try:
+        with db.session() as session:
+            session.add(context)
+    except Exception:
+        logout(db, session_id)
+        raise
+    caller = replace(login.caller, patient=(context.issuer, context.patient_id))
+    return session_id, replace(login, caller=caller)
+
+
+def launch_context(db: Database, session_id: str) -> LaunchContext | None:
+    """The launch context stored with the session a cookie names, or None when it has none
+    (that the session is live is the caller's check: :func:`resume`)."""
+    with db.session() as session:
+        return session.get(LaunchContext, _digest(session_id))

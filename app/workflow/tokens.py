@@ -27,10 +27,16 @@ class Caller:
     user: str
     role: str
     department: str | None = None  # set for accounts limited to one department (OIDC)
+    patient: tuple[str, str] | None = None  # (issuer, patient id): launched for one patient
 
     def may(self, *roles: str) -> bool:
         """Admins may do everything; others only what their role names."""
         return self.role == "admin" or self.role in roles
+
+    def sees(self, patient_id: str, issuer: str) -> bool:
+        """Whether this caller may see that patient's data: every patient, unless the session
+        was launched from the EMR for one patient (then only that Patient ID and Issuer)."""
+        return self.patient is None or self.patient == (issuer, patient_id)
 
 
 def _digest(token: str) -> str:

@@ -2,17 +2,18 @@
  * The capture app: log in → identify the patient (wristband or MRN) → confirm → body site and
  * capture details → photos → review and send → study link. Photos can also be taken first and
  * the patient identified later ("capture now, identify later"); such photos stay encrypted on
- * the device and are never sent before a patient is assigned.
+ * the device and are never sent before a patient is assigned. A session launched from the EMR
+ * (SMART) has its patient and encounter chosen there: a new capture skips the identification.
  * @module app
  */
 
-import { ApiError, NetworkError, login, logout, whoAmI } from "./api.js";
+import { ApiError, NetworkError, call, login, logout, whoAmI } from "./api.js";
 import {
   PHOTO_RESOLUTION, SCAN_RESOLUTION, cameraSupported, grabFrame, startCamera, stopCamera,
   thumbnailOf, toJpeg,
 } from "./camera.js";
 import { renderHome, renderQueue } from "./home.js";
-import { identifyTyped, identifyWristband } from "./identify.js";
+import { identifyTyped, identifyWristband, patientOf } from "./identify.js";
 import { renderReview, showProgress } from "./review.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
 import * as store from "./store.js";
@@ -29,6 +30,8 @@ const state = {
   /** @type {Draft|null} */
   draft: null,
   identification: null,
+  /** The EMR launch of this session ({target, patient}: no scan needed), or null. */
+  launch: null,
   sites: [],
   site: null,
   lastActivity: Date.now(),
@@ -96,6 +99,7 @@ function showLogin(message) {
   state.me = null;
   state.draft = null;
   state.identification = null;
+  state.launch = null;
   stopCameras();
   clearPatientViews();
   byId("logout").hidden = true;
@@ -110,8 +114,22 @@ function sessionEnded(message) {
   showLogin(message);
 }
 
+/**
+ * The launch context of a session opened from the EMR, or null when it cannot be read (then
+ * the patient is identified as usual, which the server refuses to such a session).
+ */
+async function launchContext() {
+  try {
+    const { body } = await call("GET", "/launch/context");
+    return { target: body.target, patient: patientOf(body.patient) };
+  } catch {
+    return null;
+  }
+}
+
 async function enter(me) {
   state.me = me;
+  state.launch = me.launched ? await launchContext() : null;
   byId("who").textContent = me.user;
   byId("logout").hidden = false;
   byId("role-warning").hidden = me.role !== "view";
@@ -120,6 +138,7 @@ async function enter(me) {
   uploader.setUser(me.user);
   await refreshHome();
   showScreen("home");
+  if (state.launch && state.launch.target === "capture") startLaunched();
 }
 
 async function onLogin(event) {
@@ -215,6 +234,26 @@ async function loadThumbnails(draft, photos) {
 }
 
 // --- identify and confirm the patient ----------------------------------------------------------
+
+/** A new capture: of the patient the EMR launched the app for, else identify the patient. */
+function startNew() {
+  if (state.launch) {
+    startLaunched();
+    return;
+  }
+  state.draft = newDraft();
+  startIdentify();
+}
+
+/** A draft for the launch patient and encounter, confirmed by the EMR: straight to the details. */
+function startLaunched() {
+  const { patient } = state.launch;
+  const encounter = patient.encounters[0] || null;
+  state.draft = newDraft();
+  state.draft.patient = patient;
+  state.draft.encounter = encounter ? encounter.id : null;
+  startDetails(encounter ? encounter.department : null);
+}
 
 function stopCameras() {
   stopCamera(byId("scan-video"));
@@ -619,10 +658,7 @@ function wireUploader() {
 function wire() {
   byId("login-form").addEventListener("submit", onLogin);
   byId("logout").addEventListener("click", onLogout);
-  byId("start").addEventListener("click", () => {
-    state.draft = newDraft();
-    startIdentify();
-  });
+  byId("start").addEventListener("click", startNew);
   byId("start-emergency").addEventListener("click", () => {
     state.draft = newDraft();
     startCapture();
@@ -650,10 +686,7 @@ function wire() {
   byId("more-photos").addEventListener("click", startCapture);
   byId("send").addEventListener("click", onSend);
   byId("finish").addEventListener("click", onFinish);
-  byId("new-capture").addEventListener("click", () => {
-    state.draft = newDraft();
-    startIdentify();
-  });
+  byId("new-capture").addEventListener("click", startNew);
   for (const button of document.querySelectorAll("[data-action=discard]")) {
     button.addEventListener("click", discardDraft);
   }

@@ -91,7 +91,24 @@ export async function identifyTyped(mrn) {
  * @returns {Identification}
  */
 function identification(body) {
-  const patients = (Array.isArray(body.patients) ? body.patients : []).map((p) => ({
+  const patients = (Array.isArray(body.patients) ? body.patients : []).map(patientOf)
+    .filter((p) => p.mrn);
+  const first = Array.isArray(body.identifiers) && body.identifiers[0];
+  return {
+    read: first ? first.mrn : null,
+    patients,
+    incomplete: Boolean(body.unavailable && Object.keys(body.unavailable).length),
+  };
+}
+
+/**
+ * One patient of an answer (/api/v1/identify, /api/v1/patients/search, /launch/context) in the
+ * shape the screens use.
+ * @param {object} p
+ * @returns {Patient}
+ */
+export function patientOf(p) {
+  return {
     mrn: String(p.mrn || ""),
     issuer: p.issuer || null,
     family: (p.name && p.name.family) || "",
@@ -104,11 +121,5 @@ function identification(body) {
     })),
     worklist: Array.isArray(p.worklist) ? p.worklist : [],
     identification: p.identification || null,
-  })).filter((p) => p.mrn);
-  const first = Array.isArray(body.identifiers) && body.identifiers[0];
-  return {
-    read: first ? first.mrn : null,
-    patients,
-    incomplete: Boolean(body.unavailable && Object.keys(body.unavailable).length),
   };
 }

@@ -16,6 +16,7 @@ from app.pipeline.dicom.codes import body_site, body_sites
 from app.web import services
 from app.web.auth import current_login, login_json, require
 from app.web.errors import error_response
+from app.web.launch import OTHER_PATIENT
 from app.web.limits import rate_limited
 from app.workflow import audit
 from app.workflow.delivery import EMR, DeliveryState, study_deliveries
@@ -86,11 +87,22 @@ def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, A
     return body
 
 
+def _launched_for_other(session_id: str) -> bool:
+    """Whether the caller is a session launched from the EMR for one patient and the capture
+    session is another patient's (only then is the capture session looked up)."""
+    if g.caller.patient is None:
+        return False
+    session = services().intake.get_session(session_id)
+    return not g.caller.sees(session.patient_id, session.issuer)
+
+
 @bp.post("/sessions")
 @require("capture")
 def open_session() -> tuple[Response, int]:
     svc = services()
     req = SessionRequest.from_json(request.get_json(silent=True), svc.settings.default_issuer)
+    if not g.caller.sees(req.patient_id, req.issuer):
+        return error_response(403, "other_patient", OTHER_PATIENT)
     department = g.caller.department
     if department is not None:  # an account limited to one department (OIDC) captures there
         if req.department not in (None, department):
@@ -104,9 +116,11 @@ def open_session() -> tuple[Response, int]:
 
 @bp.get("/sessions/<session_id>")
 @require("capture", "view")
-def get_session(session_id: str) -> Response:
+def get_session(session_id: str) -> Response | tuple[Response, int]:
     session = services().intake.get_session(session_id)
     _audit_session(session)
+    if not g.caller.sees(session.patient_id, session.issuer):
+        return error_response(403, "other_patient", OTHER_PATIENT)
     return jsonify(session_json(session))
 
 
@@ -114,6 +128,8 @@ def get_session(session_id: str) -> Response:
 @require("capture")
 @rate_limited("upload")
 def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
+    if _launched_for_other(session_id):
+        return error_response(403, "other_patient", OTHER_PATIENT)
     data = request.get_data(cache=False)
     photo, created = services().intake.accept_photo(session_id, upload_uuid, data)
     _audit_session(services().intake.get_session(photo.session_id), photo.sop_uid,
@@ -124,7 +140,9 @@ def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
 
 @bp.post("/sessions/<session_id>/complete")
 @require("capture")
-def complete_session(session_id: str) -> Response:
+def complete_session(session_id: str) -> Response | tuple[Response, int]:
+    if _launched_for_other(session_id):
+        return error_response(403, "other_patient", OTHER_PATIENT)
     session = services().intake.complete(session_id)
     _audit_session(session)
     return jsonify(session_json(session))

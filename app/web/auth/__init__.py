@@ -129,7 +129,8 @@ def login_json(login: WebLogin) -> dict[str, Any]:
     """What the app learns about its own session (no password, no cookie value)."""
     return {"user": login.caller.user, "role": login.caller.role,
             "csrf_token": login.csrf_token, "expires_at": login.expires_at.isoformat(),
-            "idle_timeout_seconds": services().settings.session_idle_minutes * 60}
+            "idle_timeout_seconds": services().settings.session_idle_minutes * 60,
+            "launched": login.caller.patient is not None}
 
 
 def _no_store(response: Response) -> Response:

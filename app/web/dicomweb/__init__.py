@@ -8,6 +8,8 @@ instance cached on disk under the data directory.
 
 Every request needs the ``view`` or ``capture`` role and is audited by ``app.web.audit`` (who,
 what — the study, its instances and its patient —, when, where, outcome), refusals included.
+A session launched from the EMR for one patient (``Caller.patient``) sees only that patient:
+searches match only its instances, other studies answer 403.
 Answers carry ``Cache-Control: no-store``, except thumbnails, which the browser may keep
 privately for a few minutes.
 """
@@ -41,7 +43,9 @@ from app.web import services
 from app.web.auth import require
 from app.web.dicomweb import index, media, query
 from app.web.errors import error_response
+from app.web.launch import OTHER_PATIENT
 from app.workflow import audit
+from app.workflow.tokens import Caller
 
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
 log = logging.getLogger(__name__)
@@ -87,12 +91,17 @@ def _cache(response: Response) -> Response:
     return response
 
 
+def _patient_of(header: dict[str, Any]) -> tuple[str, str]:
+    """(Patient ID, Issuer of Patient ID) of a DICOM JSON header, "" for what it lacks."""
+    return (header.get("00100020", {}).get("Value", [""])[0],
+            header.get("00100021", {}).get("Value", [""])[0])
+
+
 def _patients(headers: list[dict[str, Any]]) -> list[str]:
     """Audit references of the patients in DICOM JSON headers, in order, once each."""
     refs: dict[str, None] = {}
     for header in headers:
-        patient_id = header.get("00100020", {}).get("Value", [""])[0]
-        issuer = header.get("00100021", {}).get("Value", [""])[0]
+        patient_id, issuer = _patient_of(header)
         if patient_id:
             refs.setdefault(audit.patient_ref(patient_id, issuer), None)
     return list(refs)
@@ -129,7 +138,29 @@ def _rows(study: str, series: str | None = None, sop: str | None = None) -> list
     rows.sort(key=query.instance_order)
     g.audit_entities = [f"study:{study}", *(f"instance:{r.sop_uid}" for r in rows),
                         *_patients([r.attributes[index.DICOM] for r in rows])]
+    if not all(g.caller.sees(*_patient_of(r.attributes[index.DICOM])) for r in rows):
+        raise _Refused(403, "other_patient", OTHER_PATIENT)
     return rows
+
+
+def _patient_scope() -> tuple[ColumnElement[bool], ...]:
+    """Search filters that keep a session launched for one patient to that patient."""
+    patient = g.caller.patient
+    return () if patient is None else query.patient_filter(patient[1], patient[0])
+
+
+def study_visible(study: str, caller: Caller) -> bool:
+    """Whether ``caller`` may see every archived instance of ``study`` (True when there is
+    none: its data requests answer 404)."""
+    if caller.patient is None:
+        return True
+    svc = services()
+    with svc.db.session() as db:
+        index.refresh(db, svc.archive, Instance.study_uid == study)
+        headers = [r.attributes[index.DICOM] for r in
+                   db.scalars(select(Instance).where(Instance.study_uid == study))
+                   if index.is_current(r)]
+    return all(caller.sees(*_patient_of(h)) for h in headers)
 
 
 def _dataset(row: Instance) -> pydicom.Dataset:
@@ -155,7 +186,7 @@ def _search(run: Callable[[Session, query.Query, str], query.Results],
             *scope: ColumnElement[bool]) -> Response:
     if not media.accepts_json(_ranges()):
         raise _not_acceptable("search results")
-    parsed = query.parse(request.args, *scope)
+    parsed = query.parse(request.args, *scope, *_patient_scope())
     svc = services()
     with svc.db.session() as db:
         index.refresh(db, svc.archive)

@@ -107,6 +107,12 @@ def _value(tag: str, vr: str) -> ColumnElement[Any]:
     return element.as_string()
 
 
+def patient_filter(patient_id: str, issuer: str) -> tuple[ColumnElement[bool], ...]:
+    """SQL filters matching only the instances of one patient (Patient ID and Issuer of
+    Patient ID, exactly)."""
+    return _value("00100020", "LO") == patient_id, _value("00100021", "LO") == issuer
+
+
 def _like(text: str) -> str:
     escaped = text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
     return escaped.replace("*", "%").replace("?", "_")

@@ -3,7 +3,8 @@
 Reads: ``ImagingStudy/{id}``, ``Patient/{id}``, ``Endpoint/{id}``. Searches (GET, or POST
 ``{type}/_search`` with a form body so identifiers stay out of URLs) return ``searchset``
 Bundles: ``ImagingStudy?identifier=urn:dicom:uid|urn:oid:<uid>``, ``ImagingStudy?patient=<id>``,
-``Patient?identifier=<system>|<mrn>``; ``_count`` caps the matches. Callers need the view role.
+``Patient?identifier=<system>|<mrn>``; ``_count`` caps the matches. Callers need the view role;
+sessions launched from the EMR for one patient are refused.
 Every request is audited by ``app.web.audit`` with the studies and patients it returned.
 """
 
@@ -22,7 +23,7 @@ from app.db.models import Patient as PatientRow
 from app.gateways.emr.local import LocalFhirStore
 from app.pipeline.fhir import searchset
 from app.web import services
-from app.web.auth import require
+from app.web.auth import current_login, require
 from app.workflow import audit
 
 bp = Blueprint("fhir", __name__, url_prefix="/fhir")
@@ -53,6 +54,16 @@ def _outcome(status: int, text: str) -> Response:
 def http_error(exc: HTTPException) -> Response:
     """Errors under /fhir are OperationOutcomes (no PHI: fixed texts only)."""
     return _outcome(exc.code or 500, exc.name or "error")
+
+
+@bp.before_request
+def _whole_store_only() -> Response | None:
+    """A session launched from the EMR for one patient may not use this store (403)."""
+    login = current_login() if "Authorization" not in request.headers else None
+    if login is not None and login.caller.patient is not None:
+        return _outcome(403, "a session opened from the EMR for one patient cannot use this "
+                             "store")
+    return None
 
 
 class _BadSearch(Exception):

@@ -12,6 +12,8 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from app.gateways.patients import PatientRecord
 from app.web.auth import require
+from app.web.errors import error_response
+from app.web.launch import ONE_PATIENT
 from app.web.limits import rate_limited
 from app.workflow import audit
 from app.workflow.identification import Identifier, IdentifyResult, Match, build_identifier
@@ -39,7 +41,10 @@ def identify() -> tuple[Response, int]:
     """A wristband photo (raw body or multipart field ``photo``) or JSON ``{"barcode"}``.
 
     A multipart body carries exactly one file (more are refused before any is decoded).
+    A session launched from the EMR for one patient is refused (403).
     """
+    if g.caller.patient is not None:
+        return error_response(403, "one_patient", ONE_PATIENT)
     if request.is_json:
         body = request.get_json(silent=True)
         if not isinstance(body, dict):
@@ -63,7 +68,10 @@ def identify() -> tuple[Response, int]:
 @require("capture")
 @rate_limited("identify")
 def search() -> tuple[Response, int]:
-    """Manual entry: JSON ``{"mrn", "issuer"?}`` looked up in the patient directories."""
+    """Manual entry: JSON ``{"mrn", "issuer"?}`` looked up in the patient directories
+    (refused, 403, to a session launched from the EMR for one patient)."""
+    if g.caller.patient is not None:
+        return error_response(403, "one_patient", ONE_PATIENT)
     body = request.get_json(silent=True)
     if not isinstance(body, dict):
         raise InvalidRequest("the body must be a JSON object with mrn (and issuer)")
