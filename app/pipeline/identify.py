@@ -330,16 +330,19 @@ def read_barcodes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[
                  lambda: _gray(load_pixels(data, max_pixels=max_pixels)))
 
 
-def read_label_barcodes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> list[Barcode]:
+def read_label_barcodes(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
+                        size: tuple[int, int] | None = None) -> list[Barcode]:
     """A cheap scan for label frames (batch sorting): zxing-cpp, then zbar, once, on the photo
     reduced (JPEG: DCT scaling) while its long side stays at least ``LABEL_LONG_SIDE`` pixels.
 
-    Guarantees: the same header checks, filtering and ``corners`` (full oriented image) as
-    :func:`read_barcodes`, but no full-resolution or rescue pass: a label photographed to fill
-    the frame reads at that scale, and a photo without any barcode costs tens of milliseconds
-    at 12 MP instead of the whole chain's second or more. Raises ``UnreadablePhotoError``.
+    ``size`` is the photo's upright (width, height) when the caller has probed these bytes
+    already (saves reading the header twice). Guarantees: the same header checks, filtering
+    and ``corners`` (full upright image) as :func:`read_barcodes`, but no full-resolution or
+    rescue pass: a label photographed to fill the frame reads at that scale, and a photo
+    without any barcode costs tens of milliseconds at 12 MP instead of the whole chain's
+    second or more. Raises ``UnreadablePhotoError``.
     """
-    width, height = probe(data, max_pixels).oriented_size
+    width, height = size or probe(data, max_pixels).oriented_size
     factor = 1
     while factor < 8 and max(width, height) // (factor * 2) >= LABEL_LONG_SIDE:
         factor *= 2

@@ -347,22 +347,24 @@ class Batches:
             return row
 
     def _analyse(self, data: bytes, *, scan: bool) -> _Analysis:
-        """Probe, read label barcodes (when sorting), classify and do the pixel work."""
+        """Prepare the JPEG to wrap, read label barcodes (when sorting), classify, and run
+        the colour step for a clinical photo."""
+        prepared = self.intake.process(data, color=False).prepared
+        info = prepared.info
+        width, height = info.oriented_size
         try:
-            info = probe(data, self.settings.max_pixels)
-            barcodes = read_label_barcodes(data, max_pixels=self.settings.max_pixels) \
-                if scan else []
+            barcodes = read_label_barcodes(data, max_pixels=self.settings.max_pixels,
+                                           size=(width, height)) if scan else []
         except UnreadablePhotoError as exc:
             raise UnreadablePhoto(str(exc)) from exc
-        width, height = info.oriented_size
         readings, symbols = self._readings(barcodes)
         area = label_area([b.corners for b in symbols], width, height) if readings else None
         role = LABEL if area is not None and area >= self.settings.batch_label_min_area \
             else CLINICAL
-        work = self.intake.process(data, color=role == CLINICAL)
-        return _Analysis(info.media_type, work.prepared.width, work.prepared.height,
-                         info.acquired, readings, tuple(b.symbology for b in symbols), area,
-                         role, work)
+        work = self.intake.process(data, prepared=prepared) if role == CLINICAL \
+            else PhotoWork(prepared, None)
+        return _Analysis(info.media_type, prepared.width, prepared.height, info.acquired,
+                         readings, tuple(b.symbology for b in symbols), area, role, work)
 
     def _readings(self, barcodes: Iterable[Barcode]) -> tuple[tuple[WristbandId, ...],
                                                               list[Barcode]]:
@@ -615,8 +617,16 @@ class Batches:
             if row.session_id is None:
                 row.session_id, row.confirmed_by = session.id, user
                 row.confirmed_at = datetime.now(UTC)
+        outcomes = [self._store(item.row, session.id) for item in group.held]
+        with self.db.session() as db:  # one commit for the group; a crash before it is
+            for upload_uuid, sop_uid, normalized in outcomes:  # mended by confirming again
+                row = db.get(BatchItem, upload_uuid)
+                assert row is not None
+                row.status = STORED if sop_uid else SKIPPED
+                row.group_id, row.pinned = group.row.id, True
+                row.sop_uid, row.normalized_sop_uid = sop_uid, normalized
         for item in group.held:
-            self._finish(item.row, group.row.id, session.id)
+            self._unstage(item.row.batch_id, item.row.upload_uuid)
         self.intake.complete(session.id)
         return self.view(batch.id, owner=owner, lookup=False).group(group.row.id)
 
@@ -658,23 +668,17 @@ class Batches:
         known = {e["identifier"] for e in patient.get("encounters", [])}
         return group.encounter if group.encounter in known else None
 
-    def _finish(self, item: BatchItem, group_id: str, session_id: str) -> None:
-        """Store (or skip) one held photo of a confirmed group; idempotent."""
-        skip = item.dropped or (item.role == LABEL and self.settings.batch_label_photos == "drop")
-        sop_uid = normalized = None
-        if not skip:
-            data = self._path(item.batch_id, item.upload_uuid, STAGED_ORIGINAL).read_bytes()
-            photo, _ = self.intake.accept_photo(
-                session_id, item.upload_uuid, data, work=self._staged_work(item, data),
-                label=item.role == LABEL, burned_in=bool(item.identity))
-            sop_uid, normalized = photo.sop_uid, photo.normalized_sop_uid
-        with self.db.session() as db:
-            row = db.get(BatchItem, item.upload_uuid)
-            assert row is not None
-            row.status = SKIPPED if skip else STORED
-            row.group_id, row.pinned = group_id, True
-            row.sop_uid, row.normalized_sop_uid = sop_uid, normalized
-        self._unstage(item.batch_id, item.upload_uuid)
+    def _store(self, item: BatchItem, session_id: str) -> tuple[str, str | None, str | None]:
+        """Store one held photo of a confirmed group through the intake (idempotent), or skip
+        it (dropped; a label photo with ``EBIW_BATCH_LABEL_PHOTOS=drop``). Returns (upload
+        UUID, SOP Instance UID or None when skipped, normalized SOP Instance UID)."""
+        if item.dropped or (item.role == LABEL and self.settings.batch_label_photos == "drop"):
+            return item.upload_uuid, None, None
+        data = self._path(item.batch_id, item.upload_uuid, STAGED_ORIGINAL).read_bytes()
+        photo, _ = self.intake.accept_photo(
+            session_id, item.upload_uuid, data, work=self._staged_work(item, data),
+            label=item.role == LABEL, burned_in=bool(item.identity))
+        return item.upload_uuid, photo.sop_uid, photo.normalized_sop_uid
 
 
 # --- the command line's import ----------------------------------------------------------------

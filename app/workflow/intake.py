@@ -355,12 +355,14 @@ class Intake:
 
     # --- photos --------------------------------------------------------------------------
 
-    def process(self, data: bytes, *, color: bool = True) -> PhotoWork:
-        """Do the pixel work of an upload: the JPEG to wrap and, when ``color`` and
-        ``EBIW_COLOR_NORMALIZATION`` are on, the colour step. Raises :class:`UnreadablePhoto`
-        for input we cannot accept (nothing is stored here)."""
+    def process(self, data: bytes, *, color: bool = True,
+                prepared: PreparedPhoto | None = None) -> PhotoWork:
+        """Do the pixel work of an upload: the JPEG to wrap (``prepared`` when it was made from
+        ``data`` already) and, when ``color`` and ``EBIW_COLOR_NORMALIZATION`` are on, the
+        colour step. Raises :class:`UnreadablePhoto` for input we cannot accept (nothing is
+        stored here)."""
         try:
-            prepared = prepare_for_dicom(data, self.settings.max_pixels)
+            prepared = prepared or prepare_for_dicom(data, self.settings.max_pixels)
             outcome = self._color(data) if color else None
         except UnreadablePhotoError as exc:
             raise UnreadablePhoto(str(exc)) from exc

@@ -98,12 +98,14 @@ export async function call(method, path, body) {
  * @param {string} path
  * @param {Blob} blob
  * @param {(loaded: number, total: number) => void} onProgress
+ * @param {AbortSignal} [signal] aborts the upload (it then rejects with a NetworkError)
  * @returns {Promise<{status: number, body: object}>}
  * @throws {NetworkError|ApiError}
  */
-export function putBlob(path, blob, onProgress) {
+export function putBlob(path, blob, onProgress, signal) {
   return new Promise((resolve, reject) => {
     const xhr = new XMLHttpRequest();
+    if (signal) signal.addEventListener("abort", () => xhr.abort(), { once: true });
     xhr.open("PUT", path);
     xhr.setRequestHeader("Content-Type", blob.type || "application/octet-stream");
     xhr.setRequestHeader("Accept", "application/json");

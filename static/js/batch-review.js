@@ -1,0 +1,158 @@
+/**
+ * The batch page's review: the groups the server sorted the photos into (one per patient,
+ * from the label frames), the patient directory's answer for each, and the unsorted photos.
+ * The user moves a photo to another group, drops it, or confirms a group's patient; nothing
+ * is stored before a group is confirmed. Everything is rendered from the server's answer
+ * (GET /api/v1/batches/{id}); no innerHTML, every text goes in as text.
+ * @module batch-review
+ */
+
+import { displayDate, displayName, h, paintBitmap, sexText } from "./ui.js";
+
+/**
+ * @typedef {object} Handlers
+ * @property {(uuid: string, changes: object) => void} update PATCH an item
+ * @property {(groupId: string, body: object) => void} confirm confirm a group
+ */
+
+/**
+ * What the review shows of a patient from the directory.
+ * @param {object} p the lookup's patient
+ * @returns {string}
+ */
+function patientText(p) {
+  const name = displayName({ family: p.name.family || "", given: p.name.given || "" });
+  return `${name} · born ${displayDate(p.birth_date)} · ${sexText(p.sex)} · MRN ${p.mrn}` +
+    (p.issuer ? ` (${p.issuer})` : "");
+}
+
+function groupTitle(group) {
+  const lookup = group.lookup || { status: "pending", patients: [] };
+  if (group.status === "confirmed" && group.patient) {
+    const chosen = lookup.patients.find((p) => p.mrn === group.patient.id &&
+      p.issuer === group.patient.issuer);
+    return chosen ? patientText(chosen) : `MRN ${group.patient.id} (${group.patient.issuer})`;
+  }
+  if (lookup.status === "matched") return patientText(lookup.patients[0]);
+  const id = `MRN ${group.identifier.mrn}${group.identifier.issuer ? ` (${group.identifier.issuer})` : ""}`;
+  return {
+    ambiguous: `${id}: several patients — choose one`,
+    not_found: `${id}: not in the patient directory`,
+    unavailable: `${id}: the patient directory did not answer`,
+  }[lookup.status] || id;
+}
+
+/**
+ * The label a move menu shows for a group.
+ * @param {object} group
+ * @returns {string}
+ */
+function shortName(group) {
+  const p = (group.lookup && group.lookup.patients.length === 1) ? group.lookup.patients[0] : null;
+  return p ? `${displayName({ family: p.name.family || "", given: p.name.given || "" })} · MRN ${p.mrn}`
+    : `MRN ${group.identifier.mrn}`;
+}
+
+function itemCard(item, batch, local, handlers) {
+  const file = local.get(item.upload_uuid);
+  const canvas = h("canvas", { class: "batch-thumb", "aria-hidden": "true" });
+  if (file && file.thumb) paintBitmap(canvas, file.thumb);
+  const name = file ? file.name : `photo ${item.order + 1}`;
+  const tags = [];
+  if (item.role === "label") tags.push("label photo");
+  else if (item.barcode) tags.push("label in the frame");
+  if (item.assigned === "manual") tags.push("moved by hand");
+  if (!item.acquired_at) tags.push("no capture time");
+  const card = h("li", { class: `batch-item ${item.dropped ? "dropped" : ""}`,
+    "data-uuid": item.upload_uuid, "data-status": item.status },
+  canvas,
+  h("span", { class: "batch-name" }, name),
+  h("span", { class: "muted batch-tags" }, tags.join(" · ")));
+  if (item.status !== "held") {
+    card.append(h("span", { class: "batch-state" }, item.status === "stored" ? "stored" : "not stored"));
+    return card;
+  }
+  const move = h("select", { class: "move", "aria-label": `Move ${name} to` },
+    h("option", { value: "" }, "Move to…"));
+  for (const group of batch.groups) {
+    if (group.id === item.group_id) continue;
+    move.append(h("option", { value: group.id }, shortName(group)));
+  }
+  if (item.group_id) move.append(h("option", { value: "unsorted" }, "Unsorted"));
+  if (item.assigned === "manual") move.append(h("option", { value: "auto" }, "Back to automatic"));
+  move.addEventListener("change", () => {
+    const value = move.value;
+    if (!value) return;
+    const changes = value === "auto" ? { auto: true }
+      : { group_id: value === "unsorted" ? null : value };
+    handlers.update(item.upload_uuid, changes);
+  });
+  const drop = h("input", { type: "checkbox", class: "drop", checked: item.dropped });
+  drop.addEventListener("change", () => handlers.update(item.upload_uuid, { dropped: drop.checked }));
+  card.append(move, h("label", { class: "check" }, drop, " Drop"));
+  return card;
+}
+
+function confirmControls(group, handlers) {
+  const lookup = group.lookup || { status: "pending", patients: [] };
+  const held = group.counts.held;
+  const box = h("div", { class: "row" });
+  if (!held) {
+    box.append(h("span", { class: "muted" }, group.status === "confirmed"
+      ? `Stored: ${group.counts.stored}, not stored: ${group.counts.skipped}` : "No photos"));
+    return box;
+  }
+  const choices = lookup.status === "ambiguous" ? lookup.patients : [];
+  let chosen = lookup.status === "matched" || group.status === "confirmed" ? {} : null;
+  if (choices.length) {
+    const fieldset = h("fieldset", {}, h("legend", {}, "Which patient?"));
+    for (const p of choices) {
+      const radio = h("input", { type: "radio", name: `patient-${group.id}` });
+      radio.addEventListener("change", () => {
+        chosen = { patient: { mrn: p.mrn, issuer: p.issuer } };
+        button.disabled = false;
+      });
+      fieldset.append(h("label", { class: "option" }, radio, ` ${patientText(p)}`));
+    }
+    box.append(fieldset);
+  }
+  const button = h("button", { type: "button", class: "primary confirm", disabled: !chosen },
+    group.status === "confirmed" ? `Store ${held} more` : `Confirm and store ${held}`);
+  button.addEventListener("click", () => {
+    button.disabled = true;
+    handlers.confirm(group.id, chosen || {});
+  });
+  box.append(button);
+  return box;
+}
+
+/**
+ * Render the review of `batch` into `container`.
+ * @param {HTMLElement} container
+ * @param {object} batch the API's batch
+ * @param {Map<string, {name: string, thumb?: ImageBitmap}>} local files on this device
+ * @param {Handlers} handlers
+ */
+export function renderReview(container, batch, local, handlers) {
+  const items = new Map(batch.items.map((i) => [i.upload_uuid, i]));
+  const sections = [];
+  for (const group of batch.groups) {
+    if (!group.items.length) continue;
+    sections.push(h("section", { class: `card batch-group ${group.status}`,
+      "data-group-id": group.id, "aria-label": `Group ${groupTitle(group)}` },
+    h("h3", {}, groupTitle(group)),
+    h("p", { class: "muted" }, group.status === "confirmed"
+      ? `Confirmed — study ${group.study_instance_uid}` : "Not confirmed: nothing stored yet"),
+    h("ul", { class: "batch-items" },
+      ...group.items.map((uuid) => itemCard(items.get(uuid), batch, local, handlers))),
+    confirmControls(group, handlers)));
+  }
+  if (batch.unsorted.length) {
+    sections.push(h("section", { class: "card batch-group unsorted", "data-group-id": "unsorted" },
+      h("h3", {}, "Unsorted"),
+      h("p", { class: "muted" }, "No label before these photos: move each to a patient."),
+      h("ul", { class: "batch-items" },
+        ...batch.unsorted.map((uuid) => itemCard(items.get(uuid), batch, local, handlers)))));
+  }
+  container.replaceChildren(...sections);
+}

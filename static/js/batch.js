@@ -1,0 +1,284 @@
+/**
+ * The batch page (/batch): drop many photos, send them (see batch-queue.js), review the
+ * patient groups the server sorted them into (see batch-review.js), confirm each group.
+ *
+ * The batch id lives in the page's fragment (#<uuid>, never sent to the server), so a reload
+ * keeps the batch: the review comes back from the server, and files dropped again are hashed
+ * and recognised (upload UUID = UUIDv5(batch id, SHA-256)) instead of sent twice. Photos are
+ * not kept by the browser; file names never leave it.
+ * @module batch
+ */
+
+import { ApiError, NetworkError, call, whoAmI } from "./api.js";
+import { acceptable, inFileOrder, sha256Hex, uuidV5 } from "./batch-files.js";
+import { BatchQueue } from "./batch-queue.js";
+import { renderReview } from "./batch-review.js";
+import { thumbnailOf } from "./camera.js";
+import { byId, count, h, say } from "./ui.js";
+
+const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
+const THUMB_TYPES = new Set(["image/jpeg", "image/png", "image/webp"]);
+const REFRESH_MS = 800;
+
+const state = {
+  batch: null,
+  /** @type {BatchQueue|null} */
+  queue: null,
+  /** @type {Map<string, {name: string, thumb?: ImageBitmap}>} files on this device */
+  local: new Map(),
+  hashing: 0,
+  refreshTimer: null,
+};
+
+function problem(message) {
+  say(byId("batch-error"), message);
+}
+
+function failed(error) {
+  if (error instanceof ApiError && error.needsLogin) {
+    showLogin();
+    return;
+  }
+  problem(error instanceof NetworkError || error instanceof ApiError ? error.message
+    : "something went wrong; reload the page");
+}
+
+function showLogin() {
+  byId("booting").hidden = true;
+  byId("batch").hidden = true;
+  byId("login-needed").hidden = false;
+}
+
+async function openBatch() {
+  const wanted = location.hash.slice(1);
+  if (UUID.test(wanted)) {
+    try {
+      const { body } = await call("GET", `/api/v1/batches/${wanted}`);
+      return body;
+    } catch (error) {
+      if (!(error instanceof ApiError) || error.status !== 404) throw error;
+    }
+  }
+  const { body } = await call("POST", "/api/v1/batches", {});
+  history.replaceState(null, "", `#${body.id}`);
+  return body;
+}
+
+function useBatch(batch) {
+  state.batch = batch;
+  state.queue = new BatchQueue(batch.id);
+  state.queue.addEventListener("change", renderQueue);
+  state.queue.addEventListener("progress", renderProgress);
+  state.queue.addEventListener("stored", scheduleRefresh);
+  state.queue.addEventListener("idle", scheduleRefresh);
+  state.queue.addEventListener("login-needed", showLogin);
+  byId("batch-id").textContent = batch.id.slice(0, 8);
+  renderQueue();
+  render();
+}
+
+function render() {
+  const batch = state.batch;
+  const items = batch.items.length;
+  byId("review").hidden = items === 0;
+  byId("review-summary").textContent = `${count(items)} on the server, ` +
+    `${count(batch.groups.filter((g) => g.items.length).length, "patient")}, ` +
+    `${count(batch.unsorted.length)} unsorted` +
+    (batch.label_photos === "drop" ? " · label photos are not kept" : "");
+  renderReview(byId("groups"), batch, state.local, { update, confirm });
+}
+
+function scheduleRefresh() {
+  clearTimeout(state.refreshTimer);
+  state.refreshTimer = setTimeout(refresh, REFRESH_MS);
+}
+
+async function refresh() {
+  try {
+    const { body } = await call("GET", `/api/v1/batches/${state.batch.id}`);
+    state.batch = body;
+    render();
+  } catch (error) {
+    failed(error);
+  }
+}
+
+async function update(uuid, changes) {
+  problem("");
+  try {
+    const { body } = await call("PATCH", `/api/v1/batches/${state.batch.id}/items/${uuid}`,
+      changes);
+    state.batch = body;
+    render();
+  } catch (error) {
+    failed(error);
+    refresh();
+  }
+}
+
+async function confirm(groupId, body) {
+  problem("");
+  try {
+    await call("POST", `/api/v1/batches/${state.batch.id}/groups/${groupId}/confirm`, body);
+  } catch (error) {
+    failed(error);
+  }
+  await refresh();
+}
+
+async function addPatient(event) {
+  event.preventDefault();
+  problem("");
+  const mrn = byId("manual-mrn").value.trim();
+  const issuer = byId("manual-issuer").value.trim();
+  try {
+    const { body } = await call("POST", `/api/v1/batches/${state.batch.id}/groups`,
+      issuer ? { mrn, issuer } : { mrn });
+    byId("manual-form").reset();
+    state.batch = body;
+    render();
+  } catch (error) {
+    failed(error);
+  }
+}
+
+// --- files ------------------------------------------------------------------------------
+
+async function addFiles(list) {
+  const files = inFileOrder([...list].filter(acceptable));
+  const skipped = list.length - files.length;
+  problem(skipped ? `${count(skipped, "file")} left out: not a photo (JPEG, PNG, HEIC, TIFF)` : "");
+  if (!files.length) return;
+  const known = new Set(state.batch.items.map((i) => i.upload_uuid));
+  let order = Math.max(-1, ...state.batch.items.map((i) => i.order),
+    ...[...state.queue.entries.values()].map((e) => e.order)) + 1;
+  state.hashing += files.length;
+  renderQueue();
+  const entries = [];
+  for (const file of files) {
+    const uuid = await uuidV5(state.batch.id, await sha256Hex(file));
+    state.hashing -= 1;
+    if (state.queue.entries.has(uuid)) continue;
+    const local = { name: file.name };
+    state.local.set(uuid, local);
+    if (THUMB_TYPES.has(file.type)) {
+      thumbnailOf(file, 160).then((bitmap) => {
+        local.thumb = bitmap;
+        render();
+      }).catch(() => {});
+    }
+    const done = known.has(uuid);
+    entries.push({ uuid, file: done ? null : file, name: file.name, order: order++,
+      size: file.size, loaded: done ? file.size : 0, state: done ? "done" : "queued",
+      error: null });
+  }
+  state.queue.add(entries);
+  render();
+}
+
+function renderProgress(event) {
+  const entry = state.queue.entries.get(event.detail.uuid);
+  const row = document.querySelector(`#file-list [data-uuid="${entry.uuid}"] progress`);
+  if (row) row.value = entry.size ? entry.loaded / entry.size : 0;
+  renderTotals();
+}
+
+function renderTotals() {
+  const t = state.queue.totals;
+  const overall = byId("overall");
+  overall.value = t.bytes ? t.sent / t.bytes : 0;
+  byId("overall-text").textContent = `${t.done} of ${count(t.files, "file")} on the server` +
+    (t.failed ? ` · ${t.failed} failed` : "") +
+    (state.hashing ? ` · reading ${state.hashing}…` : "") +
+    (state.queue.paused ? " · paused" : "");
+}
+
+const STATE_TEXT = { queued: "waiting", uploading: "sending", done: "on the server", failed: "failed" };
+
+function renderQueue() {
+  const queue = state.queue;
+  byId("upload").hidden = queue.entries.size === 0 && !state.hashing;
+  byId("pause").hidden = queue.paused || !queue.busy;
+  byId("resume").hidden = !queue.paused;
+  const rows = [];
+  for (const entry of queue.entries.values()) {
+    const progress = h("progress", { max: "1", value: String(entry.size ? entry.loaded / entry.size : 0),
+      "aria-label": `${entry.name} sent` });
+    const row = h("li", { "data-uuid": entry.uuid, "data-state": entry.state, class: "batch-file" },
+      h("span", { class: "batch-name" }, entry.name), progress,
+      h("span", { class: "batch-state" }, entry.error || STATE_TEXT[entry.state]));
+    if (entry.state === "failed" && entry.file) {
+      const retry = h("button", { type: "button", class: "secondary retry" }, "Retry");
+      retry.addEventListener("click", () => queue.retry(entry.uuid));
+      row.append(retry);
+    }
+    rows.push(row);
+  }
+  byId("file-list").replaceChildren(...rows);
+  renderTotals();
+}
+
+function wireDropZone() {
+  const zone = byId("drop");
+  const input = /** @type {HTMLInputElement} */ (byId("files"));
+  input.addEventListener("change", () => {
+    addFiles(input.files).catch(failed);
+    input.value = "";
+  });
+  for (const type of ["dragenter", "dragover"]) {
+    zone.addEventListener(type, (event) => {
+      event.preventDefault();
+      zone.classList.add("over");
+    });
+  }
+  zone.addEventListener("dragleave", () => zone.classList.remove("over"));
+  zone.addEventListener("drop", (event) => {
+    event.preventDefault();
+    zone.classList.remove("over");
+    addFiles(event.dataTransfer.files).catch(failed);
+  });
+  byId("pause").addEventListener("click", () => state.queue.pause());
+  byId("resume").addEventListener("click", () => state.queue.resume());
+  byId("manual-form").addEventListener("submit", addPatient);
+  byId("new-batch").addEventListener("click", async () => {
+    if (state.queue.busy && !window.confirm("Photos are still being sent. Start a new batch?")) return;
+    state.queue.pause();
+    history.replaceState(null, "", location.pathname);
+    state.local = new Map();
+    try {
+      useBatch(await openBatch());
+    } catch (error) {
+      failed(error);
+    }
+  });
+  window.addEventListener("beforeunload", (event) => {
+    if (state.queue && state.queue.busy) event.preventDefault();
+  });
+}
+
+async function start() {
+  let me;
+  try {
+    me = await whoAmI();
+  } catch (error) {
+    byId("booting").textContent = error.message;
+    return;
+  }
+  if (!me) {
+    showLogin();
+    return;
+  }
+  byId("who").textContent = me.user;
+  wireDropZone();
+  try {
+    useBatch(await openBatch());
+  } catch (error) {
+    byId("booting").hidden = true;
+    failed(error);
+    return;
+  }
+  byId("booting").hidden = true;
+  byId("batch").hidden = false;
+}
+
+start();
