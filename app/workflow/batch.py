@@ -97,12 +97,6 @@ def _insert(db: Session) -> Callable[..., Any]:
     return sqlite.insert
 
 
-def upload_uuid_for(batch_id: str, sha256: str) -> str:
-    """The upload UUID of a file in a web batch: UUIDv5 of the batch id and the file's SHA-256
-    (what ``static/js/batch-files.js`` computes), so a file sent again is recognised."""
-    return str(uuid.uuid5(uuid.UUID(batch_id), sha256))
-
-
 def patient_json(patient: PatientRecord) -> dict[str, Any]:
     """A directory's patient as the review shows it and confirmation uses it."""
     return {"mrn": patient.mrn, "issuer": patient.issuer,
@@ -210,7 +204,6 @@ class _Analysis:
     height: int
     acquired: datetime | None
     readings: tuple[WristbandId, ...]
-    symbologies: tuple[str, ...]
     area: float | None
     role: str
     work: PhotoWork | None
@@ -364,7 +357,7 @@ class Batches:
         work = self.intake.process(data, prepared=prepared) if role == CLINICAL \
             else PhotoWork(prepared, None)
         return _Analysis(info.media_type, prepared.width, prepared.height, info.acquired,
-                         readings, tuple(b.symbology for b in symbols), area, role, work)
+                         readings, area, role, work)
 
     def _readings(self, barcodes: Iterable[Barcode]) -> tuple[tuple[WristbandId, ...],
                                                               list[Barcode]]:
@@ -584,7 +577,8 @@ class Batches:
         exactly one), and session fields (``encounter``, ``body_site``, ``laterality``,
         ``description``, ``consent``). Guarantees: the session's id is derived from the batch
         and group, so confirming again (after new photos were moved in, or after an
-        interruption) adds to the same study and stores nothing twice; dropped photos and,
+        interruption) adds to the same study and stores nothing twice; a held photo whose label
+        names another patient is refused (:class:`Conflict`, nothing stored); dropped photos and,
         with ``EBIW_BATCH_LABEL_PHOTOS=drop``, label photos are skipped and their staged bytes
         deleted; each stored photo's staged bytes are deleted once it is marked stored.
         """
@@ -598,6 +592,13 @@ class Batches:
         if not group.items:
             raise InvalidRequest("the group has no photos")
         patient, method, evidence = self._chosen(group.row, body.get("patient"))
+        for item in group.held:
+            shown = {(x["mrn"], x["issuer"]) for x in item.row.identity}
+            if not item.row.dropped and shown and not any(
+                    mrn == patient["mrn"] and issuer in ("", patient["issuer"])
+                    for mrn, issuer in shown):
+                raise Conflict("a photo in this group shows another patient's label: move it "
+                               "to that patient's group or drop it")
         session_id = group.row.session_id or str(
             uuid.uuid5(NAMESPACE, f"session:{batch.id}:{group.row.id}"))
         request = SessionRequest.from_json({

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import io
 import random
+import uuid
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -29,6 +30,12 @@ PATIENTS = {  # MRN -> (family, given, birth date, sex); C's label is unknown to
     "2021200000": ("BATCH", "DORA", "1990-07-14", "F"),
 }
 UNKNOWN_MRN = "165340"
+
+
+def upload_uuid_for(batch_id: str, sha256: str) -> str:
+    """A file's upload UUID in a web batch, as ``static/js/batch-files.js`` makes it: UUIDv5
+    of the batch id and the file's SHA-256 (lowercase hex)."""
+    return str(uuid.uuid5(uuid.UUID(batch_id), sha256))
 
 
 @dataclass(frozen=True)

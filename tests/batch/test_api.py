@@ -15,10 +15,15 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
 from app.db.models import BatchItem, CaptureSession, Delivery, Instance, Photo
-from app.workflow.batch import upload_uuid_for
 from app.workflow.intake import LABEL_SERIES_NUMBER, NORMALIZED_SERIES_NUMBER
-from tests.batch.conftest import ISSUER, UNKNOWN_MRN, Shot, import_patients
-from tests.conftest import services
+from tests.batch.conftest import (
+    ISSUER,
+    UNKNOWN_MRN,
+    Shot,
+    import_patients,
+    upload_uuid_for,
+)
+from tests.conftest import CHARTS, services
 
 DESTINATIONS = """{"destinations": [{"name": "pacs", "type": "stow-rs",
                    "url": "http://127.0.0.1:9/dicom-web"}]}"""
@@ -79,8 +84,8 @@ def test_slip_sheet_batch_sorts_holds_and_confirms(
     items = {i["upload_uuid"]: i for i in batch["items"]}
     assert {s.name for s in batch_shots if items[names[s.name]]["role"] == "label"} == {
         s.name for s in batch_shots if s.role == "label"}
-    qr = next(s for s in batch_shots if "qrcode" in s.name)
-    assert items[names[qr.name]]["barcode"] and items[names[qr.name]]["role"] == "clinical"
+    qr_item = items[names[next(s.name for s in batch_shots if "qrcode" in s.name)]]
+    assert qr_item["barcode"] and qr_item["role"] == "clinical"
     lookups = {g["identifier"]["mrn"]: g["lookup"]["status"] for g in batch["groups"]}
     assert lookups == {"15182881": "matched", "42094043": "matched", "2021200000": "matched",
                        UNKNOWN_MRN: "not_found"}
@@ -116,6 +121,17 @@ def test_slip_sheet_batch_sorts_holds_and_confirms(
                           json={}, headers=capture)
     assert refused.status_code == 422
     assert rows(app, Photo) == 0 and rows(app, Delivery) == 0
+
+    # A photo showing D's label moved into A's group: confirming A is refused, nothing stored.
+    qr = next(s for s in batch_shots if "qrcode" in s.name)
+    client.patch(f"/api/v1/batches/{batch_id}/items/{names[qr.name]}",
+                 json={"group_id": group_of["15182881"]}, headers=capture)
+    wrong = client.post(f"/api/v1/batches/{batch_id}/groups/{group_of['15182881']}/confirm",
+                        json={}, headers=capture)
+    assert wrong.status_code == 409 and rows(app, Photo) == 0
+    back = client.patch(f"/api/v1/batches/{batch_id}/items/{names[qr.name]}",
+                        json={"auto": True}, headers=capture).get_json()
+    assert names[qr.name] in groups_by_mrn(back)["2021200000"]
 
     # Confirm A: one study, its held photos stored (label in its own series), dropped skipped.
     confirmed = client.post(f"/api/v1/batches/{batch_id}/groups/{group_of['15182881']}/confirm",
@@ -193,6 +209,16 @@ def test_batches_are_private_and_refuse_bad_input(
     assert rows(app, BatchItem) == 0
     staged = services(app).settings.data_dir / "batches" / batch_id
     assert not staged.exists() or not any(staged.iterdir())
+    # Discarding forgets the held photos and their staged bytes.
+    photo = (CHARTS / "sio_classic.jpg").read_bytes()
+    assert client.put(f"/api/v1/batches/{batch_id}/items/{uuid.uuid4()}", data=photo,
+                      headers=capture).status_code == 201
+    assert any(staged.iterdir())
+    gone = client.delete(f"/api/v1/batches/{batch_id}", headers=capture)
+    assert gone.get_json() == {"discarded": 1} and not any(staged.iterdir())
+    assert rows(app, BatchItem) == 0 and rows(app, Photo) == 0
+    assert client.get(f"/api/v1/batches/{batch_id}", headers=capture).status_code == 404
+    batch_id = client.post("/api/v1/batches", json={}, headers=capture).get_json()["id"]
     assert client.put(f"/api/v1/batches/{batch_id}/items/../x", data=b"x",
                       headers=capture).status_code == 404
     assert client.put(f"/api/v1/batches/{batch_id}/items/not-a-uuid", data=b"x",

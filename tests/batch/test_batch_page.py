@@ -19,8 +19,13 @@ from werkzeug.serving import make_server
 from app.db.models import CaptureSession, Delivery, Instance, Photo
 from app.factory import create_app
 from app.workflow.accounts import create_user
-from app.workflow.batch import upload_uuid_for
-from tests.batch.conftest import ISSUER, UNKNOWN_MRN, Shot, import_patients
+from tests.batch.conftest import (
+    ISSUER,
+    UNKNOWN_MRN,
+    Shot,
+    import_patients,
+    upload_uuid_for,
+)
 from tests.conftest import REPO, services
 
 CHROMIUM = Path("/usr/bin/chromium")
