@@ -228,10 +228,11 @@ async function loadTimeline() {
     list.replaceChildren(Object.assign(document.createElement("li"), { className: "empty", textContent: "No body site or patient ID to compare by." }));
     return;
   }
-  const params = { PatientID: patient.id, includefield: TIMELINE_FIELDS };
-  if (patient.issuer) params.IssuerOfPatientID = patient.issuer;
+  // The server finds the patient's instances from the study: no Patient ID in the URL.
+  const related = `/studies/${encodeURIComponent(state.study.uid)}/related/instances`;
   try {
-    const entries = timelineOf(await api.json(`/instances?${query(params)}`), state.study);
+    const entries = timelineOf(
+      await api.json(`${related}?${query({ includefield: TIMELINE_FIELDS })}`), state.study);
     list.replaceChildren();
     if (!entries.length) {
       list.append(Object.assign(document.createElement("li"), { className: "empty", textContent: "None." }));

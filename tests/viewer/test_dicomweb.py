@@ -124,6 +124,23 @@ def test_qido_studies_match_patient_dates_modality_and_page(
     assert "00380010" in everything[0] and "00280010" not in everything[0]  # study level only
 
 
+def test_related_instances_find_the_patients_studies_without_a_patient_id_in_the_url(
+        client: FlaskClient, auth: dict[str, dict[str, str]],
+        archive: dict[str, StoredStudy]) -> None:
+    view = auth["view"]
+    url = f"/dicomweb/studies/{archive['today'].study_uid}/related/instances"
+    found = client.get(f"{url}?includefield=0020000D", headers=view)
+    assert found.status_code == 200 and found.content_type == "application/dicom+json"
+    studies = {_value(i, "0020000D") for i in found.get_json()}
+    assert studies == {archive[k].study_uid for k in ("today", "2024", "2025")}
+    other = client.get(f"/dicomweb/studies/{archive['other'].study_uid}/related/instances",
+                       headers=view).get_json()
+    assert {_value(i, "0020000D") for i in other} == {archive["other"].study_uid}
+    assert client.get("/dicomweb/studies/2.25.1/related/instances", headers=view
+                      ).status_code == 404
+    assert client.get(url).status_code == 401
+
+
 def test_qido_series_and_instances(client: FlaskClient, auth: dict[str, dict[str, str]],
                                    archive: dict[str, StoredStudy]) -> None:
     view, study = auth["view"], archive["today"]

@@ -221,6 +221,18 @@ def search_all_instances() -> Response:
     return _search(query.search_instances)
 
 
+@bp.get("/studies/<study>/related/instances")
+@require(*ROLES)
+def search_related_instances(study: str) -> Response:
+    """QIDO-RS instances of the patient of ``study``, in any study (an ebiw extension).
+
+    The viewer finds a patient's earlier studies with it, so the Patient ID never travels in
+    a URL's query string (DESIGN §4); other QIDO-RS matching keys still apply.
+    """
+    patient_id, issuer = _patient_of(_rows(study)[0].attributes[index.DICOM])
+    return _search(query.search_instances, *query.patient_filter(patient_id, issuer))
+
+
 @bp.get("/studies/<study>/series")
 @require(*ROLES)
 def search_series(study: str) -> Response:
