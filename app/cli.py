@@ -21,6 +21,7 @@ from flask.cli import FlaskGroup
 
 from app.db.session import Database
 from app.factory import create_app
+from app.gateways.archive import build_archive
 from app.gateways.archive.local import LocalArchive
 from app.gateways.patients import ImportFormatError
 from app.gateways.registry import build_registry
@@ -106,7 +107,7 @@ def worker(threads: int, drain: bool) -> None:
     database = Database(settings.database)
     database.create_schema()
     registry = build_registry(settings)
-    archive = LocalArchive(settings.archive_root)
+    archive = build_archive(settings)
     if drain:
         _emit({"handled": delivery.drain(database, archive, registry, threads),
                "counts": delivery.delivery_counts(database)})

@@ -9,7 +9,7 @@ from typing import Any
 from flask import Flask
 
 from app.db.session import Database
-from app.gateways.archive.local import LocalArchive
+from app.gateways.archive import build_archive
 from app.gateways.registry import build_registry
 from app.logs import install_log_hygiene
 from app.settings import Settings
@@ -29,6 +29,7 @@ from app.web.launch import init_app as init_launch
 from app.web.patients import init_app as init_patients
 from app.web.pwa import bp as pwa_bp
 from app.web.studies import bp as studies_bp
+from app.web.timing import ServerTiming
 from app.workflow.delivery import BackgroundDelivery
 from app.workflow.intake import Intake
 
@@ -44,7 +45,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
                       MAX_CONTENT_LENGTH=settings.max_upload_bytes,
                       JSON_SORT_KEYS=False)
     db = Database(settings.database)
-    archive = LocalArchive(settings.archive_root)
+    archive = build_archive(settings)
     registry = build_registry(settings)
     app.extensions["ebiw"] = Services(settings=settings, db=db, archive=archive,
                                       intake=Intake(db, archive, settings, registry))
@@ -68,4 +69,5 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(studies_bp)
     app.register_blueprint(exports_bp)
     init_audit(app)
+    app.wsgi_app = ServerTiming(app.wsgi_app)  # type: ignore[method-assign]
     return app

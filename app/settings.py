@@ -34,6 +34,10 @@ class Settings:
     data_dir: Path = Path("var")
     database_url: str = ""  # empty: SQLite in data_dir
     archive_dir: Path | None = None  # None: data_dir / "archive"
+    # S3-compatible object store as the archive (app/gateways/archive/objectstore.py); the
+    # credentials come from the environment as boto3 reads them (AWS_ACCESS_KEY_ID, ...)
+    archive_s3_bucket: str = ""  # empty: the local archive under archive_dir
+    archive_s3_endpoint: str = ""  # e.g. https://minio.example.org:9000; empty: AWS S3
     secret_key: str = ""
     uid_root: str = ""
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -193,6 +197,10 @@ class Settings:
         if self.session_idle_minutes <= 0 or self.session_lifetime_hours <= 0:
             raise SettingsError("EBIW_SESSION_IDLE_MINUTES and EBIW_SESSION_LIFETIME_HOURS "
                                 "must be positive")
+        if self.archive_s3_endpoint and not (
+                self.archive_s3_bucket and re.match(r"^https?://", self.archive_s3_endpoint)):
+            raise SettingsError("EBIW_ARCHIVE_S3_ENDPOINT must be an http(s) URL and needs "
+                                "EBIW_ARCHIVE_S3_BUCKET")
         self._check_emr()
         self._check_patients()
         if self.batch_label_photos not in ("keep", "drop") or \

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from flask import current_app
 
 from app.db.session import Database
-from app.gateways.archive.local import LocalArchive
+from app.gateways.archive import Archive
 from app.settings import Settings
 from app.workflow.intake import Intake
 
@@ -18,7 +18,7 @@ class Services:
 
     settings: Settings
     db: Database
-    archive: LocalArchive
+    archive: Archive
     intake: Intake
 
 

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 from flask import Blueprint, Response, jsonify
 from sqlalchemy import text
 
@@ -20,7 +18,7 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> tuple[Response, int]:
-    """Ready to accept uploads: the database answers and the archive folder is writable."""
+    """Ready to accept uploads: the database answers and the archive can be written to."""
     svc = services()
     checks: dict[str, str] = {}
     try:
@@ -29,8 +27,6 @@ def readyz() -> tuple[Response, int]:
         checks["database"] = "ok"
     except Exception as exc:  # any failure means not ready; the type is enough to diagnose
         checks["database"] = f"failed: {type(exc).__name__}"
-    root = svc.settings.archive_root
-    root.mkdir(parents=True, exist_ok=True)
-    checks["archive"] = "ok" if os.access(root, os.W_OK) else "failed: not writable"
+    checks["archive"] = svc.archive.check()
     ready = all(v == "ok" for v in checks.values())
     return jsonify(status="ok" if ready else "unavailable", checks=checks), 200 if ready else 503

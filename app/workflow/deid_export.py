@@ -29,6 +29,7 @@ from sqlalchemy import select
 
 from app.db.models import CaptureSession, Instance
 from app.db.session import Database
+from app.gateways.archive import Archive
 from app.gateways.archive.local import LocalArchive
 from app.pipeline.dicom.deid import (
     BASIC_PROFILE,
@@ -96,7 +97,7 @@ def _order(row: Instance) -> tuple[int, int, str]:
             row.sop_uid)
 
 
-def export_deidentified(database: Database, archive: LocalArchive, study_uids: Sequence[str],
+def export_deidentified(database: Database, archive: Archive, study_uids: Sequence[str],
                         out_dir: Path, *, retain_dates: bool, include_burned_in: bool,
                         actor: str, role: str | None = None, client: str | None = None,
                         node: str | None = None) -> ExportReport:
@@ -139,7 +140,7 @@ def export_deidentified(database: Database, archive: LocalArchive, study_uids: S
     return report
 
 
-def _export_one(archive: LocalArchive, row: Instance, study_number: int, out_dir: Path,
+def _export_one(archive: Archive, row: Instance, study_number: int, out_dir: Path,
                 pseudonyms: Pseudonyms, report: ExportReport) -> None:
     """De-identify one archived instance into the export, or record why it was left out."""
     attributes = row.attributes or {}

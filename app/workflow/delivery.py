@@ -36,7 +36,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import CaptureSession, Delivery, Instance
 from app.db.session import Database
-from app.gateways.archive.local import LocalArchive
+from app.gateways.archive import Archive
 from app.gateways.archive.pacs import OutgoingInstance
 from app.gateways.errors import GatewayError, PermanentError, TransientError
 from app.gateways.registry import Destination, Registry, RetryPolicy
@@ -148,7 +148,7 @@ class DeliveryWorker:
     database, in one process or many.
     """
 
-    def __init__(self, db: Database, archive: LocalArchive, registry: Registry, *,
+    def __init__(self, db: Database, archive: Archive, registry: Registry, *,
                  uniform: Callable[[float, float], float] = random.uniform) -> None:
         self.db = db
         self.archive = archive
@@ -355,7 +355,7 @@ class BackgroundDelivery:
     process with ``EBIW_DELIVERY_THREAD``). They are daemons, stopped at interpreter exit so
     a recycled web worker finishes its batch instead of leaving it to the lease."""
 
-    def __init__(self, db: Database, archive: LocalArchive, registry: Registry,
+    def __init__(self, db: Database, archive: Archive, registry: Registry,
                  count: int = 1) -> None:
         self._stop = threading.Event()
         self._workers = [DeliveryWorker(db, archive, registry) for _ in range(count)]
@@ -389,7 +389,7 @@ class BackgroundDelivery:
             pass
 
 
-def drain(db: Database, archive: LocalArchive, registry: Registry, threads: int = 1) -> int:
+def drain(db: Database, archive: Archive, registry: Registry, threads: int = 1) -> int:
     """Deliver with ``threads`` workers until nothing is due; return the rows handled."""
     workers = [DeliveryWorker(db, archive, registry) for _ in range(threads)]
     with ThreadPoolExecutor(threads) as pool:

@@ -21,7 +21,8 @@ from sqlalchemy.orm import selectinload
 
 from app.db.models import CaptureSession, Instance, Photo, SessionIdentification
 from app.db.session import Database
-from app.gateways.archive.local import ArchiveConflictError, InstanceKey, LocalArchive
+from app.gateways.archive import Archive
+from app.gateways.archive.local import ArchiveConflictError, InstanceKey
 from app.gateways.registry import Registry, build_registry
 from app.pipeline.color import ColorOutcome, normalize_photo
 from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, prepare_for_dicom
@@ -285,7 +286,7 @@ def _as_utc(value: datetime) -> datetime:
 class Intake:
     """Opens sessions and accepts photos into the local archive."""
 
-    def __init__(self, db: Database, archive: LocalArchive, settings: Settings,
+    def __init__(self, db: Database, archive: Archive, settings: Settings,
                  registry: Registry | None = None) -> None:
         self.db = db
         self.archive = archive
@@ -476,7 +477,7 @@ class Intake:
             for key, dicom, _ in built:
                 row = db.get(Instance, key.sop_uid)
                 if row is not None and hashlib.sha256(dicom).hexdigest() == row.sha256:
-                    self.archive.write_atomic(self.archive.path(row), dicom)
+                    self.archive.restore(row, dicom)
 
     def _known_photo(self, upload_uuid: str, digest: str, session_id: str) -> Photo | None:
         with self.db.session() as db:

@@ -55,7 +55,9 @@ class LocalArchive:
     def __init__(self, root: Path) -> None:
         self.root = root
 
-    def relative_path(self, key: InstanceKey) -> Path:
+    @staticmethod
+    def relative_path(key: InstanceKey) -> Path:
+        """``<StudyUID>/<SeriesUID>/<SOPUID>.dcm``; raises ValueError unless all are UIDs."""
         return Path(_checked_uid(key.study_uid), _checked_uid(key.series_uid),
                     f"{_checked_uid(key.sop_uid)}.dcm")
 
@@ -110,4 +112,14 @@ class LocalArchive:
             _fsync_dir(made.parent)
 
     def read(self, instance: Instance) -> bytes:
+        """The stored bytes of an indexed instance; FileNotFoundError when the file is gone."""
         return self.path(instance).read_bytes()
+
+    def restore(self, instance: Instance, data: bytes) -> None:
+        """Write ``data`` over an indexed instance's file, atomically and durably."""
+        self.write_atomic(self.path(instance), data)
+
+    def check(self) -> str:
+        """``ok`` when the archive folder can be written to, else why not (no PHI)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        return "ok" if os.access(self.root, os.W_OK) else "failed: not writable"

@@ -21,6 +21,8 @@ import logging
 import os
 import tempfile
 from collections.abc import Callable
+from functools import partial
+from io import BytesIO
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +166,7 @@ def study_visible(study: str, caller: Caller) -> bool:
 
 
 def _dataset(row: Instance) -> pydicom.Dataset:
-    return pydicom.dcmread(services().archive.path(row))
+    return pydicom.dcmread(BytesIO(services().archive.read(row)))
 
 
 def _frame(ds: pydicom.Dataset) -> bytes:
@@ -262,7 +264,7 @@ def _instances(rows: list[Instance]) -> Response:
         raise _not_acceptable("instances")
     archive = services().archive
     parts = [media.Part(f"{media.DICOM}; transfer-syntax={_transfer_syntax(r)}",
-                        archive.path(r).read_bytes) for r in rows]
+                        partial(archive.read, r)) for r in rows]
     marker = media.boundary()
     return Response(media.multipart(parts, marker),
                     content_type=media.multipart_content_type(media.DICOM, marker))
@@ -333,7 +335,7 @@ def _frame_parts(row: Instance) -> Response:
     archive = services().archive
 
     def load() -> bytes:
-        return _frame(pydicom.dcmread(archive.path(row)))
+        return _frame(pydicom.dcmread(BytesIO(archive.read(row))))
 
     marker = media.boundary()
     part = media.Part(f"{part_type}; transfer-syntax={_transfer_syntax(row)}", load)
@@ -372,7 +374,8 @@ def retrieve_bulkdata(study: str, series: str, sop: str, tag: str) -> Response:
     archive = services().archive
 
     def load() -> bytes:
-        value = pydicom.dcmread(archive.path(row), stop_before_pixels=True)[int(tag, 16)].value
+        value = pydicom.dcmread(BytesIO(archive.read(row)),
+                                stop_before_pixels=True)[int(tag, 16)].value
         return bytes(value)
 
     marker = media.boundary()

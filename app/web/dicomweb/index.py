@@ -15,6 +15,7 @@ about a millisecond per new instance.
 from __future__ import annotations
 
 import logging
+from io import BytesIO
 from typing import Any
 
 import pydicom
@@ -24,7 +25,7 @@ from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Instance
-from app.gateways.archive.local import LocalArchive
+from app.gateways.archive import Archive
 
 log = logging.getLogger(__name__)
 
@@ -55,20 +56,20 @@ def _bulk_uri(element: DataElement) -> str:
     return f"{BULK_PREFIX}{element.tag:08X}"
 
 
-def read_header(archive: LocalArchive, row: Instance) -> tuple[dict[str, Any], str]:
+def read_header(archive: Archive, row: Instance) -> tuple[dict[str, Any], str]:
     """The file's header as DICOM JSON (bulk data as relative URIs) and its Transfer Syntax.
 
     Guarantees: Pixel Data is listed (as ``bulkdata/7FE00010``) whenever the object is an
     image, although the header read stops before it.
     """
-    ds = pydicom.dcmread(archive.path(row), stop_before_pixels=True)
+    ds = pydicom.dcmread(BytesIO(archive.read(row)), stop_before_pixels=True)
     body = ds.to_json_dict(bulk_data_threshold=0, bulk_data_element_handler=_bulk_uri)
     if "Rows" in ds:
         body[PIXEL_DATA] = {"vr": "OB", "BulkDataURI": f"{BULK_PREFIX}{PIXEL_DATA}"}
     return body, str(ds.file_meta.TransferSyntaxUID)
 
 
-def refresh(db: Session, archive: LocalArchive, *criteria: ColumnElement[bool]) -> int:
+def refresh(db: Session, archive: Archive, *criteria: ColumnElement[bool]) -> int:
     """Cache the header of every stale instance matching ``criteria``; return how many.
 
     Guarantees: other keys of ``attributes`` are kept; an unreadable file is logged (by type,
