@@ -6,8 +6,10 @@ import os
 import re
 import subprocess
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 from flask import Flask
@@ -98,3 +100,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "database_url" not in getattr(item, "fixturenames", ()):
             item.add_marker(skip)
+
+
+# --- a headless Chromium for browser tests ----------------------------------------------------
+
+CHROMIUM = Path("/usr/bin/chromium")
+ARTIFACTS = REPO / "tests" / ".artifacts"
+CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu",
+                 "--disable-background-networking", "--no-first-run"]
+T = TypeVar("T")
+
+
+class Browser:
+    """A headless Chromium owned by one worker thread; ``run(fn)`` calls ``fn(browser)`` there
+    (Playwright's sync API must stay on one thread, and may share a pytest run with others)."""
+
+    def __init__(self) -> None:
+        from playwright.sync_api import sync_playwright
+
+        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
+        self.playwright = self.thread.submit(lambda: sync_playwright().start()).result()
+        self.browser = self.thread.submit(lambda: self.playwright.chromium.launch(
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)).result()
+
+    def run(self, fn: Callable[[Any], T]) -> T:
+        return self.thread.submit(fn, self.browser).result()
+
+    def close(self) -> None:
+        self.thread.submit(self.browser.close).result()
+        self.thread.submit(self.playwright.stop).result()
+        self.thread.shutdown()
+
+
+@pytest.fixture(scope="module")
+def chromium() -> Iterator[Browser]:
+    """One browser per test module; skipped where Debian's chromium is not installed."""
+    if not CHROMIUM.exists():
+        pytest.skip("browser tests need Debian's chromium at /usr/bin/chromium")
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    browser = Browser()
+    yield browser
+    browser.close()

@@ -8,18 +8,15 @@ same pytest session (Playwright's sync API allows one instance per thread).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from urllib.parse import urlencode
 
-import pytest
 from flask import Flask
 from sqlalchemy import select
 
 from app.db.models import CaptureSession
-from tests.conftest import REPO, services
+from tests.conftest import ARTIFACTS, Browser, services
 from tests.launch.conftest import (
     ENCOUNTER,
     FAMILY,
@@ -30,42 +27,6 @@ from tests.launch.conftest import (
     Stored,
     jpeg,
 )
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "tests" / ".artifacts"
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--no-first-run"]
-T = TypeVar("T")
-
-
-class Browser:
-    """A headless Chromium owned by one worker thread; ``run(fn)`` calls ``fn(browser)`` there."""
-
-    def __init__(self) -> None:
-        from playwright.sync_api import sync_playwright
-
-        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
-        self.playwright = self.thread.submit(lambda: sync_playwright().start()).result()
-        self.browser = self.thread.submit(lambda: self.playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=ARGS)).result()
-
-    def run(self, fn: Callable[[Any], T]) -> T:
-        return self.thread.submit(fn, self.browser).result()
-
-    def close(self) -> None:
-        self.thread.submit(self.browser.close).result()
-        self.thread.submit(self.playwright.stop).result()
-        self.thread.shutdown()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip("the launch browser tests need Debian's chromium at /usr/bin/chromium")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    browser = Browser()
-    yield browser
-    browser.close()
 
 
 def launch_url(live_url: str, emr: Emr, **params: str) -> str:

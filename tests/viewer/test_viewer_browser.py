@@ -9,18 +9,15 @@ same pytest session (Playwright's sync API allows one instance per thread).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.conftest import REPO
+from tests.conftest import ARTIFACTS, Browser
 from tests.viewer.conftest import (
     CARD_WIDTH_MM,
     QUAD_MM,
@@ -30,42 +27,6 @@ from tests.viewer.conftest import (
     store_earlier_study,
     upload_study,
 )
-
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "tests" / ".artifacts"
-ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-        "--no-first-run"]
-T = TypeVar("T")
-
-
-class Browser:
-    """A headless Chromium owned by one worker thread; ``run(fn)`` calls ``fn(browser)`` there."""
-
-    def __init__(self) -> None:
-        from playwright.sync_api import sync_playwright
-
-        self.thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="chromium")
-        self.playwright = self.thread.submit(lambda: sync_playwright().start()).result()
-        self.browser = self.thread.submit(lambda: self.playwright.chromium.launch(
-            executable_path=str(CHROMIUM), args=ARGS)).result()
-
-    def run(self, fn: Callable[[Any], T]) -> T:
-        return self.thread.submit(fn, self.browser).result()
-
-    def close(self) -> None:
-        self.thread.submit(self.browser.close).result()
-        self.thread.submit(self.playwright.stop).result()
-        self.thread.shutdown()
-
-
-@pytest.fixture(scope="module")
-def chromium() -> Iterator[Browser]:
-    if not CHROMIUM.exists():
-        pytest.skip("the viewer tests need Debian's chromium at /usr/bin/chromium")
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
-    browser = Browser()
-    yield browser
-    browser.close()
 
 
 def open_viewer(browser: Any, url: str, token: str | None, size: tuple[int, int],
