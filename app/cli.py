@@ -12,6 +12,7 @@ import shutil
 import signal
 import sys
 import uuid
+from collections.abc import Callable
 from datetime import UTC, date, datetime
 from pathlib import Path
 
@@ -54,6 +55,13 @@ from app.workflow.tokens import ROLES, create_token, list_tokens, revoke_tokens
 
 def _services() -> Services:
     return current_app.extensions["ebiw"]
+
+
+def _ready_services() -> Services:
+    """The app's services, its database schema upgraded to the newest revision first."""
+    services = _services()
+    services.db.create_schema()
+    return services
 
 
 @click.group(cls=FlaskGroup, create_app=create_app, add_default_commands=False,
@@ -135,8 +143,7 @@ def db_upgrade() -> None:
 @cli.command()
 def demo() -> None:
     """Seed a few synthetic demo patients (with open encounters) into the local index."""
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     added = seed_demo_patients(services.db, services.settings.default_issuer)
     click.echo(f"demo patients: {added} added")
 
@@ -151,8 +158,7 @@ def token() -> None:
 @click.option("--role", required=True, type=click.Choice(ROLES))
 def token_create(user: str, role: str) -> None:
     """Create a bearer token and print it (it is shown only this once)."""
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     secret = create_token(services.db, user, role)
     _audit_admin("token.create", f"user:{user}", detail={"role": role})
     click.echo(secret)
@@ -161,8 +167,7 @@ def token_create(user: str, role: str) -> None:
 @token.command("list")
 def token_list() -> None:
     """One JSON line per token: number, user, role, created, revoked (never the token)."""
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     for t in list_tokens(services.db):
         _emit({"id": t.id, "user": t.user, "role": t.role,
                "created_at": t.created_at.isoformat(),
@@ -176,8 +181,7 @@ def token_revoke(token_id: int | None, user: str | None) -> None:
     """Revoke a token by number, or all tokens of a user (refused from the next request)."""
     if (token_id is None) == (user is None):
         raise click.UsageError("give --id or --user")
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     count = revoke_tokens(services.db, token_id=token_id, user=user)
     if count == 0:
         raise click.ClickException("no live token matched")
@@ -197,14 +201,23 @@ def user() -> None:
 def user_create(username: str, role: str) -> None:
     """Create an account; the password is read from standard input or prompted for."""
     password = _read_password()
-    services = _services()
-    services.db.create_schema()
+    _change_account("user.create", username,
+                    lambda db: create_user(db, username, password, role),
+                    f"user {username} created ({role})", detail={"role": role})
+
+
+def _change_account(action: str, username: str, change: Callable[[Database], object],
+                    done: str, detail: dict[str, object] | None = None) -> None:
+    """Apply ``change`` to the upgraded database; an ``AccountError`` becomes the command's
+    error (exit 1, nothing audited), else ``action`` is audited on the user and ``done``
+    printed."""
+    services = _ready_services()
     try:
-        create_user(services.db, username, password, role)
+        change(services.db)
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
-    _audit_admin("user.create", f"user:{username}", detail={"role": role})
-    click.echo(f"user {username} created ({role})")
+    _audit_admin(action, f"user:{username}", detail=detail)
+    click.echo(done)
 
 
 def _read_password() -> str:
@@ -219,47 +232,34 @@ def user_password(username: str) -> None:
     """Set a local account's password (standard input or prompt); its sessions end, its
     lockout is lifted."""
     password = _read_password()
-    services = _services()
-    services.db.create_schema()
-    try:
-        accounts.set_password(services.db, username, password)
-    except AccountError as exc:
-        raise click.ClickException(str(exc)) from exc
-    _audit_admin("user.password", f"user:{username}")
-    click.echo(f"password of {username} changed")
+    _change_account("user.password", username,
+                    lambda db: accounts.set_password(db, username, password),
+                    f"password of {username} changed")
 
 
 @user.command("disable")
 @click.option("--username", required=True)
 def user_disable(username: str) -> None:
     """Disable an account: its sessions end now and it can no longer log in."""
-    _set_disabled(username, True)
+    _change_account("user.disable", username,
+                    lambda db: accounts.set_disabled(db, username, True),
+                    f"user {username} disabled")
 
 
 @user.command("enable")
 @click.option("--username", required=True)
 def user_enable(username: str) -> None:
     """Enable a disabled account again."""
-    _set_disabled(username, False)
-
-
-def _set_disabled(username: str, disabled: bool) -> None:
-    services = _services()
-    services.db.create_schema()
-    try:
-        accounts.set_disabled(services.db, username, disabled)
-    except AccountError as exc:
-        raise click.ClickException(str(exc)) from exc
-    _audit_admin("user.disable" if disabled else "user.enable", f"user:{username}")
-    click.echo(f"user {username} {'disabled' if disabled else 'enabled'}")
+    _change_account("user.enable", username,
+                    lambda db: accounts.set_disabled(db, username, False),
+                    f"user {username} enabled")
 
 
 @user.command("unlock")
 @click.option("--username", required=True)
 def user_unlock(username: str) -> None:
     """Lift a lockout after failed logins."""
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     found = accounts.unlock(services.db, username)
     _audit_admin("user.unlock", f"user:{username}", detail={"was_locked": found})
     click.echo(f"user {username} {'unlocked' if found else 'was not locked'}")
@@ -268,8 +268,7 @@ def user_unlock(username: str) -> None:
 @user.command("list")
 def user_list() -> None:
     """One JSON line per account: username, role, kind, created, disabled, locked until."""
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     for u in accounts.list_users(services.db):
         _emit({"username": u.username, "role": u.role, "kind": u.kind,
                "created_at": u.created_at.isoformat(), "disabled": u.disabled,
@@ -372,8 +371,7 @@ def patients_import(files: tuple[str, ...], issuer: str | None) -> None:
     mrn, issuer, family, given, birth_date, sex, encounter, encounter_status, encounter_start,
     department (header row required, only mrn is mandatory).
     """
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     failed = False
     for name in files:
         try:
@@ -430,8 +428,7 @@ def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str |
     """
     if (patient_id is None) != (issuer is None):
         raise click.UsageError("give --patient-id and --issuer together")
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     identifier = build_identifier(services.settings, services.db)
     batches = Batches(services.db, services.settings, services.intake,
                       identifier.directories, identifier.rules)
@@ -494,8 +491,7 @@ def audit_group() -> None:
 @audit_group.command("verify")
 def audit_verify() -> None:
     """Check the hash chain; print {"ok", "records", "broken_at"} and exit 1 when broken."""
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     result = audit.verify(services.db)
     audit.append(services.db, _cli_actor(), "audit.verify", outcome=audit.SUCCESS,
                  detail={"ok": result.ok, "records": result.records},
@@ -512,8 +508,7 @@ def audit_verify() -> None:
 def audit_export(out_file: str, since: datetime | None, until: datetime | None,
                  action: str | None) -> None:
     """Write the trail as a FHIR R4 Bundle of AuditEvents (chain order) to --out."""
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     filters = audit.Filters(action=action, since=since.replace(tzinfo=UTC) if since else None,
                             until=until.replace(tzinfo=UTC) if until else None)
     bundle = audit.fhir_bundle(services.db, filters, systems=services.settings.issuer_systems)
@@ -526,8 +521,7 @@ def audit_export(out_file: str, since: datetime | None, until: datetime | None,
 @audit_group.command("forward")
 def audit_forward() -> None:
     """Send what the syslog collector (EBIW_AUDIT_SYSLOG) has not received yet, in order."""
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     forwarder = audit.syslog_forwarder(services.db, services.settings)
     if forwarder is None:
         raise click.ClickException("EBIW_AUDIT_SYSLOG is not set")
@@ -553,8 +547,7 @@ def export_deid(studies: tuple[str, ...], out_dir: str, retain_dates: bool,
     One JSON line per file written and per instance left out, then the report's summary
     (the full report is <out>/deid-report.json; it never holds the pseudonym mapping).
     """
-    services = _services()
-    services.db.create_schema()
+    services = _ready_services()
     try:
         report = export_deidentified(services.db, services.archive, studies, Path(out_dir),
                                      retain_dates=retain_dates,

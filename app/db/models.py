@@ -27,6 +27,17 @@ class Base(DeclarativeBase):
     type_annotation_map: ClassVar = {datetime: DateTime(timezone=True)}
 
 
+class WorkerBookkeeping:
+    """The columns every row a background worker holds under a lease shares (the outbox's
+    ``delivery``, the audit forwarder's ``audit_forward``): ``last_error`` is the last failure
+    (short, never PHI) and ``updated_at`` when a worker last changed the row. The lease pair
+    itself is named per table (``claim_token``/``claimed_until``, ``lease_token``/
+    ``lease_until``) and stays on each model."""
+
+    last_error: Mapped[str | None] = mapped_column(String(200))
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Patient(Base):
     """The local patient index (embedded default of the patient directory)."""
 
@@ -353,7 +364,7 @@ class AuditChainHead(Base):
     hash: Mapped[str] = mapped_column(String(64))
 
 
-class AuditForward(Base):
+class AuditForward(WorkerBookkeeping, Base):
     """How far the audit trail has been forwarded to one syslog collector (``target``).
 
     ``seq`` is the last record the collector accepted; a forwarder holds the row while
@@ -366,14 +377,12 @@ class AuditForward(Base):
     seq: Mapped[int] = mapped_column(Integer, default=0)
     lease_token: Mapped[str | None] = mapped_column(String(32))
     lease_until: Mapped[datetime | None]
-    last_error: Mapped[str | None] = mapped_column(String(200))
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 # --- Outbox: deliveries to PACS destinations and EMR notifiers (app.workflow.delivery) -------
 
 
-class Delivery(Base):
+class Delivery(WorkerBookkeeping, Base):
     """One thing to deliver: an instance to a PACS (``kind="pacs"``), or a study's notice to
     an EMR notifier (``kind="emr"``, ``sop_uid=""``, one row per study, re-queued by
     ``version`` whenever a photo is added).
@@ -400,9 +409,7 @@ class Delivery(Base):
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
     claim_token: Mapped[str | None] = mapped_column(String(32))
     claimed_until: Mapped[datetime | None]
-    last_error: Mapped[str | None] = mapped_column(String(200))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
-    updated_at: Mapped[datetime] = mapped_column(default=utcnow)
     sent_at: Mapped[datetime | None]
 
 
