@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import threading
-import uuid
 from pathlib import Path
 
 import pytest
@@ -13,7 +11,8 @@ from sqlalchemy import func, select
 
 from app.db.models import Instance
 from app.gateways.archive.local import ArchiveConflictError, InstanceKey, LocalArchive
-from tests.conftest import CHARTS, services
+from tests.conftest import services
+from tests.gateways.conftest import race_retries_of_one_upload
 
 KEY = InstanceKey("2.25.1", "2.25.2", "2.25.3", "1.2.840.10008.5.1.4.1.1.77.1.4")
 
@@ -51,30 +50,8 @@ def test_file_names_only_from_valid_uids(tmp_path: Path, uid: str) -> None:
 
 def test_concurrent_uploads_of_the_same_photo_keep_one_consistent_copy(app: Flask) -> None:
     """Racing retries of one upload: one row, one file, whose bytes match the index."""
-    from app.workflow.intake import SessionRequest
-
     svc = services(app)
-    request = SessionRequest.from_json({"patient": {"id": "1", "issuer": "H"}}, "H")
-    session, _ = svc.intake.open_session(request, "tester")
-    data = (CHARTS / "sio_classic.jpg").read_bytes()
-    upload = str(uuid.uuid4())
-    results: list[bool] = []
-    errors: list[BaseException] = []
-
-    def put() -> None:
-        try:
-            results.append(svc.intake.accept_photo(session.id, upload, data)[1])
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=put) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and sorted(results) == [False, False, False, True]
-    with svc.db.session() as db:
-        rows = db.scalars(select(Instance)).all()
+    rows = race_retries_of_one_upload(svc)
     assert len(rows) == 2  # the original and its colour-normalized instance, once each
     for row in rows:
         stored = (svc.settings.archive_root / row.path).read_bytes()

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import threading
 import uuid
 from collections.abc import Iterator
 from email.parser import BytesParser
@@ -23,10 +22,10 @@ from app.gateways.archive.objectstore import ArchiveUnavailableError, ObjectStor
 from app.settings import Settings, SettingsError
 from app.web import Services
 from app.workflow.delivery import drain
-from app.workflow.intake import SessionRequest
 from app.workflow.tokens import create_token
 from tests.conftest import CHARTS
 from tests.delivery.fakes import FakeStow
+from tests.gateways.conftest import race_retries_of_one_upload
 from tests.s3_peer import CREDENTIALS, S3Peer, free_port, s3_peer
 
 KEY = InstanceKey("2.25.1", "2.25.2", "2.25.3", "1.2.840.10008.5.1.4.1.1.77.1.4")
@@ -166,27 +165,8 @@ def test_upload_is_served_by_dicomweb_and_delivered_from_the_bucket(
 
 def test_concurrent_uploads_of_the_same_photo_keep_one_consistent_object(s3_app: Flask,
                                                                           bucket: S3Peer) -> None:
-    services = svc(s3_app)
-    session, _ = services.intake.open_session(
-        SessionRequest.from_json({"patient": {"id": "1", "issuer": "H"}}, "H"), "tester")
-    data, upload = PHOTO.read_bytes(), str(uuid.uuid4())
-    results: list[bool] = []
-    errors: list[BaseException] = []
-
-    def put() -> None:
-        try:
-            results.append(services.intake.accept_photo(session.id, upload, data)[1])
-        except BaseException as exc:  # pragma: no cover - reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=put) for _ in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    assert not errors and sorted(results) == [False, False, False, True]
-    with services.db.session() as db:
-        rows = db.scalars(select(Instance)).all()
+    """Racing retries of one upload: one row and one object each, whose bytes match the index."""
+    rows = race_retries_of_one_upload(svc(s3_app))
     objects = bucket.objects()
     assert len(rows) == 2 and sorted(objects) == sorted(r.path for r in rows)
     assert all(hashlib.sha256(objects[r.path]).hexdigest() == r.sha256 for r in rows)
