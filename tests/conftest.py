@@ -18,6 +18,7 @@ from sqlalchemy import create_engine, text
 
 from app.factory import create_app
 from app.web import Services
+from app.workflow.accounts import create_user
 from app.workflow.tokens import create_token
 
 REPO = Path(__file__).resolve().parents[1]
@@ -81,6 +82,25 @@ def auth(app: Flask) -> dict[str, dict[str, str]]:
     db = services(app).db
     return {role: {"Authorization": f"Bearer {create_token(db, f'{role}-user', role)}"}
             for role in ("capture", "view", "admin")}
+
+
+PASSWORD = "correct horse battery staple"
+"""The password of the :func:`users` accounts."""
+
+
+@pytest.fixture
+def users(app: Flask) -> dict[str, str]:
+    """One local account per role: role -> username (password :data:`PASSWORD`)."""
+    for role in ("capture", "view", "admin"):
+        create_user(services(app).db, f"{role}-nurse", PASSWORD, role)
+    return {"capture": "capture-nurse", "view": "view-nurse", "admin": "admin-nurse"}
+
+
+def log_in(client: FlaskClient, username: str, password: str = PASSWORD) -> str:
+    """Log ``client`` in (``POST /login``, must answer 200); return the session's CSRF token."""
+    response = client.post("/login", json={"username": username, "password": password})
+    assert response.status_code == 200, response.get_json()
+    return response.get_json()["csrf_token"]
 
 
 def dicom_validate(*files: Path) -> tuple[int, int, str]:

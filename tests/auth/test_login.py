@@ -17,24 +17,10 @@ from sqlalchemy import select, update
 from app.db.models import CaptureSession, User, WebSession
 from app.factory import create_app
 from app.workflow.accounts import AccountError, create_user
-from tests.conftest import REPO, services
+from tests.conftest import PASSWORD, REPO, log_in, services
 
-PASSWORD = "correct horse battery staple"
 SESSION = {"patient": {"id": "00123456", "issuer": "HOSP-A"}, "body_site": "14975008",
            "laterality": "L", "consent": "given"}
-
-
-@pytest.fixture
-def users(app: Flask) -> dict[str, str]:
-    for role in ("capture", "view", "admin"):
-        create_user(services(app).db, f"{role}-nurse", PASSWORD, role)
-    return {"capture": "capture-nurse", "view": "view-nurse", "admin": "admin-nurse"}
-
-
-def log_in(client: FlaskClient, username: str, password: str = PASSWORD) -> dict:
-    response = client.post("/login", json={"username": username, "password": password})
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()
 
 
 def test_passwords_are_argon2id_hashes_and_accounts_are_checked(app: Flask) -> None:
@@ -140,7 +126,7 @@ def test_cookie_requests_that_change_state_need_the_csrf_token(
 
 
 def test_roles_apply_to_cookie_sessions(client: FlaskClient, users: dict[str, str]) -> None:
-    token = log_in(client, users["view"])["csrf_token"]
+    token = log_in(client, users["view"])
     assert client.get("/api/v1/body-sites").status_code == 200
     response = client.post("/api/v1/sessions", json=SESSION, headers={"X-CSRF-Token": token})
     assert response.status_code == 403
@@ -161,7 +147,7 @@ def test_bearer_header_decides_alone(client: FlaskClient, users: dict[str, str],
 
 def test_logout_ends_the_session_server_side(app: Flask, client: FlaskClient,
                                              users: dict[str, str]) -> None:
-    token = log_in(client, users["capture"])["csrf_token"]
+    token = log_in(client, users["capture"])
     cookie = client.get_cookie("ebiw_session")
     assert cookie is not None
     assert client.post("/logout").status_code == 403  # no token: another site's form

@@ -1,4 +1,5 @@
-"""Fixtures for the security tests: accounts, a stored study with recognisable PHI, helpers."""
+"""Fixtures for the security tests: a stored study with recognisable PHI, helpers (the
+accounts, `users` and `log_in`, are in tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,16 +8,13 @@ import uuid
 from dataclasses import dataclass
 from datetime import date
 
-import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from app.db.models import Encounter, FhirResource, Patient
-from app.workflow.accounts import create_user
 from tests.conftest import BARCODES, CHARTS, services
 
-PASSWORD = "correct horse battery staple"
 PHOTO = (CHARTS / "sio_classic.jpg").read_bytes()
 BAND = BARCODES / "zx_code128-2_05.png"  # Code 128, payload 15182881 (plain digits)
 
@@ -27,21 +25,6 @@ BIRTH = date(1961, 2, 3)
 ENCOUNTER = "ENC-7734"
 PHI_STRINGS = (MRN, FAMILY, GIVEN, f"{FAMILY}^{GIVEN}", BIRTH.isoformat(),
                BIRTH.strftime("%Y%m%d"), ENCOUNTER)
-
-
-@pytest.fixture
-def users(app: Flask) -> dict[str, str]:
-    """One local account per role: role -> username (password :data:`PASSWORD`)."""
-    for role in ("capture", "view", "admin"):
-        create_user(services(app).db, f"{role}-nurse", PASSWORD, role)
-    return {"capture": "capture-nurse", "view": "view-nurse", "admin": "admin-nurse"}
-
-
-def log_in(client: FlaskClient, username: str, password: str = PASSWORD) -> str:
-    """Log ``client`` in; return the session's CSRF token."""
-    response = client.post("/login", json={"username": username, "password": password})
-    assert response.status_code == 200, response.get_json()
-    return response.get_json()["csrf_token"]
 
 
 def seed_patient(app: Flask) -> None:

@@ -18,8 +18,7 @@ from app.db.models import ApiToken, LoginThrottle
 from app.factory import create_app
 from app.workflow import accounts
 from app.workflow.tokens import create_token, list_tokens, revoke_tokens
-from tests.conftest import REPO, services
-from tests.security.conftest import PASSWORD, log_in
+from tests.conftest import PASSWORD, REPO, log_in, services
 
 
 def _attempt(client: FlaskClient, username: str, password: str) -> tuple[int, dict, dict]:

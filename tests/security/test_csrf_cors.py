@@ -8,7 +8,8 @@ import uuid
 from flask import Flask
 from flask.testing import FlaskClient
 
-from tests.security.conftest import PASSWORD, PHOTO, log_in, seed_patient
+from tests.conftest import PASSWORD, log_in
+from tests.security.conftest import PHOTO, seed_patient
 
 SESSION = {"patient": {"id": "00123456", "issuer": "LOCAL"}, "body_site": "14975008",
            "laterality": "L"}

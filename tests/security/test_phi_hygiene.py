@@ -22,7 +22,7 @@ from werkzeug.serving import make_server
 from app.db.models import Patient
 from app.factory import create_app
 from app.logs import QUIET_LOGGERS, JsonFormatter, PhiRedactingFilter, redact
-from tests.conftest import services
+from tests.conftest import log_in, services
 from tests.security.conftest import (
     BAND,
     BIRTH,
@@ -32,7 +32,6 @@ from tests.security.conftest import (
     MRN,
     PHI_STRINGS,
     PHOTO,
-    log_in,
     seed_patient,
 )
 

@@ -28,8 +28,8 @@ from sqlalchemy import update
 
 from app.db.models import WebSession
 from app.workflow.accounts import create_user
-from tests.conftest import services
-from tests.security.conftest import PHI_STRINGS, Study, log_in, seed_patient, store_study
+from tests.conftest import log_in, services
+from tests.security.conftest import PHI_STRINGS, Study, seed_patient, store_study
 
 PUBLIC = frozenset({
     "health.healthz", "health.readyz", "auth.login_form", "auth.login", "auth.logout",
