@@ -341,7 +341,8 @@ def normalize(photos: tuple[str, ...], out_dir: str) -> None:
     failed = False
     for path in photos:
         try:
-            outcome = normalize_photo(Path(path).read_bytes(), max_pixels=settings.max_pixels)
+            outcome = normalize_photo(Path(path).read_bytes(), max_pixels=settings.max_pixels,
+                                      output_max_pixels=settings.color_max_pixels)
         except (OSError, UnreadablePhotoError) as exc:
             failed = True
             _emit({"file": path, "error": str(exc) if isinstance(exc, UnreadablePhotoError)

@@ -396,6 +396,14 @@ def load_pixels(data: bytes, *, reduce: int = 1,
     return _shrink(bgr, reduce) if reduce > 1 else bgr
 
 
+def reduction_for(pixels: int, max_output_pixels: int) -> int:
+    """The smallest of the JPEG DCT scale factors 1, 2, 4, 8 that brings an image of ``pixels``
+    within ``max_output_pixels`` (8 when none does; 1 when ``max_output_pixels`` is 0)."""
+    if max_output_pixels <= 0:
+        return 1
+    return next((f for f in (1, 2, 4) if pixels <= max_output_pixels * f * f), 8)
+
+
 def _shrink(pixels: np.ndarray, factor: int) -> np.ndarray:
     h, w = pixels.shape[:2]
     size = (max(1, w // factor), max(1, h // factor))

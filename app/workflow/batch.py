@@ -413,6 +413,7 @@ class Batches:
                 record["color"] = {"report": color.report, "width": color.width,
                                    "height": color.height,
                                    "pixel_spacing_mm": color.pixel_spacing_mm,
+                                   "photo_pixel_spacing_mm": color.photo_pixel_spacing_mm,
                                    "derivation": color.derivation,
                                    "normalized": color.jpeg is not None}
         LocalArchive.write_atomic(self._path(batch_id, upload_uuid, STAGED_ORIGINAL), data)
@@ -439,7 +440,9 @@ class Batches:
             result = ColorResult(report=color["report"], jpeg=jpeg, width=color["width"],
                                  height=color["height"],
                                  pixel_spacing_mm=color["pixel_spacing_mm"],
-                                 derivation=color["derivation"])
+                                 derivation=color["derivation"],
+                                 photo_pixel_spacing_mm=color.get(
+                                     "photo_pixel_spacing_mm", color["pixel_spacing_mm"]))
         return PhotoWork(prepared, result)
 
     def _unstage(self, batch_id: str, upload_uuid: str) -> None:

@@ -252,7 +252,9 @@ def _identification_row(request: SessionRequest) -> SessionIdentification | None
 class ColorResult:
     """What intake keeps of the colour step: ``report`` (``ColorOutcome.as_json()``), the
     normalized JPEG when the correction is reliable (else None) with its size, the pixel
-    spacing at the chart plane and the Derivation Description of the normalized instance."""
+    spacing at the chart plane of the normalized image and of the photo (they differ when
+    the normalized image is reduced, ``EBIW_COLOR_MAX_PIXELS``) and the Derivation
+    Description of the normalized instance."""
 
     report: dict[str, Any]
     jpeg: bytes | None
@@ -260,12 +262,14 @@ class ColorResult:
     height: int
     pixel_spacing_mm: float | None
     derivation: str | None
+    photo_pixel_spacing_mm: float | None
 
     @classmethod
     def of(cls, outcome: ColorOutcome) -> ColorResult:
         return cls(report=outcome.as_json(), jpeg=outcome.jpeg, width=outcome.width,
                    height=outcome.height, pixel_spacing_mm=outcome.pixel_spacing_mm,
-                   derivation=outcome.derivation_description() if outcome.jpeg else None)
+                   derivation=outcome.derivation_description() if outcome.jpeg else None,
+                   photo_pixel_spacing_mm=outcome.photo_pixel_spacing_mm)
 
 
 @dataclass(frozen=True)
@@ -412,7 +416,7 @@ class Intake:
                             if photo.info.acquired else None,
                             instance_number=number, sop_uid=instance.sop_uid,
                             color=color.report if color else None,
-                            pixel_spacing_mm=color.pixel_spacing_mm if color else None,
+                            pixel_spacing_mm=color.photo_pixel_spacing_mm if color else None,
                             normalized_sop_uid=stored[1].sop_uid if len(stored) > 1 else None)
                 db.add(row)
                 for item in stored:  # queued with the photo, in the same transaction
@@ -436,7 +440,8 @@ class Intake:
         if not self.settings.color_normalization:
             return None
         return normalize_photo(data, max_pixels=self.settings.max_pixels,
-                               max_loo_delta_e=self.settings.color_max_loo_delta_e)
+                               max_loo_delta_e=self.settings.color_max_loo_delta_e,
+                               output_max_pixels=self.settings.color_max_pixels)
 
     def _instances(self, photo: PreparedPhoto, color: ColorResult | None,
                    session: CaptureSession, upload_uuid: str, number: int, *,
@@ -446,11 +451,11 @@ class Intake:
         label series for a label photo), then the colour-normalized DERIVED one when the
         correction is reliable."""
         patient, study = self._patient(session), self._study(session)
-        spacing = color.pixel_spacing_mm if color else None
         sop_uid = uid_from_uuid(upload_uuid, self.settings.uid_prefix)
         series = self._series(session, labels=label)
         original = build_vl_photo(photo, patient, study, series, InstanceInfo(
-            sop_uid=sop_uid, number=number, pixel_spacing_mm=spacing,
+            sop_uid=sop_uid, number=number,
+            pixel_spacing_mm=color.photo_pixel_spacing_mm if color else None,
             burned_in_annotation=burned_in,
             recognizable_visual_features=False if label else None))
         built = [(InstanceKey(study.uid, series.uid, sop_uid, VL_PHOTOGRAPHIC_IMAGE_STORAGE),
@@ -464,7 +469,7 @@ class Intake:
                                    info=replace(photo.info, icc_profile=None),  # now sRGB
                                    passthrough=False)
         derived = build_vl_photo(normalized, patient, study, derived_series, InstanceInfo(
-            sop_uid=derived_uid, number=number, pixel_spacing_mm=spacing,
+            sop_uid=derived_uid, number=number, pixel_spacing_mm=color.pixel_spacing_mm,
             burned_in_annotation=burned_in,
             derivation=Derivation(sop_uid, color.derivation or "")))
         built.append((InstanceKey(study.uid, derived_series.uid, derived_uid,

@@ -231,3 +231,28 @@ def test_body_sites(client: FlaskClient, auth: dict[str, dict[str, str]]) -> Non
     assert forearm == {"code": "14975008", "meaning": "Forearm", "sensitive": False,
                        "paired": True}
     assert json.dumps(sites)
+
+
+@pytest.mark.parametrize("app_overrides", [{"color_max_pixels": 4_000_000}])
+def test_capped_normalized_image_is_smaller_with_its_own_spacing(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]]) -> None:
+    """EBIW_COLOR_MAX_PIXELS reduces the DERIVED image only: the original keeps its bitstream
+    and the photo's spacing; the derived one is half size with twice the spacing."""
+    session = open_session(client, auth["capture"])
+    put = client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}", data=PHOTO,
+                     headers={**auth["capture"], "Content-Type": "image/jpeg"})
+    assert put.status_code == 201, put.get_json()
+    body = put.get_json()
+    root = services(app).settings.archive_root
+    original_path = next(root.rglob(f"{body['sop_instance_uid']}.dcm"))
+    derived_path = next(root.rglob(f"{body['normalized_sop_instance_uid']}.dcm"))
+    original, derived = pydicom.dcmread(original_path), pydicom.dcmread(derived_path)
+    frame = next(pydicom.encaps.generate_frames(original.PixelData, number_of_frames=1))
+    assert frame.rstrip(b"\x00") == strip_jpeg(PHOTO)
+    assert (derived.Rows, derived.Columns) == (original.Rows // 2, original.Columns // 2)
+    spacing = body["pixel_spacing_mm"]
+    assert spacing == pytest.approx(body["color"]["pixel_spacing_mm"], rel=1e-4)
+    assert [float(v) for v in original.PixelSpacing] == pytest.approx([spacing] * 2, rel=1e-5)
+    assert [float(v) for v in derived.PixelSpacing] == pytest.approx([2 * spacing] * 2, rel=1e-5)
+    errors, warnings, output = dicom_validate(original_path, derived_path)
+    assert (errors, warnings) == (0, 0), output
