@@ -2,16 +2,22 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
+from socketserver import BaseServer
 from typing import Any, TypeVar
 
 import pytest
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
@@ -110,6 +116,82 @@ def dicom_validate(*files: Path) -> tuple[int, int, str]:
     total = re.search(r"TOTAL errors=(\d+) warnings=(\d+)", proc.stdout)
     assert total, proc.stdout + proc.stderr
     return int(total.group(1)), int(total.group(2)), proc.stdout
+
+
+# --- test peers and stub servers on loopback --------------------------------------------------
+
+
+@contextmanager
+def serving(server: BaseServer) -> Iterator[BaseServer]:
+    """Serve ``server`` (bound on loopback) from a daemon thread; shut it down and close it at
+    the end."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(10)
+
+
+FHIR_EXAMPLES = SHARED / "tools" / "fhir" / "examples"
+
+
+@dataclass
+class FhirPeer:
+    """The FHIR R4 peer (``tools/peers/fhir_start.sh``): Patient p1 (MRN0001), p2 (MRN0002) and
+    an in-progress Encounter e1 of p1, identifier system ``urn:oid:1.2.3.4.5.6``."""
+
+    url: str  # the FHIR base, http://127.0.0.1:PORT/fhir
+    seeded: int = 0  # requests in the peer's log once the seed was stored
+
+    @property
+    def root(self) -> str:
+        return self.url.removesuffix("/fhir")
+
+    def reset(self) -> None:
+        """Empty the store and the request log, then store the default seed again."""
+        requests.post(f"{self.root}/__admin/reset", timeout=5).raise_for_status()
+        seed = json.loads((FHIR_EXAMPLES / "seed-r4.json").read_text())
+        for entry in seed["entry"]:
+            r = entry["resource"]
+            requests.put(f"{self.url}/{r['resourceType']}/{r['id']}", json=r, timeout=5,
+                         headers={"Content-Type": "application/fhir+json"}).raise_for_status()
+        self.seeded = len(requests.get(f"{self.root}/__admin/log", timeout=5).json())
+
+    def log(self, method: str | None = None, path: str | None = None) -> list[dict[str, Any]]:
+        """Requests the peer saw since it was seeded, oldest first, optionally filtered."""
+        entries = requests.get(f"{self.root}/__admin/log", timeout=5).json()[self.seeded:]
+        return [e for e in entries if (method is None or e["method"] == method)
+                and (path is None or e["path"] == path)]
+
+    def studies(self, study_uid: str) -> list[dict[str, Any]]:
+        bundle = requests.get(f"{self.url}/ImagingStudy", timeout=5, params={
+            "identifier": f"urn:dicom:uid|urn:oid:{study_uid}"}).json()
+        return [e["resource"] for e in bundle.get("entry", [])]
+
+
+@pytest.fixture(scope="session")
+def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirPeer]:
+    """The FHIR peer on a free loopback port, one for the whole test session."""
+    folder = tmp_path_factory.mktemp("fhir-peer")
+    proc = subprocess.run(["bash", str(PEERS / "fhir_start.sh"), str(folder), "0"],
+                          capture_output=True, text=True, check=False, timeout=300)
+    found = re.search(r"url=(\S+)", proc.stdout)
+    assert proc.returncode == 0 and found, proc.stdout + proc.stderr
+    try:
+        yield FhirPeer(found.group(1))
+    finally:
+        subprocess.run(["bash", str(PEERS / "stop_pidfile.sh"), str(folder / "fhir.pid")],
+                       capture_output=True, check=False)
+
+
+@pytest.fixture
+def fhir_peer(fhir_server: FhirPeer) -> FhirPeer:
+    """The FHIR peer, emptied and seeded again for this test."""
+    fhir_server.reset()
+    return fhir_server
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -1,12 +1,11 @@
-"""EMR notification fixtures: studies made through the intake, the FHIR peer, a fault proxy."""
+"""EMR notification fixtures: studies made through the intake, a fault proxy in front of the
+FHIR peer (`fhir_peer`, in tests/conftest.py)."""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import re
 import subprocess
-import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -21,10 +20,9 @@ from flask import Flask
 
 from app.gateways.emr import StudyNotifier
 from app.workflow.intake import SessionRequest
-from tests.conftest import CHARTS, PEERS, SHARED, services
+from tests.conftest import CHARTS, PEERS, FhirPeer, services, serving
 
 PHOTOS = [(CHARTS / name).read_bytes() for name in ("jtvd_mini_06.jpg", "jtvd_mini_05.jpg")]
-FHIR_EXAMPLES = SHARED / "tools" / "fhir" / "examples"
 # The FHIR peer's seed: Patient p1 (MRN0001), p2 (MRN0002), Encounter e1 (ENC-42) of p1.
 PATIENT_SYSTEM = "urn:oid:1.2.3.4.5.6"
 ENCOUNTER_SYSTEM = "urn:oid:1.2.3.4.5.7"
@@ -75,62 +73,6 @@ def fhir_validate(tmp_path: Path, resources: list[dict[str, Any]]) -> list[dict[
                           capture_output=True, text=True, check=False, timeout=120)
     assert proc.stdout.strip(), proc.stderr
     return json.loads(proc.stdout)
-
-
-# --- the FHIR R4 peer ------------------------------------------------------------------------
-
-
-@dataclass
-class FhirPeer:
-    url: str  # the FHIR base, http://127.0.0.1:PORT/fhir
-    seeded: int = 0  # requests in the peer's log once the seed was stored
-
-    @property
-    def root(self) -> str:
-        return self.url.removesuffix("/fhir")
-
-    def reset(self) -> None:
-        """Empty the store and the request log, then store the default seed again."""
-        requests.post(f"{self.root}/__admin/reset", timeout=5).raise_for_status()
-        seed = json.loads((FHIR_EXAMPLES / "seed-r4.json").read_text())
-        for entry in seed["entry"]:
-            r = entry["resource"]
-            requests.put(f"{self.url}/{r['resourceType']}/{r['id']}", json=r, timeout=5,
-                         headers={"Content-Type": "application/fhir+json"}).raise_for_status()
-        self.seeded = len(requests.get(f"{self.root}/__admin/log", timeout=5).json())
-
-    def log(self, method: str | None = None, path: str | None = None) -> list[dict[str, Any]]:
-        """Requests the peer saw since it was seeded, optionally filtered."""
-        entries = requests.get(f"{self.root}/__admin/log", timeout=5).json()[self.seeded:]
-        return [e for e in entries if (method is None or e["method"] == method)
-                and (path is None or e["path"] == path)]
-
-    def studies(self, study_uid: str) -> list[dict[str, Any]]:
-        bundle = requests.get(f"{self.url}/ImagingStudy", timeout=5, params={
-            "identifier": f"urn:dicom:uid|urn:oid:{study_uid}"}).json()
-        return [e["resource"] for e in bundle.get("entry", [])]
-
-
-@pytest.fixture(scope="session")
-def fhir_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirPeer]:
-    """The Medplum FHIR peer on a free loopback port, for the whole test session."""
-    folder = tmp_path_factory.mktemp("fhir-peer")
-    proc = subprocess.run(["bash", str(PEERS / "fhir_start.sh"), str(folder), "0"],
-                          capture_output=True, text=True, check=False, timeout=300)
-    found = re.search(r"url=(\S+)", proc.stdout)
-    assert proc.returncode == 0 and found, proc.stdout + proc.stderr
-    try:
-        yield FhirPeer(found.group(1))
-    finally:
-        subprocess.run(["bash", str(PEERS / "stop_pidfile.sh"), str(folder / "fhir.pid")],
-                       capture_output=True, check=False)
-
-
-@pytest.fixture
-def fhir_peer(fhir_server: FhirPeer) -> FhirPeer:
-    """The FHIR peer, emptied and seeded again for this test."""
-    fhir_server.reset()
-    return fhir_server
 
 
 # --- a proxy in front of the peer that injects faults and checks bearer tokens ----------------
@@ -237,13 +179,8 @@ def proxy(fhir_peer: FhirPeer) -> Iterator[FaultProxy]:
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     state.url = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

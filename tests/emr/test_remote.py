@@ -15,11 +15,10 @@ from app.gateways.emr import build_notifiers
 from app.gateways.emr.remote import RemoteFhirNotifier
 from app.gateways.errors import PermanentError, TransientError
 from app.settings import Settings
-from tests.conftest import services
+from tests.conftest import FhirPeer, services
 from tests.emr.conftest import (
     ENCOUNTER_SYSTEM,
     FaultProxy,
-    FhirPeer,
     add_photo,
     fhir_validate,
     make_study,

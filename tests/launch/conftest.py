@@ -37,7 +37,7 @@ from jwt.algorithms import RSAAlgorithm
 from PIL import Image
 from werkzeug.serving import WSGIRequestHandler, make_server
 
-from tests.conftest import services
+from tests.conftest import services, serving
 
 CLIENT_ID, CLIENT_SECRET = "ebiw-capture", "stub-client-secret"
 ISSUER, SYSTEM = "HOSP-A", "urn:oid:1.2.3.4.5.6"  # Issuer of Patient ID and its FHIR system
@@ -232,14 +232,8 @@ def emr() -> Iterator[Emr]:
     state = Emr(resources=_resources())
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     state.base = f"http://localhost:{server.server_port}"  # another site than the app's
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(10)
 
 
 @pytest.fixture

@@ -1,22 +1,19 @@
-"""Patient directory fixtures: the FHIR peer, DCMTK's worklist server, a slow HTTP server."""
+"""Patient directory fixtures: DCMTK's worklist server, a slow HTTP server (the FHIR peer,
+`fhir_peer`, is in tests/conftest.py)."""
 
 from __future__ import annotations
 
-import re
 import socket
 import subprocess
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
-from typing import Any
 
 import pytest
-import requests
 
-from tests.conftest import PEERS
+from tests.conftest import PEERS, serving
 
 PATIENT_SYSTEM = "urn:oid:1.2.3.4.5.6"  # the FHIR peer's MRN system (seed-r4.json)
 
@@ -25,31 +22,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-@dataclass
-class FhirPeer:
-    url: str  # http://127.0.0.1:PORT/fhir
-
-    def log(self) -> list[dict[str, Any]]:
-        """Every request the peer received, oldest first."""
-        return requests.get(self.url.removesuffix("/fhir") + "/__admin/log", timeout=5).json()
-
-
-@pytest.fixture(scope="session")
-def fhir_peer(tmp_path_factory: pytest.TempPathFactory) -> Iterator[FhirPeer]:
-    """The FHIR R4 peer (Patient p1 MRN0001, p2 MRN0002, in-progress Encounter e1 of p1) on a
-    port the system picks. Tests only read from it, so it is shared."""
-    folder = tmp_path_factory.mktemp("fhir-peer")
-    proc = subprocess.run(["bash", str(PEERS / "fhir_start.sh"), str(folder), "0"],
-                          capture_output=True, text=True, check=False, timeout=300)
-    found = re.search(r"url=(\S+)", proc.stdout)
-    assert proc.returncode == 0 and found, proc.stdout + proc.stderr
-    try:
-        yield FhirPeer(found.group(1))
-    finally:
-        subprocess.run(["bash", str(PEERS / "stop_pidfile.sh"), str(folder / "fhir.pid")],
-                       capture_output=True, check=False)
 
 
 @dataclass
@@ -93,13 +65,8 @@ def slow_server() -> Iterator[str]:
     """An HTTP server that answers only after 5 s: the base URL of a FHIR server that hangs."""
     server = ThreadingHTTPServer(("127.0.0.1", 0), _Slow)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(server):
         yield f"http://127.0.0.1:{server.server_address[1]}/fhir"
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 @pytest.fixture

@@ -19,7 +19,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.gateways.patients import Directories, DirectoryRejected, DirectoryUnavailable
 from app.gateways.patients.fhir import FhirDirectory, TokenSource
-from tests.patients.conftest import PATIENT_SYSTEM, FhirPeer
+from tests.conftest import FhirPeer
+from tests.patients.conftest import PATIENT_SYSTEM
 
 SYSTEMS = {"HOSP-A": PATIENT_SYSTEM}
 
