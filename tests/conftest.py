@@ -7,11 +7,12 @@ import os
 import re
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from socketserver import BaseServer
 from typing import Any, TypeVar
@@ -21,6 +22,7 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import create_engine, text
+from werkzeug.serving import WSGIRequestHandler, make_server
 
 from app.factory import create_app
 from app.web import Services
@@ -243,3 +245,64 @@ def chromium() -> Iterator[Browser]:
     browser = Browser()
     yield browser
     browser.close()
+
+
+# --- the app on a loopback port, for browsers and other HTTP clients ---------------------------
+
+
+class QuietHandler(WSGIRequestHandler):
+    """No access log: query strings (QIDO PatientID) must not reach any log."""
+
+    def log_request(self, *args: object, **kwargs: object) -> None:
+        return None
+
+
+@contextmanager
+def served(app: Flask, *, public_url: bool = False) -> Iterator[str]:
+    """``app`` served by a threaded werkzeug server on a free loopback port: its base URL. With
+    ``public_url``, the app's public URL (the base of Retrieve URIs and redirect URIs) is set to
+    that address."""
+    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=QuietHandler)
+    url = f"http://127.0.0.1:{server.server_port}"
+    if public_url:
+        svc = services(app)
+        app.extensions["ebiw"] = replace(svc, settings=replace(svc.settings, public_url=url))
+    with serving(server):
+        yield url
+
+
+DEPLOYMENT_CSP = (
+    "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
+    "connect-src 'self'; manifest-src 'self'; worker-src 'self'; media-src 'self' blob:; "
+    "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
+"""The Content-Security-Policy a deployment adds: the pages must work under it."""
+
+
+class HoldPuts:
+    """WSGI middleware holding each PUT (a photo upload) ``seconds`` on the server, so that a
+    pause or a cut link lands mid-upload."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.seconds = 0.0
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        if environ["REQUEST_METHOD"] == "PUT" and self.seconds:
+            time.sleep(self.seconds)
+        return self.app(environ, start_response)
+
+
+@contextmanager
+def served_as_deployed(app: Flask) -> Iterator[tuple[str, HoldPuts]]:
+    """``app`` on a free loopback port under :data:`DEPLOYMENT_CSP`, behind :class:`HoldPuts`:
+    (base URL, the middleware)."""
+
+    @app.after_request
+    def strict_csp(response: Any) -> Any:
+        response.headers["Content-Security-Policy"] = DEPLOYMENT_CSP
+        return response
+
+    hold = HoldPuts(app.wsgi_app)
+    app.wsgi_app = hold  # type: ignore[method-assign]
+    with served(app) as url:
+        yield url, hold

@@ -5,16 +5,13 @@ the archive; a reload with the same files sends nothing again. Strict CSP, no pa
 from __future__ import annotations
 
 import hashlib
-import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from flask import Flask
 from sqlalchemy import select
-from werkzeug.serving import make_server
 
 from app.db.models import CaptureSession, Delivery, Instance, Photo
 from app.factory import create_app
@@ -26,31 +23,20 @@ from tests.batch.conftest import (
     import_patients,
     upload_uuid_for,
 )
-from tests.conftest import REPO, services
+from tests.conftest import (
+    ARTIFACTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    HoldPuts,
+    served_as_deployed,
+    services,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "tests" / ".artifacts"  # git-ignored
 USER, PASSWORD = "derm.batch", "a long enough test password"
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-       "connect-src 'self'; manifest-src 'self'; worker-src 'self'; media-src 'self' blob:; "
-       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
-
-
-class SlowPuts:
-    """WSGI middleware holding each photo PUT for a moment, so a pause lands mid-upload."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.seconds = 0.0
-
-    def __call__(self, environ: dict, start_response: Callable) -> Any:
-        if environ["REQUEST_METHOD"] == "PUT" and self.seconds:
-            time.sleep(self.seconds)
-        return self.app(environ, start_response)
 
 
 @pytest.fixture
-def live(tmp_path: Path) -> Iterator[tuple[Flask, str, SlowPuts]]:
+def live(tmp_path: Path) -> Iterator[tuple[Flask, str, HoldPuts]]:
     """The app (SQLite, local archive) on a free loopback port, the batch's patients in the
     local index, one capture user; the strict CSP a deployment adds."""
     app = create_app({"data_dir": tmp_path / "var", "env": "test"})
@@ -58,36 +44,22 @@ def live(tmp_path: Path) -> Iterator[tuple[Flask, str, SlowPuts]]:
     svc.db.create_schema()
     import_patients(app, tmp_path)
     create_user(svc.db, USER, PASSWORD, "capture")
-
-    @app.after_request
-    def strict_csp(response: Any) -> Any:
-        response.headers["Content-Security-Policy"] = CSP
-        return response
-
-    slow = SlowPuts(app.wsgi_app)
-    app.wsgi_app = slow  # type: ignore[method-assign]
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield app, f"http://127.0.0.1:{server.server_port}", slow
+        with served_as_deployed(app) as (url, slow):
+            yield app, url, slow
     finally:
-        server.shutdown()
-        thread.join(10)
         svc.db.engine.dispose()
 
 
 @pytest.fixture
-def page(live: tuple[Flask, str, SlowPuts]) -> Iterator[Any]:
+def page(live: tuple[Flask, str, HoldPuts]) -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("the browser test needs Debian's chromium at /usr/bin/chromium")
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
-            executable_path=str(CHROMIUM),
-            args=["--headless=new", "--no-sandbox", "--disable-gpu",
-                  "--disable-background-networking", "--no-first-run"])
+            executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         context = browser.new_context(base_url=live[1], viewport={"width": 1280, "height": 900})
         context.set_default_timeout(30000)
         tab = context.new_page()
@@ -113,7 +85,7 @@ def group_items(tab: Any) -> dict[str, list[str]]:
 
 
 def test_batch_page_uploads_sorts_moves_and_confirms(
-        live: tuple[Flask, str, SlowPuts], page: Any, tmp_path: Path,
+        live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path,
         batch_shots: tuple[Shot, ...]) -> None:
     app, _, slow = live
     folder = tmp_path / "photos"

@@ -7,8 +7,6 @@ Skipped as a whole when /usr/bin/chromium is absent. Screenshots and timings go 
 
 from __future__ import annotations
 
-import threading
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
@@ -20,24 +18,27 @@ import pytest
 from flask import Flask
 from PIL import Image, ImageOps
 from sqlalchemy import func, select
-from werkzeug.serving import make_server
 
 from app.db.models import CaptureSession, Encounter, Instance, Patient, Photo
 from app.factory import create_app
 from app.workflow.accounts import create_user
 from app.workflow.demo import seed_demo_patients
-from tests.conftest import BARCODES, CHARTS, REPO, services
+from tests.conftest import (
+    ARTIFACTS,
+    BARCODES,
+    CHARTS,
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    HoldPuts,
+    served_as_deployed,
+    services,
+)
 
-CHROMIUM = Path("/usr/bin/chromium")
-ARTIFACTS = REPO / "tests" / ".artifacts"
 USER, PASSWORD = "nurse.e2e", "a long enough test password"
 WRISTBAND_MRN = "15182881"  # what zx_code128-2_05.png carries (Code 128)
 CHART_PHOTO = CHARTS / "oycq_data_iphone.jpg"  # 4032×3024 iPhone photo of a ColorChecker
 WRISTBAND_PHOTO = BARCODES / "zx_code128-2_05.png"
 PHOTO_SIZE = (4000, 3000)  # 12 MP
-CSP = ("default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' blob: data:; "
-       "connect-src 'self'; manifest-src 'self'; worker-src 'self'; media-src 'self' blob:; "
-       "form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 
 
 def write_y4m(source: Path, size: tuple[int, int], target: Path) -> Path:
@@ -55,26 +56,13 @@ def write_y4m(source: Path, size: tuple[int, int], target: Path) -> Path:
     return target
 
 
-class Delay:
-    """WSGI middleware that can hold photo uploads on the server for a while (offline tests)."""
-
-    def __init__(self, app: Any) -> None:
-        self.app = app
-        self.put_seconds = 0.0
-
-    def __call__(self, environ: dict, start_response: Callable) -> Any:
-        if environ["REQUEST_METHOD"] == "PUT" and self.put_seconds:
-            time.sleep(self.put_seconds)
-        return self.app(environ, start_response)
-
-
 @dataclass
 class LiveApp:
     """The app served on loopback for one test."""
 
     flask: Flask
     url: str
-    delay: Delay
+    hold: HoldPuts  # holds photo uploads on the server for a while (offline tests)
 
     def counts(self) -> tuple[int, int, int]:
         """(photo rows, instance rows, files in the archive)."""
@@ -105,22 +93,10 @@ def live(tmp_path: Path) -> Iterator[LiveApp]:
                                             started=datetime.now(UTC)))
         db.add(patient)
     create_user(svc.db, USER, PASSWORD, "capture")
-
-    @app.after_request
-    def strict_csp(response: Any) -> Any:  # the policy a deployment will add: the app obeys it
-        response.headers["Content-Security-Policy"] = CSP
-        return response
-
-    delay = Delay(app.wsgi_app)
-    app.wsgi_app = delay  # type: ignore[method-assign]
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
     try:
-        yield LiveApp(app, f"http://127.0.0.1:{server.server_port}", delay)
+        with served_as_deployed(app) as (url, hold):  # the CSP a deployment adds: obeyed
+            yield LiveApp(app, url, hold)
     finally:
-        server.shutdown()
-        thread.join(10)
         svc.db.engine.dispose()
 
 
@@ -147,9 +123,8 @@ def browsers(cameras: dict[str, Path]) -> Iterator[Callable[[str], Any]]:
             if kind not in launched:
                 launched[kind] = playwright.chromium.launch(
                     executable_path=str(CHROMIUM),
-                    args=["--headless=new", "--no-sandbox", "--disable-gpu",
-                          "--disable-background-networking", "--disable-component-update",
-                          "--no-first-run", "--use-fake-ui-for-media-stream",
+                    args=[*CHROMIUM_ARGS, "--disable-component-update",
+                          "--use-fake-ui-for-media-stream",
                           "--use-fake-device-for-media-stream",
                           f"--use-file-for-fake-video-capture={cameras[kind]}"])
             return launched[kind]

@@ -257,7 +257,7 @@ def test_offline_mid_upload_loses_nothing_and_duplicates_nothing(live: LiveApp,
     page.click("#details-form button[type=submit]")
     shoot(page, 3)
     page.click("#camera-done")
-    live.delay.put_seconds = 1.5  # each upload is held on the server: we cut the link meanwhile
+    live.hold.seconds = 1.5  # each upload is held on the server: we cut the link meanwhile
     page.click("#send")
     page.wait_for_function("() => document.querySelectorAll('#review-list .state')[0]"
                            ".textContent === 'Stored'", timeout=30000)
@@ -270,7 +270,7 @@ def test_offline_mid_upload_loses_nothing_and_duplicates_nothing(live: LiveApp,
     assert waiting >= 1
     assert "waiting to be sent" in page.inner_text("#queue")
     assert live.counts()[0] + waiting >= 3
-    live.delay.put_seconds = 0
+    live.hold.seconds = 0
     page.context.set_offline(False)
     screen(page, "home")  # the cookie session is still valid: the app resumes by itself
     page.wait_for_function("() => document.querySelector('#queue').hidden", timeout=60000)

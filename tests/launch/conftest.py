@@ -18,11 +18,10 @@ import hashlib
 import io
 import json
 import secrets
-import threading
 import time
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
@@ -35,9 +34,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from jwt.algorithms import RSAAlgorithm
 from PIL import Image
-from werkzeug.serving import WSGIRequestHandler, make_server
 
-from tests.conftest import services, serving
+from tests.conftest import served, services, serving
 
 CLIENT_ID, CLIENT_SECRET = "ebiw-capture", "stub-client-secret"
 ISSUER, SYSTEM = "HOSP-A", "urn:oid:1.2.3.4.5.6"  # Issuer of Patient ID and its FHIR system
@@ -313,24 +311,9 @@ def launch(client: FlaskClient, emr: Emr, launch_id: str | None = None,
     return client.get(f"{back.path}?{back.query}")
 
 
-class _QuietHandler(WSGIRequestHandler):
-    def log_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
 @pytest.fixture
 def live_url(registered: Flask, emr: Emr) -> Iterator[str]:
     """The app on a free loopback port, its public URL (and so its redirect URI) set to it."""
-    server = make_server("127.0.0.1", 0, registered, threaded=True,
-                         request_handler=_QuietHandler)
-    url = f"http://127.0.0.1:{server.server_port}"
-    svc = services(registered)
-    registered.extensions["ebiw"] = replace(svc, settings=replace(svc.settings, public_url=url))
-    emr.redirect_uri = f"{url}/launch/callback"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with served(registered, public_url=True) as url:
+        emr.redirect_uri = f"{url}/launch/callback"
         yield url
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)

@@ -11,10 +11,9 @@ from __future__ import annotations
 
 import io
 import json
-import threading
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import cache
 
@@ -24,7 +23,6 @@ import pydicom
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from werkzeug.serving import WSGIRequestHandler, make_server
 
 from app.db.models import Instance
 from app.gateways.archive.local import InstanceKey
@@ -47,7 +45,7 @@ from app.pipeline.dicom.builder import (
 )
 from app.pipeline.dicom.codes import body_site
 from app.pipeline.dicom.uids import uid_from_uuid
-from tests.conftest import CHARTS, services
+from tests.conftest import CHARTS, served, services
 
 PATIENT = {"id": "00123456", "issuer": "HOSP-A", "name": "DEMO^ALICE",
            "birth_date": "1950-03-14", "sex": "F"}
@@ -200,28 +198,13 @@ def size_of(image: bytes) -> tuple[int, int]:
     return decoded.shape[1], decoded.shape[0]
 
 
-class _QuietHandler(WSGIRequestHandler):
-    """No access log: query strings (QIDO PatientID) must not reach any log."""
-
-    def log_request(self, *args: object, **kwargs: object) -> None:
-        return None
-
-
 @pytest.fixture
 def live_server(app: Flask) -> Iterator[str]:
     """The app served by a threaded werkzeug server on a free loopback port, its public URL
-    (the base of Retrieve and bulk data URIs) set to that address."""
-    server = make_server("127.0.0.1", 0, app, threaded=True, request_handler=_QuietHandler)
-    url = f"http://127.0.0.1:{server.server_port}"
-    svc = services(app)
-    app.extensions["ebiw"] = replace(svc, settings=replace(svc.settings, public_url=url))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    (the base of Retrieve and bulk data URIs) set to that address; no access log, so that
+    query strings (QIDO PatientID) reach no log."""
+    with served(app, public_url=True) as url:
         yield url
-    finally:
-        server.shutdown()
-        thread.join(timeout=10)
 
 
 def parse_multipart(content_type: str, body: bytes) -> list[tuple[dict[str, str], bytes]]:
