@@ -51,6 +51,9 @@ class Settings:
     # 1/2, 1/4 or 1/8 scale (JPEG DCT scaling) for the whole colour step: about 2.7x less CPU
     # on 12 MP photos at 4 MP (README "Colour normalization"); the original is never reduced.
     color_max_pixels: int = 0
+    # Photos whose pixels one process works on at once (its other threads wait for a turn):
+    # peak memory per worker is about this many photos' frames.
+    pixel_jobs: int = 1
     destinations_file: Path | None = None  # PACS destinations and routing (JSON or TOML)
     # Batch import (app/workflow/batch.py; README "Batch import")
     batch_label_photos: str = "keep"  # keep: label frames stored in their own series; drop

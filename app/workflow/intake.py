@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 import uuid
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, timezone
@@ -296,6 +297,10 @@ class Intake:
         self.archive = archive
         self.settings = settings
         self.outbox = Outbox(registry if registry is not None else build_registry(settings))
+        # Pixel work is CPU-bound and holds whole frames: the threads of one process take
+        # turns (EBIW_PIXEL_JOBS at a time), so memory per process stays bounded and a photo
+        # is not slowed by sharing a core with its neighbours.
+        self._pixel_slots = threading.BoundedSemaphore(max(1, settings.pixel_jobs))
 
     # --- sessions ------------------------------------------------------------------------
 
@@ -365,7 +370,12 @@ class Intake:
         """Do the pixel work of an upload: the JPEG to wrap (``prepared`` when it was made from
         ``data`` already) and, when ``color`` and ``EBIW_COLOR_NORMALIZATION`` are on, the
         colour step. Raises :class:`UnreadablePhoto` for input we cannot accept (nothing is
-        stored here)."""
+        stored here). At most ``EBIW_PIXEL_JOBS`` calls run at once in a process."""
+        with self._pixel_slots:
+            return self._process(data, color=color, prepared=prepared)
+
+    def _process(self, data: bytes, *, color: bool,
+                 prepared: PreparedPhoto | None) -> PhotoWork:
         try:
             prepared = prepared or prepare_for_dicom(data, self.settings.max_pixels)
             outcome = self._color(data) if color else None

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import threading
+import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pydicom
@@ -256,3 +259,30 @@ def test_capped_normalized_image_is_smaller_with_its_own_spacing(
     assert [float(v) for v in derived.PixelSpacing] == pytest.approx([2 * spacing] * 2, rel=1e-5)
     errors, warnings, output = dicom_validate(original_path, derived_path)
     assert (errors, warnings) == (0, 0), output
+
+
+@pytest.mark.parametrize("app_overrides", [{"pixel_jobs": 1}, {"pixel_jobs": 2}])
+def test_pixel_work_runs_at_most_pixel_jobs_at_once(app: Flask,
+                                                    app_overrides: dict[str, int]) -> None:
+    """EBIW_PIXEL_JOBS bounds the frames a process holds: the other threads take turns."""
+    intake = services(app).intake
+    running, peak, lock = 0, 0, threading.Lock()
+    work = intake._process
+
+    def counting(*args: object, **kwargs: object) -> object:
+        nonlocal running, peak
+        with lock:
+            running += 1
+            peak = max(peak, running)
+        try:
+            time.sleep(0.05)  # hold the slot long enough for the other threads to arrive
+            return work(*args, **kwargs)
+        finally:
+            with lock:
+                running -= 1
+
+    intake._process = counting  # type: ignore[method-assign]
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(lambda _: intake.process(PHOTO, color=False), range(4)))
+    assert peak == app_overrides["pixel_jobs"]
+    assert all(r.prepared.jpeg == results[0].prepared.jpeg for r in results)
