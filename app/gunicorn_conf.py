@@ -10,9 +10,12 @@ datasets, URLs or SQL parameters when verbose are held at WARNING (``app.logs.QU
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import logging
 import multiprocessing
 import os
+from typing import Any
 
 from app.logs import QUIET_LOGGERS
 
@@ -55,3 +58,18 @@ logconfig_dict = {
         **{name: {"level": logging.getLevelName(level)} for name, level in QUIET_LOGGERS.items()},
     },
 }
+
+
+# glibc malloc: at most 2 arenas per process, and blocks from 1 MiB up mapped and unmapped
+# directly (no dynamic threshold), so a photo's frames go back to the system when it is done
+# instead of staying in per-thread arenas (peak RSS per worker; deploy/README.md "Sizing").
+_M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Tune the worker's allocator (a no-op where the C library is not glibc)."""
+    libc_name = ctypes.util.find_library("c")
+    libc = ctypes.CDLL(libc_name) if libc_name else None
+    if libc is not None and hasattr(libc, "mallopt"):
+        libc.mallopt(_M_ARENA_MAX, 2)
+        libc.mallopt(_M_MMAP_THRESHOLD, 1 << 20)

@@ -32,7 +32,6 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from app.db.models import CaptureSession
-from app.gateways.archive.cstore import CStoreDestination
 from app.gateways.archive.morph import Morph, MorphConfigError, parse_morph
 from app.gateways.archive.pacs import PacsDestination
 from app.gateways.archive.stow import BearerAuth, StowRsDestination, basic_auth
@@ -280,6 +279,8 @@ def _destination(item: Any, index: int, retry: RetryPolicy) -> Destination:
                 (("called_aet", None), ("calling_aet", "EBIW"))}
         if not all(_AET.match(aet) for aet in aets.values()):
             raise SettingsError(f"{where}: AE titles are 1-16 characters, no backslash")
+        from app.gateways.archive.cstore import CStoreDestination  # pynetdicom: only if used
+
         pacs = CStoreDestination(name, _text(item, "host", where), port, aets["called_aet"],
                                  aets["calling_aet"], timeout)
     else:

@@ -17,6 +17,7 @@ import re
 import struct
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from functools import cache
 
 import cv2
 import numpy as np
@@ -27,12 +28,14 @@ from app.pipeline import DEFAULT_MAX_PIXELS
 
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 
-try:  # HEIC/HEIF from iPhones; optional at import so the rest works without libheif.
+
+@cache
+def _enable_heif() -> None:
+    """Teach Pillow HEIC/HEIF (iPhones) the first time one arrives: libheif and its codecs
+    cost every process a few MB that most never need."""
     import pillow_heif
 
     pillow_heif.register_heif_opener()
-except ImportError:  # pragma: no cover - pillow-heif is a hard dependency in pyproject
-    pillow_heif = None
 
 JPEG_QUALITY = 95
 """Quality for the one encode of a photo that cannot pass through (visually lossless)."""
@@ -271,6 +274,8 @@ def _probe(data: bytes, max_pixels: int) -> tuple[PhotoInfo, _Jpeg | None]:
                 values = {}
         return PhotoInfo(media_type, layout.width, layout.height,
                          icc_profile=layout.icc_profile, **values), layout  # type: ignore[arg-type]
+    if media_type == "image/heic":
+        _enable_heif()
     try:
         with Image.open(io.BytesIO(data)) as im:  # lazy: reads the header, decodes nothing
             width, height = im.size

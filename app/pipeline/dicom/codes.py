@@ -1,8 +1,8 @@
 """Coded values: body sites (SNOMED CT), laterality, image source.
 
-Body sites come from the DICOM standard's context groups as pydicom ships them (generated from
-PS3.16): CID 4029 *Dermatology Anatomic Site* and CID 4031 *Common Anatomic Region*, SNOMED CT
-concepts only.
+Body sites come from the DICOM standard's context groups (PS3.16) CID 4029 *Dermatology
+Anatomic Site* and CID 4031 *Common Anatomic Region*, SNOMED CT concepts only, as pydicom ships
+them (`anatomic_sites`, a copy checked against pydicom by the tests).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import re
 from dataclasses import dataclass
 from functools import cache
 
-from pydicom.sr.codedict import codes
+from app.pipeline.dicom.anatomic_sites import CID4029, CID4031
 
 SNOMED = "SCT"
 SNOMED_FHIR_SYSTEM = "http://snomed.info/sct"
@@ -50,13 +50,10 @@ class BodySite:
 def body_sites() -> dict[str, BodySite]:
     """All selectable body sites by SNOMED CT code, dermatology sites first."""
     sites: dict[str, BodySite] = {}
-    for group in (codes.CID4029, codes.CID4031):
-        for concept in group.concepts.values():
-            if concept.scheme_designator != SNOMED or concept.value in sites:
-                continue
-            sensitive = _SENSITIVE.search(concept.meaning.lower()) is not None
-            paired = _PAIRED.search(concept.meaning.lower()) is not None
-            sites[concept.value] = BodySite(concept.value, concept.meaning, sensitive, paired)
+    for code, meaning in (*CID4029, *CID4031):
+        if code not in sites:
+            sites[code] = BodySite(code, meaning, _SENSITIVE.search(meaning.lower()) is not None,
+                                   _PAIRED.search(meaning.lower()) is not None)
     return sites
 
 
