@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
+from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from socketserver import BaseServer
 from typing import Any, TypeVar
@@ -135,6 +136,27 @@ def serving(server: BaseServer) -> Iterator[BaseServer]:
         server.shutdown()
         server.server_close()
         thread.join(10)
+
+
+class StubHandler(BaseHTTPRequestHandler):
+    """The request handler of a stub server: no access log; answers with a body or JSON."""
+
+    def log_message(self, *_args: object) -> None:
+        pass
+
+    def send_body(self, status: int, data: bytes, content_type: str,
+                  headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", content_type)
+        self.send_header("Content-Length", str(len(data)))
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
+        self.end_headers()
+        self.wfile.write(data)
+
+    def send_json(self, body: Any, status: int = 200,
+                  headers: dict[str, str] | None = None) -> None:
+        self.send_body(status, json.dumps(body).encode(), "application/json", headers)
 
 
 FHIR_EXAMPLES = SHARED / "tools" / "fhir" / "examples"

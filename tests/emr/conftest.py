@@ -10,7 +10,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +20,7 @@ from flask import Flask
 
 from app.gateways.emr import StudyNotifier
 from app.workflow.intake import SessionRequest
-from tests.conftest import CHARTS, PEERS, FhirPeer, services, serving
+from tests.conftest import CHARTS, PEERS, FhirPeer, StubHandler, services, serving
 
 PHOTOS = [(CHARTS / name).read_bytes() for name in ("jtvd_mini_06.jpg", "jtvd_mini_05.jpg")]
 # The FHIR peer's seed: Patient p1 (MRN0001), p2 (MRN0002), Encounter e1 (ENC-42) of p1.
@@ -99,11 +99,8 @@ class FaultProxy:
         return queue.pop(0) if queue else "pass"
 
 
-class _ProxyHandler(BaseHTTPRequestHandler):
+class _ProxyHandler(StubHandler):
     proxy: FaultProxy
-
-    def log_message(self, *args: object) -> None:  # keep test output quiet
-        pass
 
     def do_GET(self) -> None:
         self._handle()
@@ -116,13 +113,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
 
     def _reply(self, status: int, body: bytes, ctype: str = "application/fhir+json",
                headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", ctype)
-        self.send_header("Content-Length", str(len(body)))
-        for k, v in (headers or {}).items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
+        self.send_body(status, body, ctype, headers)
 
     def _handle(self) -> None:
         proxy = self.proxy

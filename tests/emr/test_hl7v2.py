@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import socket
 import socketserver
-import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 
@@ -18,7 +17,7 @@ from app.db.models import Hl7Notice
 from app.gateways.emr import build_notifiers
 from app.gateways.emr.hl7v2 import Hl7v2Notifier, control_id
 from app.gateways.errors import PermanentError, TransientError
-from tests.conftest import services
+from tests.conftest import services, serving
 from tests.emr.conftest import add_photo, make_study, notify
 
 START, END = b"\x0b", b"\x1c\r"
@@ -79,12 +78,8 @@ def receiver() -> Iterator[Receiver]:
     server = socketserver.ThreadingTCPServer(("127.0.0.1", 0), handler)
     server.daemon_threads = True
     state.address = f"127.0.0.1:{server.server_address[1]}"
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(server):
         yield state
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def _notifier(app: Flask, address: str) -> Hl7v2Notifier:

@@ -35,7 +35,7 @@ from flask.testing import FlaskClient
 from jwt.algorithms import RSAAlgorithm
 from PIL import Image
 
-from tests.conftest import served, services, serving
+from tests.conftest import StubHandler, served, services, serving
 
 CLIENT_ID, CLIENT_SECRET = "ebiw-capture", "stub-client-secret"
 ISSUER, SYSTEM = "HOSP-A", "urn:oid:1.2.3.4.5.6"  # Issuer of Patient ID and its FHIR system
@@ -119,18 +119,9 @@ def _resources(study_uid: str | None = None) -> dict[str, dict[str, Any]]:
 
 
 def _handler(emr: Emr) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *_args: object) -> None:
-            pass
-
+    class Handler(StubHandler):
         def _json(self, body: dict[str, Any], status: int = 200) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.send_header("Cache-Control", "no-store")
-            self.end_headers()
-            self.wfile.write(data)
+            self.send_json(body, status, {"Cache-Control": "no-store"})
 
         def do_GET(self) -> None:
             url = urlsplit(self.path)

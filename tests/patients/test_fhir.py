@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import json
-import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote
 
@@ -19,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from app.gateways.patients import Directories, DirectoryRejected, DirectoryUnavailable
 from app.gateways.patients.fhir import FhirDirectory, TokenSource
-from tests.conftest import FhirPeer
+from tests.conftest import FhirPeer, StubHandler, serving
 from tests.patients.conftest import PATIENT_SYSTEM
 
 SYSTEMS = {"HOSP-A": PATIENT_SYSTEM}
@@ -118,14 +116,11 @@ def test_a_down_directory_does_not_hide_the_others(fhir_peer: FhirPeer,
 # --- OAuth2: client credentials with a secret, SMART Backend Services with a key ---------------
 
 
-class _AuthServer(BaseHTTPRequestHandler):
+class _AuthServer(StubHandler):
     """``/token`` issues tok-1, tok-2, …; ``/fhir/Patient/_search`` refuses tok-1 (revoked)."""
 
     tokens: list[dict[str, Any]]
     public_key: Any = None
-
-    def log_message(self, *args: object) -> None:
-        pass
 
     def do_POST(self) -> None:
         form = parse_qs(self.rfile.read(int(self.headers["Content-Length"])).decode())
@@ -137,36 +132,24 @@ class _AuthServer(BaseHTTPRequestHandler):
                                               audience=self._url("/token"))
                 record["header"] = jwt.get_unverified_header(form["client_assertion"][0])
             self.tokens.append(record)
-            self._json(200, {"access_token": f"tok-{len(self.tokens)}", "expires_in": 3600})
+            self.send_json({"access_token": f"tok-{len(self.tokens)}", "expires_in": 3600})
         elif not self.path.startswith("/fhir/"):
-            self._json(404, {})
+            self.send_json({}, 404)
         elif self.headers.get("Authorization") == "Bearer tok-1" and len(self.tokens) < 2:
-            self._json(401, {})
+            self.send_json({}, 401)
         else:
-            self._json(200, {"resourceType": "Bundle", "type": "searchset", "entry": []})
+            self.send_json({"resourceType": "Bundle", "type": "searchset", "entry": []})
 
     def _url(self, path: str) -> str:
         return f"http://127.0.0.1:{self.server.server_address[1]}{path}"
-
-    def _json(self, status: int, body: dict[str, Any]) -> None:
-        data = json.dumps(body).encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
 
 
 @pytest.fixture
 def auth_server() -> Iterator[tuple[str, type[_AuthServer]]]:
     handler = type("Handler", (_AuthServer,), {"tokens": []})
     server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    threading.Thread(target=server.serve_forever, daemon=True).start()
-    try:
+    with serving(server):
         yield f"http://127.0.0.1:{server.server_address[1]}", handler
-    finally:
-        server.shutdown()
-        server.server_close()
 
 
 def test_client_credentials_token_is_reused_and_renewed_on_401(fhir_peer: FhirPeer,

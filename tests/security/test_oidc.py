@@ -11,7 +11,6 @@ import base64
 import hashlib
 import json
 import secrets
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from app.factory import create_app
 from app.workflow.accounts import create_user, list_users, set_disabled
-from tests.conftest import services
+from tests.conftest import StubHandler, services, serving
 
 CLIENT_ID, CLIENT_SECRET = "ebiw-capture", "stub-client-secret"
 ROLE_MAP = {"wound-nurses": "capture@Wound care", "ebiw-viewers": "view",
@@ -61,32 +60,21 @@ class Provider:
 
 
 def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *_args: object) -> None:  # quiet
-            pass
-
-        def _json(self, body: dict[str, Any], status: int = 200) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
+    class Handler(StubHandler):
         def do_GET(self) -> None:
             url = urlsplit(self.path)
             if url.path == "/.well-known/openid-configuration":
-                self._json({"issuer": provider.issuer,
-                            "authorization_endpoint": f"{provider.issuer}/authorize",
-                            "token_endpoint": f"{provider.issuer}/token",
-                            "jwks_uri": f"{provider.issuer}/jwks",
-                            "response_types_supported": ["code"],
-                            "subject_types_supported": ["public"],
-                            "id_token_signing_alg_values_supported": ["RS256"],
-                            "code_challenge_methods_supported": ["S256"]})
+                self.send_json({"issuer": provider.issuer,
+                                 "authorization_endpoint": f"{provider.issuer}/authorize",
+                                 "token_endpoint": f"{provider.issuer}/token",
+                                 "jwks_uri": f"{provider.issuer}/jwks",
+                                 "response_types_supported": ["code"],
+                                 "subject_types_supported": ["public"],
+                                 "id_token_signing_alg_values_supported": ["RS256"],
+                                 "code_challenge_methods_supported": ["S256"]})
             elif url.path == "/jwks":
                 jwk = json.loads(RSAAlgorithm.to_jwk(provider.key.public_key()))
-                self._json({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]})
+                self.send_json({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]})
             elif url.path == "/authorize":
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
                 code = secrets.token_urlsafe(16)
@@ -96,7 +84,7 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
                     {"code": code, "state": query["state"]}))
                 self.end_headers()
             else:
-                self._json({"error": "not_found"}, 404)
+                self.send_json({"error": "not_found"}, 404)
 
         def do_POST(self) -> None:
             length = int(self.headers.get("Content-Length", 0))
@@ -107,7 +95,7 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
             given = form.get("client_secret") or basic.partition(":")[2]
             asked = provider.codes.pop(form.get("code", ""), None)
             if given != CLIENT_SECRET or asked is None:
-                self._json({"error": "invalid_client"}, 401)
+                self.send_json({"error": "invalid_client"}, 401)
                 return
             challenge = base64.urlsafe_b64encode(hashlib.sha256(
                 form.get("code_verifier", "").encode()).digest()).rstrip(b"=").decode()
@@ -115,10 +103,10 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
                     or form.get("redirect_uri") != asked["redirect_uri"]
                     or asked.get("code_challenge_method") != "S256"
                     or challenge != asked.get("code_challenge")):
-                self._json({"error": "invalid_grant"}, 400)
+                self.send_json({"error": "invalid_grant"}, 400)
                 return
-            self._json({"access_token": secrets.token_urlsafe(16), "token_type": "Bearer",
-                        "expires_in": 300, "id_token": provider.id_token(asked["nonce"])})
+            self.send_json({"access_token": secrets.token_urlsafe(16), "token_type": "Bearer",
+                             "expires_in": 300, "id_token": provider.id_token(asked["nonce"])})
 
     return Handler
 
@@ -128,11 +116,8 @@ def provider() -> Iterator[Provider]:
     state = Provider()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(state))
     state.issuer = f"http://127.0.0.1:{server.server_port}"
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield state
-    server.shutdown()
-    thread.join(5)
+    with serving(server):
+        yield state
 
 
 @pytest.fixture
