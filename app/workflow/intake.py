@@ -519,11 +519,13 @@ class Intake:
 
     def _study(self, s: CaptureSession) -> StudyInfo:
         tz = timezone(timedelta(minutes=s.utc_offset_minutes))
+        ident = s.identification
         return StudyInfo(uid=s.study_uid, started=_as_utc(s.created_at).astimezone(tz),
                          accession_number=s.accession_number, admission_id=s.encounter,
-                         **({"description": s.identification.requested_procedure_description}
-                            if s.identification and
-                            s.identification.requested_procedure_description else {}))
+                         requested_procedure_id=ident.requested_procedure_id if ident else None,
+                         scheduled_step_id=ident.scheduled_step_id if ident else None,
+                         **({"description": ident.requested_procedure_description}
+                            if ident and ident.requested_procedure_description else {}))
 
     def _series(self, s: CaptureSession, *, normalized: bool = False,
                 labels: bool = False) -> SeriesInfo:

@@ -116,8 +116,14 @@ def test_worklist_item_is_carried_into_the_dicom(mwl_app: Flask) -> None:
             ds.IssuerOfPatientID, str(ds.PatientName)) == (
         "2.25.1001", "ACC0001", "ENC-42", "MRN0001", "HOSP-A", "TEST^ALICE")
     assert ds.StudyDescription == "Wound photography left forearm"
-    errors, _warnings, output = dicom_validate(path)
-    assert errors == 0, output
+    # The order it fulfils, for the PACS/RIS to match (General Series, Request Attributes).
+    [request] = ds.RequestAttributesSequence
+    assert (request.RequestedProcedureID, request.ScheduledProcedureStepID,
+            request.AccessionNumber, request.StudyInstanceUID,
+            request.RequestedProcedureDescription) == (
+        "RP0001", "SPS0001", "ACC0001", "2.25.1001", "Wound photography left forearm")
+    errors, warnings, output = dicom_validate(path)
+    assert (errors, warnings) == (0, 0), output
 
     # How the patient was identified is kept with the study.
     with services(mwl_app).db.session() as db:
@@ -149,6 +155,10 @@ def test_worklist_item_without_accession(mwl_app: Flask) -> None:
     ds = pydicom.dcmread(path)
     assert (ds.StudyInstanceUID, ds.AccessionNumber, ds.AdmissionID) == ("2.25.1002", "",
                                                                         "ENC-43")
+    [request] = ds.RequestAttributesSequence
+    assert "AccessionNumber" not in request and request.StudyInstanceUID == "2.25.1002"
+    errors, warnings, output = dicom_validate(path)
+    assert (errors, warnings) == (0, 0), output
 
 
 def test_bad_worklist_items_are_refused(client: FlaskClient,

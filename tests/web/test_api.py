@@ -74,6 +74,7 @@ def test_full_flow_stores_a_valid_instance(app: Flask, client: FlaskClient,
     frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
     assert frame.rstrip(b"\x00") == strip_jpeg(PHOTO)
     assert list(ds.ImageType) == ["ORIGINAL", "PRIMARY"]
+    assert "RequestAttributesSequence" not in ds  # no worklist step: nothing to claim
     assert b"Display P3" in bytes(ds.ICCProfile).replace(b"\x00", b"")  # the iPhone's own
 
     # The chart in the photo gave a second, DERIVED instance in its own series.

@@ -55,6 +55,9 @@ class StudyInfo:
     admission_id: str | None = None
     study_id: str = ""  # empty: the last 8 digits of the Study UID (SH, needed by DICOMDIR)
     referring_physician: str = ""
+    # The Modality Worklist step the study fulfils (both None: not scheduled)
+    requested_procedure_id: str | None = None
+    scheduled_step_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -109,6 +112,20 @@ def _tm(value: datetime) -> str:
 
 def _dt(value: datetime) -> str:
     return value.strftime("%Y%m%d") + _tm(value) + value.strftime("%z")
+
+
+def _request_attributes(study: StudyInfo) -> Dataset:
+    """General Series' Request Attributes Sequence item: the worklist step this fulfils, so a
+    PACS or RIS can match the images to the order (PS3.3 Request Attributes Macro)."""
+    item = Dataset()
+    if study.accession_number:
+        item.AccessionNumber = study.accession_number
+    item.StudyInstanceUID = study.uid
+    item.RequestedProcedureID = study.requested_procedure_id or ""
+    if study.description:
+        item.RequestedProcedureDescription = study.description
+    item.ScheduledProcedureStepID = study.scheduled_step_id or ""
+    return item
 
 
 def _code_item(code: str, scheme: str, meaning: str) -> Dataset:
@@ -198,6 +215,8 @@ def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
         ds.ImageComments = instance.comments
     if study.admission_id:
         ds.AdmissionID = study.admission_id
+    if study.requested_procedure_id or study.scheduled_step_id:
+        ds.RequestAttributesSequence = Sequence([_request_attributes(study)])
     ds.AcquisitionContextSequence = Sequence()
     ds.SamplesPerPixel = 3
     ds.PhotometricInterpretation = "YBR_FULL_422"
