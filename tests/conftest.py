@@ -124,8 +124,11 @@ def dicom_validate(*files: Path) -> tuple[int, int, str]:
 # --- test peers and stub servers on loopback --------------------------------------------------
 
 
+Server = TypeVar("Server", bound=BaseServer)
+
+
 @contextmanager
-def serving(server: BaseServer) -> Iterator[BaseServer]:
+def serving(server: Server) -> Iterator[Server]:
     """Serve ``server`` (bound on loopback) from a daemon thread; shut it down and close it at
     the end."""
     thread = threading.Thread(target=server.serve_forever, daemon=True)

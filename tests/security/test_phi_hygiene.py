@@ -6,7 +6,6 @@ from __future__ import annotations
 import io
 import logging
 import sys
-import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from werkzeug.serving import make_server
 from app.db.models import Patient
 from app.factory import create_app
 from app.logs import QUIET_LOGGERS, JsonFormatter, PhiRedactingFilter, redact
-from tests.conftest import log_in, services
+from tests.conftest import log_in, services, serving
 from tests.security.conftest import (
     BAND,
     BIRTH,
@@ -108,15 +107,9 @@ def test_a_whole_flow_logged_at_debug_names_no_patient(
     nurse.post("/login", json={"username": MRN, "password": f"{FAMILY} {BIRTH}"})
     viewer.get(f"/dicomweb/studies?PatientBirthDate=not-a-date-{MRN}")
     # the development server's own request log, with identifiers in the query string
-    server = make_server("127.0.0.1", 0, app, threaded=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
+    with serving(make_server("127.0.0.1", 0, app, threaded=True)) as server:
         requests.get(f"http://127.0.0.1:{server.server_port}/dicomweb/studies",
                      params={"PatientID": MRN, "PatientName": f"{FAMILY}^{GIVEN}"}, timeout=10)
-    finally:
-        server.shutdown()
-        thread.join(5)
 
     assert len(captured.lines) > 5  # DEBUG really was on
     for line in captured.lines:
