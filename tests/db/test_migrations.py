@@ -1,0 +1,243 @@
+"""Schema migrations (Alembic, app/db/migrations): ``Database.create_schema()`` is
+``ebiw db upgrade``. Every test runs on SQLite and, on the PostgreSQL pass, on PostgreSQL."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from alembic import command
+from alembic.script import ScriptDirectory
+from click.testing import CliRunner
+from sqlalchemy import func, inspect, select, text
+from sqlalchemy.exc import DBAPIError
+
+import app.db.session as session_module
+from app.cli import cli
+from app.db.models import ApiToken, Base, Encounter, Patient
+from app.db.session import MIGRATIONS, Database, _alembic_config
+
+HEAD = ScriptDirectory(str(MIGRATIONS)).get_current_head()
+
+
+@pytest.fixture
+def url(tmp_path: Path, database_url: str) -> str:
+    return database_url or f"sqlite:///{tmp_path / 'ebiw.sqlite3'}"
+
+
+@pytest.fixture
+def db(url: str) -> Iterator[Database]:
+    database = Database(url)
+    yield database
+    database.engine.dispose()
+
+
+def _add_patient_with_encounter(db: Database, mrn: str) -> None:
+    with db.session() as s:
+        s.add(Patient(mrn=mrn, issuer="HOSP", family="TEST", given="ALICE",
+                      encounters=[Encounter(identifier=f"V-{mrn}")]))
+
+
+def _counts(db: Database) -> tuple[int, int]:
+    with db.session() as s:
+        return (s.scalar(select(func.count()).select_from(Patient)) or 0,
+                s.scalar(select(func.count()).select_from(Encounter)) or 0)
+
+
+def test_the_migrations_build_exactly_what_the_models_describe(db: Database) -> None:
+    """Fails when a model changes without a revision (``ebiw db revision -m ...``)."""
+    result = db.create_schema()
+    assert (result.before, result.after, result.adopted) == (None, HEAD, False)
+    assert db.schema_differences() == []
+    assert db.schema_revision() == HEAD
+
+
+def test_schema_differences_sees_what_a_migration_missed(db: Database) -> None:
+    db.create_schema()
+    with db.engine.begin() as conn:
+        conn.execute(text("DROP INDEX ix_delivery_due"))
+    assert [d[0] for d in db.schema_differences()] == ["add_index"]
+
+
+def test_a_database_made_by_create_all_is_adopted_and_keeps_its_rows(db: Database) -> None:
+    Base.metadata.create_all(db.engine)
+    _add_patient_with_encounter(db, "M1")
+    with db.session() as s:
+        s.add(ApiToken(token_hash="h" * 64, user="ward7", role="capture"))
+    assert db.schema_revision() is None
+
+    result = db.create_schema()
+    assert (result.before, result.after, result.adopted) == (None, HEAD, True)
+    assert "adopted" in result.describe()
+    assert db.schema_differences() == []
+    assert _counts(db) == (1, 1)
+    with db.session() as s:
+        assert s.scalars(select(ApiToken.user)).all() == ["ward7"]
+
+
+def test_an_older_create_all_database_gets_the_tables_it_lacked(db: Database) -> None:
+    """A version before the batch import or the audit trail made fewer tables."""
+    Base.metadata.create_all(db.engine, tables=[Patient.__table__, Encounter.__table__])
+    _add_patient_with_encounter(db, "M1")
+    assert db.create_schema().adopted
+    assert set(Base.metadata.tables) <= set(inspect(db.engine).get_table_names())
+    assert db.schema_differences() == []
+    assert _counts(db) == (1, 1)
+
+
+def test_upgrading_again_changes_nothing(db: Database) -> None:
+    db.create_schema()
+    _add_patient_with_encounter(db, "M1")
+    again = db.create_schema()
+    assert (again.before, again.after, again.adopted) == (HEAD, HEAD, False)
+    assert again.describe() == f"database is up to date at {HEAD}"
+    assert _counts(db) == (1, 1)
+
+
+def test_concurrent_upgrades_run_one_after_the_other(url: str) -> None:
+    """Nodes (or the web service and the worker) starting at once: one upgrade builds the
+    schema, the others wait for its lock and then find nothing to do."""
+    databases = [Database(url) for _ in range(3)]
+    start = threading.Barrier(len(databases))
+    results: list[object] = []
+
+    def upgrade(database: Database) -> None:
+        start.wait()
+        try:
+            results.append(database.create_schema())
+        except Exception as exc:  # reported by the assertion below
+            results.append(exc)
+
+    threads = [threading.Thread(target=upgrade, args=(d,)) for d in databases]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert not any(t.is_alive() for t in threads), "an upgrade hangs"
+    assert [r for r in results if isinstance(r, Exception)] == []
+    assert sorted(getattr(r, "before", None) or "empty" for r in results) == \
+        sorted(["empty", HEAD, HEAD])
+    assert databases[0].schema_differences() == []
+    for d in databases:
+        d.engine.dispose()
+
+
+def test_downgrade_to_base_then_upgrade_to_head(db: Database) -> None:
+    db.create_schema()
+    with db._upgrade_transaction() as conn:
+        command.downgrade(_alembic_config(conn), "base")
+    assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}
+    assert db.create_schema().before is None
+    assert db.schema_differences() == []
+
+
+EXTRA_REVISION = '''
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0099_test"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    # SQLite cannot drop NOT NULL: batch mode rebuilds "patient", which "encounter" references.
+    with op.batch_alter_table("patient") as batch:
+        batch.add_column(sa.Column("note", sa.String(32), nullable=True))
+        batch.alter_column("family", existing_type=sa.String(128), nullable=True)
+    op.execute("UPDATE patient SET note = 'migrated'")
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("patient") as batch:
+        batch.alter_column("family", existing_type=sa.String(128), nullable=False)
+        batch.drop_column("note")
+'''
+
+
+def test_a_later_revision_alters_a_referenced_table_and_rows_survive(
+        db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    migrations = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    (migrations / "versions" / "0099_test.py").write_text(EXTRA_REVISION.format(head=HEAD))
+    db.create_schema()
+    _add_patient_with_encounter(db, "M1")
+    _add_patient_with_encounter(db, "M2")
+
+    monkeypatch.setattr(session_module, "MIGRATIONS", migrations)
+    result = db.create_schema()
+    assert (result.before, result.after) == (HEAD, "0099_test")
+    assert "from " + HEAD + " to 0099_test" in result.describe()
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT note FROM patient")).scalars().all() == \
+            ["migrated", "migrated"]
+    columns = {c["name"]: c for c in inspect(db.engine).get_columns("patient")}
+    assert columns["family"]["nullable"]
+    assert [fk["referred_table"] for fk in inspect(db.engine).get_foreign_keys("encounter")] \
+        == ["patient"]
+    assert _counts(db) == (2, 2)
+
+    with db._upgrade_transaction() as conn:
+        command.downgrade(_alembic_config(conn), HEAD)
+    monkeypatch.undo()
+    assert db.schema_revision() == HEAD
+    assert db.schema_differences() == []
+    assert _counts(db) == (2, 2)
+
+
+def test_ebiw_db_upgrade_and_current_print_the_revision(tmp_path: Path, url: str) -> None:
+    env = {"EBIW_DATA_DIR": str(tmp_path / "var"), "EBIW_DATABASE_URL": url}
+    runner = CliRunner()
+    assert runner.invoke(cli, ["db", "current"], env=env).output == "none\n"
+    first = runner.invoke(cli, ["db", "upgrade"], env=env)
+    assert first.exit_code == 0, first.output
+    assert first.stdout == f"database upgraded from empty to {HEAD}\n"
+    assert first.stderr == ""  # no difference between the models and the database
+    second = runner.invoke(cli, ["db", "upgrade"], env=env)
+    assert second.stdout == f"database is up to date at {HEAD}\n"
+    assert runner.invoke(cli, ["db", "current"], env=env).output == f"{HEAD}\n"
+
+
+FAILING_REVISION = '''
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0099_fails"
+down_revision = "{head}"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table("half_done", sa.Column("id", sa.Integer(), primary_key=True))
+    with op.batch_alter_table("patient") as batch:
+        batch.add_column(sa.Column("note", sa.String(32), nullable=True))
+    op.execute("SELECT no_such_column FROM patient")
+
+
+def downgrade() -> None:
+    pass
+'''
+
+
+def test_a_failing_revision_changes_nothing(
+        db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The whole upgrade is one transaction, on SQLite as on PostgreSQL."""
+    migrations = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    (migrations / "versions" / "0099_fails.py").write_text(FAILING_REVISION.format(head=HEAD))
+    db.create_schema()
+    _add_patient_with_encounter(db, "M1")
+
+    monkeypatch.setattr(session_module, "MIGRATIONS", migrations)
+    with pytest.raises(DBAPIError, match="no_such_column"):
+        db.create_schema()
+    monkeypatch.undo()
+    assert db.schema_revision() == HEAD
+    assert "half_done" not in inspect(db.engine).get_table_names()
+    assert db.schema_differences() == []
+    assert _counts(db) == (1, 1)
