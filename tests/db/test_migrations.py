@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,10 +17,12 @@ from click.testing import CliRunner
 from sqlalchemy import func, inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
-import app.db.session as session_module
 from app.cli import cli
+from app.db import migrate
+from app.db.migrate import MIGRATIONS, alembic_config, upgrade_transaction
 from app.db.models import ApiToken, Base, Encounter, Patient
-from app.db.session import MIGRATIONS, Database, _alembic_config
+from app.db.session import Database
+from tests.conftest import REPO
 
 HEAD = ScriptDirectory(str(MIGRATIONS)).get_current_head()
 
@@ -127,8 +131,8 @@ def test_concurrent_upgrades_run_one_after_the_other(url: str) -> None:
 
 def test_downgrade_to_base_then_upgrade_to_head(db: Database) -> None:
     db.create_schema()
-    with db._upgrade_transaction() as conn:
-        command.downgrade(_alembic_config(conn), "base")
+    with upgrade_transaction(db.engine) as conn:
+        command.downgrade(alembic_config(conn), "base")
     assert set(inspect(db.engine).get_table_names()) <= {"alembic_version"}
     assert db.create_schema().before is None
     assert db.schema_differences() == []
@@ -168,7 +172,7 @@ def test_a_later_revision_alters_a_referenced_table_and_rows_survive(
     _add_patient_with_encounter(db, "M1")
     _add_patient_with_encounter(db, "M2")
 
-    monkeypatch.setattr(session_module, "MIGRATIONS", migrations)
+    monkeypatch.setattr(migrate, "MIGRATIONS", migrations)
     result = db.create_schema()
     assert (result.before, result.after) == (HEAD, "0099_test")
     assert "from " + HEAD + " to 0099_test" in result.describe()
@@ -181,8 +185,8 @@ def test_a_later_revision_alters_a_referenced_table_and_rows_survive(
         == ["patient"]
     assert _counts(db) == (2, 2)
 
-    with db._upgrade_transaction() as conn:
-        command.downgrade(_alembic_config(conn), HEAD)
+    with upgrade_transaction(db.engine) as conn:
+        command.downgrade(alembic_config(conn), HEAD)
     monkeypatch.undo()
     assert db.schema_revision() == HEAD
     assert db.schema_differences() == []
@@ -233,7 +237,7 @@ def test_a_failing_revision_changes_nothing(
     db.create_schema()
     _add_patient_with_encounter(db, "M1")
 
-    monkeypatch.setattr(session_module, "MIGRATIONS", migrations)
+    monkeypatch.setattr(migrate, "MIGRATIONS", migrations)
     with pytest.raises(DBAPIError, match="no_such_column"):
         db.create_schema()
     monkeypatch.undo()
@@ -241,3 +245,12 @@ def test_a_failing_revision_changes_nothing(
     assert "half_done" not in inspect(db.engine).get_table_names()
     assert db.schema_differences() == []
     assert _counts(db) == (1, 1)
+
+
+def test_the_web_app_does_not_load_alembic() -> None:
+    """Web workers never migrate: Alembic (about 12 MiB each) loads only where it is used."""
+    probe = ("import sys, app.factory, app.db.session; "
+             "print(sorted(m for m in sys.modules if m.split('.')[0] in ('alembic', 'mako')))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                         cwd=REPO, check=True).stdout
+    assert out.strip() == "[]"

@@ -1,6 +1,6 @@
 """Alembic's environment: migrations run on the Connection the app hands over.
 
-``Database.create_schema()`` (app/db/session.py) opens that connection, takes the upgrade
+``app.db.migrate`` (``Database.create_schema()``) opens that connection, takes the upgrade
 lock and passes it in ``config.attributes["connection"]``; there is no alembic.ini and no URL
 here. Batch mode on SQLite lets later revisions ALTER what SQLite cannot (it rebuilds the
 table); ``compare_type`` makes autogenerate and ``schema_differences()`` see type changes.
