@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
+from datetime import UTC, datetime
 from functools import cache
 from importlib import resources
 from typing import Any
@@ -25,8 +26,12 @@ from app.workflow.intake import SessionRequest
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
-def _iso(value: Any) -> str | None:
-    return value.isoformat() if value is not None else None
+def _iso(value: datetime | None) -> str | None:
+    """ISO 8601 with its UTC offset, as the OpenAPI date-time format requires (SQLite hands
+    back naive datetimes: they were stored as UTC)."""
+    if value is None:
+        return None
+    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).isoformat()
 
 
 def photo_json(photo: Photo, deliveries: Sequence[DeliveryState] = ()) -> dict[str, Any]:
