@@ -13,7 +13,7 @@ import signal
 import sys
 import uuid
 from collections.abc import Callable
-from datetime import UTC, date, datetime
+from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
 import click
@@ -451,9 +451,7 @@ def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str |
     if (patient_id is None) != (issuer is None):
         raise click.UsageError("give --patient-id and --issuer together")
     services = _ready_services()
-    identifier = build_identifier(services.settings, services.db)
-    batches = Batches(services.db, services.settings, services.intake,
-                      identifier.directories, identifier.rules)
+    batches = _batches(services)
     try:
         report = import_files(
             batches, _import_inputs(paths), user=_cli_actor(),
@@ -475,6 +473,35 @@ def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str |
     if report_file:
         write_report(report, Path(report_file))
     sys.exit(0 if report.ok else 1)
+
+
+def _batches(services: Services) -> Batches:
+    identifier = build_identifier(services.settings, services.db)
+    return Batches(services.db, services.settings, services.intake, identifier.directories,
+                   identifier.rules)
+
+
+@cli.group("batch")
+def batch_group() -> None:
+    """Batch imports held for review."""
+
+
+@batch_group.command("purge")
+@click.option("--idle-hours", type=click.IntRange(min=1),
+              help="Idle time after which a batch is purged [default: EBIW_BATCH_HOLD_HOURS].")
+def batch_purge(idle_hours: int | None) -> None:
+    """Discard the held photos of every batch idle this long (run hourly; see deploy/).
+
+    Prints one JSON line: {"purged": {batch id: photos discarded}}; each purged batch is in
+    the audit trail. Confirmed photos stay stored.
+    """
+    services = _ready_services()
+    hours = idle_hours or services.settings.batch_hold_hours
+    purged = _batches(services).purge_idle(timedelta(hours=hours))
+    for batch_id, count in purged.items():
+        _audit_admin("batch.purge", f"batch:{batch_id}",
+                     detail={"discarded": count, "idle_hours": hours})
+    _emit({"purged": purged})
 
 
 @cli.command("read-wristband", with_appcontext=False)

@@ -58,6 +58,7 @@ class Settings:
     # Batch import (app/workflow/batch.py; README "Batch import")
     batch_label_photos: str = "keep"  # keep: label frames stored in their own series; drop
     batch_label_min_area: float = 0.02  # barcode area / frame area from which a frame is a label
+    batch_hold_hours: int = 72  # `ebiw batch purge`: discard held photos of batches idle this long
     delivery_thread: bool = False  # a delivery worker thread in each web process
     # Web login sessions (app/workflow/accounts.py): idle timeout and absolute lifetime
     session_idle_minutes: int = 15

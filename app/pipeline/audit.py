@@ -147,6 +147,7 @@ CATALOGUE: dict[str, EventCode] = {
     "batch.update": _RECORD_UPDATE,
     "batch.group": _QUERY,
     "batch.discard": _RECORD_UPDATE,
+    "batch.purge": _RECORD_UPDATE,  # held photos of an idle batch discarded (ebiw batch purge)
     "batch.confirm": _INSTANCES_CREATED,
     "batch.import": _INSTANCES_CREATED,
     "delivery.sent": _TRANSFERRED,

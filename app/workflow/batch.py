@@ -29,11 +29,11 @@ import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import delete, select
+from sqlalchemy import delete, func, select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -285,6 +285,32 @@ class Batches:
         for upload_uuid in held:
             self._unstage(batch.id, upload_uuid)
         return len(held)
+
+    def purge_idle(self, idle: timedelta, *, now: datetime | None = None) -> dict[str, int]:
+        """Discard every open batch with held photos and no activity (a photo arriving, a
+        group created or confirmed) for ``idle``: held bytes must not linger on a node
+        because nobody finished the review. Returns {batch id: photos discarded}; stored
+        photos stay in their studies."""
+        cutoff = (now or datetime.now(UTC)) - idle
+        with self.db.session() as db:
+            held = set(db.scalars(select(BatchItem.batch_id).join(Batch).where(
+                Batch.status == "open", BatchItem.status == HELD)))
+            idle_ids = [batch_id for batch_id in sorted(held)
+                        if self._last_activity(db, batch_id) < cutoff]
+        return {batch_id: self.discard(batch_id, owner=None) for batch_id in idle_ids}
+
+    @staticmethod
+    def _last_activity(db: Session, batch_id: str) -> datetime:
+        batch = db.get(Batch, batch_id)
+        assert batch is not None
+        times = [batch.created_at,
+                 db.scalar(select(func.max(BatchItem.created_at))
+                           .where(BatchItem.batch_id == batch_id)),
+                 db.scalar(select(func.max(BatchGroup.created_at))
+                           .where(BatchGroup.batch_id == batch_id)),
+                 db.scalar(select(func.max(BatchGroup.confirmed_at))
+                           .where(BatchGroup.batch_id == batch_id))]
+        return max(_utc(t) for t in times if t is not None)  # type: ignore[type-var]
 
     # --- photos arriving -------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import io
 import uuid
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
@@ -14,7 +15,8 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select
 
-from app.db.models import BatchItem, CaptureSession, Delivery, Instance, Photo
+from app.db.models import Batch, BatchGroup, BatchItem, CaptureSession, Delivery, Instance, Photo
+from app.web.batch import _EXTENSION as BATCHES_EXTENSION
 from app.workflow.intake import LABEL_SERIES_NUMBER, NORMALIZED_SERIES_NUMBER
 from tests.batch.conftest import (
     ISSUER,
@@ -223,3 +225,32 @@ def test_batches_are_private_and_refuse_bad_input(
                       headers=capture).status_code == 404
     assert client.put(f"/api/v1/batches/{batch_id}/items/not-a-uuid", data=b"x",
                       headers=capture).status_code == 422
+
+
+def test_idle_batches_are_purged_of_held_photos_only(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], tmp_path: Path,
+        batch_shots: tuple[Shot, ...]) -> None:
+    """Held bytes do not linger: a batch nobody touched for the hold time is discarded (its
+    staged files deleted), a busy one is left, and confirmed photos stay stored."""
+    import_patients(app, tmp_path)
+    capture = auth["capture"]
+    idle_id, busy_id = (client.post("/api/v1/batches", json={}, headers=capture)
+                        .get_json()["id"] for _ in range(2))
+    put_all(client, capture, idle_id, batch_shots[:4])
+    put_all(client, capture, busy_id, batch_shots[4:6])
+    batches = app.extensions[BATCHES_EXTENSION]
+    staging = services(app).settings.data_dir / "batches"
+    assert any((staging / idle_id).iterdir()) and any((staging / busy_id).iterdir())
+    with services(app).db.session() as db:  # the idle batch's last photo came 4 days ago
+        for model in (BatchItem, BatchGroup):
+            for row in db.scalars(select(model).where(model.batch_id == idle_id)):
+                row.created_at -= timedelta(days=4)
+        db.get(Batch, idle_id).created_at -= timedelta(days=4)
+
+    assert batches.purge_idle(timedelta(days=3)) == {idle_id: 4}
+    assert not any((staging / idle_id).iterdir())
+    assert len(list((staging / busy_id).iterdir())) >= 2
+    gone = client.get(f"/api/v1/batches/{idle_id}", headers=capture)
+    assert gone.status_code == 404
+    assert client.get(f"/api/v1/batches/{busy_id}", headers=capture).status_code == 200
+    assert batches.purge_idle(timedelta(days=3)) == {}

@@ -197,3 +197,34 @@ def test_an_interrupted_import_resumes_with_exact_counts(env: dict[str, str],
     # Each instance once; re-running changes nothing.
     run(env, "import", str(tmp_path / "photos"))
     assert counts(env) == done
+
+
+def test_batch_purge_discards_what_an_import_left_unsorted(env: dict[str, str],
+                                                           tmp_path: Path) -> None:
+    """`ebiw batch purge`: the 3 unsorted photos an import leaves held go once the batch has
+    been idle for the hold time; the 9 stored ones stay; the purge is audited."""
+    write_folder(tmp_path / "photos", slip_sheet_batch())
+    run(env, "import", str(tmp_path / "photos"))
+    staging = Path(env["EBIW_DATA_DIR"]) / "batches"
+    held = [p for p in staging.rglob("*") if p.is_file()]
+    assert held
+    assert json.loads(run(env, "batch", "purge").stdout) == {"purged": {}}  # not idle yet
+    engine = create_engine(database(env))
+    with engine.begin() as conn:  # the import was four days ago
+        for table in ("batch", "batch_item", "batch_group"):
+            conn.execute(text(f"UPDATE {table} SET created_at = :t"),
+                         {"t": "2000-01-01 00:00:00"})
+        conn.execute(text("UPDATE batch_group SET confirmed_at = :t "
+                          "WHERE confirmed_at IS NOT NULL"), {"t": "2000-01-01 00:00:00"})
+    proc = run(env, "batch", "purge", "--idle-hours", "96")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    purged = json.loads(proc.stdout)["purged"]
+    assert list(purged.values()) == [3]
+    assert not [p for p in staging.rglob("*") if p.is_file()]
+    assert counts(env)["photos"] == 9
+    with engine.connect() as conn:
+        actions = conn.execute(text("SELECT action, entities FROM audit_event "
+                                    "WHERE action = 'batch.purge'")).all()
+    engine.dispose()
+    assert len(actions) == 1 and next(iter(purged)) in str(actions[0].entities)
+    assert json.loads(run(env, "batch", "purge").stdout) == {"purged": {}}
