@@ -388,6 +388,19 @@ def load_pixels(data: bytes, *, reduce: int = 1,
     Guarantees: the header is checked against ``max_pixels`` before any decoder runs.
     """
     info, layout = _probe(data, max_pixels)
+    return _decode(data, info, layout, reduce)
+
+
+def load_pixels_within(data: bytes, max_output_pixels: int, *,
+                       max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[np.ndarray, int]:
+    """`load_pixels` reduced by `reduction_for` the photo's size and ``max_output_pixels``
+    (0: full size); returns the pixels and the factor used. The header is read once."""
+    info, layout = _probe(data, max_pixels)
+    factor = reduction_for(info.width * info.height, max_output_pixels)
+    return _decode(data, info, layout, factor), factor
+
+
+def _decode(data: bytes, info: PhotoInfo, layout: _Jpeg | None, reduce: int) -> np.ndarray:
     if layout is not None:
         flag = _REDUCED_FLAGS.get(reduce, cv2.IMREAD_COLOR) | cv2.IMREAD_IGNORE_ORIENTATION
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), flag)

@@ -7,13 +7,7 @@ from typing import Any
 
 from app.pipeline.color.correct import DEFAULT_MAX_LOO_DELTA_E, ColorReport, normalize
 from app.pipeline.color.detect import Chart, find_chart
-from app.pipeline.decode import (
-    DEFAULT_MAX_PIXELS,
-    encode_jpeg,
-    load_pixels,
-    probe,
-    reduction_for,
-)
+from app.pipeline.decode import DEFAULT_MAX_PIXELS, encode_jpeg, load_pixels_within
 
 
 @dataclass(frozen=True)
@@ -86,14 +80,12 @@ def normalize_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     """Run the colour step on encoded photo bytes, decoded once and upright.
 
     The photo is decoded at full size, or with ``output_max_pixels`` > 0 at the largest of
-    1/2, 1/4, 1/8 scale that fits (`reduction_for`); chart, fit and normalized image all come
+    1/2, 1/4, 1/8 scale that fits (`load_pixels_within`); chart, fit and normalized image all come
     from that one decode. Guarantees: a wrong or absent chart gives ``chart=None``; an
     unreliable correction gives a report but no image; raises ``UnreadablePhotoError`` for
     input the decode step refuses.
     """
-    info = probe(data, max_pixels)
-    scale = reduction_for(info.width * info.height, output_max_pixels)
-    bgr = load_pixels(data, reduce=scale, max_pixels=max_pixels)
+    bgr, scale = load_pixels_within(data, output_max_pixels, max_pixels=max_pixels)
     height, width = bgr.shape[:2]
     chart = find_chart(bgr)
     if chart is None:
