@@ -28,6 +28,7 @@ import logging
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -69,6 +70,9 @@ FROM_LABEL, MANUAL, GIVEN = "label", "manual", "given"
 or given for the whole batch (``ebiw import --patient-id``)."""
 STAGED_ORIGINAL, STAGED_PREPARED, STAGED_NORMALIZED = "", ".prepared.jpg", ".normalized.jpg"
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
+STORE_THREADS = 3
+"""Photos of one confirmed group stored at once (their fsyncs overlap; the pixel work was
+done when they arrived)."""
 _CONFIRM_FIELDS = ("encounter", "body_site", "laterality", "description", "consent")
 
 
@@ -647,7 +651,7 @@ class Batches:
             if row.session_id is None:
                 row.session_id, row.confirmed_by = session.id, user
                 row.confirmed_at = datetime.now(UTC)
-        outcomes = [self._store(item.row, session.id) for item in group.held]
+        outcomes = self._store_all([item.row for item in group.held], session.id)
         with self.db.session() as db:  # one commit for the group; a crash before it is
             for upload_uuid, sop_uid, normalized in outcomes:  # mended by confirming again
                 row = db.get(BatchItem, upload_uuid)
@@ -698,17 +702,33 @@ class Batches:
         known = {e["identifier"] for e in patient.get("encounters", [])}
         return group.encounter if group.encounter in known else None
 
-    def _store(self, item: BatchItem, session_id: str) -> tuple[str, str | None, str | None]:
-        """Store one held photo of a confirmed group through the intake (idempotent), or skip
-        it (dropped; a label photo with ``EBIW_BATCH_LABEL_PHOTOS=drop``). Returns (upload
-        UUID, SOP Instance UID or None when skipped, normalized SOP Instance UID)."""
-        if item.dropped or (item.role == LABEL and self.settings.batch_label_photos == "drop"):
-            return item.upload_uuid, None, None
-        data = self._path(item.batch_id, item.upload_uuid, STAGED_ORIGINAL).read_bytes()
-        photo, _ = self.intake.accept_photo(
-            session_id, item.upload_uuid, data, work=self._staged_work(item, data),
-            label=item.role == LABEL, burned_in=bool(item.identity))
-        return item.upload_uuid, photo.sop_uid, photo.normalized_sop_uid
+    def _store_all(self, items: list[BatchItem],
+                   session_id: str) -> list[tuple[str, str | None, str | None]]:
+        """Store a confirmed group's held photos through the intake (idempotent), or skip them
+        (dropped; label photos with ``EBIW_BATCH_LABEL_PHOTOS=drop``). Returns (upload UUID,
+        SOP Instance UID or None when skipped, normalized SOP Instance UID) per item.
+
+        Instance numbers are taken first, in the group's capture order; then the photos are
+        stored `STORE_THREADS` at a time, so that one photo's fsyncs overlap another's work.
+        """
+        kept = [item for item in items if not (
+            item.dropped or (item.role == LABEL and self.settings.batch_label_photos == "drop"))]
+        numbers = dict(zip((item.upload_uuid for item in kept),
+                           self.intake.reserve_instance_numbers(session_id, len(kept)),
+                           strict=True)) if kept else {}
+
+        def store(item: BatchItem) -> tuple[str, str | None, str | None]:
+            if item.upload_uuid not in numbers:
+                return item.upload_uuid, None, None
+            data = self._path(item.batch_id, item.upload_uuid, STAGED_ORIGINAL).read_bytes()
+            photo, _ = self.intake.accept_photo(
+                session_id, item.upload_uuid, data, work=self._staged_work(item, data),
+                label=item.role == LABEL, burned_in=bool(item.identity),
+                number=numbers[item.upload_uuid])
+            return item.upload_uuid, photo.sop_uid, photo.normalized_sop_uid
+
+        with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="batch-store") as pool:
+            return list(pool.map(store, items))
 
 
 # --- the command line's import ----------------------------------------------------------------

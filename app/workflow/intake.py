@@ -385,7 +385,7 @@ class Intake:
 
     def accept_photo(self, session_id: str, upload_uuid: str, data: bytes, *,
                      work: PhotoWork | None = None, label: bool = False,
-                     burned_in: bool = False) -> tuple[Photo, bool]:
+                     burned_in: bool = False, number: int | None = None) -> tuple[Photo, bool]:
         """Store one photo as a DICOM instance; return (photo, created).
 
         Guarantees: when this returns, the instance is durably in the archive and indexed,
@@ -395,7 +395,8 @@ class Intake:
         ``work`` is :meth:`process`'s result for ``data`` when it was done earlier. A ``label``
         photo (a wristband or patient label frame) goes to the label series with Burned In
         Annotation YES and no colour-normalized version; ``burned_in`` marks a clinical photo
-        that shows a label too.
+        that shows a label too. ``number``: its Instance Number, taken earlier with
+        :meth:`reserve_instance_numbers` (default: the session's next).
         """
         upload_uuid = _uuid(upload_uuid, "upload id")
         digest = hashlib.sha256(data).hexdigest()
@@ -408,7 +409,8 @@ class Intake:
         if label:
             work = replace(work, color=None)
         photo, color = work.prepared, work.color
-        number = self._next_instance_number(session.id)
+        if number is None:
+            [number] = self.reserve_instance_numbers(session.id, 1)
         built = self._instances(photo, color, session, upload_uuid, number, label=label,
                                 burned_in=burned_in or label)
         try:
@@ -503,13 +505,15 @@ class Intake:
                 raise Conflict("this upload id was already used for a different photo")
             return row
 
-    def _next_instance_number(self, session_id: str) -> int:
-        """Atomically take the next instance number of the session (gaps are harmless)."""
+    def reserve_instance_numbers(self, session_id: str, count: int) -> list[int]:
+        """Atomically take the session's next ``count`` instance numbers, in order (a number
+        taken but not used leaves a gap, which is harmless)."""
         with self.db.session() as db:
             db.execute(update(CaptureSession).where(CaptureSession.id == session_id)
-                       .values(photo_count=CaptureSession.photo_count + 1))
-            return db.scalar(select(CaptureSession.photo_count)
-                             .where(CaptureSession.id == session_id)) or 1
+                       .values(photo_count=CaptureSession.photo_count + count))
+            last = db.scalar(select(CaptureSession.photo_count)
+                             .where(CaptureSession.id == session_id)) or count
+        return list(range(last - count + 1, last + 1))
 
     # --- DICOM context of a session --------------------------------------------------------
 

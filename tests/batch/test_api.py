@@ -144,6 +144,11 @@ def test_slip_sheet_batch_sorts_holds_and_confirms(
     assert group["status"] == "confirmed" and group["patient"] == {"id": "15182881",
                                                                    "issuer": ISSUER}
     assert group["counts"] == {"held": 0, "stored": 4, "skipped": 1, "dropped": 1}
+    # Stored several at a time, yet numbered in the group's capture order.
+    with services(app).db.session() as db:
+        numbers = {p.upload_uuid: p.instance_number for p in db.scalars(select(Photo))}
+    in_order = [numbers[u] for u in group["items"] if u in numbers]
+    assert len(in_order) == 4 and in_order == sorted(set(in_order))
     with services(app).db.session() as db:
         deliveries = list(db.scalars(select(Delivery)))
         instances = list(db.scalars(select(Instance)))
