@@ -62,7 +62,7 @@ logconfig_dict = {
 
 # glibc malloc: at most 2 arenas per process, and blocks from 1 MiB up mapped and unmapped
 # directly (no dynamic threshold), so a photo's frames go back to the system when it is done
-# instead of staying in per-thread arenas (peak RSS per worker; deploy/README.md "Sizing").
+# instead of staying in per-thread arenas (peak RSS per worker; deploy/README.md "Load and sizing").
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
 
 

@@ -49,7 +49,7 @@ class Settings:
     color_max_loo_delta_e: float = 6.0  # above: the correction is unreliable and not stored
     # Largest normalized image, in pixels; 0: the photo's full size. A cap decodes the photo at
     # 1/2, 1/4 or 1/8 scale (JPEG DCT scaling) for the whole colour step: about 2.7x less CPU
-    # on 12 MP photos at 4 MP (README "Colour normalization"); the original is never reduced.
+    # on 12 MP photos at 4 MP (deploy/README.md "Load and sizing"); the original is never reduced.
     color_max_pixels: int = 0
     # Photos whose pixels one process works on at once (its other threads wait for a turn):
     # peak memory per worker is about this many photos' frames.

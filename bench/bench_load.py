@@ -14,8 +14,9 @@ another (``tests/load/harness.py``). Figures:
 
 Then the archive is checked: every acknowledged photo stored once, bytes = index.
 Usage: .venv/bin/python bench/bench_load.py [PER_CLINIC=50] [SEQUENTIAL=9]
-(``EBIW_WORKERS``/``EBIW_THREADS`` pass through to gunicorn; ``EBIW_TEST_POSTGRES_URL`` runs
-it on a fresh PostgreSQL database.)
+(``EBIW_*`` settings pass through to the server, e.g. ``EBIW_COLOR_MAX_PIXELS=4000000`` for
+4 MP normalized copies, ``EBIW_WORKERS``/``EBIW_THREADS`` for gunicorn;
+``EBIW_TEST_POSTGRES_URL`` runs it on a fresh PostgreSQL database.)
 """
 
 from __future__ import annotations
