@@ -102,6 +102,16 @@ export function imageOf(ds) {
 }
 
 /**
+ * How many of ``to``'s pixels one of ``from``'s is, when both are the same scene on pixel grids
+ * of one aspect (a normalized copy may be reduced); null when they are not.
+ */
+export function gridRatio(from, to) {
+  if (!from || !to || !from.columns || !to.columns) return null;
+  const ratio = to.columns / from.columns;
+  return Math.abs(from.rows * ratio - to.rows) <= 1 ? ratio : null;
+}
+
+/**
  * Views of a set of images: each original with the derived image made from it (if any);
  * a derived image whose source is not among them stands alone. Ordered by series, number.
  */

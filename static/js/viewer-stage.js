@@ -6,6 +6,8 @@
 // resolution once the user zooms past it. Lengths and areas are computed in image pixels and
 // converted with Pixel Spacing (row, column) when the image has it.
 
+import { gridRatio } from "./viewer-dicom.js";
+
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MAX_ZOOM = 8; // screen pixels per image pixel
 const CLOSE_PX = 10; // a click this close to an area's first corner closes it
@@ -95,12 +97,17 @@ export class Stage {
     this.label.textContent = text;
   }
 
-  /** Show an image (its rendering fitted to the stage first); keep measurements if asked. */
+  /**
+   * Show an image (its rendering fitted to the stage first). If asked, keep the measurements,
+   * moved onto the new image's pixel grid when it shows the same scene (`gridRatio`).
+   */
   async show(image, spacing, { keepMeasurements = false } = {}) {
-    const sameGeometry = this.image && this.image.columns === image.columns && this.image.rows === image.rows;
+    const ratio = keepMeasurements ? gridRatio(this.image, image) : null;
     this.image = image;
     this.spacing = spacing;
-    if (!(keepMeasurements && sameGeometry)) this.measurements = [];
+    this.measurements = ratio === null ? [] : this.measurements.map((m) => ({
+      kind: m.kind, points: m.points.map((p) => ({ x: p.x * ratio, y: p.y * ratio })),
+    }));
     this.draft = null;
     this.frame.style.width = `${image.columns}px`;
     this.frame.style.height = `${image.rows}px`;

@@ -6,7 +6,7 @@
 // painted (the images also carry elementtiming attributes).
 
 import { AuthError, DicomWeb, query } from "./viewer-api.js";
-import { lateralityLabel, studyOf, timelineOf } from "./viewer-dicom.js";
+import { gridRatio, lateralityLabel, studyOf, timelineOf } from "./viewer-dicom.js";
 import { Stage } from "./viewer-stage.js";
 
 const body = document.body;
@@ -128,12 +128,13 @@ function shown(view) {
   return state.variant === "normalized" && view.normalized ? view.normalized : view.original;
 }
 
-/** Pixel spacing for an image: its own, else its pair's when both share the pixel grid. */
+/** Pixel spacing for an image: its own, else its pair's on this image's pixel grid. */
 function calibration(view, image) {
   if (image.spacing) return { spacing: image.spacing, from: "own" };
   const other = image === view.original ? view.normalized : view.original;
-  if (other && other.spacing && other.rows === image.rows && other.columns === image.columns) {
-    return { spacing: other.spacing, from: "pair" };
+  const ratio = other && other.spacing ? gridRatio(image, other) : null;
+  if (ratio) {
+    return { spacing: { row: other.spacing.row * ratio, column: other.spacing.column * ratio }, from: "pair" };
   }
   return { spacing: null, from: null };
 }

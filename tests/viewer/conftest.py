@@ -129,10 +129,11 @@ def _context(ds: pydicom.Dataset) -> tuple[PatientInfo, StudyInfo, SeriesInfo]:
 
 
 @cache
-def normalized_jpeg(original: bytes) -> PreparedPhoto:
+def normalized_jpeg(original: bytes, reduce: int = 1) -> PreparedPhoto:
     """A visibly different rendition of a photo (warmer, brighter) standing in for the colour
-    step's output: same pixel grid, encoded once, sRGB (cached: tests reuse the photos)."""
-    bgr = load_pixels(original).astype(np.float32)
+    step's output: the same pixel grid or ``reduce`` times smaller (as with
+    ``EBIW_COLOR_MAX_PIXELS``), encoded once, sRGB (cached: tests reuse the photos)."""
+    bgr = load_pixels(original, reduce=reduce).astype(np.float32)
     bgr = np.clip(bgr * np.array([0.85, 1.0, 1.2]) + 12, 0, 255).astype(np.uint8)
     jpeg = encode_jpeg(bgr)
     height, width = bgr.shape[:2]
@@ -140,8 +141,9 @@ def normalized_jpeg(original: bytes) -> PreparedPhoto:
 
 
 def store_derived(app: Flask, study: StoredStudy, *, spacing_mm: float | None,
-                  report: str) -> StoredStudy:
-    """Add a normalized DERIVED instance of every original, in series 2 of the study."""
+                  report: str, reduce: int = 1) -> StoredStudy:
+    """Add a normalized DERIVED instance of every original, in series 2 of the study,
+    ``reduce`` times smaller than it (``spacing_mm`` is the derived image's)."""
     svc = services(app)
     series_uid = uid_from_uuid(uuid.uuid4())
     pairs = []
@@ -153,7 +155,7 @@ def store_derived(app: Flask, study: StoredStudy, *, spacing_mm: float | None,
         frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
         sop_uid = uid_from_uuid(uuid.uuid4())
         data = build_vl_photo(
-            normalized_jpeg(frame), patient, info,
+            normalized_jpeg(frame, reduce), patient, info,
             SeriesInfo(series_uid, 2, series.body_site, series.laterality, series.department,
                        description="Colour-normalized photographs"),
             InstanceInfo(sop_uid, number, derivation=Derivation(original_uid, report),

@@ -20,10 +20,13 @@ from flask.testing import FlaskClient
 from tests.conftest import ARTIFACTS, Browser
 from tests.viewer.conftest import (
     CARD_WIDTH_MM,
+    CHART,
     QUAD_MM,
     StoredStudy,
     chart_quad,
+    chart_spacing_mm,
     photo,
+    store_derived,
     store_earlier_study,
     upload_study,
 )
@@ -133,6 +136,53 @@ def test_viewer_measures_the_chart_and_compares(
     assert float(area["value"]) == pytest.approx(QUAD_MM[0] * QUAD_MM[1], rel=0.05)
     assert [m["value"] for m in seen["after_toggle"]] == [m["value"] for m in seen["measured"]]
     assert seen["stages"] == 2 and seen["compare_label"] == "Earlier · 2024-03-05"
+
+
+def test_measurements_follow_a_reduced_normalized_copy(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        live_server: str, chromium: Browser) -> None:
+    """EBIW_COLOR_MAX_PIXELS: the normalized copy is half size. A length drawn on it keeps
+    its place and its millimetres on the original (calibrated from the pair's spacing,
+    scaled to the original's pixel grid)."""
+    study = store_derived(app, upload_study(client, auth["capture"], [photo(CHART)]),
+                          spacing_mm=2 * chart_spacing_mm(), report="reduced", reduce=2)
+    quad = chart_quad() / 2  # in the half-size copy's pixels
+    problems: list[str] = []
+
+    def scenario(browser: Any) -> dict[str, Any]:
+        page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", _token(auth),
+                           (1280, 800), problems)
+        page.wait_for_selector("body[data-ready=true]", timeout=20_000)
+        page.click("[data-variant=normalized]")
+        wait_until(page, "document.querySelector('#calibration').textContent"
+                         ".startsWith('Calibrated:')")
+        page.wait_for_timeout(300)
+        page.click("[data-tool=length]")
+        a = image_to_screen(page, "#stage-main .image", quad[0], (800, 600))
+        b = image_to_screen(page, "#stage-main .image", quad[1], (800, 600))
+        page.mouse.move(*a)
+        page.mouse.down()
+        page.mouse.move(*b, steps=8)
+        page.mouse.up()
+        out = {"on_copy": measurements(page)}
+        page.click("[data-variant=original]")
+        wait_until(page, "document.querySelector('#calibration').textContent"
+                         ".startsWith('Calibrated from the normalized')")
+        out["on_original"] = measurements(page)
+        out["line"] = page.eval_on_selector(
+            "#stage-main svg line", "l => [l.x1, l.y1, l.x2, l.y2].map(v => v.baseVal.value)")
+        page.close()
+        return out
+
+    seen = chromium.run(scenario)
+    assert problems == []
+    [on_copy], [on_original] = seen["on_copy"], seen["on_original"]
+    assert on_copy["unit"] == on_original["unit"] == "mm"
+    assert float(on_copy["value"]) == pytest.approx(QUAD_MM[0], rel=0.05)
+    assert float(on_original["value"]) == pytest.approx(float(on_copy["value"]), rel=0.01)
+    x1, y1, x2, y2 = seen["line"]  # on the original's grid: twice the copy's coordinates
+    assert np.allclose([x1, y1], 2 * quad[0], atol=12) and np.allclose([x2, y2], 2 * quad[1],
+                                                                        atol=12)
 
 
 def test_viewer_on_a_phone_warns_when_uncalibrated(
