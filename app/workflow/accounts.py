@@ -30,7 +30,7 @@ from sqlalchemy import delete, insert, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import ExternalIdentity, LaunchContext, LoginThrottle, User, WebSession
+from app.db.models import ExternalIdentity, LaunchContext, LoginThrottle, User, WebSession, as_utc
 from app.db.session import Database
 from app.settings import Settings
 from app.workflow.tokens import ROLES, Caller
@@ -67,11 +67,6 @@ class WebLogin:
 
 def _digest(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
-
-
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes: they were stored as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 @cache
@@ -160,7 +155,7 @@ def _refuse_if_locked(db: Database, username: str) -> None:
         until = session.scalar(select(LoginThrottle.locked_until)
                                .where(LoginThrottle.username == username))
     if until is not None:
-        left = (_utc(until) - datetime.now(UTC)).total_seconds()
+        left = (as_utc(until) - datetime.now(UTC)).total_seconds()
         if left > 0:
             raise AccountLocked(max(1, int(left) + 1))
 
@@ -213,12 +208,12 @@ def resume(db: Database, settings: Settings, session_id: str) -> WebLogin | None
         row = session.get(WebSession, _digest(session_id))
         if row is None:
             return None
-        expires = _utc(row.created_at) + timedelta(hours=settings.session_lifetime_hours)
-        idle_until = _utc(row.last_seen_at) + timedelta(minutes=settings.session_idle_minutes)
+        expires = as_utc(row.created_at) + timedelta(hours=settings.session_lifetime_hours)
+        idle_until = as_utc(row.last_seen_at) + timedelta(minutes=settings.session_idle_minutes)
         if now >= expires or now >= idle_until or row.user.disabled_at is not None:
             session.delete(row)
             return None
-        if now - _utc(row.last_seen_at) >= TOUCH_EVERY:
+        if now - as_utc(row.last_seen_at) >= TOUCH_EVERY:
             row.last_seen_at = now
         department = session.scalar(select(ExternalIdentity.department)
                                     .where(ExternalIdentity.user_id == row.user_id))
@@ -298,9 +293,9 @@ def list_users(db: Database) -> list[UserInfo]:
     now = datetime.now(UTC)
     with db.session() as session:
         external = set(session.scalars(select(ExternalIdentity.user_id)))
-        locks = {t.username: _utc(t.locked_until) for t in session.scalars(
+        locks = {t.username: as_utc(t.locked_until) for t in session.scalars(
             select(LoginThrottle).where(LoginThrottle.locked_until.is_not(None)))
-            if _utc(t.locked_until) > now}
+            if as_utc(t.locked_until) > now}
         return [UserInfo(u.username, u.role, "oidc" if u.id in external else "local",
                          u.created_at, u.disabled_at is not None, locks.get(u.username))
                 for u in session.scalars(select(User).order_by(User.username))]

@@ -29,7 +29,7 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.db.models import AuditChainHead, AuditEvent, AuditForward, CaptureSession
+from app.db.models import AuditChainHead, AuditEvent, AuditForward, CaptureSession, as_utc
 from app.db.session import Database
 from app.gateways.errors import GatewayError
 from app.gateways.syslog import SyslogSender, SyslogTarget
@@ -75,14 +75,9 @@ def default_node() -> str:
     return socket.gethostname()[:64]
 
 
-def _utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes: they were stored as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def facts_of(row: AuditEvent) -> AuditFacts:
     """The stored record as the pure layer sees it."""
-    return AuditFacts(seq=row.seq, recorded_at=_utc(row.recorded_at), actor=row.actor,
+    return AuditFacts(seq=row.seq, recorded_at=as_utc(row.recorded_at), actor=row.actor,
                       role=row.role, client=row.client, node=row.node, action=row.action,
                       entities=tuple(row.entities or ()), outcome=row.outcome,
                       detail=dict(row.detail or {}))

@@ -39,7 +39,7 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import Batch, BatchGroup, BatchItem, CaptureSession, Photo
+from app.db.models import Batch, BatchGroup, BatchItem, CaptureSession, Photo, as_utc
 from app.db.session import Database
 from app.gateways.archive.local import LocalArchive
 from app.gateways.patients import Directories, PatientRecord
@@ -83,13 +83,6 @@ def _uuid(value: Any, name: str) -> str:
         raise InvalidRequest(f"{name} must be a UUID") from exc
 
 
-def _utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes: they were stored as UTC."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 def _iso(value: Any) -> str | None:
     return value.isoformat() if value is not None else None
 
@@ -129,7 +122,7 @@ class ItemView:
         return {"upload_uuid": r.upload_uuid, "sha256": r.sha256, "size": r.size,
                 "media_type": r.media_type, "width": r.width, "height": r.height,
                 "order": r.file_order, "position": self.position,
-                "acquired_at": _iso(_utc(r.acquired_at)), "role": r.role,
+                "acquired_at": _iso(as_utc(r.acquired_at)), "role": r.role,
                 "barcode": bool(r.identity), "label_area": r.label_area,
                 "group_id": self.group_id, "assigned": "manual" if r.pinned else "auto",
                 "dropped": r.dropped, "status": r.status, "sop_instance_uid": r.sop_uid,
@@ -163,7 +156,7 @@ class GroupView:
                 "session_id": g.session_id,
                 "study_instance_uid": s.study_uid if s else None,
                 "patient": {"id": s.patient_id, "issuer": s.issuer} if s else None,
-                "confirmed_at": _iso(_utc(g.confirmed_at)), "counts": counts,
+                "confirmed_at": _iso(as_utc(g.confirmed_at)), "counts": counts,
                 "items": [i.row.upload_uuid for i in self.items]}
 
 
@@ -188,7 +181,7 @@ class BatchView:
 
     def as_json(self) -> dict[str, Any]:
         b = self.batch
-        return {"id": b.id, "status": b.status, "created_at": _iso(_utc(b.created_at)),
+        return {"id": b.id, "status": b.status, "created_at": _iso(as_utc(b.created_at)),
                 "department": b.department, "label_photos": self.label_photos,
                 "patient": {"id": b.patient_id, "issuer": b.issuer} if b.patient_id else None,
                 "items": [i.as_json() for i in self.items],
@@ -314,7 +307,7 @@ class Batches:
                            .where(BatchGroup.batch_id == batch_id)),
                  db.scalar(select(func.max(BatchGroup.confirmed_at))
                            .where(BatchGroup.batch_id == batch_id))]
-        return max(_utc(t) for t in times if t is not None)  # type: ignore[type-var]
+        return max(as_utc(t) for t in times if t is not None)  # type: ignore[type-var]
 
     # --- photos arriving -------------------------------------------------------------------
 
@@ -341,7 +334,7 @@ class Batches:
         row = BatchItem(
             upload_uuid=upload_uuid, batch_id=batch.id, sha256=digest, size=len(data),
             media_type=analysis.media_type, width=analysis.width, height=analysis.height,
-            file_order=order, acquired_at=_utc(analysis.acquired), role=analysis.role,
+            file_order=order, acquired_at=as_utc(analysis.acquired), role=analysis.role,
             identity=[{"mrn": r.mrn, "issuer": r.issuer or "", "encounter": r.encounter,
                        "rule": r.rule} for r in analysis.readings],
             label_area=analysis.area, work=work, status=HELD)
@@ -499,7 +492,7 @@ class Batches:
                 sessions: dict[str, CaptureSession]) -> BatchView:
         by_identity = {(g.mrn, g.issuer): g.id for g in groups}
         given = next((g.id for g in groups if g.source == GIVEN), None)
-        frames = [Frame(i.upload_uuid, i.file_order, _utc(i.acquired_at),
+        frames = [Frame(i.upload_uuid, i.file_order, as_utc(i.acquired_at),
                         tuple((x["mrn"], x["issuer"]) for x in i.identity)) for i in items]
         runs: dict[str, Identity | None] = assign(frames)
         ordered = capture_order(frames)

@@ -34,7 +34,7 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import CaptureSession, Delivery, Instance
+from app.db.models import CaptureSession, Delivery, Instance, as_utc
 from app.db.session import Database
 from app.gateways.archive import Archive
 from app.gateways.archive.pacs import OutgoingInstance
@@ -53,13 +53,6 @@ _REASON_MAX = 200
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-def _as_utc(value: datetime | None) -> datetime | None:
-    """SQLite hands back naive datetimes: they were stored as UTC."""
-    if value is None:
-        return None
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 def _insert(db: Session) -> Callable[..., Any]:
@@ -428,8 +421,8 @@ class DeliveryState:
         return cls(row.id, row.destination, row.kind, row.study_uid, row.sop_uid,
                    _public_state(row.status, bool(row.last_error)),
                    row.last_error, row.attempts,
-                   _as_utc(row.next_attempt_at) if row.status == PENDING else None,
-                   _as_utc(row.updated_at), _as_utc(row.sent_at))
+                   as_utc(row.next_attempt_at) if row.status == PENDING else None,
+                   as_utc(row.updated_at), as_utc(row.sent_at))
 
     def status_json(self) -> dict[str, Any]:
         """The state as the capture API shows it beside a photo or a session."""

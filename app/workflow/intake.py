@@ -20,7 +20,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from app.db.models import CaptureSession, Instance, Photo, SessionIdentification
+from app.db.models import CaptureSession, Instance, Photo, SessionIdentification, as_utc
 from app.db.session import Database
 from app.gateways.archive import Archive
 from app.gateways.archive.local import ArchiveConflictError, InstanceKey
@@ -283,11 +283,6 @@ class PhotoWork:
     color: ColorResult | None
 
 
-def _as_utc(value: datetime) -> datetime:
-    """SQLite hands back naive datetimes: they were stored as UTC."""
-    return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
-
-
 class Intake:
     """Opens sessions and accepts photos into the local archive."""
 
@@ -424,7 +419,7 @@ class Intake:
                             size=len(data), media_type=photo.info.media_type,
                             passthrough=photo.passthrough, width=photo.width,
                             height=photo.height,
-                            acquired_at=_as_utc(photo.info.acquired)
+                            acquired_at=as_utc(photo.info.acquired)
                             if photo.info.acquired else None,
                             instance_number=number, sop_uid=instance.sop_uid,
                             color=color.report if color else None,
@@ -524,7 +519,7 @@ class Intake:
     def _study(self, s: CaptureSession) -> StudyInfo:
         tz = timezone(timedelta(minutes=s.utc_offset_minutes))
         ident = s.identification
-        return StudyInfo(uid=s.study_uid, started=_as_utc(s.created_at).astimezone(tz),
+        return StudyInfo(uid=s.study_uid, started=as_utc(s.created_at).astimezone(tz),
                          accession_number=s.accession_number, admission_id=s.encounter,
                          requested_procedure_id=ident.requested_procedure_id if ident else None,
                          scheduled_step_id=ident.scheduled_step_id if ident else None,

@@ -5,14 +5,14 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import UTC, datetime
+from datetime import datetime
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from app.db.models import CaptureSession, Photo
+from app.db.models import CaptureSession, Photo, as_utc
 from app.pipeline.dicom.codes import body_site, body_sites
 from app.web import services
 from app.web.auth import current_login, login_json, require
@@ -27,11 +27,8 @@ bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
 
 def _iso(value: datetime | None) -> str | None:
-    """ISO 8601 with its UTC offset, as the OpenAPI date-time format requires (SQLite hands
-    back naive datetimes: they were stored as UTC)."""
-    if value is None:
-        return None
-    return (value.replace(tzinfo=UTC) if value.tzinfo is None else value).isoformat()
+    """ISO 8601 in UTC with its offset, as the OpenAPI date-time format requires."""
+    return as_utc(value).isoformat() if value is not None else None
 
 
 def photo_json(photo: Photo, deliveries: Sequence[DeliveryState] = ()) -> dict[str, Any]:
