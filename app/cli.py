@@ -41,11 +41,10 @@ from app.settings import Settings
 from app.web import Services
 from app.workflow import accounts, audit, delivery
 from app.workflow.accounts import AccountError, create_user
-from app.workflow.batch import Batches, import_files, write_report
+from app.workflow.batch import build_batches, import_files, write_report
 from app.workflow.deid_export import ExportError, export_deidentified
 from app.workflow.demo import seed_demo_patients
 from app.workflow.identification import (
-    build_identifier,
     import_patient_file,
     read_wristband,
 )
@@ -451,7 +450,7 @@ def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str |
     if (patient_id is None) != (issuer is None):
         raise click.UsageError("give --patient-id and --issuer together")
     services = _ready_services()
-    batches = _batches(services)
+    batches = build_batches(services.db, services.settings, services.intake)
     try:
         report = import_files(
             batches, _import_inputs(paths), user=_cli_actor(),
@@ -475,12 +474,6 @@ def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str |
     sys.exit(0 if report.ok else 1)
 
 
-def _batches(services: Services) -> Batches:
-    identifier = build_identifier(services.settings, services.db)
-    return Batches(services.db, services.settings, services.intake, identifier.directories,
-                   identifier.rules)
-
-
 @cli.group("batch")
 def batch_group() -> None:
     """Batch imports held for review."""
@@ -497,7 +490,8 @@ def batch_purge(idle_hours: int | None) -> None:
     """
     services = _ready_services()
     hours = idle_hours or services.settings.batch_hold_hours
-    purged = _batches(services).purge_idle(timedelta(hours=hours))
+    batches = build_batches(services.db, services.settings, services.intake)
+    purged = batches.purge_idle(timedelta(hours=hours))
     for batch_id, count in purged.items():
         _audit_admin("batch.purge", f"batch:{batch_id}",
                      detail={"discarded": count, "idle_hours": hours})

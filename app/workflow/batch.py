@@ -48,6 +48,7 @@ from app.pipeline.identify import Barcode, read_label_barcodes
 from app.pipeline.slipsheet import Frame, Identity, assign, capture_order, label_area
 from app.pipeline.wristband import NoWristbandRuleMatched, Rule, WristbandId, parse_wristband
 from app.settings import Settings
+from app.workflow.identification import build_identifier
 from app.workflow.intake import (
     ColorResult,
     Conflict,
@@ -722,6 +723,12 @@ class Batches:
 
         with ThreadPoolExecutor(STORE_THREADS, thread_name_prefix="batch-store") as pool:
             return list(pool.map(store, items))
+
+
+def build_batches(db: Database, settings: Settings, intake: Intake) -> Batches:
+    """The batch service with the configured patient directories and wristband rules."""
+    identifier = build_identifier(settings, db)
+    return Batches(db, settings, intake, identifier.directories, identifier.rules)
 
 
 # --- the command line's import ----------------------------------------------------------------

@@ -15,8 +15,7 @@ from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_te
 
 from app.web.auth import require
 from app.workflow import audit
-from app.workflow.batch import Batches, BatchView, GroupView
-from app.workflow.identification import build_identifier
+from app.workflow.batch import Batches, BatchView, GroupView, build_batches
 from app.workflow.intake import InvalidRequest
 
 page = Blueprint("batch", __name__)
@@ -27,9 +26,7 @@ _EXTENSION = "ebiw.batches"
 def init_app(app: Flask) -> None:
     """Build the batch service from the app's services and register the page and the API."""
     svc = app.extensions["ebiw"]
-    identifier = build_identifier(svc.settings, svc.db)
-    app.extensions[_EXTENSION] = Batches(svc.db, svc.settings, svc.intake,
-                                         identifier.directories, identifier.rules)
+    app.extensions[_EXTENSION] = build_batches(svc.db, svc.settings, svc.intake)
     app.register_blueprint(page)
     app.register_blueprint(api)
 
