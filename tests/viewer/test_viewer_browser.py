@@ -52,6 +52,23 @@ def image_to_screen(page: Any, selector: str, point: np.ndarray,
             box["y"] + point[1] / size[1] * box["height"])
 
 
+def show_normalized(page: Any) -> None:
+    """Switch the main stage to the normalized image and wait until it is calibrated."""
+    page.click("[data-variant=normalized]")
+    wait_until(page, "document.querySelector('#calibration').textContent"
+                     ".startsWith('Calibrated:')")
+    page.wait_for_timeout(300)
+
+
+def draw_length(page: Any, a: np.ndarray, b: np.ndarray, size: tuple[int, int]) -> None:
+    """With the length tool, drag on the main image from pixel ``a`` to ``b`` (image ``size``)."""
+    page.click("[data-tool=length]")
+    page.mouse.move(*image_to_screen(page, "#stage-main .image", a, size))
+    page.mouse.down()
+    page.mouse.move(*image_to_screen(page, "#stage-main .image", b, size), steps=8)
+    page.mouse.up()
+
+
 def wait_until(page: Any, expression: str, timeout: float = 20.0) -> None:
     """Poll a JS expression from outside the page (the page's CSP forbids Playwright's
     in-page eval of predicates)."""
@@ -92,17 +109,8 @@ def test_viewer_measures_the_chart_and_compares(
             "thumbs": page.locator(".thumb img").count(),
             "report": page.text_content("#report-text"),
         }
-        page.click("[data-variant=normalized]")
-        wait_until(page, "document.querySelector('#calibration').textContent"
-                         ".startsWith('Calibrated:')")
-        page.wait_for_timeout(300)
-        page.click("[data-tool=length]")
-        a = image_to_screen(page, "#stage-main .image", quad[0], (1600, 1200))
-        b = image_to_screen(page, "#stage-main .image", quad[1], (1600, 1200))
-        page.mouse.move(*a)
-        page.mouse.down()
-        page.mouse.move(*b, steps=8)
-        page.mouse.up()
+        show_normalized(page)
+        draw_length(page, quad[0], quad[1], (1600, 1200))
         page.click("[data-tool=area]")
         for corner in quad:
             page.mouse.click(*image_to_screen(page, "#stage-main .image", corner, (1600, 1200)))
@@ -153,17 +161,8 @@ def test_measurements_follow_a_reduced_normalized_copy(
         page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", _token(auth),
                            (1280, 800), problems)
         page.wait_for_selector("body[data-ready=true]", timeout=20_000)
-        page.click("[data-variant=normalized]")
-        wait_until(page, "document.querySelector('#calibration').textContent"
-                         ".startsWith('Calibrated:')")
-        page.wait_for_timeout(300)
-        page.click("[data-tool=length]")
-        a = image_to_screen(page, "#stage-main .image", quad[0], (800, 600))
-        b = image_to_screen(page, "#stage-main .image", quad[1], (800, 600))
-        page.mouse.move(*a)
-        page.mouse.down()
-        page.mouse.move(*b, steps=8)
-        page.mouse.up()
+        show_normalized(page)
+        draw_length(page, quad[0], quad[1], (800, 600))
         out = {"on_copy": measurements(page)}
         page.click("[data-variant=original]")
         wait_until(page, "document.querySelector('#calibration').textContent"
