@@ -11,6 +11,7 @@ import hashlib
 import os
 import re
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -49,6 +50,29 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def store_indexed(db: Session, key: InstanceKey, data: bytes, attributes: dict | None,
+                  write: Callable[[str, str], None]) -> Instance:
+    """What every archive's ``store`` does around its own ``write(path, sha256)``: an
+    instance already indexed with the same SHA-256 is returned as it is (nothing written),
+    one with other bytes raises :class:`ArchiveConflictError`; else ``data`` is written under
+    ``<StudyUID>/<SeriesUID>/<SOPUID>.dcm`` and indexed (the row flushed, not committed)."""
+    digest = hashlib.sha256(data).hexdigest()
+    existing = db.get(Instance, key.sop_uid)
+    if existing is not None:
+        if existing.sha256 != digest:
+            raise ArchiveConflictError(
+                f"SOP Instance {key.sop_uid} is already stored with other content")
+        return existing
+    path = LocalArchive.relative_path(key).as_posix()
+    write(path, digest)
+    row = Instance(sop_uid=key.sop_uid, study_uid=key.study_uid, series_uid=key.series_uid,
+                   sop_class_uid=key.sop_class_uid, path=path, sha256=digest, size=len(data),
+                   attributes=attributes or {})
+    db.add(row)
+    db.flush()
+    return row
+
+
 class LocalArchive:
     """Stores each SOP instance once; the same bytes again is a no-op, other bytes a conflict."""
 
@@ -74,22 +98,8 @@ class LocalArchive:
         with other bytes raises :class:`ArchiveConflictError` and nothing changes. A file left
         by an attempt that never committed (no index row) is replaced.
         """
-        digest = hashlib.sha256(data).hexdigest()
-        existing = db.get(Instance, key.sop_uid)
-        if existing is not None:
-            if existing.sha256 != digest:
-                raise ArchiveConflictError(
-                    f"SOP Instance {key.sop_uid} is already stored with other content")
-            return existing
-        relative = self.relative_path(key)
-        target = self.root / relative
-        self.write_atomic(target, data)
-        row = Instance(sop_uid=key.sop_uid, study_uid=key.study_uid, series_uid=key.series_uid,
-                       sop_class_uid=key.sop_class_uid, path=relative.as_posix(),
-                       sha256=digest, size=len(data), attributes=attributes or {})
-        db.add(row)
-        db.flush()
-        return row
+        return store_indexed(db, key, data, attributes,
+                             lambda path, _digest: self.write_atomic(self.root / path, data))
 
     @staticmethod
     def write_atomic(target: Path, data: bytes) -> None:

@@ -32,7 +32,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.orm import Session
 
 from app.db.models import Instance
-from app.gateways.archive.local import ArchiveConflictError, InstanceKey, LocalArchive
+from app.gateways.archive.local import InstanceKey, store_indexed
 
 SHA256_METADATA = "sha256"  # x-amz-meta-sha256: hex digest of the object, written with it
 _EXISTS = (409, 412)  # conditional PUT refused: the key exists, or a concurrent PUT won
@@ -73,21 +73,8 @@ class ObjectStoreArchive:
         returned as it is; one indexed with other bytes raises :class:`ArchiveConflictError`
         and nothing changes; an object left by an attempt that never committed is replaced.
         """
-        digest = hashlib.sha256(data).hexdigest()
-        existing = db.get(Instance, key.sop_uid)
-        if existing is not None:
-            if existing.sha256 != digest:
-                raise ArchiveConflictError(
-                    f"SOP Instance {key.sop_uid} is already stored with other content")
-            return existing
-        object_key = LocalArchive.relative_path(key).as_posix()
-        self._put_new(object_key, data, digest)
-        row = Instance(sop_uid=key.sop_uid, study_uid=key.study_uid, series_uid=key.series_uid,
-                       sop_class_uid=key.sop_class_uid, path=object_key, sha256=digest,
-                       size=len(data), attributes=attributes or {})
-        db.add(row)
-        db.flush()
-        return row
+        return store_indexed(db, key, data, attributes,
+                             lambda path, digest: self._put_new(path, data, digest))
 
     def read(self, instance: Instance) -> bytes:
         """The stored bytes of an indexed instance; FileNotFoundError when the object is gone."""
