@@ -25,7 +25,7 @@ import uuid
 from pathlib import Path
 from typing import Any
 
-from common import TESTDATA, table
+from common import table, twelve_mp_jpegs
 from playwright.sync_api import sync_playwright
 from werkzeug.middleware.shared_data import SharedDataMiddleware
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -56,15 +56,6 @@ TIMINGS_JS = """() => new Promise((resolve) => {
   }).observe({type: "element", buffered: true});
   setTimeout(() => resolve({thumbnail: NaN, main: NaN}), 60000);
 })"""
-
-
-def twelve_mp_jpegs() -> list[Path]:
-    files = []
-    for path in sorted((TESTDATA / "colourchart").glob("*.jpg")):
-        info = probe(path.read_bytes())
-        if 11_000_000 <= info.width * info.height <= 14_000_000:
-            files.append(path)
-    return files
 
 
 class Quiet(WSGIRequestHandler):

@@ -18,10 +18,10 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-from common import TESTDATA, median_ms, pin_one_core, table
+from common import median_ms, pin_one_core, table, twelve_mp_jpegs
 
 from app.gateways.archive.local import LocalArchive
-from app.pipeline.decode import prepare_for_dicom, probe
+from app.pipeline.decode import prepare_for_dicom
 from app.pipeline.dicom.builder import (
     InstanceInfo,
     PatientInfo,
@@ -30,15 +30,6 @@ from app.pipeline.dicom.builder import (
     build_vl_photo,
 )
 from app.pipeline.dicom.uids import uid_from_uuid
-
-
-def twelve_mp_jpegs() -> list[Path]:
-    files = []
-    for path in sorted((TESTDATA / "colourchart").glob("*.jpg")):
-        info = probe(path.read_bytes())
-        if 11_000_000 <= info.width * info.height <= 14_000_000:
-            files.append(path)
-    return files
 
 
 def ours(data: bytes, out: Path) -> None:

@@ -11,6 +11,18 @@ REPO = Path(__file__).resolve().parents[1]
 TESTDATA = REPO.parent / "shared" / "testdata"
 
 
+def twelve_mp_jpegs() -> list[Path]:
+    """The chart photos of 11-14 MP (the phones' 12 MP), in name order."""
+    from app.pipeline.decode import probe
+
+    files = []
+    for path in sorted((TESTDATA / "colourchart").glob("*.jpg")):
+        info = probe(path.read_bytes())
+        if 11_000_000 <= info.width * info.height <= 14_000_000:
+            files.append(path)
+    return files
+
+
 def pin_one_core() -> None:
     """Run this process (and its children) on one core, OpenCV single-threaded."""
     os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
