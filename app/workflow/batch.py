@@ -58,6 +58,7 @@ from app.workflow.intake import (
     PhotoWork,
     SessionRequest,
     UnreadablePhoto,
+    check_short_texts,
 )
 
 log = logging.getLogger(__name__)
@@ -233,12 +234,9 @@ class Batches:
         Returns (batch, created); the id of another user's batch is a :class:`Conflict`.
         """
         batch_id = _uuid(batch_id, "id") if batch_id else str(uuid.uuid4())
-        for value, name in ((department, "department"),
-                            *(((patient[0], "patient id"), (patient[1], "issuer"))
-                              if patient else ())):
-            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 64
-                                      or "\\" in value):
-                raise InvalidRequest(f"{name} must be text of 1 to 64 characters")
+        check_short_texts((department, "department"),
+                          *(((patient[0], "patient id"), (patient[1], "issuer"))
+                            if patient else ()))
         try:
             with self.db.session() as db:
                 existing = db.get(Batch, batch_id)
@@ -583,10 +581,7 @@ class Batches:
         """A group for a patient entered by hand (photos are then moved into it); the id of
         the batch's group for that identifier when there is one already."""
         batch = self._batch(batch_id, owner)
-        for value, name in ((mrn, "mrn"), (issuer, "issuer")):
-            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 64
-                                      or "\\" in value):
-                raise InvalidRequest(f"{name} must be text of 1 to 64 characters")
+        check_short_texts((mrn, "mrn"), (issuer, "issuer"))
         if mrn is None:
             raise InvalidRequest("mrn is required")
         with self.db.session() as db:

@@ -21,7 +21,12 @@ from app.pipeline.decode import UnreadablePhotoError
 from app.pipeline.identify import Barcode, read_barcodes
 from app.pipeline.wristband import NoWristbandRuleMatched, Rule, WristbandId, parse_wristband
 from app.settings import Settings
-from app.workflow.intake import IntakeError, InvalidRequest, UnreadablePhoto
+from app.workflow.intake import (
+    IntakeError,
+    InvalidRequest,
+    UnreadablePhoto,
+    check_short_texts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +171,7 @@ class Identifier:
 
     def search(self, mrn: Any, issuer: Any = None) -> IdentifyResult:
         """Look up an MRN entered by hand (method ``manual``; no wristband rule involved)."""
-        for value, name in ((mrn, "mrn"), (issuer, "issuer")):
-            if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 64
-                                      or "\\" in value):
-                raise InvalidRequest(f"{name} must be text of 1 to 64 characters")
+        check_short_texts((mrn, "mrn"), (issuer, "issuer"))
         if mrn is None:
             raise InvalidRequest("mrn is required")
         lookup = self.directories.find(mrn, issuer)

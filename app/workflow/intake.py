@@ -94,6 +94,15 @@ def _text(value: Any, name: str, *, required: bool = False, max_len: int = 64) -
     return value.strip()
 
 
+def check_short_texts(*fields: tuple[Any, str]) -> None:
+    """Each (value, name): None, or text of 1 to 64 characters without a backslash (an MRN,
+    issuer or department as the directories and DICOM LO take it); else InvalidRequest."""
+    for value, name in fields:
+        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 64
+                                  or "\\" in value):
+            raise InvalidRequest(f"{name} must be text of 1 to 64 characters")
+
+
 def _uuid(value: Any, name: str) -> str:
     try:
         return str(uuid.UUID(str(value)))
