@@ -238,6 +238,11 @@ ARTIFACTS = REPO / "tests" / ".artifacts"
 CHROMIUM_ARGS = ["--headless=new", "--no-sandbox", "--disable-gpu",
                  "--disable-background-networking", "--no-first-run"]
 T = TypeVar("T")
+PHONE = {"viewport": {"width": 390, "height": 844}, "screen": {"width": 390, "height": 844},
+         "device_scale_factor": 2.625, "is_mobile": True, "has_touch": True,
+         "user_agent": "Mozilla/5.0 (Linux; Android 14; Pixel 7) AppleWebKit/537.36 "
+                       "(KHTML, like Gecko) Chrome/156.0.0.0 Mobile Safari/537.36"}
+"""``browser.new_context(**PHONE)``: a Pixel 7 at 390×844 CSS pixels, touch, mobile layout."""
 
 
 class Browser:
