@@ -4,7 +4,8 @@ Requests, before any view:
 
 - bodies that are not uploads (JSON, forms, text) are capped at ``MAX_SMALL_BODY`` bytes;
   multipart forms at ``MAX_FORM_PARTS`` parts and ``MAX_FORM_MEMORY`` bytes of non-file fields
-  (uploads themselves at ``EBIW_MAX_UPLOAD_BYTES``);
+  (uploads themselves at ``EBIW_MAX_UPLOAD_BYTES``: a raw photo body sent with a generic type,
+  such as curl's default form type, is a photo, not a form, see :mod:`app.web.uploads`);
 - CORS is refused: a preflight (``OPTIONS`` with ``Access-Control-Request-Method``) gets 403
   without any ``Access-Control-Allow-*`` header, and a state-changing request whose ``Origin``
   names another site gets 403;
@@ -43,6 +44,7 @@ from app.web import services
 from app.web.auth import CSRF_HEADER, csrf_ok, current_login, same_origin
 from app.web.errors import error_response
 from app.web.limits import EXTENSION as RATE_LIMIT_EXTENSION
+from app.web.uploads import reads_photo_body
 from app.workflow.ratelimit import build_rate_limiter
 
 CONTENT_SECURITY_POLICY = (
@@ -102,12 +104,13 @@ def init_app(app: Flask) -> None:
 def guard() -> tuple[Response, int] | None:
     """Refuse CORS preflights, cross-site writes and cookie writes without the CSRF token;
     cap the size of non-upload bodies. None lets the request through."""
-    if request.mimetype in _SMALL_TYPES or request.mimetype.startswith("text/"):
+    photo = reads_photo_body()
+    if not photo and (request.mimetype in _SMALL_TYPES or request.mimetype.startswith("text/")):
         request.max_content_length = min(MAX_SMALL_BODY,
                                          services().settings.max_upload_bytes)
     if request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers:
         return error_response(403, "cors_refused", "cross-origin requests are not allowed")
-    if _has_nul():
+    if _has_nul(form=not photo):
         return error_response(400, "invalid_text", "the request contains a NUL character")
     if request.method in SAFE_METHODS:
         return None
@@ -119,12 +122,13 @@ def guard() -> tuple[Response, int] | None:
     return None
 
 
-def _has_nul() -> bool:
-    """Whether the path, the query string or a form field holds a NUL character."""
+def _has_nul(*, form: bool) -> bool:
+    """Whether the path, the query string or (with ``form``) a form field holds a NUL
+    character."""
     if "\x00" in request.path or "\x00" in request.query_string.decode("latin-1") \
             or "%00" in request.query_string.decode("latin-1"):
         return True
-    if request.mimetype in _FORM_TYPES:
+    if form and request.mimetype in _FORM_TYPES:
         return any("\x00" in key or "\x00" in value
                    for key, value in request.form.items(multi=True))
     return False

@@ -211,8 +211,11 @@ def test_batches_are_private_and_refuse_bad_input(
     assert client.get(f"/api/v1/batches/{batch_id}", headers=auth["admin"]).status_code == 200
     assert client.get(f"/api/v1/batches/{uuid.uuid4()}", headers=capture).status_code == 404
     bad = client.put(f"/api/v1/batches/{batch_id}/items/{uuid.uuid4()}", data=b"not a photo",
-                     headers=capture)
+                     headers={**capture, "Content-Type": "image/jpeg"})
     assert bad.status_code == 422 and bad.get_json()["error"]["code"] == "unreadable_photo"
+    untyped = client.put(f"/api/v1/batches/{batch_id}/items/{uuid.uuid4()}",
+                         data=b"not a photo", headers=capture)
+    assert untyped.status_code == 415, untyped.get_json()
     assert rows(app, BatchItem) == 0
     staged = services(app).settings.data_dir / "batches" / batch_id
     assert not staged.exists() or not any(staged.iterdir())
@@ -229,7 +232,7 @@ def test_batches_are_private_and_refuse_bad_input(
     assert client.put(f"/api/v1/batches/{batch_id}/items/../x", data=b"x",
                       headers=capture).status_code == 404
     assert client.put(f"/api/v1/batches/{batch_id}/items/not-a-uuid", data=b"x",
-                      headers=capture).status_code == 422
+                      headers={**capture, "Content-Type": "image/jpeg"}).status_code == 422
 
 
 def test_idle_batches_are_purged_of_held_photos_only(

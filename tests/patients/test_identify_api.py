@@ -127,8 +127,9 @@ def test_photos_without_an_identifier_are_422(indexed: Flask,
             (blank_png(), "no_barcode", "no barcode was found"),
             (NOT_A_BAND.read_bytes(), "no_wristband_rule",
              "(Code128) is not a wristband identifier")):
-        response = indexed.test_client().post("/api/v1/identify", data=data,
-                                              headers=auth["capture"])
+        response = indexed.test_client().post(
+            "/api/v1/identify", data=data,
+            headers={**auth["capture"], "Content-Type": "image/png"})
         assert response.status_code == 422
         error = response.get_json()["error"]
         assert error["code"] == code and message in error["message"]

@@ -150,7 +150,7 @@ def test_bad_uploads_get_4xx_and_store_nothing(app: Flask, client: FlaskClient,
                                                data: bytes, message: str) -> None:
     session = open_session(client, auth["capture"])
     response = client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
-                          data=data, headers=auth["capture"])
+                          data=data, headers={**auth["capture"], "Content-Type": "image/jpeg"})
     assert response.status_code == 422
     error = response.get_json()["error"]
     assert error["code"] == "unreadable_photo" and message in error["message"]

@@ -19,6 +19,7 @@ from app.web.auth import current_login, login_json, require
 from app.web.errors import error_response
 from app.web.launch import OTHER_PATIENT
 from app.web.limits import rate_limited
+from app.web.uploads import photo_body, read_photo_body
 from app.workflow import audit
 from app.workflow.delivery import EMR, DeliveryState, study_deliveries
 from app.workflow.intake import SessionRequest
@@ -129,10 +130,11 @@ def get_session(session_id: str) -> Response | tuple[Response, int]:
 @bp.put("/sessions/<session_id>/photos/<upload_uuid>")
 @require("capture")
 @rate_limited("upload")
+@photo_body
 def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
     if _launched_for_other(session_id):
         return error_response(403, "other_patient", OTHER_PATIENT)
-    data = request.get_data(cache=False)
+    data = read_photo_body()
     photo, created = services().intake.accept_photo(session_id, upload_uuid, data)
     _audit_session(services().intake.get_session(photo.session_id), photo.sop_uid,
                    photo.normalized_sop_uid or "")

@@ -15,6 +15,7 @@ from app.web.auth import require
 from app.web.errors import error_response
 from app.web.launch import ONE_PATIENT
 from app.web.limits import rate_limited
+from app.web.uploads import photo_body, read_photo_body
 from app.workflow import audit
 from app.workflow.identification import Identifier, IdentifyResult, Match, build_identifier
 from app.workflow.intake import InvalidRequest
@@ -37,6 +38,7 @@ def _identifier() -> Identifier:
 @bp.post("/identify")
 @require("capture")
 @rate_limited("identify")
+@photo_body
 def identify() -> tuple[Response, int]:
     """A wristband photo (raw body or multipart field ``photo``) or JSON ``{"barcode"}``.
 
@@ -60,7 +62,7 @@ def identify() -> tuple[Response, int]:
             raise InvalidRequest("the multipart body needs a file field named photo")
         result = _identifier().from_photo(upload.read())
     else:
-        result = _identifier().from_photo(request.get_data(cache=False))
+        result = _identifier().from_photo(read_photo_body())
     return _answer(result)
 
 
