@@ -10,10 +10,14 @@ APT_TEST := $(APT_RUN) dicom3tools dcmtk orthanc orthanc-dicomweb chromium gcc l
 
 .PHONY: run test venv lint apt-run apt-test postgres bench clean
 
+# make run PORT=8011 (or EBIW_PORT=8011 make run); HOST=0.0.0.0 to be reached from a phone.
+PORT ?= $(or $(EBIW_PORT),8000)
+HOST ?= $(or $(EBIW_HOST),127.0.0.1)
+
 run: apt-run $(BIN)/ebiw
 	$(BIN)/ebiw db upgrade
 	$(BIN)/ebiw demo
-	$(BIN)/ebiw serve --host 127.0.0.1 --port 8000
+	$(BIN)/ebiw serve --host $(HOST) --port $(PORT)
 
 POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 

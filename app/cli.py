@@ -86,15 +86,20 @@ def _audit_admin(action: str, *entities: str, detail: dict[str, object] | None =
 
 
 @cli.command(with_appcontext=False)
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8000, show_default=True, type=int)
+@click.option("--host", default="127.0.0.1", show_default=True, envvar="EBIW_HOST")
+@click.option("--port", default=8000, show_default=True, envvar="EBIW_PORT",
+              type=click.IntRange(1, 65535))
 @click.option("--workers", default=2, show_default=True, type=int)
 def serve(host: str, port: int, workers: int) -> None:
-    """Serve the app with gunicorn (data under EBIW_DATA_DIR, default ./var)."""
-    Settings.from_env()  # fail now, with a clear message, on a bad configuration
+    """Serve the app with gunicorn on HOST:PORT (EBIW_HOST, EBIW_PORT; data under
+    EBIW_DATA_DIR, default ./var). Without EBIW_PUBLIC_URL, links point at this address."""
+    bind = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    os.environ["EBIW_BIND"] = bind  # the workers' settings derive the public URL from it
+    settings = Settings.from_env()  # fail now, with a clear message, on a bad configuration
     os.environ.setdefault("EBIW_DELIVERY_THREAD", "on")  # each web worker delivers too
+    click.echo(f"serving {settings.public_url}/ (data in {settings.data_dir})", err=True)
     gunicorn = shutil.which("gunicorn", path=str(Path(sys.executable).parent)) or "gunicorn"
-    args = [gunicorn, "--config", "python:app.gunicorn_conf", "--bind", f"{host}:{port}",
+    args = [gunicorn, "--config", "python:app.gunicorn_conf", "--bind", bind,
             "--workers", str(workers), "app.factory:create_app()"]
     os.execv(gunicorn, args)
 

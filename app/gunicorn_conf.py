@@ -19,7 +19,7 @@ from typing import Any
 
 from app.logs import QUIET_LOGGERS
 
-bind = os.environ.get("EBIW_BIND", "127.0.0.1:8000")
+bind = os.environ.get("EBIW_BIND", "127.0.0.1:8000")  # app.settings.DEFAULT_BIND
 workers = int(os.environ.get("EBIW_WORKERS", max(2, multiprocessing.cpu_count())))
 worker_class = "gthread"
 threads = int(os.environ.get("EBIW_THREADS", 2))
@@ -29,6 +29,11 @@ keepalive = 5
 max_requests = 2000  # recycle workers now and then (bounded memory)
 max_requests_jitter = 200
 forwarded_allow_ips = os.environ.get("EBIW_FORWARDED_ALLOW_IPS", "127.0.0.1")
+# gunicornc's control socket belongs to this instance's data dir, not to a per-user folder that
+# every instance on the host would share; off where the path is too long for a Unix socket.
+control_socket = os.path.abspath(os.path.join(os.environ.get("EBIW_DATA_DIR") or "var",
+                                              "gunicorn.ctl"))
+control_socket_disable = len(os.fsencode(control_socket)) > 100
 accesslog = "-"
 errorlog = "-"
 access_log_format = (

@@ -21,9 +21,25 @@ from app.pipeline.decode import DEFAULT_MAX_PIXELS
 from app.pipeline.dicom.uids import UUID_ROOT
 from app.pipeline.wristband import DEFAULT_RULES, Rule, rules_from_config
 
+DEFAULT_BIND = "127.0.0.1:8000"
+
 
 class SettingsError(RuntimeError):
     """The configuration cannot be used; the message names the variable to fix."""
+
+
+def public_url_of(bind: str) -> str:
+    """The URL of a server bound to ``bind`` (``host:port``): ``http://host:port``, with this
+    machine's name for a wildcard address (0.0.0.0, ::) and 127.0.0.1 for a Unix socket."""
+    if bind.startswith("unix:"):
+        return "http://127.0.0.1"
+    host, _, port = bind.rpartition(":")
+    host = host.strip("[]") or "0.0.0.0"
+    if host in ("0.0.0.0", "::"):
+        host = socket.getfqdn()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}" if port else f"http://{host}"
 
 
 @dataclass(frozen=True)
@@ -44,7 +60,11 @@ class Settings:
     max_upload_bytes: int = 64 * 1024 * 1024
     default_issuer: str = "LOCAL"
     institution_name: str = ""
-    public_url: str = "http://127.0.0.1:8000"
+    # Address and port the server listens on (``ebiw serve --host/--port``, gunicorn's bind).
+    bind: str = DEFAULT_BIND
+    # The URL users, phones and the EMR reach the app by; empty: the bound address (see
+    # :func:`public_url_of`). Must be set behind a proxy or TLS (README "Running it").
+    public_url: str = ""
     color_normalization: bool = True  # normalize colour from a chart in the frame
     color_max_loo_delta_e: float = 6.0  # above: the correction is unreliable and not stored
     # Largest normalized image, in pixels; 0: the photo's full size. A cap decodes the photo at
@@ -119,6 +139,11 @@ class Settings:
     audit_syslog_key_file: Path | None = None
     audit_forward_thread: bool = True  # forward from each web process (off: ebiw audit forward)
     extra: Mapping[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        """An empty public URL is the bound address's (:func:`public_url_of`)."""
+        if not self.public_url:
+            object.__setattr__(self, "public_url", public_url_of(self.bind))
 
     @property
     def production(self) -> bool:
@@ -209,6 +234,10 @@ class Settings:
                 self.archive_s3_bucket and re.match(r"^https?://", self.archive_s3_endpoint)):
             raise SettingsError("EBIW_ARCHIVE_S3_ENDPOINT must be an http(s) URL and needs "
                                 "EBIW_ARCHIVE_S3_BUCKET")
+        if not (self.bind.startswith("unix:") or re.fullmatch(r"\S*:\d{1,5}", self.bind)):
+            raise SettingsError("EBIW_BIND must be host:port or unix:PATH")
+        if not re.fullmatch(r"https?://[^/\s]+(/\S*)?", self.public_url):
+            raise SettingsError("EBIW_PUBLIC_URL must be an http:// or https:// URL")
         self._check_emr()
         self._check_patients()
         if self.batch_label_photos not in ("keep", "drop") or \

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,23 @@ def test_bad_or_missing_settings_stop_startup(environ: dict[str, str], message: 
                                               tmp_path: Path) -> None:
     with pytest.raises(SettingsError, match=message):
         Settings.from_env({**environ, "EBIW_DATA_DIR": str(tmp_path)})
+
+
+def test_the_public_url_defaults_to_the_bound_address(tmp_path: Path) -> None:
+    base = {"EBIW_DATA_DIR": str(tmp_path)}
+    assert Settings.from_env(base).public_url == "http://127.0.0.1:8000"
+    assert Settings.from_env({**base, "EBIW_BIND": "127.0.0.1:8011"}).public_url == \
+        "http://127.0.0.1:8011"
+    assert Settings.from_env({**base, "EBIW_BIND": "[::1]:8011"}).public_url == \
+        "http://[::1]:8011"
+    assert Settings.from_env({**base, "EBIW_BIND": "0.0.0.0:8011"}).public_url == \
+        f"http://{socket.getfqdn()}:8011"
+    explicit = {**base, "EBIW_BIND": "127.0.0.1:8011", "EBIW_PUBLIC_URL": "https://photos.example"}
+    assert Settings.from_env(explicit).public_url == "https://photos.example"
+    with pytest.raises(SettingsError, match="EBIW_PUBLIC_URL"):
+        Settings.from_env({**base, "EBIW_PUBLIC_URL": "photos.example"})
+    with pytest.raises(SettingsError, match="EBIW_BIND"):
+        Settings.from_env({**base, "EBIW_BIND": "8011"})
 
 
 def test_production_with_secrets_is_accepted(tmp_path: Path) -> None:
