@@ -21,12 +21,9 @@ from flask import current_app
 from flask.cli import FlaskGroup
 
 from app.db.session import Database
+from app.durable import write_durably
 from app.factory import create_app
-from app.gateways.archive import build_archive
-from app.gateways.archive.local import LocalArchive
 from app.gateways.patients import ImportFormatError
-from app.gateways.registry import build_registry
-from app.pipeline.color import normalize_photo
 from app.pipeline.decode import UnreadablePhotoError, prepare_for_dicom
 from app.pipeline.dicom.builder import (
     InstanceInfo,
@@ -38,7 +35,6 @@ from app.pipeline.dicom.builder import (
 from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.settings import Settings
-from app.web import Services
 from app.workflow import accounts, audit, delivery
 from app.workflow.accounts import AccountError, create_user
 from app.workflow.batch import build_batches, import_files, write_report
@@ -48,7 +44,8 @@ from app.workflow.identification import (
     import_patient_file,
     read_wristband,
 )
-from app.workflow.intake import IntakeError
+from app.workflow.intake import ORIGINAL_SERIES_NUMBER, IntakeError, color_step
+from app.workflow.services import Services, build_services
 from app.workflow.tokens import ROLES, create_token, list_tokens, revoke_tokens
 
 
@@ -115,21 +112,19 @@ def worker(threads: int, drain: bool) -> None:
     current batch on SIGTERM or Ctrl-C; prints one JSON line with what it handled.
     """
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    settings = Settings.from_env()
-    database = Database(settings.database)
-    database.create_schema()
-    registry = build_registry(settings)
-    archive = build_archive(settings)
+    svc = build_services(Settings.from_env())
+    svc.db.create_schema()
     if drain:
-        _emit({"handled": delivery.drain(database, archive, registry, threads),
-               "counts": delivery.delivery_counts(database)})
+        _emit({"handled": delivery.drain(svc.db, svc.archive, svc.registry, threads),
+               "counts": delivery.delivery_counts(svc.db)})
         return
-    background = delivery.BackgroundDelivery(database, archive, registry, threads).start()
+    background = delivery.BackgroundDelivery(svc.db, svc.archive, svc.registry,
+                                             threads).start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: background.stop(0))
     background.wait()
     background.stop()
-    _emit({"handled": background.handled, "counts": delivery.delivery_counts(database)})
+    _emit({"handled": background.handled, "counts": delivery.delivery_counts(svc.db)})
 
 
 @cli.group()
@@ -334,7 +329,7 @@ def dicomize(photos: tuple[str, ...], patient_id: str, issuer: str, name: str | 
     patient = PatientInfo(patient_id, issuer, name, birth_date, sex)
     study = StudyInfo(uid_from_uuid(session, settings.uid_prefix), datetime.now().astimezone())
     series = SeriesInfo(uid_from_uuid(derived_uuid(session, "series:original"),
-                                      settings.uid_prefix), 1,
+                                      settings.uid_prefix), ORIGINAL_SERIES_NUMBER,
                         body_site=body_site(site_code) if site_code else None,
                         laterality=laterality, institution=settings.institution_name or None)
     out = Path(out_dir)
@@ -350,7 +345,7 @@ def dicomize(photos: tuple[str, ...], patient_id: str, issuer: str, name: str | 
         sop_uid = uid_from_uuid(uuid.uuid4(), settings.uid_prefix)
         data = build_vl_photo(photo, patient, study, series, InstanceInfo(sop_uid, number))
         target = out / f"{sop_uid}.dcm"
-        LocalArchive.write_atomic(target, data)
+        write_durably(target, data)
         _emit({"input": path, "output": str(target), "sop_instance_uid": sop_uid,
                "study_instance_uid": study.uid, "passthrough": photo.passthrough})
     sys.exit(1 if failed else 0)
@@ -366,8 +361,7 @@ def normalize(photos: tuple[str, ...], out_dir: str) -> None:
     failed = False
     for path in photos:
         try:
-            outcome = normalize_photo(Path(path).read_bytes(), max_pixels=settings.max_pixels,
-                                      output_max_pixels=settings.color_max_pixels)
+            outcome = color_step(Path(path).read_bytes(), settings)
         except (OSError, UnreadablePhotoError) as exc:
             failed = True
             _emit({"file": path, "error": str(exc) if isinstance(exc, UnreadablePhotoError)
@@ -376,7 +370,7 @@ def normalize(photos: tuple[str, ...], out_dir: str) -> None:
         target = None
         if outcome.jpeg is not None:
             target = out / f"{Path(path).stem}.normalized.jpg"
-            LocalArchive.write_atomic(target, outcome.jpeg)
+            write_durably(target, outcome.jpeg)
         _emit({"file": path, **outcome.as_json(), "output": str(target) if target else None})
     sys.exit(1 if failed else 0)
 
@@ -560,7 +554,7 @@ def audit_export(out_file: str, since: datetime | None, until: datetime | None,
     filters = audit.Filters(action=action, since=since.replace(tzinfo=UTC) if since else None,
                             until=until.replace(tzinfo=UTC) if until else None)
     bundle = audit.fhir_bundle(services.db, filters, systems=services.settings.issuer_systems)
-    LocalArchive.write_atomic(Path(out_file), json.dumps(bundle).encode())
+    write_durably(Path(out_file), json.dumps(bundle).encode())
     audit.append(services.db, _cli_actor(), "audit.read", outcome=audit.SUCCESS,
                  detail={"records": len(bundle["entry"])}, node=services.settings.node)
     _emit({"output": out_file, "records": len(bundle["entry"])})

@@ -8,12 +8,9 @@ from typing import Any
 
 from flask import Flask
 
-from app.db.session import Database
-from app.gateways.archive import build_archive
-from app.gateways.registry import build_registry
 from app.logs import install_log_hygiene
 from app.settings import Settings
-from app.web import Services, security
+from app.web import security
 from app.web.admin import bp as admin_bp
 from app.web.api import bp as api_bp
 from app.web.audit import init_app as init_audit
@@ -31,7 +28,7 @@ from app.web.pwa import bp as pwa_bp
 from app.web.studies import bp as studies_bp
 from app.web.timing import ServerTiming
 from app.workflow.delivery import BackgroundDelivery
-from app.workflow.intake import Intake
+from app.workflow.services import build_services
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -44,14 +41,11 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.config.update(SECRET_KEY=settings.secret_key,
                       MAX_CONTENT_LENGTH=settings.max_upload_bytes,
                       JSON_SORT_KEYS=False)
-    db = Database(settings.database)
-    archive = build_archive(settings)
-    registry = build_registry(settings)
-    app.extensions["ebiw"] = Services(settings=settings, db=db, archive=archive,
-                                      intake=Intake(db, archive, settings, registry))
-    app.extensions["ebiw.registry"] = registry
+    svc = build_services(settings)
+    app.extensions["ebiw"] = svc
     if settings.delivery_thread:
-        app.extensions["ebiw.delivery"] = BackgroundDelivery(db, archive, registry).start()
+        app.extensions["ebiw.delivery"] = BackgroundDelivery(svc.db, svc.archive,
+                                                             svc.registry).start()
     install_log_hygiene(redacting=settings.env != "test")
     security.init_app(app)
     register_error_handlers(app)

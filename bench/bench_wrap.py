@@ -20,7 +20,7 @@ from pathlib import Path
 
 from common import median_ms, pin_one_core, table, twelve_mp_jpegs
 
-from app.gateways.archive.local import LocalArchive
+from app.durable import write_durably
 from app.pipeline.decode import prepare_for_dicom
 from app.pipeline.dicom.builder import (
     InstanceInfo,
@@ -38,7 +38,7 @@ def ours(data: bytes, out: Path) -> None:
                            StudyInfo(uid_from_uuid(uuid.uuid4()), datetime.now().astimezone()),
                            SeriesInfo(uid_from_uuid(uuid.uuid4()), 1),
                            InstanceInfo(uid_from_uuid(uuid.uuid4()), 1))
-    LocalArchive.write_atomic(out, dicom)
+    write_durably(out, dicom)
 
 
 def img2dcm(src: Path, out: Path, *, durable: bool = False) -> None:

@@ -62,8 +62,8 @@ def test_production_with_secrets_is_accepted(tmp_path: Path) -> None:
     assert s.production and s.uid_prefix == "1.2.826.0.1.3680043.10.999"
 
 
-def ebiw(*args: str, data_dir: Path) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "EBIW_DATA_DIR": str(data_dir)}
+def ebiw(*args: str, data_dir: Path, **environ: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "EBIW_DATA_DIR": str(data_dir), **environ}
     return subprocess.run([sys.executable, "-m", "app.cli", *args], capture_output=True,
                           text=True, env=env, cwd=REPO, check=False)
 
@@ -109,3 +109,14 @@ def test_cli_normalize_prints_the_report(tmp_path: Path) -> None:
     assert found["delta_e_after"]["mean"] < found["delta_e_before"]["mean"]
     assert Path(found["output"]).read_bytes()[:2] == b"\xff\xd8"
     assert missing["chart"] is None and missing["output"] is None
+
+
+def test_cli_normalize_keeps_the_reliability_limit_intake_keeps(tmp_path: Path) -> None:
+    """A correction whose leave-one-out error is over EBIW_COLOR_MAX_LOO_DELTA_E is reported
+    and not written, as intake reports it and stores no normalized instance."""
+    proc = ebiw("normalize", str(CHARTS / "luimoli_d65.jpg"), "--out", str(tmp_path / "out"),
+                data_dir=tmp_path / "var", EBIW_COLOR_MAX_LOO_DELTA_E="0.01")
+    assert proc.returncode == 0, proc.stderr
+    report = json.loads(proc.stdout)
+    assert report["chart"]["type"] == "classic24"
+    assert report["output"] is None and not (tmp_path / "out").exists()

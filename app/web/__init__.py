@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 from flask import current_app
 
-from app.db.session import Database
-from app.gateways.archive import Archive
-from app.settings import Settings
-from app.workflow.intake import Intake
+from app.workflow.services import Services
 
-
-@dataclass(frozen=True)
-class Services:
-    """What the blueprints use, built once by ``create_app``."""
-
-    settings: Settings
-    db: Database
-    archive: Archive
-    intake: Intake
+__all__ = ["Services", "services"]
 
 
 def services() -> Services:

@@ -11,7 +11,7 @@ import logging
 from flask import Flask, Response, jsonify, render_template, request
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from app.gateways.archive.local import ArchiveConflictError
+from app.gateways.archive import ArchiveConflictError
 from app.workflow.intake import IntakeError
 
 log = logging.getLogger(__name__)

@@ -41,7 +41,7 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Batch, BatchGroup, BatchItem, CaptureSession, Photo, as_utc
 from app.db.session import Database
-from app.gateways.archive.local import LocalArchive
+from app.durable import write_durably
 from app.gateways.patients import Directories, PatientRecord
 from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, probe
 from app.pipeline.identify import Barcode, read_label_barcodes
@@ -423,14 +423,14 @@ class Batches:
         record: dict[str, Any] = {"prepared": False, "color_run": False, "color": None}
         if work is not None:
             if not work.prepared.passthrough:
-                LocalArchive.write_atomic(self._path(batch_id, upload_uuid, STAGED_PREPARED),
+                write_durably(self._path(batch_id, upload_uuid, STAGED_PREPARED),
                                           work.prepared.jpeg)
                 record["prepared"] = True
             color = work.color
             record["color_run"] = color is not None or not self.settings.color_normalization
             if color is not None:
                 if color.jpeg is not None:
-                    LocalArchive.write_atomic(
+                    write_durably(
                         self._path(batch_id, upload_uuid, STAGED_NORMALIZED), color.jpeg)
                 record["color"] = {"report": color.report, "width": color.width,
                                    "height": color.height,
@@ -438,7 +438,7 @@ class Batches:
                                    "photo_pixel_spacing_mm": color.photo_pixel_spacing_mm,
                                    "derivation": color.derivation,
                                    "normalized": color.jpeg is not None}
-        LocalArchive.write_atomic(self._path(batch_id, upload_uuid, STAGED_ORIGINAL), data)
+        write_durably(self._path(batch_id, upload_uuid, STAGED_ORIGINAL), data)
         return record
 
     def _staged_work(self, item: BatchItem, data: bytes) -> PhotoWork | None:
@@ -874,5 +874,5 @@ def _item_outcome(item: ItemView, group: GroupView) -> dict[str, Any]:
 
 def write_report(report: ImportReport, target: Path) -> None:
     """Write the report durably (temporary file, fsync, rename)."""
-    LocalArchive.write_atomic(target, json.dumps(report.as_json(), indent=2,
+    write_durably(target, json.dumps(report.as_json(), indent=2,
                                                  ensure_ascii=False).encode())

@@ -29,8 +29,8 @@ from sqlalchemy import select
 
 from app.db.models import CaptureSession, Instance
 from app.db.session import Database
+from app.durable import write_durably
 from app.gateways.archive import Archive
-from app.gateways.archive.local import LocalArchive
 from app.pipeline.dicom.deid import (
     BASIC_PROFILE,
     FULL_DATES,
@@ -130,7 +130,7 @@ def export_deidentified(database: Database, archive: Archive, study_uids: Sequen
             _export_one(archive, row, number, out_dir, pseudonyms, report)
     report.patients = len(patients)
     out_dir.mkdir(parents=True, exist_ok=True)
-    LocalArchive.write_atomic(out_dir / REPORT_NAME,
+    write_durably(out_dir / REPORT_NAME,
                               json.dumps(report.as_json(), indent=1).encode())
     summary = report.as_json()
     audit.append(database, actor, "export.deid", *sorted(patients), *entities,
@@ -164,7 +164,7 @@ def _export_one(archive: Archive, row: Instance, study_number: int, out_dir: Pat
         report.exclusions.append({**where, "reason": "not a de-identifiable image"})
         return
     relative = Path(result.study_uid, result.series_uid, f"{result.sop_uid}.dcm")
-    LocalArchive.write_atomic(out_dir / relative, result.data)
+    write_durably(out_dir / relative, result.data)
     flags = [flag for flag, present in (("burned-in annotation", screening.may_show_text),
                                         ("recognizable visual features",
                                          screening.may_show_face)) if present]

@@ -22,9 +22,8 @@ from sqlalchemy.orm import selectinload
 
 from app.db.models import CaptureSession, Instance, Photo, SessionIdentification, as_utc
 from app.db.session import Database
-from app.gateways.archive import Archive
-from app.gateways.archive.local import ArchiveConflictError, InstanceKey
-from app.gateways.registry import Registry, build_registry
+from app.gateways.archive import Archive, ArchiveConflictError, InstanceKey
+from app.gateways.registry import Registry
 from app.pipeline.color import ColorOutcome, normalize_photo
 from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, prepare_for_dicom
 from app.pipeline.dicom.builder import (
@@ -292,15 +291,23 @@ class PhotoWork:
     color: ColorResult | None
 
 
+def color_step(data: bytes, settings: Settings) -> ColorOutcome:
+    """The colour step as intake runs it, with the settings' pixel caps and reliability limit
+    (``EBIW_MAX_PIXELS``, ``EBIW_COLOR_MAX_PIXELS``, ``EBIW_COLOR_MAX_LOO_DELTA_E``)."""
+    return normalize_photo(data, max_pixels=settings.max_pixels,
+                           max_loo_delta_e=settings.color_max_loo_delta_e,
+                           output_max_pixels=settings.color_max_pixels)
+
+
 class Intake:
     """Opens sessions and accepts photos into the local archive."""
 
     def __init__(self, db: Database, archive: Archive, settings: Settings,
-                 registry: Registry | None = None) -> None:
+                 registry: Registry) -> None:
         self.db = db
         self.archive = archive
         self.settings = settings
-        self.outbox = Outbox(registry if registry is not None else build_registry(settings))
+        self.outbox = Outbox(registry)
         # Pixel work is CPU-bound and holds whole frames: the threads of one process take
         # turns (EBIW_PIXEL_JOBS at a time), so memory per process stays bounded and a photo
         # is not slowed by sharing a core with its neighbours.
@@ -453,11 +460,7 @@ class Intake:
 
     def _color(self, data: bytes) -> ColorOutcome | None:
         """The colour step's outcome, or None when normalization is switched off."""
-        if not self.settings.color_normalization:
-            return None
-        return normalize_photo(data, max_pixels=self.settings.max_pixels,
-                               max_loo_delta_e=self.settings.color_max_loo_delta_e,
-                               output_max_pixels=self.settings.color_max_pixels)
+        return color_step(data, self.settings) if self.settings.color_normalization else None
 
     def _instances(self, photo: PreparedPhoto, color: ColorResult | None,
                    session: CaptureSession, upload_uuid: str, number: int, *,

@@ -15,7 +15,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from app.db.models import AuditEvent, CaptureSession, Instance
-from app.gateways.archive.local import InstanceKey
+from app.gateways.archive import InstanceKey
 from app.pipeline.decode import prepare_for_dicom
 from app.pipeline.dicom.builder import (
     VL_PHOTOGRAPHIC_IMAGE_STORAGE,

@@ -142,7 +142,7 @@ class Deployment:
 
     @property
     def registry(self) -> Registry:
-        return self.app.extensions["ebiw.registry"]
+        return self.app.extensions["ebiw"].registry
 
     def open_session(self, **body: Any) -> dict[str, Any]:
         response = self.client.post("/api/v1/sessions", json={"patient": PATIENT, **body},

@@ -3,14 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
 
 import pytest
 from flask import Flask
 from sqlalchemy import func, select
 
 from app.db.models import Instance
-from app.gateways.archive.local import ArchiveConflictError, InstanceKey, LocalArchive
+from app.durable import write_durably
+from app.gateways.archive import ArchiveConflictError, InstanceKey
+from app.gateways.archive.base import instance_path
 from tests.conftest import services
 from tests.gateways.conftest import race_retries_of_one_upload
 
@@ -35,17 +36,17 @@ def test_store_places_and_indexes_the_file(app: Flask) -> None:
 
 def test_a_file_left_by_an_uncommitted_attempt_is_replaced(app: Flask) -> None:
     svc = services(app)
-    target = svc.settings.archive_root / svc.archive.relative_path(KEY)
-    LocalArchive.write_atomic(target, b"orphan from a crash before commit")
+    target = svc.settings.archive_root / instance_path(KEY)
+    write_durably(target, b"orphan from a crash before commit")
     with svc.db.session() as db:
         svc.archive.store(db, KEY, b"the real one")
     assert target.read_bytes() == b"the real one"
 
 
 @pytest.mark.parametrize("uid", ["../../etc", "2.25.1/..", "", "1." * 40])
-def test_file_names_only_from_valid_uids(tmp_path: Path, uid: str) -> None:
+def test_file_names_only_from_valid_uids(uid: str) -> None:
     with pytest.raises(ValueError):
-        LocalArchive(tmp_path).relative_path(InstanceKey(uid, "2.25.2", "2.25.3", "x"))
+        instance_path(InstanceKey(uid, "2.25.2", "2.25.3", "x"))
 
 
 def test_concurrent_uploads_of_the_same_photo_keep_one_consistent_copy(app: Flask) -> None:

@@ -17,8 +17,8 @@ from sqlalchemy import func, select
 
 from app.db.models import Instance
 from app.factory import create_app
-from app.gateways.archive.local import ArchiveConflictError, InstanceKey
-from app.gateways.archive.objectstore import ArchiveUnavailableError, ObjectStoreArchive
+from app.gateways.archive import ArchiveConflictError, ArchiveUnavailableError, InstanceKey
+from app.gateways.archive.objectstore import ObjectStoreArchive
 from app.settings import Settings, SettingsError
 from app.web import Services
 from app.workflow.delivery import drain
@@ -157,7 +157,7 @@ def test_upload_is_served_by_dicomweb_and_delivered_from_the_bucket(
         found = client.get(f"/dicomweb/studies/{study}/instances", headers=headers)
         assert len(found.get_json()) == 2
 
-        assert drain(services.db, services.archive, app.extensions["ebiw.registry"]) >= 1
+        assert drain(services.db, services.archive, services.registry) >= 1
         assert set(fake.stored) == {r.sop_uid for r in rows}
     finally:
         fake.close()

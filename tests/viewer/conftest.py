@@ -25,7 +25,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 
 from app.db.models import Instance
-from app.gateways.archive.local import InstanceKey
+from app.gateways.archive import InstanceKey
 from app.pipeline.decode import (
     PhotoInfo,
     PreparedPhoto,

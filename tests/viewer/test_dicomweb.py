@@ -22,6 +22,7 @@ from PIL import Image
 from sqlalchemy import select
 
 from app.db.models import AuditEvent, Instance
+from app.durable import write_durably
 from app.pipeline.decode import strip_jpeg
 from app.pipeline.render import THUMBNAIL_BOX
 from app.workflow import audit
@@ -401,6 +402,6 @@ def test_index_is_cached_and_follows_the_file(app: Flask, client: FlaskClient,
         ds.PatientID = "RENAMED"
         buf = io.BytesIO()
         ds.save_as(buf)
-        svc.archive.write_atomic(svc.archive.path(row), buf.getvalue())
+        write_durably(svc.archive.path(row), buf.getvalue())
         row.sha256 = hashlib.sha256(buf.getvalue()).hexdigest()
     assert len(_studies(client, auth["view"], "PatientID=RENAMED")) == 1

@@ -1,38 +1,20 @@
 """Where DICOM instances are kept: the archive of record (a local Part 10 store or an
-S3-compatible object store, chosen by :func:`build_archive`), and PACS destinations."""
+S3-compatible object store, chosen by :func:`build_archive`, both implementing
+:class:`~app.gateways.archive.base.Archive`), and PACS destinations."""
 
 from __future__ import annotations
 
-from typing import Protocol
-
-from sqlalchemy.orm import Session
-
-from app.db.models import Instance
-from app.gateways.archive.local import InstanceKey, LocalArchive
+from app.gateways.archive.base import (
+    Archive,
+    ArchiveConflictError,
+    ArchiveUnavailableError,
+    InstanceKey,
+)
+from app.gateways.archive.local import LocalArchive
 from app.settings import Settings
 
-
-class Archive(Protocol):
-    """The archive of record: one stored copy per SOP Instance UID, indexed in ``instance``."""
-
-    def store(self, db: Session, key: InstanceKey, data: bytes,
-              attributes: dict | None = None) -> Instance:
-        """Store durably and index (flushed in ``db``); the same bytes again are a no-op,
-        other bytes raise ``ArchiveConflictError``."""
-        ...
-
-    def read(self, instance: Instance) -> bytes:
-        """The stored bytes; ``FileNotFoundError`` when gone, another ``OSError`` when the
-        store cannot be read now."""
-        ...
-
-    def restore(self, instance: Instance, data: bytes) -> None:
-        """Write ``data`` over an indexed instance's stored copy (atomically)."""
-        ...
-
-    def check(self) -> str:
-        """``ok`` when instances can be stored now, else a short reason without PHI."""
-        ...
+__all__ = ["Archive", "ArchiveConflictError", "ArchiveUnavailableError", "InstanceKey",
+           "build_archive"]
 
 
 def build_archive(settings: Settings) -> Archive:

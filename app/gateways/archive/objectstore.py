@@ -4,7 +4,8 @@ Objects use the local archive's layout as keys (``<StudyUID>/<SeriesUID>/<SOPUID
 ``instance.path`` of the index), so a local archive copied into the bucket (``aws s3 sync``)
 is served as it is. A PUT is atomic: an object is never visible half-written, and once S3
 answers 200 it is durable. The ``instance`` table stays the authority on what is stored, as
-with :class:`~app.gateways.archive.local.LocalArchive`:
+with :class:`~app.gateways.archive.local.LocalArchive` (both implement
+:class:`~app.gateways.archive.base.Archive`):
 
 - an instance indexed with the same SHA-256 is a no-op, with other bytes a conflict;
 - a new object is written with ``If-None-Match: *`` (S3, MinIO and others refuse to replace an
@@ -32,14 +33,10 @@ from botocore.exceptions import BotoCoreError, ClientError
 from sqlalchemy.orm import Session
 
 from app.db.models import Instance
-from app.gateways.archive.local import InstanceKey, store_indexed
+from app.gateways.archive.base import ArchiveUnavailableError, InstanceKey, store_indexed
 
 SHA256_METADATA = "sha256"  # x-amz-meta-sha256: hex digest of the object, written with it
 _EXISTS = (409, 412)  # conditional PUT refused: the key exists, or a concurrent PUT won
-
-
-class ArchiveUnavailableError(OSError):
-    """The object store did not answer as expected; the message names the operation only."""
 
 
 def _status(exc: ClientError) -> int:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Response, current_app, jsonify, redirect, render_template, request
+from flask import Blueprint, Response, jsonify, redirect, render_template, request
 
 from app.gateways.registry import Registry
 from app.web import services
@@ -38,7 +38,7 @@ def _filters() -> tuple[str | None, str | None]:
 
 def _destinations() -> list[dict[str, Any]]:
     """The configured destinations and notifiers, as the page shows them (no secrets)."""
-    registry: Registry = current_app.extensions["ebiw.registry"]
+    registry: Registry = services().registry
     rows: list[dict[str, Any]] = [
         {"name": d.name, "kind": "pacs", "type": type(d.pacs).__name__,
          "match": {k: sorted(v) for k, v in vars(d.route).items() if v is not None},

@@ -1,0 +1,33 @@
+"""The one place that builds the services from the settings: the database, the archive of
+record, the delivery registry and the intake. The web app (``create_app``) and every command
+(``ebiw``) get theirs here, so both run the same wiring."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.db.session import Database
+from app.gateways.archive import Archive, build_archive
+from app.gateways.registry import Registry, build_registry
+from app.settings import Settings
+from app.workflow.intake import Intake
+
+
+@dataclass(frozen=True)
+class Services:
+    """What the blueprints and commands use, built once per process by :func:`build_services`."""
+
+    settings: Settings
+    db: Database
+    archive: Archive
+    registry: Registry
+    intake: Intake
+
+
+def build_services(settings: Settings) -> Services:
+    """Wire everything ``settings`` names; connects to nothing yet (no schema change either)."""
+    db = Database(settings.database)
+    archive = build_archive(settings)
+    registry = build_registry(settings)
+    return Services(settings=settings, db=db, archive=archive, registry=registry,
+                    intake=Intake(db, archive, settings, registry))
