@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import delete, select
 
 from app.db.models import SessionIdentification, WebSession
+from app.web.pwa import shell
 from tests.conftest import PHONE, services
 from tests.e2e.conftest import LiveApp
 from tests.e2e.test_capture_app import fill_details, idb, identify_typed, log_in, screen, shoot
@@ -158,6 +159,10 @@ def test_offline_start_identifies_from_the_list_and_sends_when_back_online(
     page.context.set_offline(False)  # the `online` event: same login, the photo goes
     assert arrived(page, live) == "manual"
     assert page.is_hidden("#offline-note") and page.is_visible("#screen-home")
+    cached = page.evaluate("""async () => (await Promise.all((await caches.keys()).map(
+      async (name) => (await (await caches.open(name)).keys()).map((r) => r.url)))).flat()""")
+    with live.flask.app_context():
+        assert sorted(cached) == sorted(f"{live.url}{url}" for url in shell()[1])  # no patient data
     assert not [url for url in page.urls if MRN in url or "DEMO" in url]
     assert page.errors == []
 
