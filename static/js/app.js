@@ -4,6 +4,12 @@
  * the patient identified later ("capture now, identify later"); such photos stay encrypted on
  * the device and are never sent before a patient is assigned. A session launched from the EMR
  * (SMART) has its patient and encounter chosen there: a new capture skips the identification.
+ *
+ * Offline start: when the server cannot be reached, the app opens for the last-known login
+ * kept (encrypted) on the device; patients are identified among those confirmed before, or
+ * later; the photos wait encrypted. Back online, the server is asked again: the same login
+ * goes on and the photos are sent; an ended login shows the login screen, the photos wait for
+ * the next login.
  * @module app
  */
 
@@ -13,7 +19,10 @@ import {
   thumbnailOf, toJpeg,
 } from "./camera.js";
 import { renderHome, renderQueue } from "./home.js";
-import { identifyTyped, identifyWristband, patientOf } from "./identify.js";
+import {
+  identifyTyped, identifyTypedOffline, identifyWristband, patientOf, recentIdentification,
+  rememberPatient,
+} from "./identify.js";
 import { renderReview, showProgress } from "./review.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
 import * as store from "./store.js";
@@ -24,9 +33,17 @@ import { Uploader } from "./uploader.js";
 
 const uploader = new Uploader();
 
+/** How often to ask the server again while the app runs on the last-known login. */
+const RECONNECT_EVERY_MS = 20000;
+
+/** The reconnection under way, if any (one at a time). */
+let reconnecting = null;
+
 /** Everything the app holds in memory; patient data lives only here and in encrypted IDB. */
 const state = {
   me: null,
+  /** Started without the server: `me` is the last-known login, not confirmed yet. */
+  offline: false,
   /** @type {Draft|null} */
   draft: null,
   identification: null,
@@ -127,18 +144,47 @@ async function launchContext() {
   }
 }
 
-async function enter(me) {
+/**
+ * Open the home screen for `me`. Photos are sent only once the server confirmed the login
+ * (offline, the uploader waits: it has no CSRF token yet).
+ * @param {object} me the login (from the server, or the last-known one when offline)
+ * @param {{target: string, patient: object}|null} launch the EMR launch of the login, if any
+ */
+async function enter(me, launch) {
   state.me = me;
-  state.launch = me.launched ? await launchContext() : null;
+  state.launch = launch;
   byId("who").textContent = me.user;
   byId("logout").hidden = false;
   byId("role-warning").hidden = me.role !== "view";
   byId("start").disabled = me.role === "view";
   byId("start-emergency").disabled = me.role === "view";
-  uploader.setUser(me.user);
+  uploader.setUser(state.offline ? null : me.user);
+  showOffline();
   await refreshHome();
   showScreen("home");
   if (state.launch && state.launch.target === "capture") startLaunched();
+}
+
+/**
+ * Keep a login the server confirmed (never its CSRF token) on the device, for starting offline.
+ * @param {object} me
+ * @param {{target: string, patient: object}|null} launch
+ */
+async function keepLogin(me, launch) {
+  const { user, role, expires_at, idle_timeout_seconds, launched } = me;
+  await store.rememberLogin({ user, role, expires_at, idle_timeout_seconds,
+    launched: Boolean(launched), launch });
+}
+
+/**
+ * Open the app for a login the server just confirmed (and keep it for an offline start).
+ * @param {object} me the answer of POST /login or GET /api/v1/me
+ */
+async function enterOnline(me) {
+  state.offline = false;
+  const launch = me.launched ? await launchContext() : null;
+  await keepLogin(me, launch);
+  await enter(me, launch);
 }
 
 async function onLogin(event) {
@@ -149,7 +195,7 @@ async function onLogin(event) {
   try {
     const me = await login(form.username.value.trim(), form.password.value);
     form.reset();
-    await enter(me);
+    await enterOnline(me);
   } catch (failure) {
     report(failure, error);
   }
@@ -180,8 +226,13 @@ async function onLogout() {
   await refreshQueue();
 }
 
-/** Forget the patient in memory and ask for the login again; waiting photos keep going. */
+/**
+ * Forget the patient in memory and ask for the login again; waiting photos keep going. The
+ * last-known login is forgotten too: a locked app does not open again offline.
+ */
 function lock() {
+  state.offline = false;
+  store.forgetLogin().catch(() => {});
   showLogin("Locked after a while without use. Log in again to continue.");
 }
 
@@ -275,14 +326,25 @@ async function startIdentify() {
   }
 }
 
-async function identified(run) {
+/**
+ * Identify the patient with the server (`online`) or, offline, among the patients this user
+ * confirmed before on this device (`offline`); then show them for confirmation.
+ * @param {() => Promise<object>} online
+ * @param {() => Promise<object>} offline
+ */
+async function identified(online, offline) {
   const status = byId("scan-status");
   say(status, "Looking up the patient…");
+  if (state.offline) await reconnect();
+  if (!state.me) return;  // the login ended meanwhile: the login screen shows
   try {
-    state.identification = await run();
+    state.identification = state.offline ? await offline() : await online();
   } catch (error) {
-    report(error, status);
-    return;
+    if (!(error instanceof NetworkError)) {
+      report(error, status);
+      return;
+    }
+    state.identification = await offline();
   }
   say(status);
   stopCameras();
@@ -291,11 +353,14 @@ async function identified(run) {
 }
 
 function renderPatients() {
-  const { read, patients, incomplete } = state.identification;
+  const { read, patients, incomplete, offline } = state.identification;
   say(byId("patient-read"), read ? `Read: ${read}` : "");
-  const warning = patients.length === 0
-    ? "No patient found. Check the wristband or the MRN and try again."
-    : patients.length > 1 ? "Several patients match: check the name and birth date." : "";
+  const warning = offline
+    ? `Offline: only the patients you confirmed before on this device are listed.${
+      patients.length ? " Check the name and birth date." : " Use “Capture now, identify later”."}`
+    : patients.length === 0
+      ? "No patient found. Check the wristband or the MRN and try again."
+      : patients.length > 1 ? "Several patients match: check the name and birth date." : "";
   say(byId("patient-warning"), [warning, incomplete
     ? "A patient directory did not answer: the list may be incomplete." : ""]
     .filter(Boolean).join(" "));
@@ -341,6 +406,7 @@ function onConfirmPatient(event) {
   state.draft.encounter = chosen && chosen.value ? chosen.value : null;
   state.draft.worklistItem = item && item.value ? patient.worklist[Number(item.value)] : null;
   state.identification = null;
+  rememberPatient(state.me.user, patient).catch(() => {});  // for identifying offline later
   const encounter = patient.encounters.find((e) => e.id === state.draft.encounter);
   startDetails(encounter ? encounter.department : null);
 }
@@ -647,8 +713,10 @@ function wireUploader() {
       refreshHome();
     }
   });
-  uploader.addEventListener("login-needed", ({ detail }) => sessionEnded(
-    `${detail.message}. Log in again to send the waiting photos.`));
+  uploader.addEventListener("login-needed", ({ detail }) => {
+    store.forgetLogin().catch(() => {});  // the server ended it: no offline start with it
+    sessionEnded(`${detail.message}. Log in again to send the waiting photos.`);
+  });
   setInterval(() => { if (uploader.retryAt) refreshQueue(); }, 1000);
   window.addEventListener("offline", () => refreshQueue());
 }
@@ -664,12 +732,16 @@ function wire() {
     startCapture();
   });
   byId("screen-home").addEventListener("click", onHomeClick);
-  byId("scan").addEventListener("click", () => identified(() =>
-    identifyWristband(byId("scan-video"))));
+  byId("scan").addEventListener("click", () => identified(
+    () => identifyWristband(byId("scan-video")), () => recentIdentification(state.me.user)));
+  byId("recent-patients").addEventListener("click", () => identified(
+    () => recentIdentification(state.me.user), () => recentIdentification(state.me.user)));
   byId("mrn-form").addEventListener("submit", (event) => {
     event.preventDefault();
     const mrn = byId("mrn").value.trim();
-    if (mrn) identified(() => identifyTyped(mrn));
+    if (mrn) {
+      identified(() => identifyTyped(mrn), () => identifyTypedOffline(state.me.user, mrn));
+    }
   });
   byId("patient-list").addEventListener("click", onConfirmPatient);
   byId("site-search").addEventListener("input", renderSites);
@@ -704,17 +776,114 @@ function wire() {
   }
 }
 
-async function resumeLogin() {
+/** Whether the server is out of reach (as far as the app knows). */
+function isOffline() {
+  return state.offline || !navigator.onLine;
+}
+
+/** Show the offline state: the note on the home screen, the list of patients confirmed before. */
+function showOffline() {
+  const offline = Boolean(state.me) && isOffline();
+  byId("offline-note").hidden = !offline;
+  byId("recent-patients").hidden = !offline;
+}
+
+/**
+ * The last-known login kept on the device, while it has not expired; else null.
+ * @returns {Promise<object|null>}
+ */
+async function lastValidLogin() {
   try {
-    const me = await whoAmI();
-    if (me) await enter(me);
-    else sessionEnded("");
+    const known = await store.lastLogin();
+    return known && (!known.expires_at || Date.parse(known.expires_at) > Date.now()) ? known : null;
   } catch {
+    return null;  // nothing kept, or unreadable: log in online
+  }
+}
+
+/**
+ * The server answered that nobody is logged in: show the login screen, saying the login ended
+ * if there was one. The photos waiting on the device stay, encrypted, for that user's next
+ * login.
+ */
+async function loginEnded() {
+  const hadLogin = Boolean(state.me) || Boolean(await store.lastLogin().catch(() => null));
+  state.offline = false;
+  await store.forgetLogin();
+  sessionEnded(hadLogin
+    ? "Your login has ended. Log in again to send the photos waiting on this device." : "");
+}
+
+/**
+ * The server is out of reach at start: open the app for the last-known login (photos wait on
+ * the device), or show the login screen when there is none; ask the server again later.
+ */
+async function startOffline() {
+  state.offline = true;
+  const known = await lastValidLogin();
+  if (known) {
+    await enter(known, known.launch);
+  } else {
     sessionEnded("You are offline. Photos on this device will be sent when you are back " +
       "online and logged in.");
-    window.addEventListener("online", resumeLogin, { once: true });
   }
   await refreshQueue();
+}
+
+/**
+ * While the app runs without the server: ask it again. The same login goes on where it is (the
+ * photos start going), another login opens its home screen, an ended login shows the login
+ * screen; still out of reach changes nothing.
+ * @returns {Promise<void>}
+ */
+function reconnect() {
+  if (!reconnecting) {
+    reconnecting = (async () => {
+      let me;
+      try {
+        me = await whoAmI();
+      } catch {
+        return;  // still offline
+      }
+      if (me && state.me && me.user === state.me.user) {
+        state.offline = false;
+        await keepLogin(me, state.launch);
+        state.me = me;
+        uploader.setUser(me.user);
+        showOffline();
+      } else if (me) {
+        await enterOnline(me);
+      } else {
+        await loginEnded();
+      }
+      await refreshQueue();
+    })().finally(() => { reconnecting = null; });
+  }
+  return reconnecting;
+}
+
+/** Ask the server who is logged in and open the app for that (or offline, see startOffline). */
+async function resumeLogin() {
+  let me;
+  try {
+    me = await whoAmI();
+  } catch {
+    await startOffline();
+    return;
+  }
+  if (me) await enterOnline(me);
+  else await loginEnded();
+  await refreshQueue();
+}
+
+/** Follow the network: show the offline state, and reconnect when it comes back. */
+function watchNetwork() {
+  window.addEventListener("offline", showOffline);
+  window.addEventListener("online", () => {
+    showOffline();
+    if (state.offline) reconnect();
+  });
+  setInterval(() => { if (state.offline && navigator.onLine) reconnect(); }, RECONNECT_EVERY_MS);
 }
 
 async function boot() {
@@ -726,6 +895,7 @@ async function boot() {
   wire();
   wireUploader();
   watchIdle();
+  watchNetwork();
   await resumeLogin();
 }
 

@@ -2,11 +2,18 @@
  * Who is the patient: a wristband read by the camera (decoded on the device when the browser
  * has a BarcodeDetector, otherwise the frame is sent to POST /api/v1/identify) or an MRN typed
  * by hand (POST /api/v1/patients/search). Identifiers travel in request bodies, never in URLs.
+ *
+ * Offline, the patients this user confirmed before on this device (kept encrypted by store.js,
+ * purged at logout) can be chosen from a list or matched by the typed MRN.
  * @module identify
  */
 
 import { ApiError, call } from "./api.js";
 import { grabFrame, toJpeg } from "./camera.js";
+import { keepPatients, keptPatients } from "./store.js";
+
+/** How many confirmed patients each user keeps on the device for identifying offline. */
+const RECENT_MAX = 30;
 
 /** BarcodeDetector format → the symbology names of the API. */
 const SYMBOLOGIES = { code_128: "Code128", code_39: "Code39", qr_code: "QRCode",
@@ -83,6 +90,7 @@ export async function identifyTyped(mrn) {
  * @property {string|null} read the identifier that was read, for the user to compare
  * @property {Patient[]} patients the matching patients (possibly none, possibly several)
  * @property {boolean} incomplete some patient directory did not answer
+ * @property {boolean} [offline] found offline, among the patients confirmed before
  */
 
 /**
@@ -122,4 +130,50 @@ export function patientOf(p) {
     worklist: Array.isArray(p.worklist) ? p.worklist : [],
     identification: p.identification || null,
   };
+}
+
+/**
+ * Keep a patient the user just confirmed (online) for identifying offline later: most recent
+ * first, at most RECENT_MAX, one entry per MRN and issuer.
+ * @param {string} user
+ * @param {Patient} patient
+ */
+export async function rememberPatient(user, patient) {
+  const same = (p) => p.mrn === patient.mrn && p.issuer === patient.issuer;
+  const kept = (await keptPatients(user)).filter((p) => !same(p));
+  await keepPatients(user, [patient, ...kept].slice(0, RECENT_MAX));
+}
+
+/**
+ * A kept patient, as identified offline: the encounters and worklist of the last lookup, the
+ * identification saying how it was done here.
+ * @param {Patient} patient
+ * @param {string} method "typed" (the MRN matched) or "manual" (chosen from the list)
+ * @returns {Patient}
+ */
+function offline(patient, method) {
+  return { ...patient, identification: { method, evidence: { offline: "confirmed before" } } };
+}
+
+/**
+ * The patients `user` confirmed before on this device, for choosing one offline.
+ * @param {string} user
+ * @returns {Promise<Identification>}
+ */
+export async function recentIdentification(user) {
+  return { read: null, patients: (await keptPatients(user)).map((p) => offline(p, "manual")),
+    incomplete: false, offline: true };
+}
+
+/**
+ * Identify offline from a typed MRN: the patients `user` confirmed before with that MRN.
+ * @param {string} user
+ * @param {string} mrn
+ * @returns {Promise<Identification>}
+ */
+export async function identifyTypedOffline(user, mrn) {
+  const wanted = mrn.trim().toUpperCase();
+  const patients = (await keptPatients(user)).filter((p) => p.mrn.toUpperCase() === wanted);
+  return { read: mrn.trim(), patients: patients.map((p) => offline(p, "typed")),
+    incomplete: false, offline: true };
 }

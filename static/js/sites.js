@@ -1,10 +1,12 @@
 /**
- * Body sites (SNOMED CT, from GET /api/v1/body-sites): search, and the sites this device used
- * recently. localStorage keeps only the site codes, never anything about a patient.
+ * Body sites (SNOMED CT, from GET /api/v1/body-sites, kept on the device for starting
+ * offline): search, and the sites this device used recently. localStorage keeps only the site
+ * codes, never anything about a patient.
  * @module sites
  */
 
-import { call } from "./api.js";
+import { NetworkError, call } from "./api.js";
+import { keepSites, keptSites } from "./store.js";
 
 const RECENT_KEY = "ebiw.recentSites";
 const RECENT_MAX = 8;
@@ -19,10 +21,25 @@ let sitesPromise = null;
  * @property {boolean} sensitive photos are flagged sensitive
  */
 
-/** @returns {Promise<BodySite[]>} every selectable site (fetched once) */
+/**
+ * Every selectable site: fetched once and kept on the device; offline, the kept table.
+ * @returns {Promise<BodySite[]>}
+ * @throws {NetworkError} offline before the table was ever fetched
+ */
 export function loadSites() {
   if (!sitesPromise) {
-    sitesPromise = call("GET", "/api/v1/body-sites").then(({ body }) => body);
+    sitesPromise = (async () => {
+      try {
+        const { body } = await call("GET", "/api/v1/body-sites");
+        await keepSites(body);
+        return body;
+      } catch (error) {
+        const kept = error instanceof NetworkError ? await keptSites() : null;
+        if (!kept) throw error;
+        sitesPromise = null;  // fetch it again next time: the network may be back
+        return kept;
+      }
+    })();
     sitesPromise.catch(() => { sitesPromise = null; });
   }
   return sitesPromise;

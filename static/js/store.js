@@ -5,17 +5,22 @@
  * (the key too) is deleted at logout.
  *
  * Stores: `keys` (the CryptoKey), `sessions` (id, owner, state, encrypted request body),
- * `photos` (uuid, owner, draft, session, state: metadata only) and `blobs` (uuid → encrypted
- * bytes, kept apart so that listing the queue never copies photos).
+ * `photos` (uuid, owner, draft, session, state: metadata only), `blobs` (uuid → encrypted
+ * bytes, kept apart so that listing the queue never copies photos), `patients` (user → the
+ * encrypted list of patients that user identified, for identifying offline) and `meta` (the
+ * last-known login, encrypted, for starting offline; the body-site table, which is no
+ * patient's data).
  * @module store
  */
 
 const DB_NAME = "ebiw-capture";
-const DB_VERSION = 1;
+const DB_VERSION = 2;
 const KEY_ID = "photo-key";
+const LOGIN_ID = "login";
+const SITES_ID = "body-sites";
 
 /** Names of every object store (logout empties them all). */
-const STORES = ["keys", "sessions", "photos", "blobs"];
+const STORES = ["keys", "sessions", "photos", "blobs", "patients", "meta"];
 
 let dbPromise = null;
 let keyPromise = null;
@@ -30,14 +35,23 @@ function promised(request) {
 function openDb() {
   if (!dbPromise) {
     const request = indexedDB.open(DB_NAME, DB_VERSION);
-    request.onupgradeneeded = () => {
+    request.onupgradeneeded = (event) => {
       const db = request.result;
-      db.createObjectStore("keys");
-      db.createObjectStore("sessions", { keyPath: "id" });
-      db.createObjectStore("photos", { keyPath: "uuid" });
-      db.createObjectStore("blobs");
+      if (event.oldVersion < 1) {
+        db.createObjectStore("keys");
+        db.createObjectStore("sessions", { keyPath: "id" });
+        db.createObjectStore("photos", { keyPath: "uuid" });
+        db.createObjectStore("blobs");
+      }
+      if (event.oldVersion < 2) {
+        db.createObjectStore("patients");
+        db.createObjectStore("meta");
+      }
     };
-    dbPromise = promised(request);
+    dbPromise = promised(request).then((db) => {
+      db.onversionchange = () => db.close();  // a newer app in another tab upgrades the schema
+      return db;
+    });
   }
   return dbPromise;
 }
@@ -210,6 +224,60 @@ export async function updateSession(id, changes) {
 /** @param {string} id session to forget (once the server completed it) */
 export async function deleteSession(id) {
   await transaction(["sessions"], "readwrite", (s) => s.sessions.delete(id));
+}
+
+/**
+ * Keep what is needed to open the app without a network: who is logged in, until when, and
+ * the EMR launch (with its patient) if any; encrypted. Never the CSRF token.
+ * @param {{user: string, role: string, expires_at: string|null,
+ *   idle_timeout_seconds: number|null, launched: boolean, launch: object|null}} login
+ */
+export async function rememberLogin(login) {
+  const sealed = await encrypt(new TextEncoder().encode(JSON.stringify(login)), LOGIN_ID);
+  await transaction(["meta"], "readwrite", (s) => promised(s.meta.put(sealed, LOGIN_ID)));
+}
+
+/** @returns {Promise<object|null>} the login kept by `rememberLogin`, or null */
+export async function lastLogin() {
+  const sealed = await transaction(["meta"], "readonly", (s) => promised(s.meta.get(LOGIN_ID)));
+  return sealed ? JSON.parse(new TextDecoder().decode(await decrypt(sealed, LOGIN_ID))) : null;
+}
+
+/** Forget the last-known login (the server ended it): the app no longer starts offline. */
+export async function forgetLogin() {
+  await transaction(["meta"], "readwrite", (s) => promised(s.meta.delete(LOGIN_ID)));
+}
+
+/**
+ * Keep the patients `user` identified (most recent first), encrypted, for identifying offline.
+ * @param {string} user
+ * @param {object[]} patients
+ */
+export async function keepPatients(user, patients) {
+  const label = `patients:${user}`;
+  const sealed = await encrypt(new TextEncoder().encode(JSON.stringify(patients)), label);
+  await transaction(["patients"], "readwrite", (s) => promised(s.patients.put(sealed, user)));
+}
+
+/**
+ * @param {string} user
+ * @returns {Promise<object[]>} the patients kept by `keepPatients` for `user`
+ */
+export async function keptPatients(user) {
+  const sealed = await transaction(["patients"], "readonly", (s) =>
+    promised(s.patients.get(user)));
+  if (!sealed) return [];
+  return JSON.parse(new TextDecoder().decode(await decrypt(sealed, `patients:${user}`)));
+}
+
+/** @param {object[]} sites the body-site table, kept for starting offline */
+export async function keepSites(sites) {
+  await transaction(["meta"], "readwrite", (s) => promised(s.meta.put(sites, SITES_ID)));
+}
+
+/** @returns {Promise<object[]|null>} the body-site table kept by `keepSites`, or null */
+export async function keptSites() {
+  return (await transaction(["meta"], "readonly", (s) => promised(s.meta.get(SITES_ID)))) || null;
 }
 
 /** Empty every store, the key included (logout). */
