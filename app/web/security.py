@@ -7,12 +7,14 @@ Requests, before any view:
   (uploads themselves at ``EBIW_MAX_UPLOAD_BYTES``: a raw photo body sent with a generic type,
   such as curl's default form type, is a photo, not a form, see :mod:`app.web.uploads`);
 - CORS is refused: a preflight (``OPTIONS`` with ``Access-Control-Request-Method``) gets 403
-  without any ``Access-Control-Allow-*`` header, and a state-changing request whose ``Origin``
-  names another site gets 403;
+  without any ``Access-Control-Allow-*`` header, and a state-changing request that another site
+  sent gets 403 (:func:`app.web.auth.same_origin`: ``Sec-Fetch-Site`` other than
+  ``same-origin``/``none``, an ``Origin`` naming another host, or ``Origin: null`` without
+  ``Sec-Fetch-Site: same-origin`` or, on ``POST /login``, the login form's token);
 - a state-changing request authenticated by the session cookie must carry the session's CSRF
   token (``X-CSRF-Token`` header or ``csrf_token`` form field) whatever the route; bearer-token
-  requests are exempt (no ambient credential), and so is ``POST /login``, which checks the
-  origin instead;
+  requests are exempt (no ambient credential), and so is ``POST /login``, which has no session
+  yet and relies on the origin check and its form's token instead;
 - text that no database column can hold is refused before it reaches one: a NUL character in
   the path, the query string or a form (400), and JSON strings with NUL or lone surrogates
   (the body then counts as unreadable JSON).
@@ -22,9 +24,12 @@ Responses (errors, static files and the service worker included):
 - ``Content-Security-Policy`` (:data:`CONTENT_SECURITY_POLICY`: scripts, styles, images,
   connections only from this origin, no inline script, ``frame-ancestors 'none'``) unless the
   view set a stricter one, to which ``frame-ancestors 'none'`` is added if missing;
-- ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff``, ``Referrer-Policy:
-  no-referrer``, ``Cross-Origin-Opener-Policy`` and ``-Resource-Policy: same-origin``,
-  ``Permissions-Policy`` (camera for this origin only);
+- ``X-Frame-Options: DENY``, ``X-Content-Type-Options: nosniff``, ``Cross-Origin-Opener-Policy``
+  and ``-Resource-Policy: same-origin``, ``Permissions-Policy`` (camera for this origin only);
+- ``Referrer-Policy: same-origin`` unless the view chose one (the viewer: ``no-referrer``): no
+  referrer ever leaves the site, and the pages' own form posts carry their real ``Origin``
+  (under ``no-referrer`` browsers send ``Origin: null``, which cannot be told from a sandboxed
+  frame of another site);
 - ``Strict-Transport-Security`` when served over HTTPS (or ``EBIW_PUBLIC_URL`` is https);
 - ``Cache-Control: no-store`` on every error and on any answer whose view did not choose a
   policy (static files keep Werkzeug's ``no-cache``, thumbnails their ``private, max-age``);
@@ -52,6 +57,7 @@ CONTENT_SECURITY_POLICY = (
     "connect-src 'self'; manifest-src 'self'; worker-src 'self'; media-src 'self' blob:; "
     "font-src 'self'; form-action 'self'; base-uri 'none'; frame-ancestors 'none'")
 PERMISSIONS_POLICY = "camera=(self), microphone=(), geolocation=(), payment=(), usb=()"
+REFERRER_POLICY = "same-origin"
 HSTS = "max-age=63072000; includeSubDomains"
 MAX_SMALL_BODY = 1024 * 1024
 """JSON, form and text bodies (session requests, barcodes, logins, FHIR searches)."""
@@ -60,7 +66,7 @@ MAX_FORM_MEMORY = 512 * 1024
 """Bytes of the non-file fields of a multipart form (werkzeug reads in 64 KiB chunks)."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 CSRF_EXEMPT = frozenset({"auth.login"})
-"""Endpoints that check the request's origin instead of a CSRF token (no session yet)."""
+"""Endpoints with no session yet: the origin check and the login form's token instead."""
 _SMALL_TYPES = frozenset({"application/json", "application/fhir+json",
                           "application/x-www-form-urlencoded"})
 _FORM_TYPES = frozenset({"application/x-www-form-urlencoded", "multipart/form-data"})
@@ -144,7 +150,7 @@ def harden(response: Response) -> Response:
         headers["Content-Security-Policy"] = f"{csp.rstrip('; ')}; frame-ancestors 'none'"
     headers["X-Frame-Options"] = "DENY"
     headers["X-Content-Type-Options"] = "nosniff"
-    headers["Referrer-Policy"] = "no-referrer"
+    headers.setdefault("Referrer-Policy", REFERRER_POLICY)
     headers["Cross-Origin-Opener-Policy"] = "same-origin"
     headers["Cross-Origin-Resource-Policy"] = "same-origin"
     headers["Permissions-Policy"] = PERMISSIONS_POLICY

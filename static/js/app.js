@@ -87,14 +87,17 @@ function newDraft() {
 
 // --- errors and the login ---------------------------------------------------------------------
 
+const LOGIN_ENDED = "Your login has ended. Log in again";
+
 /**
- * Say what went wrong in `element`; a lost login sends the user to the login screen.
+ * Say what went wrong in `element`; a login the server no longer knows sends the user to the
+ * login screen, saying it ended.
  * @param {unknown} error
  * @param {HTMLElement} element
  */
 function report(error, element) {
-  if (error instanceof ApiError && error.needsLogin) {
-    sessionEnded("Your login has ended. Log in again to continue.");
+  if (error instanceof ApiError && error.needsLogin && state.me) {
+    sessionEnded(`${LOGIN_ENDED} to continue.`);
   } else if (error instanceof NetworkError) {
     say(element, "No connection to the server. Try again when you are back online.");
   } else {
@@ -128,6 +131,7 @@ function showLogin(message) {
 /** The server no longer knows this login: pause sending until the user logs in again. */
 function sessionEnded(message) {
   uploader.setUser(null);
+  store.forgetLogin().catch(() => {});  // the server ended it: no offline start with it
   showLogin(message);
 }
 
@@ -187,6 +191,23 @@ async function enterOnline(me) {
   await enter(me, launch);
 }
 
+/**
+ * Why a login was refused, as the login screen says it: wrong credentials (the same words for
+ * an unknown user), a lock with its minutes, too many attempts; never that a login ended.
+ * @param {unknown} failure
+ * @returns {string}
+ */
+function loginRefusal(failure) {
+  if (failure instanceof ApiError && failure.code === "login_failed") {
+    return "Wrong username or password.";
+  }
+  if (failure instanceof NetworkError) {
+    return "No connection to the server. Try again when you are back online.";
+  }
+  const message = failure instanceof Error ? failure.message : String(failure);
+  return `${message.charAt(0).toUpperCase()}${message.slice(1)}.`;
+}
+
 async function onLogin(event) {
   event.preventDefault();
   const form = event.currentTarget;
@@ -197,7 +218,8 @@ async function onLogin(event) {
     form.reset();
     await enterOnline(me);
   } catch (failure) {
-    report(failure, error);
+    if (state.me) report(failure, error);  // logged in: something after the login failed
+    else say(error, loginRefusal(failure));
   }
 }
 
@@ -713,10 +735,8 @@ function wireUploader() {
       refreshHome();
     }
   });
-  uploader.addEventListener("login-needed", ({ detail }) => {
-    store.forgetLogin().catch(() => {});  // the server ended it: no offline start with it
-    sessionEnded(`${detail.message}. Log in again to send the waiting photos.`);
-  });
+  uploader.addEventListener("login-needed", () => sessionEnded(
+    `${LOGIN_ENDED} to send the waiting photos.`));
   setInterval(() => { if (uploader.retryAt) refreshQueue(); }, 1000);
   window.addEventListener("offline", () => refreshQueue());
 }

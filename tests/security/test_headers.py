@@ -44,7 +44,8 @@ def assert_hardened(response: TestResponse, *, https: bool = False) -> None:
     assert "unsafe-eval" not in csp and "script-src 'self'" in csp
     assert headers["X-Frame-Options"] == "DENY"
     assert headers["X-Content-Type-Options"] == "nosniff"
-    assert headers["Referrer-Policy"] == "no-referrer"
+    # no referrer leaves the site; pages showing a patient's photos send none at all
+    assert headers["Referrer-Policy"] in ("same-origin", "no-referrer")
     assert not [k for k in headers if k[0].lower().startswith("access-control-")]
     assert ("Strict-Transport-Security" in headers) == https
     if response.status_code >= 400:
@@ -99,6 +100,14 @@ def test_every_kind_of_response_is_hardened(hardened: Flask) -> None:
     assert page.mimetype == "text/html" and b"<script" not in page.data
     assert cases["404 page"].mimetype == "text/html"
     assert cases["404 json"].get_json()["error"]["code"] == "not_found"
+    # same-origin referrers, so that the pages' own form posts carry their real Origin (under
+    # no-referrer Chromium sends "Origin: null" and the login form was refused); the viewer
+    # keeps its stricter no-referrer
+    for name in ("200 shell", "200 login page", "401", "404 page", "500 page"):
+        assert cases[name].headers["Referrer-Policy"] == "same-origin", name
+    for name in ("200 shell", "200 login page"):
+        assert b'<meta name="referrer" content="same-origin">' in cases[name].data, name
+    assert cases["viewer"].headers["Referrer-Policy"] == "no-referrer"
     # the app's own policy everywhere, the viewer's stricter one kept (frame-ancestors added)
     assert cases["200 shell"].headers["Content-Security-Policy"] == CONTENT_SECURITY_POLICY
     assert "img-src 'self' blob:;" in cases["viewer"].headers["Content-Security-Policy"]

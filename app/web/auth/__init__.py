@@ -10,11 +10,21 @@ The cookie is ``__Host-ebiw_session`` (``Secure``, ``HttpOnly``, ``SameSite=Stri
 no ``Domain``) when the app is served over HTTPS or in production, and plain ``ebiw_session``
 over http (local development on 127.0.0.1, where browsers would drop a ``Secure`` cookie).
 Logins are rate-limited per client address and locked per username after repeated failures.
+
+``POST /login`` has no session to take a CSRF token from, so it is refused when it comes from
+another site (:func:`same_origin`): ``Sec-Fetch-Site`` other than ``same-origin``/``none``, or
+an ``Origin`` naming another host. ``Origin: null`` (a form posted under a ``no-referrer``
+policy, a sandboxed frame, a redirect) passes only with ``Sec-Fetch-Site: same-origin`` or the
+login form's token: ``GET /login`` puts a random token in the form and in the ``ebiw_login``
+cookie (``__Host-`` over HTTPS, HttpOnly, ``SameSite=Strict``), and the post must carry both,
+equal (a double submit: another site can neither read the cookie nor get it sent).
 """
 
 from __future__ import annotations
 
 import hmac
+import re
+import secrets
 from collections.abc import Callable
 from functools import wraps
 from typing import Any, TypeVar
@@ -33,8 +43,13 @@ F = TypeVar("F", bound=Callable[..., object])
 
 SESSION_COOKIE = "ebiw_session"
 SECURE_SESSION_COOKIE = "__Host-ebiw_session"
+LOGIN_FORM_COOKIE = "ebiw_login"
+SECURE_LOGIN_FORM_COOKIE = "__Host-ebiw_login"
+LOGIN_FORM_FIELD = "login_token"
 CSRF_HEADER = "X-CSRF-Token"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+_LOGIN_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
+"""A login form token as :func:`secrets.token_urlsafe` (32 bytes) writes it."""
 
 bp = Blueprint("auth", __name__)
 
@@ -42,6 +57,11 @@ bp = Blueprint("auth", __name__)
 def session_cookie() -> str:
     """The session cookie's name: ``__Host-`` prefixed when served over HTTPS."""
     return SECURE_SESSION_COOKIE if services().settings.secure_cookies else SESSION_COOKIE
+
+
+def login_form_cookie() -> str:
+    """The login form token's cookie name: ``__Host-`` prefixed when served over HTTPS."""
+    return SECURE_LOGIN_FORM_COOKIE if services().settings.secure_cookies else LOGIN_FORM_COOKIE
 
 
 def set_session_cookie(response: Response, session_id: str) -> None:
@@ -84,7 +104,17 @@ def csrf_ok() -> bool:
         return True
     login = current_login()
     sent = request.headers.get(CSRF_HEADER) or request.form.get("csrf_token", "")
-    return login is not None and hmac.compare_digest(sent, login.csrf_token)
+    return login is not None and hmac.compare_digest(sent.encode(), login.csrf_token.encode())
+
+
+def login_form_token_ok() -> bool:
+    """Whether this is a post to ``/login`` whose ``login_token`` field equals the token in
+    its login form cookie (both present; compared in constant time)."""
+    if request.endpoint != "auth.login" or request.is_json:
+        return False
+    cookie = request.cookies.get(login_form_cookie(), "")
+    sent = request.form.get(LOGIN_FORM_FIELD, "")
+    return bool(cookie) and hmac.compare_digest(sent.encode(), cookie.encode())
 
 
 def require(*roles: str) -> Callable[[F], F]:
@@ -110,13 +140,20 @@ def require(*roles: str) -> Callable[[F], F]:
 
 
 def same_origin() -> bool:
-    """No Origin header (same-origin navigation, curl) or one naming this host, and no
-    ``Sec-Fetch-Site`` saying another site sent the request."""
-    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+    """Whether nothing says another site sent this request.
+
+    True only when ``Sec-Fetch-Site``, if sent, is ``same-origin`` or ``none``, and the
+    ``Origin`` is absent (curl, older clients), names this host, or is ``null`` with either
+    ``Sec-Fetch-Site: same-origin`` or a valid login form token (:func:`login_form_token_ok`).
+    """
+    site = request.headers.get("Sec-Fetch-Site")
+    if site not in (None, "same-origin", "none"):
         return False
     origin = request.headers.get("Origin")
     if origin is None:
         return True
+    if origin == "null":
+        return site == "same-origin" or login_form_token_ok()
     own = {request.host, urlsplit(services().settings.public_url).netloc}
     return urlsplit(origin).netloc in own
 
@@ -138,11 +175,34 @@ def _no_store(response: Response) -> Response:
     return response
 
 
+def _minutes(seconds: int) -> str:
+    """``seconds`` rounded up to whole minutes, in words: "1 minute", "15 minutes"."""
+    minutes = -(-seconds // 60)
+    return f"{minutes} minute" if minutes == 1 else f"{minutes} minutes"
+
+
+def _login_page(message: str = "", status: int = 200) -> Response:
+    """The plain login form, with ``message`` as its alert; never cached.
+
+    Guarantees: the form's ``login_token`` equals the login form cookie set on the answer
+    (the browser's own token when it sent a well-formed one, so the page is the same for the
+    same browser and message; else a new random one).
+    """
+    token = request.cookies.get(login_form_cookie(), "")
+    if not _LOGIN_TOKEN.fullmatch(token):
+        token = secrets.token_urlsafe(32)
+    settings = services().settings
+    response = Response(render_template("auth/login.html", message=message, login_token=token,
+                                        oidc=settings.oidc_enabled), status=status)
+    response.set_cookie(login_form_cookie(), token, path="/", httponly=True, samesite="Strict",
+                        secure=request.is_secure or settings.secure_cookies)
+    return _no_store(response)
+
+
 @bp.get("/login")
 def login_form() -> Response:
     """The plain login form (the capture app has its own login screen at ``/``)."""
-    return _no_store(Response(render_template("auth/login.html", failed=False,
-                                              oidc=services().settings.oidc_enabled)))
+    return _login_page()
 
 
 @bp.post("/login")
@@ -151,7 +211,9 @@ def login() -> Response | tuple[Response, int]:
     """Log in with JSON ``{"username", "password"}`` or a form; set a fresh session cookie.
 
     Refused: from another site (403), over the rate limit (429), for a locked username (401
-    ``account_locked`` with ``Retry-After``, alike for unknown names), wrong credentials (401).
+    ``account_locked`` with ``Retry-After``, alike for unknown names), wrong credentials (401,
+    the same answer for an unknown username and a wrong password). A form gets the login page
+    again, saying why; JSON clients get the error body.
     """
     if not same_origin():
         return error_response(403, "cross_origin", "log in from this site's own page")
@@ -161,22 +223,25 @@ def login() -> Response | tuple[Response, int]:
             if isinstance(body, dict) else (None, None)
     else:
         username, password = request.form.get("username"), request.form.get("password")
-    settings = services().settings
     try:
-        result = accounts.login(services().db, settings, username, password) \
+        result = accounts.login(services().db, services().settings, username, password) \
             if isinstance(username, str) and isinstance(password, str) else None
     except AccountLocked as exc:
-        minutes = -(-exc.retry_after // 60)
-        response, status = error_response(
-            401, "account_locked", f"too many failed logins: try again in {minutes} minutes "
-                                   "or ask an administrator to unlock the account")
+        wait = _minutes(exc.retry_after)
+        if _wants_json():
+            response, status = error_response(
+                401, "account_locked", f"too many failed logins: try again in {wait} or ask "
+                                       "an administrator to unlock the account")
+        else:
+            response, status = _login_page(
+                f"Too many failed logins: this account is locked for {wait}. Try again then, "
+                "or ask an administrator to unlock it.", 401), 401
         response.headers["Retry-After"] = str(exc.retry_after)
         return response, status
     if result is None:
         if _wants_json():
             return error_response(401, "login_failed", "wrong username or password")
-        return _no_store(Response(render_template("auth/login.html", failed=True,
-                                                  oidc=settings.oidc_enabled), status=401))
+        return _login_page("Wrong username or password.", 401)
     session_id, web_login = result
     response = jsonify(login_json(web_login)) if _wants_json() else redirect("/", 303)
     set_session_cookie(response, session_id)
