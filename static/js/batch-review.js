@@ -62,7 +62,7 @@ function itemCard(item, batch, local, handlers) {
   if (item.role === "label") tags.push("label photo");
   else if (item.barcode) tags.push("label in the frame");
   if (item.assigned === "manual") tags.push("moved by hand");
-  if (!item.acquired_at) tags.push("no capture time");
+  if (!item.acquired_at) tags.push("no capture time: placed by file time, then name");
   const card = h("li", { class: `batch-item ${item.dropped ? "dropped" : ""}`,
     "data-uuid": item.upload_uuid, "data-status": item.status },
   canvas,
