@@ -13,8 +13,9 @@ from pathlib import Path
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import select
 
-from app.db.models import CaptureSession
+from app.db.models import AuditEvent, CaptureSession
 from app.workflow.delivery import drain
 from app.workflow.tokens import create_token
 from tests.conftest import services
@@ -93,6 +94,12 @@ def test_lists_only_the_callers_sessions_of_the_last_day_with_their_state(
     assert client.get(f"/api/v1/sessions/{first['id']}", headers=mine).get_json()[
         "viewer_url"] == f"{public}/studies/{uid}"
     assert "ALICE" not in caplog.text and "00123456" not in caplog.text
+    with services(app).db.session() as db:
+        listings = [e for e in db.scalars(select(AuditEvent).where(
+            AuditEvent.action == "session.read")) if f"study:{empty['study_instance_uid']}"
+            in e.entities]  # only the list names the session without photos
+    assert len(listings) == 2 and all(e.actor == "capture-user" for e in listings)
+    assert {"patient:HOSP-A|00123456", f"study:{uid}"} <= set(listings[0].entities)
     assert client.get(RECENT).status_code == 401
     assert client.get(RECENT, headers=auth["view"]).status_code == 403
 

@@ -157,7 +157,8 @@ def recent_sessions() -> Response:
     """The caller's own capture sessions of the last :data:`RECENT_HOURS` hours, newest first
     (at most :data:`RECENT_LIMIT`), each with where its photos have got to
     (:func:`study_progress`) and its viewer link. The patient's name is in the answer (the
-    user's own captures) and never in a log; the request has no query string."""
+    user's own captures) and never in a log; the request has no query string. Audited as
+    ``session.read`` of every patient and study listed."""
     svc = services()
     since = datetime.now(UTC) - timedelta(hours=RECENT_HOURS)
     with svc.db.session() as db:
@@ -171,6 +172,7 @@ def recent_sessions() -> Response:
                 Photo.session_id.in_([s.id for s in sessions])).group_by(Photo.session_id)
         ).all())
     deliveries = deliveries_by_study(svc.db, [s.study_uid for s in sessions])
+    g.audit_action = "session.read"  # it names patients: every answer is audited
     g.audit_entities = list(dict.fromkeys(
         ref for s in sessions for ref in (audit.patient_ref(s.patient_id, s.issuer),
                                           audit.study_ref(s.study_uid))))
