@@ -26,7 +26,7 @@ from app.web.launch import init_app as init_launch
 from app.web.patients import init_app as init_patients
 from app.web.pwa import bp as pwa_bp
 from app.web.studies import bp as studies_bp
-from app.web.timing import ServerTiming
+from app.web.timing import init_app as init_timing
 from app.workflow.delivery import BackgroundDelivery
 from app.workflow.services import build_services
 
@@ -63,5 +63,5 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(studies_bp)
     app.register_blueprint(exports_bp)
     init_audit(app)
-    app.wsgi_app = ServerTiming(app.wsgi_app)  # type: ignore[method-assign]
+    init_timing(app, always=settings.server_timing)
     return app

@@ -80,6 +80,7 @@ class Settings:
     batch_label_min_area: float = 0.02  # barcode area / frame area from which a frame is a label
     batch_hold_hours: int = 72  # `ebiw batch purge`: discard held photos of batches idle this long
     delivery_thread: bool = False  # a delivery worker thread in each web process
+    server_timing: bool = False  # Server-Timing on every response (else to admins only)
     # Web login sessions (app/workflow/accounts.py): idle timeout and absolute lifetime
     session_idle_minutes: int = 15
     session_lifetime_hours: int = 12

@@ -1,4 +1,5 @@
-"""FHIR R4 resources for the EMR: ImagingStudy, its DICOMweb Endpoint, Patient, search Bundles.
+"""FHIR R4 resources for the EMR: ImagingStudy, its DICOMweb and viewer (IHE IID) Endpoints,
+Patient, search Bundles.
 
 Pure: facts in, ``fhir.resources`` R4B models (ImagingStudy and Endpoint are unchanged from R4)
 or their JSON out. Code bindings are not checked by ``fhir.resources``; the tests validate what
@@ -8,7 +9,7 @@ these functions build with the FHIR peer's validator.
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any
@@ -123,16 +124,36 @@ def dicomweb_endpoint(address: str, endpoint_id: str) -> Endpoint:
         address=address)
 
 
-def imaging_study(study: StudyFacts, subject: Reference, encounter: Reference | None,
-                  endpoint: Endpoint, *, contain_endpoint: bool,
-                  resource_id: str | None = None) -> ImagingStudy:
-    """The ImagingStudy of ``study``: status available, modality and counts from its series.
+def viewer_url(public_url: str, study_uid: str) -> str:
+    """The absolute URL of the study's page in our web viewer (``/studies/<StudyUID>``)."""
+    return f"{public_url.rstrip('/')}/studies/{study_uid}"
 
-    With ``contain_endpoint`` the Endpoint travels inside the ImagingStudy (``#<id>``), so one
-    write carries everything; otherwise it is referenced as ``Endpoint/<id>``.
+
+def viewer_endpoint(address: str, endpoint_id: str) -> Endpoint:
+    """The IHE Invoke Image Display (IID) Endpoint of one study: ``address`` (see
+    :func:`viewer_url`) shows the study in a browser, so an EMR can link to it."""
+    return Endpoint(
+        id=endpoint_id, status="active",
+        connectionType=Coding(system=CONNECTION_TYPE_SYSTEM, code="ihe-iid"),
+        name="ebiw-capture viewer",
+        payloadType=[CodeableConcept(text="DICOM IID")],
+        payloadMimeType=["text/html"],
+        address=address)
+
+
+def imaging_study(study: StudyFacts, subject: Reference, encounter: Reference | None,
+                  endpoints: Sequence[Endpoint], *, contain_endpoint: bool,
+                  resource_id: str | None = None) -> ImagingStudy:
+    """The ImagingStudy of ``study``: status available, modality and counts from its series,
+    ``endpoints`` (each with an id) referenced in their order.
+
+    With ``contain_endpoint`` the Endpoints travel inside the ImagingStudy (``#<id>``), so one
+    write carries everything; otherwise each is referenced as ``Endpoint/<id>``.
     """
     if not study.series:
         raise ValueError("an ImagingStudy needs at least one series")
+    if not endpoints or any(not e.id for e in endpoints):
+        raise ValueError("an ImagingStudy needs its Endpoints, each with an id")
     identifiers = [Identifier(system=DICOM_UID_SYSTEM, value=_OID + study.uid)]
     if study.accession_number:
         identifiers.append(Identifier(type=CodeableConcept(coding=[Coding(
@@ -151,16 +172,15 @@ def imaging_study(study: StudyFacts, subject: Reference, encounter: Reference | 
             sopClass=Coding(system=URI_SYSTEM, code=_OID + i.sop_class_uid))
             for i in s.instances])
         for s in study.series]
-    endpoint_id = endpoint.id or "dicomweb"
     return ImagingStudy(
         id=resource_id,
-        contained=[endpoint] if contain_endpoint else None,
+        contained=list(endpoints) if contain_endpoint else None,
         identifier=identifiers, status="available",
         modality=[Coding(system=DCM_SYSTEM, code=m) for m in modalities],
         subject=subject, encounter=encounter,
         started=study.started.replace(microsecond=0),
-        endpoint=[Reference(reference=f"#{endpoint_id}" if contain_endpoint
-                            else f"Endpoint/{endpoint_id}")],
+        endpoint=[Reference(reference=f"#{e.id}" if contain_endpoint else f"Endpoint/{e.id}")
+                  for e in endpoints],
         numberOfSeries=len(series), numberOfInstances=study.instance_count,
         series=series)
 

@@ -1,4 +1,9 @@
-"""``Server-Timing: app;dur=<ms>`` on every response: the server's own share of a request.
+"""``Server-Timing: app;dur=<ms>``: the server's own share of a request, for those who measure.
+
+The header is sent on every response when ``EBIW_SERVER_TIMING`` is on (load tests, the
+benchmark), and otherwise only to admins (the app marks their requests with :data:`SHOW`): a
+figure per request tells others nothing they need, and its timing may hint at what the server
+did (found or not, cached or not).
 
 The clock starts when the request body has been read completely (when the app reads none: when
 the request reached the app) and stops when the response's status and headers are ready, so an
@@ -13,7 +18,12 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO, Any
 
+from flask import Flask, Response, g, request
+
 WsgiApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+SHOW = "ebiw.server_timing"
+"""The WSGI environ key the app sets (to True) on a request whose answer gets the header."""
 
 
 class _TimedInput:
@@ -45,14 +55,18 @@ class _TimedInput:
 
 
 class ServerTiming:
-    """WSGI middleware adding ``Server-Timing: app;dur=<milliseconds>`` (see the module)."""
+    """WSGI middleware adding ``Server-Timing: app;dur=<milliseconds>`` (see the module):
+    to every response when ``always``, else to those of requests whose environ has :data:`SHOW`
+    set by the app before it starts its response."""
 
-    def __init__(self, app: WsgiApp) -> None:
+    def __init__(self, app: WsgiApp, *, always: bool = False) -> None:
         self.app = app
+        self.always = always
 
     def __call__(self, environ: dict[str, Any],
                  start_response: Callable[..., Any]) -> Iterable[bytes]:
-        """Call the app with the timed input; the header is added to whatever it answers."""
+        """Call the app with the timed input; the header is added to what it answers when
+        :attr:`always` or when the app set :data:`SHOW` in ``environ``."""
         clock = [time.perf_counter()]
         try:
             length: int | None = int(environ.get("CONTENT_LENGTH") or "")
@@ -62,8 +76,26 @@ class ServerTiming:
             environ["wsgi.input"] = _TimedInput(environ["wsgi.input"], length, clock)
 
         def timed(status: str, headers: list[tuple[str, str]], *exc_info: Any) -> Any:
-            elapsed = (time.perf_counter() - clock[0]) * 1000
-            headers.append(("Server-Timing", f"app;dur={elapsed:.1f}"))
+            if self.always or environ.get(SHOW):
+                elapsed = (time.perf_counter() - clock[0]) * 1000
+                headers.append(("Server-Timing", f"app;dur={elapsed:.1f}"))
             return start_response(status, headers, *exc_info)
 
         return self.app(environ, timed)
+
+
+def init_app(app: Flask, *, always: bool) -> None:
+    """Wrap ``app`` in :class:`ServerTiming`. Unless ``always``, the header goes only to
+    admins: to requests whose caller (checked by ``require``, or the web login looked up for
+    the request) has the admin role; no credentials are looked up for this alone."""
+    app.wsgi_app = ServerTiming(app.wsgi_app, always=always)  # type: ignore[method-assign]
+    if always:
+        return
+
+    @app.after_request
+    def show_to_admins(response: Response) -> Response:
+        login = g.get("web_login")
+        caller = g.get("caller") or (login.caller if login is not None else None)
+        if caller is not None and caller.role == "admin":
+            request.environ[SHOW] = True
+        return response

@@ -454,6 +454,20 @@ def study_deliveries(db: Database, study_uid: str) -> list[DeliveryState]:
             select(Delivery).where(Delivery.study_uid == study_uid).order_by(Delivery.id))]
 
 
+def deliveries_by_study(db: Database,
+                        study_uids: Sequence[str]) -> dict[str, list[DeliveryState]]:
+    """Every delivery of each study in ``study_uids``, oldest first, in one query; a study
+    with none is absent from the answer."""
+    found: dict[str, list[DeliveryState]] = {}
+    if not study_uids:
+        return found
+    with db.session() as session:
+        for row in session.scalars(select(Delivery).where(Delivery.study_uid.in_(study_uids))
+                                   .order_by(Delivery.id)):
+            found.setdefault(row.study_uid, []).append(DeliveryState.of(row))
+    return found
+
+
 def list_deliveries(db: Database, state: str | None = None, destination: str | None = None,
                     limit: int = 200) -> list[DeliveryState]:
     """The most recently changed deliveries, optionally of one state and/or destination."""

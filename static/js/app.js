@@ -75,9 +75,13 @@ function refreshQueue() {
   return renderQueue(state.me && state.me.user, uploader);
 }
 
-/** Redraw the home screen's lists. */
-function refreshHome() {
-  return renderHome(state.me.user, state.draft && state.draft.id, state.sent);
+/** Redraw the home screen's lists, with the server's word on this user's recent studies. */
+async function refreshHome() {
+  let recent = [];  // an account that may only view takes no photos
+  if (state.me.role !== "view") {
+    recent = await call("GET", "/api/v1/sessions/recent").then(({ body }) => body, () => null);
+  }
+  return renderHome(state.me.user, state.draft && state.draft.id, recent, state.sent);
 }
 
 function newDraft() {
@@ -448,6 +452,7 @@ async function startDetails(department) {
   const previous = state.draft.details;
   if (!previous) {
     form.reset();
+    byId("consent-group").removeAttribute("aria-invalid");
     state.site = null;
     byId("department").value = department || "";
   }
@@ -493,6 +498,7 @@ function onSitePicked(event) {
 function onConsentChanged() {
   const declined = byId("details-form").consent.value === "declined";
   byId("consent-declined").hidden = !declined;
+  byId("consent-group").removeAttribute("aria-invalid");
 }
 
 function onDetails(event) {
@@ -504,10 +510,14 @@ function onDetails(event) {
   const consent = form.consent.value;
   const problem = !site ? "Choose the body site."
     : site.paired && !laterality ? "Choose the side (right, left or both)."
-      : !consent ? "Record the patient's consent."
+      : !consent ? "Consent is required: record whether the patient gave it (given, declined " +
+        "or not required)."
         : consent === "declined" ? "Consent was declined: no photos may be taken or sent." : "";
+  if (consent) byId("consent-group").removeAttribute("aria-invalid");
+  else byId("consent-group").setAttribute("aria-invalid", "true");
   if (problem) {
     say(error, problem);
+    if (problem.startsWith("Consent is required")) form.consent[0].focus();
     return;
   }
   say(error);
@@ -721,6 +731,8 @@ function wireUploader() {
     if (draft) {
       draft.results.set(detail.uuid, { state: "stored", photo: detail.photo });
       renderReview(draft);
+    } else if (!byId("screen-home").hidden && state.me) {
+      refreshHome();
     }
   });
   uploader.addEventListener("complete", ({ detail }) => {

@@ -52,12 +52,14 @@ export async function uuidV5(namespace, name) {
 const collator = new Intl.Collator(undefined, { numeric: true, sensitivity: "base" });
 
 /**
- * Files in file order: by name with digit runs compared as numbers (IMG_9 before IMG_10),
- * then by modification time. Capture time (EXIF) decides on the server; this is its fallback.
+ * Files in file order: by file time (File.lastModified, which cameras and phones set when
+ * they write the photo), then by name with digit runs compared as numbers (IMG_9 before
+ * IMG_10). Capture time (EXIF DateTimeOriginal) decides on the server; a photo without one
+ * keeps its place in this order (app/pipeline/slipsheet.py capture_order).
  * @param {File[]} files
  * @returns {File[]}
  */
 export function inFileOrder(files) {
-  return [...files].sort((a, b) => collator.compare(a.name, b.name) ||
-    a.lastModified - b.lastModified);
+  return [...files].sort((a, b) => a.lastModified - b.lastModified ||
+    collator.compare(a.name, b.name));
 }

@@ -13,6 +13,10 @@ import { displayDate, displayName, h, paintBitmap, sexText } from "./ui.js";
  * @typedef {object} Handlers
  * @property {(uuid: string, changes: object) => void} update PATCH an item
  * @property {(groupId: string, body: object) => void} confirm confirm a group
+ * @property {(message: string) => void} problem say what stops a confirmation
+ * @property {import("./sites.js").BodySite[]} sites the body sites to choose from
+ * @property {Map<string, {site: string, side: string}>} details per group: the body site (its
+ *   meaning, as typed or chosen) and side entered so far, kept across redraws
  */
 
 /**
@@ -62,7 +66,7 @@ function itemCard(item, batch, local, handlers) {
   if (item.role === "label") tags.push("label photo");
   else if (item.barcode) tags.push("label in the frame");
   if (item.assigned === "manual") tags.push("moved by hand");
-  if (!item.acquired_at) tags.push("no capture time");
+  if (!item.acquired_at) tags.push("no capture time: placed by file time, then name");
   const card = h("li", { class: `batch-item ${item.dropped ? "dropped" : ""}`,
     "data-uuid": item.upload_uuid, "data-status": item.status },
   canvas,
@@ -116,14 +120,62 @@ function confirmControls(group, handlers) {
     }
     box.append(fieldset);
   }
+  const details = group.status === "confirmed" ? null : siteControls(group, handlers);
+  if (details) box.append(details.element);
   const button = h("button", { type: "button", class: "primary confirm", disabled: !chosen },
     group.status === "confirmed" ? `Store ${held} more` : `Confirm and store ${held}`);
   button.addEventListener("click", () => {
+    const site = details ? details.body() : {};
+    if (typeof site === "string") {
+      handlers.problem(site);
+      return;
+    }
     button.disabled = true;
-    handlers.confirm(group.id, chosen || {});
+    handlers.confirm(group.id, { ...(chosen || {}), ...site });
   });
   box.append(button);
   return box;
+}
+
+const SIDES = [["R", "Right"], ["L", "Left"], ["B", "Both"]];
+
+/**
+ * The body site (optional: a list to pick from) and, for a paired site, its side, of a group
+ * about to be confirmed. What is entered survives redraws (`handlers.details`).
+ * @param {object} group
+ * @param {Handlers} handlers
+ * @returns {{element: HTMLElement, body: () => object|string}} the controls, and what they add
+ *   to the confirmation (`body_site`, `laterality`), or why it cannot be sent
+ */
+function siteControls(group, handlers) {
+  const entered = handlers.details.get(group.id) || { site: "", side: "" };
+  handlers.details.set(group.id, entered);
+  const siteOf = () => handlers.sites.find((s) => s.meaning === entered.site.trim()) || null;
+  const input = h("input", { class: "site", list: "batch-sites", value: entered.site,
+    placeholder: "Body site (optional)", "aria-label": `Body site, ${groupTitle(group)}`,
+    autocomplete: "off" });
+  const sides = h("fieldset", { class: "sides", hidden: !(siteOf() && siteOf().paired) },
+    h("legend", {}, "Side"), ...SIDES.map(([value, text]) => {
+      const radio = h("input", { type: "radio", name: `side-${group.id}`, value,
+        checked: entered.side === value });
+      radio.addEventListener("change", () => { entered.side = value; });
+      return h("label", { class: "option" }, radio, ` ${text}`);
+    }));
+  input.addEventListener("input", () => {
+    entered.site = input.value;
+    const site = siteOf();
+    sides.hidden = !(site && site.paired);
+  });
+  return {
+    element: h("div", { class: "batch-site" }, input, sides),
+    body() {
+      const site = siteOf();
+      if (!site) return entered.site.trim() ? "Choose the body site from the list." : {};
+      if (!site.paired) return { body_site: site.code };
+      return entered.side ? { body_site: site.code, laterality: entered.side }
+        : "Choose the side (right, left or both).";
+    },
+  };
 }
 
 /**
@@ -154,5 +206,7 @@ export function renderReview(container, batch, local, handlers) {
       h("ul", { class: "batch-items" },
         ...batch.unsorted.map((uuid) => itemCard(items.get(uuid), batch, local, handlers)))));
   }
+  sections.push(h("datalist", { id: "batch-sites" },
+    ...handlers.sites.map((site) => h("option", { value: site.meaning }))));
   container.replaceChildren(...sections);
 }

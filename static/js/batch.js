@@ -14,6 +14,7 @@ import { acceptable, inFileOrder, sha256Hex, uuidV5 } from "./batch-files.js";
 import { BatchQueue } from "./batch-queue.js";
 import { renderReview } from "./batch-review.js";
 import { thumbnailOf } from "./camera.js";
+import { loadSites } from "./sites.js";
 import { byId, count, h, say } from "./ui.js";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
@@ -28,6 +29,10 @@ const state = {
   local: new Map(),
   hashing: 0,
   refreshTimer: null,
+  /** @type {import("./sites.js").BodySite[]} */
+  sites: [],
+  /** Per group: the body site and side entered for its confirmation. */
+  details: new Map(),
 };
 
 function problem(message) {
@@ -85,7 +90,8 @@ function render() {
     `${count(batch.groups.filter((g) => g.items.length).length, "patient")}, ` +
     `${count(batch.unsorted.length)} unsorted` +
     (batch.label_photos === "drop" ? " · label photos are not kept" : "");
-  renderReview(byId("groups"), batch, state.local, { update, confirm });
+  renderReview(byId("groups"), batch, state.local, { update, confirm, problem,
+    sites: state.sites, details: state.details });
 }
 
 function scheduleRefresh() {
@@ -269,6 +275,7 @@ async function start() {
     return;
   }
   byId("who").textContent = me.user;
+  state.sites = await loadSites().catch(() => []);  // without them: confirm without a site
   wireDropZone();
   try {
     useBatch(await openBatch());

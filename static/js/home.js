@@ -1,11 +1,78 @@
 /**
- * What waits on this device, as the user sees it: the status line under the title bar and
- * the lists of the home screen. Reads the queue from the store; shows no patient data.
+ * What waits on this device and where the user's recent studies went, as the user sees it: the
+ * status line under the title bar and the lists of the home screen. The queue comes from the
+ * store (no patient data shown); the recent studies from the server (GET
+ * /api/v1/sessions/recent: the user's own captures, with the patient's name).
  * @module home
  */
 
 import * as store from "./store.js";
-import { byId, count, displayTime, h, say } from "./ui.js";
+import { byId, count, displayName, displayTime, h, say } from "./ui.js";
+
+/** What each state of a study means to the user who took its photos. */
+const STATES = {
+  sending: "Sending — still on this device",
+  processing: "Processing on the server",
+  stored: "Stored, being sent on",
+  in_pacs: "In the PACS",
+  in_emr: "In the PACS and the patient record",
+  failed: "Delivery failed",
+};
+
+/**
+ * @typedef {object} RecentStudy one item of GET /api/v1/sessions/recent
+ * @property {string} id
+ * @property {string} study_instance_uid
+ * @property {{id: string, issuer: string, name: string|null}} patient
+ * @property {{code: string, meaning: string}|null} body_site
+ * @property {string|null} laterality
+ * @property {string} created_at
+ * @property {number} photo_count
+ * @property {string} state processing, stored, in_pacs, in_emr or failed
+ * @property {string|null} reason
+ * @property {{sent: number, total: number}} pacs
+ */
+
+/**
+ * The state line of a recent study: "sending" while photos of it wait on this device.
+ * @param {RecentStudy} study
+ * @param {number} waiting photos of it still on this device
+ * @returns {string}
+ */
+function stateText(study, waiting) {
+  if (waiting) return `${STATES.sending} (${count(waiting)})`;
+  const state = study.state === "in_emr" && study.pacs.total === 0 ? "In the patient record"
+    : STATES[study.state] || study.state;
+  if (study.state === "failed") return `${state}: ${study.reason}`;
+  return study.reason ? `${state} (retrying: ${study.reason})` : state;
+}
+
+/** "SMITH, Anna" from a DICOM Person Name (FAMILY^GIVEN). */
+function nameOf(pn) {
+  const [family = "", given = ""] = (pn || "").split("^");
+  return displayName({ family, given });
+}
+
+const SIDES = { R: "right", L: "left", B: "both sides" };
+
+/**
+ * One card of the recent studies: patient, site, time, photos, state and the viewer link.
+ * @param {RecentStudy} study
+ * @param {number} waiting
+ */
+function recentCard(study, waiting) {
+  const site = study.body_site ? [study.body_site.meaning, SIDES[study.laterality]]
+    .filter(Boolean).join(", ") : null;
+  const state = waiting ? "sending" : study.state;
+  return h("li", { class: "card recent", "data-study": study.study_instance_uid,
+    "data-state": state },
+    h("p", {}, h("strong", {}, nameOf(study.patient.name)), ` · MRN ${study.patient.id}`),
+    h("p", { class: "muted" }, [site, `${displayTime(study.created_at)}`,
+      count(study.photo_count)].filter(Boolean).join(" · ")),
+    h("p", { class: `state${state === "failed" ? " alert" : ""}` }, stateText(study, waiting)),
+    study.photo_count ? h("a", { class: "button secondary",
+      href: `/studies/${study.study_instance_uid}` }, "Open in the viewer") : null);
+}
 
 /**
  * The status line of what waits on this device (all users' when nobody is logged in).
@@ -38,13 +105,16 @@ export async function renderQueue(user, uploader) {
 }
 
 /**
- * The home screen's list of what waits on this device: photos held for a patient, studies
- * being sent or refused, other users' photos (counted only), and the studies sent.
+ * The home screen's lists: what waits on this device (photos held for a patient, studies
+ * being sent or refused, other users' photos counted only), and this user's studies of the
+ * last 24 hours with where their photos are.
  * @param {string} user the logged-in user
  * @param {string|null} currentDraft the draft being worked on (not listed)
- * @param {{studyUid: string, photos: number, at: number}[]} sent
+ * @param {RecentStudy[]|null} recent the server's answer, null when it could not be asked
+ * @param {{studyUid: string, photos: number, at: number}[]} sent studies sent since the app
+ *   opened (shown when `recent` is null)
  */
-export async function renderHome(user, currentDraft, sent) {
+export async function renderHome(user, currentDraft, recent, sent) {
   const [photos, sessions] = await Promise.all([store.listPhotos(), store.listSessions()]);
   const mine = photos.filter((p) => p.user === user);
   const list = byId("device-list");
@@ -85,8 +155,26 @@ export async function renderHome(user, currentDraft, sent) {
   say(byId("others-waiting"), others
     ? `${count(others)} of another user wait${others === 1 ? "s" : ""} here for that user to log in.`
     : "");
-  const recent = byId("recent-list");
-  recent.replaceChildren(...sent.map((s) => h("li", { class: "card" },
-    h("a", { href: `/studies/${s.studyUid}` }, `Study sent at ${displayTime(s.at)}`),
-    ` (${count(s.photos)})`)));
+  renderRecent(recent, sent, mine);
+}
+
+/**
+ * The recent studies: the server's list with the state of each (sending while photos wait
+ * here), or, when the server could not be asked, the studies sent since the app opened.
+ * @param {RecentStudy[]|null} recent
+ * @param {{studyUid: string, photos: number, at: number}[]} sent
+ * @param {object[]} mine this user's photos on the device
+ */
+function renderRecent(recent, sent, mine) {
+  const list = byId("recent-list");
+  if (recent) {
+    const waiting = (id) => mine.filter((p) => p.sessionId === id && p.state === "queued").length;
+    list.replaceChildren(...recent.map((study) => recentCard(study, waiting(study.id))));
+  } else {
+    list.replaceChildren(...sent.map((s) => h("li", { class: "card" },
+      h("a", { href: `/studies/${s.studyUid}` }, `Study sent at ${displayTime(s.at)}`),
+      ` (${count(s.photos)})`)));
+  }
+  say(byId("recent-status"), recent ? (recent.length ? "" : "No studies in the last 24 hours.")
+    : "The server could not be asked where your recent studies are.");
 }

@@ -17,10 +17,12 @@ function colourHint(photo) {
       fixed(delta.max)}${color.reliable ? "." : " — correction not reliable."}`);
 }
 
+/** The state line of one photo: every byte sent is not stored yet, until the server answers. */
 function resultText(result) {
   if (!result) return "Not sent yet";
   if (result.state === "stored") return "Stored";
   if (result.state === "failed") return `Refused: ${result.error}`;
+  if (result.total && result.loaded >= result.total) return "Sent — processing on the server…";
   if (result.total) return `Sending… ${Math.round((100 * result.loaded) / result.total)} %`;
   return "Waiting to be sent";
 }

@@ -66,7 +66,8 @@ def test_notify_is_idempotent_and_versions_on_new_photos(app: Flask, client: Fla
     assert study["encounter"] == {"identifier": {"value": "ENC-42"}}
     assert study["modality"] == [{"system": "http://dicom.nema.org/resources/ontology/DCM",
                                   "code": "XC"}]
-    assert study["endpoint"] == [{"reference": "Endpoint/dicomweb"}]
+    assert study["endpoint"] == [{"reference": "Endpoint/dicomweb"},
+                                 {"reference": f"Endpoint/{session_id}-viewer"}]
     series = study["series"][0]
     with services(app).db.session() as db:
         series_uid = db.scalar(select(Instance.series_uid).where(Instance.study_uid == uid))
@@ -88,9 +89,15 @@ def test_notify_is_idempotent_and_versions_on_new_photos(app: Flask, client: Fla
     endpoint = client.get("/fhir/Endpoint/dicomweb", headers=view).get_json()
     assert endpoint["address"] == "http://127.0.0.1:8000/dicomweb"
     assert endpoint["connectionType"]["code"] == "dicom-wado-rs"
+    viewer = client.get(f"/fhir/Endpoint/{session_id}-viewer", headers=view).get_json()
+    assert viewer["address"] == f"http://127.0.0.1:8000/studies/{uid}"
+    assert viewer["connectionType"] == {
+        "system": "http://terminology.hl7.org/CodeSystem/endpoint-connection-type",
+        "code": "ihe-iid"}
+    assert client.get(f"/studies/{uid}", headers=view).status_code == 200
     patient = client.get(f"/fhir/Patient/{patient_id}", headers=view).get_json()
-    reports = fhir_validate(tmp_path, [second, endpoint, patient])
-    assert [r["errors"] for r in reports] == [[], [], []], reports
+    reports = fhir_validate(tmp_path, [second, endpoint, viewer, patient])
+    assert [r["errors"] for r in reports] == [[], [], [], []], reports
 
 
 def test_searches_return_bundles(app: Flask, client: FlaskClient,

@@ -55,8 +55,10 @@ def test_create_retry_and_update(app: Flask, fhir_peer: FhirPeer, proxy: FaultPr
     [study] = fhir_peer.studies(uid)
     assert study["subject"] == {"reference": "Patient/p1"}
     assert study["encounter"] == {"reference": "Encounter/e1"}
-    assert study["endpoint"] == [{"reference": "#dicomweb"}]
+    assert study["endpoint"] == [{"reference": "#dicomweb"}, {"reference": "#viewer"}]
     assert study["contained"][0]["address"] == "http://127.0.0.1:8000/dicomweb"
+    assert (study["contained"][1]["connectionType"]["code"], study["contained"][1]["address"]) \
+        == ("ihe-iid", f"http://127.0.0.1:8000/studies/{uid}")
     creates = fhir_peer.log("POST", "/fhir/ImagingStudy")
     assert [(e["status"], e["ifNoneExist"]) for e in creates] == [
         (201, f"identifier=urn:dicom:uid|urn:oid:{uid}"),

@@ -127,7 +127,7 @@ def test_upload_is_served_by_dicomweb_and_delivered_from_the_bucket(
         config.write_text(json.dumps({"destinations": [
             {"name": "pacs", "type": "stow-rs", "url": fake.url}]}))
         app = make_app(tmp_path, database_url, bucket, destinations_file=config,
-                       emr_notifiers="")
+                       emr_notifiers="", server_timing=True)
         services = svc(app)
         headers = {"Authorization": f"Bearer {create_token(services.db, 'c', 'capture')}"}
         client = app.test_client()

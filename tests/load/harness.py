@@ -89,6 +89,7 @@ class Server:
         self.log = data_dir.parent / "serve.log"
         self.env = {**os.environ, "EBIW_DATA_DIR": str(data_dir),
                     "EBIW_DATABASE_URL": database_url, "EBIW_RATE_UPLOAD_PER_MINUTE": "100000",
+                    "EBIW_SERVER_TIMING": "on",
                     **(({**CREDENTIALS, **peer.settings}) if peer else {}), **(env or {})}
         self.proc: subprocess.Popen[bytes] | None = None
         self.database = Database(database_url or

@@ -1,7 +1,8 @@
 """The embedded EMR: a local FHIR store in the app's database, served read-only at ``/fhir``.
 
-It holds one ImagingStudy per study (logical id = the capture session id) and the one
-Endpoint of our DICOMweb service; Patients are rendered from the local patient index.
+It holds one ImagingStudy per study (logical id = the capture session id), the one Endpoint of
+our DICOMweb service and, per study, the IHE IID Endpoint of its viewer page (logical id
+``<session id>-viewer``); Patients are rendered from the local patient index.
 """
 
 from __future__ import annotations
@@ -26,10 +27,13 @@ from app.pipeline.fhir import (
     patient,
     study_token,
     to_json,
+    viewer_endpoint,
+    viewer_url,
 )
 from app.settings import Settings
 
 ENDPOINT_ID = "dicomweb"
+VIEWER_ID_SUFFIX = "-viewer"  # a study's viewer Endpoint: <session id>-viewer
 
 
 class LocalFhirStore:
@@ -43,7 +47,7 @@ class LocalFhirStore:
     # --- the notifier ----------------------------------------------------------------------
 
     def notify(self, db: Session, study_uid: str) -> None:
-        """Make the stored ImagingStudy (and the Endpoint) match the database.
+        """Make the stored ImagingStudy (and its Endpoints) match the database.
 
         Guarantees: one ImagingStudy per study; its version goes up only when its content
         changes, so repeated calls for the same state change nothing. Writes in ``db``'s
@@ -52,9 +56,13 @@ class LocalFhirStore:
         record = load_study(db, study_uid)
         endpoint = dicomweb_endpoint(self.dicomweb_base, ENDPOINT_ID)
         self._put(db, "Endpoint", ENDPOINT_ID, to_json(endpoint))
+        viewer = viewer_endpoint(viewer_url(self.settings.public_url, study_uid),
+                                 f"{record.session_id}{VIEWER_ID_SUFFIX}")
+        self._put(db, "Endpoint", str(viewer.id), to_json(viewer))
         subject = self._subject(db, record)
-        resource = imaging_study(record.facts, subject, self._encounter(record), endpoint,
-                                 contain_endpoint=False, resource_id=record.session_id)
+        resource = imaging_study(record.facts, subject, self._encounter(record),
+                                 [endpoint, viewer], contain_endpoint=False,
+                                 resource_id=record.session_id)
         self._put(db, "ImagingStudy", record.session_id, to_json(resource),
                   identifier=study_token(study_uid), subject=subject.reference)
 

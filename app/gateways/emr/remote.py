@@ -2,7 +2,8 @@
 
 Searches go as ``POST [type]/_search`` with a form body, so no identifier of a patient ever
 appears in a URL (or in the server's access log). The ImagingStudy carries its DICOMweb
-Endpoint as a contained resource: one write, nothing to clean up if it fails.
+Endpoint and its viewer's (IHE IID) as contained resources: one write, nothing to clean up if it
+fails.
 """
 
 from __future__ import annotations
@@ -27,6 +28,8 @@ from app.pipeline.fhir import (
     imaging_study,
     study_token,
     to_json,
+    viewer_endpoint,
+    viewer_url,
 )
 from app.settings import Settings
 
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 
 FHIR_JSON = "application/fhir+json"
 ENDPOINT_ID = "dicomweb"
+VIEWER_ID = "viewer"
 TOKEN_MARGIN_SECONDS = 30
 # Retrying helps: request timeout, conflicts with a concurrent writer, rate limits, outages.
 _TRANSIENT_4XX = frozenset({408, 409, 412, 423, 425, 429})
@@ -118,8 +122,9 @@ class RemoteFhirNotifier:
         encounter = self._encounter(record, subject)
         resource = to_json(imaging_study(
             record.facts, Reference(reference=subject), encounter,
-            dicomweb_endpoint(self.settings.public_url.rstrip("/") + "/dicomweb",
-                              ENDPOINT_ID), contain_endpoint=True))
+            [dicomweb_endpoint(self.settings.public_url.rstrip("/") + "/dicomweb", ENDPOINT_ID),
+             viewer_endpoint(viewer_url(self.settings.public_url, study_uid), VIEWER_ID)],
+            contain_endpoint=True))
         token = study_token(study_uid)
         created = self._request("POST", "ImagingStudy", json=resource,
                                 headers={"If-None-Exist": f"identifier={token}",

@@ -27,7 +27,11 @@ _PAIRED = re.compile(r"\b(arm|forearm|hand|finger|thumb|digit|leg|foot|toe|knee|
                      r"|axilla|buttock|gluteal|groin|inguinal|heel|sole|palm|calf|limb|extremity"
                      r"|temple|nail|helix|pinna|antitragus|tragus|concha|clavicle|scapula|humerus"
                      r"|femur|tibia|fibula|patella|calcaneus|antecubital|popliteal|malleolus"
-                     r"|labium|canthus|ala|iliac|lung|kidney|orbit)")
+                     r"|labium|canthus|ala|iliac|lung|kidney|orbit|cornea|iris|retina|sclera"
+                     r"|parotid|submandibular|temporomandibular|sacroiliac|acromioclavicular"
+                     r"|sternoclavicular|tarsal|mastoid|zygoma|temporal|(pre|post)auricular"
+                     r"|auditory canal|intertragal|optic canal|nasolabial|rib|ilium|ureter"
+                     r"|supraclavicular|infraclavicular|side of|lateral portion|triangle of neck)")
 
 LATERALITY = {"R": "right", "L": "left", "B": "both", "U": "unpaired"}
 """DICOM Image Laterality (0020,0062) values."""

@@ -5,15 +5,17 @@ from __future__ import annotations
 import json
 from collections.abc import Sequence
 from dataclasses import replace
-from datetime import datetime
+from datetime import UTC, datetime, timedelta
 from functools import cache
 from importlib import resources
 from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
+from sqlalchemy import func, select
 
 from app.db.models import CaptureSession, Photo, as_utc
 from app.pipeline.dicom.codes import body_site, body_sites
+from app.pipeline.fhir import viewer_url
 from app.web import services
 from app.web.auth import current_login, login_json, require
 from app.web.errors import error_response
@@ -21,10 +23,13 @@ from app.web.launch import OTHER_PATIENT
 from app.web.limits import rate_limited
 from app.web.uploads import photo_body, read_photo_body
 from app.workflow import audit
-from app.workflow.delivery import EMR, DeliveryState, study_deliveries
+from app.workflow.delivery import EMR, PACS, DeliveryState, deliveries_by_study, study_deliveries
 from app.workflow.intake import SessionRequest
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
+
+RECENT_HOURS = 24  # GET /sessions/recent: the caller's sessions opened this long ago at most
+RECENT_LIMIT = 100  # ... the newest this many
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -51,6 +56,7 @@ def photo_json(photo: Photo, deliveries: Sequence[DeliveryState] = ()) -> dict[s
         "color": photo.color,
         "pixel_spacing_mm": photo.pixel_spacing_mm,
         "normalized_sop_instance_uid": photo.normalized_sop_uid,
+        "viewer_url": viewer_url(services().settings.public_url, photo.instance.study_uid),
         "deliveries": [d.status_json() for d in deliveries
                        if d.sop_uid in (photo.sop_uid, photo.normalized_sop_uid)],
     }
@@ -81,6 +87,7 @@ def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, A
         "description": session.description,
         "created_at": _iso(session.created_at),
         "completed_at": _iso(session.completed_at),
+        "viewer_url": viewer_url(services().settings.public_url, session.study_uid),
     }
     if photos:
         deliveries = study_deliveries(services().db, session.study_uid)
@@ -88,6 +95,34 @@ def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, A
         body["photo_count"] = len(session.photos)
         body["notifications"] = [d.status_json() for d in deliveries if d.kind == EMR]
     return body
+
+
+def study_progress(photos: int, deliveries: Sequence[DeliveryState]) -> dict[str, Any]:
+    """Where a study's photos have got to, for the user who took them.
+
+    ``state``: ``processing`` (no photo stored yet), ``failed`` (a delivery failed for good),
+    ``in_emr`` (every delivery done and the EMR notified), ``in_pacs`` (every PACS delivery
+    done, the EMR not notified yet or not configured), else ``stored`` (in the archive).
+    ``reason`` (free of PHI): why a delivery failed for good, else why one is being retried,
+    else None. ``pacs`` and ``emr`` count the deliveries of each kind: sent, and all.
+    """
+    counts = {kind: {"sent": sum(d.state == "sent" for d in deliveries if d.kind == kind),
+                     "total": sum(d.kind == kind for d in deliveries)} for kind in (PACS, EMR)}
+    done = {kind: c["total"] > 0 and c["sent"] == c["total"] for kind, c in counts.items()}
+    dead = [d for d in deliveries if d.state == "dead"]
+    trouble = dead or [d for d in deliveries if d.state == "failed"]
+    if photos == 0:
+        state = "processing"
+    elif dead:
+        state = "failed"
+    elif done[EMR] and (done[PACS] or counts[PACS]["total"] == 0):
+        state = "in_emr"
+    elif done[PACS]:
+        state = "in_pacs"
+    else:
+        state = "stored"
+    return {"state": state, "reason": trouble[0].reason if trouble else None,
+            "pacs": counts[PACS], "emr": counts[EMR]}
 
 
 def _launched_for_other(session_id: str) -> bool:
@@ -115,6 +150,43 @@ def open_session() -> tuple[Response, int]:
     session, created = svc.intake.open_session(req, g.caller.user)
     _audit_session(session)
     return jsonify(session_json(session, photos=False)), 201 if created else 200
+
+
+@bp.get("/sessions/recent")
+@require("capture")
+def recent_sessions() -> Response:
+    """The caller's own capture sessions of the last :data:`RECENT_HOURS` hours, newest first
+    (at most :data:`RECENT_LIMIT`), each with where its photos have got to
+    (:func:`study_progress`) and its viewer link. The patient's name is in the answer (the
+    user's own captures) and never in a log; the request has no query string. Audited as
+    ``session.read`` of every patient and study listed."""
+    svc = services()
+    since = datetime.now(UTC) - timedelta(hours=RECENT_HOURS)
+    with svc.db.session() as db:
+        sessions = [s for s in db.scalars(
+            select(CaptureSession).where(CaptureSession.created_by == g.caller.user,
+                                         CaptureSession.created_at >= since)
+            .order_by(CaptureSession.created_at.desc(), CaptureSession.id)
+            .limit(RECENT_LIMIT)) if g.caller.sees(s.patient_id, s.issuer)]
+        photos = dict(db.execute(
+            select(Photo.session_id, func.count()).where(
+                Photo.session_id.in_([s.id for s in sessions])).group_by(Photo.session_id)
+        ).all())
+    deliveries = deliveries_by_study(svc.db, [s.study_uid for s in sessions])
+    g.audit_action = "session.read"  # it names patients: every answer is audited
+    g.audit_entities = list(dict.fromkeys(
+        ref for s in sessions for ref in (audit.patient_ref(s.patient_id, s.issuer),
+                                          audit.study_ref(s.study_uid))))
+    body = []
+    for session in sessions:
+        item = session_json(session, photos=False)
+        item["patient"]["name"] = session.patient_name
+        count = photos.get(session.id, 0)
+        body.append({**item, "photo_count": count,
+                     **study_progress(count, deliveries.get(session.study_uid, []))})
+    response = jsonify(body)
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("/sessions/<session_id>")
