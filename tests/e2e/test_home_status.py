@@ -78,7 +78,7 @@ def test_home_lists_the_sent_study_with_its_state_and_viewer_link(
     assert "1 photo" in text and "Stored, being sent on" in text
 
     svc = services(live.flask)
-    drain(svc.db, svc.archive, live.flask.extensions["ebiw.registry"])
+    drain(svc.db, svc.archive, svc.registry)
     page.reload()
     screen(page, "home")
     card.wait_for()

@@ -34,7 +34,7 @@ def upload(client: FlaskClient, headers: dict[str, str], session_id: str) -> dic
 
 def deliver(app: Flask) -> None:
     svc = services(app)
-    drain(svc.db, svc.archive, app.extensions["ebiw.registry"])
+    drain(svc.db, svc.archive, svc.registry)
 
 
 @pytest.fixture
