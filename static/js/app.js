@@ -15,6 +15,7 @@ import {
 import { renderHome, renderQueue } from "./home.js";
 import { identifyTyped, identifyWristband, patientOf } from "./identify.js";
 import { renderReview, showProgress } from "./review.js";
+import { showUser } from "./shell.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
 import * as store from "./store.js";
 import {
@@ -102,8 +103,7 @@ function showLogin(message) {
   state.launch = null;
   stopCameras();
   clearPatientViews();
-  byId("logout").hidden = true;
-  byId("who").textContent = "";
+  showUser(null);
   say(byId("login-error"), message);
   showScreen("login");
 }
@@ -130,8 +130,7 @@ async function launchContext() {
 async function enter(me) {
   state.me = me;
   state.launch = me.launched ? await launchContext() : null;
-  byId("who").textContent = me.user;
-  byId("logout").hidden = false;
+  showUser(me);
   byId("role-warning").hidden = me.role !== "view";
   byId("start").disabled = me.role === "view";
   byId("start-emergency").disabled = me.role === "view";
