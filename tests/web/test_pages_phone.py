@@ -90,6 +90,7 @@ def _add_photo_to_batch(page: Any) -> None:
 
 
 def _start_capture(page: Any) -> None:
+    """Go on to the capture app's "identify the patient" screen (no camera here)."""
     page.click("#start")
     page.wait_for_selector("#screen-identify:not([hidden])")
 
@@ -116,6 +117,8 @@ def app_overrides(tmp_path: Path) -> dict[str, object]:
 
 @dataclass(frozen=True)
 class Site:
+    """The served app: its base URL, a stored study, the user name of each role."""
+
     url: str
     study_uid: str
     users: dict[str, str]
@@ -131,6 +134,7 @@ def site(app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
 
 
 def pages(site: Site) -> list[PageSpec]:
+    """Every HTML page of the app, as the role that uses it (None: logged out)."""
     return [
         PageSpec("login", "/login", None, "#plain-username"),
         PageSpec("capture-login", "/", None, "#screen-login:not([hidden])"),
@@ -168,6 +172,9 @@ def _check(browser: Any, site: Site, spec: PageSpec, state: dict[str, Any] | Non
     page = context.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text)  # e.g. a CSP violation
+            if message.type == "error" and "Failed to load resource" not in message.text
+            else None)
     page.goto(f"{site.url}{spec.path}")
     page.wait_for_selector(spec.ready, timeout=30_000)
     if spec.act:
