@@ -261,6 +261,24 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     assert len({tuple(edges) for edges in light["batch"]["manual"]}) == 1
 
 
+def test_log_out_from_the_app_bar_of_a_server_page(site: Site, chromium: Browser) -> None:
+    def scenario(browser: Any) -> tuple[str, int]:
+        context = browser.new_context(**PHONE, storage_state=_log_in(
+            browser, site.url, site.users["admin"]))
+        page = context.new_page()
+        page.goto(f"{site.url}/admin/audit")
+        page.click(".appbar #logout")
+        page.wait_for_url(f"{site.url}/login")
+        me = context.request.get(f"{site.url}/api/v1/me").status
+        header = page.locator(".appbar").inner_text()
+        context.close()
+        return header, me
+
+    header, me = chromium.run(scenario)
+    assert me == 401  # the session ended on the server
+    assert header.strip() == "Wound photos"  # nobody, no links
+
+
 def test_the_cached_capture_page_names_nobody_and_the_others_log_out_by_form(
         client: FlaskClient, users: dict[str, str]) -> None:
     token = log_in(client, users["capture"])
@@ -273,6 +291,12 @@ def test_the_cached_capture_page_names_nobody_and_the_others_log_out_by_form(
     assert f'<span id="who">{users["capture"]}</span>' in html
     assert f'name="csrf_token" value="{token}"' in html
     assert 'href="/admin/audit"' not in html  # an admin's link, not a capture user's
-    out = client.post("/logout", data={"csrf_token": token})
+    # a form post from our no-referrer pages: Chromium sends Origin: null, same-origin
+    posted = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    assert client.post("/logout", data={"csrf_token": token}, headers={
+        **posted, "Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert client.post("/logout", data={"csrf_token": token},
+                       headers={"Origin": "null"}).status_code == 403
+    out = client.post("/logout", data={"csrf_token": token}, headers=posted)
     assert (out.status_code, out.headers["Location"]) == (303, "/login")
     assert client.get("/api/v1/me").status_code == 401

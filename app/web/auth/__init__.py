@@ -111,11 +111,15 @@ def require(*roles: str) -> Callable[[F], F]:
 
 def same_origin() -> bool:
     """No Origin header (same-origin navigation, curl) or one naming this host, and no
-    ``Sec-Fetch-Site`` saying another site sent the request."""
-    if request.headers.get("Sec-Fetch-Site", "same-origin") not in ("same-origin", "none"):
+    ``Sec-Fetch-Site`` saying another site sent the request. ``Origin: null`` passes only with
+    ``Sec-Fetch-Site: same-origin``: a browser sends it for a form posted from one of our pages,
+    whose ``Referrer-Policy: no-referrer`` hides the origin of form posts."""
+    site = request.headers.get("Sec-Fetch-Site", "same-origin")
+    if site not in ("same-origin", "none"):
         return False
     origin = request.headers.get("Origin")
-    if origin is None:
+    if origin is None or (origin == "null" and site == "same-origin"
+                          and "Sec-Fetch-Site" in request.headers):
         return True
     own = {request.host, urlsplit(services().settings.public_url).netloc}
     return urlsplit(origin).netloc in own
