@@ -8,7 +8,7 @@ export EBIW_DATA_DIR ?= $(CURDIR)/var
 APT_RUN := libzbar0
 APT_TEST := $(APT_RUN) dicom3tools dcmtk orthanc orthanc-dicomweb chromium gcc libc6-dev
 
-.PHONY: run test venv lint apt-run apt-test postgres bench clean
+.PHONY: run test venv lint apt-run apt-test postgres axe bench clean
 
 # make run PORT=8011 (or EBIW_PORT=8011 make run); HOST=0.0.0.0 to be reached from a phone.
 PORT ?= $(or $(EBIW_PORT),8000)
@@ -22,7 +22,7 @@ run: apt-run $(BIN)/ebiw
 POSTGRES_URL ?= postgresql+psycopg://postgres@127.0.0.1:5432/postgres
 
 # The whole suite on the embedded SQLite, then every database test again on PostgreSQL.
-test: apt-test venv lint postgres
+test: apt-test venv lint postgres axe
 	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
 	EBIW_TEST_POSTGRES_URL=$(POSTGRES_URL) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
 
@@ -41,6 +41,14 @@ $(BIN)/ebiw: pyproject.toml
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+
+# axe-core (npm) for the accessibility checks of the page tests (tests/web/test_pages_phone.py).
+AXE := tests/.node/node_modules/axe-core/axe.min.js
+
+axe: $(AXE)
+
+$(AXE):
+	npm install --prefix tests/.node --no-save --no-audit --no-fund axe-core@4
 
 # Install the Debian packages that are missing (root, as on CI); never start system services.
 apt-run:

@@ -25,6 +25,7 @@ from app.web.health import bp as health_bp
 from app.web.launch import init_app as init_launch
 from app.web.patients import init_app as init_patients
 from app.web.pwa import bp as pwa_bp
+from app.web.shell import bp as shell_bp
 from app.web.studies import bp as studies_bp
 from app.web.timing import init_app as init_timing
 from app.workflow.delivery import BackgroundDelivery
@@ -49,6 +50,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     install_log_hygiene(redacting=settings.env != "test")
     security.init_app(app)
     register_error_handlers(app)
+    app.register_blueprint(shell_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
     app.register_blueprint(admin_bp)

@@ -43,11 +43,12 @@ def _modules(static: Path) -> list[Path]:
 @cache
 def _shell(static: Path, templates: Path) -> tuple[str, tuple[str, ...]]:
     """(version, URLs) of the app shell; the version hashes every file the shell is made of."""
-    files = sorted([*_modules(static), static / "css" / "app.css",
+    files = sorted([*_modules(static), static / "css" / "theme.css", static / "css" / "app.css",
                     *(static / "icons").glob("*.png")])
     digest = hashlib.sha256()
     for path in [*files, static / "manifest.webmanifest", templates / "base.html",
-                 templates / "capture" / "index.html", templates / "capture" / "sw.js"]:
+                 templates / "partials" / "header.html", templates / "capture" / "index.html",
+                 templates / "capture" / "sw.js"]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
     urls = ["/", "/manifest.webmanifest",
             *(f"/static/{p.relative_to(static).as_posix()}" for p in files)]

@@ -24,6 +24,7 @@ import {
   rememberPatient,
 } from "./identify.js";
 import { renderReview, showProgress } from "./review.js";
+import { showUser } from "./shell.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
 import * as store from "./store.js";
 import {
@@ -126,8 +127,7 @@ function showLogin(message) {
   state.launch = null;
   stopCameras();
   clearPatientViews();
-  byId("logout").hidden = true;
-  byId("who").textContent = "";
+  showUser(null);
   say(byId("login-error"), message);
   showScreen("login");
 }
@@ -161,8 +161,7 @@ async function launchContext() {
 async function enter(me, launch) {
   state.me = me;
   state.launch = launch;
-  byId("who").textContent = me.user;
-  byId("logout").hidden = false;
+  showUser(me);
   byId("role-warning").hidden = me.role !== "view";
   byId("start").disabled = me.role === "view";
   byId("start-emergency").disabled = me.role === "view";

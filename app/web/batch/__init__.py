@@ -64,9 +64,10 @@ def _no_store(body: dict[str, Any], status: int = 200) -> tuple[Response, int]:
 
 @page.get("/batch")
 def batch_page() -> Response:
-    """The batch page's shell (no PHI: everything comes from the API after login)."""
+    """The batch page's shell (no PHI: everything comes from the API after login); not stored,
+    as its header names the user and holds the session's CSRF token."""
     response = Response(render_template("batch/index.html"))
-    response.headers["Cache-Control"] = "no-cache"
+    response.headers["Cache-Control"] = "no-store"
     return response
 
 

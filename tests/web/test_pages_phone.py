@@ -1,0 +1,302 @@
+"""Every page at phone size (a Pixel 7, 390×844) in Debian's Chromium, light and dark: nothing
+wider than the screen, every control a tap target of at least 44×44 px, axe-core finding no
+serious or critical violation, the app bar with the user and Log out on every logged-in page,
+the links of the user's role, a way back from the viewer, human times on the admin pages.
+
+The pages are served under the CSP of a deployment; only axe runs in a context that bypasses it
+(axe is injected as a script). Screenshots go to tests/.artifacts/phone-<page>-<scheme>.png.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from tests.conftest import (
+    ARTIFACTS,
+    CHARTS,
+    PASSWORD,
+    PHONE,
+    REPO,
+    Browser,
+    log_in,
+    served_as_deployed,
+)
+from tests.viewer.conftest import CHART, photo, upload_study
+
+AXE = REPO / "tests" / ".node" / "node_modules" / "axe-core" / "axe.min.js"
+SCHEMES = ("light", "dark")
+
+TAP_TARGETS = """() => {
+  const shown = (el) => el.getClientRects().length > 0
+    && getComputedStyle(el).visibility !== "hidden";
+  const tapped = (el) => {
+    // a radio, a check box or a visually hidden file input is tapped through its label
+    const small = el.type === "radio" || el.type === "checkbox" || el.type === "file";
+    return small ? (el.closest("label") || document.querySelector(`label[for="${el.id}"]`)) : el;
+  };
+  const out = [];
+  const controls = "a[href], button, input:not([type=hidden]), select, textarea, summary";
+  for (const el of document.querySelectorAll(controls)) {
+    const target = tapped(el);
+    if (!target || !shown(el) && !shown(target)) continue;
+    const box = target.getBoundingClientRect();
+    if (box.width < 44 || box.height < 44) {
+      const size = `${Math.round(box.width)}x${Math.round(box.height)}`;
+      out.push(`${el.outerHTML.slice(0, 90)} is ${size}`);
+    }
+  }
+  return out;
+}"""
+
+BACKGROUND_LUMINANCE = """() => {
+  const [r, g, b] = getComputedStyle(document.documentElement).backgroundColor
+    .match(/[\\d.]+/g).slice(0, 3).map((v) => { const c = v / 255;
+      return c <= 0.04045 ? c / 12.92 : ((c + 0.055) / 1.055) ** 2.4; });
+  return 0.2126 * r + 0.7152 * g + 0.0722 * b;
+}"""
+
+AXE_RUN = """async () => {
+  const result = await axe.run(document, { resultTypes: ["violations"] });
+  return result.violations.filter((v) => ["serious", "critical"].includes(v.impact))
+    .map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+}"""
+
+
+@dataclass(frozen=True)
+class PageSpec:
+    """One page to check: where, as whom, what shows that it is ready, and what to do first."""
+
+    name: str
+    path: str
+    role: str | None
+    ready: str
+    act: Callable[[Any], None] | None = None
+
+
+def _add_photo_to_batch(page: Any) -> None:
+    """Send one photo, so that the review with the "add a patient by MRN" row shows."""
+    page.set_input_files("#files", str(CHARTS / CHART))
+    page.wait_for_selector("#review:not([hidden])", timeout=60_000)
+
+
+def _start_capture(page: Any) -> None:
+    """Go on to the capture app's "identify the patient" screen (no camera here)."""
+    page.click("#start")
+    page.wait_for_selector("#screen-identify:not([hidden])")
+
+
+@pytest.fixture(scope="module")
+def axe_script() -> Path:
+    """axe.min.js from npm, installed by ``make axe`` when missing."""
+    if not AXE.exists():
+        subprocess.run(["make", "-C", str(REPO), "axe"], check=True, capture_output=True)
+    return AXE
+
+
+@pytest.fixture
+def app_overrides(tmp_path: Path) -> dict[str, object]:
+    """A PACS destination (never reached: deliveries stay queued for the admin page to list);
+    an EMR allowed to launch the app (never asked: the launch page is shown unlaunched); no
+    colour step (the photos are only shown)."""
+    config = tmp_path / "destinations.json"
+    config.write_text(json.dumps({"destinations": [
+        {"name": "pacs", "type": "stow-rs", "url": "http://127.0.0.1:9/dicomweb"}]}))
+    return {"color_normalization": False, "destinations_file": config, "emr_notifiers": "",
+            "smart_issuers": json.dumps({"http://127.0.0.1:9/fhir": {"client_id": "ebiw"}})}
+
+
+@dataclass(frozen=True)
+class Site:
+    """The served app: its base URL, a stored study, the user name of each role."""
+
+    url: str
+    study_uid: str
+    users: dict[str, str]
+
+
+@pytest.fixture
+def site(app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+         users: dict[str, str]) -> Iterator[Site]:
+    """The app as deployed, with one study of the chart photo stored."""
+    with served_as_deployed(app) as (url, _):
+        study = upload_study(client, auth["capture"], [photo(CHART)])
+        yield Site(url, study.study_uid, users)
+
+
+def pages(site: Site) -> list[PageSpec]:
+    """Every HTML page of the app, as the role that uses it (None: logged out)."""
+    return [
+        PageSpec("login", "/login", None, "#plain-username"),
+        PageSpec("capture-login", "/", None, "#screen-login:not([hidden])"),
+        PageSpec("capture-home", "/", "capture", "#screen-home:not([hidden])"),
+        PageSpec("capture-identify", "/", "capture", "#screen-home:not([hidden])",
+                 _start_capture),
+        PageSpec("batch", "/batch", "capture", "#batch:not([hidden])", _add_photo_to_batch),
+        PageSpec("viewer", f"/studies/{site.study_uid}", "view", "body[data-ready=true]"),
+        PageSpec("launch-patient", "/launch/patient", "view", "#message:not([hidden])"),
+        PageSpec("deliveries", "/admin/deliveries", "admin", "main h1"),
+        PageSpec("audit", "/admin/audit", "admin", "main h1"),
+        PageSpec("exports", "/admin/exports", "admin", "main h1"),
+        PageSpec("error-404", "/no/such/page", "admin", "main h1"),
+        PageSpec("error-401", "/admin/audit", None, "main h1"),
+    ]
+
+
+def _log_in(browser: Any, url: str, username: str) -> dict[str, Any]:
+    """The browser state with the session cookie of ``username`` (logged in as the capture
+    app does, with JSON)."""
+    context = browser.new_context(**PHONE)
+    answer = context.request.post(f"{url}/login",
+                                  data={"username": username, "password": PASSWORD})
+    assert answer.ok, answer.text()
+    state = context.storage_state()
+    context.close()
+    return state
+
+
+def _check(browser: Any, site: Site, spec: PageSpec, state: dict[str, Any] | None,
+           scheme: str, axe: Path) -> dict[str, Any]:
+    """Open the page under its CSP and measure it, screenshot it, then run axe on it in a
+    context that bypasses the CSP."""
+    context = browser.new_context(**PHONE, color_scheme=scheme, storage_state=state)
+    page = context.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.on("console", lambda message: errors.append(message.text)  # e.g. a CSP violation
+            if message.type == "error" and "Failed to load resource" not in message.text
+            else None)
+    page.goto(f"{site.url}{spec.path}")
+    page.wait_for_selector(spec.ready, timeout=30_000)
+    if spec.act:
+        spec.act(page)
+    page.wait_for_timeout(200)
+    seen = {
+        "width": page.evaluate("document.documentElement.scrollWidth"),
+        "small": page.evaluate(TAP_TARGETS),
+        "luminance": page.evaluate(BACKGROUND_LUMINANCE),
+        "who": page.locator(".appbar #who").text_content() if page.locator(
+            ".appbar #who").count() else None,
+        "logout": page.locator(".appbar #logout").is_visible(),
+        "nav": page.locator(".appnav li:visible").all_text_contents(),
+        "back": page.locator(".back").get_attribute("href") if page.locator(".back").count()
+        else None,
+        "times": page.locator("time[datetime]").all_text_contents(),
+        "manual": page.evaluate("""() => [...document.querySelectorAll(
+          "#manual-form > :not(h3)")].map((e) => { const b = e.getBoundingClientRect();
+          return [Math.round(b.left), Math.round(b.right)]; })"""),
+        "text": page.locator("body").inner_text(),
+        "errors": errors,
+    }
+    page.screenshot(path=str(ARTIFACTS / f"phone-{spec.name}-{scheme}.png"), full_page=True)
+    context.close()
+
+    context = browser.new_context(**PHONE, color_scheme=scheme, storage_state=state,
+                                  bypass_csp=True)
+    page = context.new_page()
+    page.goto(f"{site.url}{spec.path}")
+    page.wait_for_selector(spec.ready, timeout=30_000)
+    if spec.act:
+        spec.act(page)
+    page.add_script_tag(path=str(axe))
+    seen["axe"] = page.evaluate(AXE_RUN)
+    context.close()
+    return seen
+
+
+def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
+        site: Site, chromium: Browser, axe_script: Path) -> None:
+    specs = pages(site)
+
+    def scenario(browser: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        states = {role: _log_in(browser, site.url, user) for role, user in site.users.items()}
+        return {(spec.name, scheme): _check(browser, site, spec,
+                                            states[spec.role] if spec.role else None, scheme,
+                                            axe_script)
+                for scheme in SCHEMES for spec in specs}
+
+    seen = chromium.run(scenario)
+    problems = []
+    for (name, scheme), page in seen.items():
+        spec = next(s for s in specs if s.name == name)
+        where = f"{name} ({scheme})"
+        if page["width"] > 390:
+            problems.append(f"{where}: {page['width']} px wide")
+        problems += [f"{where}: {small}" for small in page["small"]]
+        problems += [f"{where}: axe {violation}" for violation in page["axe"]]
+        problems += [f"{where}: page error {error}" for error in page["errors"]]
+        dark = page["luminance"] < 0.05
+        if dark != (scheme == "dark"):
+            problems.append(f"{where}: background luminance {page['luminance']:.2f}")
+        if spec.role:
+            if page["who"] != site.users[spec.role] or not page["logout"]:
+                problems.append(f"{where}: app bar shows {page['who']!r}, "
+                                f"log out {page['logout']}")
+        elif page["logout"]:
+            problems.append(f"{where}: Log out shown without a login")
+    assert problems == []
+
+    light = {name: page for (name, scheme), page in seen.items() if scheme == "light"}
+    assert light["capture-home"]["nav"] == ["Capture", "Batch"]
+    assert light["batch"]["nav"] == ["Capture", "Batch"]
+    assert light["viewer"]["nav"] == ["Capture"]
+    assert light["deliveries"]["nav"] == ["Capture", "Batch", "Deliveries", "Audit", "Exports"]
+    assert light["login"]["nav"] == [] and light["capture-login"]["nav"] == []
+    assert light["viewer"]["back"] == "/"
+    for name in ("audit", "deliveries"):
+        assert light[name]["times"], name
+        assert not re.search(r"\d\d:\d\d:\d\d\.\d{3}", light[name]["text"]), name
+        assert all(re.search(r"\b20\d\d\b", t) and "T" not in t for t in light[name]["times"])
+    # the "add a patient by MRN" row: labels, fields and Add stacked, all edges aligned
+    assert len(light["batch"]["manual"]) == 5
+    assert len({tuple(edges) for edges in light["batch"]["manual"]}) == 1
+
+
+def test_log_out_from_the_app_bar_of_a_server_page(site: Site, chromium: Browser) -> None:
+    def scenario(browser: Any) -> tuple[str, int]:
+        context = browser.new_context(**PHONE, storage_state=_log_in(
+            browser, site.url, site.users["admin"]))
+        page = context.new_page()
+        page.goto(f"{site.url}/admin/audit")
+        page.click(".appbar #logout")
+        page.wait_for_url(f"{site.url}/login")
+        me = context.request.get(f"{site.url}/api/v1/me").status
+        header = page.locator(".appbar").inner_text()
+        context.close()
+        return header, me
+
+    header, me = chromium.run(scenario)
+    assert me == 401  # the session ended on the server
+    assert header.strip() == "Wound photos"  # nobody, no links
+
+
+def test_the_cached_capture_page_names_nobody_and_the_others_log_out_by_form(
+        client: FlaskClient, users: dict[str, str]) -> None:
+    token = log_in(client, users["capture"])
+    shell = client.get("/").get_data(as_text=True)
+    assert users["capture"] not in shell and token not in shell  # cached for everyone
+    assert 'data-roles="capture"' in shell  # the links, for shell.js to show by role
+    batch = client.get("/batch")
+    assert batch.headers["Cache-Control"] == "no-store"
+    html = batch.get_data(as_text=True)
+    assert f'<span id="who">{users["capture"]}</span>' in html
+    assert f'name="csrf_token" value="{token}"' in html
+    assert 'href="/admin/audit"' not in html  # an admin's link, not a capture user's
+    # a form post from our no-referrer pages: Chromium sends Origin: null, same-origin
+    posted = {"Origin": "null", "Sec-Fetch-Site": "same-origin"}
+    assert client.post("/logout", data={"csrf_token": token}, headers={
+        **posted, "Sec-Fetch-Site": "cross-site"}).status_code == 403
+    assert client.post("/logout", data={"csrf_token": token},
+                       headers={"Origin": "null"}).status_code == 403
+    out = client.post("/logout", data={"csrf_token": token}, headers=posted)
+    assert (out.status_code, out.headers["Location"]) == (303, "/login")
+    assert client.get("/api/v1/me").status_code == 401
