@@ -108,9 +108,12 @@ def cameras(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
             "wristband": write_y4m(WRISTBAND_PHOTO, (1280, 960), folder / "wristband.y4m")}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="package")
 def browsers(cameras: dict[str, Path]) -> Iterator[Callable[[str], Any]]:
-    """``browsers("chart")``: a headless Chromium whose camera shows that photo (one per kind)."""
+    """``browsers("chart")``: a headless Chromium whose camera shows that photo (one per kind).
+
+    Package-scoped: Playwright's sync API owns this thread's event loop while it runs, so it
+    must stop before other packages' browser tests start their own."""
     if not CHROMIUM.exists():
         pytest.skip("the e2e tests need Debian's chromium at /usr/bin/chromium")
     from playwright.sync_api import sync_playwright
