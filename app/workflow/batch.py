@@ -44,6 +44,7 @@ from app.db.session import Database
 from app.durable import write_durably
 from app.gateways.patients import Directories, PatientRecord
 from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, probe
+from app.pipeline.dicom import values
 from app.pipeline.identify import Barcode, read_label_barcodes
 from app.pipeline.slipsheet import Frame, Identity, assign, capture_order, label_area
 from app.pipeline.wristband import NoWristbandRuleMatched, Rule, WristbandId, parse_wristband
@@ -58,7 +59,7 @@ from app.workflow.intake import (
     PhotoWork,
     SessionRequest,
     UnreadablePhoto,
-    check_short_texts,
+    refusing_invalid_values,
 )
 
 log = logging.getLogger(__name__)
@@ -234,9 +235,11 @@ class Batches:
         Returns (batch, created); the id of another user's batch is a :class:`Conflict`.
         """
         batch_id = _uuid(batch_id, "id") if batch_id else str(uuid.uuid4())
-        check_short_texts((department, "department"),
-                          *(((patient[0], "patient id"), (patient[1], "issuer"))
-                            if patient else ()))
+        with refusing_invalid_values():
+            department = values.text(department, "department")
+            if patient:
+                patient = (values.text(patient[0], "patient id", required=True),
+                           values.text(patient[1], "issuer", required=True))
         try:
             with self.db.session() as db:
                 existing = db.get(Batch, batch_id)
@@ -581,12 +584,11 @@ class Batches:
         """A group for a patient entered by hand (photos are then moved into it); the id of
         the batch's group for that identifier when there is one already."""
         batch = self._batch(batch_id, owner)
-        check_short_texts((mrn, "mrn"), (issuer, "issuer"))
-        if mrn is None:
-            raise InvalidRequest("mrn is required")
+        with refusing_invalid_values():
+            wid = WristbandId(values.text(mrn, "mrn", required=True),
+                              values.text(issuer, "issuer"), None, "manual")
         with self.db.session() as db:
-            return self._ensure_group(db, batch.id, WristbandId(mrn, issuer, None, "manual"),
-                                      MANUAL)
+            return self._ensure_group(db, batch.id, wid, MANUAL)
 
     # --- confirmation ----------------------------------------------------------------------
 
@@ -668,12 +670,14 @@ class Batches:
                 raise InvalidRequest("choose the patient: the label matched "
                                      f"{len(candidates)} patients")
         else:
-            if not isinstance(wanted, dict) or not isinstance(wanted.get("mrn"), str):
+            if not isinstance(wanted, dict):
                 raise InvalidRequest("patient must be an object with mrn and issuer")
-            key = (wanted.get("mrn"), wanted.get("issuer"))
+            with refusing_invalid_values():
+                key = (values.text(wanted.get("mrn"), "patient.mrn", required=True),
+                       values.text(wanted.get("issuer"), "patient.issuer"))
             chosen = next((c for c in candidates if (c["mrn"], c["issuer"]) == key), None)
             if chosen is None:
-                answer = self._ask_directories(key[0], key[1] or None, MANUAL)
+                answer = self._ask_directories(*key, MANUAL)
                 if answer["status"] == "unavailable":
                     raise Conflict("the patient directory is unavailable: try again later")
                 if answer["status"] != "matched":

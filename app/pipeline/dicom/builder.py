@@ -21,6 +21,7 @@ from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, JPEGBaseline8Bit
 
 from app.pipeline.decode import PreparedPhoto
 from app.pipeline.dicom.codes import SNOMED, BodySite
+from app.pipeline.dicom.values import da, dt, tm
 
 VL_PHOTOGRAPHIC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.4"
 MODALITY = "XC"
@@ -101,19 +102,6 @@ def srgb_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-def _da(value: date) -> str:
-    return value.strftime("%Y%m%d")
-
-
-def _tm(value: datetime) -> str:
-    text = value.strftime("%H%M%S")
-    return f"{text}.{value.microsecond:06d}" if value.microsecond else text
-
-
-def _dt(value: datetime) -> str:
-    return value.strftime("%Y%m%d") + _tm(value) + value.strftime("%z")
-
-
 def _request_attributes(study: StudyInfo) -> Dataset:
     """General Series' Request Attributes Sequence item: the worklist step this fulfils, so a
     PACS or RIS can match the images to the order (PS3.3 Request Attributes Macro)."""
@@ -162,14 +150,14 @@ def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
     started = study.started
     acquired = info.acquired
     content = acquired or started
-    ds.StudyDate = _da(started)
-    ds.SeriesDate = _da(started)
-    ds.ContentDate = _da(content)
-    ds.StudyTime = _tm(started)
-    ds.SeriesTime = _tm(started)
-    ds.ContentTime = _tm(content)
+    ds.StudyDate = da(started)
+    ds.SeriesDate = da(started)
+    ds.ContentDate = da(content)
+    ds.StudyTime = tm(started)
+    ds.SeriesTime = tm(started)
+    ds.ContentTime = tm(content)
     if acquired is not None:
-        ds.AcquisitionDateTime = _dt(acquired)
+        ds.AcquisitionDateTime = dt(acquired)
     ds.AccessionNumber = study.accession_number
     ds.Modality = MODALITY
     ds.Manufacturer = info.make or ""
@@ -199,7 +187,7 @@ def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
     ds.PatientName = patient.name or ""
     ds.PatientID = patient.id
     ds.IssuerOfPatientID = patient.issuer
-    ds.PatientBirthDate = _da(patient.birth_date) if patient.birth_date else ""
+    ds.PatientBirthDate = da(patient.birth_date) if patient.birth_date else ""
     ds.PatientSex = patient.sex or ""
     ds.SoftwareVersions = [v for v in (SOFTWARE_VERSION, info.software) if v]
     ds.StudyInstanceUID = study.uid

@@ -47,6 +47,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
 from app.pipeline.dicom.builder import IMPLEMENTATION_VERSION_NAME
+from app.pipeline.dicom.values import da
 
 DCM = "DCM"
 BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
@@ -158,8 +159,7 @@ def inspect(data: bytes) -> Screening:
 
 
 def _shift_date(value: str, days: int) -> str:
-    return (datetime.strptime(value[:8], "%Y%m%d").date() - timedelta(days=days)) \
-        .strftime("%Y%m%d")
+    return da(datetime.strptime(value[:8], "%Y%m%d").date() - timedelta(days=days))
 
 
 def _shift_datetime(value: str, days: int) -> str:
