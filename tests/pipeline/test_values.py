@@ -75,7 +75,7 @@ def test_uids(value: str | None, ok: bool) -> None:
     if ok:
         assert values.uid(value, "study_instance_uid") == value
     else:
-        with pytest.raises(InvalidValue, match="^study_instance_uid must be a DICOM UID$"):
+        with pytest.raises(InvalidValue, match=r"^study_instance_uid must be a DICOM UID$"):
             values.uid(value, "study_instance_uid")
 
 
