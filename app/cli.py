@@ -405,7 +405,7 @@ def patients() -> None:
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--issuer", callback=_LO_OPTION,
               help="Issuer of Patient ID for patients whose file names none "
-                               "(default: EBIW_DEFAULT_ISSUER)")
+                   "(default: EBIW_DEFAULT_ISSUER)")
 def patients_import(files: tuple[str, ...], issuer: str | None) -> None:
     """Import FHIR R4 Bundles (JSON) or CSV files into the local patient index.
 

@@ -241,7 +241,7 @@ def deidentify(data: bytes, pseudonyms: Pseudonyms, *, retain_dates: bool) -> De
                                   "Retain Long. Full Dates" if retain_dates
                                   else "Retain Long. Modified Dates"]
     out.DeidentificationMethodCodeSequence = Sequence([code_item(BASIC_PROFILE[0], DCM,
-                                                                  BASIC_PROFILE[1]),
+                                                                 BASIC_PROFILE[1]),
                                                        code_item(option[0], DCM, option[1])])
     out.LongitudinalTemporalInformationModified = "UNMODIFIED" if retain_dates else "MODIFIED"
     out.file_meta = file_meta(out.SOPClassUID, out.SOPInstanceUID,
