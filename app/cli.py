@@ -25,6 +25,7 @@ from app.durable import write_durably
 from app.factory import create_app
 from app.gateways.patients import ImportFormatError
 from app.pipeline.decode import UnreadablePhotoError, prepare_for_dicom
+from app.pipeline.dicom import values
 from app.pipeline.dicom.builder import (
     InstanceInfo,
     PatientInfo,
@@ -34,6 +35,7 @@ from app.pipeline.dicom.builder import (
 )
 from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
+from app.pipeline.dicom.values import InvalidValue
 from app.settings import Settings
 from app.workflow import accounts, audit, delivery
 from app.workflow.accounts import AccountError, create_user
@@ -304,6 +306,25 @@ def _birth_date(_ctx: click.Context, _param: click.Parameter, value: str | None)
         raise click.BadParameter("use YYYYMMDD") from exc
 
 
+def _dicom_value(check: Callable[..., str | None],
+                 ) -> Callable[[click.Context, click.Parameter, str | None], str | None]:
+    """An option callback: the value as ``check`` (a rule of :mod:`app.pipeline.dicom.values`)
+    takes it, stripped (a required option may not be blank); a usage error naming the option
+    when the attribute cannot hold it."""
+    def callback(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            return check(value, param.opts[0], required=param.required)
+        except InvalidValue as exc:
+            raise click.BadParameter(exc.requirement) from exc
+    return callback
+
+
+_LO_OPTION = _dicom_value(values.text)
+_PN_OPTION = _dicom_value(values.person_name)
+
+
 def _site(_ctx: click.Context, _param: click.Parameter, value: str | None) -> str | None:
     if value is not None and value not in body_sites():
         raise click.BadParameter("not a SNOMED CT code from the body-site table")
@@ -312,9 +333,9 @@ def _site(_ctx: click.Context, _param: click.Parameter, value: str | None) -> st
 
 @cli.command(with_appcontext=False)
 @click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--patient-id", required=True)
-@click.option("--issuer", required=True)
-@click.option("--name", help="FAMILY^GIVEN")
+@click.option("--patient-id", required=True, callback=_LO_OPTION)
+@click.option("--issuer", required=True, callback=_LO_OPTION)
+@click.option("--name", callback=_PN_OPTION, help="FAMILY^GIVEN")
 @click.option("--birth-date", callback=_birth_date, help="YYYYMMDD")
 @click.option("--sex", type=click.Choice(["F", "M", "O"]))
 @click.option("--body-site", "site_code", callback=_site, help="SNOMED CT code")
@@ -382,8 +403,9 @@ def patients() -> None:
 
 @patients.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--issuer", help="Issuer of Patient ID for patients whose file names none "
-                               "(default: EBIW_DEFAULT_ISSUER)")
+@click.option("--issuer", callback=_LO_OPTION,
+              help="Issuer of Patient ID for patients whose file names none "
+                   "(default: EBIW_DEFAULT_ISSUER)")
 def patients_import(files: tuple[str, ...], issuer: str | None) -> None:
     """Import FHIR R4 Bundles (JSON) or CSV files into the local patient index.
 
@@ -430,9 +452,11 @@ def _import_inputs(paths: tuple[str, ...]) -> list[Path]:
 
 @cli.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--patient-id", help="Every photo is this patient's (no barcode sorting).")
-@click.option("--issuer", help="Issuer of Patient ID of --patient-id.")
-@click.option("--department", help="Institutional Department Name of the studies.")
+@click.option("--patient-id", callback=_LO_OPTION,
+              help="Every photo is this patient's (no barcode sorting).")
+@click.option("--issuer", callback=_LO_OPTION, help="Issuer of Patient ID of --patient-id.")
+@click.option("--department", callback=_LO_OPTION,
+              help="Institutional Department Name of the studies.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),
               help="Write a JSON report of every file here.")
 def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str | None,

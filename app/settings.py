@@ -75,7 +75,7 @@ class Settings:
     # peak memory per worker is about this many photos' frames.
     pixel_jobs: int = 1
     destinations_file: Path | None = None  # PACS destinations and routing (JSON or TOML)
-    # Batch import (app/workflow/batch.py; README "Batch import")
+    # Batch import (app/workflow/batch/; README "Batch import")
     batch_label_photos: str = "keep"  # keep: label frames stored in their own series; drop
     batch_label_min_area: float = 0.02  # barcode area / frame area from which a frame is a label
     batch_hold_hours: int = 72  # `ebiw batch purge`: discard held photos of batches idle this long

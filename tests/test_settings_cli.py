@@ -87,6 +87,30 @@ def test_cli_dicomize_prints_one_json_line_per_file(tmp_path: Path) -> None:
                                                     "PNG, HEIC, TIFF or WebP)"}
 
 
+@pytest.mark.parametrize(("args", "option"), [
+    (("dicomize", "x.jpg", "--patient-id", "0012\t3456", "--issuer", "HOSP", "--out", "o"),
+     "--patient-id"),
+    (("dicomize", "x.jpg", "--patient-id", "1", "--issuer", "HOSP\\A", "--out", "o"),
+     "--issuer"),
+    (("dicomize", "x.jpg", "--patient-id", "1", "--issuer", "HOSP", "--name", "A" * 65,
+      "--out", "o"), "--name"),
+    (("import", "x.jpg", "--patient-id", "0012\t3456", "--issuer", "HOSP"), "--patient-id"),
+    (("import", "x.jpg", "--department", "Wound\x07care"), "--department"),
+    (("patients", "import", "x.csv", "--issuer", "I" * 65), "--issuer"),
+    (("dicomize", "x.jpg", "--patient-id", " ", "--issuer", "HOSP", "--out", "o"),
+     "--patient-id"),
+])
+def test_cli_refuses_values_dicom_cannot_hold_naming_the_option(
+        tmp_path: Path, args: tuple[str, ...], option: str) -> None:
+    """Identifiers given on the command line obey the rules of the attributes they become
+    (they used to reach the DICOM object, or fail later about a field nobody had typed)."""
+    proc = ebiw(*args, data_dir=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert (f"Invalid value for '{option}': must be" in proc.stderr
+            or f"Invalid value for '{option}': is required" in proc.stderr), proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_cli_token_demo_and_db(tmp_path: Path) -> None:
     assert ebiw("db", "upgrade", data_dir=tmp_path).returncode == 0
     demo = ebiw("demo", data_dir=tmp_path)

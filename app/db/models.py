@@ -180,7 +180,7 @@ class Instance(Base):
 
 
 # --- Batch import: photos held in staging until their patient group is confirmed -----------
-# (app/workflow/batch.py; README "Batch import")
+# (app/workflow/batch/; README "Batch import")
 
 
 class Batch(Base):

@@ -18,6 +18,7 @@ from app.db.session import Database
 from app.gateways.patients import Directories, PatientRecord, build_directories
 from app.gateways.patients.local import ImportCounts, LocalIndex, read_import_file
 from app.pipeline.decode import UnreadablePhotoError
+from app.pipeline.dicom import values
 from app.pipeline.identify import Barcode, read_barcodes
 from app.pipeline.wristband import NoWristbandRuleMatched, Rule, WristbandId, parse_wristband
 from app.settings import Settings
@@ -25,7 +26,7 @@ from app.workflow.intake import (
     IntakeError,
     InvalidRequest,
     UnreadablePhoto,
-    check_short_texts,
+    refusing_invalid_values,
 )
 
 log = logging.getLogger(__name__)
@@ -171,9 +172,8 @@ class Identifier:
 
     def search(self, mrn: Any, issuer: Any = None) -> IdentifyResult:
         """Look up an MRN entered by hand (method ``manual``; no wristband rule involved)."""
-        check_short_texts((mrn, "mrn"), (issuer, "issuer"))
-        if mrn is None:
-            raise InvalidRequest("mrn is required")
+        with refusing_invalid_values():
+            mrn, issuer = values.text(mrn, "mrn", required=True), values.text(issuer, "issuer")
         lookup = self.directories.find(mrn, issuer)
         matches = tuple(Match(p, None, _evidence(None, p, issuer is not None))
                         for p in lookup.patients)

@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 import threading
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
@@ -26,6 +27,7 @@ from app.gateways.archive import Archive, ArchiveConflictError, InstanceKey
 from app.gateways.registry import Registry
 from app.pipeline.color import ColorOutcome, normalize_photo
 from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, prepare_for_dicom
+from app.pipeline.dicom import values
 from app.pipeline.dicom.builder import (
     VL_PHOTOGRAPHIC_IMAGE_STORAGE,
     Derivation,
@@ -37,6 +39,7 @@ from app.pipeline.dicom.builder import (
 )
 from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
+from app.pipeline.dicom.values import InvalidValue
 from app.settings import Settings
 from app.workflow.delivery import Outbox
 
@@ -50,6 +53,9 @@ IDENTIFICATION_METHODS = ("wristband", "scanned", "typed", "worklist", "emr-laun
 """How a session's patient was identified: photo of the wristband, the device's barcode scanner,
 typed identifier, chosen from the worklist, launched from the EMR, entered by hand."""
 MAX_EVIDENCE_CHARS = 4096
+MAX_DESCRIPTION_CHARS = 36
+"""A session's description (the view, e.g. close-up) is added to the Series Description (LO)
+after the series' own words, so it is kept shorter than an LO."""
 
 
 class IntakeError(Exception):
@@ -79,27 +85,14 @@ class UnreadablePhoto(IntakeError):
     status, code = 422, "unreadable_photo"
 
 
-_LO_TEXT = re.compile(r"^[^\\\x00-\x1f]{1,64}$")  # DICOM LO: no backslash, no control chars
-
-
-def _text(value: Any, name: str, *, required: bool = False, max_len: int = 64) -> str | None:
-    if value is None or value == "":
-        if required:
-            raise InvalidRequest(f"{name} is required")
-        return None
-    if not isinstance(value, str) or len(value) > max_len or not _LO_TEXT.match(value[:64]):
-        raise InvalidRequest(f"{name} must be text of at most {max_len} characters "
-                             "without backslashes or control characters")
-    return value.strip()
-
-
-def check_short_texts(*fields: tuple[Any, str]) -> None:
-    """Each (value, name): None, or text of 1 to 64 characters without a backslash (an MRN,
-    issuer or department as the directories and DICOM LO take it); else InvalidRequest."""
-    for value, name in fields:
-        if value is not None and (not isinstance(value, str) or not 0 < len(value) <= 64
-                                  or "\\" in value):
-            raise InvalidRequest(f"{name} must be text of 1 to 64 characters")
+@contextmanager
+def refusing_invalid_values() -> Iterator[None]:
+    """Inside, a value a DICOM attribute cannot hold (:class:`InvalidValue`) is refused as
+    :class:`InvalidRequest` (422), naming the field as the caller named it."""
+    try:
+        yield
+    except InvalidValue as exc:
+        raise InvalidRequest(str(exc)) from exc
 
 
 def _uuid(value: Any, name: str) -> str:
@@ -107,10 +100,6 @@ def _uuid(value: Any, name: str) -> str:
         return str(uuid.UUID(str(value)))
     except ValueError as exc:
         raise InvalidRequest(f"{name} must be a UUID") from exc
-
-
-_UID = re.compile(r"^(0|[1-9][0-9]*)(\.(0|[1-9][0-9]*))+$")
-_SH_TEXT = re.compile(r"^[^\\\x00-\x1f]{0,16}$")  # DICOM SH (may be empty)
 
 
 @dataclass(frozen=True)
@@ -152,21 +141,18 @@ class WorklistContext:
             return None
         if not isinstance(value, dict):
             raise InvalidRequest("worklist_item must be an object")
-        uid = value.get("study_instance_uid")
-        if not isinstance(uid, str) or len(uid) > 64 or not _UID.match(uid):
-            raise InvalidRequest("worklist_item.study_instance_uid must be a DICOM UID")
-        short = {}
-        for key in ("accession_number", "requested_procedure_id", "scheduled_step_id"):
-            item = value.get(key) or ""
-            if not isinstance(item, str) or not _SH_TEXT.match(item):
-                raise InvalidRequest(f"worklist_item.{key} must be at most 16 characters")
-            short[key] = item
-        return cls(study_uid=uid, accession_number=short["accession_number"],
-                   requested_procedure_id=short["requested_procedure_id"] or None,
-                   requested_procedure_description=_text(
-                       value.get("requested_procedure_description"),
-                       "worklist_item.requested_procedure_description"),
-                   scheduled_step_id=short["scheduled_step_id"] or None)
+        with refusing_invalid_values():
+            short = {key: values.text(value.get(key), f"worklist_item.{key}", values.SH)
+                     for key in ("accession_number", "requested_procedure_id",
+                                 "scheduled_step_id")}
+            return cls(study_uid=values.uid(value.get("study_instance_uid"),
+                                            "worklist_item.study_instance_uid"),
+                       accession_number=short["accession_number"] or "",
+                       requested_procedure_id=short["requested_procedure_id"],
+                       requested_procedure_description=values.text(
+                           value.get("requested_procedure_description"),
+                           "worklist_item.requested_procedure_description"),
+                       scheduled_step_id=short["scheduled_step_id"])
 
 
 @dataclass(frozen=True)
@@ -227,21 +213,23 @@ class SessionRequest:
         identification = Identification.from_json(body.get("identification"))
         if identification is None and worklist is not None:
             identification = Identification("worklist", {})
-        name = _text(patient.get("name"), "patient.name", max_len=192)
-        return cls(
-            patient_id=_text(patient.get("id"), "patient.id", required=True) or "",
-            issuer=_text(patient.get("issuer"), "patient.issuer") or default_issuer,
-            name=name, birth_date=birth_date, sex=sex,
-            encounter=_text(body.get("encounter"), "encounter"),
-            body_site=site, laterality=laterality,
-            department=_text(body.get("department"), "department"),
-            source=source,
-            session_id=_uuid(body["id"], "id") if body.get("id") else str(uuid.uuid4()),
-            identification=identification, worklist=worklist,
-            consent=consent,
-            description=_text(body.get("description"), "description", max_len=36),
-            sensitive=sensitive or (site is not None and body_site(site).sensitive),
-        )
+        with refusing_invalid_values():
+            return cls(
+                patient_id=values.text(patient.get("id"), "patient.id", required=True),
+                issuer=values.text(patient.get("issuer"), "patient.issuer") or default_issuer,
+                name=values.person_name(patient.get("name"), "patient.name"),
+                birth_date=birth_date, sex=sex,
+                encounter=values.text(body.get("encounter"), "encounter"),
+                body_site=site, laterality=laterality,
+                department=values.text(body.get("department"), "department"),
+                source=source,
+                session_id=_uuid(body["id"], "id") if body.get("id") else str(uuid.uuid4()),
+                identification=identification, worklist=worklist,
+                consent=consent,
+                description=values.text(body.get("description"), "description",
+                                        max_chars=MAX_DESCRIPTION_CHARS),
+                sensitive=sensitive or (site is not None and body_site(site).sensitive),
+            )
 
 
 def _identification_row(request: SessionRequest) -> SessionIdentification | None:

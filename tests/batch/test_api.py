@@ -262,3 +262,25 @@ def test_idle_batches_are_purged_of_held_photos_only(
     assert gone.status_code == 404
     assert client.get(f"/api/v1/batches/{busy_id}", headers=capture).status_code == 200
     assert batches.purge_idle(timedelta(days=3)) == {}
+
+
+@pytest.mark.parametrize(("body", "field"), [
+    ({"mrn": "0012\t3456"}, "mrn"),
+    ({"mrn": "0012\\3456"}, "mrn"),
+    ({"mrn": "1" * 65}, "mrn"),
+    ({"mrn": "   "}, "mrn"),
+    ({"mrn": "00123456", "issuer": "HOSP\x7fA"}, "issuer"),
+])
+def test_a_group_identifier_dicom_cannot_hold_is_refused_naming_the_field_sent(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], body: dict,
+        field: str) -> None:
+    """The MRN of a group entered by hand obeys the rules of the Patient ID it becomes: it is
+    refused when the group is made, naming the field the batch user sent (it used to be taken,
+    and confirming the group then failed about a ``patient.id`` nobody had sent)."""
+    capture = auth["capture"]
+    batch_id = client.post("/api/v1/batches", json={}, headers=capture).get_json()["id"]
+    answer = client.post(f"/api/v1/batches/{batch_id}/groups", json=body, headers=capture)
+    assert answer.status_code == 422, answer.get_json()
+    message = answer.get_json()["error"]["message"]
+    assert message.startswith(f"{field} ") and "patient" not in message, message
+    assert rows(app, BatchGroup) == 0

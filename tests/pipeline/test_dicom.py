@@ -11,9 +11,11 @@ import numpy as np
 import pydicom
 import pytest
 from PIL import Image
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, JPEGBaseline8Bit
 
 from app.pipeline.decode import prepare_for_dicom
 from app.pipeline.dicom.builder import (
+    IMPLEMENTATION_VERSION_NAME,
     VL_PHOTOGRAPHIC_IMAGE_STORAGE,
     Derivation,
     InstanceInfo,
@@ -25,7 +27,8 @@ from app.pipeline.dicom.builder import (
     srgb_profile,
 )
 from app.pipeline.dicom.codes import body_site, body_sites
-from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
+from app.pipeline.dicom.deid import Pseudonyms, deidentify
+from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID, derived_uuid, uid_from_uuid
 from tests.conftest import CHARTS, dicom_validate
 
 PHOTOS = ["oycq_data_iphone.jpg", "jarrelscy_203438.jpg", "oycq_data_xiaomi.jpg",
@@ -185,3 +188,19 @@ def test_hand_encapsulation_reads_back_with_pydicom() -> None:
         assert value.endswith(b"\xfe\xff\xdd\xe0\x00\x00\x00\x00")  # sequence delimiter
         frames = list(pydicom.encaps.generate_frames(value, number_of_frames=1))
         assert frames[0].rstrip(b"\x00") == frame
+
+
+def test_builder_and_deidentification_write_one_file_meta_naming_ebiw_capture() -> None:
+    """Both writers' File Meta Information name the object, its transfer syntax and this
+    implementation (its own Implementation Class UID, not pydicom's)."""
+    data, _ = build("luimoli_d65.jpg")
+    anonymous = deidentify(data, Pseudonyms(b"k" * 32), retain_dates=False).data
+    for written in (data, anonymous):
+        ds = pydicom.dcmread(io.BytesIO(written))
+        meta = ds.file_meta
+        assert (meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID) == (
+            ds.SOPClassUID, ds.SOPInstanceUID)
+        assert meta.TransferSyntaxUID == JPEGBaseline8Bit
+        assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID != \
+            PYDICOM_IMPLEMENTATION_UID
+        assert meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME

@@ -15,14 +15,16 @@ from datetime import date, datetime
 from functools import cache
 
 from PIL import ImageCms
-from pydicom import Dataset
+from pydicom import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, JPEGBaseline8Bit
+from pydicom.uid import UID, JPEGBaseline8Bit, VLPhotographicImageStorage
 
-from app.pipeline.decode import PreparedPhoto
+from app.pipeline.decode import PhotoInfo, PreparedPhoto
 from app.pipeline.dicom.codes import SNOMED, BodySite
+from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID
+from app.pipeline.dicom.values import da, dt, tm
 
-VL_PHOTOGRAPHIC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.4"
+VL_PHOTOGRAPHIC_IMAGE_STORAGE = VLPhotographicImageStorage
 MODALITY = "XC"
 SOFTWARE_VERSION = "ebiw-capture 0.1"
 IMPLEMENTATION_VERSION_NAME = "EBIW_CAPTURE_01"
@@ -101,17 +103,63 @@ def srgb_profile() -> bytes:
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
 
 
-def _da(value: date) -> str:
-    return value.strftime("%Y%m%d")
+def code_item(code: str, scheme: str, meaning: str) -> Dataset:
+    """A Code Sequence item (PS3.3 Basic Code Sequence Macro): value, scheme, meaning."""
+    item = Dataset()
+    item.CodeValue = code
+    item.CodingSchemeDesignator = scheme
+    item.CodeMeaning = meaning
+    return item
 
 
-def _tm(value: datetime) -> str:
-    text = value.strftime("%H%M%S")
-    return f"{text}.{value.microsecond:06d}" if value.microsecond else text
+def _recognizable(series: SeriesInfo, instance: InstanceInfo) -> bool:
+    if instance.recognizable_visual_features is not None:
+        return instance.recognizable_visual_features
+    if series.body_site is None:
+        return True  # unknown site: say what is safest for privacy
+    return _RECOGNIZABLE.search(series.body_site.meaning.lower()) is not None
 
 
-def _dt(value: datetime) -> str:
-    return value.strftime("%Y%m%d") + _tm(value) + value.strftime("%z")
+def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: str, *,
+              implementation_uid: str = IMPLEMENTATION_CLASS_UID) -> FileMetaDataset:
+    """The File Meta Information of a Part 10 file we write (PS3.10 7.1): the object's SOP
+    Class and Instance, its transfer syntax, and this implementation's Class UID and Version
+    Name (pydicom adds the group length and version when saving)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = UID(sop_class_uid)
+    meta.MediaStorageSOPInstanceUID = UID(sop_instance_uid)
+    meta.TransferSyntaxUID = UID(transfer_syntax_uid)
+    meta.ImplementationClassUID = UID(implementation_uid)
+    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
+    return meta
+
+
+def _patient_module(ds: Dataset, patient: PatientInfo) -> None:
+    """Patient Module (PS3.3 C.7.1.1): name, ID and its issuer, birth date, sex (Type 2 ones
+    empty when unknown)."""
+    ds.PatientName = patient.name or ""
+    ds.PatientID = patient.id
+    ds.IssuerOfPatientID = patient.issuer
+    ds.PatientBirthDate = da(patient.birth_date) if patient.birth_date else ""
+    ds.PatientSex = patient.sex or ""
+
+
+def _general_study_module(ds: Dataset, study: StudyInfo) -> None:
+    """General Study Module (PS3.3 C.7.2.1): the session as a study; Study ID is the last 8
+    digits of the Study UID unless given."""
+    ds.StudyInstanceUID = study.uid
+    ds.StudyDate = da(study.started)
+    ds.StudyTime = tm(study.started)
+    ds.ReferringPhysicianName = study.referring_physician
+    ds.StudyID = study.study_id or study.uid.replace(".", "")[-8:]
+    ds.AccessionNumber = study.accession_number
+    ds.StudyDescription = study.description
+
+
+def _patient_study_module(ds: Dataset, study: StudyInfo) -> None:
+    """Patient Study Module (PS3.3 C.7.2.2): the encounter as Admission ID, when known."""
+    if study.admission_id:
+        ds.AdmissionID = study.admission_id
 
 
 def _request_attributes(study: StudyInfo) -> Dataset:
@@ -128,122 +176,147 @@ def _request_attributes(study: StudyInfo) -> Dataset:
     return item
 
 
-def _code_item(code: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue = code
-    item.CodingSchemeDesignator = scheme
-    item.CodeMeaning = meaning
-    return item
-
-
-def _recognizable(series: SeriesInfo, instance: InstanceInfo) -> bool:
-    if instance.recognizable_visual_features is not None:
-        return instance.recognizable_visual_features
-    if series.body_site is None:
-        return True  # unknown site: say what is safest for privacy
-    return _RECOGNIZABLE.search(series.body_site.meaning.lower()) is not None
-
-
-def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
-                   series: SeriesInfo, instance: InstanceInfo,
-                   *, implementation_uid: str = PYDICOM_IMPLEMENTATION_UID) -> bytes:
-    """Wrap ``photo`` as a VL Photographic Image Storage Part 10 file and return its bytes.
-
-    Guarantees: JPEG Baseline transfer syntax with ``photo.jpeg`` as the single fragment,
-    unchanged; the photo's own ICC profile (sRGB when it has none); Lossy Image Compression
-    ``01``; deterministic output for the same inputs.
-    """
-    info = photo.info
-    ds = Dataset()
-    ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.ImageType = ["DERIVED" if instance.derivation else "ORIGINAL", "PRIMARY"]
-    ds.SOPClassUID = VL_PHOTOGRAPHIC_IMAGE_STORAGE
-    ds.SOPInstanceUID = instance.sop_uid
-    started = study.started
-    acquired = info.acquired
-    content = acquired or started
-    ds.StudyDate = _da(started)
-    ds.SeriesDate = _da(started)
-    ds.ContentDate = _da(content)
-    ds.StudyTime = _tm(started)
-    ds.SeriesTime = _tm(started)
-    ds.ContentTime = _tm(content)
-    if acquired is not None:
-        ds.AcquisitionDateTime = _dt(acquired)
-    ds.AccessionNumber = study.accession_number
+def _general_series_module(ds: Dataset, study: StudyInfo, series: SeriesInfo) -> None:
+    """General Series Module (PS3.3 C.7.3.1): modality XC, the series dated as its study, and
+    the Request Attributes Sequence when the study fulfils a worklist step. Its Laterality
+    condition is met by Image Laterality (VL Image)."""
     ds.Modality = MODALITY
+    ds.SeriesInstanceUID = series.uid
+    ds.SeriesNumber = series.number
+    ds.SeriesDate = da(study.started)
+    ds.SeriesTime = tm(study.started)
+    if series.description:
+        ds.SeriesDescription = series.description
+    if study.requested_procedure_id or study.scheduled_step_id:
+        ds.RequestAttributesSequence = Sequence([_request_attributes(study)])
+
+
+def _general_equipment_module(ds: Dataset, info: PhotoInfo, series: SeriesInfo) -> None:
+    """General Equipment Module (PS3.3 C.7.5.1): the camera (make, model, its software after
+    ours) and the institution and department."""
     ds.Manufacturer = info.make or ""
     if series.institution:
         ds.InstitutionName = series.institution
-    ds.ReferringPhysicianName = study.referring_physician
-    if started.utcoffset() is not None:
-        ds.TimezoneOffsetFromUTC = started.strftime("%z")
-    ds.StudyDescription = study.description
-    if series.description:
-        ds.SeriesDescription = series.description
     if series.department:
         ds.InstitutionalDepartmentName = series.department
     if info.model:
         ds.ManufacturerModelName = info.model
-    if instance.derivation is not None:
-        ds.DerivationDescription = instance.derivation.description
-        source = Dataset()
-        source.ReferencedSOPClassUID = instance.derivation.source_sop_class_uid
-        source.ReferencedSOPInstanceUID = instance.derivation.source_sop_instance_uid
-        source.PurposeOfReferenceCodeSequence = Sequence([_code_item(
-            "121322", "DCM", "Source image for image processing operation")])
-        ds.SourceImageSequence = Sequence([source])
-    if series.body_site is not None:
-        site = series.body_site
-        ds.AnatomicRegionSequence = Sequence([_code_item(site.code, SNOMED, site.meaning)])
-    ds.PatientName = patient.name or ""
-    ds.PatientID = patient.id
-    ds.IssuerOfPatientID = patient.issuer
-    ds.PatientBirthDate = _da(patient.birth_date) if patient.birth_date else ""
-    ds.PatientSex = patient.sex or ""
     ds.SoftwareVersions = [v for v in (SOFTWARE_VERSION, info.software) if v]
-    ds.StudyInstanceUID = study.uid
-    ds.SeriesInstanceUID = series.uid
-    ds.StudyID = study.study_id or study.uid.replace(".", "")[-8:]
-    ds.SeriesNumber = series.number
+
+
+def _general_acquisition_module(ds: Dataset, info: PhotoInfo) -> None:
+    """General Acquisition Module (PS3.3 C.7.10.1): when the photo was taken, if it says."""
+    if info.acquired is not None:
+        ds.AcquisitionDateTime = dt(info.acquired)
+
+
+def _general_image_module(ds: Dataset, photo: PreparedPhoto, study: StudyInfo,
+                          series: SeriesInfo, instance: InstanceInfo) -> None:
+    """General Image Module (PS3.3 C.7.6.1): number, content date and time (the photo's own,
+    else the study's), comments, what the pixels may show, and the lossy compression the
+    phone applied (ratio of the 8-bit RGB size to the JPEG's)."""
+    content = photo.info.acquired or study.started
     ds.InstanceNumber = instance.number
     ds.PatientOrientation = ""
-    # Image Laterality satisfies General Series' Laterality condition; U (unpaired) when the
-    # caller gave none: intake requires R, L or B for paired body sites.
-    ds.ImageLaterality = series.laterality or "U"
+    ds.ContentDate = da(content)
+    ds.ContentTime = tm(content)
     if instance.comments:
         ds.ImageComments = instance.comments
-    if study.admission_id:
-        ds.AdmissionID = study.admission_id
-    if study.requested_procedure_id or study.scheduled_step_id:
-        ds.RequestAttributesSequence = Sequence([_request_attributes(study)])
-    ds.AcquisitionContextSequence = Sequence()
+    ds.BurnedInAnnotation = "YES" if instance.burned_in_annotation else "NO"
+    ds.RecognizableVisualFeatures = "YES" if _recognizable(series, instance) else "NO"
+    ds.LossyImageCompressionRatio = f"{photo.width * photo.height * 3 / len(photo.jpeg):.2f}"
+    ds.LossyImageCompressionMethod = "ISO_10918_1"
+
+
+def _general_reference_module(ds: Dataset, derivation: Derivation | None) -> None:
+    """General Reference Module (PS3.3 C.12.4): for a DERIVED image, how it was made and
+    from which instance."""
+    if derivation is None:
+        return
+    ds.DerivationDescription = derivation.description
+    source = Dataset()
+    source.ReferencedSOPClassUID = derivation.source_sop_class_uid
+    source.ReferencedSOPInstanceUID = derivation.source_sop_instance_uid
+    source.PurposeOfReferenceCodeSequence = Sequence([code_item(
+        "121322", "DCM", "Source image for image processing operation")])
+    ds.SourceImageSequence = Sequence([source])
+
+
+def _image_pixel_module(ds: Dataset, photo: PreparedPhoto) -> None:
+    """Image Pixel Module (PS3.3 C.7.6.3) but Pixel Data, which :func:`build_vl_photo`
+    appends encapsulated: 8-bit YBR_FULL_422, as a baseline JPEG holds it."""
     ds.SamplesPerPixel = 3
     ds.PhotometricInterpretation = "YBR_FULL_422"
     ds.PlanarConfiguration = 0
     ds.Rows = photo.height
     ds.Columns = photo.width
-    if instance.pixel_spacing_mm:
-        spacing = f"{instance.pixel_spacing_mm:.6g}"
-        ds.PixelSpacing = [spacing, spacing]  # at the chart plane, from its known size
     ds.BitsAllocated = 8
     ds.BitsStored = 8
     ds.HighBit = 7
     ds.PixelRepresentation = 0
-    ds.BurnedInAnnotation = "YES" if instance.burned_in_annotation else "NO"
-    ds.RecognizableVisualFeatures = "YES" if _recognizable(series, instance) else "NO"
+
+
+def _acquisition_context_module(ds: Dataset) -> None:
+    """Acquisition Context Module (PS3.3 C.7.6.14): Type 2, sent empty."""
+    ds.AcquisitionContextSequence = Sequence()
+
+
+def _vl_image_module(ds: Dataset, series: SeriesInfo, instance: InstanceInfo) -> None:
+    """VL Image Module (PS3.3 C.8.12.1): ORIGINAL or DERIVED, lossy, the body site and its
+    laterality (U when none was given: intake requires R, L or B for paired sites), and the
+    pixel spacing at the chart plane when the colour chart gave it."""
+    ds.ImageType = ["DERIVED" if instance.derivation else "ORIGINAL", "PRIMARY"]
     ds.LossyImageCompression = "01"
-    ds.LossyImageCompressionRatio = f"{photo.width * photo.height * 3 / len(photo.jpeg):.2f}"
-    ds.LossyImageCompressionMethod = "ISO_10918_1"
+    if series.body_site is not None:
+        site = series.body_site
+        ds.AnatomicRegionSequence = Sequence([code_item(site.code, SNOMED, site.meaning)])
+    ds.ImageLaterality = series.laterality or "U"
+    if instance.pixel_spacing_mm:
+        spacing = f"{instance.pixel_spacing_mm:.6g}"
+        ds.PixelSpacing = [spacing, spacing]
+
+
+def _icc_profile_module(ds: Dataset, info: PhotoInfo) -> None:
+    """ICC Profile Module (PS3.3 C.11.15): the photo's own profile, else sRGB."""
     ds.ICCProfile = info.icc_profile or srgb_profile()
 
-    meta = Dataset()
-    meta.MediaStorageSOPClassUID = ds.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-    meta.TransferSyntaxUID = JPEGBaseline8Bit
-    meta.ImplementationClassUID = implementation_uid
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    ds.file_meta = meta
+
+def _sop_common_module(ds: Dataset, study: StudyInfo, instance: InstanceInfo) -> None:
+    """SOP Common Module (PS3.3 C.12.1): VL Photographic Image Storage, UTF-8 text, and the
+    study's UTC offset when it has one."""
+    ds.SpecificCharacterSet = "ISO_IR 192"
+    ds.SOPClassUID = VL_PHOTOGRAPHIC_IMAGE_STORAGE
+    ds.SOPInstanceUID = instance.sop_uid
+    if study.started.utcoffset() is not None:
+        ds.TimezoneOffsetFromUTC = study.started.strftime("%z")
+
+
+def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
+                   series: SeriesInfo, instance: InstanceInfo,
+                   *, implementation_uid: str = IMPLEMENTATION_CLASS_UID) -> bytes:
+    """Wrap ``photo`` as a VL Photographic Image Storage Part 10 file and return its bytes.
+
+    Guarantees: the modules of the VL Photographic Image IOD (PS3.3 A.33.4) that we fill,
+    each by one function below; JPEG Baseline transfer syntax with ``photo.jpeg`` as the
+    single fragment, unchanged; the photo's own ICC profile (sRGB when it has none); Lossy
+    Image Compression ``01``; deterministic output for the same inputs.
+    """
+    ds = Dataset()
+    _patient_module(ds, patient)
+    _general_study_module(ds, study)
+    _patient_study_module(ds, study)
+    _general_series_module(ds, study, series)
+    _general_equipment_module(ds, photo.info, series)
+    _general_acquisition_module(ds, photo.info)
+    _general_image_module(ds, photo, study, series, instance)
+    _general_reference_module(ds, instance.derivation)
+    _image_pixel_module(ds, photo)
+    _acquisition_context_module(ds)
+    _vl_image_module(ds, series, instance)
+    _icc_profile_module(ds, photo.info)
+    _sop_common_module(ds, study, instance)
+    ds.file_meta = file_meta(VL_PHOTOGRAPHIC_IMAGE_STORAGE, instance.sop_uid, JPEGBaseline8Bit,
+                             implementation_uid=implementation_uid)
     buf = io.BytesIO()
     ds.save_as(buf, enforce_file_format=True)
     # Pixel Data (7FE0,0010) is the last element: append it encapsulated by hand, so the

@@ -44,9 +44,9 @@ from datetime import datetime, timedelta
 import pydicom
 from pydicom import Dataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
-from app.pipeline.dicom.builder import IMPLEMENTATION_VERSION_NAME
+from app.pipeline.dicom.builder import code_item, file_meta
+from app.pipeline.dicom.values import da
 
 DCM = "DCM"
 BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
@@ -158,8 +158,7 @@ def inspect(data: bytes) -> Screening:
 
 
 def _shift_date(value: str, days: int) -> str:
-    return (datetime.strptime(value[:8], "%Y%m%d").date() - timedelta(days=days)) \
-        .strftime("%Y%m%d")
+    return da(datetime.strptime(value[:8], "%Y%m%d").date() - timedelta(days=days))
 
 
 def _shift_datetime(value: str, days: int) -> str:
@@ -168,15 +167,9 @@ def _shift_datetime(value: str, days: int) -> str:
     return _shift_date(local, days) + local[8:] if len(local) >= 8 else ""
 
 
-def _code_item(value: str, scheme: str, meaning: str) -> Dataset:
-    item = Dataset()
-    item.CodeValue, item.CodingSchemeDesignator, item.CodeMeaning = value, scheme, meaning
-    return item
-
-
 def _codes(sequence: Sequence) -> Sequence:
     """A code sequence reduced to its codes (value, scheme, meaning) and nothing else."""
-    return Sequence([_code_item(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning)
+    return Sequence([code_item(c.CodeValue, c.CodingSchemeDesignator, c.CodeMeaning)
                      for c in sequence])
 
 
@@ -247,17 +240,12 @@ def deidentify(data: bytes, pseudonyms: Pseudonyms, *, retain_dates: bool) -> De
     out.DeidentificationMethod = ["DICOM PS3.15 E.1 Basic Profile",
                                   "Retain Long. Full Dates" if retain_dates
                                   else "Retain Long. Modified Dates"]
-    out.DeidentificationMethodCodeSequence = Sequence([_code_item(BASIC_PROFILE[0], DCM,
-                                                                  BASIC_PROFILE[1]),
-                                                       _code_item(option[0], DCM, option[1])])
+    out.DeidentificationMethodCodeSequence = Sequence([code_item(BASIC_PROFILE[0], DCM,
+                                                                 BASIC_PROFILE[1]),
+                                                       code_item(option[0], DCM, option[1])])
     out.LongitudinalTemporalInformationModified = "UNMODIFIED" if retain_dates else "MODIFIED"
-    meta = Dataset()
-    meta.MediaStorageSOPClassUID = out.SOPClassUID
-    meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
-    meta.TransferSyntaxUID = source.file_meta.TransferSyntaxUID
-    meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-    meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
-    out.file_meta = meta
+    out.file_meta = file_meta(out.SOPClassUID, out.SOPInstanceUID,
+                              source.file_meta.TransferSyntaxUID)
     buffer = io.BytesIO()
     out.save_as(buffer, enforce_file_format=True)
     return Deidentified(buffer.getvalue(), str(out.StudyInstanceUID),

@@ -11,6 +11,9 @@ import uuid
 
 UUID_ROOT = "2.25"
 MAX_UID_LENGTH = 64
+IMPLEMENTATION_CLASS_UID = f"{UUID_ROOT}.{uuid.UUID('7548670b-658c-4888-9dcf-41b2705df9ef').int}"
+"""The Implementation Class UID of the files we write (PS3.7 D.3.3.2): ebiw-capture's own,
+from a UUID drawn once for it, so a file's meta names what wrote it (not pydicom)."""
 
 
 def uid_from_uuid(value: uuid.UUID | str, root: str = UUID_ROOT) -> str:
