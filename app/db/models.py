@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from typing import ClassVar, overload
 
 from sqlalchemy import (
@@ -86,6 +87,13 @@ class Encounter(Base):
     patient: Mapped[Patient] = relationship(back_populates="encounters")
 
 
+class SessionStatus(StrEnum):
+    """A capture session is ``open`` (photos may be added) until it is ``complete``."""
+
+    OPEN = "open"
+    COMPLETE = "complete"
+
+
 class CaptureSession(Base):
     """One capture session = one DICOM study (its UID derived from the session id)."""
 
@@ -107,7 +115,7 @@ class CaptureSession(Base):
     consent: Mapped[str | None] = mapped_column(String(16))  # given, declined, not-required
     sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
     description: Mapped[str | None] = mapped_column(String(64))  # the view, e.g. "close-up"
-    status: Mapped[str] = mapped_column(String(16), default="open")
+    status: Mapped[str] = mapped_column(String(16), default=SessionStatus.OPEN)
     photo_count: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -183,6 +191,13 @@ class Instance(Base):
 # (app/workflow/batch.py; README "Batch import")
 
 
+class BatchStatus(StrEnum):
+    """An import batch is ``open`` until it is ``discarded`` (its held photos dropped)."""
+
+    OPEN = "open"
+    DISCARDED = "discarded"
+
+
 class Batch(Base):
     """A batch of photos uploaded together (a clinic's day, a migrated folder).
 
@@ -199,7 +214,7 @@ class Batch(Base):
     department: Mapped[str | None] = mapped_column(String(64))
     patient_id: Mapped[str | None] = mapped_column(String(64))
     issuer: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open, discarded
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.OPEN)
 
 
 class BatchGroup(Base):
@@ -224,6 +239,15 @@ class BatchGroup(Base):
     confirmed_by: Mapped[str | None] = mapped_column(String(128))
     confirmed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ItemStatus(StrEnum):
+    """A batch item is ``held`` in staging until it is ``stored`` in the archive or
+    ``skipped`` (dropped, or a label photo not kept)."""
+
+    HELD = "held"
+    STORED = "stored"
+    SKIPPED = "skipped"
 
 
 class BatchItem(Base):
@@ -254,7 +278,7 @@ class BatchItem(Base):
     group_id: Mapped[str | None] = mapped_column(ForeignKey("batch_group.id"))
     pinned: Mapped[bool] = mapped_column(Boolean, default=False)
     dropped: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(8), default="held")
+    status: Mapped[str] = mapped_column(String(8), default=ItemStatus.HELD)
     sop_uid: Mapped[str | None] = mapped_column(String(64))
     normalized_sop_uid: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -398,6 +422,15 @@ class AuditForward(WorkerBookkeeping, Base):
 # --- Outbox: deliveries to PACS destinations and EMR notifiers (app.workflow.delivery) -------
 
 
+class DeliveryStatus(StrEnum):
+    """A delivery row is ``pending`` (queued, or failed and waiting for its next attempt),
+    ``sent``, or ``dead`` (a permanent failure, kept until an admin retries it)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
 class Delivery(WorkerBookkeeping, Base):
     """One thing to deliver: an instance to a PACS (``kind="pacs"``), or a study's notice to
     an EMR notifier (``kind="emr"``, ``sop_uid=""``, one row per study, re-queued by
@@ -419,7 +452,7 @@ class Delivery(WorkerBookkeeping, Base):
     kind: Mapped[str] = mapped_column(String(8))
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     sop_uid: Mapped[str] = mapped_column(String(64), default="")
-    status: Mapped[str] = mapped_column(String(8), default="pending")
+    status: Mapped[str] = mapped_column(String(8), default=DeliveryStatus.PENDING)
     version: Mapped[int] = mapped_column(Integer, default=1)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)
