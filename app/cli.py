@@ -37,7 +37,7 @@ from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.settings import Settings
 from app.workflow import accounts, audit, delivery
 from app.workflow.accounts import AccountError, create_user
-from app.workflow.batch import build_batches, import_files, write_report
+from app.workflow.batch import ImportStatus, build_batches, import_files, write_report
 from app.workflow.deid_export import ExportError, export_deidentified
 from app.workflow.demo import seed_demo_patients
 from app.workflow.identification import (
@@ -458,7 +458,7 @@ def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str |
             progress=lambda record: click.echo(json.dumps(record, ensure_ascii=False), err=True))
     except IntakeError as exc:
         raise click.ClickException(exc.message) from exc
-    stored = [f for f in report.files if f["status"] == "stored" and f.get("new")]
+    stored = [f for f in report.files if f["status"] == ImportStatus.STORED and f.get("new")]
     patients = {(f["patient"]["mrn"], f["patient"]["issuer"]) for f in stored}
     studies = {f["study_instance_uid"] for f in stored}
     audit.append(services.db, _cli_actor(), "batch.import", f"batch:{report.batch_id}",

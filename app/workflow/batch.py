@@ -31,6 +31,7 @@ from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +40,16 @@ from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import Batch, BatchGroup, BatchItem, CaptureSession, Photo, as_utc
+from app.db.models import (
+    Batch,
+    BatchGroup,
+    BatchItem,
+    BatchStatus,
+    CaptureSession,
+    ItemStatus,
+    Photo,
+    as_utc,
+)
 from app.db.session import Database
 from app.durable import write_durably
 from app.gateways.patients import Directories, PatientRecord
@@ -66,11 +76,30 @@ log = logging.getLogger(__name__)
 NAMESPACE = uuid.UUID("5d0f3c1e-7a52-4b8e-9d36-2f1b9c4e8a70")
 """UUIDv5 namespace of the ids this module derives (sessions of groups, command-line imports)."""
 LABEL, CLINICAL = "label", "clinical"
-HELD, STORED, SKIPPED = "held", "stored", "skipped"
 FROM_LABEL, MANUAL, GIVEN = "label", "manual", "given"
 """Where a group's identifier came from: a label in the batch, entered by hand in the review,
 or given for the whole batch (``ebiw import --patient-id``)."""
 STAGED_ORIGINAL, STAGED_PREPARED, STAGED_NORMALIZED = "", ".prepared.jpg", ".normalized.jpg"
+
+
+class GroupStatus(StrEnum):
+    """A group is ``pending`` until it is ``confirmed`` (its capture session made)."""
+
+    PENDING = "pending"
+    CONFIRMED = "confirmed"
+
+
+class ImportStatus(StrEnum):
+    """A file's status in the import report (``held``: in a progress record, before sorting)."""
+
+    HELD = "held"
+    STORED = "stored"
+    SKIPPED = "skipped"
+    UNSORTED = "unsorted"
+    DUPLICATE = "duplicate"
+    FAILED = "failed"
+
+
 _UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
 STORE_THREADS = 3
 """Photos of one confirmed group stored at once (their fsyncs overlap; the pixel work was
@@ -142,19 +171,19 @@ class GroupView:
 
     @property
     def held(self) -> list[ItemView]:
-        return [i for i in self.items if i.row.status == HELD]
+        return [i for i in self.items if i.row.status == ItemStatus.HELD]
 
     def as_json(self) -> dict[str, Any]:
         g = self.row
         counts = {state: sum(1 for i in self.items if i.row.status == state)
-                  for state in (HELD, STORED, SKIPPED)}
+                  for state in ItemStatus}
         counts["dropped"] = sum(1 for i in self.items if i.row.dropped)
         s = self.session
         return {"id": g.id, "source": g.source,
                 "identifier": {"mrn": g.mrn, "issuer": g.issuer or None,
                                "encounter": g.encounter},
                 "lookup": g.lookup,
-                "status": "confirmed" if g.session_id else "pending",
+                "status": GroupStatus.CONFIRMED if g.session_id else GroupStatus.PENDING,
                 "session_id": g.session_id,
                 "study_instance_uid": s.study_uid if s else None,
                 "patient": {"id": s.patient_id, "issuer": s.issuer} if s else None,
@@ -263,7 +292,7 @@ class Batches:
     def _batch(self, batch_id: str, owner: str | None) -> Batch:
         with self.db.session() as db:
             row = db.get(Batch, _uuid(batch_id, "batch id"))
-        if row is None or row.status != "open" or (owner is not None
+        if row is None or row.status != BatchStatus.OPEN or (owner is not None
                                                    and row.created_by != owner):
             raise NotFound("no such batch")
         return row
@@ -274,10 +303,10 @@ class Batches:
         batch = self._batch(batch_id, owner)
         with self.db.session() as db:
             held = list(db.scalars(select(BatchItem.upload_uuid).where(
-                BatchItem.batch_id == batch.id, BatchItem.status == HELD)))
+                BatchItem.batch_id == batch.id, BatchItem.status == ItemStatus.HELD)))
             db.execute(delete(BatchItem).where(BatchItem.batch_id == batch.id,
-                                               BatchItem.status == HELD))
-            db.get(Batch, batch.id).status = "discarded"  # type: ignore[union-attr]
+                                               BatchItem.status == ItemStatus.HELD))
+            db.get(Batch, batch.id).status = BatchStatus.DISCARDED  # type: ignore[union-attr]
         for upload_uuid in held:
             self._unstage(batch.id, upload_uuid)
         return len(held)
@@ -290,7 +319,7 @@ class Batches:
         cutoff = (now or datetime.now(UTC)) - idle
         with self.db.session() as db:
             held = set(db.scalars(select(BatchItem.batch_id).join(Batch).where(
-                Batch.status == "open", BatchItem.status == HELD)))
+                Batch.status == BatchStatus.OPEN, BatchItem.status == ItemStatus.HELD)))
             idle_ids = [batch_id for batch_id in sorted(held)
                         if self._last_activity(db, batch_id) < cutoff]
         return {batch_id: self.discard(batch_id, owner=None) for batch_id in idle_ids}
@@ -336,7 +365,7 @@ class Batches:
             file_order=order, acquired_at=as_utc(analysis.acquired), role=analysis.role,
             identity=[{"mrn": r.mrn, "issuer": r.issuer or "", "encounter": r.encounter,
                        "rule": r.rule} for r in analysis.readings],
-            label_area=analysis.area, work=work, status=HELD)
+            label_area=analysis.area, work=work, status=ItemStatus.HELD)
         try:
             with self.db.session() as db:
                 db.add(row)
@@ -555,7 +584,7 @@ class Batches:
             row = db.get(BatchItem, upload_uuid)
             if row is None or row.batch_id != batch.id:
                 raise NotFound("no such photo in this batch")
-            if row.status != HELD:
+            if row.status != ItemStatus.HELD:
                 raise Conflict("this photo is already stored or skipped")
             if "group_id" in changes:
                 target = changes["group_id"]
@@ -645,7 +674,7 @@ class Batches:
             for upload_uuid, sop_uid, normalized in outcomes:  # mended by confirming again
                 row = db.get(BatchItem, upload_uuid)
                 assert row is not None
-                row.status = STORED if sop_uid else SKIPPED
+                row.status = ItemStatus.STORED if sop_uid else ItemStatus.SKIPPED
                 row.group_id, row.pinned = group.row.id, True
                 row.sop_uid, row.normalized_sop_uid = sop_uid, normalized
         for item in group.held:
@@ -746,7 +775,8 @@ class ImportReport:
 
     @property
     def ok(self) -> bool:
-        return all(f["status"] in (STORED, SKIPPED, "duplicate") for f in self.files)
+        return all(f["status"] in (ImportStatus.STORED, ImportStatus.SKIPPED,
+                                   ImportStatus.DUPLICATE) for f in self.files)
 
 
 def import_uuid(target: str, sha256: str) -> str:
@@ -786,20 +816,21 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
         record: dict[str, Any] = {"file": str(path), "sha256": digest}
         report.files.append(record)
         if digest is None:
-            record.update(status="failed", reason=error)
+            record.update(status=ImportStatus.FAILED, reason=error)
             progress(record)
             continue
         upload_uuid = import_uuid(target, digest)
         record["upload_uuid"] = upload_uuid
         if upload_uuid in first_of:
-            record.update(status="duplicate", reason=f"same content as {first_of[upload_uuid]}")
+            record.update(status=ImportStatus.DUPLICATE,
+                          reason=f"same content as {first_of[upload_uuid]}")
             progress(record)
             continue
         first_of[upload_uuid] = str(path)
         try:
             batches.add_item(batch_id, upload_uuid, path.read_bytes(), order, owner=None)
         except (UnreadablePhoto, OSError) as exc:
-            record.update(status="failed", reason=exc.message if isinstance(
+            record.update(status=ImportStatus.FAILED, reason=exc.message if isinstance(
                 exc, UnreadablePhoto) else f"cannot read the file ({exc.strerror})")
             progress(record)
             continue
@@ -808,9 +839,9 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
             progress(record)
             continue
         records[upload_uuid] = record
-        progress({**record, "status": HELD})
+        progress({**record, "status": ImportStatus.HELD})
     view = batches.view(batch_id, owner=None)
-    held_before = {i.row.upload_uuid for i in view.items if i.row.status == HELD}
+    held_before = {i.row.upload_uuid for i in view.items if i.row.status == ItemStatus.HELD}
     for group in view.groups:
         status = (group.row.lookup or {}).get("status")
         if group.held and (status == "matched" or (group.row.source == GIVEN
@@ -819,17 +850,17 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
         for item in group.items:
             if item.row.upload_uuid in records:
                 outcome = _item_outcome(item, group)
-                if outcome["status"] == STORED:  # in this run, or by an earlier one
+                if outcome["status"] == ImportStatus.STORED:  # in this run, or by an earlier one
                     outcome["new"] = item.row.upload_uuid in held_before
                 records[item.row.upload_uuid].update(outcome)
     for item in view.unsorted:
         if item.row.upload_uuid in records:
             records[item.row.upload_uuid].update(
-                status="unsorted", role=item.row.role,
+                status=ImportStatus.UNSORTED, role=item.row.role,
                 reason="no label before this photo in capture order")
     for record in report.files:
         if "upload_uuid" in record and "status" not in record:
-            record.update(status="unsorted", reason="not sorted")
+            record.update(status=ImportStatus.UNSORTED, reason="not sorted")
     for record in report.files:
         record.pop("upload_uuid", None)
     return report
@@ -840,9 +871,9 @@ def _stored_elsewhere(db: Database, upload_uuid: str) -> dict[str, Any]:
     with db.session() as session:
         photo = session.get(Photo, upload_uuid)
         if photo is None:
-            return {"status": "unsorted", "reason": "held in another import batch"}
+            return {"status": ImportStatus.UNSORTED, "reason": "held in another import batch"}
         owner = session.get(CaptureSession, photo.session_id)
-        return {"status": STORED, "new": False,
+        return {"status": ImportStatus.STORED, "new": False,
                 "patient": {"mrn": owner.patient_id, "issuer": owner.issuer} if owner else None,
                 "study_instance_uid": owner.study_uid if owner else None,
                 "sop_instance_uid": photo.sop_uid,
@@ -855,18 +886,18 @@ def _item_outcome(item: ItemView, group: GroupView) -> dict[str, Any]:
     answer = group.row.lookup or {}
     session = group.session
     patient = {"mrn": session.patient_id, "issuer": session.issuer} if session else None
-    if row.status == HELD:
+    if row.status == ItemStatus.HELD:
         label = {"mrn": group.row.mrn, "issuer": group.row.issuer or None}
         reasons = {"not_found": "the label's identifier matched no patient",
                    "ambiguous": "the label's identifier matched several patients",
                    "unavailable": "the patient directory did not answer"}
-        return {"status": "unsorted", "role": row.role, "label": label,
+        return {"status": ImportStatus.UNSORTED, "role": row.role, "label": label,
                 "reason": reasons.get(answer.get("status", ""), "the group is not confirmed")}
-    if row.status == SKIPPED:
-        return {"status": SKIPPED, "role": row.role, "patient": patient,
+    if row.status == ItemStatus.SKIPPED:
+        return {"status": ImportStatus.SKIPPED, "role": row.role, "patient": patient,
                 "reason": "dropped" if row.dropped else "label photo (EBIW_BATCH_LABEL_PHOTOS"
                                                          "=drop)"}
-    return {"status": STORED, "role": row.role, "patient": patient,
+    return {"status": ImportStatus.STORED, "role": row.role, "patient": patient,
             "study_instance_uid": session.study_uid if session else None,
             "sop_instance_uid": row.sop_uid,
             "normalized_sop_instance_uid": row.normalized_sop_uid}
