@@ -22,6 +22,7 @@ from app.pipeline.identify import Barcode, read_barcodes
 from app.pipeline.wristband import NoWristbandRuleMatched, Rule, WristbandId, parse_wristband
 from app.settings import Settings
 from app.workflow.intake import (
+    IdentificationMethod,
     IntakeError,
     InvalidRequest,
     UnreadablePhoto,
@@ -30,7 +31,7 @@ from app.workflow.intake import (
 
 log = logging.getLogger(__name__)
 
-BARCODE_METHODS = ("scanned", "typed")
+BARCODE_METHODS = (IdentificationMethod.SCANNED, IdentificationMethod.TYPED)
 """How a barcode text reached us without a photo: the device's scanner, or typed by hand."""
 MAX_BARCODE_CHARS = 512
 
@@ -146,9 +147,10 @@ class Identifier:
         Several barcodes with different identifiers are all looked up: their patients are
         offered together, so disagreeing barcodes show up as ``ambiguous``.
         """
-        return self._lookup("wristband", read_wristband(data, self.rules, self.max_pixels))
+        return self._lookup(IdentificationMethod.WRISTBAND,
+                            read_wristband(data, self.rules, self.max_pixels))
 
-    def from_barcode(self, text: Any, *, method: Any = "typed",
+    def from_barcode(self, text: Any, *, method: Any = IdentificationMethod.TYPED,
                      symbology: Any = None) -> IdentifyResult:
         """Identify from barcode text typed by hand or read by the device's scanner.
 
@@ -177,7 +179,7 @@ class Identifier:
         lookup = self.directories.find(mrn, issuer)
         matches = tuple(Match(p, None, _evidence(None, p, issuer is not None))
                         for p in lookup.patients)
-        return self._result("manual", (), matches, lookup.unavailable)
+        return self._result(IdentificationMethod.MANUAL, (), matches, lookup.unavailable)
 
     def _lookup(self, method: str, readings: list[Reading]) -> IdentifyResult:
         matches: dict[tuple[str, str], Match] = {}

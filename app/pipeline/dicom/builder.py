@@ -20,7 +20,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, JPEGBaseline8Bit
 
 from app.pipeline.decode import PreparedPhoto
-from app.pipeline.dicom.codes import SNOMED, BodySite
+from app.pipeline.dicom.codes import SNOMED, BodySite, Laterality
 
 VL_PHOTOGRAPHIC_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.77.1.4"
 MODALITY = "XC"
@@ -210,7 +210,7 @@ def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
     ds.PatientOrientation = ""
     # Image Laterality satisfies General Series' Laterality condition; U (unpaired) when the
     # caller gave none: intake requires R, L or B for paired body sites.
-    ds.ImageLaterality = series.laterality or "U"
+    ds.ImageLaterality = series.laterality or Laterality.UNPAIRED
     if instance.comments:
         ds.ImageComments = instance.comments
     if study.admission_id:

@@ -18,7 +18,7 @@ from app.web.limits import rate_limited
 from app.web.uploads import photo_body, read_photo_body
 from app.workflow import audit
 from app.workflow.identification import Identifier, IdentifyResult, Match, build_identifier
-from app.workflow.intake import InvalidRequest
+from app.workflow.intake import IdentificationMethod, InvalidRequest
 
 bp = Blueprint("patients", __name__, url_prefix="/api/v1")
 _EXTENSION = "ebiw.identifier"
@@ -52,7 +52,7 @@ def identify() -> tuple[Response, int]:
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object with barcode")
         result = _identifier().from_barcode(body.get("barcode"),
-                                            method=body.get("method") or "typed",
+                                            method=body.get("method") or IdentificationMethod.TYPED,
                                             symbology=body.get("symbology"))
     elif request.mimetype == "multipart/form-data":
         if len(list(request.files.items(multi=True))) > 1:
