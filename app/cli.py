@@ -257,22 +257,21 @@ def user_password(username: str) -> None:
                     f"password of {username} changed")
 
 
-@user.command("disable")
-@click.option("--username", required=True)
-def user_disable(username: str) -> None:
-    """Disable an account: its sessions end now and it can no longer log in."""
-    _change_account("user.disable", username,
-                    lambda db: accounts.set_disabled(db, username, True),
-                    f"user {username} disabled")
+def _disabled_command(name: str, disabled: bool, help_text: str) -> None:
+    """Register ``ebiw user <name> --username U``: the account's disabled flag becomes
+    ``disabled`` (its sessions end when it is disabled), audited as ``user.<name>``."""
+
+    @user.command(name, help=help_text)
+    @click.option("--username", required=True)
+    def command(username: str) -> None:
+        _change_account(f"user.{name}", username,
+                        lambda db: accounts.set_disabled(db, username, disabled),
+                        f"user {username} {name}d")
 
 
-@user.command("enable")
-@click.option("--username", required=True)
-def user_enable(username: str) -> None:
-    """Enable a disabled account again."""
-    _change_account("user.enable", username,
-                    lambda db: accounts.set_disabled(db, username, False),
-                    f"user {username} enabled")
+_disabled_command("disable", True,
+                  "Disable an account: its sessions end now and it can no longer log in.")
+_disabled_command("enable", False, "Enable a disabled account again.")
 
 
 @user.command("unlock")
