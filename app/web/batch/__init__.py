@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
 
 from app.web.auth import require
+from app.web.pwa import shell_page
 from app.web.uploads import photo_body, read_photo_body
 from app.workflow import audit
 from app.workflow.batch import Batches, BatchView, GroupView, build_batches
@@ -65,9 +66,7 @@ def _no_store(body: dict[str, Any], status: int = 200) -> tuple[Response, int]:
 @page.get("/batch")
 def batch_page() -> Response:
     """The batch page's shell (no PHI: everything comes from the API after login)."""
-    response = Response(render_template("batch/index.html"))
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    return shell_page("batch/index.html")
 
 
 @api.post("")
