@@ -94,6 +94,13 @@ class SessionStatus(StrEnum):
     COMPLETE = "complete"
 
 
+class SessionSource(StrEnum):
+    """Who took a session's photos: a care ``provider``, or the ``patient``."""
+
+    PROVIDER = "provider"
+    PATIENT = "patient"
+
+
 class CaptureSession(Base):
     """One capture session = one DICOM study (its UID derived from the session id)."""
 
@@ -111,7 +118,7 @@ class CaptureSession(Base):
     body_site: Mapped[str | None] = mapped_column(String(32))
     laterality: Mapped[str | None] = mapped_column(String(1))
     department: Mapped[str | None] = mapped_column(String(64))
-    source: Mapped[str] = mapped_column(String(16), default="provider")
+    source: Mapped[str] = mapped_column(String(16), default=SessionSource.PROVIDER)
     consent: Mapped[str | None] = mapped_column(String(16))  # given, declined, not-required
     sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
     description: Mapped[str | None] = mapped_column(String(64))  # the view, e.g. "close-up"
@@ -422,6 +429,14 @@ class AuditForward(WorkerBookkeeping, Base):
 # --- Outbox: deliveries to PACS destinations and EMR notifiers (app.workflow.delivery) -------
 
 
+class DeliveryKind(StrEnum):
+    """What a delivery row sends: an instance to a ``pacs`` destination, or a study's notice
+    to an ``emr`` notifier."""
+
+    PACS = "pacs"
+    EMR = "emr"
+
+
 class DeliveryStatus(StrEnum):
     """A delivery row is ``pending`` (queued, or failed and waiting for its next attempt),
     ``sent``, or ``dead`` (a permanent failure, kept until an admin retries it)."""
@@ -449,7 +464,7 @@ class Delivery(WorkerBookkeeping, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     destination: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(8))  # DeliveryKind
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     sop_uid: Mapped[str] = mapped_column(String(64), default="")
     status: Mapped[str] = mapped_column(String(8), default=DeliveryStatus.PENDING)

@@ -35,7 +35,14 @@ from typing import Any
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import CaptureSession, Delivery, DeliveryStatus, Instance, as_utc
+from app.db.models import (
+    CaptureSession,
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Instance,
+    as_utc,
+)
 from app.db.session import Database
 from app.gateways.archive import Archive
 from app.gateways.archive.pacs import OutgoingInstance
@@ -45,7 +52,6 @@ from app.workflow import audit
 
 log = logging.getLogger(__name__)
 
-PACS, EMR = "pacs", "emr"
 IDLE_SECONDS = 0.25
 ERROR_PAUSE_SECONDS = 5.0
 _REASON_MAX = 200
@@ -85,7 +91,7 @@ class Outbox:
         insert = _insert(db)
         key = ["destination", "study_uid", "sop_uid"]
         pending = DeliveryStatus.PENDING
-        pacs_rows = [dict(destination=d.name, kind=PACS, study_uid=instance.study_uid,
+        pacs_rows = [dict(destination=d.name, kind=DeliveryKind.PACS, study_uid=instance.study_uid,
                           sop_uid=instance.sop_uid, status=pending, version=1, attempts=0,
                           next_attempt_at=now, created_at=now, updated_at=now)
                      for d in self.registry.routes(session)]
@@ -94,7 +100,8 @@ class Outbox:
                 index_elements=key))
         for notifier in self.registry.notifiers:
             statement = insert(Delivery).values(
-                destination=notifier.name, kind=EMR, study_uid=instance.study_uid, sop_uid="",
+                destination=notifier.name, kind=DeliveryKind.EMR, study_uid=instance.study_uid,
+                sop_uid="",
                 status=pending, version=1, attempts=0, next_attempt_at=now, created_at=now,
                 updated_at=now)
             db.execute(statement.on_conflict_do_update(index_elements=key, set_={

@@ -12,7 +12,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, request
 
-from app.db.models import CaptureSession, Photo, as_utc
+from app.db.models import CaptureSession, DeliveryKind, Photo, as_utc
 from app.pipeline.dicom.codes import body_site, body_sites
 from app.web import services
 from app.web.auth import current_login, login_json, require
@@ -21,7 +21,7 @@ from app.web.launch import OTHER_PATIENT
 from app.web.limits import rate_limited
 from app.web.uploads import photo_body, read_photo_body
 from app.workflow import audit
-from app.workflow.delivery import EMR, DeliveryState, study_deliveries
+from app.workflow.delivery import DeliveryState, study_deliveries
 from app.workflow.intake import SessionRequest
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -86,7 +86,7 @@ def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, A
         deliveries = study_deliveries(services().db, session.study_uid)
         body["photos"] = [photo_json(p, deliveries) for p in session.photos]
         body["photo_count"] = len(session.photos)
-        body["notifications"] = [d.status_json() for d in deliveries if d.kind == EMR]
+        body["notifications"] = [d.status_json() for d in deliveries if d.kind == DeliveryKind.EMR]
     return body
 
 
