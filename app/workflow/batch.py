@@ -62,6 +62,7 @@ from app.workflow.identification import build_identifier
 from app.workflow.intake import (
     ColorResult,
     Conflict,
+    IdentificationMethod,
     Intake,
     InvalidRequest,
     NotFound,
@@ -687,7 +688,8 @@ class Batches:
         """The patient the group is confirmed for, the identification method and evidence."""
         lookup = group.lookup or {"status": "not_found", "patients": []}
         candidates = lookup.get("patients") or []
-        method = "wristband" if group.source == FROM_LABEL else "manual"
+        method = IdentificationMethod.WRISTBAND if group.source == FROM_LABEL \
+            else IdentificationMethod.MANUAL
         if wanted is None:
             if len(candidates) == 1:
                 chosen = candidates[0]
@@ -708,7 +710,7 @@ class Batches:
                 if answer["status"] != "matched":
                     raise InvalidRequest("the directory does not know exactly one patient "
                                          "with this identifier")
-                chosen, method = answer["patients"][0], "manual"
+                chosen, method = answer["patients"][0], IdentificationMethod.MANUAL
         evidence = {"directories": chosen.get("sources", []), "batch": group.batch_id,
                     "group_source": group.source,
                     "matched": ["mrn", "issuer"] if group.issuer else ["mrn"]}

@@ -26,6 +26,7 @@ from app.db.models import (
     Instance,
     Photo,
     SessionIdentification,
+    SessionSource,
     SessionStatus,
     as_utc,
 )
@@ -48,7 +49,7 @@ from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.settings import Settings
 from app.workflow.delivery import Outbox
 
-SOURCES = ("provider", "patient")
+SOURCES = tuple(SessionSource)
 CONSENTS = ("given", "declined", "not-required")
 SEXES = ("F", "M", "O")
 ORIGINAL_SERIES_NUMBER = 1
@@ -235,7 +236,7 @@ class SessionRequest:
             raise InvalidRequest("laterality must be R, L, B or U")
         if site is not None and body_site(site).paired and laterality not in PAIRED_SIDES:
             raise InvalidRequest("laterality (R, L or B) is required for this body site")
-        source = body.get("source") or "provider"
+        source = body.get("source") or SessionSource.PROVIDER
         if source not in SOURCES:
             raise InvalidRequest("source must be provider or patient")
         consent = body.get("consent") or None
@@ -577,5 +578,6 @@ class Intake:
             laterality=s.laterality, department=s.department,
             institution=self.settings.institution_name or None,
             description=", ".join(filter(None, (
-                "Patient-taken photographs" if s.source == "patient" else "Clinical photographs",
+                "Patient-taken photographs" if s.source == SessionSource.PATIENT
+                else "Clinical photographs",
                 "colour normalized" if normalized else None, s.description))))
