@@ -224,6 +224,16 @@ class Batch(Base):
     status: Mapped[str] = mapped_column(String(16), default=BatchStatus.OPEN)
 
 
+class GroupSource(StrEnum):
+    """Where a batch group's identifier came from: a ``label`` photo in the batch, entered
+    by hand (``manual``) in the review, or ``given`` for the whole batch
+    (``ebiw import --patient-id``)."""
+
+    LABEL = "label"
+    MANUAL = "manual"
+    GIVEN = "given"
+
+
 class BatchGroup(Base):
     """The photos of one patient in a batch: from a label's identifier or entered by hand.
 
@@ -240,12 +250,19 @@ class BatchGroup(Base):
     mrn: Mapped[str] = mapped_column(String(64))
     issuer: Mapped[str] = mapped_column(String(64), default="")
     encounter: Mapped[str | None] = mapped_column(String(64))
-    source: Mapped[str] = mapped_column(String(8))  # label, manual
+    source: Mapped[str] = mapped_column(String(8))  # GroupSource
     lookup: Mapped[dict | None] = mapped_column(JSON)
     session_id: Mapped[str | None] = mapped_column(ForeignKey("capture_session.id"))
     confirmed_by: Mapped[str | None] = mapped_column(String(128))
     confirmed_at: Mapped[datetime | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ItemRole(StrEnum):
+    """What a batch photo is: a wristband/``label`` frame, or a ``clinical`` photo."""
+
+    LABEL = "label"
+    CLINICAL = "clinical"
 
 
 class ItemStatus(StrEnum):
@@ -278,7 +295,7 @@ class BatchItem(Base):
     height: Mapped[int]
     file_order: Mapped[int] = mapped_column(Integer, default=0)
     acquired_at: Mapped[datetime | None]
-    role: Mapped[str] = mapped_column(String(8), default="clinical")
+    role: Mapped[str] = mapped_column(String(8), default=ItemRole.CLINICAL)
     identity: Mapped[list] = mapped_column(JSON, default=list)
     label_area: Mapped[float | None]
     work: Mapped[dict] = mapped_column(JSON, default=dict)

@@ -46,6 +46,8 @@ from app.db.models import (
     BatchItem,
     BatchStatus,
     CaptureSession,
+    GroupSource,
+    ItemRole,
     ItemStatus,
     Photo,
     as_utc,
@@ -76,10 +78,6 @@ log = logging.getLogger(__name__)
 
 NAMESPACE = uuid.UUID("5d0f3c1e-7a52-4b8e-9d36-2f1b9c4e8a70")
 """UUIDv5 namespace of the ids this module derives (sessions of groups, command-line imports)."""
-LABEL, CLINICAL = "label", "clinical"
-FROM_LABEL, MANUAL, GIVEN = "label", "manual", "given"
-"""Where a group's identifier came from: a label in the batch, entered by hand in the review,
-or given for the whole batch (``ebiw import --patient-id``)."""
 STAGED_ORIGINAL, STAGED_PREPARED, STAGED_NORMALIZED = "", ".prepared.jpg", ".normalized.jpg"
 
 
@@ -281,7 +279,7 @@ class Batches:
                 if patient:
                     db.flush()
                     db.add(BatchGroup(id=str(uuid.uuid4()), batch_id=batch_id, mrn=patient[0],
-                                      issuer=patient[1], source=GIVEN))
+                                      issuer=patient[1], source=GroupSource.GIVEN))
         except IntegrityError:  # the same id raced us: the winner's batch, if it is ours
             with self.db.session() as db:
                 existing = db.get(Batch, batch_id)
@@ -372,7 +370,7 @@ class Batches:
                 db.add(row)
                 db.flush()
                 for reading in analysis.readings:
-                    self._ensure_group(db, batch.id, reading, FROM_LABEL)
+                    self._ensure_group(db, batch.id, reading, GroupSource.LABEL)
         except IntegrityError:
             known = self._known_item(batch.id, upload_uuid, digest)
             if known is None:
@@ -404,9 +402,9 @@ class Batches:
             raise UnreadablePhoto(str(exc)) from exc
         readings, symbols = self._readings(barcodes)
         area = label_area([b.corners for b in symbols], width, height) if readings else None
-        role = LABEL if area is not None and area >= self.settings.batch_label_min_area \
-            else CLINICAL
-        work = self.intake.process(data, prepared=prepared) if role == CLINICAL \
+        role = ItemRole.LABEL if area is not None and area >= self.settings.batch_label_min_area \
+            else ItemRole.CLINICAL
+        work = self.intake.process(data, prepared=prepared) if role == ItemRole.CLINICAL \
             else PhotoWork(prepared, None)
         return _Analysis(info.media_type, prepared.width, prepared.height, info.acquired,
                          readings, area, role, work)
@@ -475,7 +473,7 @@ class Batches:
         """The pixel work staged with the item, or None when it must be done now (the colour
         step did not run for a photo that is now clinical)."""
         record = item.work or {}
-        if item.role == CLINICAL and not record.get("color_run"):
+        if item.role == ItemRole.CLINICAL and not record.get("color_run"):
             return None
         if record.get("prepared"):
             prepared = PreparedPhoto(
@@ -486,7 +484,7 @@ class Batches:
             prepared = self.intake.process(data, color=False).prepared
         color = record.get("color")
         result = None
-        if color is not None and item.role == CLINICAL:
+        if color is not None and item.role == ItemRole.CLINICAL:
             jpeg = self._path(item.batch_id, item.upload_uuid, STAGED_NORMALIZED).read_bytes() \
                 if color["normalized"] else None
             result = ColorResult(report=color["report"], jpeg=jpeg, width=color["width"],
@@ -520,7 +518,7 @@ class Batches:
     def _sorted(self, batch: Batch, items: list[BatchItem], groups: list[BatchGroup],
                 sessions: dict[str, CaptureSession]) -> BatchView:
         by_identity = {(g.mrn, g.issuer): g.id for g in groups}
-        given = next((g.id for g in groups if g.source == GIVEN), None)
+        given = next((g.id for g in groups if g.source == GroupSource.GIVEN), None)
         frames = [Frame(i.upload_uuid, i.file_order, as_utc(i.acquired_at),
                         tuple((x["mrn"], x["issuer"]) for x in i.identity)) for i in items]
         runs: dict[str, Identity | None] = assign(frames)
@@ -602,7 +600,7 @@ class Batches:
                     raise InvalidRequest("dropped must be true or false")
                 row.dropped = changes["dropped"]
             if "role" in changes:
-                if changes["role"] not in (LABEL, CLINICAL):
+                if changes["role"] not in tuple(ItemRole):
                     raise InvalidRequest("role must be label or clinical")
                 row.role = changes["role"]
             return row
@@ -616,7 +614,7 @@ class Batches:
             raise InvalidRequest("mrn is required")
         with self.db.session() as db:
             return self._ensure_group(db, batch.id, WristbandId(mrn, issuer, None, "manual"),
-                                      MANUAL)
+                                      GroupSource.MANUAL)
 
     # --- confirmation ----------------------------------------------------------------------
 
@@ -688,12 +686,12 @@ class Batches:
         """The patient the group is confirmed for, the identification method and evidence."""
         lookup = group.lookup or {"status": "not_found", "patients": []}
         candidates = lookup.get("patients") or []
-        method = IdentificationMethod.WRISTBAND if group.source == FROM_LABEL \
+        method = IdentificationMethod.WRISTBAND if group.source == GroupSource.LABEL \
             else IdentificationMethod.MANUAL
         if wanted is None:
             if len(candidates) == 1:
                 chosen = candidates[0]
-            elif group.source == GIVEN and lookup.get("status") == "not_found":
+            elif group.source == GroupSource.GIVEN and lookup.get("status") == "not_found":
                 chosen = {"mrn": group.mrn, "issuer": group.issuer}  # as the command gave it
             else:
                 raise InvalidRequest("choose the patient: the label matched "
@@ -704,7 +702,7 @@ class Batches:
             key = (wanted.get("mrn"), wanted.get("issuer"))
             chosen = next((c for c in candidates if (c["mrn"], c["issuer"]) == key), None)
             if chosen is None:
-                answer = self._ask_directories(key[0], key[1] or None, MANUAL)
+                answer = self._ask_directories(key[0], key[1] or None, GroupSource.MANUAL)
                 if answer["status"] == "unavailable":
                     raise Conflict("the patient directory is unavailable: try again later")
                 if answer["status"] != "matched":
@@ -732,7 +730,8 @@ class Batches:
         stored `STORE_THREADS` at a time, so that one photo's fsyncs overlap another's work.
         """
         kept = [item for item in items if not (
-            item.dropped or (item.role == LABEL and self.settings.batch_label_photos == "drop"))]
+            item.dropped or (item.role == ItemRole.LABEL
+                             and self.settings.batch_label_photos == "drop"))]
         numbers = dict(zip((item.upload_uuid for item in kept),
                            self.intake.reserve_instance_numbers(session_id, len(kept)),
                            strict=True)) if kept else {}
@@ -743,7 +742,7 @@ class Batches:
             data = self._path(item.batch_id, item.upload_uuid, STAGED_ORIGINAL).read_bytes()
             photo, _ = self.intake.accept_photo(
                 session_id, item.upload_uuid, data, work=self._staged_work(item, data),
-                label=item.role == LABEL, burned_in=bool(item.identity),
+                label=item.role == ItemRole.LABEL, burned_in=bool(item.identity),
                 number=numbers[item.upload_uuid])
             return item.upload_uuid, photo.sop_uid, photo.normalized_sop_uid
 
@@ -846,7 +845,7 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
     held_before = {i.row.upload_uuid for i in view.items if i.row.status == ItemStatus.HELD}
     for group in view.groups:
         status = (group.row.lookup or {}).get("status")
-        if group.held and (status == "matched" or (group.row.source == GIVEN
+        if group.held and (status == "matched" or (group.row.source == GroupSource.GIVEN
                                                    and status == "not_found")):
             group = batches.confirm(batch_id, group.row.id, {}, user=user, owner=None)
         for item in group.items:
