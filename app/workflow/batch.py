@@ -60,7 +60,7 @@ from app.pipeline.identify import Barcode, read_label_barcodes
 from app.pipeline.slipsheet import Frame, Identity, assign, capture_order, label_area
 from app.pipeline.wristband import NoWristbandRuleMatched, Rule, WristbandId, parse_wristband
 from app.settings import Settings
-from app.workflow.identification import build_identifier
+from app.workflow.identification import LookupStatus, build_identifier
 from app.workflow.intake import (
     ColorResult,
     Conflict,
@@ -546,7 +546,7 @@ class Batches:
         with self.db.session() as db:
             todo = [(g.id, g.mrn, g.issuer, g.source) for g in db.scalars(
                 select(BatchGroup).where(BatchGroup.batch_id == batch_id))
-                if g.lookup is None or g.lookup.get("status") == "unavailable"]
+                if g.lookup is None or g.lookup.get("status") == LookupStatus.UNAVAILABLE]
         for group_id, mrn, issuer, source in todo:
             answer = self._ask_directories(mrn, issuer or None, source)
             with self.db.session() as db:
@@ -559,9 +559,9 @@ class Batches:
         found = self.directories.find(mrn, issuer)
         patients = [patient_json(p) for p in found.patients]
         if patients:
-            status = "matched" if len(patients) == 1 else "ambiguous"
+            status = LookupStatus.MATCHED if len(patients) == 1 else LookupStatus.AMBIGUOUS
         else:
-            status = "unavailable" if found.unavailable else "not_found"
+            status = LookupStatus.UNAVAILABLE if found.unavailable else LookupStatus.NOT_FOUND
         log.info("batch group lookup source=%s status=%s candidates=%d", source, status,
                  len(patients))
         return {"status": status, "patients": patients,
@@ -684,14 +684,15 @@ class Batches:
     def _chosen(self, group: BatchGroup, wanted: Any) -> tuple[dict[str, Any], str,
                                                                 dict[str, Any]]:
         """The patient the group is confirmed for, the identification method and evidence."""
-        lookup = group.lookup or {"status": "not_found", "patients": []}
+        lookup = group.lookup or {"status": LookupStatus.NOT_FOUND, "patients": []}
         candidates = lookup.get("patients") or []
         method = IdentificationMethod.WRISTBAND if group.source == GroupSource.LABEL \
             else IdentificationMethod.MANUAL
         if wanted is None:
             if len(candidates) == 1:
                 chosen = candidates[0]
-            elif group.source == GroupSource.GIVEN and lookup.get("status") == "not_found":
+            elif (group.source == GroupSource.GIVEN
+                  and lookup.get("status") == LookupStatus.NOT_FOUND):
                 chosen = {"mrn": group.mrn, "issuer": group.issuer}  # as the command gave it
             else:
                 raise InvalidRequest("choose the patient: the label matched "
@@ -703,9 +704,9 @@ class Batches:
             chosen = next((c for c in candidates if (c["mrn"], c["issuer"]) == key), None)
             if chosen is None:
                 answer = self._ask_directories(key[0], key[1] or None, GroupSource.MANUAL)
-                if answer["status"] == "unavailable":
+                if answer["status"] == LookupStatus.UNAVAILABLE:
                     raise Conflict("the patient directory is unavailable: try again later")
-                if answer["status"] != "matched":
+                if answer["status"] != LookupStatus.MATCHED:
                     raise InvalidRequest("the directory does not know exactly one patient "
                                          "with this identifier")
                 chosen, method = answer["patients"][0], IdentificationMethod.MANUAL
@@ -845,8 +846,8 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
     held_before = {i.row.upload_uuid for i in view.items if i.row.status == ItemStatus.HELD}
     for group in view.groups:
         status = (group.row.lookup or {}).get("status")
-        if group.held and (status == "matched" or (group.row.source == GroupSource.GIVEN
-                                                   and status == "not_found")):
+        if group.held and (status == LookupStatus.MATCHED or (
+                group.row.source == GroupSource.GIVEN and status == LookupStatus.NOT_FOUND)):
             group = batches.confirm(batch_id, group.row.id, {}, user=user, owner=None)
         for item in group.items:
             if item.row.upload_uuid in records:
@@ -889,9 +890,9 @@ def _item_outcome(item: ItemView, group: GroupView) -> dict[str, Any]:
     patient = {"mrn": session.patient_id, "issuer": session.issuer} if session else None
     if row.status == ItemStatus.HELD:
         label = {"mrn": group.row.mrn, "issuer": group.row.issuer or None}
-        reasons = {"not_found": "the label's identifier matched no patient",
-                   "ambiguous": "the label's identifier matched several patients",
-                   "unavailable": "the patient directory did not answer"}
+        reasons = {LookupStatus.NOT_FOUND: "the label's identifier matched no patient",
+                   LookupStatus.AMBIGUOUS: "the label's identifier matched several patients",
+                   LookupStatus.UNAVAILABLE: "the patient directory did not answer"}
         return {"status": ImportStatus.UNSORTED, "role": row.role, "label": label,
                 "reason": reasons.get(answer.get("status", ""), "the group is not confirmed")}
     if row.status == ItemStatus.SKIPPED:

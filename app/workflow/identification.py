@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -86,6 +87,17 @@ class Match:
     evidence: dict[str, Any]
 
 
+class LookupStatus(StrEnum):
+    """What looking up an identifier found: ``matched`` (exactly one patient), ``ambiguous``
+    (several) or ``not_found``; a batch group's kept answer may also be ``unavailable`` (a
+    directory did not answer)."""
+
+    MATCHED = "matched"
+    AMBIGUOUS = "ambiguous"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+
+
 @dataclass(frozen=True)
 class IdentifyResult:
     """Everything one identification found.
@@ -95,16 +107,16 @@ class IdentifyResult:
     not answer (then ``not_found`` is never returned: :class:`DirectoriesUnavailable` is).
     """
 
-    method: str
+    method: IdentificationMethod
     readings: tuple[Reading, ...]
     matches: tuple[Match, ...]
     unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
-    def status(self) -> str:
+    def status(self) -> LookupStatus:
         if not self.matches:
-            return "not_found"
-        return "matched" if len(self.matches) == 1 else "ambiguous"
+            return LookupStatus.NOT_FOUND
+        return LookupStatus.MATCHED if len(self.matches) == 1 else LookupStatus.AMBIGUOUS
 
 
 def read_wristband(data: bytes, rules: Sequence[Rule], max_pixels: int) -> list[Reading]:
@@ -169,7 +181,7 @@ class Identifier:
             identifier = parse_wristband(text, name, self.rules)
         except NoWristbandRuleMatched as exc:
             raise NoWristbandRule([name], exc.reasons) from None
-        return self._lookup(method, [Reading(identifier, name)])
+        return self._lookup(IdentificationMethod(method), [Reading(identifier, name)])
 
     def search(self, mrn: Any, issuer: Any = None) -> IdentifyResult:
         """Look up an MRN entered by hand (method ``manual``; no wristband rule involved)."""
@@ -181,7 +193,7 @@ class Identifier:
                         for p in lookup.patients)
         return self._result(IdentificationMethod.MANUAL, (), matches, lookup.unavailable)
 
-    def _lookup(self, method: str, readings: list[Reading]) -> IdentifyResult:
+    def _lookup(self, method: IdentificationMethod, readings: list[Reading]) -> IdentifyResult:
         matches: dict[tuple[str, str], Match] = {}
         unavailable: dict[str, str] = {}
         done: set[tuple[str, str | None]] = set()
@@ -198,8 +210,8 @@ class Identifier:
         return self._result(method, tuple(readings), tuple(matches.values()), unavailable)
 
     @staticmethod
-    def _result(method: str, readings: tuple[Reading, ...], matches: tuple[Match, ...],
-                unavailable: dict[str, str]) -> IdentifyResult:
+    def _result(method: IdentificationMethod, readings: tuple[Reading, ...],
+                matches: tuple[Match, ...], unavailable: dict[str, str]) -> IdentifyResult:
         if not matches and unavailable:
             raise DirectoriesUnavailable(unavailable)
         result = IdentifyResult(method, readings, matches, unavailable)
