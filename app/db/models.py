@@ -55,6 +55,20 @@ class WorkerBookkeeping:
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class UploadedFile:
+    """The columns of every row that stands for one uploaded photo (``photo``, and
+    ``batch_item`` while a batch holds it): the client's upload UUID as the key, the SHA-256,
+    size and media type of the bytes as received, the pixel size and the capture time."""
+
+    upload_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    media_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int]
+    height: Mapped[int]
+    acquired_at: Mapped[datetime | None]
+
+
 class Patient(Base):
     """The local patient index (embedded default of the patient directory)."""
 
@@ -154,20 +168,13 @@ class SessionIdentification(Base):
 
 
 
-class Photo(Base):
+class Photo(UploadedFile, Base):
     """One upload, identified by the client's UUID; the instance it became."""
 
     __tablename__ = "photo"
 
-    upload_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("capture_session.id"), index=True)
-    sha256: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int]
-    media_type: Mapped[str] = mapped_column(String(32))
     passthrough: Mapped[bool] = mapped_column(Boolean)
-    width: Mapped[int]
-    height: Mapped[int]
-    acquired_at: Mapped[datetime | None]
     instance_number: Mapped[int]
     sop_uid: Mapped[str] = mapped_column(ForeignKey("instance.sop_uid"), unique=True)
     color: Mapped[dict | None] = mapped_column(JSON)  # the colour step's report; None: not run
@@ -274,7 +281,7 @@ class ItemStatus(StrEnum):
     SKIPPED = "skipped"
 
 
-class BatchItem(Base):
+class BatchItem(UploadedFile, Base):
     """One uploaded file of a batch, by its upload UUID (also the Photo's, once stored).
 
     ``role``: ``label`` (a wristband/label frame) or ``clinical``; ``identity`` the wristband
@@ -286,15 +293,8 @@ class BatchItem(Base):
 
     __tablename__ = "batch_item"
 
-    upload_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batch.id"), index=True)
-    sha256: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int]
-    media_type: Mapped[str] = mapped_column(String(32))
-    width: Mapped[int]
-    height: Mapped[int]
     file_order: Mapped[int] = mapped_column(Integer, default=0)
-    acquired_at: Mapped[datetime | None]
     role: Mapped[str] = mapped_column(String(8), default=ItemRole.CLINICAL)
     identity: Mapped[list] = mapped_column(JSON, default=list)
     label_area: Mapped[float | None]
