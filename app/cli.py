@@ -39,7 +39,7 @@ from app.pipeline.dicom.values import InvalidValue
 from app.settings import Settings
 from app.workflow import accounts, audit, delivery
 from app.workflow.accounts import AccountError, create_user
-from app.workflow.batch import build_batches, import_files, write_report
+from app.workflow.batch import ImportStatus, build_batches, import_files, write_report
 from app.workflow.deid_export import ExportError, export_deidentified
 from app.workflow.demo import seed_demo_patients
 from app.workflow.identification import (
@@ -259,22 +259,21 @@ def user_password(username: str) -> None:
                     f"password of {username} changed")
 
 
-@user.command("disable")
-@click.option("--username", required=True)
-def user_disable(username: str) -> None:
-    """Disable an account: its sessions end now and it can no longer log in."""
-    _change_account("user.disable", username,
-                    lambda db: accounts.set_disabled(db, username, True),
-                    f"user {username} disabled")
+def _disabled_command(name: str, disabled: bool, help_text: str) -> None:
+    """Register ``ebiw user <name> --username U``: the account's disabled flag becomes
+    ``disabled`` (its sessions end when it is disabled), audited as ``user.<name>``."""
+
+    @user.command(name, help=help_text)
+    @click.option("--username", required=True)
+    def command(username: str) -> None:
+        _change_account(f"user.{name}", username,
+                        lambda db: accounts.set_disabled(db, username, disabled),
+                        f"user {username} {name}d")
 
 
-@user.command("enable")
-@click.option("--username", required=True)
-def user_enable(username: str) -> None:
-    """Enable a disabled account again."""
-    _change_account("user.enable", username,
-                    lambda db: accounts.set_disabled(db, username, False),
-                    f"user {username} enabled")
+_disabled_command("disable", True,
+                  "Disable an account: its sessions end now and it can no longer log in.")
+_disabled_command("enable", False, "Enable a disabled account again.")
 
 
 @user.command("unlock")
@@ -482,7 +481,7 @@ def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str |
             progress=lambda record: click.echo(json.dumps(record, ensure_ascii=False), err=True))
     except IntakeError as exc:
         raise click.ClickException(exc.message) from exc
-    stored = [f for f in report.files if f["status"] == "stored" and f.get("new")]
+    stored = [f for f in report.files if f["status"] == ImportStatus.STORED and f.get("new")]
     patients = {(f["patient"]["mrn"], f["patient"]["issuer"]) for f in stored}
     studies = {f["study_instance_uid"] for f in stored}
     audit.append(services.db, _cli_actor(), "batch.import", f"batch:{report.batch_id}",

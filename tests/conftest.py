@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import secrets
 import subprocess
 import threading
 import time
@@ -17,6 +18,7 @@ from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from socketserver import BaseServer
 from typing import Any, TypeVar
+from urllib.parse import urlencode
 
 import pytest
 import requests
@@ -160,6 +162,17 @@ class StubHandler(BaseHTTPRequestHandler):
     def send_json(self, body: Any, status: int = 200,
                   headers: dict[str, str] | None = None) -> None:
         self.send_body(status, json.dumps(body).encode(), "application/json", headers)
+
+    def grant_code(self, codes: dict[str, dict[str, str]], query: dict[str, str]) -> None:
+        """Grant an authorization request (OAuth 2.0 code flow) at once: a new code, kept in
+        ``codes`` with the request's ``query``, goes back to its ``redirect_uri`` with its
+        ``state`` (302)."""
+        code = secrets.token_urlsafe(16)
+        codes[code] = query
+        self.send_response(302)
+        self.send_header("Location", query["redirect_uri"] + "?" + urlencode(
+            {"code": code, "state": query["state"]}))
+        self.end_headers()
 
 
 FHIR_EXAMPLES = SHARED / "tools" / "fhir" / "examples"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, date, datetime
+from enum import StrEnum
 from typing import ClassVar, overload
 
 from sqlalchemy import (
@@ -54,6 +55,20 @@ class WorkerBookkeeping:
     updated_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class UploadedFile:
+    """The columns of every row that stands for one uploaded photo (``photo``, and
+    ``batch_item`` while a batch holds it): the client's upload UUID as the key, the SHA-256,
+    size and media type of the bytes as received, the pixel size and the capture time."""
+
+    upload_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size: Mapped[int]
+    media_type: Mapped[str] = mapped_column(String(32))
+    width: Mapped[int]
+    height: Mapped[int]
+    acquired_at: Mapped[datetime | None]
+
+
 class Patient(Base):
     """The local patient index (embedded default of the patient directory)."""
 
@@ -86,6 +101,20 @@ class Encounter(Base):
     patient: Mapped[Patient] = relationship(back_populates="encounters")
 
 
+class SessionStatus(StrEnum):
+    """A capture session is ``open`` (photos may be added) until it is ``complete``."""
+
+    OPEN = "open"
+    COMPLETE = "complete"
+
+
+class SessionSource(StrEnum):
+    """Who took a session's photos: a care ``provider``, or the ``patient``."""
+
+    PROVIDER = "provider"
+    PATIENT = "patient"
+
+
 class CaptureSession(Base):
     """One capture session = one DICOM study (its UID derived from the session id)."""
 
@@ -103,11 +132,11 @@ class CaptureSession(Base):
     body_site: Mapped[str | None] = mapped_column(String(32))
     laterality: Mapped[str | None] = mapped_column(String(1))
     department: Mapped[str | None] = mapped_column(String(64))
-    source: Mapped[str] = mapped_column(String(16), default="provider")
+    source: Mapped[str] = mapped_column(String(16), default=SessionSource.PROVIDER)
     consent: Mapped[str | None] = mapped_column(String(16))  # given, declined, not-required
     sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
     description: Mapped[str | None] = mapped_column(String(64))  # the view, e.g. "close-up"
-    status: Mapped[str] = mapped_column(String(16), default="open")
+    status: Mapped[str] = mapped_column(String(16), default=SessionStatus.OPEN)
     photo_count: Mapped[int] = mapped_column(Integer, default=0)
     created_by: Mapped[str] = mapped_column(String(128))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -139,20 +168,13 @@ class SessionIdentification(Base):
 
 
 
-class Photo(Base):
+class Photo(UploadedFile, Base):
     """One upload, identified by the client's UUID; the instance it became."""
 
     __tablename__ = "photo"
 
-    upload_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
     session_id: Mapped[str] = mapped_column(ForeignKey("capture_session.id"), index=True)
-    sha256: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int]
-    media_type: Mapped[str] = mapped_column(String(32))
     passthrough: Mapped[bool] = mapped_column(Boolean)
-    width: Mapped[int]
-    height: Mapped[int]
-    acquired_at: Mapped[datetime | None]
     instance_number: Mapped[int]
     sop_uid: Mapped[str] = mapped_column(ForeignKey("instance.sop_uid"), unique=True)
     color: Mapped[dict | None] = mapped_column(JSON)  # the colour step's report; None: not run
@@ -183,6 +205,13 @@ class Instance(Base):
 # (app/workflow/batch/; README "Batch import")
 
 
+class BatchStatus(StrEnum):
+    """An import batch is ``open`` until it is ``discarded`` (its held photos dropped)."""
+
+    OPEN = "open"
+    DISCARDED = "discarded"
+
+
 class Batch(Base):
     """A batch of photos uploaded together (a clinic's day, a migrated folder).
 
@@ -199,7 +228,17 @@ class Batch(Base):
     department: Mapped[str | None] = mapped_column(String(64))
     patient_id: Mapped[str | None] = mapped_column(String(64))
     issuer: Mapped[str | None] = mapped_column(String(64))
-    status: Mapped[str] = mapped_column(String(16), default="open")  # open, discarded
+    status: Mapped[str] = mapped_column(String(16), default=BatchStatus.OPEN)
+
+
+class GroupSource(StrEnum):
+    """Where a batch group's identifier came from: a ``label`` photo in the batch, entered
+    by hand (``manual``) in the review, or ``given`` for the whole batch
+    (``ebiw import --patient-id``)."""
+
+    LABEL = "label"
+    MANUAL = "manual"
+    GIVEN = "given"
 
 
 class BatchGroup(Base):
@@ -218,7 +257,7 @@ class BatchGroup(Base):
     mrn: Mapped[str] = mapped_column(String(64))
     issuer: Mapped[str] = mapped_column(String(64), default="")
     encounter: Mapped[str | None] = mapped_column(String(64))
-    source: Mapped[str] = mapped_column(String(8))  # label, manual
+    source: Mapped[str] = mapped_column(String(8))  # GroupSource
     lookup: Mapped[dict | None] = mapped_column(JSON)
     session_id: Mapped[str | None] = mapped_column(ForeignKey("capture_session.id"))
     confirmed_by: Mapped[str | None] = mapped_column(String(128))
@@ -226,7 +265,23 @@ class BatchGroup(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
-class BatchItem(Base):
+class ItemRole(StrEnum):
+    """What a batch photo is: a wristband/``label`` frame, or a ``clinical`` photo."""
+
+    LABEL = "label"
+    CLINICAL = "clinical"
+
+
+class ItemStatus(StrEnum):
+    """A batch item is ``held`` in staging until it is ``stored`` in the archive or
+    ``skipped`` (dropped, or a label photo not kept)."""
+
+    HELD = "held"
+    STORED = "stored"
+    SKIPPED = "skipped"
+
+
+class BatchItem(UploadedFile, Base):
     """One uploaded file of a batch, by its upload UUID (also the Photo's, once stored).
 
     ``role``: ``label`` (a wristband/label frame) or ``clinical``; ``identity`` the wristband
@@ -238,23 +293,16 @@ class BatchItem(Base):
 
     __tablename__ = "batch_item"
 
-    upload_uuid: Mapped[str] = mapped_column(String(36), primary_key=True)
     batch_id: Mapped[str] = mapped_column(ForeignKey("batch.id"), index=True)
-    sha256: Mapped[str] = mapped_column(String(64))
-    size: Mapped[int]
-    media_type: Mapped[str] = mapped_column(String(32))
-    width: Mapped[int]
-    height: Mapped[int]
     file_order: Mapped[int] = mapped_column(Integer, default=0)
-    acquired_at: Mapped[datetime | None]
-    role: Mapped[str] = mapped_column(String(8), default="clinical")
+    role: Mapped[str] = mapped_column(String(8), default=ItemRole.CLINICAL)
     identity: Mapped[list] = mapped_column(JSON, default=list)
     label_area: Mapped[float | None]
     work: Mapped[dict] = mapped_column(JSON, default=dict)
     group_id: Mapped[str | None] = mapped_column(ForeignKey("batch_group.id"))
     pinned: Mapped[bool] = mapped_column(Boolean, default=False)
     dropped: Mapped[bool] = mapped_column(Boolean, default=False)
-    status: Mapped[str] = mapped_column(String(8), default="held")
+    status: Mapped[str] = mapped_column(String(8), default=ItemStatus.HELD)
     sop_uid: Mapped[str | None] = mapped_column(String(64))
     normalized_sop_uid: Mapped[str | None] = mapped_column(String(64))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
@@ -398,6 +446,23 @@ class AuditForward(WorkerBookkeeping, Base):
 # --- Outbox: deliveries to PACS destinations and EMR notifiers (app.workflow.delivery) -------
 
 
+class DeliveryKind(StrEnum):
+    """What a delivery row sends: an instance to a ``pacs`` destination, or a study's notice
+    to an ``emr`` notifier."""
+
+    PACS = "pacs"
+    EMR = "emr"
+
+
+class DeliveryStatus(StrEnum):
+    """A delivery row is ``pending`` (queued, or failed and waiting for its next attempt),
+    ``sent``, or ``dead`` (a permanent failure, kept until an admin retries it)."""
+
+    PENDING = "pending"
+    SENT = "sent"
+    DEAD = "dead"
+
+
 class Delivery(WorkerBookkeeping, Base):
     """One thing to deliver: an instance to a PACS (``kind="pacs"``), or a study's notice to
     an EMR notifier (``kind="emr"``, ``sop_uid=""``, one row per study, re-queued by
@@ -416,10 +481,10 @@ class Delivery(WorkerBookkeeping, Base):
 
     id: Mapped[int] = mapped_column(primary_key=True)
     destination: Mapped[str] = mapped_column(String(64))
-    kind: Mapped[str] = mapped_column(String(8))
+    kind: Mapped[str] = mapped_column(String(8))  # DeliveryKind
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     sop_uid: Mapped[str] = mapped_column(String(64), default="")
-    status: Mapped[str] = mapped_column(String(8), default="pending")
+    status: Mapped[str] = mapped_column(String(8), default=DeliveryStatus.PENDING)
     version: Mapped[int] = mapped_column(Integer, default=1)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)

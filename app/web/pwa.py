@@ -12,6 +12,7 @@ import hashlib
 import re
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template, send_from_directory
 
@@ -60,22 +61,26 @@ def shell() -> tuple[str, tuple[str, ...]]:
     return _shell(_static(), Path(current_app.template_folder or "templates"))
 
 
+def shell_page(template: str, *, mimetype: str | None = None, **context: Any) -> Response:
+    """``template`` rendered alike for everyone (no user data, so it may be cached), with
+    ``Cache-Control: no-cache``: the browser revalidates it before each use."""
+    response = Response(render_template(template, **context), mimetype=mimetype)
+    response.headers["Cache-Control"] = "no-cache"
+    return response
+
+
 @bp.get("/")
 def index() -> Response:
     """The app shell: the same page for everyone (no user data), so it can be cached."""
-    response = Response(render_template("capture/index.html"))
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    return shell_page("capture/index.html")
 
 
 @bp.get("/sw.js")
 def service_worker() -> Response:
     """The service worker, with the shell version and file list filled in."""
     version, urls = shell()
-    response = Response(render_template("capture/sw.js", version=version, shell=list(urls)),
-                        mimetype="text/javascript")
-    response.headers["Cache-Control"] = "no-cache"
-    return response
+    return shell_page("capture/sw.js", mimetype="text/javascript", version=version,
+                      shell=list(urls))
 
 
 @bp.get("/manifest.webmanifest")

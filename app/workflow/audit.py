@@ -29,7 +29,14 @@ from sqlalchemy.dialects.postgresql import insert as postgresql_insert
 from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
-from app.db.models import AuditChainHead, AuditEvent, AuditForward, CaptureSession, as_utc
+from app.db.models import (
+    AuditChainHead,
+    AuditEvent,
+    AuditForward,
+    CaptureSession,
+    DeliveryKind,
+    as_utc,
+)
 from app.db.session import Database
 from app.gateways.errors import GatewayError
 from app.gateways.syslog import SyslogSender, SyslogTarget
@@ -153,7 +160,7 @@ def record_delivery(db: Session, *, destination: str, kind: str, study_uid: str,
     session = db.scalar(select(CaptureSession).where(CaptureSession.study_uid == study_uid))
     entities = [patient_ref(session.patient_id, session.issuer)] if session else []
     entities += [study_ref(study_uid), *(instance_ref(uid) for uid in sop_uids if uid)]
-    family = "delivery" if kind == "pacs" else "notice"
+    family = "delivery" if kind == DeliveryKind.PACS else "notice"
     return record(db, DELIVERY_ACTOR, f"{family}.{'sent' if sent else 'dead'}", *entities,
                   outcome=SUCCESS if sent else ERROR, node=node,
                   detail={"destination": destination, **({"reason": reason} if reason else {})})

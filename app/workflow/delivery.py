@@ -29,12 +29,20 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import and_, func, or_, select, update
 from sqlalchemy.orm import Session
 
-from app.db.models import CaptureSession, Delivery, Instance, as_utc
+from app.db.models import (
+    CaptureSession,
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Instance,
+    as_utc,
+)
 from app.db.session import Database
 from app.gateways.archive import Archive
 from app.gateways.archive.pacs import OutgoingInstance
@@ -44,8 +52,6 @@ from app.workflow import audit
 
 log = logging.getLogger(__name__)
 
-PENDING, SENT, DEAD = "pending", "sent", "dead"
-PACS, EMR = "pacs", "emr"
 IDLE_SECONDS = 0.25
 ERROR_PAUSE_SECONDS = 5.0
 _REASON_MAX = 200
@@ -84,8 +90,9 @@ class Outbox:
         now = utcnow()
         insert = _insert(db)
         key = ["destination", "study_uid", "sop_uid"]
-        pacs_rows = [dict(destination=d.name, kind=PACS, study_uid=instance.study_uid,
-                          sop_uid=instance.sop_uid, status=PENDING, version=1, attempts=0,
+        pending = DeliveryStatus.PENDING
+        pacs_rows = [dict(destination=d.name, kind=DeliveryKind.PACS, study_uid=instance.study_uid,
+                          sop_uid=instance.sop_uid, status=pending, version=1, attempts=0,
                           next_attempt_at=now, created_at=now, updated_at=now)
                      for d in self.registry.routes(session)]
         if pacs_rows:
@@ -93,11 +100,12 @@ class Outbox:
                 index_elements=key))
         for notifier in self.registry.notifiers:
             statement = insert(Delivery).values(
-                destination=notifier.name, kind=EMR, study_uid=instance.study_uid, sop_uid="",
-                status=PENDING, version=1, attempts=0, next_attempt_at=now, created_at=now,
+                destination=notifier.name, kind=DeliveryKind.EMR, study_uid=instance.study_uid,
+                sop_uid="",
+                status=pending, version=1, attempts=0, next_attempt_at=now, created_at=now,
                 updated_at=now)
             db.execute(statement.on_conflict_do_update(index_elements=key, set_={
-                "status": PENDING, "version": Delivery.version + 1, "attempts": 0,
+                "status": pending, "version": Delivery.version + 1, "attempts": 0,
                 "next_attempt_at": now, "last_error": None, "updated_at": now}))
 
 
@@ -123,8 +131,20 @@ class Claim:
     rows: tuple[ClaimedRow, ...]
 
 
+class Outcome(StrEnum):
+    """What recording one claimed row did, counted in the worker's log line: the row became
+    ``sent`` or ``dead``, or ``failed`` (waits for a retry); or it was ``requeued`` meanwhile
+    (left pending), or ``lost`` (another worker took over its lease)."""
+
+    SENT = "sent"
+    FAILED = "failed"
+    DEAD = "dead"
+    REQUEUED = "requeued"
+    LOST = "lost"
+
+
 def _due(now: datetime, names: Sequence[str]) -> Any:
-    return and_(Delivery.status == PENDING, Delivery.next_attempt_at <= now,
+    return and_(Delivery.status == DeliveryStatus.PENDING, Delivery.next_attempt_at <= now,
                 or_(Delivery.claimed_until.is_(None), Delivery.claimed_until < now),
                 Delivery.destination.in_(names))
 
@@ -302,8 +322,8 @@ class DeliveryWorker:
         now = utcnow()
         retry_at = now + timedelta(seconds=policy.delay(
             max(row.attempts for row in claim.rows) + 1, self.uniform))
-        counts = {SENT: 0, "failed": 0, DEAD: 0, "requeued": 0, "lost": 0}
-        finished: dict[str, list[ClaimedRow]] = {SENT: [], DEAD: []}
+        counts = dict.fromkeys(Outcome, 0)
+        finished: dict[Outcome, list[ClaimedRow]] = {Outcome.SENT: [], Outcome.DEAD: []}
         with self.db.session() as db:
             for row in claim.rows:
                 error = outcomes.get(row.id, TransientError("not attempted"))
@@ -311,33 +331,33 @@ class DeliveryWorker:
                 release: dict[str, Any] = dict(claim_token=None, claimed_until=None,
                                                updated_at=now)
                 if error is None:
-                    values = dict(status=SENT, attempts=Delivery.attempts + 1, sent_at=now,
-                                  last_error=None, **release)
-                    outcome, where = SENT, and_(mine, Delivery.version == row.version)
+                    values = dict(status=DeliveryStatus.SENT, attempts=Delivery.attempts + 1,
+                                  sent_at=now, last_error=None, **release)
+                    outcome, where = Outcome.SENT, and_(mine, Delivery.version == row.version)
                 elif isinstance(error, PermanentError):
-                    values = dict(status=DEAD, attempts=Delivery.attempts + 1,
+                    values = dict(status=DeliveryStatus.DEAD, attempts=Delivery.attempts + 1,
                                   last_error=_reason(error), **release)
-                    outcome, where = DEAD, and_(mine, Delivery.version == row.version)
+                    outcome, where = Outcome.DEAD, and_(mine, Delivery.version == row.version)
                 else:
                     values = dict(attempts=Delivery.attempts + 1, last_error=_reason(error),
                                   next_attempt_at=retry_at, **release)
-                    outcome, where = "failed", mine
+                    outcome, where = Outcome.FAILED, mine
                 if db.execute(update(Delivery).where(where).values(**values)
                               .execution_options(synchronize_session=False)).rowcount:
                     counts[outcome] += 1
                     finished.get(outcome, []).append(row)
                 elif db.execute(update(Delivery).where(mine).values(**release)
                                 .execution_options(synchronize_session=False)).rowcount:
-                    counts["requeued"] += 1
+                    counts[Outcome.REQUEUED] += 1
                 else:
-                    counts["lost"] += 1
+                    counts[Outcome.LOST] += 1
             for status, rows in finished.items():
                 if rows:
                     reasons = {_reason(e) for r in rows if (e := outcomes.get(r.id)) is not None}
                     audit.record_delivery(db, destination=claim.destination, kind=claim.kind,
                                           study_uid=claim.study_uid,
                                           sop_uids=[r.sop_uid for r in rows],
-                                          sent=status == SENT,
+                                          sent=status == Outcome.SENT,
                                           reason="; ".join(sorted(reasons)) or None)
         log.info("delivery to %s: %s", claim.destination,
                  ", ".join(f"{n} {k}" for k, n in counts.items() if n))
@@ -392,11 +412,25 @@ def drain(db: Database, archive: Archive, registry: Registry, threads: int = 1) 
 # --- status and admin ---------------------------------------------------------------------------
 
 
-def _public_state(status: str, has_error: bool) -> str:
-    """queued, failed (pending after an error), sent or dead."""
-    if status == PENDING:
-        return "failed" if has_error else "queued"
-    return status
+class ShownState(StrEnum):
+    """A delivery as users and admins see it, in display order: ``queued``, ``failed``
+    (pending after a transient failure), ``sent`` or ``dead``."""
+
+    QUEUED = "queued"
+    FAILED = "failed"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+STATES = tuple(ShownState)
+"""The shown states in display order (a tuple: ``in`` also takes any string)."""
+
+
+def _public_state(status: str, has_error: bool) -> ShownState:
+    """The shown state of a row with this ``status``; pending is failed after an error."""
+    if status == DeliveryStatus.PENDING:
+        return ShownState.FAILED if has_error else ShownState.QUEUED
+    return ShownState(status)
 
 
 @dataclass(frozen=True)
@@ -409,7 +443,7 @@ class DeliveryState:
     kind: str
     study_uid: str
     sop_uid: str
-    state: str
+    state: ShownState
     reason: str | None
     attempts: int
     next_attempt_at: datetime | None
@@ -421,7 +455,7 @@ class DeliveryState:
         return cls(row.id, row.destination, row.kind, row.study_uid, row.sop_uid,
                    _public_state(row.status, bool(row.last_error)),
                    row.last_error, row.attempts,
-                   as_utc(row.next_attempt_at) if row.status == PENDING else None,
+                   as_utc(row.next_attempt_at) if row.status == DeliveryStatus.PENDING else None,
                    as_utc(row.updated_at), as_utc(row.sent_at))
 
     def status_json(self) -> dict[str, Any]:
@@ -438,13 +472,13 @@ class DeliveryState:
                 "sop_instance_uid": self.sop_uid or None, **self.status_json()}
 
 
-STATES = ("queued", "failed", "sent", "dead")
-
-
 def _state_filter(state: str) -> Any:
-    return {"queued": and_(Delivery.status == PENDING, Delivery.last_error.is_(None)),
-            "failed": and_(Delivery.status == PENDING, Delivery.last_error.is_not(None)),
-            "sent": Delivery.status == SENT, "dead": Delivery.status == DEAD}[state]
+    """The WHERE clause of the rows shown in ``state`` (one of :data:`STATES`)."""
+    pending = Delivery.status == DeliveryStatus.PENDING
+    return {ShownState.QUEUED: and_(pending, Delivery.last_error.is_(None)),
+            ShownState.FAILED: and_(pending, Delivery.last_error.is_not(None)),
+            ShownState.SENT: Delivery.status == DeliveryStatus.SENT,
+            ShownState.DEAD: Delivery.status == DeliveryStatus.DEAD}[ShownState(state)]
 
 
 def study_deliveries(db: Database, study_uid: str) -> list[DeliveryState]:
@@ -505,10 +539,10 @@ def retry_delivery(db: Database, delivery_id: int) -> DeliveryState | None:
         row = session.get(Delivery, delivery_id, with_for_update=True)
         if row is None:
             return None
-        if row.status == SENT:
+        if row.status == DeliveryStatus.SENT:
             raise NotRetryable("this delivery was already sent")
-        if row.status == DEAD or row.last_error:
-            row.status, row.attempts, row.last_error = PENDING, 0, None
+        if row.status == DeliveryStatus.DEAD or row.last_error:
+            row.status, row.attempts, row.last_error = DeliveryStatus.PENDING, 0, None
             row.next_attempt_at, row.updated_at = now, now
         return DeliveryState.of(row)
 
@@ -516,11 +550,11 @@ def retry_delivery(db: Database, delivery_id: int) -> DeliveryState | None:
 def retry_dead(db: Database, destination: str | None = None) -> int:
     """Make every dead delivery (of one destination, if given) due now; return how many."""
     now = utcnow()
-    query = update(Delivery).where(Delivery.status == DEAD)
+    query = update(Delivery).where(Delivery.status == DeliveryStatus.DEAD)
     if destination is not None:
         query = query.where(Delivery.destination == destination)
     with db.session() as session:
         return session.execute(query.values(
-            status=PENDING, attempts=0, last_error=None, next_attempt_at=now, updated_at=now,
-            claim_token=None, claimed_until=None)
+            status=DeliveryStatus.PENDING, attempts=0, last_error=None, next_attempt_at=now,
+            updated_at=now, claim_token=None, claimed_until=None)
             .execution_options(synchronize_session=False)).rowcount

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +24,7 @@ from app.pipeline.identify import Barcode, read_barcodes
 from app.pipeline.wristband import NoWristbandRuleMatched, Rule, WristbandId, parse_wristband
 from app.settings import Settings
 from app.workflow.intake import (
+    IdentificationMethod,
     IntakeError,
     InvalidRequest,
     UnreadablePhoto,
@@ -31,7 +33,7 @@ from app.workflow.intake import (
 
 log = logging.getLogger(__name__)
 
-BARCODE_METHODS = ("scanned", "typed")
+BARCODE_METHODS = (IdentificationMethod.SCANNED, IdentificationMethod.TYPED)
 """How a barcode text reached us without a photo: the device's scanner, or typed by hand."""
 MAX_BARCODE_CHARS = 512
 
@@ -86,6 +88,17 @@ class Match:
     evidence: dict[str, Any]
 
 
+class LookupStatus(StrEnum):
+    """What looking up an identifier found: ``matched`` (exactly one patient), ``ambiguous``
+    (several) or ``not_found``; a batch group's kept answer may also be ``unavailable`` (a
+    directory did not answer)."""
+
+    MATCHED = "matched"
+    AMBIGUOUS = "ambiguous"
+    NOT_FOUND = "not_found"
+    UNAVAILABLE = "unavailable"
+
+
 @dataclass(frozen=True)
 class IdentifyResult:
     """Everything one identification found.
@@ -95,16 +108,16 @@ class IdentifyResult:
     not answer (then ``not_found`` is never returned: :class:`DirectoriesUnavailable` is).
     """
 
-    method: str
+    method: IdentificationMethod
     readings: tuple[Reading, ...]
     matches: tuple[Match, ...]
     unavailable: dict[str, str] = field(default_factory=dict)
 
     @property
-    def status(self) -> str:
+    def status(self) -> LookupStatus:
         if not self.matches:
-            return "not_found"
-        return "matched" if len(self.matches) == 1 else "ambiguous"
+            return LookupStatus.NOT_FOUND
+        return LookupStatus.MATCHED if len(self.matches) == 1 else LookupStatus.AMBIGUOUS
 
 
 def read_wristband(data: bytes, rules: Sequence[Rule], max_pixels: int) -> list[Reading]:
@@ -147,9 +160,10 @@ class Identifier:
         Several barcodes with different identifiers are all looked up: their patients are
         offered together, so disagreeing barcodes show up as ``ambiguous``.
         """
-        return self._lookup("wristband", read_wristband(data, self.rules, self.max_pixels))
+        return self._lookup(IdentificationMethod.WRISTBAND,
+                            read_wristband(data, self.rules, self.max_pixels))
 
-    def from_barcode(self, text: Any, *, method: Any = "typed",
+    def from_barcode(self, text: Any, *, method: Any = IdentificationMethod.TYPED,
                      symbology: Any = None) -> IdentifyResult:
         """Identify from barcode text typed by hand or read by the device's scanner.
 
@@ -168,7 +182,7 @@ class Identifier:
             identifier = parse_wristband(text, name, self.rules)
         except NoWristbandRuleMatched as exc:
             raise NoWristbandRule([name], exc.reasons) from None
-        return self._lookup(method, [Reading(identifier, name)])
+        return self._lookup(IdentificationMethod(method), [Reading(identifier, name)])
 
     def search(self, mrn: Any, issuer: Any = None) -> IdentifyResult:
         """Look up an MRN entered by hand (method ``manual``; no wristband rule involved)."""
@@ -177,9 +191,9 @@ class Identifier:
         lookup = self.directories.find(mrn, issuer)
         matches = tuple(Match(p, None, _evidence(None, p, issuer is not None))
                         for p in lookup.patients)
-        return self._result("manual", (), matches, lookup.unavailable)
+        return self._result(IdentificationMethod.MANUAL, (), matches, lookup.unavailable)
 
-    def _lookup(self, method: str, readings: list[Reading]) -> IdentifyResult:
+    def _lookup(self, method: IdentificationMethod, readings: list[Reading]) -> IdentifyResult:
         matches: dict[tuple[str, str], Match] = {}
         unavailable: dict[str, str] = {}
         done: set[tuple[str, str | None]] = set()
@@ -196,8 +210,8 @@ class Identifier:
         return self._result(method, tuple(readings), tuple(matches.values()), unavailable)
 
     @staticmethod
-    def _result(method: str, readings: tuple[Reading, ...], matches: tuple[Match, ...],
-                unavailable: dict[str, str]) -> IdentifyResult:
+    def _result(method: IdentificationMethod, readings: tuple[Reading, ...],
+                matches: tuple[Match, ...], unavailable: dict[str, str]) -> IdentifyResult:
         if not matches and unavailable:
             raise DirectoriesUnavailable(unavailable)
         result = IdentifyResult(method, readings, matches, unavailable)

@@ -15,13 +15,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, timezone
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
-from app.db.models import CaptureSession, Instance, Photo, SessionIdentification, as_utc
+from app.db.models import (
+    CaptureSession,
+    Instance,
+    Photo,
+    SessionIdentification,
+    SessionSource,
+    SessionStatus,
+    as_utc,
+)
 from app.db.session import Database
 from app.gateways.archive import Archive, ArchiveConflictError, InstanceKey
 from app.gateways.registry import Registry
@@ -37,21 +46,32 @@ from app.pipeline.dicom.builder import (
     StudyInfo,
     build_vl_photo,
 )
-from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
+from app.pipeline.dicom.codes import LATERALITY, PAIRED_SIDES, body_site, body_sites
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.pipeline.dicom.values import InvalidValue
 from app.settings import Settings
 from app.workflow.delivery import Outbox
 
-SOURCES = ("provider", "patient")
+SOURCES = tuple(SessionSource)
 CONSENTS = ("given", "declined", "not-required")
 SEXES = ("F", "M", "O")
 ORIGINAL_SERIES_NUMBER = 1
 NORMALIZED_SERIES_NUMBER = 2
 LABEL_SERIES_NUMBER = 3
-IDENTIFICATION_METHODS = ("wristband", "scanned", "typed", "worklist", "emr-launch", "manual")
-"""How a session's patient was identified: photo of the wristband, the device's barcode scanner,
-typed identifier, chosen from the worklist, launched from the EMR, entered by hand."""
+
+
+class IdentificationMethod(StrEnum):
+    """How a session's patient was identified: photo of the wristband, the device's barcode
+    scanner, typed identifier, chosen from the worklist, launched from the EMR, entered by hand."""
+
+    WRISTBAND = "wristband"
+    SCANNED = "scanned"
+    TYPED = "typed"
+    WORKLIST = "worklist"
+    EMR_LAUNCH = "emr-launch"
+    MANUAL = "manual"
+
+
 MAX_EVIDENCE_CHARS = 4096
 MAX_DESCRIPTION_CHARS = 36
 """A session's description (the view, e.g. close-up) is added to the Series Description (LO)
@@ -104,9 +124,9 @@ def _uuid(value: Any, name: str) -> str:
 
 @dataclass(frozen=True)
 class Identification:
-    """How the patient was identified (one of ``IDENTIFICATION_METHODS``) and the evidence."""
+    """How the patient was identified and the evidence."""
 
-    method: str
+    method: IdentificationMethod
     evidence: dict[str, Any]
 
     @classmethod
@@ -114,14 +134,16 @@ class Identification:
         """Validate ``{"method", "evidence"}``; None when absent."""
         if value is None:
             return None
-        if not isinstance(value, dict) or value.get("method") not in IDENTIFICATION_METHODS:
+        try:
+            method = IdentificationMethod(value.get("method") if isinstance(value, dict) else None)
+        except ValueError:
             raise InvalidRequest("identification.method must be one of "
-                                 + ", ".join(IDENTIFICATION_METHODS))
+                                 + ", ".join(IdentificationMethod)) from None
         evidence = value.get("evidence") or {}
         if not isinstance(evidence, dict) or len(json.dumps(evidence)) > MAX_EVIDENCE_CHARS:
             raise InvalidRequest("identification.evidence must be a JSON object of at most "
                                  f"{MAX_EVIDENCE_CHARS} characters")
-        return cls(value["method"], evidence)
+        return cls(method, evidence)
 
 
 @dataclass(frozen=True)
@@ -198,9 +220,9 @@ class SessionRequest:
         laterality = body.get("laterality") or None
         if laterality is not None and laterality not in LATERALITY:
             raise InvalidRequest("laterality must be R, L, B or U")
-        if site is not None and body_site(site).paired and laterality not in ("R", "L", "B"):
+        if site is not None and body_site(site).paired and laterality not in PAIRED_SIDES:
             raise InvalidRequest("laterality (R, L or B) is required for this body site")
-        source = body.get("source") or "provider"
+        source = body.get("source") or SessionSource.PROVIDER
         if source not in SOURCES:
             raise InvalidRequest("source must be provider or patient")
         consent = body.get("consent") or None
@@ -212,7 +234,7 @@ class SessionRequest:
         worklist = WorklistContext.from_json(body.get("worklist_item"))
         identification = Identification.from_json(body.get("identification"))
         if identification is None and worklist is not None:
-            identification = Identification("worklist", {})
+            identification = Identification(IdentificationMethod.WORKLIST, {})
         with refusing_invalid_values():
             return cls(
                 patient_id=values.text(patient.get("id"), "patient.id", required=True),
@@ -358,7 +380,7 @@ class Intake:
             if row is None:
                 raise NotFound("no such capture session")
             if row.completed_at is None:
-                row.status = "complete"
+                row.status = SessionStatus.COMPLETE
                 row.completed_at = datetime.now(UTC)
         return self.get_session(session_id)
 
@@ -544,5 +566,6 @@ class Intake:
             laterality=s.laterality, department=s.department,
             institution=self.settings.institution_name or None,
             description=", ".join(filter(None, (
-                "Patient-taken photographs" if s.source == "patient" else "Clinical photographs",
+                "Patient-taken photographs" if s.source == SessionSource.PATIENT
+                else "Clinical photographs",
                 "colour normalized" if normalized else None, s.description))))

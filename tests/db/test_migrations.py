@@ -138,15 +138,28 @@ def test_downgrade_to_base_then_upgrade_to_head(db: Database) -> None:
     assert db.schema_differences() == []
 
 
-EXTRA_REVISION = '''
+REVISION_HEADER = '''
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0099_test"
+revision = "{revision}"
 down_revision = "{head}"
 branch_labels = None
 depends_on = None
+'''
 
+
+def _migrations_with(tmp_path: Path, revision: str, body: str) -> Path:
+    """A copy of the app's migrations with one more revision after HEAD: ``body`` (its
+    ``upgrade`` and ``downgrade``) under the usual header, in ``<revision>.py``."""
+    migrations = tmp_path / "migrations"
+    shutil.copytree(MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
+    (migrations / "versions" / f"{revision}.py").write_text(
+        REVISION_HEADER.format(revision=revision, head=HEAD) + body)
+    return migrations
+
+
+EXTRA_REVISION = '''
 
 def upgrade() -> None:
     # SQLite cannot drop NOT NULL: batch mode rebuilds "patient", which "encounter" references.
@@ -165,9 +178,7 @@ def downgrade() -> None:
 
 def test_a_later_revision_alters_a_referenced_table_and_rows_survive(
         db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    migrations = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "0099_test.py").write_text(EXTRA_REVISION.format(head=HEAD))
+    migrations = _migrations_with(tmp_path, "0099_test", EXTRA_REVISION)
     db.create_schema()
     _add_patient_with_encounter(db, "M1")
     _add_patient_with_encounter(db, "M2")
@@ -207,14 +218,6 @@ def test_ebiw_db_upgrade_and_current_print_the_revision(tmp_path: Path, url: str
 
 
 FAILING_REVISION = '''
-import sqlalchemy as sa
-from alembic import op
-
-revision = "0099_fails"
-down_revision = "{head}"
-branch_labels = None
-depends_on = None
-
 
 def upgrade() -> None:
     op.create_table("half_done", sa.Column("id", sa.Integer(), primary_key=True))
@@ -231,9 +234,7 @@ def downgrade() -> None:
 def test_a_failing_revision_changes_nothing(
         db: Database, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The whole upgrade is one transaction, on SQLite as on PostgreSQL."""
-    migrations = tmp_path / "migrations"
-    shutil.copytree(MIGRATIONS, migrations, ignore=shutil.ignore_patterns("__pycache__"))
-    (migrations / "versions" / "0099_fails.py").write_text(FAILING_REVISION.format(head=HEAD))
+    migrations = _migrations_with(tmp_path, "0099_fails", FAILING_REVISION)
     db.create_schema()
     _add_patient_with_encounter(db, "M1")
 

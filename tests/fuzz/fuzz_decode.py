@@ -10,11 +10,10 @@ from __future__ import annotations
 
 import io
 import struct
-import sys
-import warnings
 from datetime import UTC, datetime
 
 import atheris
+from harness import main
 
 with atheris.instrument_imports(include=["app"]):
     import pydicom
@@ -66,11 +65,5 @@ def test_one_input(data: bytes) -> None:
     assert no_metadata(frame)
 
 
-def main() -> None:
-    warnings.simplefilter("ignore")  # Pillow warns about every corrupt tag it skips
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    main(test_one_input)

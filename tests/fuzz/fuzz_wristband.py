@@ -7,10 +7,8 @@ what a match guarantees (an MRN that is empty or not part of the payload's text)
 
 from __future__ import annotations
 
-import sys
-import warnings
-
 import atheris
+from harness import main
 
 with atheris.instrument_imports(include=["app"]):
     from app.pipeline.wristband import (
@@ -43,11 +41,5 @@ def test_one_input(data: bytes) -> None:
         assert found.mrn in payload or found.mrn.lstrip("0") in payload, (payload, found)
 
 
-def main() -> None:
-    warnings.simplefilter("ignore")  # Pillow warns about every corrupt tag it skips
-    atheris.Setup(sys.argv, test_one_input)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    main(test_one_input)

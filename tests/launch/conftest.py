@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
@@ -162,12 +162,7 @@ def _handler(emr: Emr) -> type[BaseHTTPRequestHandler]:
                     or not query.get("code_challenge") or not query.get("state")):
                 self._json({"error": "invalid_request"}, 400)
                 return
-            code = secrets.token_urlsafe(16)
-            emr.codes[code] = query
-            self.send_response(302)
-            self.send_header("Location", query["redirect_uri"] + "?" + urlencode(
-                {"code": code, "state": query["state"]}))
-            self.end_headers()
+            self.grant_code(emr.codes, query)
 
         def _read(self, reference: str) -> None:
             auth = self.headers.get("Authorization", "")

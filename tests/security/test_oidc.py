@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, urlsplit
 
 import jwt
 import pytest
@@ -77,12 +77,7 @@ def _handler(provider: Provider) -> type[BaseHTTPRequestHandler]:
                 self.send_json({"keys": [{**jwk, "kid": "k1", "use": "sig", "alg": "RS256"}]})
             elif url.path == "/authorize":
                 query = {k: v[0] for k, v in parse_qs(url.query).items()}
-                code = secrets.token_urlsafe(16)
-                provider.codes[code] = query
-                self.send_response(302)
-                self.send_header("Location", query["redirect_uri"] + "?" + urlencode(
-                    {"code": code, "state": query["state"]}))
-                self.end_headers()
+                self.grant_code(provider.codes, query)
             else:
                 self.send_json({"error": "not_found"}, 404)
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import logging
 import re
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -21,6 +19,7 @@ from sqlalchemy.orm import Session
 
 from app.gateways.emr.study import StudyRecord, load_study
 from app.gateways.errors import PermanentError, TransientError
+from app.gateways.oauth import ClientCredentials, TokenError
 from app.pipeline.fhir import (
     DICOM_UID_SYSTEM,
     dicomweb_endpoint,
@@ -38,60 +37,11 @@ log = logging.getLogger(__name__)
 FHIR_JSON = "application/fhir+json"
 ENDPOINT_ID = "dicomweb"
 VIEWER_ID = "viewer"
-TOKEN_MARGIN_SECONDS = 30
 # Retrying helps: request timeout, conflicts with a concurrent writer, rate limits, outages.
 _TRANSIENT_4XX = frozenset({408, 409, 412, 423, 425, 429})
 # On a conditional create, 412 means several ImagingStudies already match: retrying cannot help.
 _CREATE_TRANSIENT = _TRANSIENT_4XX - {412}
 _ISSUE_CODE = re.compile(r"[a-z][a-z-]{0,31}")  # OperationOutcome.issue.code (IssueType)
-
-
-class _ClientCredentials:
-    """OAuth2 client-credentials access token, cached until shortly before it expires."""
-
-    def __init__(self, settings: Settings, http: requests.Session) -> None:
-        self.settings = settings
-        self.http = http
-        self._lock = threading.Lock()
-        self._token: str | None = None
-        self._expires = 0.0
-
-    def token(self) -> str:
-        """A valid access token; fetches one when none is cached or it is about to expire."""
-        with self._lock:
-            if self._token is None or time.monotonic() >= self._expires:
-                self._token, lifetime = self._fetch()
-                self._expires = time.monotonic() + max(0, lifetime - TOKEN_MARGIN_SECONDS)
-            return self._token
-
-    def forget(self) -> None:
-        """Drop the cached token (the server refused it)."""
-        with self._lock:
-            self._token = None
-
-    def _fetch(self) -> tuple[str, int]:
-        s = self.settings
-        data = {"grant_type": "client_credentials"}
-        if s.emr_scope:
-            data["scope"] = s.emr_scope
-        try:
-            response = self.http.post(s.emr_token_url, data=data,
-                                      auth=(s.emr_client_id, s.emr_client_secret),
-                                      headers={"Accept": "application/json"},
-                                      timeout=s.emr_timeout_seconds)
-        except requests.RequestException as exc:
-            raise TransientError(f"EMR token endpoint unreachable ({type(exc).__name__})") \
-                from exc
-        if response.status_code >= 500 or response.status_code in _TRANSIENT_4XX:
-            raise TransientError(f"EMR token endpoint answered {response.status_code}")
-        if response.status_code != 200:
-            raise PermanentError(f"EMR token endpoint refused our client credentials "
-                                 f"({response.status_code})")
-        try:
-            body = response.json()
-            return str(body["access_token"]), int(body.get("expires_in", 300))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise PermanentError("EMR token endpoint sent no access_token") from exc
 
 
 class RemoteFhirNotifier:
@@ -103,8 +53,10 @@ class RemoteFhirNotifier:
         self.settings = settings
         self.base = settings.emr_fhir_url.rstrip("/")
         self.http = http or requests.Session()
-        self.credentials = _ClientCredentials(settings, self.http) \
-            if settings.emr_token_url else None
+        self.credentials = ClientCredentials(
+            settings.emr_token_url, settings.emr_client_id,
+            client_secret=settings.emr_client_secret, scope=settings.emr_scope,
+            timeout=settings.emr_timeout_seconds) if settings.emr_token_url else None
 
     def notify(self, db: Session, study_uid: str) -> None:
         """Create the study's ImagingStudy, or update it when the database knows more.
@@ -215,7 +167,7 @@ class RemoteFhirNotifier:
             if json is not None:
                 all_headers["Content-Type"] = FHIR_JSON
             if self.credentials is not None:
-                all_headers["Authorization"] = f"Bearer {self.credentials.token()}"
+                all_headers["Authorization"] = _bearer(self.credentials, renew=attempt == 2)
             try:
                 response = self.http.request(method, f"{self.base}/{path}", json=json,
                                              data=data, headers=all_headers,
@@ -224,7 +176,6 @@ class RemoteFhirNotifier:
                 raise TransientError(f"EMR FHIR server unreachable while {what} "
                                      f"({type(exc).__name__})") from exc
             if response.status_code == 401 and self.credentials is not None and attempt == 1:
-                self.credentials.forget()
                 continue
             break
         status = response.status_code
@@ -242,6 +193,24 @@ class RemoteFhirNotifier:
         except ValueError:
             return {}
         return body if isinstance(body, dict) else {}
+
+
+def _bearer(credentials: ClientCredentials, *, renew: bool) -> str:
+    """The ``Authorization`` value of the EMR's token (a new one when ``renew``). A token
+    endpoint that cannot be reached, or answers 5xx or a retryable 4xx, is a TransientError;
+    any other refusal, or an answer without a token, a PermanentError."""
+    try:
+        return credentials.authorization(renew=renew)
+    except TokenError as exc:
+        status = exc.status
+        if status is None:
+            raise TransientError(f"EMR token endpoint unreachable ({exc})") from None
+        if status >= 500 or status in _TRANSIENT_4XX:
+            raise TransientError(f"EMR token endpoint answered {status}") from None
+        if status != 200:
+            raise PermanentError("EMR token endpoint refused our client credentials "
+                                 f"({status})") from None
+        raise PermanentError("EMR token endpoint sent no access_token") from None
 
 
 def _has_identifier(resource: dict[str, Any], system: str | None, value: str) -> bool:

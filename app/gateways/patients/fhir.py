@@ -14,19 +14,14 @@ and fetched again once when the EMR answers 401.
 
 from __future__ import annotations
 
-import threading
-import time
-import uuid
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime
 from typing import Any
 
-import jwt
 import requests
-from cryptography.hazmat.primitives.asymmetric import ec, rsa
-from cryptography.hazmat.primitives.serialization import load_pem_private_key
 
+from app.gateways.oauth import ClientCredentials, TokenError
 from app.gateways.patients import (
     OPEN_ENCOUNTER_STATUSES,
     DirectoryRejected,
@@ -39,83 +34,31 @@ from app.gateways.patients import (
 from app.pipeline.fhir import identifier_system, issuer_for_system
 
 _GENDERS = {"female": "F", "male": "M", "other": "O"}
-_CLIENT_ASSERTION_TYPE = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-_TOKEN_MARGIN_SECONDS = 30
 
 
-class TokenSource:
-    """Bearer tokens from an OAuth 2.0 token endpoint (client credentials grant).
-
-    Exactly one of ``client_secret`` (client_secret_basic) or ``private_key_pem`` (SMART
-    Backend Services: ``private_key_jwt`` assertion signed with RS384 or ES384, ``kid`` =
-    ``key_id``) must be given.
-    """
-
-    def __init__(self, token_url: str, client_id: str, *, client_secret: str = "",
-                 private_key_pem: bytes | None = None, key_id: str = "", scope: str = "",
-                 timeout: float, http: requests.Session | None = None) -> None:
-        if bool(client_secret) == bool(private_key_pem):
-            raise ValueError("give either a client secret or a private key")
-        self.token_url = token_url
-        self.client_id = client_id
-        self.client_secret = client_secret
-        self.scope = scope
-        self.timeout = timeout
-        self.http = http or requests.Session()
-        self._key: Any = None
-        self._alg = ""
-        self.key_id = key_id
-        if private_key_pem:
-            self._key = load_pem_private_key(private_key_pem, password=None)
-            if isinstance(self._key, rsa.RSAPrivateKey):
-                self._alg = "RS384"
-            elif isinstance(self._key, ec.EllipticCurvePrivateKey):
-                self._alg = "ES384"
-            else:
-                raise ValueError("the private key must be RSA or EC (P-384)")
-        self._lock = threading.Lock()
-        self._token = ""
-        self._expires = 0.0
+class TokenSource(ClientCredentials):
+    """Bearer tokens for the patient directory (see :class:`~app.gateways.oauth.ClientCredentials`
+    for the arguments), whose failures are the directory's: :class:`DirectoryUnavailable` when
+    the token endpoint cannot be reached in time, :class:`DirectoryRejected` when it refuses the
+    client or answers without a token."""
 
     def authorization(self, *, renew: bool = False) -> str:
-        """An ``Authorization`` header value; a cached token unless ``renew`` or expiring.
-
-        Raises :class:`DirectoryUnavailable` when the token endpoint cannot be reached and
-        :class:`DirectoryRejected` when it refuses the client.
-        """
-        with self._lock:
-            if renew or not self._token or time.monotonic() >= self._expires:
-                self._token, lifetime = self._fetch()
-                self._expires = time.monotonic() + max(lifetime - _TOKEN_MARGIN_SECONDS, 0)
-            return f"Bearer {self._token}"
-
-    def _fetch(self) -> tuple[str, float]:
-        form = {"grant_type": "client_credentials"}
-        if self.scope:
-            form["scope"] = self.scope
-        auth = None
-        if self._key is not None:
-            form["client_assertion_type"] = _CLIENT_ASSERTION_TYPE
-            form["client_assertion"] = self._assertion()
-        else:
-            auth = (self.client_id, self.client_secret)
-        response = _send(self.http, "POST", self.token_url, "the EMR's token endpoint",
-                         self.timeout, data=form, auth=auth)
-        if response.status_code != 200:
-            raise DirectoryRejected("the EMR's token endpoint refused our client credentials "
-                                    f"(HTTP {response.status_code})")
+        """An ``Authorization`` header value; a cached token unless ``renew`` or expiring."""
         try:
-            body = response.json()
-            return str(body["access_token"]), float(body.get("expires_in", 300))
-        except (ValueError, KeyError, TypeError) as exc:
-            raise DirectoryRejected("the EMR's token endpoint gave no access_token") from exc
+            return super().authorization(renew=renew)
+        except TokenError as exc:
+            raise self._directory_error(exc) from None
 
-    def _assertion(self) -> str:
-        now = int(time.time())
-        claims = {"iss": self.client_id, "sub": self.client_id, "aud": self.token_url,
-                  "exp": now + 300, "iat": now, "jti": str(uuid.uuid4())}
-        headers = {"typ": "JWT", **({"kid": self.key_id} if self.key_id else {})}
-        return jwt.encode(claims, self._key, algorithm=self._alg, headers=headers)
+    def _directory_error(self, error: TokenError) -> DirectoryUnavailable | DirectoryRejected:
+        what = "the EMR's token endpoint"
+        if error.timed_out:
+            return DirectoryUnavailable(f"{what} did not answer within {self.timeout:g} s")
+        if error.status is None:
+            return DirectoryUnavailable(f"{what} cannot be reached")
+        if error.status != 200:
+            return DirectoryRejected(f"{what} refused our client credentials "
+                                     f"(HTTP {error.status})")
+        return DirectoryRejected(f"{what} gave no access_token")
 
 
 class FhirDirectory:

@@ -20,7 +20,7 @@ from pydicom.sequence import Sequence
 from pydicom.uid import UID, JPEGBaseline8Bit, VLPhotographicImageStorage
 
 from app.pipeline.decode import PhotoInfo, PreparedPhoto
-from app.pipeline.dicom.codes import SNOMED, BodySite
+from app.pipeline.dicom.codes import SNOMED, BodySite, Laterality
 from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID
 from app.pipeline.dicom.values import da, dt, tm
 
@@ -270,7 +270,7 @@ def _vl_image_module(ds: Dataset, series: SeriesInfo, instance: InstanceInfo) ->
     if series.body_site is not None:
         site = series.body_site
         ds.AnatomicRegionSequence = Sequence([code_item(site.code, SNOMED, site.meaning)])
-    ds.ImageLaterality = series.laterality or "U"
+    ds.ImageLaterality = series.laterality or Laterality.UNPAIRED
     if instance.pixel_spacing_mm:
         spacing = f"{instance.pixel_spacing_mm:.6g}"
         ds.PixelSpacing = [spacing, spacing]

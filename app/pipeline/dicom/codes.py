@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from enum import StrEnum
 from functools import cache
 
 from app.pipeline.dicom.anatomic_sites import CID4029, CID4031
@@ -33,11 +34,24 @@ _PAIRED = re.compile(r"\b(arm|forearm|hand|finger|thumb|digit|leg|foot|toe|knee|
                      r"|auditory canal|intertragal|optic canal|nasolabial|rib|ilium|ureter"
                      r"|supraclavicular|infraclavicular|side of|lateral portion|triangle of neck)")
 
-LATERALITY = {"R": "right", "L": "left", "B": "both", "U": "unpaired"}
-"""DICOM Image Laterality (0020,0062) values."""
+class Laterality(StrEnum):
+    """DICOM Image Laterality (0020,0062)."""
 
-LATERALITY_SNOMED = {"R": ("24028007", "Right"), "L": ("7771000", "Left"),
-                     "B": ("51440002", "Right and left")}
+    RIGHT = "R"
+    LEFT = "L"
+    BOTH = "B"
+    UNPAIRED = "U"
+
+
+LATERALITY = tuple(side.value for side in Laterality)
+"""The Image Laterality codes as plain strings (for ``in`` on any value, and for choices)."""
+
+PAIRED_SIDES = (Laterality.RIGHT, Laterality.LEFT, Laterality.BOTH)
+"""The sides a photo of a paired structure must name."""
+
+LATERALITY_SNOMED = {Laterality.RIGHT: ("24028007", "Right"),
+                     Laterality.LEFT: ("7771000", "Left"),
+                     Laterality.BOTH: ("51440002", "Right and left")}
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, render_template, request
 
+from app.db.models import DeliveryKind
 from app.gateways.registry import Registry
 from app.web import services
 from app.web.auth import current_login, require
@@ -40,11 +41,11 @@ def _destinations() -> list[dict[str, Any]]:
     """The configured destinations and notifiers, as the page shows them (no secrets)."""
     registry: Registry = services().registry
     rows: list[dict[str, Any]] = [
-        {"name": d.name, "kind": "pacs", "type": type(d.pacs).__name__,
+        {"name": d.name, "kind": DeliveryKind.PACS, "type": type(d.pacs).__name__,
          "match": {k: sorted(v) for k, v in vars(d.route).items() if v is not None},
          "morph": [f"{r.operation} {r.keyword}" for r in d.morph.rules]}
         for d in registry.destinations]
-    rows += [{"name": n.name, "kind": "emr", "type": type(n).__name__, "match": {},
+    rows += [{"name": n.name, "kind": DeliveryKind.EMR, "type": type(n).__name__, "match": {},
               "morph": []} for n in registry.notifiers]
     return rows
 

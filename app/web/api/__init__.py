@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import func, select
 
-from app.db.models import CaptureSession, Photo, as_utc
+from app.db.models import CaptureSession, DeliveryKind, Photo, as_utc
 from app.pipeline.dicom.codes import body_site, body_sites
 from app.pipeline.fhir import viewer_url
 from app.web import services
@@ -23,7 +23,12 @@ from app.web.launch import OTHER_PATIENT
 from app.web.limits import rate_limited
 from app.web.uploads import photo_body, read_photo_body
 from app.workflow import audit
-from app.workflow.delivery import EMR, PACS, DeliveryState, deliveries_by_study, study_deliveries
+from app.workflow.delivery import (
+    DeliveryState,
+    ShownState,
+    deliveries_by_study,
+    study_deliveries,
+)
 from app.workflow.intake import SessionRequest
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
@@ -93,7 +98,7 @@ def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, A
         deliveries = study_deliveries(services().db, session.study_uid)
         body["photos"] = [photo_json(p, deliveries) for p in session.photos]
         body["photo_count"] = len(session.photos)
-        body["notifications"] = [d.status_json() for d in deliveries if d.kind == EMR]
+        body["notifications"] = [d.status_json() for d in deliveries if d.kind == DeliveryKind.EMR]
     return body
 
 
@@ -106,23 +111,25 @@ def study_progress(photos: int, deliveries: Sequence[DeliveryState]) -> dict[str
     ``reason`` (free of PHI): why a delivery failed for good, else why one is being retried,
     else None. ``pacs`` and ``emr`` count the deliveries of each kind: sent, and all.
     """
-    counts = {kind: {"sent": sum(d.state == "sent" for d in deliveries if d.kind == kind),
-                     "total": sum(d.kind == kind for d in deliveries)} for kind in (PACS, EMR)}
+    pacs, emr = DeliveryKind.PACS, DeliveryKind.EMR
+    counts = {kind: {"sent": sum(d.state == ShownState.SENT for d in deliveries
+                                 if d.kind == kind),
+                     "total": sum(d.kind == kind for d in deliveries)} for kind in (pacs, emr)}
     done = {kind: c["total"] > 0 and c["sent"] == c["total"] for kind, c in counts.items()}
-    dead = [d for d in deliveries if d.state == "dead"]
-    trouble = dead or [d for d in deliveries if d.state == "failed"]
+    dead = [d for d in deliveries if d.state == ShownState.DEAD]
+    trouble = dead or [d for d in deliveries if d.state == ShownState.FAILED]
     if photos == 0:
         state = "processing"
     elif dead:
         state = "failed"
-    elif done[EMR] and (done[PACS] or counts[PACS]["total"] == 0):
+    elif done[emr] and (done[pacs] or counts[pacs]["total"] == 0):
         state = "in_emr"
-    elif done[PACS]:
+    elif done[pacs]:
         state = "in_pacs"
     else:
         state = "stored"
     return {"state": state, "reason": trouble[0].reason if trouble else None,
-            "pacs": counts[PACS], "emr": counts[EMR]}
+            "pacs": counts[pacs], "emr": counts[emr]}
 
 
 def _launched_for_other(session_id: str) -> bool:

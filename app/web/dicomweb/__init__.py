@@ -58,6 +58,11 @@ MAX_VIEWPORT = 8192
 ICC_CHOICES = ("yes", "no", "srgb")
 
 INSTANCE = "/studies/<study>/series/<series>/instances/<sop>"
+LEVELS = {"study": "/studies/<study>", "series": "/studies/<study>/series/<series>",
+          "instance": INSTANCE}
+"""The WADO-RS resource levels and their paths (see :func:`_at_every_level`)."""
+LevelView = Callable[..., Response]
+"""A view of every level: ``(study, series=None, sop=None)``."""
 
 
 class _Refused(Exception):
@@ -270,21 +275,24 @@ def _instances(rows: list[Instance]) -> Response:
                     content_type=media.multipart_content_type(media.DICOM, marker))
 
 
-@bp.get("/studies/<study>")
+def _at_every_level(resource: str) -> Callable[[LevelView], LevelView]:
+    """Route the view at every level's path (and ``/<resource>`` when given), as endpoint
+    ``retrieve_<level>`` (``retrieve_<level>_<resource>``): the endpoints are audit actions."""
+
+    def register(view: LevelView) -> LevelView:
+        for level, path in LEVELS.items():
+            rule, endpoint = (f"{path}/{resource}", f"retrieve_{level}_{resource}") \
+                if resource else (path, f"retrieve_{level}")
+            bp.add_url_rule(rule, endpoint, view, methods=["GET"])
+        return view
+
+    return register
+
+
+@_at_every_level("")
 @require(*ROLES)
-def retrieve_study(study: str) -> Response:
-    return _instances(_rows(study))
-
-
-@bp.get("/studies/<study>/series/<series>")
-@require(*ROLES)
-def retrieve_series(study: str, series: str) -> Response:
-    return _instances(_rows(study, series))
-
-
-@bp.get(INSTANCE)
-@require(*ROLES)
-def retrieve_instance(study: str, series: str, sop: str) -> Response:
+def _retrieve(study: str, series: str | None = None, sop: str | None = None) -> Response:
+    """The instances of a study, a series or one instance."""
     return _instances(_rows(study, series, sop))
 
 
@@ -306,21 +314,11 @@ def _metadata(rows: list[Instance]) -> Response:
     return Response(json.dumps([_metadata_of(r) for r in rows]), content_type=media.DICOM_JSON)
 
 
-@bp.get("/studies/<study>/metadata")
+@_at_every_level("metadata")
 @require(*ROLES)
-def retrieve_study_metadata(study: str) -> Response:
-    return _metadata(_rows(study))
-
-
-@bp.get("/studies/<study>/series/<series>/metadata")
-@require(*ROLES)
-def retrieve_series_metadata(study: str, series: str) -> Response:
-    return _metadata(_rows(study, series))
-
-
-@bp.get(f"{INSTANCE}/metadata")
-@require(*ROLES)
-def retrieve_instance_metadata(study: str, series: str, sop: str) -> Response:
+def _retrieve_metadata(study: str, series: str | None = None,
+                       sop: str | None = None) -> Response:
+    """The metadata of the instances of a study, a series or one instance."""
     return _metadata(_rows(study, series, sop))
 
 
@@ -497,25 +495,14 @@ def _thumbnail(row: Instance) -> Response:
     return response
 
 
-@bp.get("/studies/<study>/thumbnail")
+@_at_every_level("thumbnail")
 @require(*ROLES)
-def retrieve_study_thumbnail(study: str) -> Response:
-    row = _rows(study)[0]
-    g.audit_entities = [f"study:{study}", f"instance:{row.sop_uid}",
-                        *_patients([row.attributes[index.DICOM]])]
+def _retrieve_thumbnail(study: str, series: str | None = None,
+                        sop: str | None = None) -> Response:
+    """The thumbnail of an instance; of a study's or series' first one, which the audit
+    record then names."""
+    row = _rows(study, series, sop)[0]
+    if sop is None:
+        g.audit_entities = [f"study:{study}", f"instance:{row.sop_uid}",
+                            *_patients([row.attributes[index.DICOM]])]
     return _thumbnail(row)
-
-
-@bp.get("/studies/<study>/series/<series>/thumbnail")
-@require(*ROLES)
-def retrieve_series_thumbnail(study: str, series: str) -> Response:
-    row = _rows(study, series)[0]
-    g.audit_entities = [f"study:{study}", f"instance:{row.sop_uid}",
-                        *_patients([row.attributes[index.DICOM]])]
-    return _thumbnail(row)
-
-
-@bp.get(f"{INSTANCE}/thumbnail")
-@require(*ROLES)
-def retrieve_instance_thumbnail(study: str, series: str, sop: str) -> Response:
-    return _thumbnail(_rows(study, series, sop)[0])

@@ -44,6 +44,7 @@ from app.web.auth import current_login, require, session_cookie, set_session_coo
 from app.web.errors import error_response
 from app.web.limits import rate_limited
 from app.workflow import accounts, audit, launch
+from app.workflow.intake import IdentificationMethod
 from app.workflow.launch import LaunchError, PendingLaunch
 
 bp = Blueprint("launch", __name__, url_prefix="/launch")
@@ -193,7 +194,8 @@ def context_json(context: LaunchContext) -> dict[str, Any]:
             "name": {"family": context.family, "given": context.given},
             "birth_date": context.birth_date.isoformat() if context.birth_date else None,
             "sex": context.sex, "encounters": encounters, "worklist": [],
-            "identification": {"method": "emr-launch", "evidence": {"emr": context.fhir_base}},
+            "identification": {"method": IdentificationMethod.EMR_LAUNCH,
+                               "evidence": {"emr": context.fhir_base}},
         },
     }
 

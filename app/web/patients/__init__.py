@@ -17,8 +17,14 @@ from app.web.launch import ONE_PATIENT
 from app.web.limits import rate_limited
 from app.web.uploads import photo_body, read_photo_body
 from app.workflow import audit
-from app.workflow.identification import Identifier, IdentifyResult, Match, build_identifier
-from app.workflow.intake import InvalidRequest
+from app.workflow.identification import (
+    Identifier,
+    IdentifyResult,
+    LookupStatus,
+    Match,
+    build_identifier,
+)
+from app.workflow.intake import IdentificationMethod, InvalidRequest
 
 bp = Blueprint("patients", __name__, url_prefix="/api/v1")
 _EXTENSION = "ebiw.identifier"
@@ -52,7 +58,7 @@ def identify() -> tuple[Response, int]:
         if not isinstance(body, dict):
             raise InvalidRequest("the body must be a JSON object with barcode")
         result = _identifier().from_barcode(body.get("barcode"),
-                                            method=body.get("method") or "typed",
+                                            method=body.get("method") or IdentificationMethod.TYPED,
                                             symbology=body.get("symbology"))
     elif request.mimetype == "multipart/form-data":
         if len(list(request.files.items(multi=True))) > 1:
@@ -86,7 +92,7 @@ def _answer(result: IdentifyResult) -> tuple[Response, int]:
     g.audit_detail = {"method": result.method, "status": result.status}
     body = result_json(result)
     status = 200
-    if result.status == "not_found":
+    if result.status == LookupStatus.NOT_FOUND:
         body["error"] = {"code": "no_patient",
                          "message": "no patient matches this identifier: check it, or enter "
                                     "the patient manually"}
@@ -100,7 +106,7 @@ def result_json(result: IdentifyResult) -> dict[str, Any]:
     """The answer: what was decoded, every candidate patient, and whether one must choose."""
     return {
         "status": result.status,
-        "ambiguous": result.status == "ambiguous",
+        "ambiguous": result.status == LookupStatus.AMBIGUOUS,
         "method": result.method,
         "identifiers": [{"mrn": r.identifier.mrn, "issuer": r.identifier.issuer,
                          "encounter": r.identifier.encounter, "rule": r.identifier.rule,

@@ -32,13 +32,13 @@ from typing import Any
 
 from sqlalchemy.exc import IntegrityError
 
-from app.db.models import Batch, BatchGroup, BatchItem
+from app.db.models import Batch, BatchGroup, BatchItem, GroupSource
 from app.db.session import Database
 from app.gateways.patients import Directories
 from app.pipeline.dicom import values
 from app.pipeline.wristband import Rule
 from app.settings import Settings
-from app.workflow.batch.common import GIVEN, parse_uuid
+from app.workflow.batch.common import GroupStatus, ImportStatus, parse_uuid
 from app.workflow.batch.confirmation import Confirmation
 from app.workflow.batch.grouping import Grouping
 from app.workflow.batch.importer import ImportReport, import_files, import_uuid, write_report
@@ -47,8 +47,9 @@ from app.workflow.batch.views import BatchView, GroupView, ItemView, patient_jso
 from app.workflow.identification import build_identifier
 from app.workflow.intake import Conflict, Intake, refusing_invalid_values
 
-__all__ = ["BatchView", "Batches", "GroupView", "ImportReport", "ItemView", "build_batches",
-           "import_files", "import_uuid", "patient_json", "write_report"]
+__all__ = ["BatchView", "Batches", "GroupStatus", "GroupView", "ImportReport", "ImportStatus",
+           "ItemView", "build_batches", "import_files", "import_uuid", "patient_json",
+           "write_report"]
 
 
 class Batches:
@@ -94,7 +95,7 @@ class Batches:
                 if patient:
                     db.flush()
                     db.add(BatchGroup(id=str(uuid.uuid4()), batch_id=batch_id, mrn=patient[0],
-                                      issuer=patient[1], source=GIVEN))
+                                      issuer=patient[1], source=GroupSource.GIVEN))
         except IntegrityError:  # the same id raced us: the winner's batch, if it is ours
             with self.db.session() as db:
                 existing = db.get(Batch, batch_id)

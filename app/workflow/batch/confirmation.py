@@ -9,26 +9,18 @@ from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
-from app.db.models import BatchGroup, BatchItem
+from app.db.models import BatchGroup, BatchItem, GroupSource, ItemRole, ItemStatus
 from app.db.session import Database
 from app.pipeline.dicom import values
 from app.settings import Settings
-from app.workflow.batch.common import (
-    FROM_LABEL,
-    GIVEN,
-    LABEL,
-    MANUAL,
-    NAMESPACE,
-    SKIPPED,
-    STORED,
-    find_batch,
-    parse_uuid,
-)
+from app.workflow.batch.common import NAMESPACE, find_batch, parse_uuid
 from app.workflow.batch.grouping import Grouping
 from app.workflow.batch.staging import Staging
 from app.workflow.batch.views import GroupView
+from app.workflow.identification import LookupStatus
 from app.workflow.intake import (
     Conflict,
+    IdentificationMethod,
     Intake,
     InvalidRequest,
     SessionRequest,
@@ -108,7 +100,7 @@ class Confirmation:
             for upload_uuid, sop_uid, normalized in outcomes:  # mended by confirming again
                 row = db.get(BatchItem, upload_uuid)
                 assert row is not None
-                row.status = STORED if sop_uid else SKIPPED
+                row.status = ItemStatus.STORED if sop_uid else ItemStatus.SKIPPED
                 row.group_id, row.pinned = group.row.id, True
                 row.sop_uid, row.normalized_sop_uid = sop_uid, normalized
         for item in group.held:
@@ -119,13 +111,15 @@ class Confirmation:
     def _chosen(self, group: BatchGroup, wanted: Any) -> tuple[dict[str, Any], str,
                                                                 dict[str, Any]]:
         """The patient the group is confirmed for, the identification method and evidence."""
-        lookup = group.lookup or {"status": "not_found", "patients": []}
+        lookup = group.lookup or {"status": LookupStatus.NOT_FOUND, "patients": []}
         candidates = lookup.get("patients") or []
-        method = "wristband" if group.source == FROM_LABEL else "manual"
+        method = IdentificationMethod.WRISTBAND if group.source == GroupSource.LABEL \
+            else IdentificationMethod.MANUAL
         if wanted is None:
             if len(candidates) == 1:
                 chosen = candidates[0]
-            elif group.source == GIVEN and lookup.get("status") == "not_found":
+            elif (group.source == GroupSource.GIVEN
+                  and lookup.get("status") == LookupStatus.NOT_FOUND):
                 chosen = {"mrn": group.mrn, "issuer": group.issuer}  # as the command gave it
             else:
                 raise InvalidRequest("choose the patient: the label matched "
@@ -138,13 +132,13 @@ class Confirmation:
                        values.text(wanted.get("issuer"), "patient.issuer"))
             chosen = next((c for c in candidates if (c["mrn"], c["issuer"]) == key), None)
             if chosen is None:
-                answer = self.grouping.ask_directories(*key, MANUAL)
-                if answer["status"] == "unavailable":
+                answer = self.grouping.ask_directories(*key, GroupSource.MANUAL)
+                if answer["status"] == LookupStatus.UNAVAILABLE:
                     raise Conflict("the patient directory is unavailable: try again later")
-                if answer["status"] != "matched":
+                if answer["status"] != LookupStatus.MATCHED:
                     raise InvalidRequest("the directory does not know exactly one patient "
                                          "with this identifier")
-                chosen, method = answer["patients"][0], "manual"
+                chosen, method = answer["patients"][0], IdentificationMethod.MANUAL
         evidence = {"directories": chosen.get("sources", []), "batch": group.batch_id,
                     "group_source": group.source,
                     "matched": ["mrn", "issuer"] if group.issuer else ["mrn"]}
@@ -166,7 +160,8 @@ class Confirmation:
         stored `STORE_THREADS` at a time, so that one photo's fsyncs overlap another's work.
         """
         kept = [item for item in items if not (
-            item.dropped or (item.role == LABEL and self.settings.batch_label_photos == "drop"))]
+            item.dropped or (item.role == ItemRole.LABEL
+                             and self.settings.batch_label_photos == "drop"))]
         numbers = dict(zip((item.upload_uuid for item in kept),
                            self.intake.reserve_instance_numbers(session_id, len(kept)),
                            strict=True)) if kept else {}
@@ -177,7 +172,7 @@ class Confirmation:
             data, work = self.staging.held(item)
             photo, _ = self.intake.accept_photo(
                 session_id, item.upload_uuid, data, work=work,
-                label=item.role == LABEL, burned_in=bool(item.identity),
+                label=item.role == ItemRole.LABEL, burned_in=bool(item.identity),
                 number=numbers[item.upload_uuid])
             return item.upload_uuid, photo.sop_uid, photo.normalized_sop_uid
 

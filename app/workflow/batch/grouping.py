@@ -14,23 +14,25 @@ from sqlalchemy import select
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
-from app.db.models import Batch, BatchGroup, BatchItem, CaptureSession, as_utc
+from app.db.models import (
+    Batch,
+    BatchGroup,
+    BatchItem,
+    CaptureSession,
+    GroupSource,
+    ItemRole,
+    ItemStatus,
+    as_utc,
+)
 from app.db.session import Database
 from app.gateways.patients import Directories
 from app.pipeline.dicom import values
 from app.pipeline.slipsheet import Frame, Identity, assign, capture_order
 from app.pipeline.wristband import WristbandId
 from app.settings import Settings
-from app.workflow.batch.common import (
-    CLINICAL,
-    GIVEN,
-    HELD,
-    LABEL,
-    MANUAL,
-    find_batch,
-    parse_uuid,
-)
+from app.workflow.batch.common import find_batch, parse_uuid
 from app.workflow.batch.views import BatchView, GroupView, ItemView, patient_json
+from app.workflow.identification import LookupStatus
 from app.workflow.intake import Conflict, InvalidRequest, NotFound, refusing_invalid_values
 
 log = logging.getLogger(__name__)
@@ -83,7 +85,7 @@ class Grouping:
     def _sorted(self, batch: Batch, items: list[BatchItem], groups: list[BatchGroup],
                 sessions: dict[str, CaptureSession]) -> BatchView:
         by_identity = {(g.mrn, g.issuer): g.id for g in groups}
-        given = next((g.id for g in groups if g.source == GIVEN), None)
+        given = next((g.id for g in groups if g.source == GroupSource.GIVEN), None)
         frames = [Frame(i.upload_uuid, i.file_order, as_utc(i.acquired_at),
                         tuple((x["mrn"], x["issuer"]) for x in i.identity)) for i in items]
         runs: dict[str, Identity | None] = assign(frames)
@@ -111,7 +113,7 @@ class Grouping:
         with self.db.session() as db:
             todo = [(g.id, g.mrn, g.issuer, g.source) for g in db.scalars(
                 select(BatchGroup).where(BatchGroup.batch_id == batch_id))
-                if g.lookup is None or g.lookup.get("status") == "unavailable"]
+                if g.lookup is None or g.lookup.get("status") == LookupStatus.UNAVAILABLE]
         for group_id, mrn, issuer, source in todo:
             answer = self.ask_directories(mrn, issuer or None, source)
             with self.db.session() as db:
@@ -124,9 +126,9 @@ class Grouping:
         found = self.directories.find(mrn, issuer)
         patients = [patient_json(p) for p in found.patients]
         if patients:
-            status = "matched" if len(patients) == 1 else "ambiguous"
+            status = LookupStatus.MATCHED if len(patients) == 1 else LookupStatus.AMBIGUOUS
         else:
-            status = "unavailable" if found.unavailable else "not_found"
+            status = LookupStatus.UNAVAILABLE if found.unavailable else LookupStatus.NOT_FOUND
         log.info("batch group lookup source=%s status=%s candidates=%d", source, status,
                  len(patients))
         return {"status": status, "patients": patients,
@@ -148,7 +150,7 @@ class Grouping:
             row = db.get(BatchItem, upload_uuid)
             if row is None or row.batch_id != batch.id:
                 raise NotFound("no such photo in this batch")
-            if row.status != HELD:
+            if row.status != ItemStatus.HELD:
                 raise Conflict("this photo is already stored or skipped")
             if "group_id" in changes:
                 target = changes["group_id"]
@@ -165,7 +167,7 @@ class Grouping:
                     raise InvalidRequest("dropped must be true or false")
                 row.dropped = changes["dropped"]
             if "role" in changes:
-                if changes["role"] not in (LABEL, CLINICAL):
+                if changes["role"] not in tuple(ItemRole):
                     raise InvalidRequest("role must be label or clinical")
                 row.role = changes["role"]
             return row
@@ -178,4 +180,4 @@ class Grouping:
             wid = WristbandId(values.text(mrn, "mrn", required=True),
                               values.text(issuer, "issuer"), None, "manual")
         with self.db.session() as db:
-            return ensure_group(db, batch.id, wid, MANUAL)
+            return ensure_group(db, batch.id, wid, GroupSource.MANUAL)

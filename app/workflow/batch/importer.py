@@ -11,11 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from app.db.models import CaptureSession, Photo
+from app.db.models import CaptureSession, GroupSource, ItemStatus, Photo
 from app.db.session import Database
 from app.durable import write_durably
-from app.workflow.batch.common import GIVEN, HELD, NAMESPACE, SKIPPED, STORED
+from app.workflow.batch.common import NAMESPACE, ImportStatus
 from app.workflow.batch.views import GroupView, ItemView
+from app.workflow.identification import LookupStatus
 from app.workflow.intake import Conflict, UnreadablePhoto
 
 if TYPE_CHECKING:
@@ -39,7 +40,8 @@ class ImportReport:
 
     @property
     def ok(self) -> bool:
-        return all(f["status"] in (STORED, SKIPPED, "duplicate") for f in self.files)
+        return all(f["status"] in (ImportStatus.STORED, ImportStatus.SKIPPED,
+                                   ImportStatus.DUPLICATE) for f in self.files)
 
 
 def import_uuid(target: str, sha256: str) -> str:
@@ -79,20 +81,21 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
         record: dict[str, Any] = {"file": str(path), "sha256": digest}
         report.files.append(record)
         if digest is None:
-            record.update(status="failed", reason=error)
+            record.update(status=ImportStatus.FAILED, reason=error)
             progress(record)
             continue
         upload_uuid = import_uuid(target, digest)
         record["upload_uuid"] = upload_uuid
         if upload_uuid in first_of:
-            record.update(status="duplicate", reason=f"same content as {first_of[upload_uuid]}")
+            record.update(status=ImportStatus.DUPLICATE,
+                          reason=f"same content as {first_of[upload_uuid]}")
             progress(record)
             continue
         first_of[upload_uuid] = str(path)
         try:
             batches.add_item(batch_id, upload_uuid, path.read_bytes(), order, owner=None)
         except (UnreadablePhoto, OSError) as exc:
-            record.update(status="failed", reason=exc.message if isinstance(
+            record.update(status=ImportStatus.FAILED, reason=exc.message if isinstance(
                 exc, UnreadablePhoto) else f"cannot read the file ({exc.strerror})")
             progress(record)
             continue
@@ -101,28 +104,28 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
             progress(record)
             continue
         records[upload_uuid] = record
-        progress({**record, "status": HELD})
+        progress({**record, "status": ImportStatus.HELD})
     view = batches.view(batch_id, owner=None)
-    held_before = {i.row.upload_uuid for i in view.items if i.row.status == HELD}
+    held_before = {i.row.upload_uuid for i in view.items if i.row.status == ItemStatus.HELD}
     for group in view.groups:
         status = (group.row.lookup or {}).get("status")
-        if group.held and (status == "matched" or (group.row.source == GIVEN
-                                                   and status == "not_found")):
+        if group.held and (status == LookupStatus.MATCHED or (group.row.source == GroupSource.GIVEN
+                                                   and status == LookupStatus.NOT_FOUND)):
             group = batches.confirm(batch_id, group.row.id, {}, user=user, owner=None)
         for item in group.items:
             if item.row.upload_uuid in records:
                 outcome = _item_outcome(item, group)
-                if outcome["status"] == STORED:  # in this run, or by an earlier one
+                if outcome["status"] == ImportStatus.STORED:  # in this run, or by an earlier one
                     outcome["new"] = item.row.upload_uuid in held_before
                 records[item.row.upload_uuid].update(outcome)
     for item in view.unsorted:
         if item.row.upload_uuid in records:
             records[item.row.upload_uuid].update(
-                status="unsorted", role=item.row.role,
+                status=ImportStatus.UNSORTED, role=item.row.role,
                 reason="no label before this photo in capture order")
     for record in report.files:
         if "upload_uuid" in record and "status" not in record:
-            record.update(status="unsorted", reason="not sorted")
+            record.update(status=ImportStatus.UNSORTED, reason="not sorted")
     for record in report.files:
         record.pop("upload_uuid", None)
     return report
@@ -133,9 +136,9 @@ def _stored_elsewhere(db: Database, upload_uuid: str) -> dict[str, Any]:
     with db.session() as session:
         photo = session.get(Photo, upload_uuid)
         if photo is None:
-            return {"status": "unsorted", "reason": "held in another import batch"}
+            return {"status": ImportStatus.UNSORTED, "reason": "held in another import batch"}
         owner = session.get(CaptureSession, photo.session_id)
-        return {"status": STORED, "new": False,
+        return {"status": ImportStatus.STORED, "new": False,
                 "patient": {"mrn": owner.patient_id, "issuer": owner.issuer} if owner else None,
                 "study_instance_uid": owner.study_uid if owner else None,
                 "sop_instance_uid": photo.sop_uid,
@@ -148,18 +151,18 @@ def _item_outcome(item: ItemView, group: GroupView) -> dict[str, Any]:
     answer = group.row.lookup or {}
     session = group.session
     patient = {"mrn": session.patient_id, "issuer": session.issuer} if session else None
-    if row.status == HELD:
+    if row.status == ItemStatus.HELD:
         label = {"mrn": group.row.mrn, "issuer": group.row.issuer or None}
-        reasons = {"not_found": "the label's identifier matched no patient",
-                   "ambiguous": "the label's identifier matched several patients",
-                   "unavailable": "the patient directory did not answer"}
-        return {"status": "unsorted", "role": row.role, "label": label,
+        reasons = {LookupStatus.NOT_FOUND: "the label's identifier matched no patient",
+                   LookupStatus.AMBIGUOUS: "the label's identifier matched several patients",
+                   LookupStatus.UNAVAILABLE: "the patient directory did not answer"}
+        return {"status": ImportStatus.UNSORTED, "role": row.role, "label": label,
                 "reason": reasons.get(answer.get("status", ""), "the group is not confirmed")}
-    if row.status == SKIPPED:
-        return {"status": SKIPPED, "role": row.role, "patient": patient,
+    if row.status == ItemStatus.SKIPPED:
+        return {"status": ImportStatus.SKIPPED, "role": row.role, "patient": patient,
                 "reason": "dropped" if row.dropped else "label photo (EBIW_BATCH_LABEL_PHOTOS"
                                                          "=drop)"}
-    return {"status": STORED, "role": row.role, "patient": patient,
+    return {"status": ImportStatus.STORED, "role": row.role, "patient": patient,
             "study_instance_uid": session.study_uid if session else None,
             "sop_instance_uid": row.sop_uid,
             "normalized_sop_instance_uid": row.normalized_sop_uid}

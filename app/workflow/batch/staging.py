@@ -16,7 +16,17 @@ from sqlalchemy import delete, func, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import Batch, BatchGroup, BatchItem, Photo, as_utc
+from app.db.models import (
+    Batch,
+    BatchGroup,
+    BatchItem,
+    BatchStatus,
+    GroupSource,
+    ItemRole,
+    ItemStatus,
+    Photo,
+    as_utc,
+)
 from app.db.session import Database
 from app.durable import write_durably
 from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, probe
@@ -24,14 +34,7 @@ from app.pipeline.identify import Barcode, read_label_barcodes
 from app.pipeline.slipsheet import label_area
 from app.pipeline.wristband import NoWristbandRuleMatched, Rule, WristbandId, parse_wristband
 from app.settings import Settings
-from app.workflow.batch.common import (
-    CLINICAL,
-    FROM_LABEL,
-    HELD,
-    LABEL,
-    find_batch,
-    parse_uuid,
-)
+from app.workflow.batch.common import find_batch, parse_uuid
 from app.workflow.batch.grouping import ensure_group
 from app.workflow.intake import (
     ColorResult,
@@ -98,13 +101,13 @@ class Staging:
             file_order=order, acquired_at=as_utc(analysis.acquired), role=analysis.role,
             identity=[{"mrn": r.mrn, "issuer": r.issuer or "", "encounter": r.encounter,
                        "rule": r.rule} for r in analysis.readings],
-            label_area=analysis.area, work=work, status=HELD)
+            label_area=analysis.area, work=work, status=ItemStatus.HELD)
         try:
             with self.db.session() as db:
                 db.add(row)
                 db.flush()
                 for reading in analysis.readings:
-                    ensure_group(db, batch.id, reading, FROM_LABEL)
+                    ensure_group(db, batch.id, reading, GroupSource.LABEL)
         except IntegrityError:
             known = self._known_item(batch.id, upload_uuid, digest)
             if known is None:
@@ -136,9 +139,9 @@ class Staging:
             raise UnreadablePhoto(str(exc)) from exc
         readings, symbols = self._readings(barcodes)
         area = label_area([b.corners for b in symbols], width, height) if readings else None
-        role = LABEL if area is not None and area >= self.settings.batch_label_min_area \
-            else CLINICAL
-        work = self.intake.process(data, prepared=prepared) if role == CLINICAL \
+        role = ItemRole.LABEL if area is not None and area >= self.settings.batch_label_min_area \
+            else ItemRole.CLINICAL
+        work = self.intake.process(data, prepared=prepared) if role == ItemRole.CLINICAL \
             else PhotoWork(prepared, None)
         return _Analysis(info.media_type, prepared.width, prepared.height, info.acquired,
                          readings, area, role, work)
@@ -163,10 +166,10 @@ class Staging:
         batch = find_batch(self.db, batch_id, owner)
         with self.db.session() as db:
             held = list(db.scalars(select(BatchItem.upload_uuid).where(
-                BatchItem.batch_id == batch.id, BatchItem.status == HELD)))
+                BatchItem.batch_id == batch.id, BatchItem.status == ItemStatus.HELD)))
             db.execute(delete(BatchItem).where(BatchItem.batch_id == batch.id,
-                                               BatchItem.status == HELD))
-            db.get(Batch, batch.id).status = "discarded"  # type: ignore[union-attr]
+                                               BatchItem.status == ItemStatus.HELD))
+            db.get(Batch, batch.id).status = BatchStatus.DISCARDED  # type: ignore[union-attr]
         for upload_uuid in held:
             self.unstage(batch.id, upload_uuid)
         return len(held)
@@ -179,7 +182,7 @@ class Staging:
         cutoff = (now or datetime.now(UTC)) - idle
         with self.db.session() as db:
             held = set(db.scalars(select(BatchItem.batch_id).join(Batch).where(
-                Batch.status == "open", BatchItem.status == HELD)))
+                Batch.status == BatchStatus.OPEN, BatchItem.status == ItemStatus.HELD)))
             idle_ids = [batch_id for batch_id in sorted(held)
                         if self._last_activity(db, batch_id) < cutoff]
         return {batch_id: self.discard(batch_id, owner=None) for batch_id in idle_ids}
@@ -237,7 +240,7 @@ class Staging:
         """The pixel work staged with the item, or None when it must be done now (the colour
         step did not run for a photo that is now clinical)."""
         record = item.work or {}
-        if item.role == CLINICAL and not record.get("color_run"):
+        if item.role == ItemRole.CLINICAL and not record.get("color_run"):
             return None
         if record.get("prepared"):
             prepared = PreparedPhoto(
@@ -248,7 +251,7 @@ class Staging:
             prepared = self.intake.process(data, color=False).prepared
         color = record.get("color")
         result = None
-        if color is not None and item.role == CLINICAL:
+        if color is not None and item.role == ItemRole.CLINICAL:
             jpeg = self._path(item.batch_id, item.upload_uuid, STAGED_NORMALIZED).read_bytes() \
                 if color["normalized"] else None
             result = ColorResult(report=color["report"], jpeg=jpeg, width=color["width"],

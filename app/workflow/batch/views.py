@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from app.db.models import Batch, BatchGroup, BatchItem, CaptureSession, as_utc
+from app.db.models import Batch, BatchGroup, BatchItem, CaptureSession, ItemStatus, as_utc
 from app.gateways.patients import PatientRecord
-from app.workflow.batch.common import HELD, SKIPPED, STORED
+from app.workflow.batch.common import GroupStatus
 from app.workflow.intake import NotFound
 
 
@@ -59,19 +59,19 @@ class GroupView:
 
     @property
     def held(self) -> list[ItemView]:
-        return [i for i in self.items if i.row.status == HELD]
+        return [i for i in self.items if i.row.status == ItemStatus.HELD]
 
     def as_json(self) -> dict[str, Any]:
         g = self.row
         counts = {state: sum(1 for i in self.items if i.row.status == state)
-                  for state in (HELD, STORED, SKIPPED)}
+                  for state in ItemStatus}
         counts["dropped"] = sum(1 for i in self.items if i.row.dropped)
         s = self.session
         return {"id": g.id, "source": g.source,
                 "identifier": {"mrn": g.mrn, "issuer": g.issuer or None,
                                "encounter": g.encounter},
                 "lookup": g.lookup,
-                "status": "confirmed" if g.session_id else "pending",
+                "status": GroupStatus.CONFIRMED if g.session_id else GroupStatus.PENDING,
                 "session_id": g.session_id,
                 "study_instance_uid": s.study_uid if s else None,
                 "patient": {"id": s.patient_id, "issuer": s.issuer} if s else None,
