@@ -42,7 +42,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import pydicom
-from pydicom import Dataset
+from pydicom import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID
 
@@ -251,7 +251,7 @@ def deidentify(data: bytes, pseudonyms: Pseudonyms, *, retain_dates: bool) -> De
                                                                   BASIC_PROFILE[1]),
                                                        _code_item(option[0], DCM, option[1])])
     out.LongitudinalTemporalInformationModified = "UNMODIFIED" if retain_dates else "MODIFIED"
-    meta = Dataset()
+    meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = out.SOPClassUID
     meta.MediaStorageSOPInstanceUID = out.SOPInstanceUID
     meta.TransferSyntaxUID = source.file_meta.TransferSyntaxUID
