@@ -30,7 +30,7 @@ from sqlalchemy.dialects.sqlite import insert as sqlite_insert
 from sqlalchemy.orm import Session
 
 from app.db.models import AuditChainHead, AuditEvent, AuditForward, CaptureSession, as_utc
-from app.db.session import Database
+from app.db.session import Database, affected_rows
 from app.gateways.errors import GatewayError
 from app.gateways.syslog import SyslogSender, SyslogTarget
 from app.pipeline.audit import (
@@ -324,10 +324,10 @@ class AuditForwarder:
         if seq is not None:
             values["seq"] = seq
         with self.database.session() as db:
-            return bool(db.execute(
+            return bool(affected_rows(db.execute(
                 update(AuditForward).where(AuditForward.target == self.target.name,
                                            AuditForward.lease_token == self.token)
-                .values(**values)).rowcount)
+                .values(**values))))
 
     def _frame(self, facts: AuditFacts) -> bytes:
         payload = json.dumps(audit_event_json(facts, systems=self.systems,
