@@ -15,9 +15,9 @@ from datetime import date, datetime
 from functools import cache
 
 from PIL import ImageCms
-from pydicom import Dataset
+from pydicom import Dataset, FileMetaDataset
 from pydicom.sequence import Sequence
-from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, JPEGBaseline8Bit
+from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, UID, JPEGBaseline8Bit
 
 from app.pipeline.decode import PreparedPhoto
 from app.pipeline.dicom.codes import SNOMED, BodySite
@@ -237,11 +237,11 @@ def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
     ds.LossyImageCompressionMethod = "ISO_10918_1"
     ds.ICCProfile = info.icc_profile or srgb_profile()
 
-    meta = Dataset()
+    meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = ds.SOPClassUID
     meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
     meta.TransferSyntaxUID = JPEGBaseline8Bit
-    meta.ImplementationClassUID = implementation_uid
+    meta.ImplementationClassUID = UID(implementation_uid)
     meta.ImplementationVersionName = IMPLEMENTATION_VERSION_NAME
     ds.file_meta = meta
     buf = io.BytesIO()
