@@ -41,6 +41,7 @@ $(BIN)/ebiw: pyproject.toml
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # Install the Debian packages that are missing (root, as on CI); never start system services.
 apt-run:
@@ -53,4 +54,4 @@ bench: venv
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

@@ -306,7 +306,7 @@ class Batches:
                            .where(BatchGroup.batch_id == batch_id)),
                  db.scalar(select(func.max(BatchGroup.confirmed_at))
                            .where(BatchGroup.batch_id == batch_id))]
-        return max(as_utc(t) for t in times if t is not None)  # type: ignore[type-var]
+        return max(as_utc(t) for t in times if t is not None)
 
     # --- photos arriving -------------------------------------------------------------------
 
@@ -405,9 +405,11 @@ class Batches:
             id=str(uuid.uuid4()), batch_id=batch_id, mrn=wid.mrn, issuer=issuer,
             encounter=wid.encounter, source=source, created_at=datetime.now(UTC),
         ).on_conflict_do_nothing(index_elements=["batch_id", "mrn", "issuer"]))
-        return db.scalar(select(BatchGroup.id).where(
+        group_id = db.scalar(select(BatchGroup.id).where(
             BatchGroup.batch_id == batch_id, BatchGroup.mrn == wid.mrn,
             BatchGroup.issuer == issuer))
+        assert group_id is not None  # inserted above, or by whoever won the conflict
+        return group_id
 
     # --- staging ---------------------------------------------------------------------------
 
@@ -635,11 +637,11 @@ class Batches:
         }, self.settings.default_issuer)
         session, _ = self.intake.open_session(request, user)
         with self.db.session() as db:
-            row = db.get(BatchGroup, group.row.id)
-            assert row is not None
-            if row.session_id is None:
-                row.session_id, row.confirmed_by = session.id, user
-                row.confirmed_at = datetime.now(UTC)
+            group_row = db.get(BatchGroup, group.row.id)
+            assert group_row is not None
+            if group_row.session_id is None:
+                group_row.session_id, group_row.confirmed_by = session.id, user
+                group_row.confirmed_at = datetime.now(UTC)
         outcomes = self._store_all([item.row for item in group.held], session.id)
         with self.db.session() as db:  # one commit for the group; a crash before it is
             for upload_uuid, sop_uid, normalized in outcomes:  # mended by confirming again
@@ -670,7 +672,7 @@ class Batches:
         else:
             if not isinstance(wanted, dict) or not isinstance(wanted.get("mrn"), str):
                 raise InvalidRequest("patient must be an object with mrn and issuer")
-            key = (wanted.get("mrn"), wanted.get("issuer"))
+            key = (wanted["mrn"], wanted.get("issuer"))
             chosen = next((c for c in candidates if (c["mrn"], c["issuer"]) == key), None)
             if chosen is None:
                 answer = self._ask_directories(key[0], key[1] or None, MANUAL)
