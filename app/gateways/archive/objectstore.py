@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -65,7 +65,7 @@ class ObjectStoreArchive:
         return instance.path
 
     def store(self, db: Session, key: InstanceKey, data: bytes,
-              attributes: dict | None = None) -> Instance:
+              attributes: dict[str, Any] | None = None) -> Instance:
         """Put ``data`` in the bucket and index it; return the index row (flushed, not
         committed).
 
