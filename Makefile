@@ -41,6 +41,7 @@ $(BIN)/ebiw: pyproject.toml
 lint: venv
 	$(BIN)/ruff check .
 	$(BIN)/lint-imports
+	$(BIN)/mypy
 
 # axe-core (npm) for the accessibility checks of the page tests (tests/web/test_pages_phone.py).
 AXE := tests/.node/node_modules/axe-core/axe.min.js
@@ -61,4 +62,4 @@ bench: venv
 	for b in bench/bench_*.py; do $(BIN)/python $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) var .pytest_cache .ruff_cache
+	rm -rf $(VENV) var .pytest_cache .ruff_cache .mypy_cache

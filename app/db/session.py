@@ -5,10 +5,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import CursorResult, Engine, Result, create_engine, event
+from sqlalchemy.engine.interfaces import DBAPIConnection
 from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.pool import ConnectionPoolEntry
 
 if TYPE_CHECKING:
     from app.db.migrate import SchemaUpgrade
@@ -64,7 +66,13 @@ class Database:
             yield session
 
 
-def _sqlite_pragmas(connection, _record) -> None:  # type: ignore[no-untyped-def]
+def affected_rows(result: Result[Any]) -> int:
+    """The rows an UPDATE or DELETE matched. ``Session.execute`` returns a ``CursorResult``
+    for such a statement, but is typed as returning a plain ``Result``, which has no rowcount."""
+    return cast("CursorResult[Any]", result).rowcount
+
+
+def _sqlite_pragmas(connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the one writer
     cursor.execute("PRAGMA synchronous=FULL")  # a committed upload survives power loss

@@ -76,14 +76,15 @@ class SmartGateway:
         """
         body = self._json("GET", f"{iss}/.well-known/smart-configuration",
                           "the EMR's SMART configuration")
-        endpoints = [body.get(k) for k in ("authorization_endpoint", "token_endpoint")]
-        if not all(isinstance(e, str) and re.match(r"^https?://", e) for e in endpoints):
+        authorize, token = body.get("authorization_endpoint"), body.get("token_endpoint")
+        if not (isinstance(authorize, str) and isinstance(token, str)
+                and all(re.match(r"^https?://", e) for e in (authorize, token))):
             raise SmartRefused("the EMR's SMART configuration names no authorization and token "
                                "endpoints")
         if "S256" not in (body.get("code_challenge_methods_supported") or ()):
             raise SmartRefused("the EMR's SMART configuration does not offer PKCE with S256")
         issuer, jwks_uri = body.get("issuer"), body.get("jwks_uri")
-        return SmartConfiguration(endpoints[0], endpoints[1],
+        return SmartConfiguration(authorize, token,
                                   issuer if isinstance(issuer, str) else "",
                                   jwks_uri if isinstance(jwks_uri, str) else "")
 

@@ -24,7 +24,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 # app/pipeline/__init__.py has set OPENCV_IO_MAX_IMAGE_PIXELS before cv2 could load.
-from app.pipeline import DEFAULT_MAX_PIXELS
+# Re-exported (the redundant alias says so to mypy): callers take the cap from here.
+from app.pipeline import DEFAULT_MAX_PIXELS as DEFAULT_MAX_PIXELS
 
 Image.MAX_IMAGE_PIXELS = DEFAULT_MAX_PIXELS
 
@@ -367,8 +368,8 @@ def _orient(pixels: np.ndarray, orientation: int) -> np.ndarray:
 def _decode_rgb(data: bytes, info: PhotoInfo) -> np.ndarray:
     """Decode any accepted format to an upright RGB uint8 array (header already checked)."""
     try:
-        with Image.open(io.BytesIO(data)) as im:
-            im = ImageOps.exif_transpose(im)
+        with Image.open(io.BytesIO(data)) as opened:
+            im = ImageOps.exif_transpose(opened)
             if im.mode not in ("RGB", "L"):
                 im = im.convert("RGBA").convert("RGB") if "A" in im.mode or im.mode == "P" \
                     else im.convert("RGB")

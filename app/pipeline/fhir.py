@@ -200,11 +200,14 @@ def patient(resource_id: str, system: str, mrn: str, *, family: str = "", given:
 
 def searchset(entries: Iterable[tuple[str, Mapping[str, Any]]]) -> dict[str, Any]:
     """A ``searchset`` Bundle of (full URL, resource JSON) matches, with its total."""
-    items = [BundleEntry(fullUrl=url, resource=resource,
+    # fhir.resources validates resource JSON into its model by resourceType; its signature
+    # names only the model.
+    items = [BundleEntry(fullUrl=url, resource=resource,  # type: ignore[arg-type]
                          search=BundleEntrySearch(mode="match")) for url, resource in entries]
     return to_json(Bundle(type="searchset", total=len(items), entry=items or None))
 
 
 def to_json(resource: Resource) -> dict[str, Any]:
     """The resource as FHIR JSON (absent elements left out)."""
-    return json.loads(resource.model_dump_json())
+    resource_json: dict[str, Any] = json.loads(resource.model_dump_json())
+    return resource_json

@@ -61,7 +61,7 @@ _ZXING_NAMES = {
     zxingcpp.BarcodeFormat.PDF417: "PDF417",
     zxingcpp.BarcodeFormat.DataMatrix: "DataMatrix",
 }
-_ZXING_FORMATS = tuple(_ZXING_NAMES)
+_ZXING_FORMATS = zxingcpp.BarcodeFormats(tuple(_ZXING_NAMES))
 _ZBAR_NAMES = {"CODE128": "Code128", "CODE39": "Code39", "QRCODE": "QRCode"}
 _ZBAR_SYMBOLS = [ZBarSymbol.CODE128, ZBarSymbol.CODE39, ZBarSymbol.QRCODE]
 
@@ -118,7 +118,8 @@ def _scaled(gray: np.ndarray, sx: float, sy: float) -> _View:
 
 def _then(to_full: np.ndarray, inner: np.ndarray) -> np.ndarray:
     """``to_full`` after ``inner`` (both 2×3 affines)."""
-    return to_full @ np.vstack([inner, [0.0, 0.0, 1.0]])
+    composed: np.ndarray = to_full @ np.vstack([inner, [0.0, 0.0, 1.0]])
+    return composed
 
 
 def _gray(pixels: np.ndarray) -> np.ndarray:
@@ -154,7 +155,9 @@ def _zxing(view: _View, name: str, *, thorough: bool = False,
                                                     p.bottom_left)])
         barcode = Barcode(symbology, b.text, b.bytes, b.content_type == zxingcpp.ContentType.GS1,
                           f"zxing-cpp:{name}", corners)
-        out.append(_Read(barcode, weak=(b.extra or {}).get("UEC", 1.0) <= 0.0))
+        extra = b.extra  # a dict of symbology details, typed as object by zxing-cpp
+        unused_ec = extra.get("UEC", 1.0) if isinstance(extra, dict) else 1.0
+        out.append(_Read(barcode, weak=unused_ec <= 0.0))
     return out
 
 
@@ -217,11 +220,11 @@ def _bar_directions(gray: np.ndarray, most: int = 2, axis_margin: float = 5.0) -
     mask = (coherence > 0.6) & (energy > np.percentile(energy, 90))
     hist = np.bincount(angle[mask].astype(int) % 180, weights=(energy * coherence)[mask],
                        minlength=180)
-    hist = np.convolve(np.r_[hist[-3:], hist, hist[:3]], np.ones(7), "valid")
+    smoothed = np.convolve(np.r_[hist[-3:], hist, hist[:3]], np.ones(7), "valid")
     peaks: list[float] = []
-    while len(peaks) < most and hist.max() > 0:
-        top = int(np.argmax(hist))
-        hist[[(top + d) % 180 for d in range(-10, 11)]] = 0
+    while len(peaks) < most and smoothed.max() > 0:
+        top = int(np.argmax(smoothed))
+        smoothed[[(top + d) % 180 for d in range(-10, 11)]] = 0
         if min(top % 90, 90 - top % 90) >= axis_margin:
             peaks.append(float(top))
     return peaks
@@ -265,6 +268,10 @@ def _passes(work: _View, load_full: FullImage | None) -> Iterator[list[_Read]]:
 
 def _overlap(a: tuple[Point, ...], b: tuple[Point, ...], slack: float = 4.0) -> bool:
     """Whether the bounding boxes of two outlines (grown by ``slack`` pixels) intersect."""
+    ax: tuple[float, ...]
+    ay: tuple[float, ...]
+    bx: tuple[float, ...]
+    by: tuple[float, ...]
     ax, ay = zip(*a, strict=True)
     bx, by = zip(*b, strict=True)
     return (min(ax) - slack <= max(bx) and min(bx) - slack <= max(ax)

@@ -31,7 +31,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from app.db.models import ExternalIdentity, LaunchContext, LoginThrottle, User, WebSession, as_utc
-from app.db.session import Database
+from app.db.session import Database, affected_rows
 from app.settings import Settings
 from app.workflow.tokens import ROLES, Caller
 
@@ -173,14 +173,14 @@ def _record_failure(db: Database, settings: Settings, username: str) -> None:
     for _attempt in range(3):
         try:
             with db.session() as session:
-                counted = session.execute(
+                counted = affected_rows(session.execute(
                     update(LoginThrottle).where(row.username == username,
                                                 row.last_failure_at >= now - window)
-                    .values(failures=row.failures + 1, last_failure_at=now)).rowcount
+                    .values(failures=row.failures + 1, last_failure_at=now)))
                 if not counted:
-                    counted = session.execute(
+                    counted = affected_rows(session.execute(
                         update(LoginThrottle).where(row.username == username)
-                        .values(failures=1, last_failure_at=now)).rowcount
+                        .values(failures=1, last_failure_at=now)))
                 if not counted:
                     session.execute(insert(LoginThrottle).values(
                         username=username, failures=1, last_failure_at=now))
@@ -284,8 +284,8 @@ def set_disabled(db: Database, username: str, disabled: bool) -> None:
 def unlock(db: Database, username: str) -> bool:
     """Lift a lockout and forget failed logins; whether there was anything to forget."""
     with db.session() as session:
-        return bool(session.execute(delete(LoginThrottle)
-                                    .where(LoginThrottle.username == username)).rowcount)
+        return bool(affected_rows(session.execute(delete(LoginThrottle)
+                                                  .where(LoginThrottle.username == username))))
 
 
 def list_users(db: Database) -> list[UserInfo]:
@@ -293,9 +293,9 @@ def list_users(db: Database) -> list[UserInfo]:
     now = datetime.now(UTC)
     with db.session() as session:
         external = set(session.scalars(select(ExternalIdentity.user_id)))
-        locks = {t.username: as_utc(t.locked_until) for t in session.scalars(
+        locks = {t.username: until for t in session.scalars(
             select(LoginThrottle).where(LoginThrottle.locked_until.is_not(None)))
-            if as_utc(t.locked_until) > now}
+            if (until := as_utc(t.locked_until)) is not None and until > now}
         return [UserInfo(u.username, u.role, "oidc" if u.id in external else "local",
                          u.created_at, u.disabled_at is not None, locks.get(u.username))
                 for u in session.scalars(select(User).order_by(User.username))]
@@ -320,6 +320,7 @@ def external_login(db: Database, settings: Settings, *, issuer: str, subject: st
         with db.session() as session:
             identity = session.scalar(select(ExternalIdentity).where(
                 ExternalIdentity.issuer == issuer, ExternalIdentity.subject == subject))
+            user: User | None
             if identity is None:
                 if session.scalar(select(User.id).where(User.username == username)):
                     raise AccountError("this username belongs to another account")

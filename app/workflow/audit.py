@@ -37,7 +37,7 @@ from app.db.models import (
     DeliveryKind,
     as_utc,
 )
-from app.db.session import Database
+from app.db.session import Database, affected_rows
 from app.gateways.errors import GatewayError
 from app.gateways.syslog import SyslogSender, SyslogTarget
 from app.pipeline.audit import (
@@ -331,10 +331,10 @@ class AuditForwarder:
         if seq is not None:
             values["seq"] = seq
         with self.database.session() as db:
-            return bool(db.execute(
+            return bool(affected_rows(db.execute(
                 update(AuditForward).where(AuditForward.target == self.target.name,
                                            AuditForward.lease_token == self.token)
-                .values(**values)).rowcount)
+                .values(**values))))
 
     def _frame(self, facts: AuditFacts) -> bytes:
         payload = json.dumps(audit_event_json(facts, systems=self.systems,

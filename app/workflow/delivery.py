@@ -43,7 +43,7 @@ from app.db.models import (
     Instance,
     as_utc,
 )
-from app.db.session import Database
+from app.db.session import Database, affected_rows
 from app.gateways.archive import Archive
 from app.gateways.archive.pacs import OutgoingInstance
 from app.gateways.errors import GatewayError, PermanentError, TransientError
@@ -65,12 +65,12 @@ def _insert(db: Session) -> Callable[..., Any]:
     """The INSERT of the session's dialect that has ON CONFLICT (PostgreSQL, SQLite)."""
     dialect = db.get_bind().dialect.name
     if dialect == "postgresql":
-        from sqlalchemy.dialects.postgresql import insert
-    elif dialect == "sqlite":
-        from sqlalchemy.dialects.sqlite import insert
-    else:
-        raise RuntimeError(f"the outbox supports PostgreSQL and SQLite, not {dialect}")
-    return insert
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+        return postgresql_insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        return sqlite_insert
+    raise RuntimeError(f"the outbox supports PostgreSQL and SQLite, not {dialect}")
 
 
 # --- queueing (in the intake's transaction) ----------------------------------------------------
@@ -342,12 +342,12 @@ class DeliveryWorker:
                     values = dict(attempts=Delivery.attempts + 1, last_error=_reason(error),
                                   next_attempt_at=retry_at, **release)
                     outcome, where = Outcome.FAILED, mine
-                if db.execute(update(Delivery).where(where).values(**values)
-                              .execution_options(synchronize_session=False)).rowcount:
+                if affected_rows(db.execute(update(Delivery).where(where).values(**values)
+                                            .execution_options(synchronize_session=False))):
                     counts[outcome] += 1
                     finished.get(outcome, []).append(row)
-                elif db.execute(update(Delivery).where(mine).values(**release)
-                                .execution_options(synchronize_session=False)).rowcount:
+                elif affected_rows(db.execute(update(Delivery).where(mine).values(**release)
+                                              .execution_options(synchronize_session=False))):
                     counts[Outcome.REQUEUED] += 1
                 else:
                     counts[Outcome.LOST] += 1
@@ -554,7 +554,7 @@ def retry_dead(db: Database, destination: str | None = None) -> int:
     if destination is not None:
         query = query.where(Delivery.destination == destination)
     with db.session() as session:
-        return session.execute(query.values(
+        return affected_rows(session.execute(query.values(
             status=DeliveryStatus.PENDING, attempts=0, last_error=None, next_attempt_at=now,
             updated_at=now, claim_token=None, claimed_until=None)
-            .execution_options(synchronize_session=False)).rowcount
+            .execution_options(synchronize_session=False)))

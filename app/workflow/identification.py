@@ -133,7 +133,8 @@ def read_wristband(data: bytes, rules: Sequence[Rule], max_pixels: int) -> list[
         raise UnreadablePhoto(str(exc)) from exc
     if not barcodes:
         raise NoBarcode()
-    readings, reasons = [], []
+    readings: list[Reading] = []
+    reasons: list[str] = []
     for barcode in barcodes:
         try:
             identifier = parse_wristband(barcode.payload, barcode.symbology, rules)

@@ -135,7 +135,8 @@ class Identification:
         if value is None:
             return None
         try:
-            method = IdentificationMethod(value.get("method") if isinstance(value, dict) else None)
+            method = IdentificationMethod(
+                str(value.get("method")) if isinstance(value, dict) else "")
         except ValueError:
             raise InvalidRequest("identification.method must be one of "
                                  + ", ".join(IdentificationMethod)) from None

@@ -257,8 +257,9 @@ def _context(settings: Settings, gateway: SmartGateway, pending: PendingLaunch, 
     record = None
     for identifier in identifiers:
         system, value = identifier.get("system"), identifier.get("value")
-        issuer = issuer_for_system(system, settings.issuer_systems) \
-            if isinstance(system, str) else None
+        if not isinstance(system, str):
+            continue
+        issuer = issuer_for_system(system, settings.issuer_systems)
         if issuer and isinstance(value, str) and len(issuer) <= 64 and 0 < len(value) <= 64:
             record = patient_record(resource, {system: issuer}, mrn=value)
             break

@@ -23,7 +23,7 @@ from sqlalchemy import delete, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from app.db.models import RateCounter
-from app.db.session import Database
+from app.db.session import Database, affected_rows
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -63,8 +63,9 @@ class DatabaseCounters:
         for _attempt in range(3):
             try:
                 with self.db.session() as session:
-                    if not session.execute(update(RateCounter).where(column.key == key)
-                                           .values(count=column.count + 1)).rowcount:
+                    if not affected_rows(session.execute(
+                            update(RateCounter).where(column.key == key)
+                            .values(count=column.count + 1))):
                         session.execute(insert(RateCounter).values(key=key, count=1,
                                                                    expires_at=expires))
                         session.execute(delete(RateCounter).where(

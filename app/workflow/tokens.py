@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from sqlalchemy import select, update
 
 from app.db.models import ApiToken
-from app.db.session import Database
+from app.db.session import Database, affected_rows
 
 ROLES = ("capture", "view", "admin")
 TOKEN_PREFIX = "ebiw_"
@@ -94,4 +94,4 @@ def revoke_tokens(db: Database, *, token_id: int | None = None,
     with db.session() as session:
         result = session.execute(update(ApiToken).where(where, ApiToken.revoked_at.is_(None))
                                  .values(revoked_at=datetime.now(UTC)))
-        return result.rowcount or 0
+        return affected_rows(result) or 0

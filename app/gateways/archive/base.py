@@ -8,7 +8,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import PurePosixPath
-from typing import Protocol
+from typing import Any, Protocol
 
 from sqlalchemy.orm import Session
 
@@ -52,7 +52,7 @@ class Archive(Protocol):
     """The archive of record: one stored copy per SOP Instance UID, indexed in ``instance``."""
 
     def store(self, db: Session, key: InstanceKey, data: bytes,
-              attributes: dict | None = None) -> Instance:
+              attributes: dict[str, Any] | None = None) -> Instance:
         """Store durably and index (flushed in ``db``); the same bytes again are a no-op,
         other bytes raise :class:`ArchiveConflictError`."""
         ...
@@ -71,7 +71,7 @@ class Archive(Protocol):
         ...
 
 
-def store_indexed(db: Session, key: InstanceKey, data: bytes, attributes: dict | None,
+def store_indexed(db: Session, key: InstanceKey, data: bytes, attributes: dict[str, Any] | None,
                   write: Callable[[str, str], None]) -> Instance:
     """What every archive's ``store`` does around its own ``write(path, sha256)``: an
     instance already indexed with the same SHA-256 is returned as it is (nothing written),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy.orm import Session
 
@@ -28,7 +29,7 @@ class LocalArchive:
         return self.root / instance.path
 
     def store(self, db: Session, key: InstanceKey, data: bytes,
-              attributes: dict | None = None) -> Instance:
+              attributes: dict[str, Any] | None = None) -> Instance:
         """Write ``data`` durably and index it; return the index row (flushed, not committed).
 
         Guarantees: when this returns, the file is on disk with its directory entry synced;

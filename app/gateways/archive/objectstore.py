@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+from typing import TYPE_CHECKING, Any
 
 import boto3
 from botocore.config import Config
@@ -34,6 +35,9 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Instance
 from app.gateways.archive.base import ArchiveUnavailableError, InstanceKey, store_indexed
+
+if TYPE_CHECKING:  # boto3-stubs[s3], installed with the test dependencies
+    from mypy_boto3_s3.type_defs import PutObjectRequestTypeDef
 
 SHA256_METADATA = "sha256"  # x-amz-meta-sha256: hex digest of the object, written with it
 _EXISTS = (409, 412)  # conditional PUT refused: the key exists, or a concurrent PUT won
@@ -61,7 +65,7 @@ class ObjectStoreArchive:
         return instance.path
 
     def store(self, db: Session, key: InstanceKey, data: bytes,
-              attributes: dict | None = None) -> Instance:
+              attributes: dict[str, Any] | None = None) -> Instance:
         """Put ``data`` in the bucket and index it; return the index row (flushed, not
         committed).
 
@@ -112,11 +116,14 @@ class ObjectStoreArchive:
         ``only_new``. Returns False when that condition refused it (the key exists), True
         when written; any other failure raises :class:`ArchiveUnavailableError`."""
         checksum = base64.b64encode(bytes.fromhex(digest)).decode()
+        request: PutObjectRequestTypeDef = {
+            "Bucket": self.bucket, "Key": object_key, "Body": data,
+            "ContentType": "application/dicom", "ChecksumSHA256": checksum,
+            "Metadata": {SHA256_METADATA: digest}}
+        if only_new:
+            request["IfNoneMatch"] = "*"
         try:
-            self.client.put_object(Bucket=self.bucket, Key=object_key, Body=data,
-                                   ContentType="application/dicom", ChecksumSHA256=checksum,
-                                   Metadata={SHA256_METADATA: digest},
-                                   **({"IfNoneMatch": "*"} if only_new else {}))
+            self.client.put_object(**request)
         except ClientError as exc:
             if only_new and _status(exc) in _EXISTS:
                 return False

@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import requests
 from requests.auth import AuthBase, HTTPBasicAuth
@@ -128,7 +129,7 @@ def _is_json(response: requests.Response) -> bool:
     return "json" in response.headers.get("Content-Type", "")
 
 
-def _dicom_json(response: requests.Response) -> dict:
+def _dicom_json(response: requests.Response) -> dict[str, Any]:
     """The response's DICOM JSON object, or ``{}`` when it has none we can read."""
     if not _is_json(response):
         return {}
@@ -141,14 +142,14 @@ def _dicom_json(response: requests.Response) -> dict:
     return body if isinstance(body, dict) else {}
 
 
-def _values(item: object, tag: str) -> list:
+def _values(item: object, tag: str) -> list[Any]:
     """The values of attribute ``tag`` of a DICOM JSON object (``[]`` when absent)."""
     element = item.get(tag) if isinstance(item, dict) else None
     values = element.get("Value") if isinstance(element, dict) else None
     return values if isinstance(values, list) else []
 
 
-def _sequence(item: object, tag: str) -> list[dict]:
+def _sequence(item: object, tag: str) -> list[dict[str, Any]]:
     """The items of sequence ``tag`` of a DICOM JSON object."""
     return [v for v in _values(item, tag) if isinstance(v, dict)]
 

@@ -19,6 +19,7 @@ import base64
 import hashlib
 import socket
 from datetime import UTC, date, datetime
+from typing import Any
 
 from hl7apy.consts import VALIDATION_LEVEL
 from hl7apy.core import Message
@@ -53,7 +54,7 @@ def filler_order_number(study_uid: str) -> str:
     return base64.b32encode(hashlib.sha256(study_uid.encode()).digest()).decode()[:16]
 
 
-def _st(value: str, kind: str = "ST") -> object:
+def _st(value: str, kind: str = "ST") -> Any:  # an hl7apy datatype (hl7apy is untyped)
     """A datatype value: hl7apy escapes ``| ^ & ~ \\`` in it when the message is encoded."""
     return datatype_factory(kind, value, version=VERSION)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from fhir.resources.R4B.identifier import Identifier
 from fhir.resources.R4B.reference import Reference
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
@@ -76,15 +77,15 @@ class LocalFhirStore:
                                                     PatientRow.mrn == record.mrn))
         if row is not None:
             return Reference(reference=f"Patient/{row}")
-        return Reference(identifier={"system": identifier_system(
-            record.issuer, self.settings.issuer_systems), "value": record.mrn})
+        return Reference(identifier=Identifier(system=identifier_system(
+            record.issuer, self.settings.issuer_systems), value=record.mrn))
 
     def _encounter(self, record: StudyRecord) -> Reference | None:
         """The Admission ID as a logical reference (the local store holds no Encounter)."""
         if not record.encounter:
             return None
-        return Reference(identifier={"system": self.settings.emr_encounter_system or None,
-                                     "value": record.encounter})
+        return Reference(identifier=Identifier(system=self.settings.emr_encounter_system or None,
+                                               value=record.encounter))
 
     @staticmethod
     def _put(db: Session, resource_type: str, logical_id: str, body: dict[str, Any], *,

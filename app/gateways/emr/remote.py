@@ -115,14 +115,15 @@ class RemoteFhirNotifier:
         Searched by identifier first; else among the patient's in-progress encounters.
         None (the ImagingStudy goes without) when there is no Admission ID or no single match.
         """
-        if not record.encounter:
+        admission = record.encounter
+        if not admission:
             return None
         system = self.settings.emr_encounter_system or None
-        token = f"{system}|{record.encounter}" if system else record.encounter
+        token = f"{system}|{admission}" if system else admission
 
         def wanted(encounter: dict[str, Any]) -> bool:
             return (encounter.get("subject") or {}).get("reference") == subject and \
-                _has_identifier(encounter, system, record.encounter)
+                _has_identifier(encounter, system, admission)
 
         matches = self._search("Encounter", {"patient": subject, "identifier": token}, wanted)
         if not matches:

@@ -254,7 +254,8 @@ def parse_bundle(bundle: Any, *, issuer_systems: Mapping[str, str],
                 by_reference[ref] = record.key
     attached: dict[tuple[str, str], list[EncounterRecord]] = {}
     for number, resource in encounters:
-        key = by_reference.get((resource.get("subject") or {}).get("reference"))
+        subject = (resource.get("subject") or {}).get("reference")
+        key = by_reference.get(subject) if isinstance(subject, str) else None
         if key is None:
             raise ImportFormatError(f"entry {number}: the Encounter's subject is not a Patient "
                                     "of this Bundle")

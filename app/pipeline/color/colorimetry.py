@@ -89,9 +89,10 @@ def delta_e_2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     s_c = 1 + 0.045 * cp_mean
     s_h = 1 + 0.015 * cp_mean * t
     r_t = -np.sin(np.radians(2 * d_theta)) * r_c
-    return np.sqrt(
+    delta_e: np.ndarray = np.sqrt(
         (dl / s_l) ** 2 + (dc / s_c) ** 2 + (dhh / s_h) ** 2 + r_t * (dc / s_c) * (dhh / s_h)
     )
+    return delta_e
 
 
 REFERENCE_LAB_D50: np.ndarray = xyz_to_lab(REFERENCE_XYZ_D50)

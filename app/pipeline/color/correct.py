@@ -181,7 +181,8 @@ def _fit(model: str, lin: np.ndarray, used: np.ndarray) -> np.ndarray:
     """Coefficients (features x 3) minimizing sum |J_i (prediction_i - reference_i)|^2."""
     lhs, rhs, feats = _weighted_system(model, lin, used)
     theta, *_ = np.linalg.lstsq(lhs.reshape(-1, lhs.shape[2]), rhs.reshape(-1), rcond=None)
-    return theta.reshape(feats.shape[1], 3)
+    coeffs: np.ndarray = theta.reshape(feats.shape[1], 3)
+    return coeffs
 
 
 def _loo_mean(model: str, lin: np.ndarray, used: np.ndarray) -> float:
@@ -215,17 +216,17 @@ def apply_correction(
     # cv2.transform computes dst = m @ [src, 1] per pixel, channels in BGR order.
     offset = coeffs[-1] if model.endswith("+offset") else np.zeros(3)
     m_lin = np.hstack([flip @ coeffs[:3].T @ flip, (flip @ offset)[:, None]]).astype(np.float32)
-    m_cross = sqrt_lut = None
+    cross_terms: tuple[np.ndarray, np.ndarray] | None = None  # (matrix, square-root LUT)
     if model.startswith("root_poly2"):
         # BGR cross products in channel order (B*G, G*R, R*B) -> coefficient rows 4, 3, 5.
-        m_cross = (flip @ coeffs[[4, 3, 5]].T).astype(np.float32)
-        sqrt_lut = np.sqrt(lin_lut)
+        cross_terms = ((flip @ coeffs[[4, 3, 5]].T).astype(np.float32), np.sqrt(lin_lut))
     out = np.empty_like(bgr)
     rows = max(1, 16384 // bgr.shape[1])
     for y in range(0, bgr.shape[0], rows):
         strip = bgr[y : y + rows]
         linear = cv2.transform(cv2.LUT(strip, lin_lut), m_lin)
-        if m_cross is not None:
+        if cross_terms is not None:
+            m_cross, sqrt_lut = cross_terms
             roots = cv2.LUT(strip, sqrt_lut)
             cross = cv2.multiply(roots, cv2.transform(roots, _NEXT_CHANNEL))
             linear = cv2.add(linear, cv2.transform(cross, m_cross))

@@ -174,7 +174,8 @@ def _candidates(work: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         keep[0] = False
         if not keep.any():
             continue
-        mask = np.take(keep.astype(np.uint8) * 255, labels)
+        # labels is already int32 (CV_32S): asarray only tells the type checker it is an index.
+        mask = np.take(keep.astype(np.uint8) * 255, np.asarray(labels, dtype=np.int32))
         contours, _ = cv2.findContours(mask, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         for contour in contours:
             if len(contour) < 4:
@@ -338,7 +339,8 @@ def _lattice_colours(
     valid = inside.reshape(ny, px, nx, px)[:, 2:6, :, 2:6].min(axis=(1, 3)) > 0
     colours = cells.mean(axis=(1, 3))[..., ::-1]
     colours[~valid] = np.nan
-    return colours.transpose(1, 0, 2)  # indexed [x, y]
+    by_xy: np.ndarray = colours.transpose(1, 0, 2)  # indexed [x, y]
+    return by_xy
 
 
 def _best_hypothesis(
@@ -386,13 +388,15 @@ def _match_delta_e(patches_srgb: np.ndarray) -> np.ndarray:
     and as linear, and the better fit is returned, shape (...).
     """
     rgb = np.asarray(patches_srgb, dtype=np.float64) / 255.0
-    best = None
-    for lin in (_srgb_decode(rgb), rgb):
+
+    def fit(lin: np.ndarray) -> np.ndarray:
         xtx = np.swapaxes(lin, -1, -2) @ lin + 1e-9 * np.eye(3)
         xty = np.swapaxes(lin, -1, -2) @ REFERENCE_LINEAR_SRGB
         fitted = lin @ np.linalg.solve(xtx, xty)
-        de = delta_e_2000(linear_srgb_to_lab(fitted), REFERENCE_LAB_D50).mean(axis=-1)
-        best = de if best is None else np.minimum(best, de)
+        de: np.ndarray = delta_e_2000(linear_srgb_to_lab(fitted), REFERENCE_LAB_D50).mean(axis=-1)
+        return de
+
+    best: np.ndarray = np.minimum(fit(_srgb_decode(rgb)), fit(rgb))
     return best
 
 

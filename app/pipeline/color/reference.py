@@ -80,7 +80,8 @@ WHITE_D65_XYZ: np.ndarray = xy_to_xyz_white(WHITE_D65_XY)
 def _bradford(src_white: np.ndarray, dst_white: np.ndarray) -> np.ndarray:
     cone_src = _BRADFORD @ src_white
     cone_dst = _BRADFORD @ dst_white
-    return np.linalg.inv(_BRADFORD) @ np.diag(cone_dst / cone_src) @ _BRADFORD
+    adapt: np.ndarray = np.linalg.inv(_BRADFORD) @ np.diag(cone_dst / cone_src) @ _BRADFORD
+    return adapt
 
 
 # XYZ (D65) -> XYZ (D50) and the linear sRGB <-> XYZ (D50) matrices built on it.

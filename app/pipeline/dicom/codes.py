@@ -49,7 +49,7 @@ LATERALITY = tuple(side.value for side in Laterality)
 PAIRED_SIDES = (Laterality.RIGHT, Laterality.LEFT, Laterality.BOTH)
 """The sides a photo of a paired structure must name."""
 
-LATERALITY_SNOMED = {Laterality.RIGHT: ("24028007", "Right"),
+LATERALITY_SNOMED: dict[str, tuple[str, str]] = {Laterality.RIGHT: ("24028007", "Right"),
                      Laterality.LEFT: ("7771000", "Left"),
                      Laterality.BOTH: ("51440002", "Right and left")}
 

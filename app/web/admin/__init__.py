@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from flask import Blueprint, Response, jsonify, redirect, render_template, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from app.db.models import DeliveryKind
 from app.gateways.registry import Registry
@@ -104,13 +105,13 @@ def retry_all_json() -> Response:
 
 @bp.post("/deliveries/<int:delivery_id>/retry")
 @require("admin")
-def retry_form(delivery_id: int) -> Response | tuple[Response, int]:
+def retry_form(delivery_id: int) -> BaseResponse | tuple[Response, int]:
     response, status = _retry_one(delivery_id)
     return redirect("/admin/deliveries", 303) if status == 200 else (response, status)
 
 
 @bp.post("/deliveries/retry")
 @require("admin")
-def retry_all_form() -> Response:
+def retry_all_form() -> BaseResponse:
     retry_dead(services().db, request.form.get("destination") or None)
     return redirect("/admin/deliveries", 303)

@@ -31,6 +31,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from flask import Blueprint, Response, abort, g, jsonify, redirect, render_template, request
+from werkzeug.wrappers import Response as BaseResponse
 
 from app.web import services
 from app.web.errors import error_response
@@ -40,6 +41,7 @@ from app.workflow.accounts import AccountLocked, WebLogin
 from app.workflow.tokens import Caller, verify_token
 
 F = TypeVar("F", bound=Callable[..., object])
+R = TypeVar("R", bound=BaseResponse)  # Flask's Response, or redirect()'s Werkzeug one
 
 SESSION_COOKIE = "ebiw_session"
 SECURE_SESSION_COOKIE = "__Host-ebiw_session"
@@ -64,7 +66,7 @@ def login_form_cookie() -> str:
     return SECURE_LOGIN_FORM_COOKIE if services().settings.secure_cookies else LOGIN_FORM_COOKIE
 
 
-def set_session_cookie(response: Response, session_id: str) -> None:
+def set_session_cookie(response: BaseResponse, session_id: str) -> None:
     """Put a new session id in the cookie: HttpOnly, SameSite=Strict, Secure over HTTPS."""
     settings = services().settings
     response.set_cookie(session_cookie(), session_id,
@@ -170,7 +172,7 @@ def login_json(login: WebLogin) -> dict[str, Any]:
             "launched": login.caller.patient is not None}
 
 
-def _no_store(response: Response) -> Response:
+def _no_store(response: R) -> R:
     response.headers["Cache-Control"] = "no-store"
     return response
 
@@ -207,7 +209,7 @@ def login_form() -> Response:
 
 @bp.post("/login")
 @rate_limited("login")
-def login() -> Response | tuple[Response, int]:
+def login() -> BaseResponse | tuple[Response, int]:
     """Log in with JSON ``{"username", "password"}`` or a form; set a fresh session cookie.
 
     Refused: from another site (403), over the rate limit (429), for a locked username (401
@@ -243,13 +245,13 @@ def login() -> Response | tuple[Response, int]:
             return error_response(401, "login_failed", "wrong username or password")
         return _login_page("Wrong username or password.", 401)
     session_id, web_login = result
-    response = jsonify(login_json(web_login)) if _wants_json() else redirect("/", 303)
-    set_session_cookie(response, session_id)
-    return _no_store(response)
+    done = jsonify(login_json(web_login)) if _wants_json() else redirect("/", 303)
+    set_session_cookie(done, session_id)
+    return _no_store(done)
 
 
 @bp.post("/logout")
-def logout() -> Response | tuple[Response, int]:
+def logout() -> BaseResponse | tuple[Response, int]:
     """End the session server-side and clear the cookie (needs the CSRF token)."""
     cookie = request.cookies.get(session_cookie(), "")
     if current_login() is not None:

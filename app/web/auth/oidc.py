@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import logging
 
-from authlib.integrations.flask_client import OAuth
+from authlib.integrations.flask_client import FlaskOAuth2App, OAuth
 from flask import Blueprint, Flask, Response, current_app, g, redirect, session
+from werkzeug.wrappers import Response as BaseResponse
 
 from app.web import services
 from app.web.auth import set_session_cookie
@@ -57,24 +58,24 @@ def init_app(app: Flask) -> None:
     app.register_blueprint(bp)
 
 
-def _client():  # type: ignore[no-untyped-def]  # authlib's client classes are untyped
+def _client() -> FlaskOAuth2App:
     return current_app.extensions[EXTENSION].idp
 
 
 @bp.get("/login/oidc")
 @rate_limited("login")
-def start() -> Response:
+def start() -> BaseResponse:
     """Redirect to the provider's authorization endpoint (state, nonce, PKCE challenge)."""
     session.clear()
     redirect_uri = services().settings.public_url.rstrip("/") + CALLBACK
-    response: Response = _client().authorize_redirect(redirect_uri)
+    response = _client().authorize_redirect(redirect_uri)
     response.headers["Cache-Control"] = "no-store"
     return response
 
 
 @bp.get(CALLBACK)
 @rate_limited("login")
-def callback() -> Response | tuple[Response, int]:
+def callback() -> BaseResponse | tuple[Response, int]:
     """Finish the sign-in: exchange the code, validate the ID token, open a web session."""
     try:
         token = _client().authorize_access_token()

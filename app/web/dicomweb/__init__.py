@@ -24,7 +24,7 @@ from collections.abc import Callable
 from functools import partial
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, overload
 
 import pydicom
 from flask import Blueprint, Response, abort, g, request, url_for
@@ -198,7 +198,8 @@ def _search(run: Callable[[Session, query.Query, str], query.Results],
     with svc.db.session() as db:
         index.refresh(db, svc.archive)
         results = run(db, parsed, _base())
-    g.audit_entities = [f"query:{request.endpoint.rsplit('.', 1)[-1]}",
+    endpoint = request.endpoint or ""  # always set in a view; None only outside a request
+    g.audit_entities = [f"query:{endpoint.rsplit('.', 1)[-1]}",
                         *(f"study:{uid}" for uid in query.study_uids(results)),
                         *_patients(results.datasets)]
     if not results.datasets:
@@ -382,6 +383,14 @@ def retrieve_bulkdata(study: str, series: str, sop: str, tag: str) -> Response:
 
 
 # --- WADO-RS: rendered images and thumbnails --------------------------------------------------
+
+
+@overload
+def _viewport(default: tuple[int, int]) -> tuple[int, int]: ...
+
+
+@overload
+def _viewport(default: None) -> tuple[int, int] | None: ...
 
 
 def _viewport(default: tuple[int, int] | None) -> tuple[int, int] | None:

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pydicom.datadict import dictionary_VR, tag_for_keyword
-from sqlalchemy import ColumnElement, Select, and_, func, or_, select
+from sqlalchemy import ColumnElement, Select, SQLColumnExpression, and_, func, or_, select
 from sqlalchemy.orm import Session, aliased
 from werkzeug.datastructures import MultiDict
 
@@ -91,7 +91,7 @@ def _vr(tag: str) -> str:
         return "UN"
 
 
-def _value(tag: str, vr: str) -> ColumnElement[Any]:
+def _value(tag: str, vr: str) -> SQLColumnExpression[Any]:
     """SQL expression of the first value of ``tag`` in the cached header."""
     columns = {"0020000D": Instance.study_uid, "0020000E": Instance.series_uid,
                "00080018": Instance.sop_uid, "00080016": Instance.sop_class_uid}
@@ -118,7 +118,7 @@ def _like(text: str) -> str:
     return escaped.replace("*", "%").replace("?", "_")
 
 
-def _range(column: ColumnElement[Any], raw: str, pattern: re.Pattern[str],
+def _range(column: SQLColumnExpression[Any], raw: str, pattern: re.Pattern[str],
            name: str) -> ColumnElement[bool]:
     low, dash, high = raw.partition("-")
     for end in (low, high):
@@ -161,7 +161,7 @@ def _criterion(tag: str, raw: str, name: str) -> ColumnElement[bool] | None:
             raise QueryError(f"{name} must be a number") from exc
         return column == number
     values = raw.split(",") if vr == "CS" else [raw]
-    conditions = []
+    conditions: list[ColumnElement[bool]] = []
     for value in values:
         if vr == "PN":
             conditions.append(column.ilike(_like(value), escape="\\"))
@@ -221,7 +221,7 @@ def _header(row: Instance) -> dict[str, Any]:
     return row.attributes[DICOM] if is_current(row) else {}
 
 
-def _study_date() -> ColumnElement[Any]:
+def _study_date() -> SQLColumnExpression[Any]:
     return _value("00080020", "DA")
 
 

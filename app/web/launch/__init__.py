@@ -36,6 +36,7 @@ from flask import (
     request,
 )
 from itsdangerous import BadData, URLSafeTimedSerializer
+from werkzeug.wrappers import Response as BaseResponse
 
 from app.db.models import LaunchContext
 from app.gateways.smart import SmartGateway
@@ -94,7 +95,7 @@ def _pending() -> PendingLaunch | None:
     return PendingLaunch.from_json(value)
 
 
-def _forget_pending(response: Response) -> None:
+def _forget_pending(response: BaseResponse) -> None:
     """Clear the pending launch cookie (a launch is used once, refused or not)."""
     response.delete_cookie(_pending_cookie(), path="/", httponly=True, samesite="Lax",
                            secure=request.is_secure or services().settings.secure_cookies)
@@ -111,7 +112,7 @@ def _refused(exc: LaunchError, step: str) -> tuple[Response, int]:
 
 @bp.get("")
 @rate_limited("login")
-def start() -> Response | tuple[Response, int]:
+def start() -> BaseResponse | tuple[Response, int]:
     """Send the browser to the EMR's authorization endpoint (400 for an EMR not allowed)."""
     try:
         url, pending = launch.begin(
@@ -140,7 +141,7 @@ def _destination(context: LaunchContext) -> str:
 
 @bp.get("/callback")
 @rate_limited("login")
-def callback() -> Response | tuple[Response, int]:
+def callback() -> BaseResponse | tuple[Response, int]:
     """Complete the launch, open the session and go where the launch asked."""
     pending = _pending()
     try:

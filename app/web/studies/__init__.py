@@ -34,9 +34,9 @@ def viewer(study_uid: str) -> Response | tuple[Response, int]:
     login = current_login()
     if login is not None and not study_visible(study_uid, login.caller):
         return error_response(403, "other_patient", OTHER_PATIENT)
-    login = url_for("auth.login_form") if "auth.login_form" in current_app.view_functions \
+    login_url = url_for("auth.login_form") if "auth.login_form" in current_app.view_functions \
         else ""
-    html = render_template("studies/viewer.html", study_uid=study_uid, login_url=login,
+    html = render_template("studies/viewer.html", study_uid=study_uid, login_url=login_url,
                            dicomweb=url_for("dicomweb.search_studies").rsplit("/studies", 1)[0])
     response = Response(html, content_type="text/html; charset=utf-8")
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY

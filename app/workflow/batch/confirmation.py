@@ -98,11 +98,11 @@ class Confirmation:
         outcomes = self._store_all([item.row for item in group.held], session.id)
         with self.db.session() as db:  # one commit for the group; a crash before it is
             for upload_uuid, sop_uid, normalized in outcomes:  # mended by confirming again
-                row = db.get(BatchItem, upload_uuid)
-                assert row is not None
-                row.status = ItemStatus.STORED if sop_uid else ItemStatus.SKIPPED
-                row.group_id, row.pinned = group.row.id, True
-                row.sop_uid, row.normalized_sop_uid = sop_uid, normalized
+                item_row = db.get(BatchItem, upload_uuid)
+                assert item_row is not None
+                item_row.status = ItemStatus.STORED if sop_uid else ItemStatus.SKIPPED
+                item_row.group_id, item_row.pinned = group.row.id, True
+                item_row.sop_uid, item_row.normalized_sop_uid = sop_uid, normalized
         for item in group.held:
             self.staging.unstage(item.row.batch_id, item.row.upload_uuid)
         self.intake.complete(session.id)

@@ -54,9 +54,11 @@ def ensure_group(db: Session, batch_id: str, wid: WristbandId, source: str) -> s
         id=str(uuid.uuid4()), batch_id=batch_id, mrn=wid.mrn, issuer=issuer,
         encounter=wid.encounter, source=source, created_at=datetime.now(UTC),
     ).on_conflict_do_nothing(index_elements=["batch_id", "mrn", "issuer"]))
-    return db.scalar(select(BatchGroup.id).where(
+    group_id = db.scalar(select(BatchGroup.id).where(
         BatchGroup.batch_id == batch_id, BatchGroup.mrn == wid.mrn,
         BatchGroup.issuer == issuer))
+    assert group_id is not None  # inserted above, or by the racer that won
+    return group_id
 
 
 class Grouping:

@@ -198,7 +198,7 @@ class Staging:
                            .where(BatchGroup.batch_id == batch_id)),
                  db.scalar(select(func.max(BatchGroup.confirmed_at))
                            .where(BatchGroup.batch_id == batch_id))]
-        return max(as_utc(t) for t in times if t is not None)  # type: ignore[type-var]
+        return max(as_utc(t) for t in times if t is not None)
 
     def _path(self, batch_id: str, upload_uuid: str, suffix: str) -> Path:
         """A staged file: both names are canonical UUIDs, checked again here."""

@@ -63,8 +63,8 @@ class GroupView:
 
     def as_json(self) -> dict[str, Any]:
         g = self.row
-        counts = {state: sum(1 for i in self.items if i.row.status == state)
-                  for state in ItemStatus}
+        counts: dict[str, int] = {state: sum(1 for i in self.items if i.row.status == state)
+                                  for state in ItemStatus}
         counts["dropped"] = sum(1 for i in self.items if i.row.dropped)
         s = self.session
         return {"id": g.id, "source": g.source,
