@@ -113,15 +113,20 @@ def _is_oid(value: str) -> bool:
                                   for p in parts)
 
 
-def dicomweb_endpoint(address: str, endpoint_id: str) -> Endpoint:
-    """The DICOMweb (WADO-RS) Endpoint a viewer opens the study from; ``address`` is the base."""
+def _endpoint(endpoint_id: str, address: str, connection: str, name: str, payload: str,
+              mime: str) -> Endpoint:
+    """An active Endpoint of ``connection`` type (endpoint-connection-type code) at ``address``."""
     return Endpoint(
         id=endpoint_id, status="active",
-        connectionType=Coding(system=CONNECTION_TYPE_SYSTEM, code="dicom-wado-rs"),
-        name="ebiw-capture DICOMweb",
-        payloadType=[CodeableConcept(text="DICOM WADO-RS")],
-        payloadMimeType=["application/dicom"],
+        connectionType=Coding(system=CONNECTION_TYPE_SYSTEM, code=connection),
+        name=name, payloadType=[CodeableConcept(text=payload)], payloadMimeType=[mime],
         address=address)
+
+
+def dicomweb_endpoint(address: str, endpoint_id: str) -> Endpoint:
+    """The DICOMweb (WADO-RS) Endpoint a viewer opens the study from; ``address`` is the base."""
+    return _endpoint(endpoint_id, address, "dicom-wado-rs", "ebiw-capture DICOMweb",
+                     "DICOM WADO-RS", "application/dicom")
 
 
 def viewer_url(public_url: str, study_uid: str) -> str:
@@ -132,13 +137,8 @@ def viewer_url(public_url: str, study_uid: str) -> str:
 def viewer_endpoint(address: str, endpoint_id: str) -> Endpoint:
     """The IHE Invoke Image Display (IID) Endpoint of one study: ``address`` (see
     :func:`viewer_url`) shows the study in a browser, so an EMR can link to it."""
-    return Endpoint(
-        id=endpoint_id, status="active",
-        connectionType=Coding(system=CONNECTION_TYPE_SYSTEM, code="ihe-iid"),
-        name="ebiw-capture viewer",
-        payloadType=[CodeableConcept(text="DICOM IID")],
-        payloadMimeType=["text/html"],
-        address=address)
+    return _endpoint(endpoint_id, address, "ihe-iid", "ebiw-capture viewer", "DICOM IID",
+                     "text/html")
 
 
 def imaging_study(study: StudyFacts, subject: Reference, encounter: Reference | None,

@@ -29,6 +29,7 @@ from tests.conftest import (
     CHARTS,
     CHROMIUM,
     CHROMIUM_ARGS,
+    PHONE,
     HoldPuts,
     served_as_deployed,
     services,
@@ -139,12 +140,12 @@ def browsers(cameras: dict[str, Path]) -> Iterator[Callable[[str], Any]]:
 
 @pytest.fixture
 def page_for(browsers: Callable[[str], Any]) -> Iterator[Callable[[str, LiveApp], Any]]:
-    """``page_for("chart", live)``: a new browser context and page on the app, errors recorded."""
+    """``page_for("chart", live)``: a new Pixel 7 context (:data:`PHONE`) and page on the app,
+    errors and requested URLs recorded."""
     contexts = []
 
     def open_page(camera: str, live: LiveApp) -> Any:
-        context = browsers(camera).new_context(viewport={"width": 390, "height": 844},
-                                               base_url=live.url)
+        context = browsers(camera).new_context(**PHONE, base_url=live.url)
         context.set_default_timeout(20000)
         contexts.append(context)
         page = context.new_page()

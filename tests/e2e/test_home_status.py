@@ -4,13 +4,11 @@ answers; consent is required in the capture details."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import pytest
-
 from app.workflow.delivery import drain
-from tests.conftest import PHONE, services
+from tests.conftest import services
 from tests.e2e.conftest import ARTIFACTS, LiveApp
 from tests.e2e.test_capture_app import (
     fill_details,
@@ -22,30 +20,9 @@ from tests.e2e.test_capture_app import (
 )
 
 
-@pytest.fixture
-def phone(browsers: Callable[[str], Any]) -> Iterator[Callable[[LiveApp], Any]]:
-    """``phone(live)``: a page of a new Pixel 7 context on the app, errors and URLs recorded."""
-    contexts = []
-
-    def open_page(live: LiveApp) -> Any:
-        context = browsers("chart").new_context(**PHONE, base_url=live.url)
-        context.set_default_timeout(20000)
-        contexts.append(context)
-        page = context.new_page()
-        page.errors, page.urls = [], []
-        page.on("pageerror", lambda error: page.errors.append(str(error)))
-        page.on("request", lambda request: page.urls.append(request.url))
-        page.goto("/")
-        return page
-
-    yield open_page
-    for context in contexts:
-        context.close()
-
-
 def test_home_lists_the_sent_study_with_its_state_and_viewer_link(
-        live: LiveApp, phone: Callable[[LiveApp], Any]) -> None:
-    page = phone(live)
+        live: LiveApp, page_for: Callable[[str, LiveApp], Any]) -> None:
+    page = page_for("chart", live)
     log_in(page)
     assert page.inner_text("#recent-status") == "No studies in the last 24 hours."
     page.click("#start")
@@ -98,8 +75,8 @@ def test_home_lists_the_sent_study_with_its_state_and_viewer_link(
 
 
 def test_consent_is_required_before_continuing(live: LiveApp,
-                                               phone: Callable[[LiveApp], Any]) -> None:
-    page = phone(live)
+                                               page_for: Callable[[str, LiveApp], Any]) -> None:
+    page = page_for("chart", live)
     log_in(page)
     page.click("#start")
     identify_typed(page, "00123456")
