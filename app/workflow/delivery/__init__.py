@@ -1,0 +1,61 @@
+"""The outbox: deliveries to PACS destinations and EMR notifiers, with retries and dead letters.
+
+By concern and by destination kind:
+
+- :mod:`.outbox` queues rows in the transaction that accepts a photo, so an acknowledged photo
+  always has its deliveries queued.
+- :mod:`.worker` claims due rows under leases (exactly one worker holds a row at a time, across
+  nodes), hands each claim to the sender of its kind and records the outcomes under the
+  claim's token: sent, retried after a capped exponential backoff with full jitter, or dead.
+- :mod:`.pacs` sends a claim's archived, checked instances to a PACS destination in one batch.
+- :mod:`.emr` notifies the EMR of a study (the current version always ends there).
+- :mod:`.states` is what users and admins see of the rows, and the admin's retries.
+
+Every name other modules use is importable from here.
+"""
+
+from app.workflow.delivery.claims import Claim, ClaimedRow
+from app.workflow.delivery.outbox import Outbox, utcnow
+from app.workflow.delivery.states import (
+    STATES,
+    DeliveryState,
+    NotRetryable,
+    ShownState,
+    deliveries_by_study,
+    delivery_counts,
+    list_deliveries,
+    retry_dead,
+    retry_delivery,
+    study_deliveries,
+)
+from app.workflow.delivery.worker import (
+    ERROR_PAUSE_SECONDS,
+    IDLE_SECONDS,
+    BackgroundDelivery,
+    DeliveryWorker,
+    Outcome,
+    drain,
+)
+
+__all__ = [
+    "ERROR_PAUSE_SECONDS",
+    "IDLE_SECONDS",
+    "STATES",
+    "BackgroundDelivery",
+    "Claim",
+    "ClaimedRow",
+    "DeliveryState",
+    "DeliveryWorker",
+    "NotRetryable",
+    "Outbox",
+    "Outcome",
+    "ShownState",
+    "deliveries_by_study",
+    "delivery_counts",
+    "drain",
+    "list_deliveries",
+    "retry_dead",
+    "retry_delivery",
+    "study_deliveries",
+    "utcnow",
+]

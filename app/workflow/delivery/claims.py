@@ -1,0 +1,36 @@
+"""What a worker holds while it delivers: a claim, leased rows of one study for one destination.
+
+A claim is made and recorded by :mod:`.worker` under its ``token``; the senders
+(:mod:`.pacs`, :mod:`.emr`) only read it and answer one :data:`Results` entry per row they
+attempted (``None``: sent; a :class:`GatewayError`: why not). They never write outbox rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from app.gateways.errors import GatewayError
+
+
+@dataclass(frozen=True)
+class ClaimedRow:
+    id: int
+    sop_uid: str
+    version: int
+    attempts: int
+
+
+@dataclass(frozen=True)
+class Claim:
+    """Rows of one study for one destination, leased to one worker under ``token``."""
+
+    token: str
+    destination: str
+    kind: str
+    study_uid: str
+    rows: tuple[ClaimedRow, ...]
+
+
+Results = dict[int, GatewayError | None]
+"""Per claimed row id, what sending it did: ``None`` (sent) or the error; a row absent was not
+attempted."""

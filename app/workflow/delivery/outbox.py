@@ -1,0 +1,69 @@
+"""The outbox: deliveries queued in the transaction that accepts a photo.
+
+:class:`Outbox` queues rows in the caller's transaction (the one that indexes an accepted
+photo), so an acknowledged photo always has its deliveries queued: one pending row per
+instance for each PACS destination whose route takes the study, and one row per study for
+each EMR notifier, re-queued (``version`` + 1, pending again, due now) whenever a photo is
+added. It never commits, and it never makes the accept fail on a concurrent accept of the
+same study (ON CONFLICT).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy.orm import Session
+
+from app.db.models import CaptureSession, Delivery, DeliveryKind, DeliveryStatus, Instance
+from app.gateways.registry import Registry
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+def _insert(db: Session) -> Callable[..., Any]:
+    """The INSERT of the session's dialect that has ON CONFLICT (PostgreSQL, SQLite)."""
+    dialect = db.get_bind().dialect.name
+    if dialect == "postgresql":
+        from sqlalchemy.dialects.postgresql import insert as postgresql_insert
+        return postgresql_insert
+    if dialect == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert as sqlite_insert
+        return sqlite_insert
+    raise RuntimeError(f"the outbox supports PostgreSQL and SQLite, not {dialect}")
+
+
+class Outbox:
+    """Queues deliveries; never commits (the caller's transaction does)."""
+
+    def __init__(self, registry: Registry) -> None:
+        self.registry = registry
+
+    def enqueue_photo(self, db: Session, session: CaptureSession, instance: Instance) -> None:
+        """In ``db``'s transaction: one pending row for ``instance`` per PACS destination
+        whose route takes the study, and the study's row of every EMR notifier created or
+        re-queued (pending, version + 1, due now). Safe against concurrent accepts of the same
+        study (ON CONFLICT), so it never makes the accept fail."""
+        now = utcnow()
+        insert = _insert(db)
+        key = ["destination", "study_uid", "sop_uid"]
+        pending = DeliveryStatus.PENDING
+        pacs_rows = [dict(destination=d.name, kind=DeliveryKind.PACS, study_uid=instance.study_uid,
+                          sop_uid=instance.sop_uid, status=pending, version=1, attempts=0,
+                          next_attempt_at=now, created_at=now, updated_at=now)
+                     for d in self.registry.routes(session)]
+        if pacs_rows:
+            db.execute(insert(Delivery).values(pacs_rows).on_conflict_do_nothing(
+                index_elements=key))
+        for notifier in self.registry.notifiers:
+            statement = insert(Delivery).values(
+                destination=notifier.name, kind=DeliveryKind.EMR, study_uid=instance.study_uid,
+                sop_uid="",
+                status=pending, version=1, attempts=0, next_attempt_at=now, created_at=now,
+                updated_at=now)
+            db.execute(statement.on_conflict_do_update(index_elements=key, set_={
+                "status": pending, "version": Delivery.version + 1, "attempts": 0,
+                "next_attempt_at": now, "last_error": None, "updated_at": now}))

@@ -1,0 +1,171 @@
+"""What users and admins see of the outbox, and the admin's retries.
+
+:class:`DeliveryState` is one row as shown (no PHI): ``queued``, ``failed`` (pending after a
+transient failure, with the reason), ``sent`` or ``dead`` (with the reason); the queries here
+read rows and never lease them. A retry makes a dead or failed row pending and due now with a
+fresh backoff (``attempts`` 0, no error); a sent row is never retried (:class:`NotRetryable`),
+so a retry cannot send an instance twice, and a queued one is left as it is. Retrying every
+dead row also releases any lease it held.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import and_, func, select, update
+
+from app.db.models import Delivery, DeliveryStatus, as_utc
+from app.db.session import Database, affected_rows
+from app.workflow.delivery.outbox import utcnow
+
+
+class ShownState(StrEnum):
+    """A delivery as users and admins see it, in display order: ``queued``, ``failed``
+    (pending after a transient failure), ``sent`` or ``dead``."""
+
+    QUEUED = "queued"
+    FAILED = "failed"
+    SENT = "sent"
+    DEAD = "dead"
+
+
+STATES = tuple(ShownState)
+"""The shown states in display order (a tuple: ``in`` also takes any string)."""
+
+
+def _public_state(status: str, has_error: bool) -> ShownState:
+    """The shown state of a row with this ``status``; pending is failed after an error."""
+    if status == DeliveryStatus.PENDING:
+        return ShownState.FAILED if has_error else ShownState.QUEUED
+    return ShownState(status)
+
+
+@dataclass(frozen=True)
+class DeliveryState:
+    """What users and admins see of one row (no PHI): ``state`` is queued, sent, failed
+    (pending after a transient failure; ``reason`` says why) or dead (``reason``)."""
+
+    id: int
+    destination: str
+    kind: str
+    study_uid: str
+    sop_uid: str
+    state: ShownState
+    reason: str | None
+    attempts: int
+    next_attempt_at: datetime | None
+    updated_at: datetime | None
+    sent_at: datetime | None
+
+    @classmethod
+    def of(cls, row: Delivery) -> DeliveryState:
+        return cls(row.id, row.destination, row.kind, row.study_uid, row.sop_uid,
+                   _public_state(row.status, bool(row.last_error)),
+                   row.last_error, row.attempts,
+                   as_utc(row.next_attempt_at) if row.status == DeliveryStatus.PENDING else None,
+                   as_utc(row.updated_at), as_utc(row.sent_at))
+
+    def status_json(self) -> dict[str, Any]:
+        """The state as the capture API shows it beside a photo or a session."""
+        iso = {k: v.isoformat() if v else None for k, v in (
+            ("next_attempt_at", self.next_attempt_at), ("updated_at", self.updated_at),
+            ("sent_at", self.sent_at))}
+        return {"destination": self.destination, "state": self.state, "reason": self.reason,
+                "attempts": self.attempts, **iso}
+
+    def as_json(self) -> dict[str, Any]:
+        """The full row as the admin API shows it."""
+        return {"id": self.id, "kind": self.kind, "study_instance_uid": self.study_uid,
+                "sop_instance_uid": self.sop_uid or None, **self.status_json()}
+
+
+def _state_filter(state: str) -> Any:
+    """The WHERE clause of the rows shown in ``state`` (one of :data:`STATES`)."""
+    pending = Delivery.status == DeliveryStatus.PENDING
+    return {ShownState.QUEUED: and_(pending, Delivery.last_error.is_(None)),
+            ShownState.FAILED: and_(pending, Delivery.last_error.is_not(None)),
+            ShownState.SENT: Delivery.status == DeliveryStatus.SENT,
+            ShownState.DEAD: Delivery.status == DeliveryStatus.DEAD}[ShownState(state)]
+
+
+def study_deliveries(db: Database, study_uid: str) -> list[DeliveryState]:
+    """Every delivery of a study (its instances' and its notifications'), oldest first."""
+    with db.session() as session:
+        return [DeliveryState.of(row) for row in session.scalars(
+            select(Delivery).where(Delivery.study_uid == study_uid).order_by(Delivery.id))]
+
+
+def deliveries_by_study(db: Database,
+                        study_uids: Sequence[str]) -> dict[str, list[DeliveryState]]:
+    """Every delivery of each study in ``study_uids``, oldest first, in one query; a study
+    with none is absent from the answer."""
+    found: dict[str, list[DeliveryState]] = {}
+    if not study_uids:
+        return found
+    with db.session() as session:
+        for row in session.scalars(select(Delivery).where(Delivery.study_uid.in_(study_uids))
+                                   .order_by(Delivery.id)):
+            found.setdefault(row.study_uid, []).append(DeliveryState.of(row))
+    return found
+
+
+def list_deliveries(db: Database, state: str | None = None, destination: str | None = None,
+                    limit: int = 200) -> list[DeliveryState]:
+    """The most recently changed deliveries, optionally of one state and/or destination."""
+    query = select(Delivery).order_by(Delivery.updated_at.desc(), Delivery.id.desc())
+    if state is not None:
+        query = query.where(_state_filter(state))
+    if destination is not None:
+        query = query.where(Delivery.destination == destination)
+    with db.session() as session:
+        return [DeliveryState.of(row) for row in session.scalars(query.limit(limit))]
+
+
+def delivery_counts(db: Database) -> dict[str, dict[str, int]]:
+    """Per destination, how many deliveries are queued, failed, sent and dead."""
+    failed = Delivery.last_error.is_not(None)
+    query = (select(Delivery.destination, Delivery.status, failed, func.count())
+             .group_by(Delivery.destination, Delivery.status, failed))
+    counts: dict[str, dict[str, int]] = {}
+    with db.session() as session:
+        for name, status, has_error, number in session.execute(query):
+            by_state = counts.setdefault(name, dict.fromkeys(STATES, 0))
+            by_state[_public_state(status, has_error)] += number
+    return counts
+
+
+class NotRetryable(Exception):
+    """The delivery was already sent; there is nothing to retry."""
+
+
+def retry_delivery(db: Database, delivery_id: int) -> DeliveryState | None:
+    """Make a dead or failed delivery due now with a fresh backoff; None when it does not
+    exist, :class:`NotRetryable` when it was already sent. A queued one is left as it is."""
+    now = utcnow()
+    with db.session() as session:
+        row = session.get(Delivery, delivery_id, with_for_update=True)
+        if row is None:
+            return None
+        if row.status == DeliveryStatus.SENT:
+            raise NotRetryable("this delivery was already sent")
+        if row.status == DeliveryStatus.DEAD or row.last_error:
+            row.status, row.attempts, row.last_error = DeliveryStatus.PENDING, 0, None
+            row.next_attempt_at, row.updated_at = now, now
+        return DeliveryState.of(row)
+
+
+def retry_dead(db: Database, destination: str | None = None) -> int:
+    """Make every dead delivery (of one destination, if given) due now; return how many."""
+    now = utcnow()
+    query = update(Delivery).where(Delivery.status == DeliveryStatus.DEAD)
+    if destination is not None:
+        query = query.where(Delivery.destination == destination)
+    with db.session() as session:
+        return affected_rows(session.execute(query.values(
+            status=DeliveryStatus.PENDING, attempts=0, last_error=None, next_attempt_at=now,
+            updated_at=now, claim_token=None, claimed_until=None)
+            .execution_options(synchronize_session=False)))
