@@ -47,7 +47,7 @@ def test_every_shell_example_runs(tmp_path: Path) -> None:
     data = tmp_path / "var"
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("EBIW_") and k not in ("MAKEFLAGS", "MFLAGS", "MAKELEVEL")}
-    env.update(EBIW_DATA_DIR=str(data), FUZZ_SECONDS="2")
+    env.update(EBIW_DATA_DIR=str(data), FUZZ_SECONDS="60", FUZZ_SEED="1", FUZZ_RUNS="300")
     log = tmp_path / "make-run.log"
     with log.open("w") as out:
         server = subprocess.Popen(["make", "--no-print-directory", "run", f"PORT={port}"],
