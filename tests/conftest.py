@@ -290,6 +290,48 @@ def chromium() -> Iterator[Browser]:
     browser.close()
 
 
+# --- what a page at phone size is checked for: tap targets and axe-core ------------------
+
+AXE = REPO / "tests" / ".node" / "node_modules" / "axe-core" / "axe.min.js"
+"""axe-core from npm (``make axe``); injected into a page with ``add_script_tag``."""
+
+TAP_TARGETS = """() => {
+  const shown = (el) => el.getClientRects().length > 0
+    && getComputedStyle(el).visibility !== "hidden";
+  const tapped = (el) => {
+    // a radio, a check box or a visually hidden file input is tapped through its label
+    const small = el.type === "radio" || el.type === "checkbox" || el.type === "file";
+    return small ? (el.closest("label") || document.querySelector(`label[for="${el.id}"]`)) : el;
+  };
+  const out = [];
+  const controls = "a[href], button, input:not([type=hidden]), select, textarea, summary";
+  for (const el of document.querySelectorAll(controls)) {
+    const target = tapped(el);
+    if (!target || !shown(el) && !shown(target)) continue;
+    const box = target.getBoundingClientRect();
+    if (box.width < 44 || box.height < 44) {
+      const size = `${Math.round(box.width)}x${Math.round(box.height)}`;
+      out.push(`${el.outerHTML.slice(0, 90)} is ${size}`);
+    }
+  }
+  return out;
+}"""
+
+AXE_RUN = """async () => {
+  const result = await axe.run(document, { resultTypes: ["violations"] });
+  return result.violations.filter((v) => ["serious", "critical"].includes(v.impact))
+    .map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
+}"""
+
+
+@pytest.fixture(scope="module")
+def axe_script() -> Path:
+    """axe.min.js from npm, installed by ``make axe`` when missing."""
+    if not AXE.exists():
+        subprocess.run(["make", "-C", str(REPO), "axe"], check=True, capture_output=True)
+    return AXE
+
+
 # --- the app on a loopback port, for browsers and other HTTP clients ---------------------------
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,40 +22,19 @@ from flask.testing import FlaskClient
 
 from tests.conftest import (
     ARTIFACTS,
+    AXE_RUN,
     CHARTS,
     PASSWORD,
     PHONE,
-    REPO,
+    TAP_TARGETS,
     Browser,
     log_in,
     served_as_deployed,
 )
 from tests.viewer.conftest import CHART, photo, upload_study
 
-AXE = REPO / "tests" / ".node" / "node_modules" / "axe-core" / "axe.min.js"
 SCHEMES = ("light", "dark")
 
-TAP_TARGETS = """() => {
-  const shown = (el) => el.getClientRects().length > 0
-    && getComputedStyle(el).visibility !== "hidden";
-  const tapped = (el) => {
-    // a radio, a check box or a visually hidden file input is tapped through its label
-    const small = el.type === "radio" || el.type === "checkbox" || el.type === "file";
-    return small ? (el.closest("label") || document.querySelector(`label[for="${el.id}"]`)) : el;
-  };
-  const out = [];
-  const controls = "a[href], button, input:not([type=hidden]), select, textarea, summary";
-  for (const el of document.querySelectorAll(controls)) {
-    const target = tapped(el);
-    if (!target || !shown(el) && !shown(target)) continue;
-    const box = target.getBoundingClientRect();
-    if (box.width < 44 || box.height < 44) {
-      const size = `${Math.round(box.width)}x${Math.round(box.height)}`;
-      out.push(`${el.outerHTML.slice(0, 90)} is ${size}`);
-    }
-  }
-  return out;
-}"""
 
 BACKGROUND_LUMINANCE = """() => {
   const [r, g, b] = getComputedStyle(document.documentElement).backgroundColor
@@ -65,11 +43,6 @@ BACKGROUND_LUMINANCE = """() => {
   return 0.2126 * r + 0.7152 * g + 0.0722 * b;
 }"""
 
-AXE_RUN = """async () => {
-  const result = await axe.run(document, { resultTypes: ["violations"] });
-  return result.violations.filter((v) => ["serious", "critical"].includes(v.impact))
-    .map((v) => `${v.id} (${v.impact}): ${v.nodes.map((n) => n.target.join(" ")).join(", ")}`);
-}"""
 
 
 @dataclass(frozen=True)
@@ -95,12 +68,6 @@ def _start_capture(page: Any) -> None:
     page.wait_for_selector("#screen-identify:not([hidden])")
 
 
-@pytest.fixture(scope="module")
-def axe_script() -> Path:
-    """axe.min.js from npm, installed by ``make axe`` when missing."""
-    if not AXE.exists():
-        subprocess.run(["make", "-C", str(REPO), "axe"], check=True, capture_output=True)
-    return AXE
 
 
 @pytest.fixture
