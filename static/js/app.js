@@ -747,7 +747,7 @@ function wireUploader() {
     }
   });
   uploader.addEventListener("login-needed", () => sessionEnded(
-    `${LOGIN_ENDED} to send the waiting photos.`));
+    `${LOGIN_ENDED} to send the photos waiting on this device.`));
   setInterval(() => { if (uploader.retryAt) refreshQueue(); }, 1000);
   window.addEventListener("offline", () => refreshQueue());
 }
@@ -840,9 +840,7 @@ async function lastValidLogin() {
 async function loginEnded() {
   const hadLogin = Boolean(state.me) || Boolean(await store.lastLogin().catch(() => null));
   state.offline = false;
-  await store.forgetLogin();
-  sessionEnded(hadLogin
-    ? "Your login has ended. Log in again to send the photos waiting on this device." : "");
+  sessionEnded(hadLogin ? `${LOGIN_ENDED} to send the photos waiting on this device.` : "");
 }
 
 /**
