@@ -11,10 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from flask import Blueprint, Flask, Response, current_app, g, jsonify, request
+from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 
 from app.web.auth import require
-from app.web.pwa import shell_page
 from app.web.uploads import photo_body, read_photo_body
 from app.workflow import audit
 from app.workflow.batch import Batches, BatchView, GroupView, build_batches
@@ -65,11 +64,10 @@ def _no_store(body: dict[str, Any], status: int = 200) -> tuple[Response, int]:
 
 @page.get("/batch")
 def batch_page() -> Response:
-    """The batch page's shell (no PHI: everything comes from the API after login); not stored,
-    as its header names the user and holds the session's CSRF token."""
-    response = shell_page("batch/index.html")
-    response.headers["Cache-Control"] = "no-store"
-    return response
+    """The batch page (no PHI: everything comes from the API after login). Not a shell page:
+    its header names the user and holds the session's CSRF token, so it gets the default
+    ``Cache-Control: no-store`` (:func:`app.web.security.harden`)."""
+    return Response(render_template("batch/index.html"))
 
 
 @api.post("")
