@@ -31,6 +31,7 @@ from sqlalchemy.orm import Session
 from app.db.models import Hl7Notice
 from app.gateways.emr.study import StudyRecord, load_study
 from app.gateways.errors import PermanentError, TransientError
+from app.pipeline.fhir import viewer_url
 from app.settings import Settings
 
 VERSION = "2.5.1"
@@ -119,7 +120,7 @@ def build_oru(record: StudyRecord, settings: Settings, message_id: str, *,
     if facts.accession_number:
         obr.obr_18 = _st(facts.accession_number)
     obr.obr_25 = "C" if correction else "F"
-    viewer = f"{settings.public_url.rstrip('/')}/studies/{facts.uid}"
+    viewer = viewer_url(settings.public_url, facts.uid)
     observations = (("ST", STUDY_UID_CODE, facts.uid),
                     ("NM", INSTANCES_CODE, str(facts.instance_count)),
                     ("RP", VIEWER_CODE, viewer))
