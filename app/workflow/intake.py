@@ -365,11 +365,14 @@ class Intake:
             return self.get_session(request.session_id), False
         return row, True
 
-    def get_session(self, session_id: str) -> CaptureSession:
+    def get_session(self, session_id: str, *, photos: bool = True) -> CaptureSession:
+        """The session with its identification and, when ``photos``, every photo with its
+        instance; without them it is one row read however many photos the session holds
+        (``session.photos`` is then not loaded). Raises :class:`NotFound`."""
         with self.db.session() as db:
             row = db.get(CaptureSession, _uuid(session_id, "session id"),
                          options=[selectinload(CaptureSession.photos)
-                                  .selectinload(Photo.instance)])
+                                  .selectinload(Photo.instance)] if photos else [])
             if row is None:
                 raise NotFound("no such capture session")
             return row
@@ -418,11 +421,12 @@ class Intake:
         photo (a wristband or patient label frame) goes to the label series with Burned In
         Annotation YES and no colour-normalized version; ``burned_in`` marks a clinical photo
         that shows a label too. ``number``: its Instance Number, taken earlier with
-        :meth:`reserve_instance_numbers` (default: the session's next).
+        :meth:`reserve_instance_numbers` (default: the session's next). The rows read and
+        written do not grow with the session: its photos are never loaded.
         """
         upload_uuid = _uuid(upload_uuid, "upload id")
         digest = hashlib.sha256(data).hexdigest()
-        session = self.get_session(session_id)
+        session = self.get_session(session_id, photos=False)
         known = self._known_photo(upload_uuid, digest, session.id)
         if known is not None:
             return known, False

@@ -27,6 +27,7 @@ from app.workflow.delivery import (
     DeliveryState,
     ShownState,
     deliveries_by_study,
+    instance_deliveries,
     study_deliveries,
 )
 from app.workflow.intake import SessionRequest
@@ -137,7 +138,7 @@ def _launched_for_other(session_id: str) -> bool:
     session is another patient's (only then is the capture session looked up)."""
     if g.caller.patient is None:
         return False
-    session = services().intake.get_session(session_id)
+    session = services().intake.get_session(session_id, photos=False)
     return not g.caller.sees(session.patient_id, session.issuer)
 
 
@@ -214,10 +215,13 @@ def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
     if _launched_for_other(session_id):
         return error_response(403, "other_patient", OTHER_PATIENT)
     data = read_photo_body()
-    photo, created = services().intake.accept_photo(session_id, upload_uuid, data)
-    _audit_session(services().intake.get_session(photo.session_id), photo.sop_uid,
+    svc = services()
+    photo, created = svc.intake.accept_photo(session_id, upload_uuid, data)
+    _audit_session(svc.intake.get_session(photo.session_id, photos=False), photo.sop_uid,
                    photo.normalized_sop_uid or "")
-    deliveries = study_deliveries(services().db, photo.instance.study_uid)
+    deliveries = instance_deliveries(
+        svc.db, [d.name for d in svc.registry.destinations], photo.instance.study_uid,
+        [uid for uid in (photo.sop_uid, photo.normalized_sop_uid) if uid])
     return jsonify(photo_json(photo, deliveries)), 201 if created else 200
 
 

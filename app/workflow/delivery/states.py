@@ -99,6 +99,20 @@ def study_deliveries(db: Database, study_uid: str) -> list[DeliveryState]:
             select(Delivery).where(Delivery.study_uid == study_uid).order_by(Delivery.id))]
 
 
+def instance_deliveries(db: Database, destinations: Sequence[str], study_uid: str,
+                        sop_uids: Sequence[str]) -> list[DeliveryState]:
+    """The deliveries of the instances ``sop_uids`` of a study to ``destinations``, oldest
+    first: looked up by the outbox's unique key, so the rows read do not grow with the
+    study."""
+    if not destinations or not sop_uids:
+        return []
+    with db.session() as session:
+        return [DeliveryState.of(row) for row in session.scalars(
+            select(Delivery).where(Delivery.destination.in_(destinations),
+                                   Delivery.study_uid == study_uid,
+                                   Delivery.sop_uid.in_(sop_uids)).order_by(Delivery.id))]
+
+
 def deliveries_by_study(db: Database,
                         study_uids: Sequence[str]) -> dict[str, list[DeliveryState]]:
     """Every delivery of each study in ``study_uids``, oldest first, in one query; a study
