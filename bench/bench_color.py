@@ -21,7 +21,13 @@ jarrelscy_203518 the ground-truth quad itself sits off the patch grid: ours land
 away from it with the right swatches, so it is counted neither correct nor wrong.)
 
 Correction quality is the leave-one-out mean CIEDE2000 of our fit on each correctly found
-chart. Time is the whole colour path for one photo -- decode the file, find the chart, fit,
+chart. The model table fits each model on those charts' patches (the unclipped ones) and
+shows median, p90 and max over the charts of the leave-one-out mean, each model taking the
+better linearization (sRGB or none) per photo as the shipped step does: ours (least squares
+weighted by the Lab Jacobian at each reference colour) on Finlayson 2015 root-polynomial
+terms of degree 1-3 (colour-science's expansion), with and without an offset, and
+colour-science's own ``colour_correction`` (plain RGB least squares) for Finlayson 2015 and
+Vandermonde. Time is the whole colour path for one photo -- decode the file, find the chart, fit,
 apply to every pixel, encode JPEG once -- median over the 12 MP photos, each run 3 times.
 """
 
@@ -43,7 +49,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from app.pipeline.color import delta_e_2000, find_chart, normalize  # noqa: E402
-from app.pipeline.color.colorimetry import linear_srgb_to_lab, srgb_decode  # noqa: E402
+from app.pipeline.color.colorimetry import (  # noqa: E402
+    REFERENCE_LAB_D50,
+    linear_srgb_to_lab,
+    srgb_decode,
+)
+from app.pipeline.color.correct import MIN_PATCHES, loo_delta_e  # noqa: E402
+from app.pipeline.color.reference import REFERENCE_LINEAR_SRGB  # noqa: E402
 from app.pipeline.decode import encode_jpeg, load_pixels  # noqa: E402
 from bench.common import TESTDATA, pin_one_core, table  # noqa: E402
 
@@ -74,6 +86,8 @@ class Photo:
     pixels: int
     results: dict[str, Result] = field(default_factory=dict)
     loo: float | None = None
+    patches: np.ndarray | None = None  # 0..1 sRGB of the patches fitted (correct charts)
+    used: np.ndarray | None = None
     linearization: str = ""
     reliable: bool = False
 
@@ -134,6 +148,9 @@ def run_ours(photo: Photo) -> None:
     if chart is not None and result.correct:
         _, report = normalize(bgr, chart)
         photo.loo = report.delta_e_after.loo_mean
+        photo.patches = np.asarray(chart.patches_srgb, dtype=np.float64) / 255.0
+        used = ~np.asarray(chart.clipped, dtype=bool)
+        photo.used = used if used.sum() >= MIN_PATCHES else np.ones(24, dtype=bool)
         photo.linearization = report.linearization
         photo.reliable = report.reliable
 
@@ -200,6 +217,69 @@ def time_path(data: bytes) -> dict[str, float]:
         "encode": t4 - t3,
         "total": t4 - t0,
     }
+
+
+def colour_science_loo(lin: np.ndarray, used: np.ndarray, method: str, degree: int) -> float:
+    """Leave-one-out mean CIEDE2000 of colour-science's ``colour_correction`` on one chart."""
+    import colour
+
+    index = np.flatnonzero(used)
+    errors = []
+    for k in index:
+        train = index[index != k]
+        predicted = colour.characterisation.colour_correction(
+            lin[k], lin[train], REFERENCE_LINEAR_SRGB[train], method=method, degree=degree
+        )
+        lab = linear_srgb_to_lab(np.clip(predicted, 0.0, 1.0))
+        errors.append(float(delta_e_2000(lab, REFERENCE_LAB_D50[k])))
+    return float(np.mean(errors))
+
+
+def root_polynomial(lin: np.ndarray, degree: int, offset: bool) -> np.ndarray:
+    """Finlayson 2015 root-polynomial terms of ``degree`` (colour-science's expansion)."""
+    import colour
+
+    terms = colour.characterisation.polynomial_expansion_Finlayson2015(
+        np.clip(lin, 0.0, None), degree=degree, root_polynomial_expansion=True
+    )
+    return np.hstack([terms, np.ones((len(lin), 1))]) if offset else terms
+
+
+def model_rows(photos: list[Photo]) -> list[list[object]]:
+    """Leave-one-out CIEDE2000 per model over the correctly found charts (see the docstring)."""
+    fitted = [p for p in photos if p.patches is not None and p.used is not None]
+
+    def loo(p: Photo, linearization: str, method: str, degree: int, offset: bool) -> float:
+        assert p.patches is not None and p.used is not None
+        lin = srgb_decode(p.patches) if linearization == "srgb" else p.patches
+        if method == "ours":
+            return loo_delta_e(root_polynomial(lin, degree, offset)[p.used], p.used)
+        return colour_science_loo(lin, p.used, method.removeprefix("colour-science "), degree)
+
+    def row(name: str, degree: object, values: list[float]) -> list[object]:
+        return [
+            name,
+            degree,
+            f"{statistics.median(values):.2f}",
+            f"{np.percentile(values, 90):.2f}",
+            f"{max(values):.2f}",
+        ]
+
+    rows = [row("ours as shipped: lowest of 8 per photo", "1-2", [p.loo or 0.0 for p in fitted])]
+    for method, offset, degrees in (
+        ("ours", False, (1, 2, 3)),
+        ("ours", True, (1, 2, 3)),
+        ("colour-science Finlayson 2015", False, (1, 2, 3)),
+        ("colour-science Vandermonde", False, (1, 2)),
+    ):
+        for degree in degrees:
+            values = [
+                min(loo(p, lin, method, degree, offset) for lin in ("srgb", "linear"))
+                for p in fitted
+            ]
+            name = "ours, Lab-weighted root-poly" if method == "ours" else method
+            rows.append(row(name + (" + offset" if offset else ""), degree, values))
+    return rows
 
 
 def detector_rows(photos: list[Photo], name: str) -> list[list[object]]:
@@ -275,6 +355,10 @@ def main() -> None:
     print(
         table(["photos", "n", "median LOO dE00", "max LOO dE00", "reliable", "linear"], corr_rows)
     )
+
+    fitted = sum(p.patches is not None for p in photos)
+    print(f"\nModels: leave-one-out mean CIEDE2000 over the {fitted} correctly found charts")
+    print(table(["model", "degree", "median", "p90", "max"], model_rows(photos)))
 
     big = [p for p in photos if p.pixels >= TWELVE_MP]
     runs = [time_path((CHARTS / p.file).read_bytes()) for p in big for _ in range(REPEATS_12MP)]

@@ -164,9 +164,9 @@ def _lab_jacobians(rgb: np.ndarray) -> np.ndarray:
 _REF_JACOBIANS = _lab_jacobians(REFERENCE_LINEAR_SRGB)
 
 
-def _weighted_system(model: str, lin: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, ...]:
-    """Per-patch rows of the Lab-Jacobian-weighted least-squares system: (n, 3, 3p), (n, 3)."""
-    feats = _features(model, lin)
+def _weighted_system(feats: np.ndarray, used: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Per-patch rows of the Lab-Jacobian-weighted least-squares system for the model inputs
+    ``feats`` (n, p) of the ``used`` patches: (n, 3, 3p), (n, 3)."""
     n, p = feats.shape
     design = np.zeros((n, 3, 3 * p))
     for c in range(3):
@@ -174,30 +174,38 @@ def _weighted_system(model: str, lin: np.ndarray, used: np.ndarray) -> tuple[np.
     jac = _REF_JACOBIANS[used]
     lhs = np.einsum("nij,njk->nik", jac, design)
     rhs = np.einsum("nij,nj->ni", jac, REFERENCE_LINEAR_SRGB[used])
-    return lhs, rhs, feats
+    return lhs, rhs
 
 
 def _fit(model: str, lin: np.ndarray, used: np.ndarray) -> np.ndarray:
     """Coefficients (features x 3) minimizing sum |J_i (prediction_i - reference_i)|^2."""
-    lhs, rhs, feats = _weighted_system(model, lin, used)
+    feats = _features(model, lin)
+    lhs, rhs = _weighted_system(feats, used)
     theta, *_ = np.linalg.lstsq(lhs.reshape(-1, lhs.shape[2]), rhs.reshape(-1), rcond=None)
     coeffs: np.ndarray = theta.reshape(feats.shape[1], 3)
     return coeffs
 
 
 def _loo_mean(model: str, lin: np.ndarray, used: np.ndarray) -> float:
-    """Mean CIEDE2000 of each used patch predicted by a fit on the other used patches.
+    """Mean CIEDE2000 of each used patch predicted by a fit on the other used patches."""
+    return loo_delta_e(_features(model, lin), used)
+
+
+def loo_delta_e(feats: np.ndarray, used: np.ndarray) -> float:
+    """Leave-one-out mean CIEDE2000 of the Lab-weighted fit on any model inputs: ``feats``
+    (n, p) are the inputs of the ``used`` patches (a boolean mask of the 24); each is
+    predicted by the fit on the others, clipped to the output range.
 
     All leave-one-out fits are solved at once from the normal equations minus each patch's
     own contribution (a tiny ridge keeps them well posed).
     """
-    lhs, rhs, feats = _weighted_system(model, lin, used)
+    lhs, rhs = _weighted_system(feats, used)
     per_normal = np.einsum("nik,nil->nkl", lhs, lhs)
     per_rhs = np.einsum("nik,ni->nk", lhs, rhs)
     normal = per_normal.sum(axis=0) - per_normal
     normal += 1e-9 * np.eye(normal.shape[1])
     theta = np.linalg.solve(normal, (per_rhs.sum(axis=0) - per_rhs)[..., None])[..., 0]
-    coeffs = theta.reshape(len(lin), feats.shape[1], 3)
+    coeffs = theta.reshape(len(feats), feats.shape[1], 3)
     pred = np.clip(np.einsum("nk,nkc->nc", feats, coeffs), 0.0, 1.0)
     return float(delta_e_2000(linear_srgb_to_lab(pred), REFERENCE_LAB_D50[used]).mean())
 
