@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import pydicom
 from PIL import Image, ImageCms
+from pydicom.encaps import generate_frames
 
 from app.pipeline.decode import DEFAULT_MAX_PIXELS, load_pixels, probe, strip_jpeg
 from app.pipeline.dicom.builder import srgb_profile
@@ -39,6 +41,26 @@ class Rendition:
     media_type: str
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """The first frame of a stored instance as its bitstream, and the instance's ICC profile."""
+
+    frame: bytes
+    icc_profile: bytes | None
+
+
+def stored_frame(part10: bytes) -> StoredFrame:
+    """The (first) frame and ICC profile of a VL photograph's DICOM Part 10 bytes.
+
+    Guarantees: the frame is the encapsulated bitstream as stored (JPEG for our photographs),
+    never decoded; raises ``pydicom`` errors for bytes that are not such an instance.
+    """
+    ds = pydicom.dcmread(io.BytesIO(part10))
+    profile = ds.get("ICCProfile")
+    return StoredFrame(next(generate_frames(ds.PixelData, number_of_frames=1)),
+                       bytes(profile) if profile is not None else None)
 
 
 def fit(width: int, height: int, box: tuple[int, int] | None) -> tuple[int, int]:
