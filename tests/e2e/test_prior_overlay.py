@@ -2,7 +2,8 @@
 have a photo (uploaded through the API, a real chart photo), the camera shows it as an onion
 skin (toggle, opacity, outline), the shutter still works beneath it, and review shows the new
 photo beside it at the same scale once both have a chart; a new patient or site gets nothing.
-The image stays in memory: no URL names the patient, no cache or IndexedDB store holds it.
+The image stays in memory: no URL names the patient, no cache or IndexedDB store holds it;
+offline it is not asked for.
 Phone size, light and dark: axe-core clean, every control of the overlay at least 44 px."""
 
 from __future__ import annotations
@@ -181,6 +182,26 @@ def test_overlay_for_a_repeat_patient_and_site_and_none_for_a_new_one(
     page.click("#start")
     assert to_camera(page, ALICE, "abdomen", "Abdomen", None) == 204  # another site
     assert page.is_hidden("#prior-overlay") and page.is_hidden("#prior-controls")
+
+    # offline (the app opened from its shell): the prior is not asked for, nothing is said
+    page.wait_for_function("() => navigator.serviceWorker.controller !== null")
+    page.context.set_offline(True)
+    page.reload()
+    screen(page, "home")
+    asked = len([u for u in page.urls if u.endswith("/api/v1/prior")])
+    page.click("#start")
+    screen(page, "identify")
+    page.click("#recent-patients")
+    screen(page, "patient")
+    page.locator("#patient-list > *", has_text="Alice").locator("button[data-confirm]").click()
+    fill_details(page, "forearm", "Forearm", "L")
+    page.click("#details-form button[type=submit]")
+    screen(page, "camera")
+    page.wait_for_function("() => document.querySelector('#camera-video').videoWidth > 0")
+    page.wait_for_timeout(500)
+    assert len([u for u in page.urls if u.endswith("/api/v1/prior")]) == asked
+    assert page.is_hidden("#prior-overlay") and page.is_hidden("#prior-controls")
+    assert page.inner_text("#camera-status") == ""
     assert page.errors == []
 
 
