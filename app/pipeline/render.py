@@ -112,18 +112,19 @@ def render_frame(frame: bytes, *, box: tuple[int, int] | None = None,
     """Render one JPEG frame fitted inside ``box`` as ``media_type``.
 
     ``icc_profile`` is the instance's profile: it is embedded in the output (or, with
-    ``to_srgb``, the pixels are converted to sRGB and the sRGB profile embedded); ``None``
-    embeds nothing. Guarantees: the output fits ``box`` with the aspect ratio kept; a JPEG
-    request at full size without a quality or colour conversion returns the stored bitstream
-    unchanged apart from the embedded profile; the frame's header is checked against
-    ``max_pixels`` before any decoding.
+    ``to_srgb``, the pixels are converted to sRGB and the sRGB profile embedded; a profile
+    that is our sRGB one already needs no conversion); ``None`` embeds nothing.
+    Guarantees: the output fits ``box`` with the aspect ratio kept; a JPEG request at full size
+    without a quality or colour conversion returns the stored bitstream unchanged apart from
+    the embedded profile; the frame's header is checked against ``max_pixels`` before any
+    decoding.
     """
     if media_type not in RENDERED_MEDIA_TYPES:
         raise ValueError(f"cannot render as {media_type}")
     info = probe(frame, max_pixels)
     width, height = info.oriented_size
     target = fit(width, height, box)
-    convert = to_srgb and icc_profile is not None
+    convert = to_srgb and icc_profile is not None and icc_profile != srgb_profile()
     if (target == (width, height) and media_type == "image/jpeg" and quality is None
             and not convert and info.orientation == 1):
         jpeg = strip_jpeg(frame)
