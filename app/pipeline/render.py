@@ -15,7 +15,9 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
+import pydicom
 from PIL import Image, ImageCms
+from pydicom.encaps import generate_frames
 
 from app.pipeline.decode import DEFAULT_MAX_PIXELS, load_pixels, probe, strip_jpeg
 from app.pipeline.dicom.builder import srgb_profile
@@ -39,6 +41,26 @@ class Rendition:
     media_type: str
     width: int
     height: int
+
+
+@dataclass(frozen=True)
+class StoredFrame:
+    """The first frame of a stored instance as its bitstream, and the instance's ICC profile."""
+
+    frame: bytes
+    icc_profile: bytes | None
+
+
+def stored_frame(part10: bytes) -> StoredFrame:
+    """The (first) frame and ICC profile of a VL photograph's DICOM Part 10 bytes.
+
+    Guarantees: the frame is the encapsulated bitstream as stored (JPEG for our photographs),
+    never decoded; raises ``pydicom`` errors for bytes that are not such an instance.
+    """
+    ds = pydicom.dcmread(io.BytesIO(part10))
+    profile = ds.get("ICCProfile")
+    return StoredFrame(next(generate_frames(ds.PixelData, number_of_frames=1)),
+                       bytes(profile) if profile is not None else None)
 
 
 def fit(width: int, height: int, box: tuple[int, int] | None) -> tuple[int, int]:
@@ -90,18 +112,19 @@ def render_frame(frame: bytes, *, box: tuple[int, int] | None = None,
     """Render one JPEG frame fitted inside ``box`` as ``media_type``.
 
     ``icc_profile`` is the instance's profile: it is embedded in the output (or, with
-    ``to_srgb``, the pixels are converted to sRGB and the sRGB profile embedded); ``None``
-    embeds nothing. Guarantees: the output fits ``box`` with the aspect ratio kept; a JPEG
-    request at full size without a quality or colour conversion returns the stored bitstream
-    unchanged apart from the embedded profile; the frame's header is checked against
-    ``max_pixels`` before any decoding.
+    ``to_srgb``, the pixels are converted to sRGB and the sRGB profile embedded; a profile
+    that is our sRGB one already needs no conversion); ``None`` embeds nothing.
+    Guarantees: the output fits ``box`` with the aspect ratio kept; a JPEG request at full size
+    without a quality or colour conversion returns the stored bitstream unchanged apart from
+    the embedded profile; the frame's header is checked against ``max_pixels`` before any
+    decoding.
     """
     if media_type not in RENDERED_MEDIA_TYPES:
         raise ValueError(f"cannot render as {media_type}")
     info = probe(frame, max_pixels)
     width, height = info.oriented_size
     target = fit(width, height, box)
-    convert = to_srgb and icc_profile is not None
+    convert = to_srgb and icc_profile is not None and icc_profile != srgb_profile()
     if (target == (width, height) and media_type == "image/jpeg" and quality is None
             and not convert and info.orientation == 1):
         jpeg = strip_jpeg(frame)

@@ -63,16 +63,17 @@ async function errorOf(response) {
 }
 
 /**
- * Call the server with an optional body (a Blob is sent as is, anything else as JSON);
- * resolve with the JSON answer (null for 204).
+ * Send a request with an optional body (a Blob is sent as is, anything else as JSON); resolve
+ * with the successful response, never cached by the browser.
  * @param {string} method
  * @param {string} path
- * @param {object|Blob} [body]
- * @returns {Promise<{status: number, body: any}>}
+ * @param {object|Blob|undefined} body
+ * @param {string} accept the Accept header
+ * @returns {Promise<Response>}
  * @throws {NetworkError|ApiError}
  */
-export async function call(method, path, body) {
-  const headers = { Accept: "application/json" };
+async function send(method, path, body, accept) {
+  const headers = { Accept: accept };
   let payload;
   if (body instanceof Blob) {
     headers["Content-Type"] = body.type || "application/octet-stream";
@@ -90,7 +91,42 @@ export async function call(method, path, body) {
     throw new NetworkError();
   }
   if (!response.ok) throw await errorOf(response);
+  return response;
+}
+
+/**
+ * Call the server with an optional body (a Blob is sent as is, anything else as JSON);
+ * resolve with the JSON answer (null for 204).
+ * @param {string} method
+ * @param {string} path
+ * @param {object|Blob} [body]
+ * @returns {Promise<{status: number, body: any}>}
+ * @throws {NetworkError|ApiError}
+ */
+export async function call(method, path, body) {
+  const response = await send(method, path, body, "application/json");
   return { status: response.status, body: response.status === 204 ? null : await response.json() };
+}
+
+/**
+ * POST a JSON body and resolve with the image answered (null for 204) and the headers: for
+ * images asked about something that must not go in a URL (a patient). Memory only.
+ * @param {string} path
+ * @param {object} body
+ * @returns {Promise<{blob: Blob|null, headers: Headers}>}
+ * @throws {NetworkError|ApiError}
+ */
+export async function postForImage(path, body) {
+  const response = await send("POST", path, body, "image/jpeg, application/json");
+  let blob = null;
+  if (response.status !== 204) {
+    try {
+      blob = await response.blob();
+    } catch {
+      throw new NetworkError();  // the connection broke while the image was coming
+    }
+  }
+  return { blob, headers: response.headers };
 }
 
 /**

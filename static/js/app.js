@@ -19,6 +19,7 @@ import {
   thumbnailOf, toJpeg,
 } from "./camera.js";
 import { renderHome, renderQueue } from "./home.js";
+import { openPrior, releasePrior } from "./prior.js";
 import {
   identifyTyped, identifyTypedOffline, identifyWristband, patientOf, recentIdentification,
   rememberPatient,
@@ -126,6 +127,7 @@ function showLogin(message) {
   state.identification = null;
   state.launch = null;
   stopCameras();
+  releasePrior();
   clearPatientViews();
   showUser(null);
   say(byId("login-error"), message);
@@ -541,6 +543,7 @@ async function startCapture() {
   renderStrip();
   say(byId("camera-status"));
   showScreen("camera");
+  openPrior(state.draft, !isOffline());
   if (!cameraSupported()) {
     say(byId("camera-status"), "No live camera here: use the camera app.");
     return;
@@ -684,6 +687,7 @@ async function onSend() {
 
 function onFinish() {
   const draft = state.draft;
+  releasePrior();
   if (draft.complete) {
     const link = byId("study-link");
     link.href = `/studies/${draft.studyUid}`;
@@ -706,6 +710,7 @@ async function discardDraft() {
 
 async function goHome() {
   stopCameras();
+  releasePrior();
   state.identification = null;
   await refreshHome();
   showScreen("home");

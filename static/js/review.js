@@ -4,6 +4,7 @@
  * @module review
  */
 
+import { renderComparison } from "./prior.js";
 import { byId, count, h, paintBitmap, say } from "./ui.js";
 
 /** The colour chart result of an upload: ΔE when the server found a chart, else a note. */
@@ -67,6 +68,7 @@ export function renderReview(draft) {
   for (const button of document.querySelectorAll("#screen-review [data-action=discard]")) {
     button.hidden = sent;
   }
+  renderComparison(draft);
 }
 
 

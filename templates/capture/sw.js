@@ -2,7 +2,8 @@
  *
  * It caches the app shell only, under a cache named after the shell's version, so the app opens
  * without a network. API answers, photos, logins and every other URL always go to the network:
- * nothing with patient data is ever put in a cache. */
+ * nothing with patient data is ever put in a cache (the prior photo, POST /api/v1/prior, is
+ * not even a GET). */
 "use strict";
 
 const VERSION = {{ version|tojson }};

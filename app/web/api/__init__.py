@@ -31,6 +31,7 @@ from app.workflow.delivery import (
     study_deliveries,
 )
 from app.workflow.intake import SessionRequest
+from app.workflow.prior import PriorRequest, find_prior, render_prior
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -233,6 +234,36 @@ def complete_session(session_id: str) -> Response | tuple[Response, int]:
     session = services().intake.complete(session_id)
     _audit_session(session)
     return jsonify(session_json(session))
+
+
+@bp.post("/prior")
+@require("capture")
+def prior_photo() -> Response | tuple[Response, int]:
+    """The latest earlier photo of the patient's body site (``app.workflow.prior``) as a JPEG
+    for the camera overlay, its metadata in ``X-Prior-*`` headers; 204 when there is none.
+    The patient is named in the JSON body only. Never cached; audited as ``prior.read`` of
+    the patient (and of the study and instance shown)."""
+    svc = services()
+    req = PriorRequest.from_json(request.get_json(silent=True), svc.settings.default_issuer)
+    g.audit_entities = [audit.patient_ref(req.patient_id, req.issuer)]
+    if not g.caller.sees(req.patient_id, req.issuer):
+        return error_response(403, "other_patient", OTHER_PATIENT)
+    prior = find_prior(svc.db, req)
+    if prior is None:
+        response = Response(status=204)
+    else:
+        g.audit_entities += [audit.study_ref(prior.study_uid),
+                             audit.instance_ref(prior.instance.sop_uid)]
+        image = render_prior(svc.archive, prior, max_pixels=svc.settings.max_pixels)
+        response = Response(image.jpeg, content_type="image/jpeg")
+        meta = {"X-Prior-Taken": prior.taken_at.isoformat(),
+                "X-Prior-Px-Per-Mm": None if image.px_per_mm is None
+                else f"{image.px_per_mm:.4f}",
+                "X-Prior-Body-Site": req.body_site, "X-Prior-Laterality": req.laterality,
+                "X-Prior-Normalized": "true" if prior.normalized else "false"}
+        response.headers.update({k: v for k, v in meta.items() if v is not None})
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.get("/body-sites")

@@ -44,6 +44,7 @@ ACTIONS = {
     "api.get_session": "session.read",
     "api.complete_session": "session.complete",
     "api.put_photo": "photo.store",
+    "api.prior_photo": "prior.read",
     "audit.audit_page": "audit.read",
     "audit.audit_json": "audit.read",
     "audit.audit_fhir": "audit.read",

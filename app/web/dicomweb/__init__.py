@@ -28,7 +28,6 @@ from typing import Any, overload
 
 import pydicom
 from flask import Blueprint, Response, abort, g, request, url_for
-from pydicom.encaps import generate_frames
 from pydicom.uid import ExplicitVRLittleEndian
 from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
@@ -38,8 +37,10 @@ from app.pipeline.render import (
     RENDERED_MEDIA_TYPES,
     THUMBNAIL_BOX,
     Rendition,
+    StoredFrame,
     render_frame,
     render_thumbnail,
+    stored_frame,
 )
 from app.web import services
 from app.web.auth import require
@@ -170,12 +171,8 @@ def study_visible(study: str, caller: Caller) -> bool:
     return all(caller.sees(*_patient_of(h)) for h in headers)
 
 
-def _dataset(row: Instance) -> pydicom.Dataset:
-    return pydicom.dcmread(BytesIO(services().archive.read(row)))
-
-
-def _frame(ds: pydicom.Dataset) -> bytes:
-    return next(generate_frames(ds.PixelData, number_of_frames=1))
+def _stored(row: Instance) -> StoredFrame:
+    return stored_frame(services().archive.read(row))
 
 
 def _transfer_syntax(row: Instance) -> str:
@@ -334,7 +331,7 @@ def _frame_parts(row: Instance) -> Response:
     archive = services().archive
 
     def load() -> bytes:
-        return _frame(pydicom.dcmread(BytesIO(archive.read(row))))
+        return stored_frame(archive.read(row)).frame
 
     marker = media.boundary()
     part = media.Part(f"{part_type}; transfer-syntax={_transfer_syntax(row)}", load)
@@ -446,10 +443,10 @@ def retrieve_rendered(study: str, series: str, sop: str, frames: str = "1") -> R
     row = _rows(study, series, sop)[0]
     media_type = _rendered_type(row)
     box, quality, icc = _viewport(None), _quality(), _icc_choice()
-    ds = _dataset(row)
+    stored = _stored(row)
     return _image(render_frame(
-        _frame(ds), box=box, media_type=media_type, quality=quality,
-        icc_profile=None if icc == "no" else ds.get("ICCProfile"), to_srgb=icc == "srgb",
+        stored.frame, box=box, media_type=media_type, quality=quality,
+        icc_profile=None if icc == "no" else stored.icc_profile, to_srgb=icc == "srgb",
         max_pixels=services().settings.max_pixels))
 
 
@@ -491,9 +488,9 @@ def _thumbnail(row: Instance) -> Response:
     cached = _thumbnail_file(row)
     data = _cached(cached) if cacheable else None
     if data is None:
-        ds = _dataset(row)
-        data = render_thumbnail(_frame(ds), box=box, media_type=media_type,
-                                icc_profile=None if icc == "no" else ds.get("ICCProfile"),
+        stored = _stored(row)
+        data = render_thumbnail(stored.frame, box=box, media_type=media_type,
+                                icc_profile=None if icc == "no" else stored.icc_profile,
                                 to_srgb=icc == "srgb",
                                 max_pixels=services().settings.max_pixels).data
         if cacheable:
