@@ -75,7 +75,9 @@ const state = {
  * @property {string[]} photos upload UUIDs, in capture order
  * @property {Map<string, ImageBitmap>} thumbs
  * @property {Map<string, object>} checks per photo: the app's quality verdict (quality.js
- *   photoChecks), `kept: true` once the user chose to keep a photo that failed it
+ *   photoChecks), with `chart` the live guidance's last word on the chart when the photo was
+ *   taken (its px_per_mm at photo scale), and `kept: true` once the user chose to keep a
+ *   photo that failed it
  * @property {Map<string, object>} results per photo: {state, loaded, total, photo, error}
  * @property {string|null} sessionId set once sent
  */
@@ -600,7 +602,7 @@ async function onShutter() {
     performance.mark(`ebiw:shutter:${uuid}`);
     const { canvas: frame, frames } = await sharpestOf(byId("camera-video"));
     say(status, "Saving…");
-    const verdict = photoChecks(frame);
+    const verdict = { ...photoChecks(frame), chart: guidance.latest && guidance.latest.chart };
     const [blob, thumb] = await Promise.all([toJpeg(frame),
       thumbnailOf(frame)]);
     await keepPhoto(uuid, blob, thumb, verdict);
