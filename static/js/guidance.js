@@ -47,7 +47,9 @@ function previewOf(video) {
   const canvas = document.createElement("canvas");
   canvas.width = Math.max(1, Math.floor(video.videoWidth * scale));
   canvas.height = Math.max(1, Math.floor(video.videoHeight * scale));
-  canvas.getContext("2d").drawImage(video, 0, 0, canvas.width, canvas.height);
+  const context = canvas.getContext("2d");
+  context.imageSmoothingQuality = "high";  // an area average, as the server reduces: no aliasing
+  context.drawImage(video, 0, 0, canvas.width, canvas.height);
   return toJpeg(canvas, FRAME_QUALITY);
 }
 

@@ -24,27 +24,29 @@ function failures(quality) {
 }
 
 /**
- * The quality of one photo: the server's record once it is stored (it replaces the app's own
- * verdict), else the app's verdict (quality.js photoChecks) asking "Retake?" before sending,
- * until the user keeps the photo.
- * @param {object|undefined} verdict the app's verdict, `kept` once the user kept the photo
+ * The server's quality record of a stored photo (it replaces the app's own verdict), or null.
  * @param {object|undefined} result the upload's state
+ */
+function serverQuality(result) {
+  const quality = result && result.state === "stored" && result.photo && result.photo.quality;
+  if (!quality) return null;
+  return h("p", { class: `quality ${quality.ok ? "ok" : "warn"}` },
+    quality.ok ? "Quality checks passed." : `Quality: ${failures(quality)}.`);
+}
+
+/**
+ * "Retake?" with the reason, before sending, for a photo failing the app's checks (quality.js
+ * photoChecks) until the user keeps it; else null.
+ * @param {object|undefined} verdict the app's verdict, `kept` once the user kept the photo
  * @param {string} uuid
  * @param {number} n the photo's number
- * @param {boolean} sent
  */
-function qualityHint(verdict, result, uuid, n, sent) {
-  const server = result && result.state === "stored" && result.photo && result.photo.quality;
-  if (server) {
-    return h("p", { class: `quality ${server.ok ? "ok" : "warn"}` },
-      server.ok ? "Quality checks passed." : `Quality: ${failures(server)}.`);
-  }
-  if (sent || !verdict || verdict.ok || verdict.kept) return null;
+function retakePrompt(verdict, uuid, n) {
+  if (!verdict || verdict.ok || verdict.kept) return null;
   return h("div", { class: "retake", role: "group", "aria-label": `Photo ${n} may need a retake` },
     h("p", { class: "quality warn" }, `Retake? ${failures(verdict)}.`),
-    h("div", { class: "row" },
-      h("button", { type: "button", class: "secondary", "data-retake": uuid }, "Retake"),
-      h("button", { type: "button", class: "quiet", "data-keep": uuid }, "Keep")));
+    h("button", { type: "button", class: "secondary", "data-retake": uuid }, "Retake"),
+    h("button", { type: "button", class: "quiet", "data-keep": uuid }, "Keep"));
 }
 
 /** The state line of one photo: every byte sent is not stored yet, until the server answers. */
@@ -81,9 +83,10 @@ export function renderReview(draft) {
         progress,
         h("p", { class: "state" }, resultText(result)),
         result && result.state === "stored" ? colourHint(result.photo) : null,
-        qualityHint(draft.checks.get(uuid), result, uuid, i + 1, sent)),
+        serverQuality(result)),
       sent ? null : h("button", { type: "button", class: "quiet danger", "data-remove": uuid,
-        "aria-label": `Remove photo ${i + 1}` }, "Remove"));
+        "aria-label": `Remove photo ${i + 1}` }, "Remove"),
+      sent ? null : retakePrompt(draft.checks.get(uuid), uuid, i + 1));
   }));
   const stored = [...draft.results.values()].filter((r) => r.state === "stored").length;
   const finished = sent && draft.complete;
