@@ -75,6 +75,16 @@ def test_a_sharp_chart_is_found_and_sharp(live: LiveApp, page_for: Any) -> None:
     label = page.get_attribute("#guidance [data-check=chart]", "aria-label")
     assert label and label.startswith("Colour chart: "), label
     assert page.text_content("[data-guidance-advice]")
+    page.evaluate("""() => {  // count what a screen reader would hear from the advice line
+      window.adviceChanges = 0;
+      new MutationObserver(() => { window.adviceChanges += 1; }).observe(
+        document.querySelector('[data-guidance-advice]'),
+        { childList: true, characterData: true, subtree: true });
+    }""")
+    times = guidance_requests(page)
+    page.wait_for_timeout(3500)
+    assert len(times) >= 2  # answers keep coming …
+    assert page.evaluate("() => window.adviceChanges") == 0  # … the same advice is not re-said
     assert page.evaluate("() => document.querySelector('#guidance').hidden") is False
     assert seen and seen[0]["status"] == 200 and seen[0]["type"] == "image/jpeg"
     assert "photo_width=4000" in seen[0]["url"]  # the track's width: px/mm at photo scale
@@ -180,6 +190,31 @@ def test_offline_stops_guidance_and_online_resumes_it(live: LiveApp, page_for: A
     assert page.locator("#guidance [data-check]").count() == 0
     page.context.set_offline(False)
     page.wait_for_selector("#guidance [data-check=glare]", timeout=10000)
+    assert len(times) > before
+
+
+HIDE = """() => {
+  Object.defineProperty(document, "hidden", { configurable: true, get: () => true });
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+SHOW = """() => {
+  delete document.hidden;
+  document.dispatchEvent(new Event("visibilitychange"));
+}"""
+
+
+def test_a_hidden_page_sends_nothing(live: LiveApp, page_for: Any) -> None:
+    page = page_for("chart", live)
+    open_camera(page)
+    wait_for_guidance(page)
+    times = guidance_requests(page)
+    page.evaluate(HIDE)
+    page.wait_for_timeout(1500)  # an answer on its way may land; nothing leaves after it
+    before = len(times)
+    page.wait_for_timeout(3000)
+    assert len(times) == before <= 1, gaps(times)
+    page.evaluate(SHOW)
+    page.wait_for_timeout(2500)
     assert len(times) > before
 
 
