@@ -274,6 +274,45 @@ def test_camera_controls_show_what_the_track_offers(live: LiveApp, page_for: Any
             .getVideoTracks()[0].getSettings().zoom === z""", arg=expected["zoom"]["max"])
 
 
+STUB_TRACK = """() => {  // a camera with every control: capabilities stubbed, constraints recorded
+  window.applied = [];
+  const proto = MediaStreamTrack.prototype;
+  const real = proto.getCapabilities;
+  proto.getCapabilities = function () {
+    return { ...real.call(this), torch: true, zoom: { min: 1, max: 4, step: 0.5 },
+             focusMode: ["manual", "single-shot", "continuous"], exposureMode: ["continuous"] };
+  };
+  proto.getSettings = function () { return { zoom: 1, torch: false }; };
+  proto.applyConstraints = async function (c) { window.applied.push(c); };
+}"""
+
+
+def test_controls_apply_torch_zoom_and_tap_to_focus(live: LiveApp, page_for: Any) -> None:
+    page = page_for("chart", live)
+    page.route(GUIDANCE, lambda route: route.abort())
+    page.evaluate(STUB_TRACK)
+    open_camera(page)
+    page.wait_for_selector("#torch:not([hidden])")
+    page.wait_for_selector("#zoom-box:not([hidden])")
+    assert page.get_attribute("#zoom", "max") == "4"
+    page.click("#torch")
+    page.wait_for_selector("#torch[aria-pressed=true]")
+    page.fill("#zoom", "2.5")
+    box = page.locator("#camera-video").bounding_box()
+    page.mouse.click(box["x"] + box["width"] * 0.25, box["y"] + box["height"] * 0.75)
+    page.wait_for_selector("#focus-mark:not([hidden])")
+    page.wait_for_function("() => window.applied.length === 3")
+    torch, zoom, focus = [c["advanced"][0] for c in page.evaluate("() => window.applied")]
+    assert torch == {"torch": True} and zoom == {"zoom": 2.5}
+    (point,) = focus.pop("pointsOfInterest")
+    assert focus == {"focusMode": "single-shot", "exposureMode": "continuous"}
+    # the 4:3 picture fills the 4:3 viewfinder: the tap's place is the point of interest
+    assert abs(point["x"] - 0.25) < 0.02 and abs(point["y"] - 0.75) < 0.02, point
+    page.click("#camera-done")  # no photo yet: the camera stops, the controls go
+    page.wait_for_selector("#torch[hidden]", state="attached")
+    assert page.errors == []
+
+
 SCALE = "() => Number(document.querySelector('#photo-view').dataset.scale)"
 OPEN = "() => document.querySelector('#photo-view').open"
 
