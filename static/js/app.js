@@ -600,6 +600,7 @@ async function onShutter() {
   shutter.disabled = true;
   try {
     performance.mark(`ebiw:shutter:${uuid}`);
+    say(status, "Hold still…");  // the burst: about half a second
     const { canvas: frame, frames } = await sharpestOf(byId("camera-video"));
     say(status, "Saving…");
     const verdict = { ...photoChecks(frame), chart: guidance.latest && guidance.latest.chart };
