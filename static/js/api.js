@@ -22,13 +22,15 @@ export class ApiError extends Error {
    * @param {string} code the error body's code
    * @param {string} message the error body's message
    * @param {object|null} [body] the whole JSON answer, when there was one
+   * @param {number|null} [retryAfter] the answer's Retry-After, in seconds, when it had one
    */
-  constructor(status, code, message, body = null) {
+  constructor(status, code, message, body = null, retryAfter = null) {
     super(message);
     this.name = "ApiError";
     this.status = status;
     this.code = code;
     this.body = body;
+    this.retryAfter = retryAfter;
   }
 
   /** @returns {boolean} whether trying again later may succeed */
@@ -58,8 +60,10 @@ async function errorOf(response) {
     // not JSON: keep the generic message
   }
   const error = (body && body.error) || {};
+  const retryAfter = Number.parseInt(response.headers.get("Retry-After") || "", 10);
   return new ApiError(response.status, error.code || "error",
-    error.message || `the server answered ${response.status}`, body);
+    error.message || `the server answered ${response.status}`, body,
+    Number.isFinite(retryAfter) ? retryAfter : null);
 }
 
 /**

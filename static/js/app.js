@@ -15,15 +15,18 @@
 
 import { ApiError, NetworkError, call, login, logout, whoAmI } from "./api.js";
 import {
-  PHOTO_RESOLUTION, SCAN_RESOLUTION, cameraSupported, grabFrame, startCamera, stopCamera,
-  thumbnailOf, toJpeg,
+  PHOTO_RESOLUTION, SCAN_RESOLUTION, cameraSupported, startCamera, stopCamera, thumbnailOf, toJpeg,
 } from "./camera.js";
+import { CameraControls, sharpestOf } from "./camera-controls.js";
+import { Guidance } from "./guidance.js";
 import { renderHome, renderQueue } from "./home.js";
 import { openPrior, releasePrior } from "./prior.js";
 import {
   identifyTyped, identifyTypedOffline, identifyWristband, patientOf, recentIdentification,
   rememberPatient,
 } from "./identify.js";
+import { PhotoView } from "./photo-view.js";
+import { photoChecks } from "./quality.js";
 import { renderReview, showProgress } from "./review.js";
 import { showUser } from "./shell.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
@@ -34,6 +37,10 @@ import {
 import { Uploader } from "./uploader.js";
 
 const uploader = new Uploader();
+const guidance = new Guidance(byId("camera-video"), byId("guidance"));
+const controls = new CameraControls(byId("camera-video"), { torch: byId("torch"),
+  zoom: byId("zoom"), zoomBox: byId("zoom-box"), marker: byId("focus-mark") });
+const photoView = new PhotoView(byId("photo-view"));
 
 /** How often to ask the server again while the app runs on the last-known login. */
 const RECONNECT_EVERY_MS = 20000;
@@ -68,6 +75,10 @@ const state = {
  * @property {object|null} details body site, laterality, consent…
  * @property {string[]} photos upload UUIDs, in capture order
  * @property {Map<string, ImageBitmap>} thumbs
+ * @property {Map<string, object>} checks per photo: the app's quality verdict (quality.js
+ *   photoChecks), with `chart` the live guidance's last word on the chart when the photo was
+ *   taken (its px_per_mm at photo scale), and `kept: true` once the user chose to keep a
+ *   photo that failed it
  * @property {Map<string, object>} results per photo: {state, loaded, total, photo, error}
  * @property {string|null} sessionId set once sent
  */
@@ -88,7 +99,8 @@ async function refreshHome() {
 
 function newDraft() {
   return { id: crypto.randomUUID(), user: state.me.user, patient: null, encounter: null,
-    worklistItem: null, details: null, photos: [], thumbs: new Map(), results: new Map(), sessionId: null };
+    worklistItem: null, details: null, photos: [], thumbs: new Map(), checks: new Map(), results: new Map(),
+    sessionId: null };
 }
 
 // --- errors and the login ---------------------------------------------------------------------
@@ -334,6 +346,8 @@ function startLaunched() {
 }
 
 function stopCameras() {
+  guidance.stop();
+  controls.detach();
   stopCamera(byId("scan-video"));
   stopCamera(byId("camera-video"));
 }
@@ -552,7 +566,11 @@ async function startCapture() {
     await startCamera(byId("camera-video"), PHOTO_RESOLUTION);
   } catch {
     say(byId("camera-status"), "The camera is not available: use the camera app.");
+    return;
   }
+  if (byId("screen-camera").hidden) return;  // left while the camera started
+  controls.attach();
+  guidance.start();
 }
 
 function renderStrip() {
@@ -567,12 +585,13 @@ function renderStrip() {
   byId("camera-done").textContent = draft.photos.length ? `Done (${draft.photos.length})` : "Done";
 }
 
-async function keepPhoto(uuid, blob, thumb) {
+async function keepPhoto(uuid, blob, thumb, verdict) {
   const draft = state.draft;
   await store.savePhoto({ uuid, user: draft.user, draftId: draft.id, blob });
   performance.mark(`ebiw:kept:${uuid}`);
   draft.photos.push(uuid);
   draft.thumbs.set(uuid, thumb);
+  draft.checks.set(uuid, verdict);
   renderStrip();
   await refreshQueue();
 }
@@ -584,12 +603,14 @@ async function onShutter() {
   shutter.disabled = true;
   try {
     performance.mark(`ebiw:shutter:${uuid}`);
-    const frame = grabFrame(byId("camera-video"));
+    say(status, "Hold still…");  // the burst: about half a second
+    const { canvas: frame, frames } = await sharpestOf(byId("camera-video"));
     say(status, "Saving…");
+    const verdict = { ...photoChecks(frame), chart: guidance.latest && guidance.latest.chart };
     const [blob, thumb] = await Promise.all([toJpeg(frame),
       thumbnailOf(frame)]);
-    await keepPhoto(uuid, blob, thumb);
-    say(status, `${count(state.draft.photos.length)} taken`);
+    await keepPhoto(uuid, blob, thumb, verdict);
+    say(status, `${count(state.draft.photos.length)} taken · kept the sharpest of ${frames}`);
   } catch (error) {
     say(status, `The photo could not be taken: ${error.message}`);
   } finally {
@@ -605,17 +626,29 @@ async function onFilePicked(event) {
   const status = byId("camera-status");
   try {
     const thumb = await thumbnailOf(file);
-    await keepPhoto(crypto.randomUUID(), file, thumb);
+    await keepPhoto(crypto.randomUUID(), file, thumb, photoChecks(await canvasOf(file)));
     say(status, `${count(state.draft.photos.length)} taken`);
   } catch {
     say(status, "This file is not a photo the app can read.");
   }
 }
 
+/** A picked file at full resolution, drawn into a canvas (for its quality checks). */
+async function canvasOf(file) {
+  const bitmap = await createImageBitmap(file);
+  const canvas = document.createElement("canvas");
+  canvas.width = bitmap.width;
+  canvas.height = bitmap.height;
+  canvas.getContext("2d").drawImage(bitmap, 0, 0);
+  bitmap.close();
+  return canvas;
+}
+
 async function onRetake() {
   const uuid = state.draft.photos.pop();
   if (!uuid) return;
   state.draft.thumbs.delete(uuid);
+  state.draft.checks.delete(uuid);
   await store.deletePhoto(uuid);
   renderStrip();
   await refreshQueue();
@@ -640,15 +673,50 @@ function showReview() {
   showScreen("review");
 }
 
-async function onReviewClick(event) {
-  const button = event.target.closest("button[data-remove]");
-  if (!button) return;
-  const uuid = button.dataset.remove;
-  state.draft.photos = state.draft.photos.filter((u) => u !== uuid);
-  state.draft.thumbs.delete(uuid);
+/** Drop a photo of the draft, here and on the device. */
+async function removePhoto(uuid) {
+  const draft = state.draft;
+  draft.photos = draft.photos.filter((u) => u !== uuid);
+  draft.thumbs.delete(uuid);
+  draft.checks.delete(uuid);
   await store.deletePhoto(uuid);
-  renderReview(state.draft);
   await refreshQueue();
+}
+
+/**
+ * A photo of the draft full screen: at full resolution while it is on the device, else (sent
+ * and deleted from the device) its thumbnail.
+ */
+async function viewPhoto(uuid) {
+  const draft = state.draft;
+  const title = `Photo ${draft.photos.indexOf(uuid) + 1}`;
+  let full;
+  try {
+    full = await createImageBitmap(await store.photoBlob({ uuid, type: "image/jpeg" }));
+  } catch {
+    const thumb = draft.thumbs.get(uuid);
+    if (thumb) photoView.open(thumb, title);
+    return;
+  }
+  photoView.open(full, title);
+  full.close();
+}
+
+async function onReviewClick(event) {
+  const button = event.target.closest("button");
+  if (!button) return;
+  const { remove, retake, keep, view } = button.dataset;
+  if (view) {
+    await viewPhoto(view);
+  } else if (keep) {
+    state.draft.checks.get(keep).kept = true;
+    renderReview(state.draft);
+    document.querySelector(`#review-list [data-view="${keep}"]`).focus();
+  } else if (remove || retake) {
+    await removePhoto(remove || retake);
+    if (retake) startCapture();
+    else renderReview(state.draft);
+  }
 }
 
 function sessionRequest(draft) {

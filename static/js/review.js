@@ -1,6 +1,7 @@
 /**
  * The review screen: the photos of a draft before and while they are sent, with per-photo
- * progress and the colour chart result the server reports.
+ * progress, the colour chart result the server reports, and each photo's quality ("Retake?"
+ * before sending when the app's checks fail; the server's record once stored).
  * @module review
  */
 
@@ -18,6 +19,37 @@ function colourHint(photo) {
       fixed(delta.max)}${color.reliable ? "." : " — correction not reliable."}`);
 }
 
+/** The failing checks of a quality verdict, as one line ("Blurry: hold still; …"). */
+function failures(quality) {
+  return (quality.checks || []).filter((c) => c.ok === false).map((c) => c.text).join("; ");
+}
+
+/**
+ * The server's quality record of a stored photo (it replaces the app's own verdict), or null.
+ * @param {object|undefined} result the upload's state
+ */
+function serverQuality(result) {
+  const quality = result && result.state === "stored" && result.photo && result.photo.quality;
+  if (!quality) return null;
+  return h("p", { class: `quality ${quality.ok ? "ok" : "warn"}` },
+    quality.ok ? "Quality checks passed." : `Quality: ${failures(quality)}.`);
+}
+
+/**
+ * "Retake?" with the reason, before sending, for a photo failing the app's checks (quality.js
+ * photoChecks) until the user keeps it; else null.
+ * @param {object|undefined} verdict the app's verdict, `kept` once the user kept the photo
+ * @param {string} uuid
+ * @param {number} n the photo's number
+ */
+function retakePrompt(verdict, uuid, n) {
+  if (!verdict || verdict.ok || verdict.kept) return null;
+  return h("div", { class: "retake", role: "group", "aria-label": `Photo ${n} may need a retake` },
+    h("p", { class: "quality warn" }, `Retake? ${failures(verdict)}.`),
+    h("button", { type: "button", class: "secondary", "data-retake": uuid }, "Retake"),
+    h("button", { type: "button", class: "quiet", "data-keep": uuid }, "Keep"));
+}
+
 /** The state line of one photo: every byte sent is not stored yet, until the server answers. */
 function resultText(result) {
   if (!result) return "Not sent yet";
@@ -29,8 +61,9 @@ function resultText(result) {
 }
 
 /**
- * The review screen for a draft: every photo with its thumbnail, upload progress, state and
- * colour chart result, and the buttons that fit (send, take more, finish).
+ * The review screen for a draft: every photo with its thumbnail (a button to view it full
+ * screen), upload progress, state, colour chart result and quality, and the buttons that fit
+ * (send, take more, finish).
  * @param {import("./app.js").Draft} draft
  */
 export function renderReview(draft) {
@@ -39,18 +72,22 @@ export function renderReview(draft) {
     const result = draft.results.get(uuid);
     const canvas = h("canvas", { class: "thumb", "aria-hidden": "true" });
     paintBitmap(canvas, draft.thumbs.get(uuid));
+    const view = h("button", { type: "button", class: "thumb-button", "data-view": uuid,
+      "aria-label": `Photo ${i + 1}: view full screen` }, canvas);
     const progress = h("progress", { max: 1, "aria-label": `Upload of photo ${i + 1}` });
     progress.value = result && result.state === "stored" ? 1
       : result && result.total ? result.loaded / result.total : 0;
     return h("li", { class: "photo", "data-uuid": uuid },
-      canvas,
+      view,
       h("div", { class: "info" },
         h("p", { class: "label" }, `Photo ${i + 1}`),
         progress,
         h("p", { class: "state" }, resultText(result)),
-        result && result.state === "stored" ? colourHint(result.photo) : null),
+        result && result.state === "stored" ? colourHint(result.photo) : null,
+        serverQuality(result)),
       sent ? null : h("button", { type: "button", class: "quiet danger", "data-remove": uuid,
-        "aria-label": `Remove photo ${i + 1}` }, "Remove"));
+        "aria-label": `Remove photo ${i + 1}` }, "Remove"),
+      sent ? null : retakePrompt(draft.checks.get(uuid), uuid, i + 1));
   }));
   const stored = [...draft.results.values()].filter((r) => r.state === "stored").length;
   const finished = sent && draft.complete;

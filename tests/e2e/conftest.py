@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 from flask import Flask
-from PIL import Image, ImageOps
+from PIL import Image, ImageFilter, ImageOps
 from sqlalchemy import func, select
 
 from app.db.models import CaptureSession, Encounter, Instance, Patient, Photo
@@ -38,14 +38,21 @@ from tests.conftest import (
 USER, PASSWORD = "nurse.e2e", "a long enough test password"
 WRISTBAND_MRN = "15182881"  # what zx_code128-2_05.png carries (Code 128)
 CHART_PHOTO = CHARTS / "oycq_data_iphone.jpg"  # 4032×3024 iPhone photo of a ColorChecker
+NO_CHART_PHOTO = CHARTS / "karnehen_cam2_nochart.jpg"  # a scene without a colour chart
+# px at PHOTO_SIZE: the "chart-blurred" camera. Sigma 8 is borderline in a 640 px preview
+# (1.3 px there; sharpness 36 against the preview threshold 35), 12 is plainly blurry in both.
+BLUR_SIGMA = 12.0
 WRISTBAND_PHOTO = BARCODES / "zx_code128-2_05.png"
 PHOTO_SIZE = (4000, 3000)  # 12 MP
 
 
-def write_y4m(source: Path, size: tuple[int, int], target: Path) -> Path:
-    """One frame of ``source`` at ``size`` as a Y4M (I420) file for Chromium's fake camera."""
+def write_y4m(source: Path, size: tuple[int, int], target: Path, blur_sigma: float = 0.0) -> Path:
+    """One frame of ``source`` at ``size`` (Gaussian-blurred by ``blur_sigma`` px at that size
+    when given) as a Y4M (I420) file for Chromium's fake camera."""
     width, height = size
     image = ImageOps.fit(ImageOps.exif_transpose(Image.open(source)).convert("RGB"), size)
+    if blur_sigma:
+        image = image.filter(ImageFilter.GaussianBlur(blur_sigma))  # radius is the sigma
     ycc = np.asarray(image.convert("YCbCr"))
     chroma = [np.asarray(Image.fromarray(ycc[:, :, i]).resize((width // 2, height // 2)))
               for i in (1, 2)]
@@ -103,9 +110,13 @@ def live(tmp_path: Path) -> Iterator[LiveApp]:
 
 @pytest.fixture(scope="session")
 def cameras(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    """Fake camera files: the colour chart photo at 12 MP and the wristband photo."""
+    """Fake camera files: the colour chart photo at 12 MP, sharp and blurred, a 12 MP scene
+    without a chart, and the wristband photo."""
     folder = tmp_path_factory.mktemp("camera")
     return {"chart": write_y4m(CHART_PHOTO, PHOTO_SIZE, folder / "chart.y4m"),
+            "chart-blurred": write_y4m(CHART_PHOTO, PHOTO_SIZE, folder / "chart-blurred.y4m",
+                                       BLUR_SIGMA),
+            "no-chart": write_y4m(NO_CHART_PHOTO, PHOTO_SIZE, folder / "no-chart.y4m"),
             "wristband": write_y4m(WRISTBAND_PHOTO, (1280, 960), folder / "wristband.y4m")}
 
 
