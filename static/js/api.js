@@ -73,10 +73,11 @@ async function errorOf(response) {
  * @param {string} path
  * @param {object|Blob|undefined} body
  * @param {string} accept the Accept header
+ * @param {number} [timeoutMs] give up (NetworkError) when no answer came in this time
  * @returns {Promise<Response>}
  * @throws {NetworkError|ApiError}
  */
-async function send(method, path, body, accept) {
+async function send(method, path, body, accept, timeoutMs) {
   const headers = { Accept: accept };
   let payload;
   if (body instanceof Blob) {
@@ -90,7 +91,7 @@ async function send(method, path, body, accept) {
   let response;
   try {
     response = await fetch(path, { method, headers, body: payload, credentials: "same-origin",
-      cache: "no-store" });
+      cache: "no-store", signal: timeoutMs ? AbortSignal.timeout(timeoutMs) : undefined });
   } catch {
     throw new NetworkError();
   }
@@ -104,11 +105,12 @@ async function send(method, path, body, accept) {
  * @param {string} method
  * @param {string} path
  * @param {object|Blob} [body]
+ * @param {{timeoutMs?: number}} [options] timeoutMs: a NetworkError when no answer came by then
  * @returns {Promise<{status: number, body: any}>}
  * @throws {NetworkError|ApiError}
  */
-export async function call(method, path, body) {
-  const response = await send(method, path, body, "application/json");
+export async function call(method, path, body, { timeoutMs } = {}) {
+  const response = await send(method, path, body, "application/json", timeoutMs);
   return { status: response.status, body: response.status === 204 ? null : await response.json() };
 }
 

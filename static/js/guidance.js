@@ -18,6 +18,9 @@ import { h } from "./ui.js";
 const EVERY_MS = 1000;
 /** The longest wait between frames after failures. */
 const MAX_EVERY_MS = 10000;
+/** A frame not answered in this time counts as a failure (backs off), so a hung request cannot
+ * stop guidance for good. */
+const TIMEOUT_MS = 5000;
 /** The longest side of a preview frame (the server refuses larger ones). */
 const FRAME_SIDE = 640;
 /** JPEG quality of a preview frame: small and quick, detail enough for blur and the chart. */
@@ -163,7 +166,7 @@ export class Guidance {
     try {
       const frame = await previewOf(video);
       const { body } = await call("POST",
-        `/api/v1/guidance?photo_width=${video.videoWidth}`, frame);
+        `/api/v1/guidance?photo_width=${video.videoWidth}`, frame, { timeoutMs: TIMEOUT_MS });
       if (run !== this.#run) return;
       this.#interval = EVERY_MS;
       this.latest = body;
