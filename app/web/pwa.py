@@ -9,12 +9,15 @@ installs a new worker that replaces the old cache.
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 from flask import Blueprint, Response, current_app, render_template, send_from_directory
+
+from app.pipeline.quality import client_config
 
 bp = Blueprint("pwa", __name__)
 
@@ -51,6 +54,7 @@ def _shell(static: Path, templates: Path) -> tuple[str, tuple[str, ...]]:
                  templates / "partials" / "header.html", templates / "capture" / "index.html",
                  templates / "capture" / "sw.js"]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    digest.update(json.dumps(client_config(), sort_keys=True).encode())  # in the page
     urls = ["/", "/manifest.webmanifest",
             *(f"/static/{p.relative_to(static).as_posix()}" for p in files)]
     return digest.hexdigest()[:16], tuple(urls)
@@ -71,8 +75,9 @@ def shell_page(template: str, *, mimetype: str | None = None, **context: Any) ->
 
 @bp.get("/")
 def index() -> Response:
-    """The app shell: the same page for everyone (no user data), so it can be cached."""
-    return shell_page("capture/index.html")
+    """The app shell: the same page for everyone (no user data), so it can be cached; it
+    carries the photo-quality thresholds for ``static/js/quality.js``."""
+    return shell_page("capture/index.html", quality=client_config())
 
 
 @bp.get("/sw.js")
