@@ -356,24 +356,28 @@ def _best_hypothesis(
     for axes in _AXES:
         offsets = np.rint(_CELLS @ axes.T).astype(np.int64)
         omin, omax = offsets.min(axis=0), offsets.max(axis=0)
-        for ox in range(lo[0] - omax[0], hi[0] - omin[0] + 1):
-            for oy in range(lo[1] - omax[1], hi[1] - omin[1] + 1):
-                o = np.array([ox, oy])
-                inside = np.all((keys >= o + omin) & (keys <= o + omax), axis=1).sum()
-                if inside < need:
-                    continue
-                t = np.array([[*axes[0], ox], [*axes[1], oy], [0, 0, 1]], dtype=np.float64)
-                quad = _transform(lattice_h @ t, CHART_QUAD)
-                v1, v3 = quad[1] - quad[0], quad[3] - quad[0]
-                if v1[0] * v3[1] - v1[1] * v3[0] <= 0:  # mirrored
-                    continue
-                idx = offsets + o - (lo - 5)
-                rgb = colours[idx[:, 0], idx[:, 1]]
-                if np.isnan(rgb).any():
-                    continue
-                transforms.append(lattice_h @ t)
-                samples.append(rgb)
-                outside.append(len(keys) - inside)
+        # Lattice patches inside the block at every shift o, counted at once (a shift is
+        # tried only when enough of them are inside).
+        xs = np.arange(lo[0] - omax[0], hi[0] - omin[0] + 1)
+        ys = np.arange(lo[1] - omax[1], hi[1] - omin[1] + 1)
+        in_x = (keys[:, 0] >= xs[:, None] + omin[0]) & (keys[:, 0] <= xs[:, None] + omax[0])
+        in_y = (keys[:, 1] >= ys[:, None] + omin[1]) & (keys[:, 1] <= ys[:, None] + omax[1])
+        counts = in_x.astype(np.int64) @ in_y.T.astype(np.int64)  # [x shift, y shift]
+        for ix, iy in zip(*np.nonzero(counts >= need), strict=True):
+            ox, oy, inside = int(xs[ix]), int(ys[iy]), int(counts[ix, iy])
+            o = np.array([ox, oy])
+            t = np.array([[*axes[0], ox], [*axes[1], oy], [0, 0, 1]], dtype=np.float64)
+            quad = _transform(lattice_h @ t, CHART_QUAD)
+            v1, v3 = quad[1] - quad[0], quad[3] - quad[0]
+            if v1[0] * v3[1] - v1[1] * v3[0] <= 0:  # mirrored
+                continue
+            idx = offsets + o - (lo - 5)
+            rgb = colours[idx[:, 0], idx[:, 1]]
+            if np.isnan(rgb).any():
+                continue
+            transforms.append(lattice_h @ t)
+            samples.append(rgb)
+            outside.append(len(keys) - inside)
     if not samples:
         return None
     scores = _match_delta_e(np.array(samples))
