@@ -90,6 +90,7 @@ class Settings:
     rate_login_per_minute: int = 20  # login attempts per client address; 0: no limit
     rate_identify_per_minute: int = 30  # wristband/barcode identifications per user
     rate_upload_per_minute: int = 120  # photo uploads per user
+    rate_guidance_per_10s: int = 20  # live guidance frames per user per 10 s (2/s, bursts)
     redis_url: str = ""  # keep rate-limit counters in Redis (else in the database)
     proxy_hops: int = 0  # reverse proxies in front whose X-Forwarded-For is trusted
     # OpenID Connect sign-in to the hospital's identity provider (README "Security")
@@ -338,7 +339,7 @@ class Settings:
         """Lockout, rate limits and OpenID Connect settings are usable."""
         if min(self.login_max_failures, self.rate_login_per_minute,
                self.rate_identify_per_minute, self.rate_upload_per_minute,
-               self.proxy_hops) < 0 or self.login_lockout_minutes <= 0:
+               self.rate_guidance_per_10s, self.proxy_hops) < 0 or self.login_lockout_minutes <= 0:
             raise SettingsError("EBIW_LOGIN_*, EBIW_RATE_* and EBIW_PROXY_HOPS must not be "
                                 "negative (EBIW_LOGIN_LOCKOUT_MINUTES positive)")
         if self.redis_url and not re.match(r"^rediss?://", self.redis_url):

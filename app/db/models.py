@@ -179,6 +179,9 @@ class Photo(UploadedFile, Base):
     sop_uid: Mapped[str] = mapped_column(ForeignKey("instance.sop_uid"), unique=True)
     color: Mapped[dict | None] = mapped_column(JSON)  # the colour step's report; None: not run
     pixel_spacing_mm: Mapped[float | None]  # at the chart plane, when a chart was found
+    # app.pipeline.quality's record (ok, advice, checks, chart); None: stored before it existed
+    # or without the colour step
+    quality: Mapped[dict | None] = mapped_column(JSON)
     normalized_sop_uid: Mapped[str | None] = mapped_column(ForeignKey("instance.sop_uid"))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     session: Mapped[CaptureSession] = relationship(back_populates="photos")

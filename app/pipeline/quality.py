@@ -41,7 +41,13 @@ import cv2
 import numpy as np
 
 from app.pipeline.color.correct import PITCH_MM
-from app.pipeline.color.detect import CHART_QUAD, Chart
+from app.pipeline.color.detect import CHART_QUAD, Chart, find_chart
+from app.pipeline.decode import UnreadablePhotoError, load_pixels, probe
+
+# Live guidance frames: JPEG or PNG, at most this many bytes and this long a side.
+FRAME_TYPES = ("image/jpeg", "image/png")
+MAX_FRAME_BYTES = 256 * 1024
+MAX_FRAME_SIDE = 640
 
 MIN_PX_PER_MM = 5.0
 MAX_CHART_AREA = 0.5  # share of the frame covered by the chart's outer quad
@@ -178,6 +184,25 @@ def assess(bgr: np.ndarray, chart: Chart | None, *, photo_width: int | None = No
     return Quality(checks, chart.type if chart else None,
                    None if tilt is None else round(tilt, 1),
                    None if px_per_mm is None else round(px_per_mm, 2))
+
+
+def assess_frame(data: bytes, *, photo_width: int | None = None) -> Quality:
+    """Decode a live preview frame (JPEG or PNG, upright by its EXIF orientation), find the
+    chart and `assess` it as a preview of a photo ``photo_width`` pixels wide.
+
+    Raises `UnreadablePhotoError` (a message for the user) when the bytes are no JPEG or PNG
+    frame, cannot be decoded, or have a side longer than `MAX_FRAME_SIDE` (checked from the
+    header, before any pixel is decoded).
+    """
+    info = probe(data)
+    if info.media_type not in FRAME_TYPES:
+        raise UnreadablePhotoError("a guidance frame must be a JPEG or PNG image")
+    if max(info.width, info.height) > MAX_FRAME_SIDE:
+        raise UnreadablePhotoError(
+            f"the frame is {info.width}×{info.height} pixels: its longest side must be at most "
+            f"{MAX_FRAME_SIDE} pixels")
+    bgr = load_pixels(data)
+    return assess(bgr, find_chart(bgr), photo_width=photo_width, preview=True)
 
 
 def sharpness(bgr: np.ndarray, box: tuple[int, int, int, int] | None = None) -> float:

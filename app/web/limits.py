@@ -1,4 +1,5 @@
-"""Per-route rate limits (login, identify, upload): 429 with ``Retry-After`` when exceeded.
+"""Per-route rate limits (login, identify, upload, guidance): 429 with ``Retry-After`` when
+exceeded.
 
 The counters are shared by every worker (:mod:`app.workflow.ratelimit`): in the database, or
 in Redis when ``EBIW_REDIS_URL`` is set. Authenticated routes count per user, the login per
@@ -21,9 +22,11 @@ from app.workflow.ratelimit import RateLimiter
 F = TypeVar("F", bound=Callable[..., object])
 
 EXTENSION = "ebiw.ratelimit"
-LIMITS = {"login": "rate_login_per_minute", "identify": "rate_identify_per_minute",
-          "upload": "rate_upload_per_minute"}
-"""Limit name -> the setting that holds its requests per minute."""
+LIMITS = {"login": ("rate_login_per_minute", 60),
+          "identify": ("rate_identify_per_minute", 60),
+          "upload": ("rate_upload_per_minute", 60),
+          "guidance": ("rate_guidance_per_10s", 10)}
+"""Limit name -> (the setting that holds its requests per window, the window in seconds)."""
 
 
 def refused(name: str) -> tuple[Response, int] | None:
@@ -34,7 +37,8 @@ def refused(name: str) -> tuple[Response, int] | None:
     limiter: RateLimiter = current_app.extensions[EXTENSION]
     caller = g.get("caller")
     client = f"user:{caller.user}" if caller is not None else f"addr:{request.remote_addr}"
-    decision = limiter.hit(name, client, getattr(services().settings, LIMITS[name]))
+    setting, window = LIMITS[name]
+    decision = limiter.hit(name, client, getattr(services().settings, setting), window=window)
     if decision.allowed:
         return None
     response, status = error_response(429, "rate_limited", "too many requests: try again in "

@@ -273,8 +273,10 @@ class ColorResult:
     """What intake keeps of the colour step: ``report`` (``ColorOutcome.as_json()``), the
     normalized JPEG when the correction is reliable (else None) with its size, the pixel
     spacing at the chart plane of the normalized image and of the photo (they differ when
-    the normalized image is reduced, ``EBIW_COLOR_MAX_PIXELS``) and the Derivation
-    Description of the normalized instance."""
+    the normalized image is reduced, ``EBIW_COLOR_MAX_PIXELS``), the Derivation
+    Description of the normalized instance and the photo's quality record
+    (``Quality.as_json()``, measured on the same decoded pixels; None when staged before
+    quality records existed)."""
 
     report: dict[str, Any]
     jpeg: bytes | None
@@ -283,13 +285,15 @@ class ColorResult:
     pixel_spacing_mm: float | None
     derivation: str | None
     photo_pixel_spacing_mm: float | None
+    quality: dict[str, Any] | None = None
 
     @classmethod
     def of(cls, outcome: ColorOutcome) -> ColorResult:
         return cls(report=outcome.as_json(), jpeg=outcome.jpeg, width=outcome.width,
                    height=outcome.height, pixel_spacing_mm=outcome.pixel_spacing_mm,
                    derivation=outcome.derivation_description() if outcome.jpeg else None,
-                   photo_pixel_spacing_mm=outcome.photo_pixel_spacing_mm)
+                   photo_pixel_spacing_mm=outcome.photo_pixel_spacing_mm,
+                   quality=outcome.quality.as_json() if outcome.quality else None)
 
 
 @dataclass(frozen=True)
@@ -451,6 +455,7 @@ class Intake:
                             instance_number=number, sop_uid=instance.sop_uid,
                             color=color.report if color else None,
                             pixel_spacing_mm=color.photo_pixel_spacing_mm if color else None,
+                            quality=color.quality if color else None,
                             normalized_sop_uid=stored[1].sop_uid if len(stored) > 1 else None)
                 db.add(row)
                 for item in stored:  # queued with the photo, in the same transaction

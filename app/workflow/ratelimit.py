@@ -100,26 +100,30 @@ class RedisCounters:
 
 
 class RateLimiter:
-    """Checks and counts hits against per-minute limits, shared across workers."""
+    """Checks and counts hits against per-window limits (a minute unless said), shared across
+    workers."""
 
     def __init__(self, counters: Counters, window_seconds: int = 60) -> None:
         self.counters = counters
         self.window = window_seconds
 
-    def hit(self, name: str, client: str, limit: int, now: float | None = None) -> Decision:
+    def hit(self, name: str, client: str, limit: int, now: float | None = None, *,
+            window: int | None = None) -> Decision:
         """Count one request of ``client`` against limit ``name``.
 
-        Guarantees: at most ``limit`` hits per window are allowed for one client, whichever
-        worker receives them; ``limit`` 0 allows everything without counting.
+        Guarantees: at most ``limit`` hits per window (``window`` seconds, default the
+        limiter's) are allowed for one client, whichever worker receives them; ``limit`` 0
+        allows everything without counting.
         """
         if limit <= 0:
             return Decision(True, 0, 0)
+        window = window or self.window
         now = time.time() if now is None else now
-        start = math.floor(now / self.window) * self.window
-        end = start + self.window
+        start = math.floor(now / window) * window
+        end = start + window
         key = hashlib.sha256(f"{name}\0{client}\0{start}".encode()).hexdigest()
         try:
-            count = self.counters.incr(key, self.window, end)
+            count = self.counters.incr(key, window, end)
         except CounterUnavailable as exc:
             log.error("rate-limit counter unavailable: %s", exc)
             return Decision(True, 0, 0)

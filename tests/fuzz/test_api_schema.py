@@ -35,7 +35,8 @@ def _schema(app: Flask) -> Any:
     """The document as the app serves it, bound to the app (rate limits off for the run)."""
     svc = services(app)
     app.extensions["ebiw"] = replace(svc, settings=replace(
-        svc.settings, rate_identify_per_minute=0, rate_upload_per_minute=0))
+        svc.settings, rate_identify_per_minute=0, rate_upload_per_minute=0,
+        rate_guidance_per_10s=0))
     return schemathesis.openapi.from_wsgi("/api/v1/openapi.json", app)
 
 

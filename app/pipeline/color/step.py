@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+# quality imports this package's modules: imported as a module so that either may load first.
+from app.pipeline import quality as photo_quality
 from app.pipeline.color.correct import DEFAULT_MAX_LOO_DELTA_E, ColorReport, normalize
 from app.pipeline.color.detect import Chart, find_chart
 from app.pipeline.decode import DEFAULT_MAX_PIXELS, encode_jpeg, load_pixels_within
@@ -18,7 +20,8 @@ class ColorOutcome:
     chart was found; ``jpeg`` (sRGB, baseline, ``width`` x ``height``) only when the
     correction is reliable. The step ran on the photo reduced ``scale`` times (1: full size),
     so ``chart`` and ``report`` are in the normalized image's pixels; `as_json` and
-    `photo_pixel_spacing_mm` give them in the photo's.
+    `photo_pixel_spacing_mm` give them in the photo's. ``quality`` is the photo's quality
+    record (`app.pipeline.quality.assess` on the same pixels; px per mm of the photo).
     """
 
     chart: Chart | None
@@ -27,6 +30,7 @@ class ColorOutcome:
     width: int
     height: int
     scale: int = 1
+    quality: photo_quality.Quality | None = None
 
     @property
     def pixel_spacing_mm(self) -> float | None:
@@ -81,15 +85,16 @@ def normalize_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
 
     The photo is decoded at full size, or with ``output_max_pixels`` > 0 at the largest of
     1/2, 1/4, 1/8 scale that fits (`load_pixels_within`); chart, fit and normalized image all come
-    from that one decode. Guarantees: a wrong or absent chart gives ``chart=None``; an
-    unreliable correction gives a report but no image; raises ``UnreadablePhotoError`` for
-    input the decode step refuses.
+    from that one decode, and so does the quality record. Guarantees: a wrong or absent chart
+    gives ``chart=None``; an unreliable correction gives a report but no image; raises
+    ``UnreadablePhotoError`` for input the decode step refuses.
     """
     bgr, scale = load_pixels_within(data, output_max_pixels, max_pixels=max_pixels)
     height, width = bgr.shape[:2]
     chart = find_chart(bgr)
+    quality = photo_quality.assess(bgr, chart, photo_width=width * scale)
     if chart is None:
-        return ColorOutcome(None, None, None, width, height, scale)
+        return ColorOutcome(None, None, None, width, height, scale, quality)
     corrected, report = normalize(bgr, chart, max_loo_delta_e=max_loo_delta_e)
     jpeg = encode_jpeg(corrected) if corrected is not None else None
-    return ColorOutcome(chart, report, jpeg, width, height, scale)
+    return ColorOutcome(chart, report, jpeg, width, height, scale, quality)

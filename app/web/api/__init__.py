@@ -14,14 +14,17 @@ from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import func, select
 
 from app.db.models import CaptureSession, DeliveryKind, Photo, as_utc
+from app.pipeline.decode import UnreadablePhotoError, sniff
 from app.pipeline.dicom.codes import body_site, body_sites
 from app.pipeline.fhir import viewer_url
+from app.pipeline.quality import FRAME_TYPES, MAX_FRAME_BYTES, assess_frame
 from app.web import services
 from app.web.auth import current_login, login_json, require
 from app.web.errors import error_response
 from app.web.launch import OTHER_PATIENT
 from app.web.limits import rate_limited
-from app.web.uploads import photo_body, read_photo_body
+from app.web.timing import SHOW
+from app.web.uploads import UnsupportedMediaType, photo_body, read_photo_body
 from app.workflow import audit
 from app.workflow.delivery import (
     DeliveryState,
@@ -29,7 +32,7 @@ from app.workflow.delivery import (
     deliveries_by_study,
     study_deliveries,
 )
-from app.workflow.intake import SessionRequest
+from app.workflow.intake import InvalidRequest, SessionRequest, UnreadablePhoto
 
 bp = Blueprint("api", __name__, url_prefix="/api/v1")
 
@@ -60,6 +63,7 @@ def photo_json(photo: Photo, deliveries: Sequence[DeliveryState] = ()) -> dict[s
         "status": "stored",
         "color": photo.color,
         "pixel_spacing_mm": photo.pixel_spacing_mm,
+        "quality": photo.quality,
         "normalized_sop_instance_uid": photo.normalized_sop_uid,
         "viewer_url": viewer_url(services().settings.public_url, photo.instance.study_uid),
         "deliveries": [d.status_json() for d in deliveries
@@ -219,6 +223,36 @@ def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
                    photo.normalized_sop_uid or "")
     deliveries = study_deliveries(services().db, photo.instance.study_uid)
     return jsonify(photo_json(photo, deliveries)), 201 if created else 200
+
+
+@bp.post("/guidance")
+@require("capture")
+@rate_limited("guidance")
+@photo_body
+def guidance() -> Response:
+    """Live guidance on one preview frame (``app.pipeline.quality.assess_frame``): the six
+    checks and one line of advice. The frame is read, judged and dropped: nothing is stored,
+    logged or audited, and the answer is not cached. ``Server-Timing`` is always sent (the
+    app backs off when the server is slow)."""
+    request.environ[SHOW] = True
+    request.max_content_length = MAX_FRAME_BYTES
+    photo_width = request.args.get("photo_width", type=int)
+    if "photo_width" in request.args and not (photo_width and 0 < photo_width <= 100_000):
+        raise InvalidRequest("photo_width must be a whole number of pixels")
+    data = read_photo_body()
+    try:
+        media_type: str | None = sniff(data)
+    except UnreadablePhotoError:
+        media_type = None
+    if media_type not in FRAME_TYPES:
+        raise UnsupportedMediaType("a guidance frame must be sent as image/jpeg or image/png")
+    try:
+        quality = assess_frame(data, photo_width=photo_width)
+    except UnreadablePhotoError as exc:
+        raise UnreadablePhoto(str(exc)) from exc
+    response = jsonify(quality.as_json())
+    response.headers["Cache-Control"] = "no-store"
+    return response
 
 
 @bp.post("/sessions/<session_id>/complete")

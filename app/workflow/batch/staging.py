@@ -226,6 +226,7 @@ class Staging:
                                    "pixel_spacing_mm": color.pixel_spacing_mm,
                                    "photo_pixel_spacing_mm": color.photo_pixel_spacing_mm,
                                    "derivation": color.derivation,
+                                   "quality": color.quality,
                                    "normalized": color.jpeg is not None}
         write_durably(self._path(batch_id, upload_uuid, STAGED_ORIGINAL), data)
         return record
@@ -259,7 +260,8 @@ class Staging:
                                  pixel_spacing_mm=color["pixel_spacing_mm"],
                                  derivation=color["derivation"],
                                  photo_pixel_spacing_mm=color.get(
-                                     "photo_pixel_spacing_mm", color["pixel_spacing_mm"]))
+                                     "photo_pixel_spacing_mm", color["pixel_spacing_mm"]),
+                                 quality=color.get("quality"))
         return PhotoWork(prepared, result)
 
     def unstage(self, batch_id: str, upload_uuid: str) -> None:
