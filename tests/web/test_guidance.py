@@ -5,6 +5,7 @@ photos in the upload answer."""
 from __future__ import annotations
 
 import logging
+import re
 import uuid
 from pathlib import Path
 
@@ -158,3 +159,26 @@ def test_the_upload_answer_carries_the_photos_quality_record(
     assert sharpness["ok"] is True and sharpness["value"] > 15
     again = client.get(f"/api/v1/sessions/{session['id']}", headers=auth["capture"])
     assert again.get_json()["photos"][0]["quality"] == quality
+
+
+def test_the_study_page_shows_each_photos_quality_to_a_logged_in_user(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        users: dict[str, str]) -> None:
+    session = open_session(client, auth["capture"])
+    for data in (PHOTO, encode_jpeg(cv2.GaussianBlur(cv2.imread(str(CHARTS / "sio_classic.jpg")),
+                                                     (0, 0), 4))):
+        put = client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}", data=data,
+                         headers={**auth["capture"], "Content-Type": "image/jpeg"})
+        assert put.status_code == 201
+    page = f"/studies/{session['study_instance_uid']}"
+    assert "Photo quality" not in client.get(page).get_data(as_text=True)  # nobody logged in
+    log_in(client, users["view"])
+    html = client.get(page).get_data(as_text=True)
+    lines = [re.sub(r"\s+", " ", re.sub(r"<[^>]+>", "", li)).strip()
+             for li in re.findall(r"<li>Photo \d+:.*?</li>", html, re.S)]
+    assert len(lines) == 2
+    sharp, blurred = lines
+    assert re.fullmatch(r"Photo 1: Sharp · exposure ok · chart found · tilt \d+° · "
+                        r"\d+\.\d px/mm", sharp), sharp
+    assert blurred.startswith("Photo 2: ✗ failed: Blurry · "), blurred
+    assert "DEMO" not in "".join(lines) and "00123456" not in "".join(lines)
