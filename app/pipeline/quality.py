@@ -159,7 +159,7 @@ def assess(bgr: np.ndarray, chart: Chart | None, *, photo_width: int | None = No
     ``photo_width``: width in pixels of the photo this frame previews (default: the image's
     own), so that ``distance`` speaks of the photo. ``preview`` selects the preview-frame
     sharpness threshold. Pure: the input is not modified; about 2 ms for a 640 px frame,
-    about 15 ms for a 12 MP photo (the crop and a reduced copy are all it reads).
+    about 10 ms for a 12 MP photo (the crop and a reduced copy are all it reads).
     """
     if bgr.ndim != 3 or bgr.shape[2] != 3 or bgr.dtype != np.uint8:
         raise ValueError("expected an H x W x 3 uint8 BGR image")
@@ -214,12 +214,16 @@ def sharpness(bgr: np.ndarray, box: tuple[int, int, int, int] | None = None) -> 
     if min(luma.shape) < 3:
         return 0.0
     lap = cv2.Laplacian(luma, cv2.CV_32F, ksize=1)[1:-1, 1:-1]
-    return float(lap.astype(np.float64).var())
+    _, std = cv2.meanStdDev(lap)  # accumulates in double precision
+    return float(std[0, 0]) ** 2
+
+
+_LUMA_WEIGHTS = np.array([[0.114, 0.587, 0.299]], dtype=np.float32)  # B, G, R
 
 
 def _luma(bgr: np.ndarray) -> np.ndarray:
-    b, g, r = cv2.split(bgr.astype(np.float32))
-    luma: np.ndarray = 0.299 * r + 0.587 * g + 0.114 * b
+    """Y = 0.299 R + 0.587 G + 0.114 B as float32 (0-255), one channel."""
+    luma: np.ndarray = cv2.transform(bgr.astype(np.float32), _LUMA_WEIGHTS)
     return luma
 
 

@@ -192,6 +192,11 @@ def test_slip_sheet_batch_sorts_holds_and_confirms(
                              stop_before_pixels=True)
     assert d["counts"]["stored"] == 2
     assert int(ds.SeriesNumber) == 1 and ds.BurnedInAnnotation == "YES"
+    # its quality record was measured when it was staged and kept until it was stored
+    assert qr_photo.quality is not None and qr_photo.color is not None
+    assert [c["id"] for c in qr_photo.quality["checks"]] == [
+        "chart", "distance", "tilt", "sharpness", "exposure", "glare"]
+    assert qr_photo.quality["chart"]["found"] is (qr_photo.color["chart"] is not None)
 
     # Staged bytes of finished photos are gone; held ones remain.
     staged = services(app).settings.data_dir / "batches" / batch_id

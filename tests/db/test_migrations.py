@@ -255,3 +255,18 @@ def test_the_web_app_does_not_load_alembic() -> None:
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
                          cwd=REPO, check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_0002_adds_photo_quality_to_a_baseline_database_and_keeps_its_rows(db: Database) -> None:
+    with upgrade_transaction(db.engine) as conn:
+        command.upgrade(alembic_config(conn), "0001_baseline")
+    _add_patient_with_encounter(db, "M1")
+    assert "quality" not in {c["name"] for c in inspect(db.engine).get_columns("photo")}
+    result = db.create_schema()
+    assert (result.before, result.after) == ("0001_baseline", "0002_photo_quality")
+    assert "quality" in {c["name"] for c in inspect(db.engine).get_columns("photo")}
+    assert db.schema_differences() == []
+    assert _counts(db) == (1, 1)
+    with upgrade_transaction(db.engine) as conn:  # and back
+        command.downgrade(alembic_config(conn), "0001_baseline")
+    assert "quality" not in {c["name"] for c in inspect(db.engine).get_columns("photo")}

@@ -16,10 +16,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import update
 
+from app.db.models import Photo
+from app.pipeline import quality
+from app.pipeline.color.detect import find_chart
 from tests.conftest import (
     ARTIFACTS,
     AXE_RUN,
@@ -30,6 +35,7 @@ from tests.conftest import (
     Browser,
     log_in,
     served_as_deployed,
+    services,
 )
 from tests.viewer.conftest import CHART, photo, upload_study
 
@@ -94,9 +100,14 @@ class Site:
 @pytest.fixture
 def site(app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
          users: dict[str, str]) -> Iterator[Site]:
-    """The app as deployed, with one study of the chart photo stored."""
+    """The app as deployed, with one study of the chart photo stored, and its quality record
+    (measured here: the colour step that would measure it is off) for the viewer's card."""
+    bgr = cv2.imread(str(CHARTS / CHART))
+    record = quality.assess(bgr, find_chart(bgr)).as_json()
     with served_as_deployed(app) as (url, _):
         study = upload_study(client, auth["capture"], [photo(CHART)])
+        with services(app).db.session() as db:
+            db.execute(update(Photo).values(quality=record))
         yield Site(url, study.study_uid, users)
 
 
@@ -219,6 +230,9 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     assert light["deliveries"]["nav"] == ["Capture", "Batch", "Deliveries", "Audit", "Exports"]
     assert light["login"]["nav"] == [] and light["capture-login"]["nav"] == []
     assert light["viewer"]["back"] == "/"
+    # the photo's quality line, its failing check marked (a lab photo: 2.9 px/mm is too far)
+    assert re.search(r"Photo 1: Sharp · exposure ok · chart found · tilt \d+° · ✗ failed: "
+                     r"2\.9 px/mm", re.sub(r"\s+", " ", light["viewer"]["text"]))
     for name in ("audit", "deliveries"):
         assert light[name]["times"], name
         assert not re.search(r"\d\d:\d\d:\d\d\.\d{3}", light[name]["text"]), name
