@@ -38,6 +38,7 @@ Responses (errors, static files and the service worker included):
 - ``Strict-Transport-Security`` when served over HTTPS (or ``EBIW_PUBLIC_URL`` is https);
 - ``Cache-Control: no-store`` on every error and on any answer whose view did not choose a
   policy (static files keep Werkzeug's ``no-cache``, thumbnails their ``private, max-age``);
+- no ``Content-Type`` on a 204 (No Content) answer;
 - never an ``Access-Control-*`` header.
 """
 
@@ -243,6 +244,8 @@ def harden(response: Response) -> Response:
         headers["Strict-Transport-Security"] = HSTS
     if response.status_code >= 400 or "Cache-Control" not in headers:
         headers["Cache-Control"] = "no-store"
+    if response.status_code == 204:  # no content, so no type (Flask defaults to text/html)
+        headers.pop("Content-Type", None)
     for name in {k for k, _ in headers.items() if k.lower().startswith("access-control-")}:
         del headers[name]
     return response
