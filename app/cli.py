@@ -321,6 +321,7 @@ def _dicom_value(check: Callable[..., str | None],
 
 
 _LO_OPTION = _dicom_value(values.text)
+_ID_OPTION = _dicom_value(values.identifier)
 _PN_OPTION = _dicom_value(values.person_name)
 
 
@@ -332,8 +333,8 @@ def _site(_ctx: click.Context, _param: click.Parameter, value: str | None) -> st
 
 @cli.command(with_appcontext=False)
 @click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--patient-id", required=True, callback=_LO_OPTION)
-@click.option("--issuer", required=True, callback=_LO_OPTION)
+@click.option("--patient-id", required=True, callback=_ID_OPTION)
+@click.option("--issuer", required=True, callback=_ID_OPTION)
 @click.option("--name", callback=_PN_OPTION, help="FAMILY^GIVEN")
 @click.option("--birth-date", callback=_birth_date, help="YYYYMMDD")
 @click.option("--sex", type=click.Choice(["F", "M", "O"]))
@@ -402,7 +403,7 @@ def patients() -> None:
 
 @patients.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--issuer", callback=_LO_OPTION,
+@click.option("--issuer", callback=_ID_OPTION,
               help="Issuer of Patient ID for patients whose file names none "
                    "(default: EBIW_DEFAULT_ISSUER)")
 def patients_import(files: tuple[str, ...], issuer: str | None) -> None:
@@ -451,9 +452,9 @@ def _import_inputs(paths: tuple[str, ...]) -> list[Path]:
 
 @cli.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--patient-id", callback=_LO_OPTION,
+@click.option("--patient-id", callback=_ID_OPTION,
               help="Every photo is this patient's (no barcode sorting).")
-@click.option("--issuer", callback=_LO_OPTION, help="Issuer of Patient ID of --patient-id.")
+@click.option("--issuer", callback=_ID_OPTION, help="Issuer of Patient ID of --patient-id.")
 @click.option("--department", callback=_LO_OPTION,
               help="Institutional Department Name of the studies.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),
