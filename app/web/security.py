@@ -86,7 +86,9 @@ MAX_JSON_DEPTH = 32
 """Arrays and objects nested in a JSON body (the API's own requests nest a few levels)."""
 _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 """NUL (PostgreSQL text refuses it) and lone surrogates (not encodable as UTF-8)."""
-_JSON_STRING = re.compile(r'"[^"\\]*(?:\\.[^"\\]*)*"', re.DOTALL)
+_MAYBE_UNSTORABLE = re.compile(r"[\x00\ud800-\udfff]|\\u(?:0000|[dD][89a-fA-F])")
+"""What NUL and surrogates look like in JSON text, raw or escaped (``\\u0000``, ``\\udc80``):
+without it no parsed string can hold them, and the walk over the parsed value is skipped."""
 _PARENS = bytes.maketrans(b"[{]}", b"(())")
 _NOT_BRACKETS = bytes(set(range(256)) - set(b"[]{}"))
 _PLAIN_KEY = re.compile(r"[A-Za-z0-9_-]{1,64}")
@@ -114,6 +116,8 @@ class StrictJSONProvider(DefaultJSONProvider):
             raise UnacceptableJSON(f"the JSON body nests arrays and objects deeper than "
                                    f"{MAX_JSON_DEPTH} levels")
         value = super().loads(text, **kwargs)
+        if not _MAYBE_UNSTORABLE.search(text):
+            return value
         todo: list[tuple[Any, str]] = [(value, "")]
         while todo:
             item, path = todo.pop()
@@ -135,7 +139,10 @@ class StrictJSONProvider(DefaultJSONProvider):
 def _nested_too_deep(text: str) -> bool:
     """Whether arrays and objects nest deeper than :data:`MAX_JSON_DEPTH` in JSON ``text``
     (brackets inside strings do not count)."""
-    outside = _JSON_STRING.sub("", text).encode("utf-8", "surrogatepass")
+    if text.count("[") + text.count("{") <= MAX_JSON_DEPTH:
+        return False
+    unescaped = text.replace("\\\\", "").replace('\\"', "")  # no quote is escaped now
+    outside = "".join(unescaped.split('"')[::2]).encode("utf-8", "surrogatepass")
     parens = outside.translate(_PARENS, _NOT_BRACKETS)
     for _ in range(MAX_JSON_DEPTH):  # each pass removes the innermost level
         inner = parens.replace(b"()", b"")

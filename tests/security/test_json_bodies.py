@@ -97,3 +97,12 @@ def test_every_json_media_type_is_capped_at_one_mebibyte(
     answer = post_json(client, auth["capture"], "/api/v1/sessions", body,
                        content_type="application/vnd.example+json")
     assert answer.status_code == 413
+
+
+def test_escaped_pairs_and_backslashes_are_not_taken_for_unstorable_text(
+        client: FlaskClient, auth: dict[str, dict[str, str]]) -> None:
+    """A surrogate pair (an emoji) and an escaped backslash before u0000 are plain text."""
+    body = ('{"patient": {"id": "1", "issuer": "LOCAL"}, "identification": {"method": "typed", '
+            '"evidence": {"note": "\\ud83d\\ude00 \\\\u0000"}}}')
+    answer = post_json(client, auth["capture"], "/api/v1/sessions", body)
+    assert answer.status_code == 201, answer.get_json()
