@@ -175,25 +175,52 @@ def token() -> None:
     """API tokens for devices and integrations."""
 
 
+_DURATION = re.compile(r"(\d+)([mhdw])")
+_DURATION_UNITS = {"m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def _duration(_ctx: click.Context, _param: click.Parameter,
+              value: str | None) -> timedelta | None:
+    """``30d``, ``12h``, ``90m`` or ``2w`` as a lifetime (None when not given)."""
+    if value is None:
+        return None
+    match = _DURATION.fullmatch(value.strip())
+    if match is None or int(match.group(1)) == 0:
+        raise click.BadParameter("a positive number of minutes, hours, days or weeks: 90m, "
+                                 "12h, 30d, 2w")
+    return timedelta(**{_DURATION_UNITS[match.group(2)]: int(match.group(1))})
+
+
 @token.command("create")
 @click.option("--user", required=True)
 @click.option("--role", required=True, type=click.Choice(ROLES))
-def token_create(user: str, role: str) -> None:
+@click.option("--expires-in", "expires_in", callback=_duration,
+              help="Lifetime: 90m, 12h, 30d, 2w (default: until revoked).")
+def token_create(user: str, role: str, expires_in: timedelta | None) -> None:
     """Create a bearer token and print it (it is shown only this once)."""
     services = _ready_services()
-    secret = create_token(services.db, user, role)
-    _audit_admin("token.create", f"user:{user}", detail={"role": role})
+    secret = create_token(services.db, user, role, expires_in)
+    _audit_admin("token.create", f"user:{user}", detail={
+        "role": role, "expires_in_seconds": int(expires_in.total_seconds()) if expires_in
+        else None})
     click.echo(secret)
 
 
 @token.command("list")
 def token_list() -> None:
-    """One JSON line per token: number, user, role, created, revoked (never the token)."""
+    """One JSON line per token: number, user, role, created, revoked, expires, last used (to
+    the minute), and whether it is expired (never the token)."""
     services = _ready_services()
+    now = datetime.now(UTC)
+
+    def when(moment: datetime | None) -> str | None:
+        return moment.isoformat() if moment else None
+
     for t in list_tokens(services.db):
         _emit({"id": t.id, "user": t.user, "role": t.role,
-               "created_at": t.created_at.isoformat(),
-               "revoked_at": t.revoked_at.isoformat() if t.revoked_at else None})
+               "created_at": t.created_at.isoformat(), "revoked_at": when(t.revoked_at),
+               "expires_at": when(t.expires_at), "last_used_at": when(t.last_used_at),
+               "expired": t.expires_at is not None and t.expires_at <= now})
 
 
 @token.command("revoke")
@@ -321,6 +348,7 @@ def _dicom_value(check: Callable[..., str | None],
 
 
 _LO_OPTION = _dicom_value(values.text)
+_ID_OPTION = _dicom_value(values.identifier)
 _PN_OPTION = _dicom_value(values.person_name)
 
 
@@ -332,8 +360,8 @@ def _site(_ctx: click.Context, _param: click.Parameter, value: str | None) -> st
 
 @cli.command(with_appcontext=False)
 @click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--patient-id", required=True, callback=_LO_OPTION)
-@click.option("--issuer", required=True, callback=_LO_OPTION)
+@click.option("--patient-id", required=True, callback=_ID_OPTION)
+@click.option("--issuer", required=True, callback=_ID_OPTION)
 @click.option("--name", callback=_PN_OPTION, help="FAMILY^GIVEN")
 @click.option("--birth-date", callback=_birth_date, help="YYYYMMDD")
 @click.option("--sex", type=click.Choice(["F", "M", "O"]))
@@ -402,7 +430,7 @@ def patients() -> None:
 
 @patients.command("import")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-@click.option("--issuer", callback=_LO_OPTION,
+@click.option("--issuer", callback=_ID_OPTION,
               help="Issuer of Patient ID for patients whose file names none "
                    "(default: EBIW_DEFAULT_ISSUER)")
 def patients_import(files: tuple[str, ...], issuer: str | None) -> None:
@@ -451,9 +479,9 @@ def _import_inputs(paths: tuple[str, ...]) -> list[Path]:
 
 @cli.command("import")
 @click.argument("paths", nargs=-1, required=True, type=click.Path())
-@click.option("--patient-id", callback=_LO_OPTION,
+@click.option("--patient-id", callback=_ID_OPTION,
               help="Every photo is this patient's (no barcode sorting).")
-@click.option("--issuer", callback=_LO_OPTION, help="Issuer of Patient ID of --patient-id.")
+@click.option("--issuer", callback=_ID_OPTION, help="Issuer of Patient ID of --patient-id.")
 @click.option("--department", callback=_LO_OPTION,
               help="Institutional Department Name of the studies.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),

@@ -25,6 +25,8 @@ def test_serve_answers_and_keeps_query_strings_out_of_the_log(tmp_path: Path) ->
     port = free_port()
     log = tmp_path / "serve.log"
     env = {**os.environ, "EBIW_DATA_DIR": str(tmp_path / "var")}
+    subprocess.run([sys.executable, "-m", "app.cli", "db", "upgrade"], cwd=REPO, env=env,
+                   check=True, capture_output=True)  # DICOMweb audits every request
     with log.open("w") as out:
         proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(port)],
                                 cwd=REPO, env=env, stdout=out, stderr=subprocess.STDOUT)
@@ -35,15 +37,19 @@ def test_serve_answers_and_keeps_query_strings_out_of_the_log(tmp_path: Path) ->
         assert response.json() == {"status": "ok"}
         anonymous = requests.get(f"http://127.0.0.1:{port}/api/v1/body-sites", timeout=5)
         assert anonymous.status_code == 401
+        qido = requests.get(f"http://127.0.0.1:{port}/dicomweb/studies?00100020=SECRET456"
+                            "&PatientName=SECRETNAME*&includefield=00081030", timeout=5)
+        assert qido.status_code == 401
         time.sleep(0.5)
     finally:
         proc.terminate()
         proc.wait(timeout=30)
     text = log.read_text()
-    assert "SECRET123" not in text
+    assert "SECRET" not in text
     access = [json.loads(line) for line in text.splitlines() if '"log":"access"' in line]
     assert {(a["path"], a["status"]) for a in access} >= {("/healthz", 200),
-                                                          ("/api/v1/body-sites", 401)}
+                                                          ("/api/v1/body-sites", 401),
+                                                          ("/dicomweb/studies", 401)}
 
 
 def test_serve_takes_its_port_from_ebiw_port_and_keeps_its_control_socket_in_the_data_dir(

@@ -322,6 +322,8 @@ class ApiToken(Base):
     role: Mapped[str] = mapped_column(String(16))
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     revoked_at: Mapped[datetime | None]
+    expires_at: Mapped[datetime | None]  # None: never expires
+    last_used_at: Mapped[datetime | None]  # to the minute (one write a minute at most)
 
 
 # --- EMR notification: the local FHIR store, HL7 v2 notices (app/gateways/emr) -------------

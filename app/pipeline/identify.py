@@ -28,10 +28,17 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 import zxingcpp
-from pyzbar import pyzbar
-from pyzbar.pyzbar import ZBarSymbol
 
 from app.pipeline.decode import DEFAULT_MAX_PIXELS, load_pixels, probe, sniff
+
+try:
+    from pyzbar import pyzbar
+except (ImportError, OSError):  # libzbar0 absent (ImportError) or unloadable (OSError)
+    pyzbar = None
+
+ZBAR_AVAILABLE = pyzbar is not None
+"""Whether zbar (libzbar0, through pyzbar) could be loaded. Without it every pass is
+zxing-cpp's alone: wristbands are still read, the few that only zbar reads are not."""
 
 SYMBOLOGIES = ("Code128", "Code39", "QRCode", "PDF417", "DataMatrix")
 """Symbologies we read, by the names used in :attr:`Barcode.symbology`."""
@@ -63,7 +70,8 @@ _ZXING_NAMES = {
 }
 _ZXING_FORMATS = zxingcpp.BarcodeFormats(tuple(_ZXING_NAMES))
 _ZBAR_NAMES = {"CODE128": "Code128", "CODE39": "Code39", "QRCODE": "QRCode"}
-_ZBAR_SYMBOLS = [ZBarSymbol.CODE128, ZBarSymbol.CODE39, ZBarSymbol.QRCODE]
+_ZBAR_SYMBOLS = [pyzbar.ZBarSymbol.CODE128, pyzbar.ZBarSymbol.CODE39,
+                 pyzbar.ZBarSymbol.QRCODE] if pyzbar is not None else []
 
 Point = tuple[float, float]
 
@@ -162,8 +170,11 @@ def _zxing(view: _View, name: str, *, thorough: bool = False,
 
 
 def _zbar(view: _View, name: str) -> list[_Read]:
-    """zbar results in ``view``; linear ones under ``MIN_ZBAR_LINEAR_QUALITY`` are weak."""
-    out = []
+    """zbar results in ``view`` (none without zbar, see :data:`ZBAR_AVAILABLE`); linear ones
+    under ``MIN_ZBAR_LINEAR_QUALITY`` are weak."""
+    out: list[_Read] = []
+    if pyzbar is None:
+        return out
     for d in pyzbar.decode(view.gray, symbols=_ZBAR_SYMBOLS):
         symbology = _ZBAR_NAMES.get(d.type)
         if symbology is None:

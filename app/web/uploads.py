@@ -53,7 +53,8 @@ def read_photo_body() -> bytes:
     Guarantees: the bytes are returned only when the declared type is a photo type, or a
     generic one and the bytes start with a JPEG, PNG, HEIC, TIFF or WebP signature; otherwise
     :class:`UnsupportedMediaType` (415) names the header. A body over the upload limit is
-    refused by Werkzeug (413) before it is read whole.
+    refused (413), with or without ``Content-Length`` (chunked), never returned cut at the
+    limit (:class:`app.web.security.BoundedRequest`).
     """
     declared = request.mimetype
     if declared not in PHOTO_TYPES and declared not in GENERIC_TYPES:

@@ -188,7 +188,8 @@ class Identifier:
     def search(self, mrn: Any, issuer: Any = None) -> IdentifyResult:
         """Look up an MRN entered by hand (method ``manual``; no wristband rule involved)."""
         with refusing_invalid_values():
-            mrn, issuer = values.text(mrn, "mrn", required=True), values.text(issuer, "issuer")
+            mrn = values.identifier(mrn, "mrn", required=True)
+            issuer = values.identifier(issuer, "issuer")
         lookup = self.directories.find(mrn, issuer)
         matches = tuple(Match(p, None, _evidence(None, p, issuer is not None))
                         for p in lookup.patients)

@@ -165,7 +165,7 @@ class WorklistContext:
         if not isinstance(value, dict):
             raise InvalidRequest("worklist_item must be an object")
         with refusing_invalid_values():
-            short = {key: values.text(value.get(key), f"worklist_item.{key}", values.SH)
+            short = {key: values.identifier(value.get(key), f"worklist_item.{key}", values.SH)
                      for key in ("accession_number", "requested_procedure_id",
                                  "scheduled_step_id")}
             return cls(study_uid=values.uid(value.get("study_instance_uid"),
@@ -238,11 +238,12 @@ class SessionRequest:
             identification = Identification(IdentificationMethod.WORKLIST, {})
         with refusing_invalid_values():
             return cls(
-                patient_id=values.text(patient.get("id"), "patient.id", required=True),
-                issuer=values.text(patient.get("issuer"), "patient.issuer") or default_issuer,
+                patient_id=values.identifier(patient.get("id"), "patient.id", required=True),
+                issuer=values.identifier(patient.get("issuer"), "patient.issuer")
+                or default_issuer,
                 name=values.person_name(patient.get("name"), "patient.name"),
                 birth_date=birth_date, sex=sex,
-                encounter=values.text(body.get("encounter"), "encounter"),
+                encounter=values.identifier(body.get("encounter"), "encounter"),
                 body_site=site, laterality=laterality,
                 department=values.text(body.get("department"), "department"),
                 source=source,

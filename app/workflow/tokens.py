@@ -1,7 +1,10 @@
 """API bearer tokens for devices and integrations: random, shown once, stored as SHA-256.
 
 Tokens are listed by number (never their value) and revoked by number or by user; a revoked
-token is refused from the next request on.
+token is refused from the next request on. A token may be given a lifetime: once it has
+expired it is refused (:class:`TokenExpired`, which the web layer answers 401 naming the
+cause). Each token records when it was last used, to the minute: a token used many times a
+minute costs one write a minute, not one per request.
 """
 
 from __future__ import annotations
@@ -9,15 +12,21 @@ from __future__ import annotations
 import hashlib
 import secrets
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import select, update
+from sqlalchemy import or_, select, update
 
 from app.db.models import ApiToken
 from app.db.session import Database, affected_rows
 
 ROLES = ("capture", "view", "admin")
 TOKEN_PREFIX = "ebiw_"
+LAST_USED_RESOLUTION = timedelta(minutes=1)
+"""``last_used_at`` is written again only once it is this much older than the use."""
+
+
+class TokenExpired(Exception):
+    """The token is known and not revoked, but past its expiry."""
 
 
 @dataclass(frozen=True)
@@ -43,26 +52,53 @@ def _digest(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(db: Database, user: str, role: str) -> str:
-    """Create a token for ``user`` with ``role`` and return it (the only time it is visible)."""
+def _aware(moment: datetime | None) -> datetime | None:
+    """``moment`` with its UTC zone (SQLite gives stored times back naive)."""
+    return moment.replace(tzinfo=UTC) if moment is not None and moment.tzinfo is None \
+        else moment
+
+
+def create_token(db: Database, user: str, role: str,
+                 expires_in: timedelta | None = None) -> str:
+    """Create a token for ``user`` with ``role``, valid for ``expires_in`` (None: until
+    revoked), and return it (the only time it is visible)."""
     if role not in ROLES:
         raise ValueError(f"role must be one of {', '.join(ROLES)}")
     if not user or len(user) > 128:
         raise ValueError("user must be 1 to 128 characters")
+    if expires_in is not None and expires_in <= timedelta(0):
+        raise ValueError("the lifetime must be positive")
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    expires_at = datetime.now(UTC) + expires_in if expires_in is not None else None
     with db.session() as session:
-        session.add(ApiToken(token_hash=_digest(token), user=user, role=role))
+        session.add(ApiToken(token_hash=_digest(token), user=user, role=role,
+                             expires_at=expires_at))
     return token
 
 
 def verify_token(db: Database, token: str) -> Caller | None:
-    """The caller a token belongs to, or None when it is unknown or revoked."""
+    """The caller a token belongs to, or None when it is unknown or revoked.
+
+    Raises :class:`TokenExpired` for a live token past its expiry. Records the use in
+    ``last_used_at`` when the recorded one is older than :data:`LAST_USED_RESOLUTION`.
+    """
     if not token.startswith(TOKEN_PREFIX) or len(token) > 200:
         return None
+    now = datetime.now(UTC)
     with db.session() as session:
         row = session.scalar(select(ApiToken).where(ApiToken.token_hash == _digest(token)))
         if row is None or row.revoked_at is not None:
             return None
+        expires_at = _aware(row.expires_at)
+        if expires_at is not None and expires_at <= now:
+            raise TokenExpired
+        last_used = _aware(row.last_used_at)
+        if last_used is None or now - last_used >= LAST_USED_RESOLUTION:
+            stale = now - LAST_USED_RESOLUTION  # a concurrent request may have written it
+            session.execute(update(ApiToken).where(
+                ApiToken.id == row.id,
+                or_(ApiToken.last_used_at.is_(None), ApiToken.last_used_at <= stale))
+                .values(last_used_at=now).execution_options(synchronize_session=False))
         return Caller(row.user, row.role)
 
 
@@ -75,12 +111,16 @@ class TokenInfo:
     role: str
     created_at: datetime
     revoked_at: datetime | None
+    expires_at: datetime | None
+    last_used_at: datetime | None
 
 
 def list_tokens(db: Database) -> list[TokenInfo]:
-    """Every token ever created, oldest first (revoked ones included, marked)."""
+    """Every token ever created, oldest first (revoked and expired ones included, marked);
+    times in UTC."""
     with db.session() as session:
-        return [TokenInfo(r.id, r.user, r.role, r.created_at, r.revoked_at)
+        return [TokenInfo(r.id, r.user, r.role, _aware(r.created_at) or r.created_at,
+                          _aware(r.revoked_at), _aware(r.expires_at), _aware(r.last_used_at))
                 for r in session.scalars(select(ApiToken).order_by(ApiToken.id))]
 
 

@@ -171,7 +171,8 @@ def test_cli_user_and_token_commands(tmp_path: Path) -> None:
     assert token not in tokens.stdout
     rows = [json.loads(line) for line in tokens.stdout.splitlines()]
     assert rows[0]["user"] == "ward7-phone" and rows[0]["revoked_at"] is None
-    assert set(rows[0]) == {"id", "user", "role", "created_at", "revoked_at"}
+    assert set(rows[0]) == {"id", "user", "role", "created_at", "revoked_at", "expires_at",
+                            "last_used_at", "expired"}
     assert ebiw("token", "revoke", "--id", str(rows[0]["id"])).returncode == 0
     assert json.loads(ebiw("token", "list").stdout)["revoked_at"] is not None
     assert ebiw("token", "revoke", "--id", str(rows[0]["id"])).returncode != 0

@@ -10,8 +10,7 @@ from __future__ import annotations
 import csv
 import io
 import json
-import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -30,6 +29,8 @@ from app.gateways.patients import (
     sort_encounters,
 )
 from app.gateways.patients.fhir import parse_bundle
+from app.pipeline.dicom import values
+from app.pipeline.dicom.values import InvalidValue
 
 ENCOUNTER_STATUSES = ("planned", "arrived", "triaged", "in-progress", "onleave", "finished",
                       "cancelled", "entered-in-error", "unknown")
@@ -41,7 +42,6 @@ CSV_COLUMNS = ("mrn", "issuer", "family", "given", "birth_date", "sex", "encount
 
 _SEXES = {"f": "F", "m": "M", "o": "O", "female": "F", "male": "M", "other": "O",
           "u": None, "unknown": None, "": None}
-_LO = re.compile(r"^[^\\\x00-\x1f]{1,64}$")  # DICOM LO: no backslash, no control characters
 
 
 @dataclass(frozen=True)
@@ -229,25 +229,34 @@ def _sex(value: str, where: str) -> str | None:
         raise ImportFormatError(f"{where}: sex must be F, M, O or empty") from exc
 
 
+def _holds(rule: Callable[..., str | None], value: str) -> bool:
+    """Whether a DICOM LO attribute holds ``value`` under ``rule`` (:mod:`values`)."""
+    try:
+        return rule(value, "value", required=True) is not None
+    except InvalidValue:
+        return False
+
+
 def _validate(record: PatientRecord, where: str) -> None:
     """Refuse values the database or a DICOM header cannot hold."""
     for name, value in (("MRN", record.mrn), ("issuer", record.issuer)):
-        if not _LO.match(value):
+        if not _holds(values.identifier, value):
             raise ImportFormatError(f"{where}: the {name} must be 1-64 characters without "
-                                    "backslashes or control characters")
+                                    "backslashes, control or invisible formatting characters")
     if len(record.family) > 128 or len(record.given) > 128 or "^" in record.family + \
             record.given or "\\" in record.family + record.given:
         raise ImportFormatError(f"{where}: names must be at most 128 characters without ^ or \\")
     seen: set[str] = set()
     for encounter in record.encounters:
-        if not _LO.match(encounter.identifier):
+        if not _holds(values.identifier, encounter.identifier):
             raise ImportFormatError(f"{where}: an encounter identifier must be 1-64 characters "
-                                    "without backslashes or control characters")
+                                    "without backslashes, control or invisible formatting "
+                                    "characters")
         if encounter.identifier in seen:
             raise ImportFormatError(f"{where}: an encounter identifier appears twice")
         seen.add(encounter.identifier)
         if encounter.status not in ENCOUNTER_STATUSES:
             raise ImportFormatError(f"{where}: encounter status must be one of "
                                     f"{', '.join(ENCOUNTER_STATUSES)}")
-        if encounter.department is not None and not _LO.match(encounter.department):
+        if encounter.department is not None and not _holds(values.text, encounter.department):
             raise ImportFormatError(f"{where}: department must be 1-64 characters")

@@ -11,6 +11,11 @@ Character Set ``ISO_IR 192``, UTF-8):
 - none of them holds a backslash (the value delimiter) or a control character (C0, DEL, C1),
   and nothing UTF-8 cannot encode (lone surrogates); leading and trailing spaces are not
   significant and are stripped;
+- identifiers (MRN, issuer, encounter, accession number and the other ids of a worklist
+  item) are LO or SH text that also holds no Unicode format character (category Cf:
+  bidirectional controls U+202A–U+202E and U+2066–U+2069, zero-width U+200B–U+200D, word
+  joiner U+2060, U+FEFF, soft hyphen…): invisible, they would let two different identifiers
+  look the same on a screen, a wristband or a report (:func:`identifier`);
 - UI: at most 64 characters, dot-separated numbers without leading zeros;
 - DA ``YYYYMMDD``, TM ``HHMMSS[.FFFFFF]``, DT ``YYYYMMDDHHMMSS[.FFFFFF][&ZZXX]``.
 
@@ -21,6 +26,7 @@ caller passes the name: ``mrn``, ``patient.id``, ``--issuer``) and never repeats
 from __future__ import annotations
 
 import re
+import unicodedata
 from dataclasses import dataclass
 from datetime import date, datetime
 from typing import Any, Literal, overload
@@ -91,6 +97,22 @@ def text(value: Any, field: str, vr: TextVR = LO, *, required: bool = False,
     if stripped is not None and (len(stripped) > limit or not _plain(stripped)):
         raise InvalidValue(field, f"must be text of at most {limit} characters without "
                                   "backslashes or control characters")
+    return stripped
+
+
+@overload
+def identifier(value: Any, field: str, vr: TextVR = LO, *, required: Literal[True]) -> str: ...
+@overload
+def identifier(value: Any, field: str, vr: TextVR = LO, *,
+               required: bool = False) -> str | None: ...
+def identifier(value: Any, field: str, vr: TextVR = LO, *,
+               required: bool = False) -> str | None:
+    """``value`` as :func:`text` takes it, for an identifier: also refused, naming ``field``,
+    when it holds a format character (Unicode category Cf), which no one can see."""
+    stripped = text(value, field, vr, required=required)
+    if stripped is not None and any(unicodedata.category(c) == "Cf" for c in stripped):
+        raise InvalidValue(field, "must not hold invisible formatting characters (such as "
+                                  "right-to-left marks or zero-width spaces)")
     return stripped
 
 

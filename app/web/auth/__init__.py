@@ -38,7 +38,7 @@ from app.web.errors import error_response
 from app.web.limits import rate_limited
 from app.workflow import accounts
 from app.workflow.accounts import AccountLocked, WebLogin
-from app.workflow.tokens import Caller, verify_token
+from app.workflow.tokens import Caller, TokenExpired, verify_token
 
 F = TypeVar("F", bound=Callable[..., object])
 R = TypeVar("R", bound=BaseResponse)  # Flask's Response, or redirect()'s Werkzeug one
@@ -97,7 +97,11 @@ def current_caller() -> Caller | None:
     scheme, _, token = header.partition(" ")
     if scheme.lower() != "bearer" or not token:
         return None
-    return verify_token(services().db, token.strip())
+    try:
+        return verify_token(services().db, token.strip())
+    except TokenExpired:
+        g.token_expired = True  # require() says so in its 401
+        return None
 
 
 def csrf_ok() -> bool:
@@ -119,13 +123,20 @@ def login_form_token_ok() -> bool:
     return bool(cookie) and hmac.compare_digest(sent.encode(), cookie.encode())
 
 
+TOKEN_EXPIRED = ("this API token has expired: ask an administrator for a new one "
+                 "(ebiw token create)")
+
+
 def require(*roles: str) -> Callable[[F], F]:
-    """Refuse the request (401 without credentials, 403 without a role or CSRF token)."""
+    """Refuse the request (401 without credentials or with an expired token, 403 without a
+    role or CSRF token)."""
 
     def decorate(view: F) -> F:
         @wraps(view)
         def wrapper(*args: object, **kwargs: object) -> object:
             caller = current_caller()
+            if caller is None and g.get("token_expired"):
+                return error_response(401, "token_expired", TOKEN_EXPIRED)
             if caller is None:
                 abort(401)
             if not csrf_ok():

@@ -4,7 +4,8 @@ Search answers DICOM JSON from the attribute index (``index.py``, ``query.py``).
 sends instances as stored, in ``multipart/related; type="application/dicom"``; metadata as
 DICOM JSON with bulk data URIs; frames and bulk data as the stored JPEG; rendered images and
 thumbnails fitted to a ``viewport`` (``app.pipeline.render``), the default thumbnail of each
-instance cached on disk under the data directory.
+instance cached on disk under the data directory. A rendered study or series is one image (its
+first instance) or, asked for ``multipart/related``, every instance rendered.
 
 Every request needs the ``view`` or ``capture`` role and is audited by ``app.web.audit`` (who,
 what — the study, its instances and its patient —, when, where, outcome), refusals included.
@@ -435,19 +436,70 @@ def _image(rendition: Rendition) -> Response:
     return Response(rendition.data, content_type=rendition.media_type)
 
 
+def _renderer(media_type: str) -> Callable[[Instance], Rendition]:
+    """Render an instance's frame as ``media_type`` with this request's ``viewport``,
+    ``quality`` and ``iccprofile`` (read now: the function may run after the view returns,
+    while a multipart answer streams)."""
+    box, quality, icc = _viewport(None), _quality(), _icc_choice()
+    archive, max_pixels = services().archive, services().settings.max_pixels
+
+    def render(row: Instance) -> Rendition:
+        stored = stored_frame(archive.read(row))
+        return render_frame(stored.frame, box=box, media_type=media_type, quality=quality,
+                            icc_profile=None if icc == "no" else stored.icc_profile,
+                            to_srgb=icc == "srgb", max_pixels=max_pixels)
+
+    return render
+
+
 @bp.get(f"{INSTANCE}/rendered")
 @bp.get(f"{INSTANCE}/frames/<frames>/rendered")
 @require(*ROLES)
 def retrieve_rendered(study: str, series: str, sop: str, frames: str = "1") -> Response:
     _single_frame(frames)
     row = _rows(study, series, sop)[0]
-    media_type = _rendered_type(row)
-    box, quality, icc = _viewport(None), _quality(), _icc_choice()
-    stored = _stored(row)
-    return _image(render_frame(
-        stored.frame, box=box, media_type=media_type, quality=quality,
-        icc_profile=None if icc == "no" else stored.icc_profile, to_srgb=icc == "srgb",
-        max_pixels=services().settings.max_pixels))
+    return _image(_renderer(_rendered_type(row))(row))
+
+
+def _multipart_rendered_type(rows: list[Instance]) -> str | None:
+    """The part type when the client asks for ``multipart/related`` renderings (``type``
+    absent, a wildcard or one we render), else None: one image is wanted."""
+    ranges = media.accepted(request.args.get("accept") or request.headers.get("Accept"))
+    asked = [r for r in ranges if r.media_type == "multipart/related"]
+    if not asked:
+        return None
+    if not all(media.BULK_MEDIA_TYPE.get(_transfer_syntax(r)) for r in rows):
+        raise _not_acceptable("a rendering of these instances")
+    for r in asked:
+        inner = media.accepted(r.params.get("type") or "*/*")
+        chosen = media.rendered_type(inner, RENDERED_MEDIA_TYPES)
+        if chosen is not None:
+            return chosen
+    raise _not_acceptable("rendered images")
+
+
+@bp.get("/studies/<study>/rendered", endpoint="retrieve_study_rendered")
+@bp.get("/studies/<study>/series/<series>/rendered", endpoint="retrieve_series_rendered")
+@require(*ROLES)
+def retrieve_rendered_set(study: str, series: str | None = None) -> Response:
+    """Rendered Study and Rendered Series (PS3.18 10.4.1.1.3: one or more renderings).
+
+    Asked for ``multipart/related`` (``type`` image/jpeg or image/png), every instance rendered,
+    one part each, in series and instance order; otherwise one image, of the first instance
+    (the one the thumbnail shows), which the audit record then names alone.
+    """
+    rows = _rows(study, series)
+    part_type = _multipart_rendered_type(rows)
+    if part_type is None:
+        first = rows[0]
+        g.audit_entities = [f"study:{study}", f"instance:{first.sop_uid}",
+                            *_patients([first.attributes[index.DICOM]])]
+        return _image(_renderer(_rendered_type(first))(first))
+    render = _renderer(part_type)
+    marker = media.boundary()
+    parts = [media.Part(part_type, partial(lambda row: render(row).data, r)) for r in rows]
+    return Response(media.multipart(parts, marker),
+                    content_type=media.multipart_content_type(part_type, marker))
 
 
 def _thumbnail_file(row: Instance) -> Path:

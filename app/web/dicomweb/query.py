@@ -6,6 +6,11 @@ comma-separated lists for code strings, date/time ranges ``a-b``, ``a-``, ``-b``
 matching for an empty value. Any public attribute can be matched (the whole header is cached);
 sequence matching is refused with 400. Results are ordered newest study first, then by series
 and instance number, and paged by ``limit``/``offset``.
+
+A parameter that is neither a QIDO-RS one (:data:`RESERVED`) nor a DICOM keyword or tag, as
+a matching key or in ``includefield``, is refused with 400 naming it: PS3.18 lets an origin
+server ignore it only when it says so, and a misspelt key silently ignored would match every
+study. UID lists are separated by commas or backslashes (OHIF sends backslashes).
 """
 
 from __future__ import annotations
@@ -59,6 +64,8 @@ _DATE = re.compile(r"^\d{8}$")
 _TIME = re.compile(r"^\d{2}(\d{2}(\d{2}(\.\d{1,6})?)?)?$")
 _UID = re.compile(r"^[0-9]+(\.[0-9]+)*$")
 _TAG = re.compile(r"^[0-9A-Fa-f]{8}$")
+_UID_SEPARATOR = re.compile(r"[,\\]")
+MAX_NAME_SHOWN = 64
 
 
 class QueryError(ValueError):
@@ -146,9 +153,9 @@ def _criterion(tag: str, raw: str, name: str) -> ColumnElement[bool] | None:
     if vr == "SQ":
         raise QueryError(f"{name}: sequence matching is not supported")
     if vr == "UI":
-        uids = [u.strip() for u in raw.split(",")]
+        uids = [u.strip() for u in _UID_SEPARATOR.split(raw)]
         if not all(_UID.match(u) for u in uids):
-            raise QueryError(f"{name} must be a UID or a comma-separated list of UIDs")
+            raise QueryError(f"{name} must be a UID or a list of UIDs separated by commas")
         return column.in_(uids)
     if vr == "DA":
         return _range(column, raw, _DATE, name)
@@ -181,11 +188,21 @@ def _int(args: MultiDict[str, str], name: str, default: int) -> int:
     return int(raw)
 
 
+def _known_tag(name: str, where: str) -> str:
+    """The tag of attribute ``name``; :class:`QueryError` when it names no DICOM attribute."""
+    tag = tag_of(name)
+    if tag is None:
+        shown = name if len(name) <= MAX_NAME_SHOWN else f"{name[:MAX_NAME_SHOWN]}…"
+        raise QueryError(f"{where}{shown} is neither a QIDO-RS parameter nor a DICOM attribute "
+                         "keyword or tag")
+    return tag
+
+
 def parse(args: MultiDict[str, str], *scope: ColumnElement[bool]) -> Query:
     """Parse QIDO-RS query parameters; ``scope`` adds the filters of the resource path.
 
-    Guarantees: unknown parameters and attributes are ignored (PS3.18 8.3.4); a malformed
-    value raises :class:`QueryError` naming the parameter only.
+    Guarantees: a parameter that names no QIDO-RS parameter and no DICOM attribute, and a
+    malformed value, raise :class:`QueryError` naming the parameter only, never its value.
     """
     filters = list(scope)
     matched: set[str] = set()
@@ -194,9 +211,7 @@ def parse(args: MultiDict[str, str], *scope: ColumnElement[bool]) -> Query:
             continue
         if "." in name:
             raise QueryError(f"{name}: sequence matching is not supported")
-        tag = tag_of(name)
-        if tag is None:
-            continue
+        tag = _known_tag(name, "")
         matched.add(tag)
         conditions = [c for raw in args.getlist(name) if (c := _criterion(tag, raw, name))
                       is not None]
@@ -204,11 +219,11 @@ def parse(args: MultiDict[str, str], *scope: ColumnElement[bool]) -> Query:
             filters.append(or_(*conditions))
     include: set[str] | None = set()
     for raw in args.getlist("includefield"):
-        for name in raw.split(","):
-            if name.strip().lower() == "all":
+        for name in filter(None, (n.strip() for n in raw.split(","))):
+            if name.lower() == "all":
                 include = None
-            elif include is not None and (tag := tag_of(name.strip())) is not None:
-                include.add(tag)
+            elif include is not None:
+                include.add(_known_tag(name, "includefield "))
     limit = min(_int(args, "limit", MAX_RESULTS), MAX_RESULTS)
     return Query(tuple(filters), None if include is None else frozenset(include), limit,
                  _int(args, "offset", 0), frozenset(matched))

@@ -79,8 +79,8 @@ class Batches:
         with refusing_invalid_values():
             department = values.text(department, "department")
             if patient:
-                patient = (values.text(patient[0], "patient id", required=True),
-                           values.text(patient[1], "issuer", required=True))
+                patient = (values.identifier(patient[0], "patient id", required=True),
+                           values.identifier(patient[1], "issuer", required=True))
         try:
             with self.db.session() as db:
                 existing = db.get(Batch, batch_id)

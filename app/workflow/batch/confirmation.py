@@ -128,8 +128,8 @@ class Confirmation:
             if not isinstance(wanted, dict):
                 raise InvalidRequest("patient must be an object with mrn and issuer")
             with refusing_invalid_values():
-                key = (values.text(wanted.get("mrn"), "patient.mrn", required=True),
-                       values.text(wanted.get("issuer"), "patient.issuer"))
+                key = (values.identifier(wanted.get("mrn"), "patient.mrn", required=True),
+                       values.identifier(wanted.get("issuer"), "patient.issuer"))
             chosen = next((c for c in candidates if (c["mrn"], c["issuer"]) == key), None)
             if chosen is None:
                 answer = self.grouping.ask_directories(*key, GroupSource.MANUAL)

@@ -179,7 +179,7 @@ class Grouping:
         the batch's group for that identifier when there is one already."""
         batch = find_batch(self.db, batch_id, owner)
         with refusing_invalid_values():
-            wid = WristbandId(values.text(mrn, "mrn", required=True),
-                              values.text(issuer, "issuer"), None, "manual")
+            wid = WristbandId(values.identifier(mrn, "mrn", required=True),
+                              values.identifier(issuer, "issuer"), None, "manual")
         with self.db.session() as db:
             return ensure_group(db, batch.id, wid, GroupSource.MANUAL)
