@@ -44,7 +44,8 @@ import cv2
 import numpy as np
 
 from app.pipeline.color.correct import PITCH_MM
-from app.pipeline.color.detect import CHART_QUAD, Chart
+from app.pipeline.color.detect import CHART_QUAD, Chart, find_chart
+from app.pipeline.decode import DEFAULT_MAX_PIXELS, load_pixels
 
 Point = tuple[float, float]
 
@@ -209,6 +210,20 @@ class Calibration:
         if reach > FAR_CHART_SIZES * self.chart_diagonal_mm:
             warnings = (*warnings, FAR_FROM_CHART)
         return Measurement(value, math.sqrt(variance), warnings)
+
+
+def calibrate_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS) -> Calibration:
+    """Find the chart in encoded photo bytes, decoded upright (EXIF orientation applied) at
+    full size, and calibrate: pixel coordinates are those of the photo as displayed.
+
+    Raises `GeometryError` when no usable chart is found, ``UnreadablePhotoError`` for input
+    the decode step refuses.
+    """
+    bgr = load_pixels(data, max_pixels=max_pixels)
+    chart = find_chart(bgr)
+    if chart is None:
+        raise GeometryError("no colour chart found in the photo: nothing to measure with")
+    return calibrate(chart, (bgr.shape[1], bgr.shape[0]))
 
 
 def calibrate(chart: Chart, image_size: tuple[int, int]) -> Calibration:
