@@ -282,14 +282,14 @@ def check_polygon(polygon: Sequence[Point]) -> None:
         raise GeometryError(f"a polygon needs at least 3 vertices, got {n}")
     if len({(float(x), float(y)) for x, y in pts}) < n:
         raise GeometryError("the polygon repeats a vertex")
-    if _area(pts) <= 1e-9:
-        raise GeometryError("the polygon has no area (its vertices are on one line)")
     for i in range(n):
         for j in range(i + 1, n):
             if j == i + 1 or (i == 0 and j == n - 1):
                 continue  # neighbouring edges share a vertex
             if _segments_cross(pts[i], pts[(i + 1) % n], pts[j], pts[(j + 1) % n]):
                 raise GeometryError(f"the polygon's edges {i + 1} and {j + 1} cross")
+    if _area(pts) <= 1e-9:
+        raise GeometryError("the polygon has no area (its vertices are on one line)")
 
 
 # --- helpers ----------------------------------------------------------------------------------
