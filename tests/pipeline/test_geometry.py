@@ -47,7 +47,7 @@ def marker_corners(name: str) -> list[np.ndarray]:
 
 
 def sides(quad: np.ndarray) -> list[tuple[tuple[float, float], tuple[float, float]]]:
-    return [(tuple(quad[i]), tuple(quad[(i + 1) % 4])) for i in range(4)]  # type: ignore[misc]
+    return [(tuple(quad[i]), tuple(quad[(i + 1) % 4])) for i in range(4)]
 
 
 def spread(values: list[float]) -> float:
@@ -175,7 +175,7 @@ def test_synthetic_tilt_is_measured_and_extreme_tilt_is_flagged(tilt: float) -> 
     length = cal.length_mm(tuple(ends[0]), tuple(ends[1]))
     assert length.value == pytest.approx(100.0, rel=0.01)
     assert (EXTREME_TILT in length.warnings) == (tilt > 60)
-    assert [w["code"] for w in cal.as_json()["warnings"]] == (  # type: ignore[union-attr]
+    assert [w["code"] for w in cal.as_json()["warnings"]] == (
         [EXTREME_TILT] if tilt > 60 else [])
 
 
