@@ -68,30 +68,24 @@ def cv(values: list[float]) -> float:
 
 
 def measure(path: Path, detector: cv2.aruco.ArucoDetector) -> Photo:
-    start = time.perf_counter()
+    started = time.perf_counter()
     bgr = load_pixels(path.read_bytes())
     chart = find_chart(bgr)
     assert chart is not None, path.name
     size = (bgr.shape[1], bgr.shape[0])
     cal = calibrate(chart, size)
-    found = time.perf_counter()
-    corners, ids, _ = detector.detectMarkers(bgr)
+    seconds_all = time.perf_counter() - started
+    corners, _, _ = detector.detectMarkers(bgr)
     quads = [c.reshape(4, 2).astype(np.float64) for c in corners]
-    photo = Photo(path.name, cal.tilt_deg, len(quads))
-    measured = time.perf_counter()
+    ends = [(quad[i], quad[(i + 1) % 4]) for quad in quads for i in range(4)]
+    photo = Photo(path.name, cal.tilt_deg, len(quads), seconds_all=seconds_all)
+    started = time.perf_counter()
     cal = calibrate(chart, size)
-    for quad in quads:
-        for i in range(4):
-            p, q = quad[i], quad[(i + 1) % 4]
-            length = cal.length_mm((p[0], p[1]), (q[0], q[1]))
-            photo.homography.append(length.value)
-            photo.uncertainty.append(length.uncertainty)
-    photo.seconds_measure = time.perf_counter() - measured
-    photo.seconds_all = found - start
-    for quad in quads:
-        for i in range(4):
-            pixels = float(np.linalg.norm(quad[(i + 1) % 4] - quad[i]))
-            photo.single.append(pixels / cal.px_per_mm)
+    lengths = [cal.length_mm((p[0], p[1]), (q[0], q[1])) for p, q in ends]
+    photo.seconds_measure = time.perf_counter() - started
+    photo.homography = [m.value for m in lengths]
+    photo.uncertainty = [m.uncertainty for m in lengths]
+    photo.single = [float(np.linalg.norm(q - p)) / cal.px_per_mm for p, q in ends]
     return photo
 
 
@@ -138,16 +132,31 @@ def main() -> None:
         )
     print(
         table(
-            ["photo", "tilt deg", "markers", "max/min-1 homography", "max/min-1 single scale",
-             "median u mm", "decode+find+calibrate ms"],
+            [
+                "photo",
+                "tilt deg",
+                "markers",
+                "max/min-1 homography",
+                "max/min-1 single scale",
+                "median u mm",
+                "decode+find+calibrate ms",
+            ],
             photo_rows,
         )
     )
     print()
     print(
         table(
-            ["board", "photos", "mean side mm", "CV homography", "CV single scale",
-             "median max/min-1 homography", "median max/min-1 single scale", "within 2u"],
+            [
+                "board",
+                "photos",
+                "mean side mm",
+                "CV homography",
+                "CV single scale",
+                "median max/min-1 homography",
+                "median max/min-1 single scale",
+                "within 2u",
+            ],
             board_rows,
         )
     )

@@ -58,8 +58,11 @@ def test_equal_markers_measure_equal_on_a_tilted_photo_and_not_with_one_scale() 
     cal = calibration(TILTED)
     quads = marker_corners(TILTED)
     measured = [cal.length_mm(p, q) for quad in quads for p, q in sides(quad)]
-    single = [float(np.linalg.norm(np.subtract(q, p))) / cal.px_per_mm
-              for quad in quads for p, q in sides(quad)]
+    single = [
+        float(np.linalg.norm(np.subtract(q, p))) / cal.px_per_mm
+        for quad in quads
+        for p, q in sides(quad)
+    ]
     lengths = [m.value for m in measured]
     assert spread(lengths) <= 0.06, lengths
     assert spread(single) >= 0.5, single  # the photo is tilted enough to tell them apart
@@ -69,8 +72,9 @@ def test_equal_markers_measure_equal_on_a_tilted_photo_and_not_with_one_scale() 
     assert spread(areas) <= 0.08, areas
 
 
-@pytest.mark.parametrize("name", ["oycq_cloudy_bush_iphone.jpg", "oycq_window_side_iphone.jpg",
-                                  "oycq_grille_iphone.jpg"])
+@pytest.mark.parametrize(
+    "name", ["oycq_cloudy_bush_iphone.jpg", "oycq_window_side_iphone.jpg", "oycq_grille_iphone.jpg"]
+)
 def test_five_pitches_across_the_chart_measure_230_mm(name: str) -> None:
     """Patch 1 to patch 6 centres (5 x 46 mm on a Classic), placed from the ground-truth quad,
     which comes from the board's AprilTags, not from our detector. (Its vertical extent follows
@@ -127,14 +131,16 @@ def test_points_outside_the_image_are_refused() -> None:
         cal.length_mm((5.0, 5.0), (5.0, 5.0))
 
 
-@pytest.mark.parametrize(("polygon", "message"), [
-    ([(0, 0), (10, 10)], "at least 3 vertices"),
-    ([(0, 0), (10, 10), (20, 20)], "no area"),
-    ([(0, 0), (10, 0), (10, 0), (0, 10)], "repeats a vertex"),
-    ([(0, 0), (10, 10), (10, 0), (0, 10)], "edges 1 and 3 cross"),  # a bow tie
-])
-def test_degenerate_polygons_are_refused(polygon: list[tuple[float, float]],
-                                         message: str) -> None:
+@pytest.mark.parametrize(
+    ("polygon", "message"),
+    [
+        ([(0, 0), (10, 10)], "at least 3 vertices"),
+        ([(0, 0), (10, 10), (20, 20)], "no area"),
+        ([(0, 0), (10, 0), (10, 0), (0, 10)], "repeats a vertex"),
+        ([(0, 0), (10, 10), (10, 0), (0, 10)], "edges 1 and 3 cross"),  # a bow tie
+    ],
+)
+def test_degenerate_polygons_are_refused(polygon: list[tuple[float, float]], message: str) -> None:
     with pytest.raises(GeometryError, match=message):
         check_polygon(polygon)
     with pytest.raises(GeometryError, match=message):
@@ -146,8 +152,9 @@ def synthetic_chart(tilt_deg: float) -> tuple[Chart, np.ndarray]:
     (f = 500 px, 2000 x 1500 image, centred on the chart) 600 mm away, patch centres with
     0.5 px noise; returns the chart and the plane mm -> image homography."""
     angle = np.radians(tilt_deg)
-    rotation = np.array([[1, 0, 0], [0, np.cos(angle), -np.sin(angle)],
-                         [0, np.sin(angle), np.cos(angle)]])
+    rotation = np.array(
+        [[1, 0, 0], [0, np.cos(angle), -np.sin(angle)], [0, np.sin(angle), np.cos(angle)]]
+    )
     camera = np.array([[500.0, 0, 1000], [0, 500, 750], [0, 0, 1]])
     centre = np.array([2.5, 1.5]) * 46.0
     translation = np.array([0, 0, 600.0]) - rotation @ np.r_[centre, 0]
@@ -155,12 +162,21 @@ def synthetic_chart(tilt_deg: float) -> tuple[Chart, np.ndarray]:
     h = h / h[2, 2]
     rows, cols = np.divmod(np.arange(24), 6)
     centres = cv2.perspectiveTransform(
-        (np.c_[cols, rows] * 46.0).reshape(-1, 1, 2).astype(np.float64), h).reshape(-1, 2)
+        (np.c_[cols, rows] * 46.0).reshape(-1, 1, 2).astype(np.float64), h
+    ).reshape(-1, 2)
     centres += np.random.default_rng(7).normal(0, 0.5, centres.shape)
     corners = cv2.perspectiveTransform((CHART_QUAD * 46.0).reshape(-1, 1, 2), h).reshape(-1, 2)
     pitch_px = float(np.linalg.norm(centres[1] - centres[0]))
-    chart = Chart("classic24", corners, np.zeros((24, 3)), np.zeros(24, dtype=bool), 0.0,
-                  pitch_px, 0.88, centres)
+    chart = Chart(
+        "classic24",
+        corners,
+        np.zeros((24, 3)),
+        np.zeros(24, dtype=bool),
+        0.0,
+        pitch_px,
+        0.88,
+        centres,
+    )
     return chart, h
 
 
@@ -175,8 +191,7 @@ def test_synthetic_tilt_is_measured_and_extreme_tilt_is_flagged(tilt: float) -> 
     length = cal.length_mm(tuple(ends[0]), tuple(ends[1]))
     assert length.value == pytest.approx(100.0, rel=0.01)
     assert (EXTREME_TILT in length.warnings) == (tilt > 60)
-    assert [w["code"] for w in cal.as_json()["warnings"]] == (
-        [EXTREME_TILT] if tilt > 60 else [])
+    assert [w["code"] for w in cal.as_json()["warnings"]] == ([EXTREME_TILT] if tilt > 60 else [])
 
 
 def test_far_from_the_chart_is_flagged_and_less_certain() -> None:
