@@ -138,12 +138,6 @@ class Calibration:
         """Warnings that hold for every measurement in this photo."""
         return (EXTREME_TILT,) if self.tilt_deg > MAX_TILT_DEG else ()
 
-    def to_plane(self, points: Sequence[Point]) -> np.ndarray:
-        """Plane coordinates (N x 2, mm) of image points; raises `GeometryError` for a point
-        outside the image or on or beyond the horizon of the chart's plane."""
-        pts = self._checked(points)
-        return _apply(self.image_to_chart, pts)
-
     def length_mm(self, p: Point, q: Point) -> Measurement:
         """Length on the plane of the segment from ``p`` to ``q`` (image pixels)."""
         if tuple(p) == tuple(q):
@@ -184,9 +178,12 @@ class Calibration:
                     f"point ({x:g}, {y:g}) is outside the {w} x {h} image "
                     f"(x 0..{w}, y 0..{h}, origin top-left)"
                 )
+        # A point on the visible side of the plane's horizon has a projective denominator of
+        # the same sign as the chart's own centre.
         g = self.image_to_chart
-        denominators = pts @ g[2, :2] + g[2, 2]
-        if (denominators <= 1e-9).any():
+        centre = _apply(self.chart_to_image, CHART_QUAD.mean(axis=0).reshape(1, 2) * self.pitch_mm)
+        side = (pts @ g[2, :2] + g[2, 2]) / (centre @ g[2, :2] + g[2, 2])
+        if (side <= 1e-6).any():
             raise GeometryError("a point lies on or beyond the horizon of the chart's plane")
         return pts
 

@@ -205,3 +205,16 @@ def test_far_from_the_chart_is_flagged_and_less_certain() -> None:
     assert near_m.value == pytest.approx(50.0, rel=0.02) and near_m.warnings == ()
     assert far_m.warnings == (FAR_FROM_CHART,)
     assert far_m.uncertainty > near_m.uncertainty
+
+
+@pytest.mark.parametrize(
+    ("tilt", "visible_y", "beyond_y"), [(70.0, 10.0, 1490.0), (-70.0, 1490.0, 10.0)]
+)
+def test_points_beyond_the_planes_horizon_are_refused(
+    tilt: float, visible_y: float, beyond_y: float
+) -> None:
+    """Seen at 70 degrees the plane's horizon crosses the image, above or below the chart."""
+    cal = calibrate(synthetic_chart(tilt)[0], (2000, 1500))
+    assert cal.length_mm((1000, visible_y), (1010, visible_y)).value > 0
+    with pytest.raises(GeometryError, match="horizon"):
+        cal.length_mm((1000, beyond_y), (1010, beyond_y))
