@@ -6,6 +6,7 @@ import dataclasses
 import getpass
 import json
 import logging
+import math
 import os
 import re
 import shutil
@@ -14,6 +15,7 @@ import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
+from functools import partial
 from pathlib import Path
 
 import click
@@ -36,6 +38,15 @@ from app.pipeline.dicom.builder import (
 from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.pipeline.dicom.values import InvalidValue
+from app.pipeline.geometry import (
+    WARNINGS,
+    Calibration,
+    GeometryError,
+    Measurement,
+    Point,
+    calibrate_photo,
+    check_polygon,
+)
 from app.settings import Settings
 from app.workflow import accounts, audit, delivery
 from app.workflow.accounts import AccountError, create_user
@@ -420,6 +431,112 @@ def normalize(photos: tuple[str, ...], out_dir: str) -> None:
             target = out / f"{Path(path).stem}.normalized.jpg"
             write_durably(target, outcome.jpeg)
         _emit({"file": path, **outcome.as_json(), "output": str(target) if target else None})
+    sys.exit(1 if failed else 0)
+
+
+def _points(value: str, option: str) -> list[Point]:
+    """``X1,Y1,X2,Y2,...`` as (x, y) pairs; a `click.BadParameter` for anything else."""
+    try:
+        numbers = [float(part) for part in value.split(",")]
+    except ValueError:
+        raise click.BadParameter(f"{value!r}: expected numbers separated by commas",
+                                 param_hint=option) from None
+    if len(numbers) % 2 or not all(map(math.isfinite, numbers)):
+        raise click.BadParameter(f"{value!r}: expected x,y pairs of finite numbers",
+                                 param_hint=option)
+    return list(zip(numbers[::2], numbers[1::2], strict=True))
+
+
+def _lines(_ctx: click.Context, _param: click.Parameter,
+           values: tuple[str, ...]) -> list[tuple[Point, Point]]:
+    lines = []
+    for value in values:
+        points = _points(value, "--line")
+        if len(points) != 2:
+            raise click.BadParameter(f"{value!r}: a line is X1,Y1,X2,Y2", param_hint="--line")
+        if points[0] == points[1]:
+            raise click.BadParameter(f"{value!r}: the two ends are the same point",
+                                     param_hint="--line")
+        lines.append((points[0], points[1]))
+    return lines
+
+
+def _polygons(_ctx: click.Context, _param: click.Parameter,
+              values: tuple[str, ...]) -> list[list[Point]]:
+    polygons = []
+    for value in values:
+        points = _points(value, "--polygon")
+        try:
+            check_polygon(points)
+        except GeometryError as exc:
+            raise click.BadParameter(f"{value!r}: {exc}", param_hint="--polygon") from None
+        polygons.append(points)
+    return polygons
+
+
+def _measured(calibration: Calibration, lines: list[tuple[Point, Point]],
+              polygons: list[list[Point]]) -> dict[str, object]:
+    """The measurement record of one photo; raises `GeometryError` naming the bad item."""
+    warnings: list[dict[str, str]] = []
+
+    def take(name: str, measure: Callable[[], Measurement]) -> Measurement:
+        try:
+            result = measure()
+        except GeometryError as exc:
+            raise GeometryError(f"{name}: {exc}") from None
+        warnings.extend({"measurement": name, "code": code, "message": WARNINGS[code]}
+                        for code in result.warnings if code not in calibration.warnings)
+        return result
+
+    lengths = [take(f"line {i}", partial(calibration.length_mm, p, q))
+               for i, (p, q) in enumerate(lines, start=1)]
+    areas = [take(f"polygon {i}", partial(calibration.area_mm2, poly))
+             for i, poly in enumerate(polygons, start=1)]
+    perimeters = [calibration.perimeter_mm(poly) for poly in polygons]
+    return {
+        "lines_mm": [round(m.value, 2) for m in lengths],
+        "areas_mm2": [round(m.value, 1) for m in areas],
+        "calibration": calibration.as_json(),
+        "lines_uncertainty_mm": [round(m.uncertainty, 2) for m in lengths],
+        "areas_uncertainty_mm2": [round(m.uncertainty, 1) for m in areas],
+        "perimeters_mm": [round(m.value, 2) for m in perimeters],
+        "warnings": warnings,
+    }
+
+
+@cli.command(with_appcontext=False)
+@click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.option("--line", "lines", multiple=True, callback=_lines, metavar="X1,Y1,X2,Y2",
+              help="A segment to measure in mm (repeatable).")
+@click.option("--polygon", "polygons", multiple=True, callback=_polygons,
+              metavar="X1,Y1,X2,Y2,X3,Y3[,...]",
+              help="A simple polygon whose area (mm²) and perimeter to measure (repeatable).")
+def measure(photos: tuple[str, ...], lines: list[tuple[Point, Point]],
+            polygons: list[list[Point]]) -> None:
+    """Measure on the chart's plane, tilt-corrected, assuming the region lies in that plane.
+
+    Coordinates are pixels of the photo as displayed (EXIF orientation applied), origin
+    top-left, x right, y down. Prints one JSON object per photo: lines_mm and areas_mm2 in
+    the order given, their standard uncertainties, the calibration, and warnings. A photo
+    without a usable chart, or a point outside it, gets an error, lines_mm null and a
+    non-zero exit status.
+    """
+    settings = Settings.from_env()
+    failed = False
+    for path in photos:
+        record: dict[str, object] = {"file": path, "lines_mm": None, "areas_mm2": None,
+                                     "calibration": None}
+        try:
+            calibration = calibrate_photo(Path(path).read_bytes(),
+                                          max_pixels=settings.max_pixels)
+            record["calibration"] = calibration.as_json()
+            record.update(_measured(calibration, lines, polygons))
+        except OSError as exc:
+            record["error"] = f"cannot read the file ({exc.strerror})"
+        except (UnreadablePhotoError, GeometryError) as exc:
+            record["error"] = str(exc)
+        failed = failed or "error" in record
+        _emit(record)
     sys.exit(1 if failed else 0)
 
 

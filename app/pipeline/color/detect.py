@@ -78,6 +78,9 @@ class Chart:
             verify the chart (lower is better; always <= `MAX_MATCH_DELTA_E`).
         pitch_px: mean distance between neighbouring patch centres, in pixels.
         patch_fraction: measured patch side / pitch (about 0.8 to 0.9), NaN if not measured.
+        patch_centres: 24 x 2 image coordinates of the patch centroids measured in the last
+            refinement pass, patch order 1..24, NaN where a patch was not measured: the points
+            the homography was fitted to (for a fit residual). None when not measured.
     """
 
     type: str
@@ -87,6 +90,7 @@ class Chart:
     match_delta_e: float
     pitch_px: float
     patch_fraction: float
+    patch_centres: np.ndarray | None = None
 
     @property
     def homography(self) -> np.ndarray:
@@ -459,6 +463,7 @@ def _sample_patches(bgr: np.ndarray, chart_h: np.ndarray) -> tuple[np.ndarray, n
 
 def _refine_and_verify(bgr: np.ndarray, chart_h: np.ndarray, *, embedded: bool) -> Chart | None:
     fractions = np.zeros(0)
+    measured = np.full((24, 2), np.nan)
     for _ in range(2):
         found, centres, fractions = _patch_centres(_rectify(bgr, chart_h))
         if len(found) < 12:
@@ -466,8 +471,10 @@ def _refine_and_verify(bgr: np.ndarray, chart_h: np.ndarray, *, embedded: bool) 
         rect_to_image = chart_h @ np.array(
             [[1 / _RECT_PX, 0, -1.0], [0, 1 / _RECT_PX, -1.0], [0, 0, 1]]
         )
+        measured = np.full((24, 2), np.nan)
+        measured[found] = _transform(rect_to_image, centres)
         refined, inliers = cv2.findHomography(
-            _CELLS[found], _transform(rect_to_image, centres), cv2.RANSAC, _pitch(chart_h) * 0.08
+            _CELLS[found], measured[found], cv2.RANSAC, _pitch(chart_h) * 0.08
         )
         if refined is None or inliers.sum() < 12:
             break
@@ -486,6 +493,7 @@ def _refine_and_verify(bgr: np.ndarray, chart_h: np.ndarray, *, embedded: bool) 
         match_delta_e=score,
         pitch_px=_pitch(chart_h),
         patch_fraction=fraction,
+        patch_centres=measured,
     )
 
 
