@@ -2,16 +2,25 @@
 
 JSON ``{"error": {"code", "message"}}`` for the API, DICOMweb, admin JSON and any client that
 prefers JSON; a plain page (no script, the same fixed message) for a browser on an HTML route.
+
+Faults of the machine are mapped here, in one place, wherever they surface: a full disk or
+quota (``OSError`` ENOSPC/EDQUOT from a file write, SQLite's or PostgreSQL's "disk full")
+answers 507 ``insufficient_storage``; a database that does not answer (SQLAlchemy's
+``OperationalError``: refused, timed out, connection lost) or an archive store that does not
+answer answers 503. Both carry ``Retry-After``: nothing was stored, and the same request
+(idempotent by its upload UUID) succeeds once the fault is gone.
 """
 
 from __future__ import annotations
 
+import errno
 import logging
 
 from flask import Flask, Response, jsonify, render_template, request
+from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
-from app.gateways.archive import ArchiveConflictError
+from app.gateways.archive import ArchiveConflictError, ArchiveUnavailableError
 from app.workflow.intake import IntakeError
 
 log = logging.getLogger(__name__)
@@ -25,6 +34,13 @@ _MESSAGES = {
     429: "too many requests: wait a moment and try again",
 }
 _JSON_PREFIXES = ("/api/", "/dicomweb", "/fhir", "/admin/api/")
+RETRY_AFTER_SECONDS = 10
+"""``Retry-After`` of a 503 or 507: a fault of ours that a retry of the same request outlives."""
+STORAGE_FULL = "the server's storage is full: nothing was stored; try again later"
+DATABASE_UNAVAILABLE = "the database is not answering: try again shortly"
+_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+_SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
+_PG_DISK_FULL = "53100"  # SQLSTATE disk_full
 
 
 def wants_html() -> bool:
@@ -47,6 +63,8 @@ def error_response(status: int, code: str, message: str) -> tuple[Response, int]
         response = jsonify({"error": {"code": code, "message": message}})
     if status == 401:
         response.headers["WWW-Authenticate"] = 'Bearer realm="ebiw"'
+    if status in (503, 507):
+        response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
     response.headers["Cache-Control"] = "no-store"
     return response, status
 
@@ -63,14 +81,48 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(409, "conflict", "this instance is already stored with other "
                                                 "content")
 
+    @app.errorhandler(Exception)
+    def unexpected(exc: Exception) -> tuple[Response, int]:
+        log.error("unhandled %s in request", type(exc).__name__)
+        return error_response(500, "internal_error",
+                              InternalServerError.description.split(".")[0])
+
+    @app.errorhandler(OSError)
+    def os_error(exc: OSError) -> tuple[Response, int]:
+        if storage_full(exc):
+            log.error("storage full in request")
+            return storage_full_response()
+        if isinstance(exc, ArchiveUnavailableError):
+            log.error("archive unavailable in request")
+            return error_response(503, "archive_unavailable",
+                                  "the archive is not answering: try again shortly")
+        return unexpected(exc)
+
+    @app.errorhandler(OperationalError)
+    def database_error(exc: OperationalError) -> tuple[Response, int]:
+        if storage_full(exc):
+            log.error("database storage full in request")
+            return storage_full_response()
+        log.error("database unavailable in request: %s", type(exc.orig).__name__)
+        return error_response(503, "database_unavailable", DATABASE_UNAVAILABLE)
+
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
         return error_response(status, code, _MESSAGES.get(status, exc.name or "error"))
 
-    @app.errorhandler(Exception)
-    def unexpected(exc: Exception) -> tuple[Response, int]:
-        log.error("unhandled %s in request", type(exc).__name__)
-        return error_response(500, "internal_error",
-                              InternalServerError.description.split(".")[0])
+
+def storage_full(exc: BaseException) -> bool:
+    """Whether ``exc`` says a write failed because the disk or quota is full: a file write's
+    ENOSPC or EDQUOT, or SQLite's or PostgreSQL's "disk full"."""
+    if isinstance(exc, OperationalError):
+        orig = exc.orig
+        return (getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL
+                or getattr(orig, "sqlstate", None) == _PG_DISK_FULL)
+    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
+
+
+def storage_full_response() -> tuple[Response, int]:
+    """507 ``insufficient_storage`` with ``Retry-After``: nothing was stored."""
+    return error_response(507, "insufficient_storage", STORAGE_FULL)
