@@ -3,12 +3,13 @@
 JSON ``{"error": {"code", "message"}}`` for the API, DICOMweb, admin JSON and any client that
 prefers JSON; a plain page (no script, the same fixed message) for a browser on an HTML route.
 
-Faults of the machine are mapped here, in one place, wherever they surface: a full disk or
-quota (``OSError`` ENOSPC/EDQUOT from a file write, SQLite's or PostgreSQL's "disk full")
-answers 507 ``insufficient_storage``; a database that does not answer (SQLAlchemy's
-``OperationalError``: refused, timed out, connection lost) or an archive store that does not
-answer answers 503. Both carry ``Retry-After``: nothing was stored, and the same request
-(idempotent by its upload UUID) succeeds once the fault is gone.
+Faults of the machine are mapped here, in one place (:func:`fault_response`), wherever they
+surface, in a view or in the audit hook: a full disk or quota (``OSError`` ENOSPC/EDQUOT from
+a file write, SQLite's or PostgreSQL's "disk full") answers 507 ``insufficient_storage``; a
+database that does not answer (SQLAlchemy's ``OperationalError``: refused, timed out,
+connection lost) or an archive store that does not answer answers 503. Both carry
+``Retry-After``: nothing was stored, and the same request (idempotent by its upload UUID)
+succeeds once the fault is gone.
 """
 
 from __future__ import annotations
@@ -88,23 +89,9 @@ def register_error_handlers(app: Flask) -> None:
                               InternalServerError.description.split(".")[0])
 
     @app.errorhandler(OSError)
-    def os_error(exc: OSError) -> tuple[Response, int]:
-        if storage_full(exc):
-            log.error("storage full in request")
-            return storage_full_response()
-        if isinstance(exc, ArchiveUnavailableError):
-            log.error("archive unavailable in request")
-            return error_response(503, "archive_unavailable",
-                                  "the archive is not answering: try again shortly")
-        return unexpected(exc)
-
     @app.errorhandler(OperationalError)
-    def database_error(exc: OperationalError) -> tuple[Response, int]:
-        if storage_full(exc):
-            log.error("database storage full in request")
-            return storage_full_response()
-        log.error("database unavailable in request: %s", type(exc.orig).__name__)
-        return error_response(503, "database_unavailable", DATABASE_UNAVAILABLE)
+    def machine_fault(exc: OSError | OperationalError) -> tuple[Response, int]:
+        return fault_response(exc) or unexpected(exc)
 
     @app.errorhandler(HTTPException)
     def http_error(exc: HTTPException) -> tuple[Response, int]:
@@ -113,16 +100,25 @@ def register_error_handlers(app: Flask) -> None:
         return error_response(status, code, _MESSAGES.get(status, exc.name or "error"))
 
 
-def storage_full(exc: BaseException) -> bool:
-    """Whether ``exc`` says a write failed because the disk or quota is full: a file write's
-    ENOSPC or EDQUOT, or SQLite's or PostgreSQL's "disk full"."""
+def fault_response(exc: BaseException) -> tuple[Response, int] | None:
+    """The answer to a fault of the machine, or None when ``exc`` is none: 507
+    ``insufficient_storage`` when a write found the disk or quota full (a file write's ENOSPC
+    or EDQUOT, SQLite's or PostgreSQL's "disk full"), 503 ``database_unavailable`` when the
+    database does not answer, 503 ``archive_unavailable`` when the archive's store does not.
+    Logged by kind only."""
     if isinstance(exc, OperationalError):
         orig = exc.orig
-        return (getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL
-                or getattr(orig, "sqlstate", None) == _PG_DISK_FULL)
-    return isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS
-
-
-def storage_full_response() -> tuple[Response, int]:
-    """507 ``insufficient_storage`` with ``Retry-After``: nothing was stored."""
-    return error_response(507, "insufficient_storage", STORAGE_FULL)
+        if (getattr(orig, "sqlite_errorcode", None) == _SQLITE_FULL
+                or getattr(orig, "sqlstate", None) == _PG_DISK_FULL):
+            log.error("database storage full in request")
+            return error_response(507, "insufficient_storage", STORAGE_FULL)
+        log.error("database unavailable in request: %s", type(orig).__name__)
+        return error_response(503, "database_unavailable", DATABASE_UNAVAILABLE)
+    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+        log.error("storage full in request")
+        return error_response(507, "insufficient_storage", STORAGE_FULL)
+    if isinstance(exc, ArchiveUnavailableError):
+        log.error("archive unavailable in request")
+        return error_response(503, "archive_unavailable",
+                              "the archive is not answering: try again shortly")
+    return None
