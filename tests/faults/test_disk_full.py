@@ -3,6 +3,7 @@ with a clear message, nothing is half-stored, and the same upload succeeds once 
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import uuid
 from pathlib import Path
@@ -129,3 +130,22 @@ def test_a_full_data_dir_refuses_a_batch_photo_with_507_and_takes_it_when_freed(
         assert not [p for p in staged if p.name.startswith(".tmp-")]
     finally:
         db.engine.dispose()
+
+
+def test_a_browser_on_an_html_route_gets_the_plain_page_with_the_same_message(
+        app: Flask) -> None:
+    """ENOSPC wherever it surfaces (here a route of the test's own) is the 507 page for a
+    browser, with the message of the JSON answer and Retry-After."""
+
+    @app.get("/full-disk-probe")
+    def full_disk_probe() -> str:
+        raise OSError(errno.ENOSPC, "No space left on device", "/archive/PHI-looking-path")
+
+    page = app.test_client().get("/full-disk-probe", headers={"Accept": "text/html"})
+    assert page.status_code == 507
+    assert page.mimetype == "text/html"
+    text = page.get_data(as_text=True)
+    assert "The server's storage is full: nothing was stored; try again later." in text \
+        .replace("&#39;", "'")
+    assert "PHI-looking-path" not in text
+    assert page.headers["Retry-After"] == "10"
