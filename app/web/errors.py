@@ -14,13 +14,13 @@ succeeds once the fault is gone.
 
 from __future__ import annotations
 
-import errno
 import logging
 
 from flask import Flask, Response, jsonify, render_template, request
 from sqlalchemy.exc import OperationalError
 from werkzeug.exceptions import HTTPException, InternalServerError
 
+from app.durable import disk_full
 from app.gateways.archive import ArchiveConflictError, ArchiveUnavailableError
 from app.workflow.intake import IntakeError
 
@@ -39,7 +39,6 @@ RETRY_AFTER_SECONDS = 10
 """``Retry-After`` of a 503 or 507: a fault of ours that a retry of the same request outlives."""
 STORAGE_FULL = "the server's storage is full: nothing was stored; try again later"
 DATABASE_UNAVAILABLE = "the database is not answering: try again shortly"
-_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 _SQLITE_FULL = 13  # SQLITE_FULL: "database or disk is full"
 _PG_DISK_FULL = "53100"  # SQLSTATE disk_full
 
@@ -114,7 +113,7 @@ def fault_response(exc: BaseException) -> tuple[Response, int] | None:
             return error_response(507, "insufficient_storage", STORAGE_FULL)
         log.error("database unavailable in request: %s", type(orig).__name__)
         return error_response(503, "database_unavailable", DATABASE_UNAVAILABLE)
-    if isinstance(exc, OSError) and exc.errno in _FULL_ERRNOS:
+    if disk_full(exc):
         log.error("storage full in request")
         return error_response(507, "insufficient_storage", STORAGE_FULL)
     if isinstance(exc, ArchiveUnavailableError):

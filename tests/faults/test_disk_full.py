@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import json
+import os
+import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -16,7 +20,7 @@ from sqlalchemy import func, select
 from app.db.models import BatchItem, Instance, Photo
 from app.factory import create_app
 from app.workflow.tokens import create_token
-from tests.conftest import CHARTS, services
+from tests.conftest import CHARTS, REPO, services
 from tests.faults.conftest import fill
 from tests.web.test_api import open_session
 
@@ -149,3 +153,33 @@ def test_a_browser_on_an_html_route_gets_the_plain_page_with_the_same_message(
         .replace("&#39;", "'")
     assert "PHI-looking-path" not in text
     assert page.headers["Retry-After"] == "10"
+
+
+def test_ebiw_import_stops_with_a_clear_message_on_a_full_archive_and_resumes(
+        tmp_path: Path, small_disk: Path) -> None:
+    """``ebiw import`` whose archive fills up while storing: exit 1 with one line saying so
+    (no traceback); run again once space is free, it stores every photo once."""
+    env = {**os.environ, "EBIW_DATA_DIR": str(tmp_path / "var"), "EBIW_ENV": "test",
+           "EBIW_DATABASE_URL": "", "EBIW_ARCHIVE_DIR": str(small_disk / "archive"),
+           "PYTHONPATH": str(REPO)}
+    photos = [str(CHARTS / name) for name in ("jtvd_classic_01.jpg", "jtvd_classic_02.jpg",
+                                              "sio_classic.jpg")]
+    command = [sys.executable, "-m", "app.cli", "import", "--patient-id", "00123456",
+               "--issuer", "HOSP-A", *photos]
+    filler = fill(small_disk, leave=64 * 1024)
+    full = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                          timeout=300, check=False)
+    assert full.returncode == 1, full.stderr[-2000:]
+    assert full.stderr.strip().splitlines()[-1] == (
+        "Error: the storage is full: nothing more was stored; free space and run the same "
+        "import again (it resumes)")
+    assert "Traceback" not in full.stderr
+    assert not [p for p in (small_disk / "archive").rglob("*") if p.is_file()]
+
+    filler.unlink()
+    again = subprocess.run(command, env=env, cwd=REPO, capture_output=True, text=True,
+                           timeout=300, check=False)
+    assert again.returncode == 0, again.stderr[-2000:]
+    records = [json.loads(line) for line in again.stdout.splitlines()]
+    assert [r["status"] for r in records] == ["stored"] * 3
+    assert len({r["sop_instance_uid"] for r in records}) == 3
