@@ -12,6 +12,7 @@ import glob
 import os
 import pwd
 import shutil
+import socket
 import subprocess
 import tempfile
 import threading
@@ -26,6 +27,7 @@ import requests
 from sqlalchemy import func, select
 
 from app.db.models import Photo
+from app.db.session import CONNECT_TIMEOUT_SECONDS
 from app.factory import create_app
 from app.workflow.tokens import create_token
 from tests.conftest import CHARTS, served, services
@@ -180,3 +182,31 @@ def test_uploads_answer_503_while_postgresql_is_down_and_are_stored_after_it_res
     with db.session() as session:
         assert session.scalar(select(func.count()).select_from(Photo)) == CLIENTS + 1
     db.engine.dispose()
+
+
+def test_a_database_that_never_answers_gives_503_after_the_connect_timeout_not_a_hang(
+        tmp_path: Path) -> None:
+    """A PostgreSQL address that accepts TCP connections and then says nothing (a hung server,
+    a half-open firewall): libpq would wait for ever; the connect timeout ends the wait."""
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(64)  # connections complete in the kernel and are never answered
+        app = create_app({"data_dir": tmp_path / "var", "env": "test", "database_url":
+                          f"postgresql+psycopg://postgres@127.0.0.1:{silent.getsockname()[1]}"
+                          "/postgres"})
+        try:
+            with served(app) as base:
+                for method, path in (("GET", "/readyz"),
+                                     ("PUT", f"/api/v1/sessions/{uuid.uuid4()}/photos/"
+                                             f"{uuid.uuid4()}")):
+                    started = time.monotonic()
+                    answer = requests.request(method, f"{base}{path}", data=PHOTO, timeout=60,
+                                              headers={"Authorization": "Bearer not-a-token",
+                                                       "Content-Type": "image/jpeg"})
+                    seconds = time.monotonic() - started
+                    assert answer.status_code == 503, answer.text
+                    assert CONNECT_TIMEOUT_SECONDS <= seconds < 4 * CONNECT_TIMEOUT_SECONDS
+        finally:
+            services(app).db.engine.dispose()
+    assert answer.json()["error"]["code"] == "database_unavailable"
+    assert answer.headers["Retry-After"]
