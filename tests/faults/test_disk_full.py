@@ -136,6 +136,34 @@ def test_a_full_data_dir_refuses_a_batch_photo_with_507_and_takes_it_when_freed(
         db.engine.dispose()
 
 
+def test_a_full_database_disk_answers_507_and_the_retry_indexes_what_it_stores(
+        tmp_path: Path, small_disk: Path) -> None:
+    """SQLite (the data dir) on the full disk, the archive elsewhere: the photo's files are
+    written, its rows cannot be (SQLITE_FULL): 507, no row; the retry replaces the files and
+    indexes them."""
+    flask_app = create_app({"data_dir": small_disk / "var", "env": "test",
+                            "archive_dir": tmp_path / "archive"})
+    db = services(flask_app).db
+    db.create_schema()
+    headers = {"Authorization": f"Bearer {create_token(db, 'capture-user', 'capture')}"}
+    client = flask_app.test_client()
+    try:
+        session = open_session(client, headers)
+        url = f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}"
+        filler = fill(small_disk, leave=0)
+        full = client.put(url, data=PHOTO, headers={**headers, **JPEG})
+        assert full.status_code == 507, full.get_data(as_text=True)
+        assert full.get_json()["error"]["code"] == "insufficient_storage"
+        filler.unlink()
+        assert stored(flask_app) == (0, [])
+        again = client.put(url, data=PHOTO, headers={**headers, **JPEG})
+        assert again.status_code == 201, again.get_json()
+        photos, instances = stored(flask_app)
+        assert photos == 1 and files(tmp_path / "archive") == {i.path for i in instances}
+    finally:
+        db.engine.dispose()
+
+
 def test_a_browser_on_an_html_route_gets_the_plain_page_with_the_same_message(
         app: Flask) -> None:
     """ENOSPC wherever it surfaces (here a route of the test's own) is the 507 page for a
