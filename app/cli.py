@@ -23,7 +23,7 @@ from flask import current_app
 from flask.cli import FlaskGroup
 
 from app.db.session import Database
-from app.durable import write_durably
+from app.durable import disk_full, write_durably
 from app.factory import create_app
 from app.gateways.patients import ImportFormatError
 from app.pipeline.decode import UnreadablePhotoError, prepare_for_dicom
@@ -50,7 +50,13 @@ from app.pipeline.geometry import (
 from app.settings import Settings
 from app.workflow import accounts, audit, delivery
 from app.workflow.accounts import AccountError, create_user
-from app.workflow.batch import ImportStatus, build_batches, import_files, write_report
+from app.workflow.batch import (
+    IMPORT_STORAGE_FULL,
+    ImportStatus,
+    build_batches,
+    import_files,
+    write_report,
+)
 from app.workflow.deid_export import ExportError, export_deidentified
 from app.workflow.demo import seed_demo_patients
 from app.workflow.identification import (
@@ -626,6 +632,10 @@ def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str |
             progress=lambda record: click.echo(json.dumps(record, ensure_ascii=False), err=True))
     except IntakeError as exc:
         raise click.ClickException(exc.message) from exc
+    except OSError as exc:
+        if disk_full(exc):
+            raise click.ClickException(IMPORT_STORAGE_FULL) from exc
+        raise
     stored = [f for f in report.files if f["status"] == ImportStatus.STORED and f.get("new")]
     patients = {(f["patient"]["mrn"], f["patient"]["issuer"]) for f in stored}
     studies = {f["study_instance_uid"] for f in stored}

@@ -3,9 +3,18 @@ crash or a power cut, and its directory entry is on disk when the write returns.
 
 from __future__ import annotations
 
+import errno
 import os
 import tempfile
 from pathlib import Path
+
+FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
+
+
+def disk_full(exc: BaseException) -> bool:
+    """Whether ``exc`` is a write refused because the file system or the user's quota is full
+    (where a failed :func:`write_durably` leaves nothing behind)."""
+    return isinstance(exc, OSError) and exc.errno in FULL_ERRNOS
 
 
 def fsync_dir(path: Path) -> None:

@@ -1,7 +1,9 @@
 """Gunicorn settings for ``ebiw serve`` and deployments (``-c python:app.gunicorn_conf``).
 
 Workers follow the cores (the photo pipeline is CPU-bound: more processes than cores only adds
-memory); two threads each keep a slow upload from blocking a worker. Logs are JSON lines on
+memory); two threads each keep a slow upload from blocking a worker, and a worker accepts no
+more connections than it has threads (a killed worker fails only its in-flight requests,
+``tests/load/test_worker_kill.py``). Logs are JSON lines on
 stdout; the access log records the path without its query string, so QIDO-RS matching keys
 such as PatientID never reach a log. Application and server records also pass through
 ``app.logs.PhiRedactingFilter`` (defence in depth), and the third-party loggers that print
@@ -23,10 +25,16 @@ bind = os.environ.get("EBIW_BIND", "127.0.0.1:8000")  # app.settings.DEFAULT_BIN
 workers = int(os.environ.get("EBIW_WORKERS", max(2, multiprocessing.cpu_count())))
 worker_class = "gthread"
 threads = int(os.environ.get("EBIW_THREADS", 2))
+# A worker takes only the connections its threads can serve now; the rest wait in the shared
+# listen backlog for whichever worker is free. So a worker that dies (kill -9, OOM) cuts off at
+# most its in-flight requests, which the uploaders' idempotent retries complete, not every
+# connection it had queued. With no spare slot there is no keep-alive: each connection is
+# closed after its answer (nginx in front keeps the phones' connections alive).
+worker_connections = threads
+keepalive = 0
 timeout = 120  # a 20 MB photo over a slow phone link
 graceful_timeout = 30
-keepalive = 5
-max_requests = 2000  # recycle workers now and then (bounded memory)
+max_requests = 2000  # recycle workers now and then (bounded memory), not all at once
 max_requests_jitter = 200
 forwarded_allow_ips = os.environ.get("EBIW_FORWARDED_ALLOW_IPS", "127.0.0.1")
 # gunicornc's control socket belongs to this instance's data dir, not to a per-user folder that

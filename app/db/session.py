@@ -16,6 +16,12 @@ if TYPE_CHECKING:
     from app.db.migrate import SchemaUpgrade
 
 
+CONNECT_TIMEOUT_SECONDS = 3
+"""How long a new PostgreSQL connection may take before the request fails (libpq's own)."""
+POOL_TIMEOUT_SECONDS = 10
+"""How long a request waits for a free pooled connection."""
+
+
 class Database:
     """One engine per process; ``session()`` gives a unit of work that commits or rolls back.
 
@@ -25,9 +31,13 @@ class Database:
     def __init__(self, url: str) -> None:
         self.url = url
         sqlite = url.startswith("sqlite")
+        # A server database that stopped or restarted is seen at checkout (pre-ping) and a
+        # connection attempt gives up after CONNECT_TIMEOUT_SECONDS, so a request fails fast
+        # (503, app.web.errors) instead of hanging, and the next one after a restart works.
         self.engine: Engine = create_engine(
-            url, pool_pre_ping=not sqlite,
-            connect_args={"timeout": 30} if sqlite else {})
+            url, pool_pre_ping=not sqlite, pool_timeout=POOL_TIMEOUT_SECONDS,
+            connect_args={"timeout": 30} if sqlite
+            else {"connect_timeout": CONNECT_TIMEOUT_SECONDS})
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self.sessions = sessionmaker(self.engine, expire_on_commit=False)

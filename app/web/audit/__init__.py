@@ -27,7 +27,7 @@ from flask import Blueprint, Flask, Response, g, jsonify, render_template, reque
 from app.pipeline.audit import AuditFacts
 from app.web import services
 from app.web.auth import SAFE_METHODS, current_caller, require
-from app.web.errors import error_response
+from app.web.errors import error_response, fault_response
 from app.workflow import audit
 
 log = logging.getLogger(__name__)
@@ -114,8 +114,8 @@ def _audit_response(response: Response) -> Response:
                          node=services().settings.node)
     except Exception as exc:  # no audit, no PHI: the answer is withheld
         response.close()
-        failed, status = error_response(503, "audit_unavailable",
-                                        "the access could not be audited; try again")
+        failed, status = fault_response(exc) or error_response(
+            503, "audit_unavailable", "the access could not be audited; try again")
         failed.status_code = status
         failed.headers["Cache-Control"] = "no-store"
         log.error("audit write failed: %s", type(exc).__name__)

@@ -41,15 +41,21 @@ from app.settings import Settings
 from app.workflow.batch.common import GroupStatus, ImportStatus, parse_uuid
 from app.workflow.batch.confirmation import Confirmation
 from app.workflow.batch.grouping import Grouping
-from app.workflow.batch.importer import ImportReport, import_files, import_uuid, write_report
+from app.workflow.batch.importer import (
+    IMPORT_STORAGE_FULL,
+    ImportReport,
+    import_files,
+    import_uuid,
+    write_report,
+)
 from app.workflow.batch.staging import Staging
 from app.workflow.batch.views import BatchView, GroupView, ItemView, patient_json
 from app.workflow.identification import build_identifier
 from app.workflow.intake import Conflict, Intake, refusing_invalid_values
 
-__all__ = ["BatchView", "Batches", "GroupStatus", "GroupView", "ImportReport", "ImportStatus",
-           "ItemView", "build_batches", "import_files", "import_uuid", "patient_json",
-           "write_report"]
+__all__ = ["IMPORT_STORAGE_FULL", "BatchView", "Batches", "GroupStatus", "GroupView",
+           "ImportReport", "ImportStatus", "ItemView", "build_batches", "import_files",
+           "import_uuid", "patient_json", "write_report"]
 
 
 class Batches:

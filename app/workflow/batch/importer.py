@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from app.db.models import CaptureSession, GroupSource, ItemStatus, Photo
 from app.db.session import Database
-from app.durable import write_durably
+from app.durable import disk_full, write_durably
 from app.workflow.batch.common import NAMESPACE, ImportStatus
 from app.workflow.batch.views import GroupView, ItemView
 from app.workflow.identification import LookupStatus
@@ -21,6 +21,10 @@ from app.workflow.intake import Conflict, UnreadablePhoto
 
 if TYPE_CHECKING:
     from app.workflow.batch import Batches
+
+IMPORT_STORAGE_FULL = ("the storage is full: nothing more was stored; free space and run "
+                       "the same import again (it resumes)")
+"""Why a file, or the whole import, stopped on a full disk (:func:`app.durable.disk_full`)."""
 
 
 @dataclass
@@ -96,7 +100,8 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
             batches.add_item(batch_id, upload_uuid, path.read_bytes(), order, owner=None)
         except (UnreadablePhoto, OSError) as exc:
             record.update(status=ImportStatus.FAILED, reason=exc.message if isinstance(
-                exc, UnreadablePhoto) else f"cannot read the file ({exc.strerror})")
+                exc, UnreadablePhoto) else IMPORT_STORAGE_FULL if disk_full(exc)
+                else f"cannot read the file ({exc.strerror})")
             progress(record)
             continue
         except Conflict:
