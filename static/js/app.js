@@ -606,7 +606,8 @@ async function onShutter() {
     say(status, "Hold still…");  // the burst: about half a second
     const { canvas: frame, frames } = await sharpestOf(byId("camera-video"));
     say(status, "Saving…");
-    const verdict = { ...photoChecks(frame), chart: guidance.latest && guidance.latest.chart };
+    const verdict = { ...photoChecks(frame), chart: guidance.latest && guidance.latest.chart,
+      width: frame.width };
     const [blob, thumb] = await Promise.all([toJpeg(frame),
       thumbnailOf(frame)]);
     await keepPhoto(uuid, blob, thumb, verdict);

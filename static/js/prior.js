@@ -239,9 +239,11 @@ function takenText(iso) {
 }
 
 /**
- * The newest photo of `draft` with its pixels per mm when known: from the server's answer once
- * it is stored (`pixel_spacing_mm`, mm per pixel of the full photo), scaled to the thumbnail.
- * @returns {{bitmap: ImageBitmap, pxPerMm: number|null}|null}
+ * The newest photo of `draft` with its pixels per mm (scaled to the thumbnail) when known: from
+ * the server's answer once it is stored (`pixel_spacing_mm`, mm per pixel of the full photo),
+ * before that estimated from the live guidance's last answer when the photo was taken
+ * (`chart.px_per_mm` at the photo's width).
+ * @returns {{bitmap: ImageBitmap, pxPerMm: number|null, estimated: boolean}|null}
  */
 function newest(draft) {
   const uuid = [...draft.photos].reverse().find((u) => draft.thumbs.get(u));
@@ -249,12 +251,16 @@ function newest(draft) {
   const bitmap = draft.thumbs.get(uuid);
   const result = draft.results.get(uuid);
   const photo = result && result.state === "stored" ? result.photo : null;
-  let pxPerMm = null;
   if (photo && photo.pixel_spacing_mm > 0 && photo.width && photo.height) {
     const reduced = Math.max(bitmap.width, bitmap.height) / Math.max(photo.width, photo.height);
-    pxPerMm = reduced / photo.pixel_spacing_mm;
+    return { bitmap, pxPerMm: reduced / photo.pixel_spacing_mm, estimated: false };
   }
-  return { bitmap, pxPerMm };
+  const verdict = draft.checks && draft.checks.get(uuid);
+  const live = verdict && verdict.chart && verdict.chart.px_per_mm;
+  if (!photo && live > 0 && verdict.width > 0) {
+    return { bitmap, pxPerMm: (live * bitmap.width) / verdict.width, estimated: true };
+  }
+  return { bitmap, pxPerMm: null, estimated: false };
 }
 
 /**
@@ -285,7 +291,8 @@ export function renderComparison(draft) {
   }
   byId("compare-prior-caption").textContent = `Earlier, ${takenText(held.taken)}`;
   byId("compare-scale").textContent = scaled
-    ? "Same scale: a centimetre is as long in both."
+    ? `Same scale: a centimetre is as long in both${latest.estimated
+      ? " (estimated from the live guidance until the photo is stored)" : ""}.`
     : "Not to scale: both shown at the same height (a colour chart in both photos gives the scale).";
-  compare.dataset.scale = scaled ? "same" : "none";
+  compare.dataset.scale = !scaled ? "none" : latest.estimated ? "estimated" : "same";
 }

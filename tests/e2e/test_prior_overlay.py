@@ -130,15 +130,16 @@ def test_overlay_for_a_repeat_patient_and_site_and_none_for_a_new_one(
     assert outline["clear"] > 0.7
     page.click("#prior-outline")
 
+    # the live guidance has seen the chart: its px/mm gives the scale until the photo is stored
+    page.wait_for_selector("#guidance [data-check=chart][data-state=ok]", timeout=20000)
     shoot(page, 1)  # the shutter works with the overlay shown
     page.click("#camera-done")
     screen(page, "review")
     page.wait_for_selector("#prior-compare:not([hidden])")
-    assert page.get_attribute("#prior-compare", "data-scale") == "none"
-    assert "Not to scale" in page.inner_text("#compare-scale")
-    heights = page.evaluate("""() => ['#compare-prior', '#compare-new'].map(
-        (s) => document.querySelector(s).getBoundingClientRect().height)""")
-    assert heights[0] > 50 and heights[0] == pytest.approx(heights[1], abs=0.5)
+    assert page.get_attribute("#prior-compare", "data-scale") == "estimated"
+    assert "estimated from the live guidance" in page.inner_text("#compare-scale")
+    estimated = page.evaluate("""() => ['#compare-prior', '#compare-new'].map(
+        (s) => document.querySelector(s).getBoundingClientRect().width)""")
 
     send_and_wait(page)
     page.wait_for_function(
@@ -159,6 +160,8 @@ def test_overlay_for_a_repeat_patient_and_site_and_none_for_a_new_one(
             CaptureSession.id == new_session(live))).one()
         new_mm = max(new.width, new.height) * new.pixel_spacing_mm
     assert widths[0] / prior_mm == pytest.approx(widths[1] / new_mm, rel=0.02)
+    # the estimate from a 640 px preview frame was close to the stored photo's own scale
+    assert estimated[0] / prior_mm == pytest.approx(estimated[1] / new_mm, rel=0.1)
 
     # the image was only in memory: no cache, no IndexedDB store holds it; no URL names anyone
     assert not [p for p in page.evaluate(CACHED_PATHS) if p.startswith("/api/")]
