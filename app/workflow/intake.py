@@ -115,7 +115,8 @@ def refusing_invalid_values() -> Iterator[None]:
         raise InvalidRequest(str(exc)) from exc
 
 
-def _uuid(value: Any, name: str) -> str:
+def uuid_field(value: Any, name: str) -> str:
+    """``value`` as a canonical UUID string; InvalidRequest naming ``name`` if it is none."""
     try:
         return str(uuid.UUID(str(value)))
     except ValueError as exc:
@@ -178,6 +179,41 @@ class WorklistContext:
                        scheduled_step_id=short["scheduled_step_id"])
 
 
+def patient_of(body: Any) -> dict[str, Any]:
+    """The ``patient`` object of a JSON body; InvalidRequest if the body or it is no object."""
+    if not isinstance(body, dict):
+        raise InvalidRequest("the body must be a JSON object")
+    patient = body.get("patient")
+    if not isinstance(patient, dict):
+        raise InvalidRequest("patient is required (an object with id and issuer)")
+    return patient
+
+
+def site_and_side(body: dict[str, Any], *, required: bool = False) -> tuple[str | None, str | None]:
+    """The body's ``body_site`` (a SNOMED CT code of /api/v1/body-sites; absent only when not
+    ``required``) and ``laterality`` (R, L, B or U, and one of R, L, B for a paired site);
+    InvalidRequest naming the bad field."""
+    site = body.get("body_site") or None
+    if site is None and required:
+        raise InvalidRequest("body_site is required")
+    if site is not None and (not isinstance(site, str) or site not in body_sites()):
+        raise InvalidRequest("body_site must be a SNOMED CT code from /api/v1/body-sites")
+    laterality = body.get("laterality") or None
+    if laterality is not None and laterality not in LATERALITY:
+        raise InvalidRequest("laterality must be R, L, B or U")
+    if site is not None and body_site(site).paired and laterality not in PAIRED_SIDES:
+        raise InvalidRequest("laterality (R, L or B) is required for this body site")
+    return site, laterality
+
+
+def sensitive_flag(body: dict[str, Any]) -> bool:
+    """The body's ``sensitive`` flag (default false); InvalidRequest unless a boolean."""
+    sensitive = body.get("sensitive", False)
+    if not isinstance(sensitive, bool):
+        raise InvalidRequest("sensitive must be true or false")
+    return sensitive
+
+
 @dataclass(frozen=True)
 class SessionRequest:
     """A validated request to open a capture session (one DICOM study)."""
@@ -202,11 +238,7 @@ class SessionRequest:
     @classmethod
     def from_json(cls, body: Any, default_issuer: str) -> SessionRequest:
         """Validate the API's JSON body; raise :class:`InvalidRequest` naming the bad field."""
-        if not isinstance(body, dict):
-            raise InvalidRequest("the body must be a JSON object")
-        patient = body.get("patient")
-        if not isinstance(patient, dict):
-            raise InvalidRequest("patient is required (an object with id and issuer)")
+        patient = patient_of(body)
         birth = patient.get("birth_date")
         try:
             birth_date = date.fromisoformat(birth) if birth else None
@@ -215,23 +247,14 @@ class SessionRequest:
         sex = patient.get("sex") or None
         if sex is not None and sex not in SEXES:
             raise InvalidRequest("patient.sex must be F, M or O")
-        site = body.get("body_site") or None
-        if site is not None and site not in body_sites():
-            raise InvalidRequest("body_site must be a SNOMED CT code from /api/v1/body-sites")
-        laterality = body.get("laterality") or None
-        if laterality is not None and laterality not in LATERALITY:
-            raise InvalidRequest("laterality must be R, L, B or U")
-        if site is not None and body_site(site).paired and laterality not in PAIRED_SIDES:
-            raise InvalidRequest("laterality (R, L or B) is required for this body site")
+        site, laterality = site_and_side(body)
         source = body.get("source") or SessionSource.PROVIDER
         if source not in SOURCES:
             raise InvalidRequest("source must be provider or patient")
         consent = body.get("consent") or None
         if consent is not None and consent not in CONSENTS:
             raise InvalidRequest("consent must be given, declined or not-required")
-        sensitive = body.get("sensitive", False)
-        if not isinstance(sensitive, bool):
-            raise InvalidRequest("sensitive must be true or false")
+        sensitive = sensitive_flag(body)
         worklist = WorklistContext.from_json(body.get("worklist_item"))
         identification = Identification.from_json(body.get("identification"))
         if identification is None and worklist is not None:
@@ -247,7 +270,7 @@ class SessionRequest:
                 body_site=site, laterality=laterality,
                 department=values.text(body.get("department"), "department"),
                 source=source,
-                session_id=_uuid(body["id"], "id") if body.get("id") else str(uuid.uuid4()),
+                session_id=uuid_field(body["id"], "id") if body.get("id") else str(uuid.uuid4()),
                 identification=identification, worklist=worklist,
                 consent=consent,
                 description=values.text(body.get("description"), "description",
@@ -375,7 +398,7 @@ class Intake:
         instance; without them it is one row read however many photos the session holds
         (``session.photos`` is then not loaded). Raises :class:`NotFound`."""
         with self.db.session() as db:
-            row = db.get(CaptureSession, _uuid(session_id, "session id"),
+            row = db.get(CaptureSession, uuid_field(session_id, "session id"),
                          options=[selectinload(CaptureSession.photos)
                                   .selectinload(Photo.instance)] if photos else [])
             if row is None:
@@ -385,7 +408,7 @@ class Intake:
     def complete(self, session_id: str) -> CaptureSession:
         """Mark the session complete (photos may still be added later; they update the study)."""
         with self.db.session() as db:
-            row = db.get(CaptureSession, _uuid(session_id, "session id"))
+            row = db.get(CaptureSession, uuid_field(session_id, "session id"))
             if row is None:
                 raise NotFound("no such capture session")
             if row.completed_at is None:
@@ -429,7 +452,7 @@ class Intake:
         :meth:`reserve_instance_numbers` (default: the session's next). The rows read and
         written do not grow with the session: its photos are never loaded.
         """
-        upload_uuid = _uuid(upload_uuid, "upload id")
+        upload_uuid = uuid_field(upload_uuid, "upload id")
         digest = hashlib.sha256(data).hexdigest()
         session = self.get_session(session_id, photos=False)
         known = self._known_photo(upload_uuid, digest, session.id)

@@ -13,7 +13,6 @@ mark as such.
 
 from __future__ import annotations
 
-import uuid
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,9 +25,16 @@ from app.db.session import Database
 from app.gateways.archive import Archive
 from app.pipeline.decode import DEFAULT_MAX_PIXELS
 from app.pipeline.dicom import values
-from app.pipeline.dicom.codes import LATERALITY, PAIRED_SIDES, body_site, body_sites
+from app.pipeline.dicom.codes import body_site
 from app.pipeline.render import render_frame, stored_frame
-from app.workflow.intake import LABEL_SERIES_NUMBER, InvalidRequest, refusing_invalid_values
+from app.workflow.intake import (
+    LABEL_SERIES_NUMBER,
+    patient_of,
+    refusing_invalid_values,
+    sensitive_flag,
+    site_and_side,
+    uuid_field,
+)
 
 PRIOR_BOX = (1280, 1280)
 """The rendered prior fits this box: sharp enough for a phone screen, small to send."""
@@ -51,34 +57,18 @@ class PriorRequest:
         """Validate ``{"patient": {"id", "issuer"}, "body_site", "laterality",
         "exclude_session", "sensitive"}``; raise :class:`InvalidRequest` naming the bad field
         (never echoing its value)."""
-        if not isinstance(body, dict):
-            raise InvalidRequest("the body must be a JSON object")
-        patient = body.get("patient")
-        if not isinstance(patient, dict):
-            raise InvalidRequest("patient is required (an object with id and issuer)")
-        site = body.get("body_site")
-        if not site:
-            raise InvalidRequest("body_site is required")
-        if not isinstance(site, str) or site not in body_sites():
-            raise InvalidRequest("body_site must be a SNOMED CT code from /api/v1/body-sites")
-        laterality = body.get("laterality")
-        if laterality is not None and laterality not in LATERALITY:
-            raise InvalidRequest("laterality must be R, L, B or U")
-        if body_site(site).paired and laterality not in PAIRED_SIDES:
-            raise InvalidRequest("laterality (R, L or B) is required for this body site")
+        patient = patient_of(body)
+        site, laterality = site_and_side(body, required=True)
+        assert site is not None  # required
         exclude = body.get("exclude_session")
         if exclude is not None:
-            try:
-                exclude = str(uuid.UUID(str(exclude)))
-            except ValueError as exc:
-                raise InvalidRequest("exclude_session must be a UUID") from exc
-        sensitive = body.get("sensitive", False)
-        if not isinstance(sensitive, bool):
-            raise InvalidRequest("sensitive must be true or false")
+            exclude = uuid_field(exclude, "exclude_session")
+        sensitive = sensitive_flag(body)
         with refusing_invalid_values():
             return cls(
-                patient_id=values.text(patient.get("id"), "patient.id", required=True),
-                issuer=values.text(patient.get("issuer"), "patient.issuer") or default_issuer,
+                patient_id=values.identifier(patient.get("id"), "patient.id", required=True),
+                issuer=values.identifier(patient.get("issuer"), "patient.issuer")
+                or default_issuer,
                 body_site=site, laterality=laterality, exclude_session=exclude,
                 sensitive=sensitive or body_site(site).sensitive)
 
