@@ -23,6 +23,8 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+from app.pipeline.decode import DEFAULT_MAX_PIXELS, load_pixels_within, probe
+
 WORK_SIZE = 256
 """Long side (px) of the reduced copy the outline is found on (512 x 512 photos: half size)."""
 L_WEIGHT = 0.25
@@ -50,6 +52,31 @@ class SeedOutsideImageError(ValueError):
     """The tap is not on the image."""
 
 
+def outline_photo(data: bytes, seed: tuple[int, int],
+                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Polygon:
+    """`outline` of an encoded photo, ``seed`` and polygon in the coordinates of the photo as
+    displayed (EXIF orientation applied, full size). A large photo is decoded reduced (JPEG: by
+    libjpeg) to no less than twice `WORK_SIZE` on the long side, and the polygon scaled back.
+    Raises `UnreadablePhotoError` for bytes that are not an accepted photo.
+    """
+    width, height = probe(data, max_pixels).oriented_size
+    _check_seed(seed, width, height)
+    bgr, factor = load_pixels_within(data, (2 * WORK_SIZE) ** 2, max_pixels=max_pixels)
+    x, y = seed
+    reduced = (min(bgr.shape[1] - 1, x // factor), min(bgr.shape[0] - 1, y // factor))
+    polygon = outline(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB), reduced)
+    if factor == 1:
+        return polygon
+    return [(min(width - 1, px * factor + factor // 2), min(height - 1, py * factor + factor // 2))
+            for px, py in polygon]
+
+
+def _check_seed(seed: tuple[int, int], width: int, height: int) -> None:
+    x, y = seed
+    if not (0 <= x < width and 0 <= y < height):
+        raise SeedOutsideImageError(f"the seed ({x}, {y}) is outside the {width} x {height} image")
+
+
 def outline(rgb: np.ndarray, seed: tuple[int, int]) -> Polygon:
     """The proposed outline of the wound under ``seed`` (x, y in ``rgb``'s pixel coordinates).
 
@@ -62,9 +89,8 @@ def outline(rgb: np.ndarray, seed: tuple[int, int]) -> Polygon:
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ValueError("expected an H x W x 3 uint8 RGB image")
     height, width = rgb.shape[:2]
+    _check_seed(seed, width, height)
     x, y = seed
-    if not (0 <= x < width and 0 <= y < height):
-        raise SeedOutsideImageError(f"the seed ({x}, {y}) is outside the {width} x {height} image")
     scale = min(1.0, WORK_SIZE / max(height, width))
     small = cv2.resize(rgb, (max(1, round(width * scale)), max(1, round(height * scale))),
                        interpolation=cv2.INTER_AREA) if scale < 1 else rgb
