@@ -38,6 +38,8 @@ LEVELS = 40
 MAX_AREA = 0.12
 """A candidate covering more than this fraction of the image is not one wound."""
 GRABCUT_ITERATIONS = 3
+GRABCUT_SIZE = 128
+"""Long side (px) the GrabCut window is reduced to: a large wound costs no more than this."""
 MIN_KEPT = 0.5
 """GrabCut may shrink the colour region to no less than this fraction of it."""
 SIMPLIFY_PX = 1.0
@@ -128,20 +130,26 @@ def _colour_region(rgb: np.ndarray, seed: tuple[int, int]) -> Mask:
 
 
 def _refine(rgb: np.ndarray, region: Mask, seed: tuple[int, int]) -> Mask:
-    """Step 2: GrabCut from ``region`` in a window around it; the part holding the seed."""
+    """Step 2: GrabCut from ``region`` in a window around it (reduced to `GRABCUT_SIZE` on
+    the long side); the part holding the seed, or ``region`` if GrabCut lost most of it."""
     left, top, w, h = cv2.boundingRect(region)
     pad = max(w, h) // 2 + 4
     x0, y0 = max(0, left - pad), max(0, top - pad)
     x1, y1 = min(rgb.shape[1], left + w + pad), min(rgb.shape[0], top + h + pad)
-    window = np.ascontiguousarray(rgb[y0:y1, x0:x1, ::-1])  # GrabCut wants BGR
-    inside = region[y0:y1, x0:x1]
-    core_size = max(1, max(w, h) // 4) | 1
+    factor = min(1.0, GRABCUT_SIZE / max(x1 - x0, y1 - y0))
+    size = (max(1, round((x1 - x0) * factor)), max(1, round((y1 - y0) * factor)))
+    window = cv2.resize(np.ascontiguousarray(rgb[y0:y1, x0:x1, ::-1]), size,  # GrabCut: BGR
+                        interpolation=cv2.INTER_AREA)
+    inside = _resized(region[y0:y1, x0:x1], size)
+    core_size = max(1, round(max(w, h) * factor) // 4) | 1
     mask = np.full(inside.shape, cv2.GC_PR_BGD, np.uint8)
     mask[inside > 0] = cv2.GC_PR_FGD
     core = cv2.erode(inside, cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (core_size, core_size)))
     mask[core > 0] = cv2.GC_FGD
     mask[:1, :] = mask[-1:, :] = mask[:, :1] = mask[:, -1:] = cv2.GC_BGD
-    cv2.circle(mask, (seed[0] - x0, seed[1] - y0), 1, cv2.GC_FGD, -1)
+    local = (min(size[0] - 1, int((seed[0] - x0) * factor)),
+             min(size[1] - 1, int((seed[1] - y0) * factor)))
+    cv2.circle(mask, local, 1, cv2.GC_FGD, -1)
     cv2.setRNGSeed(0)  # GrabCut seeds its k-means from OpenCV's RNG: keep the result repeatable
     background = np.zeros((1, 65), np.float64)
     foreground = np.zeros((1, 65), np.float64)
@@ -150,12 +158,19 @@ def _refine(rgb: np.ndarray, region: Mask, seed: tuple[int, int]) -> Mask:
                     cv2.GC_INIT_WITH_MASK)
     except cv2.error:  # too few pixels of one kind for its colour models (a tiny image)
         return region
+    wound = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.uint8)
     refined = np.zeros_like(region)
-    refined[y0:y1, x0:x1] = (mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)
+    refined[y0:y1, x0:x1] = _resized(wound, (x1 - x0, y1 - y0))
     kept = _component_at(refined, seed)
     if kept is None or kept.sum() < MIN_KEPT * region.sum():
         return region  # GrabCut collapsed onto part of the wound: its models were not apart
     return kept
+
+
+def _resized(mask: Mask, size: tuple[int, int]) -> Mask:
+    """A 0/1 mask resampled to ``size`` (w, h), smooth-edged: linear, then half as the cut."""
+    return (cv2.resize(mask.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
+            >= 0.5).astype(np.uint8)
 
 
 def _component_at(binary: Mask, seed: tuple[int, int]) -> Mask | None:
@@ -167,8 +182,7 @@ def _component_at(binary: Mask, seed: tuple[int, int]) -> Mask | None:
 
 def _trace(region: Mask, size: tuple[int, int], seed: tuple[int, int]) -> Polygon:
     """The outer boundary of ``region`` at full ``size`` (w, h), simplified, holding ``seed``."""
-    resized = cv2.resize(region.astype(np.float32), size, interpolation=cv2.INTER_LINEAR)
-    full = (resized >= 0.5).astype(np.uint8)
+    full = _resized(region, size)
     cv2.circle(full, seed, 3, 1, -1)  # keeps the tap inside after resampling and simplifying
     opened = cv2.morphologyEx(full, cv2.MORPH_OPEN, np.ones((3, 3), np.uint8))
     cv2.circle(opened, seed, 3, 1, -1)
