@@ -16,7 +16,7 @@ from app.pipeline.outline import SeedOutsideImageError, outline, outline_photo
 from tests.conftest import WOUNDS
 from tests.test_settings_cli import ebiw
 
-# GrabCut from a 128-px box around the same tap reaches 0.03-0.18 Dice on these (ours 0.87-0.95
+# GrabCut from a 128-px box around the same tap reaches 0.06-0.18 Dice on these (ours 0.85-0.94
 # in bench/bench_outline.py): the floor fails if the outline falls back to that baseline.
 PHOTOS = ["fuseg_train_0400.png", "fuseg_train_0526.png", "fuseg_train_0700.png",
           "fuseg_train_0872.png"]
