@@ -47,6 +47,7 @@ from app.pipeline.geometry import (
     calibrate_photo,
     check_polygon,
 )
+from app.pipeline.outline import SeedOutsideImageError, outline_photo
 from app.settings import Settings
 from app.workflow import accounts, audit, delivery
 from app.workflow.accounts import AccountError, create_user
@@ -544,6 +545,29 @@ def measure(photos: tuple[str, ...], lines: list[tuple[Point, Point]],
         failed = failed or "error" in record
         _emit(record)
     sys.exit(1 if failed else 0)
+
+
+def _seed(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:
+    match = re.fullmatch(r"\s*(\d+)\s*,\s*(\d+)\s*", value)
+    if match is None:
+        raise click.BadParameter("expected X,Y: two whole numbers of pixels, e.g. 240,310")
+    return int(match[1]), int(match[2])
+
+
+@cli.command(with_appcontext=False)
+@click.argument("image", type=click.Path(dir_okay=False))
+@click.option("--seed", required=True, callback=_seed, metavar="X,Y",
+              help="A point inside the wound, in pixels of the image as displayed.")
+def outline(image: str, seed: tuple[int, int]) -> None:
+    """Propose the outline of the wound under --seed: {"file", "polygon": [[x, y], ...]}."""
+    settings = Settings.from_env()
+    try:
+        polygon = outline_photo(Path(image).read_bytes(), seed, settings.max_pixels)
+    except (OSError, UnreadablePhotoError, SeedOutsideImageError) as exc:
+        _emit({"file": image, "error": f"cannot read the file ({exc.strerror})"
+               if isinstance(exc, OSError) else str(exc)})
+        sys.exit(1)
+    _emit({"file": image, "polygon": [list(point) for point in polygon]})
 
 
 @cli.group()

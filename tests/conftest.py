@@ -38,6 +38,7 @@ TESTDATA = SHARED / "testdata"
 PEERS = SHARED / "tools" / "peers"
 CHARTS = TESTDATA / "colourchart"
 BARCODES = TESTDATA / "barcodes"
+WOUNDS = TESTDATA / "wounds"  # FUSeg photos with expert outlines (SOURCES.md there)
 
 
 POSTGRES_ADMIN_URL = os.environ.get("EBIW_TEST_POSTGRES_URL", "")
