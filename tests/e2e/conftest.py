@@ -25,11 +25,13 @@ from app.workflow.accounts import create_user
 from app.workflow.demo import seed_demo_patients
 from tests.conftest import (
     ARTIFACTS,
+    AXE_RUN,
     BARCODES,
     CHARTS,
     CHROMIUM,
     CHROMIUM_ARGS,
     PHONE,
+    TAP_TARGETS,
     HoldPuts,
     served_as_deployed,
     services,
@@ -170,5 +172,55 @@ def page_for(browsers: Callable[[str], Any]) -> Iterator[Callable[[str, LiveApp]
         return page
 
     yield open_page
+    for context in contexts:
+        context.close()
+
+
+class PhoneAudit:
+    """A phone-size page (:data:`PHONE`, light or dark, the CSP bypassed so axe-core can be
+    injected) whose :meth:`check` audits the screen shown and keeps a full-page screenshot
+    ``phone-<prefix>-<name>-<scheme>.png``; :meth:`assert_clean` then fails on a page wider
+    than the phone, a control under 44×44 px, a serious or critical axe finding or a page
+    error."""
+
+    def __init__(self, context: Any, axe_script: Path, scheme: str, prefix: str) -> None:
+        self.page = context.new_page()
+        self.errors: list[str] = []
+        self.found: dict[str, dict[str, Any]] = {}
+        self._axe, self._scheme, self._prefix = axe_script, scheme, prefix
+        self.page.on("pageerror", lambda error: self.errors.append(str(error)))
+
+    def check(self, name: str) -> None:
+        page = self.page
+        page.add_script_tag(path=str(self._axe))
+        self.found[name] = {"width": page.evaluate("() => document.documentElement.scrollWidth"),
+                            "small": page.evaluate(TAP_TARGETS), "axe": page.evaluate(AXE_RUN)}
+        page.screenshot(path=str(ARTIFACTS / f"phone-{self._prefix}-{name}-{self._scheme}.png"),
+                        full_page=True)
+
+    def assert_clean(self, *names: str) -> None:
+        assert set(self.found) == set(names)
+        for name, seen in self.found.items():
+            assert seen["width"] <= PHONE["viewport"]["width"], (name, seen["width"])
+            assert seen["small"] == [], (name, seen["small"])
+            assert seen["axe"] == [], (name, seen["axe"])
+        assert self.errors == []
+
+
+@pytest.fixture
+def phone_audit(live: LiveApp, browsers: Callable[[str], Any],
+                axe_script: Path) -> Iterator[Callable[[str, str, str], PhoneAudit]]:
+    """``phone_audit(camera, scheme, prefix)``: a :class:`PhoneAudit` on ``live`` with that
+    fake camera; its context is closed at the end of the test."""
+    contexts = []
+
+    def open_audit(camera: str, scheme: str, prefix: str) -> PhoneAudit:
+        context = browsers(camera).new_context(**PHONE, base_url=live.url, bypass_csp=True,
+                                               color_scheme=scheme)
+        context.set_default_timeout(30000)
+        contexts.append(context)
+        return PhoneAudit(context, axe_script, scheme, prefix)
+
+    yield open_audit
     for context in contexts:
         context.close()

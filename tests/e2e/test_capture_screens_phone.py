@@ -11,13 +11,10 @@ same flow under the deployment's CSP."""
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from tests.conftest import AXE_RUN, PHONE, TAP_TARGETS
-from tests.e2e.conftest import ARTIFACTS, LiveApp
+from tests.e2e.conftest import PhoneAudit
 from tests.e2e.test_capture_app import (
     fill_details,
     identify_typed,
@@ -27,57 +24,34 @@ from tests.e2e.test_capture_app import (
     shoot,
 )
 
-WIDTH = "() => document.documentElement.scrollWidth"
-
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_every_capture_screen_fits_a_phone_and_is_accessible(
-        live: LiveApp, browsers: Callable[[str], Any], axe_script: Path, scheme: str) -> None:
-    context = browsers("chart-blurred").new_context(**PHONE, base_url=live.url, bypass_csp=True,
-                                            color_scheme=scheme)
-    context.set_default_timeout(30000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    found: dict[str, dict[str, Any]] = {}
-
-    def check(name: str) -> None:
-        page.add_script_tag(path=str(axe_script))
-        found[name] = {"width": page.evaluate(WIDTH), "small": page.evaluate(TAP_TARGETS),
-                       "axe": page.evaluate(AXE_RUN)}
-        page.screenshot(path=str(ARTIFACTS / f"phone-capture-{name}-{scheme}.png"),
-                        full_page=True)
-
-    try:
-        page.goto("/")
-        log_in(page)
-        page.click("#start")
-        identify_typed(page, "00123456")
-        check("patient")
-        page.click("[data-confirm='0']")
-        fill_details(page, "forearm", "Forearm", "L")
-        check("details")
-        page.click("#details-form button[type=submit]")
-        page.wait_for_selector("#guidance [data-check=sharpness][data-state=warn]")
-        shoot(page, 1)
-        check("camera")
-        page.click("#camera-done")
-        screen(page, "review")
-        page.wait_for_selector(".retake [data-keep]")
-        check("review")
-        page.click("[data-view]")
-        page.wait_for_function("() => document.querySelector('#photo-view').open")
-        check("photo-view")
-        page.keyboard.press("Escape")
-        send_and_wait(page)
-        page.click("#finish")
-        screen(page, "done")
-        check("done")
-    finally:
-        context.close()
-    assert set(found) == {"patient", "details", "camera", "review", "photo-view", "done"}
-    for name, seen in found.items():
-        assert seen["width"] <= 390, (name, seen["width"])
-        assert seen["small"] == [], (name, seen["small"])
-        assert seen["axe"] == [], (name, seen["axe"])
-    assert errors == []
+        phone_audit: Callable[[str, str, str], PhoneAudit], scheme: str) -> None:
+    audit = phone_audit("chart-blurred", scheme, "capture")
+    page, check = audit.page, audit.check
+    page.goto("/")
+    log_in(page)
+    page.click("#start")
+    identify_typed(page, "00123456")
+    check("patient")
+    page.click("[data-confirm='0']")
+    fill_details(page, "forearm", "Forearm", "L")
+    check("details")
+    page.click("#details-form button[type=submit]")
+    page.wait_for_selector("#guidance [data-check=sharpness][data-state=warn]")
+    shoot(page, 1)
+    check("camera")
+    page.click("#camera-done")
+    screen(page, "review")
+    page.wait_for_selector(".retake [data-keep]")
+    check("review")
+    page.click("[data-view]")
+    page.wait_for_function("() => document.querySelector('#photo-view').open")
+    check("photo-view")
+    page.keyboard.press("Escape")
+    send_and_wait(page)
+    page.click("#finish")
+    screen(page, "done")
+    check("done")
+    audit.assert_clean("patient", "details", "camera", "review", "photo-view", "done")

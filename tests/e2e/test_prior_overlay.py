@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,8 +18,8 @@ from sqlalchemy import select
 
 from app.db.models import CaptureSession, Photo
 from app.workflow.tokens import create_token
-from tests.conftest import AXE_RUN, PHONE, TAP_TARGETS, services
-from tests.e2e.conftest import ARTIFACTS, CHART_PHOTO, LiveApp
+from tests.conftest import services
+from tests.e2e.conftest import CHART_PHOTO, LiveApp, PhoneAudit
 from tests.e2e.test_capture_app import (
     IDB_COUNTS,
     fill_details,
@@ -217,41 +216,21 @@ def new_session(live: LiveApp) -> str:
 
 @pytest.mark.parametrize("scheme", ["light", "dark"])
 def test_overlay_controls_and_comparison_fit_a_phone_and_are_accessible(
-        live: LiveApp, browsers: Callable[[str], Any], axe_script: Path, scheme: str) -> None:
+        live: LiveApp, phone_audit: Callable[[str, str, str], PhoneAudit], scheme: str) -> None:
     seed_prior(live)
-    context = browsers("chart").new_context(**PHONE, base_url=live.url, bypass_csp=True,
-                                            color_scheme=scheme)
-    context.set_default_timeout(30000)
-    page = context.new_page()
-    errors: list[str] = []
-    page.on("pageerror", lambda error: errors.append(str(error)))
-    found: dict[str, dict[str, Any]] = {}
-
-    def check(name: str) -> None:
-        page.add_script_tag(path=str(axe_script))
-        found[name] = {"width": page.evaluate("() => document.documentElement.scrollWidth"),
-                       "small": page.evaluate(TAP_TARGETS), "axe": page.evaluate(AXE_RUN)}
-        page.screenshot(path=str(ARTIFACTS / f"phone-prior-{name}-{scheme}.png"),
-                        full_page=True)
-
-    try:
-        page.goto("/")
-        log_in(page)
-        page.click("#start")
-        to_camera(page, ALICE, "forearm", "Forearm", "L")
-        page.wait_for_selector("#prior-overlay:not([hidden])")
-        check("camera")
-        page.click("#prior-outline")
-        check("camera-outline")
-        shoot(page, 1)
-        page.click("#camera-done")
-        screen(page, "review")
-        page.wait_for_selector("#prior-compare:not([hidden])")
-        check("review")
-    finally:
-        context.close()
-    for name, seen in found.items():
-        assert seen["width"] <= 390, (name, seen["width"])
-        assert seen["small"] == [], (name, seen["small"])
-        assert seen["axe"] == [], (name, seen["axe"])
-    assert errors == []
+    audit = phone_audit("chart", scheme, "prior")
+    page, check = audit.page, audit.check
+    page.goto("/")
+    log_in(page)
+    page.click("#start")
+    to_camera(page, ALICE, "forearm", "Forearm", "L")
+    page.wait_for_selector("#prior-overlay:not([hidden])")
+    check("camera")
+    page.click("#prior-outline")
+    check("camera-outline")
+    shoot(page, 1)
+    page.click("#camera-done")
+    screen(page, "review")
+    page.wait_for_selector("#prior-compare:not([hidden])")
+    check("review")
+    audit.assert_clean("camera", "camera-outline", "review")
