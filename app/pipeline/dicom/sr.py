@@ -34,11 +34,11 @@ import numpy as np
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
-from pydicom.valuerep import DA, TM
+from pydicom.valuerep import DA, DT, TM
 
 from app.pipeline.dicom.builder import SOFTWARE_VERSION, file_meta
 from app.pipeline.dicom.codes import LATERALITY_SNOMED, SNOMED
-from app.pipeline.dicom.values import da, tm
+from app.pipeline.dicom.values import da, dt, tm
 from app.pipeline.geometry import Measurement, Point
 
 SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
@@ -154,6 +154,8 @@ def build_measurement_report(source: Dataset, lines: Sequence[MeasuredLine],
     sr.ContentDate, sr.ContentTime = DA(da(stamp.date())), TM(tm(stamp))
     sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
     sr.InstanceCreationDate, sr.InstanceCreationTime = sr.ContentDate, sr.ContentTime
+    for library in sr.get("ContributingEquipmentSequence", []):  # highdicom stamps its clock
+        library.ContributionDateTime = DT(dt(stamp))
     sr.SpecificCharacterSet = "ISO_IR 192"
     if stamp.utcoffset() is not None:
         sr.TimezoneOffsetFromUTC = stamp.strftime("%z")
