@@ -153,12 +153,17 @@ def test_dciodvfy_finds_no_error_or_warning(app: Flask, client: FlaskClient,
     source_uid = stored_photo(client, auth["capture"], PHOTO)
     record = json.loads(measure(app, "--instance", source_uid, "--line", LINE,
                                 "--polygon", SQUARE).output)
-    path = tmp_path / "sr.dcm"
+    path, photo = tmp_path / "sr.dcm", tmp_path / "photo.dcm"
     path.write_bytes(read_sr(app, record["sr_sop_instance_uid"])[1])
+    photo.write_bytes(read_sr(app, source_uid)[1])
     proc = subprocess.run(["bash", str(PEERS / "dicom_validate.sh"), "--iod",
                            "Comprehensive3DSR", str(path)], capture_output=True, text=True,
                           check=False)
     assert "TOTAL errors=0 warnings=0" in proc.stdout, proc.stdout + proc.stderr
+    # dcentvfy: the SR's patient and study agree with the photo's (one study, two series).
+    both = subprocess.run(["bash", str(PEERS / "dicom_validate.sh"), "--any-iod", str(photo),
+                           str(path)], capture_output=True, text=True, check=False)
+    assert both.returncode == 0 and "TOTAL errors=0 warnings=0" in both.stdout, both.stdout
 
 
 def test_the_same_wound_keeps_its_tracking_uid_across_visits(
