@@ -216,3 +216,6 @@ def test_an_unknown_instance_or_a_photo_without_a_chart_stores_nothing(
     assert measure(app, "--instance", no_chart).exit_code == 2  # nothing to measure
     assert measure(app, "--instance", no_chart, str(PHOTO), "--line", LINE).exit_code == 2
     assert state(app) == before
+    next(services(app).settings.archive_root.rglob(f"{no_chart}.dcm")).unlink()
+    gone = measure(app, "--instance", no_chart, "--line", LINE)
+    assert gone.exit_code == 1 and "cannot be read" in json.loads(gone.output)["error"]

@@ -61,7 +61,8 @@ class ArchivedPhoto:
 def archived_photo(services: Services, sop_uid: str) -> ArchivedPhoto:
     """The archived photo instance ``sop_uid`` (an original or its colour-normalized version).
 
-    Raises `MeasurementError` when no photo has that SOP Instance UID.
+    Raises `MeasurementError` when no photo has that SOP Instance UID or its stored file
+    cannot be read.
     """
     with services.db.session() as db:
         photo = db.scalar(select(Photo).where(
@@ -70,7 +71,11 @@ def archived_photo(services: Services, sop_uid: str) -> ArchivedPhoto:
         if photo is None or row is None:
             raise MeasurementError(f"no archived photo has SOP Instance UID {sop_uid}")
         session_id = photo.session_id
-        data = services.archive.read(row)
+        try:
+            data = services.archive.read(row)
+        except OSError as exc:
+            raise MeasurementError("the archived file of this instance cannot be read now"
+                                   ) from exc
     header = pydicom.dcmread(io.BytesIO(data))
     jpeg = next(generate_frames(header.PixelData, number_of_frames=1))
     del header.PixelData
