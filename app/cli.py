@@ -20,7 +20,7 @@ from pathlib import Path
 
 import click
 from flask import current_app
-from flask.cli import FlaskGroup
+from flask.cli import FlaskGroup, ScriptInfo
 
 from app.db.session import Database
 from app.durable import disk_full, write_durably
@@ -36,6 +36,7 @@ from app.pipeline.dicom.builder import (
     build_vl_photo,
 )
 from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
+from app.pipeline.dicom.sr import DEFAULT_WOUND_LABEL, MeasuredLine, MeasuredPolygon
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.pipeline.dicom.values import InvalidValue
 from app.pipeline.geometry import (
@@ -65,6 +66,7 @@ from app.workflow.identification import (
     read_wristband,
 )
 from app.workflow.intake import ORIGINAL_SERIES_NUMBER, IntakeError, color_step
+from app.workflow.measurements import MeasurementError, archived_photo, store_report
 from app.workflow.services import Services, build_services
 from app.workflow.tokens import ROLES, create_token, list_tokens, revoke_tokens
 
@@ -482,8 +484,10 @@ def _polygons(_ctx: click.Context, _param: click.Parameter,
 
 
 def _measured(calibration: Calibration, lines: list[tuple[Point, Point]],
-              polygons: list[list[Point]]) -> dict[str, object]:
-    """The measurement record of one photo; raises `GeometryError` naming the bad item."""
+              polygons: list[list[Point]]
+              ) -> tuple[dict[str, object], list[MeasuredLine], list[MeasuredPolygon]]:
+    """The measurement record of one photo and its regions as measured; raises
+    `GeometryError` naming the bad item."""
     warnings: list[dict[str, str]] = []
 
     def take(name: str, measure: Callable[[], Measurement]) -> Measurement:
@@ -495,31 +499,40 @@ def _measured(calibration: Calibration, lines: list[tuple[Point, Point]],
                         for code in result.warnings if code not in calibration.warnings)
         return result
 
-    lengths = [take(f"line {i}", partial(calibration.length_mm, p, q))
-               for i, (p, q) in enumerate(lines, start=1)]
-    areas = [take(f"polygon {i}", partial(calibration.area_mm2, poly))
-             for i, poly in enumerate(polygons, start=1)]
-    perimeters = [calibration.perimeter_mm(poly) for poly in polygons]
-    return {
-        "lines_mm": [round(m.value, 2) for m in lengths],
-        "areas_mm2": [round(m.value, 1) for m in areas],
+    segments = [MeasuredLine((p, q), take(f"line {i}", partial(calibration.length_mm, p, q)))
+                for i, (p, q) in enumerate(lines, start=1)]
+    regions = [MeasuredPolygon(poly, take(f"polygon {i}", partial(calibration.area_mm2, poly)),
+                               calibration.perimeter_mm(poly))
+               for i, poly in enumerate(polygons, start=1)]
+    record: dict[str, object] = {
+        "lines_mm": [round(m.length.value, 2) for m in segments],
+        "areas_mm2": [round(m.area.value, 1) for m in regions],
         "calibration": calibration.as_json(),
-        "lines_uncertainty_mm": [round(m.uncertainty, 2) for m in lengths],
-        "areas_uncertainty_mm2": [round(m.uncertainty, 1) for m in areas],
-        "perimeters_mm": [round(m.value, 2) for m in perimeters],
+        "lines_uncertainty_mm": [round(m.length.uncertainty, 2) for m in segments],
+        "areas_uncertainty_mm2": [round(m.area.uncertainty, 1) for m in regions],
+        "perimeters_mm": [round(m.perimeter.value, 2) for m in regions],
         "warnings": warnings,
     }
+    return record, segments, regions
 
 
 @cli.command(with_appcontext=False)
-@click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False))
+@click.argument("photos", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--line", "lines", multiple=True, callback=_lines, metavar="X1,Y1,X2,Y2",
               help="A segment to measure in mm (repeatable).")
 @click.option("--polygon", "polygons", multiple=True, callback=_polygons,
               metavar="X1,Y1,X2,Y2,X3,Y3[,...]",
               help="A simple polygon whose area (mm²) and perimeter to measure (repeatable).")
+@click.option("--instance", "sop_uid", metavar="SOP_INSTANCE_UID",
+              help="Measure this archived photo instead of files, and store the result as a "
+                   "DICOM SR in its study (delivered like any instance).")
+@click.option("--wound", "wound_label", default=DEFAULT_WOUND_LABEL, show_default=True,
+              help="With --instance: the wound's label, its tracking identifier across visits.")
+@click.option("--observer", default=None,
+              help="With --instance: who measured, as a DICOM name (default: the OS user).")
 def measure(photos: tuple[str, ...], lines: list[tuple[Point, Point]],
-            polygons: list[list[Point]]) -> None:
+            polygons: list[list[Point]], sop_uid: str | None, wound_label: str,
+            observer: str | None) -> None:
     """Measure on the chart's plane, tilt-corrected, assuming the region lies in that plane.
 
     Coordinates are pixels of the photo as displayed (EXIF orientation applied), origin
@@ -527,7 +540,23 @@ def measure(photos: tuple[str, ...], lines: list[tuple[Point, Point]],
     the order given, their standard uncertainties, the calibration, and warnings. A photo
     without a usable chart, or a point outside it, gets an error, lines_mm null and a
     non-zero exit status.
+
+    With --instance, the photo is an archived instance (its stored pixels) and the
+    measurements are stored as a TID 1500 SR in a new series of its study; the JSON adds
+    sr_sop_instance_uid, tracking_uid and wound. Any error stores nothing.
     """
+    if sop_uid is not None:
+        if photos:
+            raise click.UsageError("give photo files or --instance, not both")
+        if not (lines or polygons):
+            raise click.UsageError("--instance needs at least one --line or --polygon")
+        app = click.get_current_context().ensure_object(ScriptInfo).load_app()
+        with app.app_context():
+            _measure_instance(sop_uid, lines, polygons, wound_label,
+                              observer or getpass.getuser())
+        return
+    if not photos:
+        raise click.UsageError("give photo files, or --instance SOP_INSTANCE_UID")
     settings = Settings.from_env()
     failed = False
     for path in photos:
@@ -537,7 +566,7 @@ def measure(photos: tuple[str, ...], lines: list[tuple[Point, Point]],
             calibration = calibrate_photo(Path(path).read_bytes(),
                                           max_pixels=settings.max_pixels)
             record["calibration"] = calibration.as_json()
-            record.update(_measured(calibration, lines, polygons))
+            record.update(_measured(calibration, lines, polygons)[0])
         except OSError as exc:
             record["error"] = f"cannot read the file ({exc.strerror})"
         except (UnreadablePhotoError, GeometryError) as exc:
@@ -545,6 +574,29 @@ def measure(photos: tuple[str, ...], lines: list[tuple[Point, Point]],
         failed = failed or "error" in record
         _emit(record)
     sys.exit(1 if failed else 0)
+
+
+def _measure_instance(sop_uid: str, lines: list[tuple[Point, Point]],
+                      polygons: list[list[Point]], wound_label: str, observer: str) -> None:
+    """``measure --instance``: measure the archived photo, store the SR, print the record
+    (exit 1 with an error and nothing stored when it cannot be measured)."""
+    services = _ready_services()
+    record: dict[str, object] = {"instance": sop_uid, "lines_mm": None, "areas_mm2": None,
+                                 "calibration": None}
+    try:
+        photo = archived_photo(services, sop_uid)
+        calibration = calibrate_photo(photo.jpeg, max_pixels=services.settings.max_pixels)
+        record["calibration"] = calibration.as_json()
+        measured, segments, regions = _measured(calibration, lines, polygons)
+        record.update(measured)
+        stored = store_report(services, photo, segments, regions, calibration=calibration,
+                              wound_label=wound_label, observer=observer, actor=_cli_actor())
+    except (MeasurementError, UnreadablePhotoError, GeometryError, ValueError) as exc:
+        _emit({**record, "error": str(exc)})
+        sys.exit(1)
+    _emit({**record, "wound": wound_label, "tracking_uid": stored.tracking_uid,
+           "sr_sop_instance_uid": stored.sop_uid, "sr_series_instance_uid": stored.series_uid,
+           "study_instance_uid": stored.study_uid})
 
 
 def _seed(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:

@@ -141,6 +141,7 @@ CATALOGUE: dict[str, EventCode] = {
     "session.read": _RECORD_READ,
     "session.complete": _RECORD_UPDATE,
     "photo.store": _INSTANCES_CREATED,
+    "measurement.store": _INSTANCES_CREATED,  # a wound measurement SR (ebiw measure --instance)
     "prior.read": _TRANSFERRED,  # the prior photo rendered for the camera overlay (issue 16)
     "batch.open": _RECORD_CREATE,  # batch import (app/workflow/batch/)
     "batch.read": _RECORD_READ,

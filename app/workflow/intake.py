@@ -58,6 +58,7 @@ SEXES = ("F", "M", "O")
 ORIGINAL_SERIES_NUMBER = 1
 NORMALIZED_SERIES_NUMBER = 2
 LABEL_SERIES_NUMBER = 3
+MEASUREMENT_SERIES_NUMBER = 4  # wound measurement reports (app/workflow/measurements.py)
 
 
 class IdentificationMethod(StrEnum):

@@ -4,18 +4,23 @@ tag morphing on the way out only, and a PACS outage while 30 photos are accepted
 from __future__ import annotations
 
 import io
+import json
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import replace
 
 import pydicom
+import requests
 from pydicom.encaps import generate_frames
 
 from app.db.models import Instance
 from app.gateways.archive.pacs import OutgoingInstance, PacsDestination
 from app.gateways.errors import GatewayError
 from app.gateways.registry import Registry
+from app.pipeline.dicom.sr import SR_SOP_CLASS_UID
 from tests.delivery.conftest import PHOTOS, SMALL, Deployment, Orthanc, wait_for
+from tests.test_measure_instance import LINE, measure
+from tests.test_measure_instance import PHOTO as MEASURED
 
 IPHONE = next(p for p in PHOTOS if p.name == "oycq_data_iphone.jpg")
 
@@ -134,3 +139,26 @@ def test_pacs_down_while_30_photos_are_accepted(deploy: Callable[..., Deployment
     assert set(counting.stored) == set(sops) and set(counting.stored.values()) == {1}
     found = [uid for s in sessions for uid in pacs.instances(s["study_instance_uid"])]
     assert sorted(found) == sorted(sops)  # exactly one copy of each
+
+
+def test_a_measurement_sr_is_delivered_like_any_instance(
+        deploy: Callable[..., Deployment], orthancs: Callable[[], Orthanc]) -> None:
+    a, b = orthancs().start(), orthancs().start()
+    d = deploy([{"name": "pacs-a", "type": "stow-rs", "url": a.dicomweb},
+                {"name": "pacs-b", "type": "c-store", "host": "127.0.0.1", "port": b.dicom,
+                 "called_aet": "ORTHANC", "calling_aet": "EBIW-TEST"}])
+    session = d.open_session(department="Wound care")
+    photo = d.upload(session, MEASURED)
+    d.worker().drain()
+    result = measure(d.app, "--instance", photo["sop_instance_uid"], "--line", LINE)
+    assert result.exit_code == 0, result.output
+    sr_uid = json.loads(result.output)["sr_sop_instance_uid"]
+    assert d.worker().drain() == 2  # the SR, to each PACS
+    study = session["study_instance_uid"]
+    for pacs in (a, b):
+        assert sr_uid in pacs.instances(study)
+        tags = pacs.tags(sr_uid)
+        assert (tags["Modality"], tags["SOPClassUID"]) == ("SR", SR_SOP_CLASS_UID)
+        series = requests.get(f"{pacs.dicomweb}/studies/{study}/series",
+                              params={"Modality": "SR"}, timeout=10).json()
+        assert [s["00080060"]["Value"][0] for s in series] == ["SR"]

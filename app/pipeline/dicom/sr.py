@@ -1,0 +1,191 @@
+"""Wound measurements as a DICOM Structured Report: TID 1500 Measurement Report (Part 10 bytes).
+
+One Comprehensive 3D SR (the SOP Class OHIF writes and reads; it allows the 2D SCOORD used
+here) per measuring run, in its own series of the photo's study, built with highdicom:
+
+- one TID 1410 *Planar ROI Measurements* group per measured region: a line is an open
+  POLYLINE with its Length, a polygon a closed POLYLINE (last point = first: 2D SCOORD has no
+  POLYGON, PS3.3 C.18.6.1.2) with its Area and Perimeter;
+- every group carries the wound's Tracking Identifier (its label, e.g. "wound 1") and Tracking
+  Unique Identifier, so the same wound is followed across visits;
+- the region's SCOORD is in the source image's pixel frame: (column, row), origin at the top-left
+  corner of the top-left pixel (PS3.3 C.18.6.1.2), which is the frame of `app.pipeline.geometry`
+  points, so coordinates pass through unchanged;
+- finding type Wound (SCT 416462003) and finding site = the photo's Anatomic Region and Image
+  Laterality as the source image codes them;
+- the uncertainty as TID 310 Upper / Lower Measurement Uncertainty (one standard uncertainty);
+- the method as TID 4019 Algorithm Identification (no standard code names a chart-plane
+  homography): name `ALGORITHM_NAME`, the calibration's figures as its parameters;
+- observer context: the person who measured and this software as the device.
+
+Patient and study modules are copied from the source image by highdicom (evidence), so the SR
+sits in the same study. Pure: no clock (``content_datetime`` is given), no randomness.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+
+import highdicom as hd
+import numpy as np
+from pydicom import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.sr.coding import Code
+from pydicom.valuerep import DA, DT, TM
+
+from app.pipeline.dicom.builder import SOFTWARE_VERSION, file_meta
+from app.pipeline.dicom.codes import LATERALITY_SNOMED, SNOMED
+from app.pipeline.dicom.values import da, dt, tm
+from app.pipeline.geometry import Measurement, Point
+
+SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
+MANUFACTURER = "ebiw-capture"
+ALGORITHM_NAME = "ebiw chart-plane homography"
+ALGORITHM_VERSION = SOFTWARE_VERSION.rsplit(" ", 1)[-1]
+WOUND = Code("416462003", SNOMED, "Wound")
+PHOTOGRAPHIC_IMAGE = Code("72170-4", "LN", "Photographic image")
+DEFAULT_WOUND_LABEL = "wound 1"
+MAX_LABEL_LENGTH = 64  # Tracking Identifier is a TEXT item; kept short for display
+
+
+@dataclass(frozen=True)
+class MeasuredLine:
+    """A segment (two pixel points of the source image) and its length in mm."""
+
+    points: tuple[Point, Point]
+    length: Measurement
+
+
+@dataclass(frozen=True)
+class MeasuredPolygon:
+    """A simple polygon (pixel points, not repeating the first) and its area (mm²) and
+    perimeter (mm)."""
+
+    points: Sequence[Point]
+    area: Measurement
+    perimeter: Measurement
+
+
+@dataclass(frozen=True)
+class ReportInfo:
+    """Where the report goes and who made it.
+
+    Attributes:
+        series_uid, series_number: the SR's series (distinct from the photo series).
+        sop_uid, instance_number: the SR instance.
+        wound_label: the Tracking Identifier; ``tracking_uid`` its Tracking Unique Identifier.
+        observer: the person who measured: a DICOM PN, or a login name (a one-component
+            name, written with a trailing caret).
+        device_uid: the UID naming this software as the observing device.
+        content_datetime: when the measurements were made (with its UTC offset).
+        method_parameters: the calibration's figures (``name=value`` texts), recorded as the
+            algorithm's parameters.
+    """
+
+    series_uid: str
+    series_number: int
+    sop_uid: str
+    instance_number: int
+    wound_label: str
+    tracking_uid: str
+    observer: str
+    device_uid: str
+    content_datetime: datetime
+    method_parameters: tuple[str, ...]
+
+
+def build_measurement_report(source: Dataset, lines: Sequence[MeasuredLine],
+                             polygons: Sequence[MeasuredPolygon], info: ReportInfo) -> bytes:
+    """The Comprehensive 3D SR Part 10 bytes holding ``lines`` and ``polygons`` measured on
+    ``source`` (a VL Photographic Image header; its pixel data is not needed).
+
+    Guarantees: one measurement group per line, then per polygon, in the order given; the
+    same inputs give the same bytes. Raises ValueError for no region or a bad label.
+    """
+    if not lines and not polygons:
+        raise ValueError("nothing measured: give at least one line or polygon")
+    label = info.wound_label.strip()
+    if not label or len(label) > MAX_LABEL_LENGTH or not label.isprintable():
+        raise ValueError(f"a wound label is 1 to {MAX_LABEL_LENGTH} printable characters")
+    tracking = hd.sr.TrackingIdentifier(uid=info.tracking_uid, identifier=label)
+    image = hd.sr.SourceImageForRegion(source.SOPClassUID, source.SOPInstanceUID)
+    sites = _finding_sites(source)
+    algorithm = hd.sr.AlgorithmIdentification(ALGORITHM_NAME, ALGORITHM_VERSION,
+                                              info.method_parameters)
+
+    def measurement(name: Code, unit: Code, value: Measurement) -> hd.sr.Measurement:
+        return hd.sr.Measurement(
+            name=name, value=round(value.value, 4), unit=unit, algorithm_id=algorithm,
+            properties=hd.sr.MeasurementProperties(
+                upper_measurement_uncertainty=round(value.uncertainty, 4),
+                lower_measurement_uncertainty=round(value.uncertainty, 4)))
+
+    def group(points: Sequence[Point], measurements: list[hd.sr.Measurement]
+              ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+        region = hd.sr.ImageRegion(hd.sr.GraphicTypeValues.POLYLINE,
+                                   np.asarray(points, dtype=np.float64), image)
+        return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=tracking, referenced_region=region, finding_type=WOUND,
+            finding_sites=sites, measurements=measurements)
+
+    groups = [group(line.points,
+                    [measurement(codes.SCT.Length, codes.UCUM.Millimeter, line.length)])
+              for line in lines]
+    groups += [group([*poly.points, poly.points[0]],
+                     [measurement(codes.SCT.Area, codes.UCUM.SquareMillimeter, poly.area),
+                      measurement(codes.SCT.Perimeter, codes.UCUM.Millimeter, poly.perimeter)])
+               for poly in polygons]
+    report = hd.sr.MeasurementReport(
+        observation_context=_observation_context(info),
+        procedure_reported=PHOTOGRAPHIC_IMAGE,
+        imaging_measurements=groups)
+    sr = hd.sr.Comprehensive3DSR(
+        evidence=[source], content=report[0], series_instance_uid=info.series_uid,
+        series_number=info.series_number, sop_instance_uid=info.sop_uid,
+        instance_number=info.instance_number, manufacturer=MANUFACTURER, is_complete=True,
+        institution_name=source.get("InstitutionName") or None,
+        institutional_department_name=source.get("InstitutionalDepartmentName") or None)
+    sr.SeriesDescription = "Wound measurements"
+    sr.SoftwareVersions = SOFTWARE_VERSION
+    stamp = info.content_datetime
+    sr.ContentDate, sr.ContentTime = DA(da(stamp.date())), TM(tm(stamp))
+    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
+    sr.InstanceCreationDate, sr.InstanceCreationTime = sr.ContentDate, sr.ContentTime
+    for library in sr.get("ContributingEquipmentSequence", []):  # highdicom stamps its clock
+        library.ContributionDateTime = DT(dt(stamp))
+    sr.SpecificCharacterSet = "ISO_IR 192"
+    if stamp.utcoffset() is not None:
+        sr.TimezoneOffsetFromUTC = stamp.strftime("%z")
+    sr.file_meta = file_meta(SR_SOP_CLASS_UID, info.sop_uid, sr.file_meta.TransferSyntaxUID)
+    buf = io.BytesIO()
+    sr.save_as(buf, enforce_file_format=True)
+    return buf.getvalue()
+
+
+def _finding_sites(source: Dataset) -> list[hd.sr.FindingSite]:
+    """The photo's body site (first Anatomic Region item) with its laterality, if coded."""
+    regions = source.get("AnatomicRegionSequence")
+    if not regions:
+        return []
+    site = regions[0]
+    side = LATERALITY_SNOMED.get(str(source.get("ImageLaterality", "")))
+    return [hd.sr.FindingSite(
+        anatomic_location=Code(site.CodeValue, site.CodingSchemeDesignator, site.CodeMeaning),
+        laterality=Code(side[0], SNOMED, side[1]) if side else None)]
+
+
+def _observation_context(info: ReportInfo) -> hd.sr.ObservationContext:
+    person = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Person,
+        observer_identifying_attributes=hd.sr.PersonObserverIdentifyingAttributes(
+            name=info.observer if "^" in info.observer else f"{info.observer}^"))
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=info.device_uid, name=MANUFACTURER, manufacturer_name=MANUFACTURER,
+            model_name=ALGORITHM_NAME))
+    return hd.sr.ObservationContext(observer_person_context=person,
+                                    observer_device_context=device)

@@ -1,0 +1,150 @@
+"""Wound measurements on an archived photo, stored as a DICOM SR in the photo's study.
+
+:func:`archived_photo` reads a stored photo instance (its header and its JPEG, the pixels
+as stored: upright, no EXIF); the caller measures on them (`app.pipeline.geometry`);
+:func:`store_report` builds the TID 1500 report (`app.pipeline.dicom.sr`), stores and indexes
+it like any instance, queues its deliveries to every PACS destination and audits the write,
+all in one transaction.
+
+The tracking UID of a wound is derived, not looked up: a UUID-5 of the patient (issuer and
+ID) and the wound's label (case and surrounding space ignored), so the same label on the same
+patient gives the same UID at every visit, with no state to keep or race on.
+"""
+
+from __future__ import annotations
+
+import io
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
+
+import pydicom
+from pydicom import Dataset
+from pydicom.encaps import generate_frames
+from sqlalchemy import func, or_, select
+
+from app.db.models import CaptureSession, Instance, Photo
+from app.gateways.archive import InstanceKey
+from app.pipeline.dicom.sr import (
+    SR_SOP_CLASS_UID,
+    MeasuredLine,
+    MeasuredPolygon,
+    ReportInfo,
+    build_measurement_report,
+)
+from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID, derived_uuid, uid_from_uuid
+from app.pipeline.geometry import Calibration
+from app.workflow import audit
+from app.workflow.intake import MEASUREMENT_SERIES_NUMBER
+from app.workflow.services import Services
+
+TRACKING_NAMESPACE = uuid.UUID("3c1f9d52-7a0e-4b8e-9f43-2d6a51c0b7e4")
+"""The UUID-5 namespace of wound tracking UIDs (drawn once for this purpose)."""
+
+
+class MeasurementError(Exception):
+    """The instance cannot be measured (unknown, or not one of our photos); the message says
+    which, without PHI."""
+
+
+@dataclass(frozen=True)
+class ArchivedPhoto:
+    """A stored photo to measure: its header (no pixel data), its JPEG and its session."""
+
+    sop_uid: str
+    header: Dataset
+    jpeg: bytes
+    session_id: str
+
+
+def archived_photo(services: Services, sop_uid: str) -> ArchivedPhoto:
+    """The archived photo instance ``sop_uid`` (an original or its colour-normalized version).
+
+    Raises `MeasurementError` when no photo has that SOP Instance UID or its stored file
+    cannot be read.
+    """
+    with services.db.session() as db:
+        photo = db.scalar(select(Photo).where(
+            or_(Photo.sop_uid == sop_uid, Photo.normalized_sop_uid == sop_uid)))
+        row = db.get(Instance, sop_uid)
+        if photo is None or row is None:
+            raise MeasurementError(f"no archived photo has SOP Instance UID {sop_uid}")
+        session_id = photo.session_id
+        try:
+            data = services.archive.read(row)
+        except OSError as exc:
+            raise MeasurementError("the archived file of this instance cannot be read now"
+                                   ) from exc
+    header = pydicom.dcmread(io.BytesIO(data))
+    jpeg = next(generate_frames(header.PixelData, number_of_frames=1))
+    del header.PixelData
+    return ArchivedPhoto(sop_uid, header, jpeg, session_id)
+
+
+def tracking_uid(issuer: str, patient_id: str, wound_label: str, root: str) -> str:
+    """The Tracking Unique Identifier of a patient's wound: the same for the same patient and
+    label (case and surrounding space ignored), distinct otherwise."""
+    key = f"{issuer}|{patient_id}|{wound_label.strip().casefold()}"
+    return uid_from_uuid(uuid.uuid5(TRACKING_NAMESPACE, key), root)
+
+
+def method_parameters(calibration: Calibration) -> tuple[str, ...]:
+    """The calibration's figures as the SR records them with the algorithm."""
+    return (f"chart_type={calibration.chart_type}",
+            f"pitch_mm={calibration.pitch_mm:g}",
+            f"fit_points={calibration.fit_points}",
+            f"rms_residual_mm={calibration.rms_residual_mm:.3f}",
+            f"tilt_deg={calibration.tilt_deg:.1f}",
+            "uncertainty=one standard uncertainty (fit, pixel quantisation, model)")
+
+
+@dataclass(frozen=True)
+class StoredReport:
+    """What :func:`store_report` stored."""
+
+    sop_uid: str
+    series_uid: str
+    study_uid: str
+    tracking_uid: str
+
+
+def store_report(services: Services, photo: ArchivedPhoto, lines: Sequence[MeasuredLine],
+                 polygons: Sequence[MeasuredPolygon], *, calibration: Calibration,
+                 wound_label: str, observer: str, actor: str) -> StoredReport:
+    """Store the measurement report of ``lines`` and ``polygons`` measured on ``photo``.
+
+    Guarantees: on return the SR is in the archive and indexed (Modality SR, series number
+    `MEASUREMENT_SERIES_NUMBER`, one series per session), one delivery is queued per PACS
+    destination that takes the study, and a ``measurement.store`` audit record is written, in
+    one transaction. Each call stores a new SR instance. Raises ValueError (from the builder)
+    for nothing measured or a bad label, before anything is stored.
+    """
+    prefix = services.settings.uid_prefix
+    with services.db.session() as db:
+        session = db.get(CaptureSession, photo.session_id)
+        if session is None:  # a photo row always has its session (foreign key)
+            raise MeasurementError("the photo's capture session is gone")
+        series_uid = uid_from_uuid(derived_uuid(session.id, "series:measurements"), prefix)
+        number = 1 + (db.scalar(select(func.count()).select_from(Instance)
+                                .where(Instance.series_uid == series_uid)) or 0)
+        tracking = tracking_uid(session.issuer, session.patient_id, wound_label, prefix)
+        sop_uid = uid_from_uuid(uuid.uuid4(), prefix)
+        offset = timezone(timedelta(minutes=session.utc_offset_minutes))
+        data = build_measurement_report(photo.header, lines, polygons, ReportInfo(
+            series_uid=series_uid, series_number=MEASUREMENT_SERIES_NUMBER, sop_uid=sop_uid,
+            instance_number=number, wound_label=wound_label, tracking_uid=tracking,
+            observer=observer, device_uid=IMPLEMENTATION_CLASS_UID,
+            content_datetime=datetime.now(offset),
+            method_parameters=method_parameters(calibration)))
+        key = InstanceKey(session.study_uid, series_uid, sop_uid, SR_SOP_CLASS_UID)
+        instance = services.archive.store(db, key, data, {
+            "SeriesNumber": MEASUREMENT_SERIES_NUMBER, "InstanceNumber": number,
+            "Modality": "SR"})
+        services.intake.outbox.enqueue_photo(db, session, instance)
+        audit.record(db, actor, "measurement.store",
+                     audit.patient_ref(session.patient_id, session.issuer),
+                     audit.study_ref(session.study_uid), audit.instance_ref(photo.sop_uid),
+                     audit.instance_ref(sop_uid), outcome=audit.SUCCESS,
+                     node=services.settings.node)
+        return StoredReport(sop_uid, series_uid, session.study_uid, tracking)
