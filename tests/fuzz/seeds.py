@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pillow_heif
 import requests
 from PIL import Image
 
@@ -25,15 +26,17 @@ from tests.conftest import BARCODES, CHARTS
 
 
 def image_seeds() -> dict[str, bytes]:
-    """One tiny image per accepted format and JPEG flavour (baseline, progressive, rotated)."""
+    """One tiny image per accepted format (JPEG, PNG, TIFF, WebP, HEIC) and JPEG flavour
+    (baseline, progressive, rotated)."""
     rng = np.random.default_rng(7)
     image = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8))
     seeds: dict[str, bytes] = {}
+    pillow_heif.register_heif_opener()
     for name, fmt, kwargs in [
             ("baseline.jpg", "JPEG", {"quality": 80}),
             ("progressive.jpg", "JPEG", {"quality": 80, "progressive": True}),
             ("image.png", "PNG", {}), ("image.tiff", "TIFF", {}),
-            ("image.webp", "WEBP", {"quality": 80})]:
+            ("image.webp", "WEBP", {"quality": 80}), ("image.heic", "HEIF", {"quality": 80})]:
         out = io.BytesIO()
         image.save(out, fmt, **kwargs)
         seeds[name] = out.getvalue()
