@@ -15,12 +15,12 @@ from dataclasses import dataclass
 
 import cv2
 import numpy as np
-import pydicom
 from PIL import Image, ImageCms
 from pydicom.encaps import generate_frames
 
 from app.pipeline.decode import DEFAULT_MAX_PIXELS, load_pixels, probe, strip_jpeg
 from app.pipeline.dicom.builder import srgb_profile
+from app.pipeline.dicom.read import UnreadableDicomError, read_part10
 
 RENDERED_MEDIA_TYPES = ("image/jpeg", "image/png")
 """What :func:`render_frame` can produce, in order of preference."""
@@ -55,12 +55,16 @@ def stored_frame(part10: bytes) -> StoredFrame:
     """The (first) frame and ICC profile of a VL photograph's DICOM Part 10 bytes.
 
     Guarantees: the frame is the encapsulated bitstream as stored (JPEG for our photographs),
-    never decoded; raises ``pydicom`` errors for bytes that are not such an instance.
+    never decoded; raises only :class:`UnreadableDicomError` for bytes that are not such an
+    instance.
     """
-    ds = pydicom.dcmread(io.BytesIO(part10))
-    profile = ds.get("ICCProfile")
-    return StoredFrame(next(generate_frames(ds.PixelData, number_of_frames=1)),
-                       bytes(profile) if profile is not None else None)
+    ds = read_part10(part10)
+    try:
+        profile = ds.get("ICCProfile")
+        return StoredFrame(next(generate_frames(ds.PixelData, number_of_frames=1)),
+                           bytes(profile) if profile is not None else None)
+    except Exception as exc:  # no or damaged Pixel Data: pydicom raises many types
+        raise UnreadableDicomError(f"no readable frame ({type(exc).__name__})") from exc
 
 
 def fit(width: int, height: int, box: tuple[int, int] | None) -> tuple[int, int]:

@@ -228,7 +228,8 @@ def _has_nul(*, form: bool) -> bool:
             or "%00" in request.query_string.decode("latin-1"):
         return True
     if form and request.mimetype in _FORM_TYPES:
-        return any("\x00" in key or "\x00" in value
+        # a part without a name in its Content-Disposition comes with the key None
+        return any("\x00" in (key or "") or "\x00" in value
                    for key, value in request.form.items(multi=True))
     return False
 

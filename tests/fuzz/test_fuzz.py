@@ -14,7 +14,13 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import REPO
-from tests.fuzz.seeds import WRISTBAND_SEEDS, image_seeds, write_corpus
+from tests.fuzz.seeds import (
+    WRISTBAND_SEEDS,
+    dicom_seeds,
+    image_seeds,
+    multipart_seeds,
+    write_corpus,
+)
 
 pytest.importorskip("atheris")
 
@@ -46,3 +52,15 @@ def test_fuzz_decode_to_dicom(tmp_path: Path) -> None:
 def test_fuzz_wristband_rules(tmp_path: Path) -> None:
     corpus = write_corpus(tmp_path / "corpus", texts=WRISTBAND_SEEDS)
     assert run_harness("fuzz_wristband.py", corpus, 8, tmp_path) > 10_000
+
+
+def test_fuzz_dicom_readers(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus", dicom_seeds())
+    runs = run_harness("fuzz_dicom.py", corpus, 10, tmp_path, "-max_len=65536", "-seed=1")
+    assert runs > 300
+
+
+def test_fuzz_multipart_requests(tmp_path: Path) -> None:
+    corpus = write_corpus(tmp_path / "corpus", multipart_seeds())
+    runs = run_harness("fuzz_multipart.py", corpus, 10, tmp_path, "-max_len=65536", "-seed=1")
+    assert runs > 100

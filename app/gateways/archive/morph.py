@@ -92,14 +92,16 @@ class Morph:
         source = io.BytesIO(part10)
         try:
             ds = dcmread(source, stop_before_pixels=True)
-        except Exception as exc:  # pydicom raises many types on damaged input
-            raise PermanentError("the archived object cannot be parsed for tag morphing") \
-                from exc
-        pixel_start = source.tell()
-        for rule in self.rules:
-            rule.apply(ds)
-        header = io.BytesIO()
-        ds.save_as(header, enforce_file_format=True)
+            pixel_start = source.tell()
+            for rule in self.rules:
+                rule.apply(ds)
+            header = io.BytesIO()
+            ds.save_as(header, enforce_file_format=True)
+        except PermanentError:
+            raise
+        except Exception as exc:  # pydicom raises many types on damaged input, read or written
+            raise PermanentError("the archived object cannot be parsed or re-encoded for tag "
+                                 "morphing") from exc
         return header.getvalue() + part10[pixel_start:]
 
 

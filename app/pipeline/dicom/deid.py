@@ -37,7 +37,8 @@ import base64
 import hashlib
 import hmac
 import io
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
@@ -139,11 +140,22 @@ class Pseudonyms:
         return MIN_SHIFT_DAYS + value % (MAX_SHIFT_DAYS - MIN_SHIFT_DAYS + 1)
 
 
-def _read(data: bytes) -> Dataset:
+@contextmanager
+def _refusing_damage() -> Iterator[None]:
+    """Any error inside, other than :class:`NotDeidentifiable`, raised as one: pydicom parses
+    values only when they are used (and checks them again when writing), raising many types for
+    damaged input."""
     try:
-        return pydicom.dcmread(io.BytesIO(data))
-    except Exception as exc:  # pydicom raises many types for bad input
+        yield
+    except NotDeidentifiable:
+        raise
+    except Exception as exc:
         raise NotDeidentifiable(f"not a readable DICOM file ({type(exc).__name__})") from exc
+
+
+def _read(data: bytes) -> Dataset:
+    with _refusing_damage():
+        return pydicom.dcmread(io.BytesIO(data))
 
 
 def _flag(ds: Dataset, keyword: str) -> bool | None:
@@ -154,7 +166,9 @@ def _flag(ds: Dataset, keyword: str) -> bool | None:
 def inspect(data: bytes) -> Screening:
     """Burned In Annotation and Recognizable Visual Features of an object (header only)."""
     ds = _read(data)
-    return Screening(_flag(ds, "BurnedInAnnotation"), _flag(ds, "RecognizableVisualFeatures"))
+    with _refusing_damage():
+        return Screening(_flag(ds, "BurnedInAnnotation"),
+                         _flag(ds, "RecognizableVisualFeatures"))
 
 
 def _shift_date(value: str, days: int) -> str:
@@ -195,8 +209,14 @@ def deidentify(data: bytes, pseudonyms: Pseudonyms, *, retain_dates: bool) -> De
     Patient Identity Removed is ``YES``; De-identification Method (Code Sequence) names the
     Basic Profile and the dates option used, and Longitudinal Temporal Information Modified says
     ``MODIFIED`` or ``UNMODIFIED``; the encapsulated Pixel Data is byte-identical to the input's.
+    Raises only :class:`NotDeidentifiable` for bytes that are not such an object.
     """
     source = _read(data)
+    with _refusing_damage():
+        return _deidentified(source, pseudonyms, retain_dates)
+
+
+def _deidentified(source: Dataset, pseudonyms: Pseudonyms, retain_dates: bool) -> Deidentified:
     if "PixelData" not in source or "SOPInstanceUID" not in source:
         raise NotDeidentifiable("not an image object")
     patient = (str(source.get("PatientID", "")), str(source.get("IssuerOfPatientID", "")))

@@ -15,17 +15,15 @@ about a millisecond per new instance.
 from __future__ import annotations
 
 import logging
-from io import BytesIO
 from typing import Any
 
-import pydicom
 from pydicom.dataelem import DataElement
-from pydicom.errors import InvalidDicomError
 from sqlalchemy import ColumnElement, or_, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Instance
 from app.gateways.archive import Archive
+from app.pipeline.dicom.read import UnreadableDicomError, read_part10
 
 log = logging.getLogger(__name__)
 
@@ -60,13 +58,20 @@ def read_header(archive: Archive, row: Instance) -> tuple[dict[str, Any], str]:
     """The file's header as DICOM JSON (bulk data as relative URIs) and its Transfer Syntax.
 
     Guarantees: Pixel Data is listed (as ``bulkdata/7FE00010``) whenever the object is an
-    image, although the header read stops before it.
+    image, although the header read stops before it; the Transfer Syntax is never empty.
+    Raises only ``OSError`` (the archive) or :class:`UnreadableDicomError` (the file).
     """
-    ds = pydicom.dcmread(BytesIO(archive.read(row)), stop_before_pixels=True)
-    body = ds.to_json_dict(bulk_data_threshold=0, bulk_data_element_handler=_bulk_uri)
-    if "Rows" in ds:
-        body[PIXEL_DATA] = {"vr": "OB", "BulkDataURI": f"{BULK_PREFIX}{PIXEL_DATA}"}
-    return body, str(ds.file_meta.TransferSyntaxUID)
+    ds = read_part10(archive.read(row), stop_before_pixels=True)
+    try:
+        body = ds.to_json_dict(bulk_data_threshold=0, bulk_data_element_handler=_bulk_uri)
+        transfer_syntax = str(ds.file_meta.TransferSyntaxUID)
+        if "Rows" in ds:
+            body[PIXEL_DATA] = {"vr": "OB", "BulkDataURI": f"{BULK_PREFIX}{PIXEL_DATA}"}
+    except Exception as exc:  # damaged values are only parsed here: pydicom raises many types
+        raise UnreadableDicomError(f"header not readable ({type(exc).__name__})") from exc
+    if not transfer_syntax:
+        raise UnreadableDicomError("no Transfer Syntax UID in the file meta information")
+    return body, transfer_syntax
 
 
 def refresh(db: Session, archive: Archive, *criteria: ColumnElement[bool]) -> int:
@@ -79,7 +84,7 @@ def refresh(db: Session, archive: Archive, *criteria: ColumnElement[bool]) -> in
     for row in db.scalars(select(Instance).where(_stale(), *criteria)):
         try:
             body, transfer_syntax = read_header(archive, row)
-        except (OSError, InvalidDicomError, ValueError) as exc:
+        except (OSError, UnreadableDicomError) as exc:
             log.warning("archive file unreadable for the DICOMweb index: %s", type(exc).__name__)
             continue
         row.attributes = {**(row.attributes or {}), DICOM: body,
