@@ -111,8 +111,13 @@ def test_cli_exports_the_trail_as_fhir(audit_app: Flask, tmp_path: Path) -> None
 def test_admin_changes_from_the_command_line_are_audited(audit_app: Flask) -> None:
     assert ebiw(audit_app, "token", "create", "--user", "ward9", "--role", "capture") \
         .returncode == 0
+    assert ebiw(audit_app, "token", "create", "--user", "ward9", "--role", "view",
+                "--expires-in", "2h").returncode == 0
     assert ebiw(audit_app, "token", "revoke", "--user", "ward9").returncode == 0
     records = audit.search(services(audit_app).db, audit.Filters(action="token."))
     assert [(r.action, r.entities, r.detail, r.actor[:4]) for r in records] == [
-        ("token.revoke", ("user:ward9",), {"revoked": 1}, "cli:"),
-        ("token.create", ("user:ward9",), {"role": "capture"}, "cli:")]
+        ("token.revoke", ("user:ward9",), {"revoked": 2}, "cli:"),
+        ("token.create", ("user:ward9",), {"role": "view", "expires_in_seconds": 7200},
+         "cli:"),
+        ("token.create", ("user:ward9",), {"role": "capture", "expires_in_seconds": None},
+         "cli:")]
