@@ -224,17 +224,22 @@ def _attempt(http: requests.Session, url: str, headers: dict[str, str],
     raise AssertionError(f"upload refused: {response.status_code} {response.text[:200]}")
 
 
+def load_patient(clinic: int) -> dict[str, str]:
+    """The patient of a clinic's session: one of its own, unknown to any EMR."""
+    return {"id": f"LOAD{clinic:04d}", "issuer": "LOADTEST"}
+
+
 def run_clinic(base_url: str, token: str, number: int, uploads: list[Upload],
-               deadline: float) -> None:
-    """Open the clinic's session, then upload every photo in turn, each until acknowledged.
+               deadline: float, patient: Callable[[int], dict[str, str]] = load_patient) -> None:
+    """Open the clinic's session (for ``patient(number)``), then upload every photo in turn,
+    each until acknowledged.
 
     Guarantees: returns by ``deadline`` (plus one request timeout at most); every upload left
     without ``ack`` was retried until then with the same upload UUID.
     """
     headers = {"Authorization": f"Bearer {token}"}
     session_id = str(uuid.uuid4())
-    body = {"id": session_id, "patient": {"id": f"LOAD{number:04d}", "issuer": "LOADTEST"},
-            "department": f"Clinic {number}"}
+    body = {"id": session_id, "patient": patient(number), "department": f"Clinic {number}"}
     http = requests.Session()
     pause = 0.1
     while time.monotonic() < deadline:  # opening the session is idempotent by its id
@@ -256,15 +261,17 @@ def run_clinic(base_url: str, token: str, number: int, uploads: list[Upload],
 
 
 def run_load(server: Server, clinic_batches: list[list[Upload]], deadline_s: float,
-             fault: Callable[[list[Upload]], None] | None = None) -> Stats:
-    """Every clinic uploads its batch at once; ``fault`` (if any) runs beside them with the
-    list of every upload, to kill at a point of its choosing. Returns when all are done."""
+             fault: Callable[[list[Upload]], None] | None = None,
+             patient: Callable[[int], dict[str, str]] = load_patient) -> Stats:
+    """Every clinic uploads its batch at once (clinic ``c`` for ``patient(c)``); ``fault`` (if
+    any) runs beside them with the list of every upload, to kill at a point of its choosing.
+    Returns when all are done."""
     tokens = [server.token(f"load-clinic-{c}") for c in range(len(clinic_batches))]
     deadline = time.monotonic() + deadline_s
     everything = [u for batch in clinic_batches for u in batch]
     started = time.perf_counter()
     threads = [threading.Thread(target=run_clinic, args=(server.url, tokens[c], c, batch,
-                                                          deadline), daemon=True)
+                                                          deadline, patient), daemon=True)
                for c, batch in enumerate(clinic_batches)]
     for t in threads:
         t.start()
