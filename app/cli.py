@@ -486,7 +486,8 @@ def _polygons(_ctx: click.Context, _param: click.Parameter,
 def _measured(calibration: Calibration, lines: list[tuple[Point, Point]],
               polygons: list[list[Point]]
               ) -> tuple[dict[str, object], list[MeasuredLine], list[MeasuredPolygon]]:
-    """The measurement record of one photo and its regions as measured; raises
+    """The measurement record of one photo (without its calibration, which the caller adds
+    first so that an error still reports it) and its regions as measured; raises
     `GeometryError` naming the bad item."""
     warnings: list[dict[str, str]] = []
 
@@ -507,7 +508,6 @@ def _measured(calibration: Calibration, lines: list[tuple[Point, Point]],
     record: dict[str, object] = {
         "lines_mm": [round(m.length.value, 2) for m in segments],
         "areas_mm2": [round(m.area.value, 1) for m in regions],
-        "calibration": calibration.as_json(),
         "lines_uncertainty_mm": [round(m.length.uncertainty, 2) for m in segments],
         "areas_uncertainty_mm2": [round(m.area.uncertainty, 1) for m in regions],
         "perimeters_mm": [round(m.perimeter.value, 2) for m in regions],

@@ -13,19 +13,17 @@ patient gives the same UID at every visit, with no state to keep or race on.
 
 from __future__ import annotations
 
-import io
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
-import pydicom
 from pydicom import Dataset
-from pydicom.encaps import generate_frames
 from sqlalchemy import func, or_, select
 
 from app.db.models import CaptureSession, Instance, Photo
 from app.gateways.archive import InstanceKey
+from app.pipeline.dicom.read import UnreadableDicomError, read_part10
 from app.pipeline.dicom.sr import (
     SR_SOP_CLASS_UID,
     MeasuredLine,
@@ -35,6 +33,7 @@ from app.pipeline.dicom.sr import (
 )
 from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID, derived_uuid, uid_from_uuid
 from app.pipeline.geometry import Calibration
+from app.pipeline.render import stored_frame
 from app.workflow import audit
 from app.workflow.intake import MEASUREMENT_SERIES_NUMBER
 from app.workflow.services import Services
@@ -62,7 +61,7 @@ def archived_photo(services: Services, sop_uid: str) -> ArchivedPhoto:
     """The archived photo instance ``sop_uid`` (an original or its colour-normalized version).
 
     Raises `MeasurementError` when no photo has that SOP Instance UID or its stored file
-    cannot be read.
+    cannot be read or is damaged.
     """
     with services.db.session() as db:
         photo = db.scalar(select(Photo).where(
@@ -76,9 +75,11 @@ def archived_photo(services: Services, sop_uid: str) -> ArchivedPhoto:
         except OSError as exc:
             raise MeasurementError("the archived file of this instance cannot be read now"
                                    ) from exc
-    header = pydicom.dcmread(io.BytesIO(data))
-    jpeg = next(generate_frames(header.PixelData, number_of_frames=1))
-    del header.PixelData
+    try:
+        header = read_part10(data, stop_before_pixels=True)
+        jpeg = stored_frame(data).frame
+    except UnreadableDicomError as exc:
+        raise MeasurementError(f"the archived file of this instance is damaged: {exc}") from exc
     return ArchivedPhoto(sop_uid, header, jpeg, session_id)
 
 
