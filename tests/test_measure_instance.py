@@ -8,6 +8,7 @@ import io
 import json
 import subprocess
 import uuid
+from datetime import UTC
 from pathlib import Path
 
 import highdicom as hd
@@ -18,10 +19,18 @@ from flask import Flask
 from flask.testing import FlaskClient
 from pydicom.encaps import generate_frames
 from pydicom.sr.codedict import codes
+from pydicom.valuerep import DT
 from sqlalchemy import func, select
 
 from app.cli import cli
-from app.db.models import AuditEvent, Delivery, DeliveryKind, Instance
+from app.db.models import (
+    AuditEvent,
+    Delivery,
+    DeliveryKind,
+    Instance,
+    WoundMeasurement,
+    as_utc,
+)
 from app.pipeline.dicom.sr import SR_SOP_CLASS_UID
 from app.pipeline.geometry import calibrate_photo
 from app.workflow.intake import MEASUREMENT_SERIES_NUMBER
@@ -145,6 +154,21 @@ def test_the_sr_is_stored_in_the_study_indexed_queued_and_matches_the_json(
         event = db.scalars(select(AuditEvent).where(
             AuditEvent.action == "measurement.store")).one()
         assert f"instance:{sr_uid}" in event.entities
+        # The values are indexed, one row per value, in the SR's region order.
+        rows = db.scalars(select(WoundMeasurement).where(
+            WoundMeasurement.report_sop_uid == sr_uid).order_by(WoundMeasurement.id)).all()
+        assert [(r.region, r.quantity, r.unit) for r in rows] == [
+            (1, "length", "mm"), (2, "area", "mm2"), (2, "perimeter", "mm")]
+        assert [r.value for r in rows] == pytest.approx(
+            [length.value, area.value, perimeter.value], abs=1e-3)
+        assert {(r.photo_sop_uid, r.study_uid, r.tracking_uid, r.wound_label, r.observer)
+                for r in rows} == {(source_uid, ds.StudyInstanceUID, record["tracking_uid"],
+                                    "Heel ulcer", "NURSE^JANE")}
+        assert rows[0].points == [[200.0, 300.0], [1300.0, 1800.0]]
+        expected = DT(f"{source.ContentDate}{source.ContentTime}"
+                      f"{source.get('TimezoneOffsetFromUTC', '')}")  # no EXIF time: content
+        assert as_utc(rows[0].taken_at) == expected.astimezone(UTC).replace(microsecond=0) \
+            or as_utc(rows[0].taken_at) == expected.astimezone(UTC)
 
 
 def test_dciodvfy_finds_no_error_or_warning(app: Flask, client: FlaskClient,

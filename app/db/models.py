@@ -204,6 +204,45 @@ class Instance(Base):
     stored_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class Quantity(StrEnum):
+    """A measured wound quantity, with its unit: lengths in mm, areas in mm²."""
+
+    LENGTH = "length"
+    WIDTH = "width"
+    AREA = "area"
+    PERIMETER = "perimeter"
+
+
+class WoundMeasurement(Base):
+    """The index of the values a measurement SR holds: one row per measured value.
+
+    The SR in the archive is the record; these rows are written in the same transaction and
+    serve the viewer, the EMR's Observations and the healing trajectory without re-reading
+    files. A region (line or polygon, numbered from 1 in the SR's order) with several values
+    has one row per value, each with the region's pixel points on the photo.
+    """
+
+    __tablename__ = "wound_measurement"
+    __table_args__ = (UniqueConstraint("report_sop_uid", "region", "quantity"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    report_sop_uid: Mapped[str] = mapped_column(ForeignKey("instance.sop_uid"), index=True)
+    photo_sop_uid: Mapped[str] = mapped_column(String(64), index=True)
+    session_id: Mapped[str] = mapped_column(ForeignKey("capture_session.id"), index=True)
+    study_uid: Mapped[str] = mapped_column(String(64), index=True)
+    tracking_uid: Mapped[str] = mapped_column(String(64), index=True)
+    wound_label: Mapped[str] = mapped_column(String(64))
+    region: Mapped[int]
+    quantity: Mapped[str] = mapped_column(String(16))  # a Quantity
+    value: Mapped[float]
+    uncertainty: Mapped[float]
+    unit: Mapped[str] = mapped_column(String(8))  # UCUM: "mm" or "mm2"
+    points: Mapped[list] = mapped_column(JSON)  # [[x, y], ...] in the photo's pixels
+    taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # the photo's time
+    measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    observer: Mapped[str] = mapped_column(String(64))
+
+
 # --- Batch import: photos held in staging until their patient group is confirmed -----------
 # (app/workflow/batch/; README "Batch import")
 

@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 
 from pydicom import Dataset
+from pydicom.valuerep import DT
 from sqlalchemy import func, or_, select
 
-from app.db.models import CaptureSession, Instance, Photo
+from app.db.models import CaptureSession, Instance, Photo, Quantity, WoundMeasurement
 from app.gateways.archive import InstanceKey
 from app.pipeline.dicom.read import UnreadableDicomError, read_part10
 from app.pipeline.dicom.sr import (
@@ -116,9 +117,10 @@ def store_report(services: Services, photo: ArchivedPhoto, lines: Sequence[Measu
     """Store the measurement report of ``lines`` and ``polygons`` measured on ``photo``.
 
     Guarantees: on return the SR is in the archive and indexed (Modality SR, series number
-    `MEASUREMENT_SERIES_NUMBER`, one series per session), one delivery is queued per PACS
-    destination that takes the study, and a ``measurement.store`` audit record is written, in
-    one transaction. Each call stores a new SR instance. Raises ValueError (from the builder)
+    `MEASUREMENT_SERIES_NUMBER`, one series per session), its values are in
+    ``wound_measurement`` (one row per value), one delivery is queued per PACS destination
+    that takes the study, and a ``measurement.store`` audit record is written, in one
+    transaction. Each call stores a new SR instance. Raises ValueError (from the builder)
     for nothing measured or a bad label, before anything is stored.
     """
     prefix = services.settings.uid_prefix
@@ -143,9 +145,55 @@ def store_report(services: Services, photo: ArchivedPhoto, lines: Sequence[Measu
             "SeriesNumber": MEASUREMENT_SERIES_NUMBER, "InstanceNumber": number,
             "Modality": "SR"})
         services.intake.outbox.enqueue_photo(db, session, instance)
+        taken = taken_at(photo.header, offset) or datetime.now(offset)
+        db.add_all(_index_rows(session, photo.sop_uid, sop_uid, tracking, wound_label.strip(),
+                               lines, polygons, taken=taken, observer=observer))
         audit.record(db, actor, "measurement.store",
                      audit.patient_ref(session.patient_id, session.issuer),
                      audit.study_ref(session.study_uid), audit.instance_ref(photo.sop_uid),
                      audit.instance_ref(sop_uid), outcome=audit.SUCCESS,
                      node=services.settings.node)
         return StoredReport(sop_uid, series_uid, session.study_uid, tracking)
+
+
+def taken_at(header: Dataset, offset: timezone) -> datetime | None:
+    """When the photo was taken: its Acquisition DateTime, else its Content Date and Time (the
+    photo's own time, or its study's when the photo did not say), in ``offset`` when the value
+    has no offset of its own; None when the header holds neither in a readable form."""
+    value = str(header.get("AcquisitionDateTime") or "")
+    if not value and header.get("ContentDate"):
+        value = f"{header.ContentDate}{header.get('ContentTime') or ''}"
+        tz = str(header.get("TimezoneOffsetFromUTC") or "")
+        value += tz if tz[:1] in "+-" and tz else ""
+    if not value:
+        return None
+    try:
+        stamp = DT(value)
+    except ValueError:
+        return None
+    return stamp if stamp.tzinfo is not None else stamp.replace(tzinfo=offset)
+
+
+def _index_rows(session: CaptureSession, photo_sop_uid: str, report_sop_uid: str,
+                tracking: str, label: str, lines: Sequence[MeasuredLine],
+                polygons: Sequence[MeasuredPolygon], *, taken: datetime, observer: str
+                ) -> list[WoundMeasurement]:
+    """The ``wound_measurement`` rows of one report: regions numbered as the SR orders them
+    (lines, then polygons)."""
+    def row(region: int, quantity: Quantity, unit: str, value: float, uncertainty: float,
+            points: Sequence[tuple[float, float]]) -> WoundMeasurement:
+        return WoundMeasurement(
+            report_sop_uid=report_sop_uid, photo_sop_uid=photo_sop_uid, session_id=session.id,
+            study_uid=session.study_uid, tracking_uid=tracking, wound_label=label,
+            region=region, quantity=quantity.value, unit=unit, value=value,
+            uncertainty=uncertainty, points=[[float(x), float(y)] for x, y in points],
+            taken_at=taken, observer=observer[:64])
+
+    rows = [row(n, Quantity.LENGTH, "mm", line.length.value, line.length.uncertainty,
+                line.points) for n, line in enumerate(lines, start=1)]
+    for n, poly in enumerate(polygons, start=len(lines) + 1):
+        rows.append(row(n, Quantity.AREA, "mm2", poly.area.value, poly.area.uncertainty,
+                        poly.points))
+        rows.append(row(n, Quantity.PERIMETER, "mm", poly.perimeter.value,
+                        poly.perimeter.uncertainty, poly.points))
+    return rows
