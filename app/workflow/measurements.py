@@ -16,7 +16,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta, timezone
 
 from pydicom import Dataset
 from pydicom.valuerep import DT
@@ -179,7 +179,8 @@ def _index_rows(session: CaptureSession, photo_sop_uid: str, report_sop_uid: str
                 polygons: Sequence[MeasuredPolygon], *, taken: datetime, observer: str
                 ) -> list[WoundMeasurement]:
     """The ``wound_measurement`` rows of one report: regions numbered as the SR orders them
-    (lines, then polygons)."""
+    (lines, then polygons). ``taken_at`` is stored in UTC: SQLite keeps an aware time's wall
+    clock without its offset, and every reader takes a stored naive time as UTC."""
     def row(region: int, quantity: Quantity, unit: str, value: float, uncertainty: float,
             points: Sequence[tuple[float, float]]) -> WoundMeasurement:
         return WoundMeasurement(
@@ -187,7 +188,7 @@ def _index_rows(session: CaptureSession, photo_sop_uid: str, report_sop_uid: str
             study_uid=session.study_uid, tracking_uid=tracking, wound_label=label,
             region=region, quantity=quantity.value, unit=unit, value=value,
             uncertainty=uncertainty, points=[[float(x), float(y)] for x, y in points],
-            taken_at=taken, observer=observer[:64])
+            taken_at=taken.astimezone(UTC), observer=observer[:64])
 
     rows = [row(n, Quantity.LENGTH, "mm", line.length.value, line.length.uncertainty,
                 line.points) for n, line in enumerate(lines, start=1)]

@@ -4,7 +4,11 @@ Built and parsed with hl7apy (strict structure validation of what we send). One 
 new state of a study, the state being its number of instances: the Message Control ID
 (MSH-10) is derived from the Study UID and that number, so a retry resends the very same
 control ID and the receiver can drop the duplicate; a state the receiver already accepted is
-not sent again. The first notice has result status F, later ones (photos added) C.
+not sent again. The first notice has result status F, later ones (photos or measurement
+reports added) C. Each measured wound value is a numeric OBX (type NM): LOINC and SNOMED CT code
+as in the FHIR Observation, UCUM units, OBX-4 grouping the values of one wound's region, OBX-14
+the photo's time, OBX-19 when it was measured (v2.5.1's OBX ends there: the body site, OBX-20
+from v2.6 on, is not sent).
 
 Acknowledgements (original mode, HL7 table 0008):
 ``AA``/``CA`` accepted; ``AR`` — rejected for reasons unrelated to the content (the receiver
@@ -18,6 +22,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import socket
+from collections.abc import Sequence
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -32,6 +37,7 @@ from app.db.models import Hl7Notice
 from app.gateways.emr.study import StudyRecord, load_study
 from app.gateways.errors import PermanentError, TransientError
 from app.pipeline.fhir import viewer_url
+from app.pipeline.fhir_observation import QUANTITY_CODES, MeasuredValue
 from app.settings import Settings
 
 VERSION = "2.5.1"
@@ -134,9 +140,36 @@ def build_oru(record: StudyRecord, settings: Settings, message_id: str, *,
         obx.obx_5 = f"{escaped}^^TEXT^HTML" if kind == "RP" else escaped
         obx.obx_11 = obr.obr_25.value
         obx.obx_14 = _ts(facts.started)
+    for number, (sub_id, measured) in enumerate(_grouped(record.measurements),
+                                             start=len(observations) + 1):
+        coded = QUANTITY_CODES[measured.quantity]
+        obx = order.add_group("ORU_R01_OBSERVATION").obx
+        obx.obx_1 = str(number)
+        obx.obx_2 = "NM"
+        obx.obx_3 = "^".join((*coded.loinc, "LN", *coded.snomed, "SCT") if coded.loinc
+                             else (*coded.snomed, "SCT"))
+        obx.obx_4 = sub_id
+        obx.obx_5 = f"{measured.value:.2f}"
+        obx.obx_6 = f"{measured.unit}^{measured.unit}^UCUM"
+        obx.obx_11 = obr.obr_25.value
+        obx.obx_14 = _ts(measured.taken_at)
+        obx.obx_19 = _ts(measured.measured_at)
     if not msg.validate():
         raise PermanentError("the ORU^R01 failed HL7 v2.5.1 structure validation")
     return msg.to_er7()
+
+
+def _grouped(values: Sequence[MeasuredValue]) -> list[tuple[str, MeasuredValue]]:
+    """Each measured value with its OBX-4 sub-ID ``<wound>.<region>``: wounds numbered in the
+    order they first appear, regions (one line or outline of one SR) within each wound, so the
+    values of one region (an outline's area and perimeter) share a sub-ID."""
+    wounds: dict[str, dict[tuple[str, int], int]] = {}
+    out = []
+    for value in values:
+        regions = wounds.setdefault(value.tracking_uid, {})
+        region = regions.setdefault((value.report_uid, value.region), len(regions) + 1)
+        out.append((f"{list(wounds).index(value.tracking_uid) + 1}.{region}", value))
+    return out
 
 
 class Hl7v2Notifier:

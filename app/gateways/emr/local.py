@@ -1,12 +1,15 @@
 """The embedded EMR: a local FHIR store in the app's database, served read-only at ``/fhir``.
 
 It holds one ImagingStudy per study (logical id = the capture session id), the one Endpoint of
-our DICOMweb service and, per study, the IHE IID Endpoint of its viewer page (logical id
-``<session id>-viewer``); Patients are rendered from the local patient index.
+our DICOMweb service, per study the IHE IID Endpoint of its viewer page (logical id
+``<session id>-viewer``) and one Observation per measured wound value (logical id from its
+identifier, see `app.pipeline.fhir_observation`); Patients are rendered from the local patient
+index.
 """
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +19,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from app.db.models import FhirResource
+from app.db.models import FhirResource, WoundMeasurement
 from app.db.models import Patient as PatientRow
 from app.gateways.emr.study import StudyRecord, load_study
 from app.gateways.errors import TransientError
@@ -30,6 +33,12 @@ from app.pipeline.fhir import (
     to_json,
     viewer_endpoint,
     viewer_url,
+)
+from app.pipeline.fhir_observation import (
+    observation_id,
+    observation_token,
+    value_token,
+    wound_observation,
 )
 from app.settings import Settings
 
@@ -48,11 +57,13 @@ class LocalFhirStore:
     # --- the notifier ----------------------------------------------------------------------
 
     def notify(self, db: Session, study_uid: str) -> None:
-        """Make the stored ImagingStudy (and its Endpoints) match the database.
+        """Make the stored ImagingStudy (and its Endpoints) and the Observations of the study's
+        measured values match the database.
 
-        Guarantees: one ImagingStudy per study; its version goes up only when its content
-        changes, so repeated calls for the same state change nothing. Writes in ``db``'s
-        transaction (the caller commits). A concurrent first write raises TransientError.
+        Guarantees: one ImagingStudy per study and one Observation per measured value; a
+        version goes up only when its content changes, so repeated calls for the same state
+        change nothing. Writes in ``db``'s transaction (the caller commits). A concurrent first
+        write raises TransientError.
         """
         record = load_study(db, study_uid)
         endpoint = dicomweb_endpoint(self.dicomweb_base, ENDPOINT_ID)
@@ -66,6 +77,15 @@ class LocalFhirStore:
                                  resource_id=record.session_id)
         self._put(db, "ImagingStudy", record.session_id, to_json(resource),
                   identifier=study_token(study_uid), subject=subject.reference)
+        study_ref = Reference(reference=f"ImagingStudy/{record.session_id}")
+        for value in record.measurements:
+            logical_id = observation_id(value)
+            observation = wound_observation(
+                value, subject, resource.encounter, study_ref,
+                body_site=record.facts.body_site, laterality=record.facts.laterality,
+                resource_id=logical_id)
+            self._put(db, "Observation", logical_id, to_json(observation),
+                      identifier=observation_token(value), subject=subject.reference)
 
     @property
     def dicomweb_base(self) -> str:
@@ -127,13 +147,17 @@ class LocalFhirStore:
             FhirResource.resource_type == resource_type, FhirResource.logical_id == logical_id))
 
     @staticmethod
-    def search_studies(db: Session, *, identifier: str | None, patient_id: str | None,
-                       limit: int) -> list[FhirResource]:
-        """ImagingStudies by Study UID token (``[system|]value``) and/or subject, oldest first.
+    def search(db: Session, resource_type: str, *, identifier: str | None,
+               patient_id: str | None, limit: int,
+               any_identifier: Collection[str] | None = None) -> list[FhirResource]:
+        """Resources of a type by identifier token (``[system|]value``; an ImagingStudy's is
+        its Study UID), subject and/or one of ``any_identifier`` (full tokens), oldest first.
 
         A token without a system matches the value under any system.
         """
-        query = select(FhirResource).where(FhirResource.resource_type == "ImagingStudy")
+        query = select(FhirResource).where(FhirResource.resource_type == resource_type)
+        if any_identifier is not None:
+            query = query.where(FhirResource.identifier.in_(any_identifier))
         if identifier is not None:
             if "|" in identifier:
                 query = query.where(FhirResource.identifier == identifier)
@@ -142,6 +166,15 @@ class LocalFhirStore:
         if patient_id is not None:
             query = query.where(FhirResource.subject == f"Patient/{patient_id}")
         return list(db.scalars(query.order_by(FhirResource.id).limit(limit)))
+
+    @staticmethod
+    def study_observation_tokens(db: Session, session_id: str) -> list[str]:
+        """The identifier tokens of the Observations of a session's measured values (those of
+        the resources derived from its ImagingStudy)."""
+        return [value_token(report, region, quantity) for report, region, quantity in
+                db.execute(select(WoundMeasurement.report_sop_uid, WoundMeasurement.region,
+                                  WoundMeasurement.quantity)
+                           .where(WoundMeasurement.session_id == session_id))]
 
     def patient_json(self, row: PatientRow) -> dict[str, Any]:
         """A row of the local patient index as a FHIR Patient (id = the row id)."""

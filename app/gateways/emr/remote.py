@@ -1,4 +1,5 @@
-"""A remote EMR's FHIR R4 server: find the Patient and Encounter, create or update ImagingStudy.
+"""A remote EMR's FHIR R4 server: find the Patient and Encounter, create or update the
+ImagingStudy and the Observations of the study's measured wound values.
 
 Searches go as ``POST [type]/_search`` with a form body, so no identifier of a patient ever
 appears in a URL (or in the server's access log). The ImagingStudy carries its DICOMweb
@@ -21,7 +22,6 @@ from app.gateways.emr.study import StudyRecord, load_study
 from app.gateways.errors import PermanentError, TransientError
 from app.gateways.oauth import ClientCredentials, TokenError
 from app.pipeline.fhir import (
-    DICOM_UID_SYSTEM,
     dicomweb_endpoint,
     identifier_system,
     imaging_study,
@@ -30,6 +30,7 @@ from app.pipeline.fhir import (
     viewer_endpoint,
     viewer_url,
 )
+from app.pipeline.fhir_observation import observation_token, wound_observation
 from app.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -59,46 +60,61 @@ class RemoteFhirNotifier:
             timeout=settings.emr_timeout_seconds) if settings.emr_token_url else None
 
     def notify(self, db: Session, study_uid: str) -> None:
-        """Create the study's ImagingStudy, or update it when the database knows more.
+        """Create the study's ImagingStudy and one Observation per measured value, or update
+        them when the database knows more.
 
-        Guarantees: ``POST`` with ``If-None-Exist: identifier=urn:dicom:uid|urn:oid:<uid>``,
-        so a retry finds the first one instead of making a second; an existing one is
-        replaced by ``PUT`` with ``If-Match`` on the version read, and only when its content
-        differs (elements we do not manage are kept). Connection failures, timeouts, 5xx,
-        408/409/429 and a lost If-Match race (412) raise TransientError; other refusals
-        (including 412 on create: several ImagingStudies match) PermanentError, naming only
-        the HTTP status and the OperationOutcome's issue codes.
+        Guarantees (each resource, see :meth:`_upsert`): a retry finds what an earlier attempt
+        created instead of making a second one, so a crash or a failure after some of the
+        study's Observations were written leaves exactly one per value once a later call
+        succeeds. Connection failures, timeouts, 5xx, 408/409/429 and a lost If-Match race
+        (412) raise TransientError; other refusals (including 412 on create: several
+        resources match) PermanentError, naming only the HTTP status and the
+        OperationOutcome's issue codes.
         """
         record = load_study(db, study_uid)
-        subject = self._patient(record)
-        encounter = self._encounter(record, subject)
+        subject = Reference(reference=self._patient(record))
+        encounter = self._encounter(record, str(subject.reference))
         resource = to_json(imaging_study(
-            record.facts, Reference(reference=subject), encounter,
+            record.facts, subject, encounter,
             [dicomweb_endpoint(self.settings.public_url.rstrip("/") + "/dicomweb", ENDPOINT_ID),
              viewer_endpoint(viewer_url(self.settings.public_url, study_uid), VIEWER_ID)],
             contain_endpoint=True))
-        token = study_token(study_uid)
-        created = self._request("POST", "ImagingStudy", json=resource,
+        study_id = self._upsert("ImagingStudy", resource, study_token(study_uid))
+        study_ref = Reference(reference=f"ImagingStudy/{study_id}")
+        for value in record.measurements:
+            self._upsert("Observation", to_json(wound_observation(
+                value, subject, encounter, study_ref, body_site=record.facts.body_site,
+                laterality=record.facts.laterality)), observation_token(value))
+
+    def _upsert(self, resource_type: str, resource: dict[str, Any], token: str) -> str:
+        """Make the server hold ``resource``, whose identifier is ``token``; its logical id.
+
+        ``POST`` with ``If-None-Exist: identifier=<token>``, so a retry finds the first one
+        instead of making a second; an existing one is replaced by ``PUT`` with ``If-Match``
+        on the version read, and only when its content differs (elements we do not manage
+        are kept).
+        """
+        system, _, value = token.partition("|")
+        created = self._request("POST", resource_type, json=resource,
                                 headers={"If-None-Exist": f"identifier={token}",
                                          "Prefer": "return=representation"},
-                                what="creating the ImagingStudy", transient=_CREATE_TRANSIENT)
-        if created.status_code == 201:
-            return
+                                what=f"creating the {resource_type}", transient=_CREATE_TRANSIENT)
         existing = self._body(created)
-        if existing.get("resourceType") != "ImagingStudy" or not existing.get("id") or \
-                not _has_identifier(existing, DICOM_UID_SYSTEM, f"urn:oid:{study_uid}"):
+        if existing.get("resourceType") != resource_type or not existing.get("id") or \
+                not _has_identifier(existing, system, value):
             existing = self._only(self._search(
-                "ImagingStudy", {"identifier": token},
-                lambda r: _has_identifier(r, DICOM_UID_SYSTEM, f"urn:oid:{study_uid}")),
-                "ImagingStudy")
+                resource_type, {"identifier": token},
+                lambda r: _has_identifier(r, system, value)), resource_type)
+        if created.status_code == 201:
+            return str(existing["id"])
         merged = {**existing, **resource, "id": existing["id"]}
         merged.pop("meta", None)
-        if merged == {k: v for k, v in existing.items() if k != "meta"}:
-            return
-        version = (existing.get("meta") or {}).get("versionId")
-        headers = {"If-Match": f'W/"{version}"'} if version else {}
-        self._request("PUT", f"ImagingStudy/{existing['id']}", json=merged, headers=headers,
-                      what="updating the ImagingStudy")
+        if merged != {k: v for k, v in existing.items() if k != "meta"}:
+            version = (existing.get("meta") or {}).get("versionId")
+            headers = {"If-Match": f'W/"{version}"'} if version else {}
+            self._request("PUT", f"{resource_type}/{existing['id']}", json=merged,
+                          headers=headers, what=f"updating the {resource_type}")
+        return str(existing["id"])
 
     # --- context -----------------------------------------------------------------------------
 

@@ -8,10 +8,11 @@ from datetime import UTC, date, timedelta, timezone
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from app.db.models import CaptureSession, Instance, Photo
+from app.db.models import CaptureSession, Instance, Photo, WoundMeasurement, as_utc
 from app.gateways.errors import PermanentError
 from app.pipeline.dicom.codes import body_site
 from app.pipeline.fhir import InstanceFacts, SeriesFacts, StudyFacts
+from app.pipeline.fhir_observation import MeasuredValue
 
 DEFAULT_MODALITY = "XC"
 
@@ -29,6 +30,9 @@ class StudyRecord:
     birth_date: date | None
     sex: str | None
     department: str | None
+    measurements: tuple[MeasuredValue, ...] = ()
+    """The values of the study's measurement SRs, oldest SR first, then by region and
+    quantity; times in the session's UTC offset."""
 
 
 def load_study(db: Session, study_uid: str) -> StudyRecord:
@@ -66,7 +70,8 @@ def load_study(db: Session, study_uid: str) -> StudyRecord:
                                   instances=tuple(numbered)))
     created = session.created_at
     created = created.replace(tzinfo=UTC) if created.tzinfo is None else created
-    started = created.astimezone(timezone(timedelta(minutes=session.utc_offset_minutes)))
+    zone = timezone(timedelta(minutes=session.utc_offset_minutes))
+    started = created.astimezone(zone)
     facts = StudyFacts(uid=study_uid, started=started, series=tuple(series),
                        body_site=body_site(session.body_site) if session.body_site else None,
                        laterality=session.laterality,
@@ -74,4 +79,16 @@ def load_study(db: Session, study_uid: str) -> StudyRecord:
     return StudyRecord(facts=facts, session_id=session.id, mrn=session.patient_id,
                        issuer=session.issuer, encounter=session.encounter,
                        patient_name=session.patient_name, birth_date=session.birth_date,
-                       sex=session.sex, department=session.department)
+                       sex=session.sex, department=session.department,
+                       measurements=_measurements(db, study_uid, zone))
+
+
+def _measurements(db: Session, study_uid: str, zone: timezone) -> tuple[MeasuredValue, ...]:
+    rows = db.scalars(select(WoundMeasurement).where(WoundMeasurement.study_uid == study_uid)
+                      .order_by(WoundMeasurement.measured_at, WoundMeasurement.report_sop_uid,
+                                WoundMeasurement.region, WoundMeasurement.quantity))
+    return tuple(MeasuredValue(
+        report_uid=r.report_sop_uid, region=r.region, quantity=r.quantity, value=r.value,
+        uncertainty=r.uncertainty, unit=r.unit, taken_at=as_utc(r.taken_at).astimezone(zone),
+        measured_at=as_utc(r.measured_at).astimezone(zone), tracking_uid=r.tracking_uid,
+        wound_label=r.wound_label) for r in rows)

@@ -1,8 +1,10 @@
 """``/fhir``: the local FHIR store, read-only (FHIR R4 JSON, ``application/fhir+json``).
 
-Reads: ``ImagingStudy/{id}``, ``Patient/{id}``, ``Endpoint/{id}``. Searches (GET, or POST
-``{type}/_search`` with a form body so identifiers stay out of URLs) return ``searchset``
-Bundles: ``ImagingStudy?identifier=urn:dicom:uid|urn:oid:<uid>``, ``ImagingStudy?patient=<id>``,
+Reads: ``ImagingStudy/{id}``, ``Observation/{id}``, ``Patient/{id}``, ``Endpoint/{id}``.
+Searches (GET, or POST ``{type}/_search`` with a form body so identifiers stay out of URLs)
+return ``searchset`` Bundles: ``ImagingStudy?identifier=urn:dicom:uid|urn:oid:<uid>``,
+``ImagingStudy?patient=<id>``, ``Observation?patient=<id>`` (or ``subject=Patient/<id>``),
+``Observation?derived-from=ImagingStudy/<id>``, ``Observation?identifier=<system>|<value>``,
 ``Patient?identifier=<system>|<mrn>``; ``_count`` caps the matches. Callers need the view role;
 sessions launched from the EMR for one patient are refused.
 Every request is audited by ``app.web.audit`` with the studies and patients it returned.
@@ -110,6 +112,18 @@ def _audit_studies(db: Session, bodies: list[dict[str, Any]]) -> None:
                         *patients]
 
 
+def _audit_observations(db: Session, bodies: list[dict[str, Any]]) -> None:
+    """Name the studies the Observations were derived from (their ImagingStudy), and their
+    patients, in this request's audit record."""
+    ids = {ref["reference"].removeprefix("ImagingStudy/") for body in bodies
+           for ref in body.get("derivedFrom", [])
+           if str(ref.get("reference", "")).startswith("ImagingStudy/")}
+    sessions = list(db.scalars(select(CaptureSession).where(CaptureSession.id.in_(ids))))
+    patients = dict.fromkeys(audit.patient_ref(s.patient_id, s.issuer) for s in sessions)
+    g.audit_entities = [*g.get("audit_entities", []),
+                        *(audit.study_ref(s.study_uid) for s in sessions), *patients]
+
+
 def _audit_patients(rows: list[PatientRow]) -> None:
     g.audit_entities = [*g.get("audit_entities", []),
                         *(audit.patient_ref(r.mrn, r.issuer) for r in rows)]
@@ -123,6 +137,8 @@ def _read(resource_type: str, logical_id: str) -> Response:
         body = LocalFhirStore.render(row)
         if resource_type == "ImagingStudy":
             _audit_studies(db, [body])
+        elif resource_type == "Observation":
+            _audit_observations(db, [body])
     return _fhir(body, headers={"ETag": f'W/"{body["meta"]["versionId"]}"'})
 
 
@@ -145,12 +161,40 @@ def search_imaging_studies() -> Response:
     params, count = _params(("identifier", "patient"))
     patient = params.get("patient")
     with services().db.session() as db:
-        rows = LocalFhirStore.search_studies(
-            db, identifier=params.get("identifier"),
+        rows = LocalFhirStore.search(
+            db, "ImagingStudy", identifier=params.get("identifier"),
             patient_id=patient.rsplit("Patient/", 1)[-1] if patient else None, limit=count)
         entries = [(f"{_base()}/ImagingStudy/{r.logical_id}", LocalFhirStore.render(r))
                    for r in rows]
         _audit_studies(db, [body for _, body in entries])
+    return _fhir(searchset(entries))
+
+
+@bp.get("/Observation/<logical_id>")
+@require("view")
+def read_observation(logical_id: str) -> Response:
+    return _read("Observation", logical_id)
+
+
+@bp.route("/Observation", methods=["GET"])
+@bp.route("/Observation/_search", methods=["POST"])
+@require("view")
+def search_observations() -> Response:
+    """Observations of measured wound values by identifier, patient (``patient=<id>`` or
+    ``subject=Patient/<id>``) and/or ``derived-from=ImagingStudy/<id>`` (a study's values)."""
+    params, count = _params(("identifier", "patient", "subject", "derived-from"))
+    patient = params.get("patient") or params.get("subject")
+    derived = params.get("derived-from")
+    with services().db.session() as db:
+        tokens = LocalFhirStore.study_observation_tokens(
+            db, derived.rsplit("ImagingStudy/", 1)[-1]) if derived else None
+        rows = LocalFhirStore.search(
+            db, "Observation", identifier=params.get("identifier"),
+            patient_id=patient.rsplit("Patient/", 1)[-1] if patient else None, limit=count,
+            any_identifier=tokens)
+        entries = [(f"{_base()}/Observation/{r.logical_id}", LocalFhirStore.render(r))
+                   for r in rows]
+        _audit_observations(db, [body for _, body in entries])
     return _fhir(searchset(entries))
 
 

@@ -1,0 +1,228 @@
+"""Wound measurements reach the EMR as data: real SRs (``measure --instance`` on real chart
+photos) become one FHIR Observation per value in the local store and on the FHIR peer (exactly
+once, through failures), valid for the peer's validator, and numeric OBX segments in the
+ORU^R01 that an independent parser (python-hl7) reads back."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import replace
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import hl7
+import pytest
+import requests
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from app.db.models import CaptureSession, FhirResource, Photo, WoundMeasurement, as_utc
+from app.gateways.emr import build_notifiers
+from app.gateways.emr.hl7v2 import Hl7v2Notifier
+from app.gateways.emr.local import LocalFhirStore
+from app.gateways.emr.remote import RemoteFhirNotifier
+from app.gateways.errors import TransientError
+from app.pipeline.fhir_observation import observation_uid
+from tests.conftest import FhirPeer, services
+from tests.emr.conftest import ENCOUNTER_SYSTEM, FaultProxy, fhir_validate, notify
+from tests.mllp_peer import mllp_receiver
+from tests.test_measure_instance import LINE, PHOTO, SQUARE, measure, stored_photo
+
+OFFSET_MINUTES = 120  # the session's clock: UTC+02:00
+LOINC, SNOMED = "http://loinc.org", "http://snomed.info/sct"
+
+
+@pytest.fixture
+def app_overrides(tmp_path: Path) -> dict[str, object]:
+    """No PACS is contacted (no worker runs); the notifiers are called by the tests."""
+    path = tmp_path / "destinations.json"
+    path.write_text(json.dumps({"destinations": []}))
+    return {"destinations_file": path, "emr_notifiers": "", "color_normalization": False}
+
+
+def measured_study(app: Flask, client: FlaskClient, headers: dict[str, str],
+                   **patient: str) -> tuple[str, str, dict[str, Any]]:
+    """A real photo uploaded into a session on a UTC+02:00 clock, measured (one line, one
+    outline): (session id, Study UID, the ``measure`` JSON)."""
+    photo_uid = stored_photo(client, headers, PHOTO, **patient)
+    with services(app).db.session() as db:
+        photo = db.scalars(select(Photo).where(Photo.sop_uid == photo_uid)).one()
+        session = db.get(CaptureSession, photo.session_id)
+        assert session is not None
+        session.utc_offset_minutes = OFFSET_MINUTES
+        session_id, study_uid = session.id, session.study_uid
+    result = measure(app, "--instance", photo_uid, "--line", LINE, "--polygon", SQUARE,
+                     "--wound", "Heel ulcer")
+    assert result.exit_code == 0, result.output
+    return session_id, study_uid, json.loads(result.output)
+
+
+def rows(app: Flask, study_uid: str) -> list[WoundMeasurement]:
+    with services(app).db.session() as db:
+        found = list(db.scalars(select(WoundMeasurement).where(
+            WoundMeasurement.study_uid == study_uid).order_by(WoundMeasurement.id)))
+        db.expunge_all()
+    return found
+
+
+def check_observation(obs: dict[str, Any], row: WoundMeasurement, study_ref: str,
+                      subject: dict[str, Any]) -> None:
+    """The Observation of one ``wound_measurement`` row, field by field."""
+    codes = {(c["system"], c["code"]) for c in obs["code"]["coding"]}
+    expected = {"length": {(LOINC, "39126-8"), (SNOMED, "410668003")},
+                "area": {(LOINC, "89260-4"), (SNOMED, "42798000")},
+                "perimeter": {(SNOMED, "131191004")}}[row.quantity]
+    assert codes == expected
+    assert obs["status"] == "final"
+    assert obs["category"][0]["coding"][0]["code"] == "exam"
+    assert obs["identifier"] == [{"system": "urn:ietf:rfc:3986", "value": "urn:oid:" +
+                                  observation_uid(row.report_sop_uid, row.region,
+                                                  row.quantity)}]
+    quantity = obs["valueQuantity"]
+    assert quantity["value"] == pytest.approx(row.value, abs=0.005)
+    assert (quantity["system"], quantity["code"], quantity["unit"]) == (
+        "http://unitsofmeasure.org", row.unit, row.unit)
+    [uncertainty] = quantity["extension"]
+    assert uncertainty["url"].endswith("/iso21090-uncertainty")
+    assert uncertainty["valueDecimal"] == pytest.approx(row.uncertainty, abs=0.0005) != 0
+    assert obs["subject"] == subject
+    # The photo's time, in the session's offset (the same instant as the stored UTC time).
+    assert obs["effectiveDateTime"].endswith("+02:00")
+    assert datetime.fromisoformat(obs["effectiveDateTime"]) == \
+        as_utc(row.taken_at).replace(microsecond=0)
+    assert obs["bodySite"]["coding"] == [{"system": SNOMED, "code": "14975008",
+                                          "display": "Forearm"}]
+    [wound] = obs["contained"]
+    assert obs["bodySite"]["extension"] == [{
+        "url": "http://hl7.org/fhir/StructureDefinition/bodySite",
+        "valueReference": {"reference": f"#{wound['id']}"}}]
+    assert wound["locationQualifier"][0]["coding"][0]["code"] == "7771000"  # left
+    assert {"system": "urn:dicom:uid", "value": f"urn:oid:{row.tracking_uid}"} in [
+        {k: i[k] for k in ("system", "value") if k in i} for i in wound["identifier"]]
+    assert obs["derivedFrom"][0] == {"reference": study_ref}
+    assert obs["derivedFrom"][1]["identifier"] == {"system": "urn:dicom:uid",
+                                                   "value": f"urn:oid:{row.report_sop_uid}"}
+
+
+def test_local_store_holds_one_valid_observation_per_value(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    session_id, study_uid, record = measured_study(app, client, auth["capture"])
+    values = rows(app, study_uid)
+    assert [(r.region, r.quantity) for r in values] == [
+        (1, "length"), (2, "area"), (2, "perimeter")]
+    store = LocalFhirStore(services(app).settings)
+    notify(app, store, study_uid)
+    notify(app, store, study_uid)  # a retry of the same state changes nothing
+    with services(app).db.session() as db:
+        stored = db.scalars(select(FhirResource).where(
+            FhirResource.resource_type == "Observation")).all()
+        assert sorted(r.version_id for r in stored) == [1, 1, 1]
+
+    view = auth["view"]
+    found = client.get(f"/fhir/Observation?derived-from=ImagingStudy/{session_id}",
+                       headers=view)
+    assert found.status_code == 200 and found.mimetype == "application/fhir+json"
+    bundle = found.get_json()
+    assert bundle["total"] == 3
+    observations = [e["resource"] for e in bundle["entry"]]
+    by_identifier = {o["identifier"][0]["value"]: o for o in observations}
+    subject = {"identifier": {"system": "urn:ebiw:issuer:HOSP-A", "value": "00123456"}}
+    for row in values:
+        key = "urn:oid:" + observation_uid(row.report_sop_uid, row.region, row.quantity)
+        check_observation(by_identifier[key], row, f"ImagingStudy/{session_id}", subject)
+    assert {o["valueQuantity"]["value"] for o in observations} >= {record["lines_mm"][0]}
+    one = observations[0]
+    read = client.get(f"/fhir/Observation/{one['id']}", headers=view)
+    assert read.status_code == 200 and read.get_json()["identifier"] == one["identifier"]
+    assert client.get(f"/fhir/Observation?identifier=urn:ietf:rfc:3986|"
+                      f"{one['identifier'][0]['value']}", headers=view).get_json()["total"] == 1
+    assert client.get("/fhir/Observation?derived-from=ImagingStudy/unknown",
+                      headers=view).get_json()["total"] == 0
+    assert client.get("/fhir/Observation?code=39126-8", headers=view).status_code == 400
+
+    reports = fhir_validate(tmp_path, observations)
+    assert [r["errors"] for r in reports] == [[], [], []], reports
+
+
+def _remote(app: Flask, base: str) -> RemoteFhirNotifier:
+    settings = replace(services(app).settings, emr_notifiers="fhir",
+                       emr_fhir_url=f"{base}/fhir", emr_timeout_seconds=1,
+                       emr_encounter_system=ENCOUNTER_SYSTEM).checked()
+    [notifier] = build_notifiers(settings)
+    assert isinstance(notifier, RemoteFhirNotifier)
+    return notifier
+
+
+def test_remote_observations_exactly_once_through_failures(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        fhir_peer: FhirPeer, proxy: FaultProxy) -> None:
+    """The second Observation is written but its answer is lost, the third refused (503):
+    later calls create only what is missing, and a repeat writes nothing."""
+    _, study_uid, _ = measured_study(app, client, auth["capture"], id="MRN0001",
+                                     issuer="1.2.3.4.5.6")
+    values = rows(app, study_uid)
+    notifier = _remote(app, proxy.url)
+    proxy.plan["POST /fhir/Observation"] = ["pass", "late", "pass", "pass", "503"]
+    with pytest.raises(TransientError, match="unreachable while creating the Observation"):
+        notify(app, notifier, study_uid)
+    with pytest.raises(TransientError, match="answered 503 while creating the Observation"):
+        notify(app, notifier, study_uid)
+    notify(app, notifier, study_uid)
+    posts = fhir_peer.log("POST", "/fhir/Observation")
+    # Created, created (answer lost); found, found (the 503 was never forwarded); found,
+    # found, created.
+    assert [e["status"] for e in posts] == [201, 201, 200, 200, 200, 200, 201]
+    notify(app, notifier, study_uid)  # the same state again: found, nothing is written
+    assert [e["status"] for e in fhir_peer.log("POST", "/fhir/Observation")[7:]] == [200] * 3
+    assert not [e for e in fhir_peer.log("PUT") if "/Observation/" in e["path"]]
+
+    [study] = fhir_peer.studies(study_uid)
+    bundle = requests.get(f"{fhir_peer.url}/Observation", params={"subject": "Patient/p1"},
+                          timeout=5).json()
+    observations = [e["resource"] for e in bundle.get("entry", [])]
+    assert len(observations) == len(values) == 3
+    for row in values:
+        token = "urn:ietf:rfc:3986|urn:oid:" + observation_uid(row.report_sop_uid, row.region,
+                                                              row.quantity)
+        [one] = [e["resource"] for e in requests.get(
+            f"{fhir_peer.url}/Observation", params={"identifier": token},
+            timeout=5).json().get("entry", [])]
+        check_observation(one, row, f"ImagingStudy/{study['id']}",
+                          {"reference": "Patient/p1"})
+        assert one.get("encounter") == study.get("encounter")  # ENC1001: not in this EMR
+
+
+def test_oru_carries_numeric_obx_per_value(app: Flask, client: FlaskClient,
+                                           auth: dict[str, dict[str, str]]) -> None:
+    _, study_uid, _ = measured_study(app, client, auth["capture"])
+    values = rows(app, study_uid)
+    with mllp_receiver() as receiver:
+        settings = replace(services(app).settings, emr_notifiers="hl7v2",
+                           emr_mllp_address=receiver.address, emr_timeout_seconds=1).checked()
+        [notifier] = build_notifiers(settings)
+        assert isinstance(notifier, Hl7v2Notifier)
+        notify(app, notifier, study_uid)  # hl7apy's strict parse in the receiver passed
+    [raw] = receiver.raw
+    message = hl7.parse(raw)
+    numeric = [s for s in message.segments("OBX") if str(s[2]) == "NM" and
+               str(s[3][0][0]) != "NINST"]
+    assert len(numeric) == len(values) == 3
+    for segment, row in zip(numeric, values, strict=True):
+        code = segment[3][0]
+        expected = {"length": ["39126-8", "Length of Wound", "LN", "410668003", "Length", "SCT"],
+                    "area": ["89260-4", "Area of wound", "LN", "42798000", "Area", "SCT"],
+                    "perimeter": ["131191004", "Perimeter", "SCT"]}[row.quantity]
+        assert [str(c) for c in code] == expected
+        assert float(str(segment[5])) == pytest.approx(row.value, abs=0.005)
+        assert [str(c) for c in segment[6][0]] == [row.unit, row.unit, "UCUM"]
+        assert str(segment[11]) == "F"
+        taken = datetime.strptime(str(segment[14]), "%Y%m%d%H%M%S%z")
+        assert str(segment[14]).endswith("+0200")
+        assert taken == as_utc(row.taken_at).replace(microsecond=0)
+        measured = datetime.strptime(str(segment[19]), "%Y%m%d%H%M%S%z")
+        assert measured == as_utc(row.measured_at).replace(microsecond=0)
+    # One wound: its line is region 1.1, the outline's area and perimeter share 1.2.
+    assert [str(s[4]) for s in numeric] == ["1.1", "1.2", "1.2"]
