@@ -5,20 +5,31 @@ ORU^R01 that an independent parser (python-hl7) reads back."""
 
 from __future__ import annotations
 
+import io
 import json
+import time
 from dataclasses import replace
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import hl7
+import pydicom
 import pytest
 import requests
 from flask import Flask
 from flask.testing import FlaskClient
+from pydicom.valuerep import DT
 from sqlalchemy import select
 
-from app.db.models import CaptureSession, FhirResource, Photo, WoundMeasurement, as_utc
+from app.db.models import (
+    CaptureSession,
+    FhirResource,
+    Instance,
+    Photo,
+    WoundMeasurement,
+    as_utc,
+)
 from app.gateways.emr import build_notifiers
 from app.gateways.emr.hl7v2 import Hl7v2Notifier
 from app.gateways.emr.local import LocalFhirStore
@@ -43,20 +54,37 @@ def app_overrides(tmp_path: Path) -> dict[str, object]:
 
 
 def measured_study(app: Flask, client: FlaskClient, headers: dict[str, str],
-                   **patient: str) -> tuple[str, str, dict[str, Any]]:
-    """A real photo uploaded into a session on a UTC+02:00 clock, measured (one line, one
-    outline): (session id, Study UID, the ``measure`` JSON)."""
-    photo_uid = stored_photo(client, headers, PHOTO, **patient)
+                   monkeypatch: pytest.MonkeyPatch, **patient: str
+                   ) -> tuple[str, str, dict[str, Any]]:
+    """A real photo uploaded into a session while the server's clock is on UTC+02:00, then
+    measured (one line, one outline): (session id, Study UID, the ``measure`` JSON)."""
+    monkeypatch.setenv("TZ", "Etc/GMT-2")  # POSIX sign: UTC+02:00
+    time.tzset()
+    try:
+        photo_uid = stored_photo(client, headers, PHOTO, **patient)
+        result = measure(app, "--instance", photo_uid, "--line", LINE, "--polygon", SQUARE,
+                         "--wound", "Heel ulcer")
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert result.exit_code == 0, result.output
     with services(app).db.session() as db:
         photo = db.scalars(select(Photo).where(Photo.sop_uid == photo_uid)).one()
         session = db.get(CaptureSession, photo.session_id)
-        assert session is not None
-        session.utc_offset_minutes = OFFSET_MINUTES
-        session_id, study_uid = session.id, session.study_uid
-    result = measure(app, "--instance", photo_uid, "--line", LINE, "--polygon", SQUARE,
-                     "--wound", "Heel ulcer")
-    assert result.exit_code == 0, result.output
-    return session_id, study_uid, json.loads(result.output)
+        assert session is not None and session.utc_offset_minutes == OFFSET_MINUTES
+        return session.id, session.study_uid, json.loads(result.output)
+
+
+def photo_time(app: Flask, record: dict[str, Any]) -> datetime:
+    """When the measured photo was taken, as its archived DICOM header says."""
+    svc = services(app)
+    with svc.db.session() as db:
+        row = db.get(Instance, record["instance"])
+        assert row is not None
+        header = pydicom.dcmread(io.BytesIO(svc.archive.read(row)), stop_before_pixels=True)
+    stamp = DT(f"{header.ContentDate}{header.ContentTime}{header.TimezoneOffsetFromUTC}")
+    assert stamp.utcoffset() == timedelta(minutes=OFFSET_MINUTES)
+    return stamp.replace(microsecond=0)
 
 
 def rows(app: Flask, study_uid: str) -> list[WoundMeasurement]:
@@ -68,8 +96,9 @@ def rows(app: Flask, study_uid: str) -> list[WoundMeasurement]:
 
 
 def check_observation(obs: dict[str, Any], row: WoundMeasurement, study_ref: str,
-                      subject: dict[str, Any]) -> None:
-    """The Observation of one ``wound_measurement`` row, field by field."""
+                      subject: dict[str, Any], taken: datetime) -> None:
+    """The Observation of one ``wound_measurement`` row, field by field; ``taken`` is the
+    photo's time."""
     codes = {(c["system"], c["code"]) for c in obs["code"]["coding"]}
     expected = {"length": {(LOINC, "39126-8"), (SNOMED, "410668003")},
                 "area": {(LOINC, "89260-4"), (SNOMED, "42798000")},
@@ -89,9 +118,7 @@ def check_observation(obs: dict[str, Any], row: WoundMeasurement, study_ref: str
     assert uncertainty["valueDecimal"] == pytest.approx(row.uncertainty, abs=0.0005) != 0
     assert obs["subject"] == subject
     # The photo's time, in the session's offset (the same instant as the stored UTC time).
-    assert obs["effectiveDateTime"].endswith("+02:00")
-    assert datetime.fromisoformat(obs["effectiveDateTime"]) == \
-        as_utc(row.taken_at).replace(microsecond=0)
+    assert obs["effectiveDateTime"] == taken.isoformat()  # with the photo's +02:00
     assert obs["bodySite"]["coding"] == [{"system": SNOMED, "code": "14975008",
                                           "display": "Forearm"}]
     [wound] = obs["contained"]
@@ -108,8 +135,9 @@ def check_observation(obs: dict[str, Any], row: WoundMeasurement, study_ref: str
 
 def test_local_store_holds_one_valid_observation_per_value(
         app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
-        tmp_path: Path) -> None:
-    session_id, study_uid, record = measured_study(app, client, auth["capture"])
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    session_id, study_uid, record = measured_study(app, client, auth["capture"], monkeypatch)
+    taken = photo_time(app, record)
     values = rows(app, study_uid)
     assert [(r.region, r.quantity) for r in values] == [
         (1, "length"), (2, "area"), (2, "perimeter")]
@@ -132,7 +160,8 @@ def test_local_store_holds_one_valid_observation_per_value(
     subject = {"identifier": {"system": "urn:ebiw:issuer:HOSP-A", "value": "00123456"}}
     for row in values:
         key = "urn:oid:" + observation_uid(row.report_sop_uid, row.region, row.quantity)
-        check_observation(by_identifier[key], row, f"ImagingStudy/{session_id}", subject)
+        check_observation(by_identifier[key], row, f"ImagingStudy/{session_id}", subject,
+                          taken)
     assert {o["valueQuantity"]["value"] for o in observations} >= {record["lines_mm"][0]}
     one = observations[0]
     read = client.get(f"/fhir/Observation/{one['id']}", headers=view)
@@ -158,11 +187,11 @@ def _remote(app: Flask, base: str) -> RemoteFhirNotifier:
 
 def test_remote_observations_exactly_once_through_failures(
         app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
-        fhir_peer: FhirPeer, proxy: FaultProxy) -> None:
+        fhir_peer: FhirPeer, proxy: FaultProxy, monkeypatch: pytest.MonkeyPatch) -> None:
     """The second Observation is written but its answer is lost, the third refused (503):
     later calls create only what is missing, and a repeat writes nothing."""
-    _, study_uid, _ = measured_study(app, client, auth["capture"], id="MRN0001",
-                                     issuer="1.2.3.4.5.6")
+    _, study_uid, record = measured_study(app, client, auth["capture"], monkeypatch,
+                                          id="MRN0001", issuer="1.2.3.4.5.6")
     values = rows(app, study_uid)
     notifier = _remote(app, proxy.url)
     proxy.plan["POST /fhir/Observation"] = ["pass", "late", "pass", "pass", "503"]
@@ -191,13 +220,15 @@ def test_remote_observations_exactly_once_through_failures(
             f"{fhir_peer.url}/Observation", params={"identifier": token},
             timeout=5).json().get("entry", [])]
         check_observation(one, row, f"ImagingStudy/{study['id']}",
-                          {"reference": "Patient/p1"})
+                          {"reference": "Patient/p1"}, photo_time(app, record))
         assert one.get("encounter") == study.get("encounter")  # ENC1001: not in this EMR
 
 
 def test_oru_carries_numeric_obx_per_value(app: Flask, client: FlaskClient,
-                                           auth: dict[str, dict[str, str]]) -> None:
-    _, study_uid, _ = measured_study(app, client, auth["capture"])
+                                           auth: dict[str, dict[str, str]],
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    _, study_uid, record = measured_study(app, client, auth["capture"], monkeypatch)
+    taken = photo_time(app, record)
     values = rows(app, study_uid)
     with mllp_receiver() as receiver:
         settings = replace(services(app).settings, emr_notifiers="hl7v2",
@@ -219,9 +250,7 @@ def test_oru_carries_numeric_obx_per_value(app: Flask, client: FlaskClient,
         assert float(str(segment[5])) == pytest.approx(row.value, abs=0.005)
         assert [str(c) for c in segment[6][0]] == [row.unit, row.unit, "UCUM"]
         assert str(segment[11]) == "F"
-        taken = datetime.strptime(str(segment[14]), "%Y%m%d%H%M%S%z")
-        assert str(segment[14]).endswith("+0200")
-        assert taken == as_utc(row.taken_at).replace(microsecond=0)
+        assert str(segment[14]) == taken.strftime("%Y%m%d%H%M%S%z")  # the photo's, +0200
         measured = datetime.strptime(str(segment[19]), "%Y%m%d%H%M%S%z")
         assert measured == as_utc(row.measured_at).replace(microsecond=0)
     # One wound: its line is region 1.1, the outline's area and perimeter share 1.2.
