@@ -23,6 +23,7 @@ from pydicom.valuerep import DT
 from sqlalchemy import select
 
 from app.db.models import (
+    AuditEvent,
     CaptureSession,
     FhirResource,
     Instance,
@@ -36,6 +37,7 @@ from app.gateways.emr.local import LocalFhirStore
 from app.gateways.emr.remote import RemoteFhirNotifier
 from app.gateways.errors import TransientError
 from app.pipeline.fhir_observation import observation_uid
+from app.workflow import audit
 from tests.conftest import FhirPeer, services
 from tests.emr.conftest import ENCOUNTER_SYSTEM, FaultProxy, fhir_validate, notify
 from tests.mllp_peer import mllp_receiver
@@ -171,6 +173,17 @@ def test_local_store_holds_one_valid_observation_per_value(
     assert client.get("/fhir/Observation?derived-from=ImagingStudy/unknown",
                       headers=view).get_json()["total"] == 0
     assert client.get("/fhir/Observation?code=39126-8", headers=view).status_code == 400
+
+    with services(app).db.session() as db:  # who saw which study and patient
+        events = db.scalars(select(AuditEvent).where(
+            AuditEvent.action == "fhir.search_observations").order_by(AuditEvent.id)).all()
+        by_study, by_identifier, unknown = (e.entities for e in events[:3])
+        assert f"study:{study_uid}" in by_study and f"study:{study_uid}" in by_identifier
+        assert audit.patient_ref("00123456", "HOSP-A") in by_study
+        assert unknown == []
+        read_event = db.scalars(select(AuditEvent).where(
+            AuditEvent.action == "fhir.read_observation")).one()
+        assert f"study:{study_uid}" in read_event.entities
 
     reports = fhir_validate(tmp_path, observations)
     assert [r["errors"] for r in reports] == [[], [], []], reports
