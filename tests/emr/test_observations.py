@@ -17,11 +17,13 @@ import hl7
 import pydicom
 import pytest
 import requests
+from click.testing import CliRunner
 from flask import Flask
 from flask.testing import FlaskClient
 from pydicom.valuerep import DT
 from sqlalchemy import select
 
+from app.cli import cli
 from app.db.models import (
     AuditEvent,
     CaptureSession,
@@ -38,6 +40,7 @@ from app.gateways.emr.remote import RemoteFhirNotifier
 from app.gateways.errors import TransientError
 from app.pipeline.fhir_observation import observation_uid
 from app.workflow import audit
+from app.workflow.delivery.worker import drain
 from tests.conftest import FhirPeer, services
 from tests.emr.conftest import ENCOUNTER_SYSTEM, FaultProxy, fhir_validate, notify
 from tests.mllp_peer import mllp_receiver
@@ -268,3 +271,29 @@ def test_oru_carries_numeric_obx_per_value(app: Flask, client: FlaskClient,
         assert measured == as_utc(row.measured_at).replace(microsecond=0)
     # One wound: its line is region 1.1, the outline's area and perimeter share 1.2.
     assert [str(s[4]) for s in numeric] == ["1.1", "1.2", "1.2"]
+
+
+@pytest.mark.parametrize("app_overrides", [{"emr_notifiers": "local",
+                                            "color_normalization": False}])
+def test_storing_a_report_sends_its_values_through_the_outbox(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]]) -> None:
+    """The SR's transaction re-queues the study's notifier row; the worker then writes the
+    Observations (no notifier is called by hand here)."""
+    svc = services(app)
+    photo_uid = stored_photo(client, auth["capture"], PHOTO)
+    drain(svc.db, svc.archive, svc.registry)
+
+    def observations() -> int:
+        with svc.db.session() as db:
+            return len(db.scalars(select(FhirResource).where(
+                FhirResource.resource_type == "Observation")).all())
+
+    assert observations() == 0
+    env = {"EBIW_DATA_DIR": str(svc.settings.data_dir), "EBIW_ENV": "test",
+           "EBIW_EMR_NOTIFIERS": "local",
+           "EBIW_DATABASE_URL": svc.settings.database_url or ""}
+    result = CliRunner().invoke(cli, ["measure", "--instance", photo_uid, "--line", LINE,
+                                      "--polygon", SQUARE], env=env)
+    assert result.exit_code == 0, result.output
+    assert drain(svc.db, svc.archive, svc.registry) == 1  # the study's "local" row
+    assert observations() == 3
