@@ -6,11 +6,15 @@
  * @module wound
  */
 
+/** The quantities drawn, in colours that read on the light and the dark theme alike. */
 const SERIES = [
-  { key: "area", label: "Area (mm²)", axis: "y", color: "#0b5d8c" },
-  { key: "length", label: "Length (mm)", axis: "y1", color: "#b34700" },
-  { key: "width", label: "Width (mm)", axis: "y1", color: "#2e7d32" },
+  { key: "area", label: "Area (mm²)", axis: "y", color: "#1f77b4" },
+  { key: "length", label: "Length (mm)", axis: "y1", color: "#d95f02" },
+  { key: "width", label: "Width (mm)", axis: "y1", color: "#1b9e77" },
 ];
+
+/** Grid lines visible on both themes. */
+const GRID = "rgba(128, 128, 128, 0.35)";
 
 /** The points of one quantity: {x: days since the first visit, y: value}, visits without it left out. */
 function points(rows, key) {
@@ -36,8 +40,9 @@ function draw() {
       color: text,
       scales: {
         x: { type: "linear", title: { display: true, text: "Days since the first visit", color: text },
-             ticks: { color: text } },
-        y: { beginAtZero: true, title: { display: true, text: "mm²", color: text }, ticks: { color: text } },
+             ticks: { color: text }, grid: { color: GRID } },
+        y: { beginAtZero: true, title: { display: true, text: "mm²", color: text }, ticks: { color: text },
+             grid: { color: GRID } },
         y1: { display: lengths, position: "right", beginAtZero: true, grid: { drawOnChartArea: false },
               title: { display: true, text: "mm", color: text }, ticks: { color: text } },
       },

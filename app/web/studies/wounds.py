@@ -77,12 +77,13 @@ def _private(response: Response, policy: str | None = None) -> Response:
 @require(*ROLES)
 def trajectory_page(tracking_uid: str) -> Response | tuple[Response, int]:
     """The trajectory page: the 4-week area reduction, the chart and the same figures as a
-    table, each visit linked to its study in the viewer."""
+    table (the quantities some visit measured), each visit linked to its study in the viewer."""
     trajectory = _trajectory(tracking_uid)
     if isinstance(trajectory, tuple):
         return trajectory
     html = render_template(
-        "studies/wound.html", t=trajectory, quantities=TRACKED, units=UNITS,
+        "studies/wound.html", t=trajectory, units=UNITS,
+        quantities=[q for q in TRACKED if any(q in v.figures for v in trajectory.visits)],
         predictor=PREDICTOR_REDUCTION_PERCENT,
         window_weeks=tuple(int(w.days // 7) for w in FOUR_WEEK_WINDOW),
         csv_url=url_for("api.wound_trajectory_csv", tracking_uid=tracking_uid))
