@@ -88,14 +88,24 @@ def look(browser: Any, url: str, path: str, state: dict[str, Any], scheme: str,
 def test_the_trajectory_page_draws_its_chart_and_table_on_a_phone(
         app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
         users: dict[str, str], chromium: Browser, axe_script: Path) -> None:
-    def scenario(browser: Any, url: str, path: str) -> dict[str, dict[str, Any]]:
+    def scenario(browser: Any, url: str, path: str) -> dict[str, Any]:
         context = browser.new_context(**PHONE)
         assert context.request.post(f"{url}/login", data={
             "username": users["view"], "password": PASSWORD}).ok
         state = context.storage_state()
         context.close()
-        return {scheme: look(browser, url, path, state, scheme, axe_script)
+        seen = {scheme: look(browser, url, path, state, scheme, axe_script)
                 for scheme in ("light", "dark")}
+        # The viewer of the visit-2 study links both wounds measured in it, tappable.
+        context = browser.new_context(**PHONE, storage_state=state)
+        page = context.new_page()
+        page.goto(f"{url}/studies/{seeded.studies[1]}")
+        page.wait_for_selector(".wounds a")
+        seen["viewer"] = page.evaluate("""() => [...document.querySelectorAll(".wounds a")]
+          .map((a) => { const b = a.getBoundingClientRect();
+            return [a.getAttribute("href"), b.width >= 44 && b.height >= 44]; })""")
+        context.close()
+        return seen
 
     with served_as_deployed(app) as (url, _):  # its CSP hook goes in before any request
         seeded = seed(app, client, auth["capture"])
@@ -103,6 +113,9 @@ def test_the_trajectory_page_draws_its_chart_and_table_on_a_phone(
         seen = chromium.run(lambda browser: scenario(browser, url, path))
     trajectory = wound_trajectory(services(app), seeded.tracking_uid)
 
+    assert seen.pop("viewer") == [  # by label: "left heel", "sacrum"
+        [f"/wounds/{seeded.tracking_uid}", True],
+        [f"/wounds/{seeded.other_wound['tracking_uid']}", True]]
     for scheme, result in seen.items():
         canvas = result["canvas"]
         assert canvas["drawn"] == "5", (scheme, canvas)  # 4 areas + 1 length point
