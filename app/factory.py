@@ -27,6 +27,7 @@ from app.web.patients import init_app as init_patients
 from app.web.pwa import bp as pwa_bp
 from app.web.shell import bp as shell_bp
 from app.web.studies import bp as studies_bp
+from app.web.studies.wounds import bp as wounds_bp
 from app.web.timing import init_app as init_timing
 from app.workflow.delivery import BackgroundDelivery
 from app.workflow.services import build_services
@@ -63,6 +64,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(fhir_bp)
     app.register_blueprint(dicomweb_bp)
     app.register_blueprint(studies_bp)
+    app.register_blueprint(wounds_bp)
     app.register_blueprint(exports_bp)
     init_audit(app)
     init_timing(app, always=settings.server_timing)

@@ -67,9 +67,10 @@ def stored_photo(client: FlaskClient, headers: dict[str, str], photo: Path,
 
 
 def measure(app: Flask, *args: str) -> Result:
+    """``ebiw measure ARGS`` against ``app``'s data directory, database and destinations."""
     settings = services(app).settings
     env = {"EBIW_DATA_DIR": str(settings.data_dir), "EBIW_ENV": "test",
-           "EBIW_DESTINATIONS_FILE": str(settings.destinations_file),
+           "EBIW_DESTINATIONS_FILE": str(settings.destinations_file or ""),
            "EBIW_EMR_NOTIFIERS": "", "EBIW_DATABASE_URL": settings.database_url or ""}
     return CliRunner().invoke(cli, ["measure", *args], env=env)
 

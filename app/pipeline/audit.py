@@ -143,6 +143,8 @@ CATALOGUE: dict[str, EventCode] = {
     "photo.store": _INSTANCES_CREATED,
     "measurement.store": _INSTANCES_CREATED,  # a wound measurement SR (ebiw measure --instance)
     "prior.read": _TRANSFERRED,  # the prior photo rendered for the camera overlay (issue 16)
+    "wound.read": _RECORD_READ,  # a wound's healing trajectory page (issue 17)
+    "wound.export": _EXPORT,  # ... and its CSV
     "batch.open": _RECORD_CREATE,  # batch import (app/workflow/batch/)
     "batch.read": _RECORD_READ,
     "batch.hold": _RECORD_CREATE,

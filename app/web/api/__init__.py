@@ -23,6 +23,7 @@ from app.web.auth import current_login, login_json, require
 from app.web.errors import error_response
 from app.web.launch import OTHER_PATIENT
 from app.web.limits import rate_limited
+from app.web.studies import wounds
 from app.web.timing import SHOW
 from app.web.uploads import UnsupportedMediaType, photo_body, read_photo_body
 from app.workflow import audit
@@ -298,6 +299,13 @@ def prior_photo() -> Response | tuple[Response, int]:
         response.headers.update({k: v for k, v in meta.items() if v is not None})
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+@bp.get("/wounds/<tracking_uid>/trajectory.csv")
+@require(*wounds.ROLES)
+def wound_trajectory_csv(tracking_uid: str) -> Response | tuple[Response, int]:
+    """A wound's healing trajectory as CSV (``app.web.studies.wounds``)."""
+    return wounds.trajectory_csv_response(tracking_uid)
 
 
 @bp.get("/body-sites")

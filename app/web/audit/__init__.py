@@ -45,6 +45,8 @@ ACTIONS = {
     "api.complete_session": "session.complete",
     "api.put_photo": "photo.store",
     "api.prior_photo": "prior.read",
+    "wounds.trajectory_page": "wound.read",
+    "api.wound_trajectory_csv": "wound.export",
     "audit.audit_page": "audit.read",
     "audit.audit_json": "audit.read",
     "audit.audit_fhir": "audit.read",

@@ -4,8 +4,9 @@ The page itself holds no PHI: it is a shell whose ES modules (``static/js/viewer
 everything from /dicomweb with the user's credentials (the session cookie, or a bearer token the
 embedding app put in sessionStorage), so access is checked and audited where the data is served.
 It is sent with a strict Content Security Policy: scripts and styles from this origin only.
-The one thing rendered on the server is the photos' quality record (no PHI), for a logged-in
-user who may see the study.
+The things rendered on the server, for a logged-in user who may see the study, are the photos'
+quality record and a link to the trajectory of each wound measured in the study (its label and
+tracking UID: no patient identifier).
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from app.web.auth import current_login
 from app.web.dicomweb import study_visible
 from app.web.errors import error_response
 from app.web.launch import OTHER_PATIENT
+from app.web.studies.wounds import study_wounds
 
 bp = Blueprint("studies", __name__, url_prefix="/studies")
 
@@ -45,7 +47,8 @@ def viewer(study_uid: str) -> Response | tuple[Response, int]:
         else ""
     html = render_template("studies/viewer.html", study_uid=study_uid, login_url=login_url,
                            dicomweb=url_for("dicomweb.search_studies").rsplit("/studies", 1)[0],
-                           quality=_photo_quality(study_uid) if login is not None else [])
+                           quality=_photo_quality(study_uid) if login is not None else [],
+                           wounds=study_wounds(study_uid) if login is not None else [])
     response = Response(html, content_type="text/html; charset=utf-8")
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["Referrer-Policy"] = "no-referrer"
