@@ -166,3 +166,51 @@ def test_measure_save_reload_and_outline_on_a_phone(
     inside = cv2.pointPolygonTest(polygon.astype(np.float32).reshape(-1, 1, 2),
                                   (float(seed[0]), float(seed[1])), False)
     assert inside >= 0  # the proposed outline holds the tap
+
+
+def test_shapes_are_edited_by_their_handles_and_deleted_on_a_desktop(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
+        chromium: Browser) -> None:
+    """A length's end dragged to a new place is saved there; an arrow is deleted from the
+    list; a note stays on the page only (arrows and notes are never sent)."""
+    study = upload_study(client, auth["capture"], [photo(CHART_PHOTO)])
+    token = auth["view"]["Authorization"].removeprefix("Bearer ")
+    moved = (1200, 1700)
+    problems: list[str] = []
+
+    def scenario(browser: Any) -> dict[str, Any]:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.add_init_script(f"sessionStorage.setItem('ebiw.token', {token!r})")
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.goto(f"{live_server}/studies/{study.study_uid}")
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        page.click("[data-tool=length]")
+        drag(page, *LENGTH)
+        page.click("[data-tool=pan]")
+        drag(page, LENGTH[1], moved)  # the end's handle, not a pan
+        page.click("[data-tool=arrow]")
+        drag(page, (600, 1500), (800, 1300))
+        page.fill("#note-text", "slough at 3 o'clock")
+        page.click("[data-tool=note]")
+        page.mouse.click(*screen(page, (700, 600), SIZE))
+        out: dict[str, Any] = {"before": listed(page)}
+        page.screenshot(path=str(ARTIFACTS / "viewer-measure-edit-1280x800.png"))
+        page.click("[aria-label='Delete Arrow 1']")
+        out["after_delete"] = listed(page)
+        page.click("#save")
+        wait_until(page, "document.querySelectorAll('#measurements li[data-saved]').length === 1")
+        out["saved"] = listed(page)
+        page.close()
+        return out
+
+    seen = chromium.run(scenario)
+    assert problems == []
+    assert [m["kind"] for m in seen["before"]] == ["length", "arrow", "note"]
+    assert seen["before"][2]["text"].endswith("Note 1: slough at 3 o'clock")
+    assert [m["kind"] for m in seen["after_delete"]] == ["length", "note"]
+    assert [(m["kind"], m.get("saved")) for m in seen["saved"]] == [("length", "true"),
+                                                                    ("note", None)]
+    with services(app).db.session() as db:
+        (row,) = db.scalars(select(WoundMeasurement)).all()
+    assert row.quantity == "length"
+    assert np.allclose(row.points, [LENGTH[0], moved], atol=8)

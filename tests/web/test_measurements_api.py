@@ -20,7 +20,7 @@ from sqlalchemy import select
 from app.db.models import AuditEvent, WoundMeasurement
 from app.pipeline.geometry import calibrate_photo
 from app.pipeline.outline import outline_photo
-from tests.conftest import WOUNDS, services
+from tests.conftest import WOUNDS, log_in, services
 from tests.test_measure_instance import NO_CHART, PHOTO, read_sr, state, stored_photo
 
 LENGTH = [[200, 300], [1300, 1800]]
@@ -181,3 +181,21 @@ def test_outline_proposes_the_wound_under_the_tap(
     other = client.post("/api/v1/outline", json={
         "study": "1.2.3", "instance": photo_uid, "seed": seed}, headers=auth["view"])
     assert other.status_code == 404
+
+
+def test_the_session_cookie_needs_the_csrf_token(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        users: dict[str, str]) -> None:
+    photo_uid = stored_photo(client, auth["capture"], PHOTO)
+    study = study_of(app, photo_uid)
+    csrf = log_in(client, users["view"])
+    body = {"instance": photo_uid, "lines": [{"points": LENGTH}]}
+    refused = client.post(f"/api/v1/studies/{study}/measurements", json=body)
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "csrf"
+    with services(app).db.session() as db:
+        assert db.scalars(select(WoundMeasurement)).all() == []
+    stored = client.post(f"/api/v1/studies/{study}/measurements", json=body,
+                         headers={"X-CSRF-Token": csrf})
+    assert stored.status_code == 201, stored.get_json()
+    assert client.get(f"/api/v1/studies/{study}/measurements").get_json()[
+        "measurements"][0]["observer"] == users["view"]
