@@ -6,6 +6,8 @@ field and stores nothing."""
 from __future__ import annotations
 
 import io
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import highdicom as hd
@@ -20,7 +22,7 @@ from sqlalchemy import select
 from app.db.models import AuditEvent, WoundMeasurement
 from app.pipeline.geometry import calibrate_photo
 from app.pipeline.outline import outline_photo
-from tests.conftest import WOUNDS, log_in, services
+from tests.conftest import PEERS, WOUNDS, log_in, services
 from tests.test_measure_instance import NO_CHART, PHOTO, read_sr, state, stored_photo
 
 LENGTH = [[200, 300], [1300, 1800]]
@@ -199,3 +201,18 @@ def test_the_session_cookie_needs_the_csrf_token(
     assert stored.status_code == 201, stored.get_json()
     assert client.get(f"/api/v1/studies/{study}/measurements").get_json()[
         "measurements"][0]["observer"] == users["view"]
+
+
+def test_dciodvfy_finds_no_error_in_an_sr_with_a_width(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    photo_uid = stored_photo(client, auth["capture"], PHOTO)
+    body = post(client, auth["view"], study_of(app, photo_uid), {
+        "instance": photo_uid, "lines": [{"points": LENGTH}, {"points": WIDTH, "kind": "width"}],
+        "polygons": [{"points": SQUARE}]}).get_json()
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(read_sr(app, body["sr_sop_instance_uid"])[1])
+    proc = subprocess.run(["bash", str(PEERS / "dicom_validate.sh"), "--iod",
+                           "Comprehensive3DSR", str(path)], capture_output=True, text=True,
+                          check=False)
+    assert "TOTAL errors=0 warnings=0" in proc.stdout, proc.stdout + proc.stderr
