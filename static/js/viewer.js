@@ -224,10 +224,7 @@ function renderMeasurements() {
       if (result.saved) item.dataset.saved = "true";
       const text = document.createElement("span");
       text.textContent = `${prefix ? `${prefix} · ` : ""}${result.name}: ${result.text || "drawn"}`;
-      if (result.saved) {
-        const warnings = Object.values(result.saved.values).flatMap((v) => v.warnings || []);
-        text.textContent += ` · saved, ${result.saved.wound}${warnings.length ? " · warning" : ""}`;
-      }
+      if (result.saved) text.textContent += ` · saved, ${result.saved.wound}`;
       item.append(text);
       if (!result.saved) {
         const remove = document.createElement("button");
