@@ -1,10 +1,12 @@
 """Wound measurements on an archived photo, stored as a DICOM SR in the photo's study.
 
 :func:`archived_photo` reads a stored photo instance (its header and its JPEG, the pixels
-as stored: upright, no EXIF); the caller measures on them (`app.pipeline.geometry`);
+as stored: upright, no EXIF); :func:`calibrate_archived` and :func:`measure_regions` measure on
+them (`app.pipeline.geometry`), for ``ebiw measure --instance`` and the API alike;
 :func:`store_report` builds the TID 1500 report (`app.pipeline.dicom.sr`), stores and indexes
 it like any instance, queues its deliveries to every PACS destination and audits the write,
-all in one transaction.
+all in one transaction. :func:`study_measurements` reads the index back for the viewer, and
+:func:`outline_archived` proposes a wound's outline on a stored photo.
 
 The tracking UID of a wound is derived, not looked up: a UUID-5 of the patient (issuer and
 ID) and the wound's label (case and surrounding space ignored), so the same label on the same
