@@ -15,7 +15,6 @@ import sys
 import uuid
 from collections.abc import Callable
 from datetime import UTC, date, datetime, timedelta
-from functools import partial
 from pathlib import Path
 
 import click
@@ -36,14 +35,11 @@ from app.pipeline.dicom.builder import (
     build_vl_photo,
 )
 from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
-from app.pipeline.dicom.sr import DEFAULT_WOUND_LABEL, MeasuredLine, MeasuredPolygon
+from app.pipeline.dicom.sr import DEFAULT_WOUND_LABEL
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.pipeline.dicom.values import InvalidValue
 from app.pipeline.geometry import (
-    WARNINGS,
-    Calibration,
     GeometryError,
-    Measurement,
     Point,
     calibrate_photo,
     check_polygon,
@@ -66,7 +62,14 @@ from app.workflow.identification import (
     read_wristband,
 )
 from app.workflow.intake import ORIGINAL_SERIES_NUMBER, IntakeError, color_step
-from app.workflow.measurements import MeasurementError, archived_photo, store_report
+from app.workflow.measurements import (
+    LineInput,
+    MeasurementError,
+    archived_photo,
+    calibrate_archived,
+    measure_regions,
+    store_report,
+)
 from app.workflow.services import Services, build_services
 from app.workflow.tokens import ROLES, create_token, list_tokens, revoke_tokens
 
@@ -483,39 +486,6 @@ def _polygons(_ctx: click.Context, _param: click.Parameter,
     return polygons
 
 
-def _measured(calibration: Calibration, lines: list[tuple[Point, Point]],
-              polygons: list[list[Point]]
-              ) -> tuple[dict[str, object], list[MeasuredLine], list[MeasuredPolygon]]:
-    """The measurement record of one photo (without its calibration, which the caller adds
-    first so that an error still reports it) and its regions as measured; raises
-    `GeometryError` naming the bad item."""
-    warnings: list[dict[str, str]] = []
-
-    def take(name: str, measure: Callable[[], Measurement]) -> Measurement:
-        try:
-            result = measure()
-        except GeometryError as exc:
-            raise GeometryError(f"{name}: {exc}") from None
-        warnings.extend({"measurement": name, "code": code, "message": WARNINGS[code]}
-                        for code in result.warnings if code not in calibration.warnings)
-        return result
-
-    segments = [MeasuredLine((p, q), take(f"line {i}", partial(calibration.length_mm, p, q)))
-                for i, (p, q) in enumerate(lines, start=1)]
-    regions = [MeasuredPolygon(poly, take(f"polygon {i}", partial(calibration.area_mm2, poly)),
-                               calibration.perimeter_mm(poly))
-               for i, poly in enumerate(polygons, start=1)]
-    record: dict[str, object] = {
-        "lines_mm": [round(m.length.value, 2) for m in segments],
-        "areas_mm2": [round(m.area.value, 1) for m in regions],
-        "lines_uncertainty_mm": [round(m.length.uncertainty, 2) for m in segments],
-        "areas_uncertainty_mm2": [round(m.area.uncertainty, 1) for m in regions],
-        "perimeters_mm": [round(m.perimeter.value, 2) for m in regions],
-        "warnings": warnings,
-    }
-    return record, segments, regions
-
-
 @cli.command(with_appcontext=False)
 @click.argument("photos", nargs=-1, type=click.Path(dir_okay=False))
 @click.option("--line", "lines", multiple=True, callback=_lines, metavar="X1,Y1,X2,Y2",
@@ -566,7 +536,8 @@ def measure(photos: tuple[str, ...], lines: list[tuple[Point, Point]],
             calibration = calibrate_photo(Path(path).read_bytes(),
                                           max_pixels=settings.max_pixels)
             record["calibration"] = calibration.as_json()
-            record.update(_measured(calibration, lines, polygons)[0])
+            record.update(measure_regions(calibration, [LineInput(p, q) for p, q in lines],
+                                          polygons).summary())
         except OSError as exc:
             record["error"] = f"cannot read the file ({exc.strerror})"
         except (UnreadablePhotoError, GeometryError) as exc:
@@ -585,12 +556,13 @@ def _measure_instance(sop_uid: str, lines: list[tuple[Point, Point]],
                                  "calibration": None}
     try:
         photo = archived_photo(services, sop_uid)
-        calibration = calibrate_photo(photo.jpeg, max_pixels=services.settings.max_pixels)
+        calibration = calibrate_archived(services, photo)
         record["calibration"] = calibration.as_json()
-        measured, segments, regions = _measured(calibration, lines, polygons)
-        record.update(measured)
-        stored = store_report(services, photo, segments, regions, calibration=calibration,
-                              wound_label=wound_label, observer=observer, actor=_cli_actor())
+        measured = measure_regions(calibration, [LineInput(p, q) for p, q in lines], polygons)
+        record.update(measured.summary())
+        stored = store_report(services, photo, measured.lines, measured.polygons,
+                              calibration=calibration, wound_label=wound_label,
+                              observer=observer, actor=_cli_actor())
     except (MeasurementError, UnreadablePhotoError, GeometryError, ValueError) as exc:
         _emit({**record, "error": str(exc)})
         sys.exit(1)

@@ -23,6 +23,7 @@ from app.web.exports import bp as exports_bp
 from app.web.fhir import bp as fhir_bp
 from app.web.health import bp as health_bp
 from app.web.launch import init_app as init_launch
+from app.web.measurements import bp as measurements_bp
 from app.web.patients import init_app as init_patients
 from app.web.pwa import bp as pwa_bp
 from app.web.shell import bp as shell_bp
@@ -54,6 +55,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(shell_bp)
     app.register_blueprint(health_bp)
     app.register_blueprint(api_bp)
+    app.register_blueprint(measurements_bp)
     app.register_blueprint(admin_bp)
     init_patients(app)
     init_batch(app)

@@ -142,6 +142,8 @@ CATALOGUE: dict[str, EventCode] = {
     "session.complete": _RECORD_UPDATE,
     "photo.store": _INSTANCES_CREATED,
     "measurement.store": _INSTANCES_CREATED,  # a wound measurement SR (ebiw measure --instance)
+    "measurement.read": _RECORD_READ,  # a study's stored measurements, for the viewer
+    "outline.read": _RECORD_READ,  # a wound outline proposed on a photo's pixels
     "prior.read": _TRANSFERRED,  # the prior photo rendered for the camera overlay (issue 16)
     "wound.read": _RECORD_READ,  # a wound's healing trajectory page (issue 17)
     "wound.export": _EXPORT,  # ... and its CSV

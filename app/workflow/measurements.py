@@ -1,10 +1,12 @@
 """Wound measurements on an archived photo, stored as a DICOM SR in the photo's study.
 
 :func:`archived_photo` reads a stored photo instance (its header and its JPEG, the pixels
-as stored: upright, no EXIF); the caller measures on them (`app.pipeline.geometry`);
+as stored: upright, no EXIF); :func:`calibrate_archived` and :func:`measure_regions` measure on
+them (`app.pipeline.geometry`), for ``ebiw measure --instance`` and the API alike;
 :func:`store_report` builds the TID 1500 report (`app.pipeline.dicom.sr`), stores and indexes
 it like any instance, queues its deliveries to every PACS destination and audits the write,
-all in one transaction.
+all in one transaction. :func:`study_measurements` reads the index back for the viewer, and
+:func:`outline_archived` proposes a wound's outline on a stored photo.
 
 The tracking UID of a wound is derived, not looked up: a UUID-5 of the patient (issuer and
 ID) and the wound's label (case and surrounding space ignored), so the same label on the same
@@ -14,15 +16,24 @@ patient gives the same UID at every visit, with no state to keep or race on.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta, timezone
+from functools import partial
+from typing import NamedTuple
 
 from pydicom import Dataset
 from pydicom.valuerep import DT
 from sqlalchemy import func, or_, select
 
-from app.db.models import CaptureSession, Instance, Photo, Quantity, WoundMeasurement
+from app.db.models import (
+    CaptureSession,
+    Instance,
+    Photo,
+    Quantity,
+    WoundMeasurement,
+    as_utc,
+)
 from app.gateways.archive import InstanceKey
 from app.pipeline.dicom.read import UnreadableDicomError, read_part10
 from app.pipeline.dicom.sr import (
@@ -33,7 +44,15 @@ from app.pipeline.dicom.sr import (
     build_measurement_report,
 )
 from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID, derived_uuid, uid_from_uuid
-from app.pipeline.geometry import Calibration
+from app.pipeline.geometry import (
+    WARNINGS,
+    Calibration,
+    GeometryError,
+    Measurement,
+    Point,
+    calibrate_photo,
+)
+from app.pipeline.outline import Polygon, SeedOutsideImageError, outline_photo
 from app.pipeline.render import stored_frame
 from app.workflow import audit
 from app.workflow.intake import MEASUREMENT_SERIES_NUMBER
@@ -48,14 +67,26 @@ class MeasurementError(Exception):
     which, without PHI."""
 
 
+class RegionError(GeometryError):
+    """One region of a request cannot be measured; ``field`` names it as the API's JSON does
+    (``lines[0]``, ``polygons[1]``), the message as the CLI does (``line 1: ...``)."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
 @dataclass(frozen=True)
 class ArchivedPhoto:
-    """A stored photo to measure: its header (no pixel data), its JPEG and its session."""
+    """A stored photo to measure: its header (no pixel data), its JPEG and its session;
+    ``normalized_sop_uid`` is its colour-normalized version when this is an original that
+    has one."""
 
     sop_uid: str
     header: Dataset
     jpeg: bytes
     session_id: str
+    normalized_sop_uid: str | None = None
 
 
 def archived_photo(services: Services, sop_uid: str) -> ArchivedPhoto:
@@ -71,6 +102,7 @@ def archived_photo(services: Services, sop_uid: str) -> ArchivedPhoto:
         if photo is None or row is None:
             raise MeasurementError(f"no archived photo has SOP Instance UID {sop_uid}")
         session_id = photo.session_id
+        normalized = photo.normalized_sop_uid if photo.sop_uid == sop_uid else None
         try:
             data = services.archive.read(row)
         except OSError as exc:
@@ -81,7 +113,96 @@ def archived_photo(services: Services, sop_uid: str) -> ArchivedPhoto:
         jpeg = stored_frame(data).frame
     except UnreadableDicomError as exc:
         raise MeasurementError(f"the archived file of this instance is damaged: {exc}") from exc
-    return ArchivedPhoto(sop_uid, header, jpeg, session_id)
+    return ArchivedPhoto(sop_uid, header, jpeg, session_id, normalized)
+
+
+def calibrate_archived(services: Services, photo: ArchivedPhoto) -> Calibration:
+    """The chart-plane calibration of an archived photo, on its stored pixels (whose frame is
+    the one its SR's SCOORD uses). Raises `GeometryError` when it has no usable chart."""
+    return calibrate_photo(photo.jpeg, max_pixels=services.settings.max_pixels)
+
+
+class LineInput(NamedTuple):
+    """A line to measure: its two ends (image pixels) and what it measures (a key of
+    `app.pipeline.dicom.sr.LINE_QUANTITIES`)."""
+
+    start: Point
+    end: Point
+    quantity: str = "length"
+
+
+@dataclass(frozen=True)
+class Measured:
+    """Regions measured on one photo, in the order given, and the warnings raised by any of
+    them beyond those of the whole calibration (``measurement``, ``code``, ``message``)."""
+
+    lines: list[MeasuredLine]
+    polygons: list[MeasuredPolygon]
+    warnings: list[dict[str, str]]
+
+    def summary(self) -> dict[str, object]:
+        """The values as ``ebiw measure`` prints them (rounded, in the order given)."""
+        return {
+            "lines_mm": [round(m.length.value, 2) for m in self.lines],
+            "areas_mm2": [round(m.area.value, 1) for m in self.polygons],
+            "lines_uncertainty_mm": [round(m.length.uncertainty, 2) for m in self.lines],
+            "areas_uncertainty_mm2": [round(m.area.uncertainty, 1) for m in self.polygons],
+            "perimeters_mm": [round(m.perimeter.value, 2) for m in self.polygons],
+            "warnings": self.warnings,
+        }
+
+
+def measure_regions(calibration: Calibration, lines: Sequence[LineInput],
+                    polygons: Sequence[Sequence[Point]]) -> Measured:
+    """Measure ``lines`` and ``polygons`` (image pixels) on the calibration's plane.
+
+    Raises `RegionError` naming the first region that cannot be measured (a point outside
+    the image or beyond the horizon, a degenerate line or polygon).
+    """
+    warnings: list[dict[str, str]] = []
+
+    def take(field: str, name: str, measure: Callable[[], Measurement]) -> Measurement:
+        try:
+            result = measure()
+        except GeometryError as exc:
+            raise RegionError(field, f"{name}: {exc}") from None
+        warnings.extend({"measurement": name, "code": code, "message": WARNINGS[code]}
+                        for code in result.warnings if code not in calibration.warnings)
+        return result
+
+    segments = [MeasuredLine((line.start, line.end),
+                             take(f"lines[{i - 1}]", f"line {i}",
+                                  partial(calibration.length_mm, line.start, line.end)),
+                             line.quantity)
+                for i, line in enumerate(lines, start=1)]
+    regions = [MeasuredPolygon(
+        poly, take(f"polygons[{i - 1}]", f"polygon {i}",
+                   partial(calibration.area_mm2, poly)),
+        calibration.perimeter_mm(poly)) for i, poly in enumerate(polygons, start=1)]
+    return Measured(segments, regions, warnings)
+
+
+def outline_archived(services: Services, photo: ArchivedPhoto, seed: tuple[float, float]
+                     ) -> Polygon:
+    """The proposed outline of the wound under ``seed`` in ``photo`` (`outline_photo`), both
+    in the photo's stored pixel frame. It is found on the colour-normalized version when the
+    photo has one (scaled between the two frames when that version is smaller).
+
+    Raises `SeedOutsideImageError` for a seed outside the photo, `MeasurementError` when the
+    normalized version cannot be read.
+    """
+    width, height = int(photo.header.Columns), int(photo.header.Rows)
+    x, y = seed
+    if not (0 <= x < width and 0 <= y < height):
+        raise SeedOutsideImageError(f"the seed ({x:g}, {y:g}) is outside the {width} x "
+                                    f"{height} image")
+    source = photo if photo.normalized_sop_uid is None \
+        else archived_photo(services, photo.normalized_sop_uid)
+    sx, sy = int(source.header.Columns) / width, int(source.header.Rows) / height
+    found = outline_photo(source.jpeg, (int(x * sx), int(y * sy)), services.settings.max_pixels)
+    if (sx, sy) == (1, 1):
+        return found
+    return [(round(px / sx), round(py / sy)) for px, py in found]
 
 
 def tracking_uid(issuer: str, patient_id: str, wound_label: str, root: str) -> str:
@@ -190,7 +311,7 @@ def _index_rows(session: CaptureSession, photo_sop_uid: str, report_sop_uid: str
             uncertainty=uncertainty, points=[[float(x), float(y)] for x, y in points],
             taken_at=taken.astimezone(UTC), observer=observer[:64])
 
-    rows = [row(n, Quantity.LENGTH, "mm", line.length.value, line.length.uncertainty,
+    rows = [row(n, Quantity(line.quantity), "mm", line.length.value, line.length.uncertainty,
                 line.points) for n, line in enumerate(lines, start=1)]
     for n, poly in enumerate(polygons, start=len(lines) + 1):
         rows.append(row(n, Quantity.AREA, "mm2", poly.area.value, poly.area.uncertainty,
@@ -198,3 +319,33 @@ def _index_rows(session: CaptureSession, photo_sop_uid: str, report_sop_uid: str
         rows.append(row(n, Quantity.PERIMETER, "mm", poly.perimeter.value,
                         poly.perimeter.uncertainty, poly.points))
     return rows
+
+
+def study_measurements(services: Services, study_uid: str) -> list[dict[str, object]]:
+    """The measurements stored in ``study_uid`` as the viewer draws them back: one item per
+    region of each report (oldest report first, regions in the SR's order), with its kind
+    (``length``, ``width`` or ``polygon``), its points on the photo, its values by quantity
+    (value, standard uncertainty, unit), the wound, its tracking UID, observer and times."""
+    with services.db.session() as db:
+        rows = db.scalars(select(WoundMeasurement)
+                          .where(WoundMeasurement.study_uid == study_uid)
+                          .order_by(WoundMeasurement.measured_at, WoundMeasurement.report_sop_uid,
+                                    WoundMeasurement.region, WoundMeasurement.id)).all()
+    regions: dict[tuple[str, int], dict[str, object]] = {}
+    values: dict[tuple[str, int], dict[str, dict[str, object]]] = {}
+    for row in rows:
+        key = (row.report_sop_uid, row.region)
+        if key not in regions:
+            values[key] = {}
+            regions[key] = {
+                "report_sop_instance_uid": row.report_sop_uid,
+                "photo_sop_instance_uid": row.photo_sop_uid, "region": row.region,
+                "kind": row.quantity if row.quantity in (Quantity.LENGTH, Quantity.WIDTH)
+                else "polygon",
+                "points": row.points, "values": values[key], "wound": row.wound_label,
+                "tracking_uid": row.tracking_uid, "observer": row.observer,
+                "taken_at": as_utc(row.taken_at).isoformat(),
+                "measured_at": as_utc(row.measured_at).isoformat()}
+        values[key][row.quantity] = {"value": row.value, "uncertainty": row.uncertainty,
+                                     "unit": row.unit}
+    return list(regions.values())

@@ -95,3 +95,53 @@ export function query(params) {
   }
   return search.toString();
 }
+
+export class ApiError extends Error {
+  constructor(status, body) {
+    const detail = body && body.error ? body.error.message : `the server answered ${status}`;
+    super(detail);
+    this.name = "ApiError";
+    this.status = status;
+  }
+}
+
+/**
+ * The JSON API (/api/v1) with the same credentials as DicomWeb; a state-changing request
+ * with the session cookie carries the login's CSRF token (from GET /me, fetched once).
+ */
+export class JsonApi {
+  /** @param {string} root path of the API root, e.g. "/api/v1" */
+  constructor(root) {
+    this.root = root.replace(/\/$/, "");
+    this.csrf = null;
+  }
+
+  async request(method, path, body) {
+    const headers = { Accept: "application/json" };
+    const token = sessionStorage.getItem(TOKEN_KEY);
+    if (token) headers.Authorization = `Bearer ${token}`;
+    else if (method !== "GET") headers["X-CSRF-Token"] = await this.csrfToken();
+    if (body !== undefined) headers["Content-Type"] = "application/json";
+    const response = await fetch(this.root + path, {
+      method, headers, credentials: "same-origin", cache: "no-store",
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (response.status === 401) throw new AuthError();
+    const answer = await response.json().catch(() => null);
+    if (!response.ok) throw new ApiError(response.status, answer);
+    return answer;
+  }
+
+  async csrfToken() {
+    if (!this.csrf) this.csrf = (await this.request("GET", "/me")).csrf_token || "";
+    return this.csrf;
+  }
+
+  get(path) {
+    return this.request("GET", path);
+  }
+
+  post(path, body) {
+    return this.request("POST", path, body);
+  }
+}

@@ -132,7 +132,9 @@ export function pairViews(images) {
 }
 
 /** The study as the banner, the series list and the views need it, from its metadata. */
-export function studyOf(metadata) {
+export function studyOf(instances) {
+  // images only: a measurement report (SR) of the study has no pixels to show
+  const metadata = instances.filter((ds) => Number(first(ds, TAG.rows) || 0) > 0);
   const images = metadata.map(imageOf);
   const head = metadata.find((ds) => values(ds, TAG.imageType)[0] !== "DERIVED") || metadata[0];
   const series = new Map();

@@ -4,14 +4,44 @@
 // by a CSS transform, so the SVG overlay works in image pixel coordinates whatever the zoom and
 // whatever resolution of the image is loaded: first one fitted to the stage, the full
 // resolution once the user zooms past it. Lengths and areas are computed in image pixels and
-// converted with Pixel Spacing (row, column) when the image has it.
+// converted with Pixel Spacing (row, column) when the image has it: a preview only, since the
+// values saved are the server's, measured on the chart's plane (tilt-corrected).
+//
+// Tools: length, width (snapped perpendicular to the length nearest where it starts), area
+// (a traced polygon: tap the corners, tap the first to close), arrow, note, and outline (a
+// tap asks the server for the wound's outline, `options.onOutline`). Every drawn shape is
+// edited by dragging its handles (a touch within HANDLE_PX of a point) and deleted from the
+// list; shapes stored on the server (`setStored`) are drawn but not edited.
 
 import { gridRatio } from "./viewer-dicom.js";
 
 const SVG_NS = "http://www.w3.org/2000/svg";
 const MAX_ZOOM = 8; // screen pixels per image pixel
-const CLOSE_PX = 10; // a click this close to an area's first corner closes it
+const CLOSE_PX = 22; // a tap this close to an area's first corner closes it
 const DRAG_PX = 4; // movement below this is a click
+const HANDLE_PX = 22; // a touch this close to a shape's point drags it (44 px target)
+const TWO_POINTS = new Set(["length", "width", "arrow"]);
+export const MEASURED = new Set(["length", "width", "area"]); // what the server measures
+
+/** End of a width from `start` towards `towards`, snapped perpendicular to segment [a, b]. */
+export function perpendicular(start, towards, [a, b]) {
+  const d = Math.hypot(b.x - a.x, b.y - a.y) || 1;
+  const n = { x: -(b.y - a.y) / d, y: (b.x - a.x) / d };
+  const along = (towards.x - start.x) * n.x + (towards.y - start.y) * n.y;
+  return { x: start.x + n.x * along, y: start.y + n.y * along };
+}
+
+function distanceToSegment(p, [a, b]) {
+  const dx = b.x - a.x;
+  const dy = b.y - a.y;
+  const t = Math.max(0, Math.min(1, ((p.x - a.x) * dx + (p.y - a.y) * dy) / (dx * dx + dy * dy || 1)));
+  return Math.hypot(p.x - a.x - t * dx, p.y - a.y - t * dy);
+}
+
+/** Perimeter of a closed polygon of image points, in mm with spacing, else pixels. */
+export function perimeterOf(points, spacing) {
+  return points.reduce((sum, p, i) => sum + lengthOf(p, points[(i + 1) % points.length], spacing), 0);
+}
 
 /** Length between two image points, in mm with spacing, else in pixels. */
 export function lengthOf(a, b, spacing) {
@@ -32,7 +62,7 @@ export function areaOf(points, spacing) {
 }
 
 export function formatMeasurement(kind, value, calibrated) {
-  if (kind === "length") return calibrated ? `${value.toFixed(1)} mm` : `${Math.round(value)} px`;
+  if (kind === "length" || kind === "width") return calibrated ? `${value.toFixed(1)} mm` : `${Math.round(value)} px`;
   if (!calibrated) return `${Math.round(value)} px²`;
   return value >= 100 ? `${Math.round(value)} mm² (${(value / 100).toFixed(1)} cm²)` : `${value.toFixed(1)} mm²`;
 }
@@ -61,6 +91,7 @@ export class Stage {
     this.spacing = null;
     this.resolution = 0;
     this.measurements = [];
+    this.stored = [];
     this.draft = null;
     this.pointers = new Map();
     this.gesture = null;
@@ -106,8 +137,9 @@ export class Stage {
     this.image = image;
     this.spacing = spacing;
     this.measurements = ratio === null ? [] : this.measurements.map((m) => ({
-      kind: m.kind, points: m.points.map((p) => ({ x: p.x * ratio, y: p.y * ratio })),
+      ...m, points: m.points.map((p) => ({ x: p.x * ratio, y: p.y * ratio })),
     }));
+    this.stored = [];
     this.draft = null;
     this.frame.style.width = `${image.columns}px`;
     this.frame.style.height = `${image.rows}px`;
@@ -209,12 +241,70 @@ export class Stage {
     this.changed();
   }
 
+  /** Measurements stored on the server for this image: [{kind, points, saved}], read-only. */
+  setStored(items) {
+    this.stored = items;
+    this.changed();
+  }
+
+  /** Add a shape (e.g. a proposed outline) drawn by the caller; its points are then editable. */
+  add(kind, points) {
+    this.measurements.push({ kind, points: points.map((p) => this.clamp(p)) });
+    this.changed();
+  }
+
+  remove(measurement) {
+    this.measurements = this.measurements.filter((m) => m !== measurement);
+    this.changed();
+  }
+
+  /** The drawn lengths, widths and areas, which the server has not measured yet (for Save). */
+  unsaved() {
+    return this.measurements.filter((m) => MEASURED.has(m.kind));
+  }
+
+  clamp(p) {
+    const w = this.image ? this.image.columns : Infinity;
+    const h = this.image ? this.image.rows : Infinity;
+    return { x: Math.min(w, Math.max(0, p.x)), y: Math.min(h, Math.max(0, p.y)) };
+  }
+
   toImage(event) {
     const rect = this.root.getBoundingClientRect();
-    return {
+    return this.clamp({
       x: (event.clientX - rect.left - this.tx) / this.scale,
       y: (event.clientY - rect.top - this.ty) / this.scale,
-    };
+    });
+  }
+
+  /**
+   * The editable point under an image point (within HANDLE_PX on screen), or null: of any
+   * shape with the pan tool, else of the shapes the current tool draws (an outline is an area).
+   */
+  handleAt(point) {
+    let best = null;
+    let bestDistance = HANDLE_PX / this.scale;
+    const kind = this.tool === "outline" ? "area" : this.tool;
+    for (const m of this.measurements.filter((s) => this.tool === "pan" || s.kind === kind)) {
+      m.points.forEach((p, index) => {
+        const distance = Math.hypot(p.x - point.x, p.y - point.y);
+        if (distance <= bestDistance) {
+          best = { m, index };
+          bestDistance = distance;
+        }
+      });
+    }
+    return best;
+  }
+
+  /** The length (drawn or stored) nearest a point: what a width there is perpendicular to. */
+  lengthNear(point) {
+    const lengths = [...this.measurements, ...this.stored].filter((m) => m.kind === "length");
+    let best = null;
+    for (const m of lengths) {
+      if (!best || distanceToSegment(point, m.points) < distanceToSegment(point, best.points)) best = m;
+    }
+    return best;
   }
 
   // --- pointer input -------------------------------------------------------------------------
@@ -230,19 +320,27 @@ export class Stage {
       return;
     }
     const start = { x: event.clientX, y: event.clientY, moved: false };
-    if (this.tool === "pan") {
+    const point = this.toImage(event);
+    const handle = this.draft ? null : this.handleAt(point);
+    if (handle) {
+      this.gesture = { kind: "handle", ...start, ...handle };
+    } else if (this.tool === "pan") {
       this.gesture = { kind: "pan", ...start, tx: this.tx, ty: this.ty };
-    } else if (this.tool === "length") {
-      const point = this.toImage(event);
+    } else if (TWO_POINTS.has(this.tool)) {
       if (this.draft && this.draft.waiting) {
-        this.draft.points[1] = point;
+        this.draft.points[1] = this.snapped(this.draft, point);
         this.finish();
       } else {
-        this.draft = { kind: "length", points: [point, point], waiting: false };
-        this.gesture = { kind: "length", ...start };
+        const ref = this.tool === "width" ? this.lengthNear(point) : null;
+        if (this.tool === "width" && !ref) {
+          if (this.options.onHint) this.options.onHint("Draw a length first: a width is measured across it.");
+          return;
+        }
+        this.draft = { kind: this.tool, points: [point, point], waiting: false, ref };
+        this.gesture = { kind: "line", ...start };
       }
     } else {
-      this.gesture = { kind: "area", ...start };
+      this.gesture = { kind: this.tool, ...start };
     }
     event.preventDefault();
   }
@@ -266,11 +364,21 @@ export class Stage {
       this.tx = gesture.tx + event.clientX - gesture.x;
       this.ty = gesture.ty + event.clientY - gesture.y;
       this.apply();
-    } else if (this.draft && (this.tool === "length" || this.tool === "area")) {
+    } else if (gesture && gesture.kind === "handle") {
+      const { m, index } = gesture;
+      const point = this.toImage(event);
+      m.points[index] = m.kind === "width" && m.ref ? this.clamp(perpendicular(m.points[1 - index], point, m.ref.points)) : point;
+      this.changed();
+    } else if (this.draft && (TWO_POINTS.has(this.tool) || this.tool === "area")) {
       const points = this.draft.points;
-      points[points.length - 1] = this.toImage(event);
+      points[points.length - 1] = this.snapped(this.draft, this.toImage(event));
       this.draw();
     }
+  }
+
+  /** A draft's moving point: a width's is kept perpendicular to its length. */
+  snapped(draft, point) {
+    return draft.kind === "width" && draft.ref ? this.clamp(perpendicular(draft.points[0], point, draft.ref.points)) : point;
   }
 
   pointerUp(event) {
@@ -279,15 +387,23 @@ export class Stage {
     this.gesture = this.pointers.size ? this.gesture : null;
     if (!gesture || gesture.kind === "pinch" || gesture.kind === "pan") return;
     const point = this.toImage(event);
-    if (gesture.kind === "length" && this.draft) {
+    if (gesture.kind === "line" && this.draft) {
       if (gesture.moved) {
-        this.draft.points[1] = point;
+        this.draft.points[1] = this.snapped(this.draft, point);
         this.finish();
       } else {
         this.draft.waiting = true; // click, then click the other end
       }
-    } else if (gesture.kind === "area" && !gesture.moved) {
+    } else if (gesture.moved) {
+      return;
+    } else if (gesture.kind === "area") {
       this.addCorner(point);
+    } else if (gesture.kind === "note") {
+      const text = this.options.noteText ? this.options.noteText() : "Note";
+      this.measurements.push({ kind: "note", points: [point], text });
+      this.changed();
+    } else if (gesture.kind === "outline" && this.options.onOutline) {
+      this.options.onOutline(this, point);
     }
   }
 
@@ -335,22 +451,39 @@ export class Stage {
     const draft = this.draft;
     this.draft = null;
     const points = draft.points.map((p) => ({ x: p.x, y: p.y }));
-    const valid = draft.kind === "length" ? lengthOf(points[0], points[1], null) > 0 : points.length >= 3;
-    if (valid) this.measurements.push({ kind: draft.kind, points });
+    const valid = TWO_POINTS.has(draft.kind) ? lengthOf(points[0], points[1], null) > 0 : points.length >= 3;
+    if (valid) this.measurements.push({ kind: draft.kind, points, ref: draft.ref || undefined });
     this.changed();
   }
 
-  /** Measurements with their values, in the stage's calibration. */
+  /**
+   * Measurements with their values: stored ones first (the server's values, with their
+   * uncertainty), then those drawn here (a preview in the stage's calibration).
+   */
   results() {
-    let lengths = 0;
-    let areas = 0;
-    return this.measurements.map((m) => {
-      const value = m.kind === "length" ? lengthOf(m.points[0], m.points[1], this.spacing) : areaOf(m.points, this.spacing);
-      const index = m.kind === "length" ? (lengths += 1) : (areas += 1);
-      const name = m.kind === "length" ? `Length ${index}` : `Area ${index}`;
-      const calibrated = Boolean(this.spacing);
-      const short = m.kind === "area" && calibrated && value >= 100 ? `${(value / 100).toFixed(1)} cm²` : formatMeasurement(m.kind, value, calibrated);
-      return { ...m, name, value, text: formatMeasurement(m.kind, value, calibrated), label: `${m.kind === "length" ? "L" : "A"}${index} ${short}` };
+    const counts = {};
+    const calibrated = Boolean(this.spacing);
+    const names = { length: ["Length", "L"], width: ["Width", "W"], area: ["Area", "A"], arrow: ["Arrow", ""], note: ["Note", ""] };
+    return [...this.stored, ...this.measurements].map((m) => {
+      counts[m.kind] = (counts[m.kind] || 0) + 1;
+      const [long, short] = names[m.kind];
+      const result = { ...m, shape: m, name: `${long} ${counts[m.kind]}`, saved: m.saved || null, value: null, perimeter: null, text: "", label: "" };
+      if (m.kind === "note") return { ...result, text: m.text, label: m.text };
+      if (m.kind === "arrow") return result;
+      const tag = `${short}${counts[m.kind]}`;
+      if (m.saved) {
+        const v = m.saved.values[m.kind];
+        const perimeter = m.saved.values.perimeter;
+        let text = `${formatMeasurement(m.kind, v.value, true)} ± ${v.uncertainty.toFixed(1)} ${m.kind === "area" ? "mm²" : "mm"}`;
+        if (perimeter) text += `, perimeter ${perimeter.value.toFixed(1)} ± ${perimeter.uncertainty.toFixed(1)} mm`;
+        return { ...result, value: v.value, perimeter: perimeter ? perimeter.value : null, text, label: `${tag} ${formatMeasurement(m.kind, v.value, true).split(" (")[0]}` };
+      }
+      const value = m.kind === "area" ? areaOf(m.points, this.spacing) : lengthOf(m.points[0], m.points[1], this.spacing);
+      const perimeter = m.kind === "area" ? perimeterOf(m.points, this.spacing) : null;
+      const compact = m.kind === "area" && calibrated && value >= 100 ? `${(value / 100).toFixed(1)} cm²` : formatMeasurement(m.kind, value, calibrated);
+      let text = formatMeasurement(m.kind, value, calibrated);
+      if (perimeter !== null) text += `, perimeter ${formatMeasurement("length", perimeter, calibrated)}`;
+      return { ...result, value, perimeter, text, label: `${tag} ${compact}` };
     });
   }
 
@@ -369,27 +502,35 @@ export class Stage {
     const shapes = this.results().map((r) => ({ ...r, draft: false }));
     if (this.draft) shapes.push({ kind: this.draft.kind, points: this.draft.points, draft: true, label: "" });
     for (const shape of shapes) {
-      const group = svg("g", { class: `m-${shape.kind}${shape.draft ? " m-draft" : ""}` });
+      const group = svg("g", { class: `m-${shape.kind}${shape.draft ? " m-draft" : ""}${shape.saved ? " m-saved" : ""}` });
       const stroke = { "stroke-width": 2 * unit };
       if (shape.draft) stroke["stroke-dasharray"] = `${6 * unit} ${4 * unit}`;
-      if (shape.kind === "length") {
+      if (TWO_POINTS.has(shape.kind)) {
         const [a, b] = shape.points;
         group.append(svg("line", { x1: a.x, y1: a.y, x2: b.x, y2: b.y, ...stroke }));
-      } else {
+        if (shape.kind === "arrow") {
+          const angle = Math.atan2(b.y - a.y, b.x - a.x);
+          const head = (turn) => `${b.x - 14 * unit * Math.cos(angle + turn)},${b.y - 14 * unit * Math.sin(angle + turn)}`;
+          group.append(svg("polyline", { points: `${head(0.45)} ${b.x},${b.y} ${head(-0.45)}`, ...stroke }));
+        }
+      } else if (shape.kind !== "note") {
         const coords = shape.points.map((p) => `${p.x},${p.y}`).join(" ");
         group.append(svg(shape.draft ? "polyline" : "polygon", { points: coords, ...stroke }));
       }
-      for (const p of shape.points) group.append(svg("circle", { cx: p.x, cy: p.y, r: 4 * unit }));
+      const radius = shape.saved ? 3 : shape.points.length > 12 ? 4 : 6; // an outline has many
+      for (const p of shape.points) group.append(svg("circle", { cx: p.x, cy: p.y, r: radius * unit }));
       if (shape.label) {
         const n = shape.points.length;
         const anchor = shape.points.reduce((s, p) => ({ x: s.x + p.x / n, y: s.y + p.y / n }), { x: 0, y: 0 });
+        const line = shape.kind !== "area";
+        const below = shape.kind === "width"; // a width crosses its length's label otherwise
         const label = svg("text", {
           x: anchor.x,
-          y: anchor.y - (shape.kind === "length" ? 10 * unit : 0),
+          y: anchor.y + (line ? (below ? 12 : -12) * unit : 0),
           "font-size": 15 * unit,
           "stroke-width": 3 * unit,
           "text-anchor": "middle",
-          "dominant-baseline": shape.kind === "length" ? "auto" : "middle",
+          "dominant-baseline": line ? (below ? "hanging" : "auto") : "middle",
         });
         label.textContent = shape.label;
         group.append(label);

@@ -5,17 +5,19 @@
 // Performance marks for benchmarks: "ebiw:first-thumbnail" and "ebiw:main-image" when they are
 // painted (the images also carry elementtiming attributes).
 
-import { AuthError, DicomWeb, query } from "./viewer-api.js";
+import { AuthError, DicomWeb, JsonApi, query } from "./viewer-api.js";
 import { gridRatio, lateralityLabel, studyOf, timelineOf } from "./viewer-dicom.js";
-import { Stage } from "./viewer-stage.js";
+import { ellipseEstimate, saveRequest, storedOn } from "./viewer-measure.js";
+import { formatMeasurement, Stage } from "./viewer-stage.js";
 
 const body = document.body;
 const api = new DicomWeb(body.dataset.dicomweb);
+const json = new JsonApi(body.dataset.api);
 const $ = (id) => document.getElementById(id);
 const TIMELINE_FIELDS = ["AnatomicRegionSequence", "ImageLaterality", "ImageType", "SourceImageSequence",
   "PixelSpacing", "DerivationDescription", "SeriesDescription"];
 
-const state = { study: null, view: null, variant: "original", tool: "pan", compare: null };
+const state = { study: null, view: null, variant: "original", tool: "pan", compare: null, stored: [] };
 
 function markOnce(name) {
   let done = false;
@@ -32,7 +34,10 @@ const markThumbnail = markOnce("ebiw:first-thumbnail");
 const stagesElement = $("stages");
 const mainElement = document.createElement("div");
 stagesElement.append(mainElement);
-const main = new Stage(mainElement, api, { timing: "main-image", onChange: renderMeasurements, onPainted: markOnce("ebiw:main-image") });
+const main = new Stage(mainElement, api, {
+  timing: "main-image", onChange: renderMeasurements, onPainted: markOnce("ebiw:main-image"),
+  onOutline: proposeOutline, onHint: (text) => measureStatus(text, true), noteText: () => $("note-text").value.trim() || "Note",
+});
 main.root.id = "stage-main";
 let compare = null;
 
@@ -141,7 +146,7 @@ function calibration(view, image) {
 
 function calibrationText(found) {
   if (!found.spacing) {
-    return "Not calibrated: this image has no pixel spacing, so measurements are in pixels, not millimetres.";
+    return "Not calibrated: this image has no pixel spacing, so what you draw is shown in pixels. Saved measurements are in millimetres, measured by the server on the colour chart's plane (a photo without a chart cannot be saved).";
   }
   const mm = found.spacing.column.toPrecision(3);
   return found.from === "own"
@@ -155,6 +160,7 @@ async function showIn(stage, view, keep) {
   stage.root.classList.toggle("uncalibrated", !found.spacing);
   stage.root.dataset.calibrated = found.spacing ? "true" : "false";
   await stage.show(image, found.spacing, { keepMeasurements: keep });
+  if (stage === main) stage.setStored(storedOn(state.stored, view, image));
   return found;
 }
 
@@ -212,11 +218,80 @@ function renderMeasurements() {
     for (const result of stage.results()) {
       const item = document.createElement("li");
       item.dataset.kind = result.kind;
-      item.dataset.value = String(result.value);
-      item.dataset.unit = stage.spacing ? (result.kind === "length" ? "mm" : "mm2") : (result.kind === "length" ? "px" : "px2");
-      item.textContent = `${prefix ? `${prefix} · ` : ""}${result.name}: ${result.text}`;
+      if (result.value !== null) item.dataset.value = String(result.value);
+      const mm = stage.spacing || result.saved;
+      if (result.value !== null) item.dataset.unit = mm ? (result.kind === "area" ? "mm2" : "mm") : (result.kind === "area" ? "px2" : "px");
+      if (result.saved) item.dataset.saved = "true";
+      const text = document.createElement("span");
+      text.textContent = `${prefix ? `${prefix} · ` : ""}${result.name}: ${result.text || "drawn"}`;
+      if (result.saved) text.textContent += ` · saved, ${result.saved.wound}`;
+      item.append(text);
+      if (!result.saved) {
+        const remove = document.createElement("button");
+        remove.type = "button";
+        remove.className = "plain delete";
+        remove.textContent = "✕";
+        remove.setAttribute("aria-label", `Delete ${result.name}`);
+        remove.addEventListener("click", () => stage.remove(result.shape));
+        item.prepend(remove);
+      }
       list.append(item);
     }
+  }
+  const estimate = ellipseEstimate(main.results(), Boolean(main.spacing));
+  const note = $("ellipse");
+  note.hidden = !estimate;
+  if (estimate) {
+    const traced = estimate.area === null ? "" : ` · traced area ${formatMeasurement("area", estimate.area, estimate.calibrated)}`;
+    note.textContent = `L×W ellipse (π/4·L·W): ${formatMeasurement("area", estimate.ellipse, estimate.calibrated)}${traced}`;
+  }
+  $("save").disabled = !main.unsaved().length;
+}
+
+function measureStatus(text, warning = false) {
+  const box = $("measure-status");
+  box.textContent = text;
+  box.classList.toggle("warning", warning);
+  box.hidden = !text;
+}
+
+/** The study's stored measurements, drawn on the main image. */
+async function loadStored() {
+  try {
+    state.stored = (await json.get(`/studies/${encodeURIComponent(state.study.uid)}/measurements`)).measurements;
+  } catch (error) {
+    measureStatus(`Saved measurements not available (${error.message}).`, true);
+    return;
+  }
+  if (main.image) main.setStored(storedOn(state.stored, state.view, main.image));
+}
+
+async function proposeOutline(stage, point) {
+  measureStatus("Finding the wound's outline…");
+  const seed = [Math.min(stage.image.columns - 1, Math.floor(point.x)), Math.min(stage.image.rows - 1, Math.floor(point.y))];
+  try {
+    const answer = await json.post("/outline", { study: state.study.uid, instance: stage.image.sop, seed });
+    stage.add("area", answer.polygon.map(([x, y]) => ({ x, y })));
+    measureStatus("Outline proposed: drag its corners to adjust it, then Save.");
+  } catch (error) {
+    measureStatus(`No outline proposed: ${error.message}`, true);
+  }
+}
+
+async function saveMeasurements() {
+  const request = saveRequest(main, $("wound").value.trim() || "wound 1");
+  if (!request.lines.length && !request.polygons.length) return;
+  $("save").disabled = true;
+  measureStatus("Saving…");
+  try {
+    const answer = await json.post(`/studies/${encodeURIComponent(state.study.uid)}/measurements`, request);
+    for (const shape of main.unsaved()) main.remove(shape);
+    const warnings = [...answer.warnings.map((w) => w.message), ...answer.calibration.warnings.map((w) => w.message)];
+    measureStatus(`Saved as a DICOM report in this study: values measured on the chart's plane (tilt ${answer.calibration.tilt_deg}°).${warnings.length ? ` Warning: ${[...new Set(warnings)].join("; ")}` : ""}`, warnings.length > 0);
+    await loadStored();
+  } catch (error) {
+    measureStatus(`Not saved: ${error.message}`, true);
+    renderMeasurements();
   }
 }
 
@@ -304,14 +379,14 @@ function stages() {
 
 function setTool(tool) {
   state.tool = tool;
-  for (const button of document.querySelectorAll("[data-tool]")) {
+  for (const button of document.querySelectorAll("button[data-tool]")) {
     button.setAttribute("aria-pressed", String(button.dataset.tool === tool));
   }
   for (const stage of stages()) stage.setTool(tool);
 }
 
 function wireToolbar() {
-  for (const button of document.querySelectorAll("[data-tool]")) {
+  for (const button of document.querySelectorAll("button[data-tool]")) {
     button.addEventListener("click", () => setTool(button.dataset.tool));
   }
   for (const button of document.querySelectorAll("[data-variant]")) {
@@ -327,6 +402,7 @@ function wireToolbar() {
     button.addEventListener("click", () => stages().forEach(zoom[button.dataset.zoom]));
   }
   $("clear").addEventListener("click", () => stages().forEach((s) => s.clear()));
+  $("save").addEventListener("click", saveMeasurements);
   $("close-compare").addEventListener("click", closeCompare);
   document.addEventListener("keydown", (event) => {
     if (event.target.closest && event.target.closest("input, textarea")) return;
@@ -355,6 +431,7 @@ async function start() {
     markCurrent();
     await first;
     api.setQueueLimit(3);
+    loadStored();
     loadTimeline();
   } catch (error) {
     fail(error);

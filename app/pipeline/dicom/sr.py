@@ -4,8 +4,9 @@ One Comprehensive 3D SR (the SOP Class OHIF writes and reads; it allows the 2D S
 here) per measuring run, in its own series of the photo's study, built with highdicom:
 
 - one TID 1410 *Planar ROI Measurements* group per measured region: a line is an open
-  POLYLINE with its Length, a polygon a closed POLYLINE (last point = first: 2D SCOORD has no
-  POLYGON, PS3.3 C.18.6.1.2) with its Area and Perimeter;
+  POLYLINE with its Length (or Width, SCT 103355008, for a line across the wound), a polygon
+  a closed POLYLINE (last point = first: 2D SCOORD has no POLYGON, PS3.3 C.18.6.1.2) with its
+  Area and Perimeter;
 - every group carries the wound's Tracking Identifier (its label, e.g. "wound 1") and Tracking
   Unique Identifier, so the same wound is followed across visits;
 - the region's SCOORD is in the source image's pixel frame: (column, row), origin at the top-left
@@ -51,12 +52,18 @@ DEFAULT_WOUND_LABEL = "wound 1"
 MAX_LABEL_LENGTH = 64  # Tracking Identifier is a TEXT item; kept short for display
 
 
+LINE_QUANTITIES = {"length": codes.SCT.Length, "width": codes.SCT.Width}
+"""What a measured line can be, and the concept name its value gets in the SR."""
+
+
 @dataclass(frozen=True)
 class MeasuredLine:
-    """A segment (two pixel points of the source image) and its length in mm."""
+    """A segment (two pixel points of the source image) and its length in mm; ``quantity``
+    (a key of `LINE_QUANTITIES`) says whether it is the wound's length or its width."""
 
     points: tuple[Point, Point]
     length: Measurement
+    quantity: str = "length"
 
 
 @dataclass(frozen=True)
@@ -103,10 +110,14 @@ def build_measurement_report(source: Dataset, lines: Sequence[MeasuredLine],
     ``source`` (a VL Photographic Image header; its pixel data is not needed).
 
     Guarantees: one measurement group per line, then per polygon, in the order given; the
-    same inputs give the same bytes. Raises ValueError for no region or a bad label.
+    same inputs give the same bytes. Raises ValueError for no region, a bad label or a line
+    quantity not in `LINE_QUANTITIES`.
     """
     if not lines and not polygons:
         raise ValueError("nothing measured: give at least one line or polygon")
+    unknown = {line.quantity for line in lines} - LINE_QUANTITIES.keys()
+    if unknown:
+        raise ValueError(f"a line measures one of {sorted(LINE_QUANTITIES)}, not {unknown}")
     label = info.wound_label.strip()
     if not label or len(label) > MAX_LABEL_LENGTH or not label.isprintable():
         raise ValueError(f"a wound label is 1 to {MAX_LABEL_LENGTH} printable characters")
@@ -131,8 +142,8 @@ def build_measurement_report(source: Dataset, lines: Sequence[MeasuredLine],
             tracking_identifier=tracking, referenced_region=region, finding_type=WOUND,
             finding_sites=sites, measurements=measurements)
 
-    groups = [group(line.points,
-                    [measurement(codes.SCT.Length, codes.UCUM.Millimeter, line.length)])
+    groups = [group(line.points, [measurement(LINE_QUANTITIES[line.quantity],
+                                              codes.UCUM.Millimeter, line.length)])
               for line in lines]
     groups += [group([*poly.points, poly.points[0]],
                      [measurement(codes.SCT.Area, codes.UCUM.SquareMillimeter, poly.area),

@@ -47,6 +47,7 @@ def viewer(study_uid: str) -> Response | tuple[Response, int]:
         else ""
     html = render_template("studies/viewer.html", study_uid=study_uid, login_url=login_url,
                            dicomweb=url_for("dicomweb.search_studies").rsplit("/studies", 1)[0],
+                           api=url_for("api.me").rsplit("/me", 1)[0],
                            quality=_photo_quality(study_uid) if login is not None else [],
                            wounds=study_wounds(study_uid) if login is not None else [])
     response = Response(html, content_type="text/html; charset=utf-8")

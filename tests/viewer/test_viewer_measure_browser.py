@@ -1,0 +1,216 @@
+"""Measuring in the viewer at phone size (390×844, touch): a length, a width snapped across
+it and a traced polygon, saved (the values then shown are the server's, with their
+uncertainty), drawn back after a reload from the stored SR's index; the assisted outline from
+one tap; axe-core clean and every control at least 44 px. Screenshots in tests/.artifacts/."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select
+
+from app.db.models import WoundMeasurement
+from tests.conftest import ARTIFACTS, AXE_RUN, PHONE, TAP_TARGETS, WOUNDS, Browser, services
+from tests.viewer.conftest import photo, upload_study
+
+CHART_PHOTO = "jtvd_classic_02.jpg"  # a tilted Classic chart, 1530 x 2040
+SIZE = (1530, 2040)
+LENGTH = [(200, 300), (1300, 1800)]
+WIDTH_FROM, WIDTH_TOWARDS = (1000, 800), (500, 1200)
+SQUARE = [(300, 400), (900, 420), (880, 1000), (320, 980)]
+
+
+def innermost(label: Path) -> tuple[int, int]:
+    """The innermost point of the largest wound of an expert mask (where a nurse would tap)."""
+    mask = (cv2.imread(str(label), cv2.IMREAD_GRAYSCALE) > 127).astype(np.uint8)
+    count, labels, stats, _ = cv2.connectedComponentsWithStats(mask)
+    largest = 1 + int(np.argmax(stats[1:count, cv2.CC_STAT_AREA]))
+    distance = cv2.distanceTransform((labels == largest).astype(np.uint8), cv2.DIST_L2, 5)
+    y, x = np.unravel_index(int(np.argmax(distance)), distance.shape)
+    return int(x), int(y)
+
+
+def wait_until(page: Any, expression: str, timeout: float = 30.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not page.evaluate(expression):
+        assert time.monotonic() < deadline, f"timed out waiting for {expression}"
+        page.wait_for_timeout(50)
+
+
+def screen(page: Any, point: tuple[float, float], size: tuple[int, int]) -> tuple[float, float]:
+    box = page.locator("#stage-main .image").bounding_box()
+    return (box["x"] + point[0] / size[0] * box["width"],
+            box["y"] + point[1] / size[1] * box["height"])
+
+
+def listed(page: Any) -> list[dict[str, str]]:
+    return page.eval_on_selector_all(
+        "#measurements li", "items => items.map(i => ({...i.dataset, text: i.textContent}))")
+
+
+def drag(page: Any, a: tuple[float, float], b: tuple[float, float]) -> None:
+    page.mouse.move(*screen(page, a, SIZE))
+    page.mouse.down()
+    page.mouse.move(*screen(page, b, SIZE), steps=8)
+    page.mouse.up()
+
+
+def audit(page: Any, axe: Path) -> dict[str, Any]:
+    page.add_script_tag(path=str(axe))
+    return {"small": page.evaluate(TAP_TARGETS), "axe": page.evaluate(AXE_RUN),
+            "width": page.evaluate("document.documentElement.scrollWidth")}
+
+
+def test_measure_save_reload_and_outline_on_a_phone(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
+        chromium: Browser, axe_script: Path) -> None:
+    wound = sorted((WOUNDS / "images").iterdir())[0]
+    seed = innermost(WOUNDS / "labels" / wound.name)
+    # sent as a phone sends it, a JPEG (a PNG instance's thumbnail answers 406: not ours here)
+    as_jpeg = cv2.imencode(".jpg", cv2.imread(str(wound)), [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
+    study = upload_study(client, auth["capture"], [photo(CHART_PHOTO), as_jpeg.tobytes()])
+    token = auth["view"]["Authorization"].removeprefix("Bearer ")
+    problems: list[str] = []
+
+    def scenario(browser: Any) -> dict[str, Any]:
+        context = browser.new_context(**PHONE, bypass_csp=True)
+        context.add_init_script(f"sessionStorage.setItem('ebiw.token', {token!r})")
+        page = context.new_page()
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        url = f"{live_server}/studies/{study.study_uid}"
+        page.goto(url)
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        out: dict[str, Any] = {}
+        page.tap("[data-tool=length]")
+        drag(page, *LENGTH)
+        page.tap("[data-tool=width]")
+        drag(page, WIDTH_FROM, WIDTH_TOWARDS)
+        page.tap("[data-tool=area]")
+        for corner in [*SQUARE, SQUARE[0]]:
+            page.touchscreen.tap(*screen(page, corner, SIZE))
+        out["drawn"] = listed(page)
+        out["ellipse"] = page.text_content("#ellipse")
+        page.screenshot(path=str(ARTIFACTS / "viewer-measure-drawn-390x844.png"))
+        page.fill("#wound", "Heel ulcer")
+        page.tap("#save")
+        wait_until(page, "document.querySelectorAll('#measurements li[data-saved]').length === 3")
+        out["status"] = page.text_content("#measure-status")
+        out["saved"] = listed(page)
+        out["audit"] = audit(page, axe_script)
+        page.screenshot(path=str(ARTIFACTS / "viewer-measure-saved-390x844.png"), full_page=True)
+
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        wait_until(page, "document.querySelectorAll('#measurements li[data-saved]').length === 3")
+        out["reloaded"] = listed(page)
+        out["shapes"] = page.eval_on_selector_all(
+            "#stage-main .overlay g.m-saved", "gs => gs.map(g => g.getAttribute('class'))")
+        page.screenshot(path=str(ARTIFACTS / "viewer-measure-reloaded-390x844.png"))
+
+        page.tap(f".thumb[data-sop='{study.originals[1]}']")
+        wait_until(page, "document.querySelector('#stage-main .image').naturalWidth > 0 && "
+                         "document.querySelectorAll('#measurements li').length === 0")
+        page.wait_for_timeout(300)
+        page.tap("[data-tool=outline]")
+        page.touchscreen.tap(*screen(page, seed, (512, 512)))
+        wait_until(page, "document.querySelectorAll('#measurements li[data-kind=area]')"
+                         ".length === 1")
+        out["outline"] = page.eval_on_selector(
+            "#stage-main .overlay .m-area polygon",
+            "p => [...p.points].map(q => [q.x, q.y])")
+        out["outline_status"] = page.text_content("#measure-status")
+        out["outline_audit"] = audit(page, axe_script)
+        page.screenshot(path=str(ARTIFACTS / "viewer-measure-outline-390x844.png"))
+        context.close()
+        return out
+
+    seen = chromium.run(scenario)
+    assert problems == []
+    assert [m["kind"] for m in seen["drawn"]] == ["length", "width", "area"]
+    assert all(m.get("saved") is None for m in seen["drawn"])
+    assert seen["ellipse"].startswith("L×W ellipse (π/4·L·W): ")
+
+    with services(app).db.session() as db:
+        rows = db.scalars(select(WoundMeasurement).order_by(
+            WoundMeasurement.region, WoundMeasurement.quantity)).all()
+    assert [(r.region, r.quantity) for r in rows] == [
+        (1, "length"), (2, "width"), (3, "area"), (3, "perimeter")]
+    assert {r.wound_label for r in rows} == {"Heel ulcer"}
+    # The width was snapped perpendicular to the length.
+    (a, b), (c, d) = np.array(rows[0].points), np.array(rows[1].points)
+    cosine = abs(np.dot(b - a, d - c)) / (np.linalg.norm(b - a) * np.linalg.norm(d - c))
+    assert cosine < 1e-3
+    assert np.allclose(c, WIDTH_FROM, atol=25)  # where the drag started (touch precision)
+    # The values listed are the server's (from the SR's index), with their uncertainty.
+    for items in (seen["saved"], seen["reloaded"]):
+        assert [m["kind"] for m in items] == ["length", "width", "area"]
+        assert [float(m["value"]) for m in items] == [rows[0].value, rows[1].value,
+                                                      rows[2].value]
+        assert all(" ± " in m["text"] and "Heel ulcer" in m["text"] for m in items)
+        assert [m["unit"] for m in items] == ["mm", "mm", "mm2"]
+    assert seen["status"].startswith("Saved as a DICOM report")
+    assert seen["shapes"] == ["m-length m-saved", "m-width m-saved", "m-area m-saved"]
+    for found in (seen["audit"], seen["outline_audit"]):
+        assert found["axe"] == [] and found["small"] == []
+        assert found["width"] <= PHONE["viewport"]["width"]
+
+    polygon = np.array(seen["outline"])
+    assert len(polygon) >= 3 and seen["outline_status"].startswith("Outline proposed")
+    inside = cv2.pointPolygonTest(polygon.astype(np.float32).reshape(-1, 1, 2),
+                                  (float(seed[0]), float(seed[1])), False)
+    assert inside >= 0  # the proposed outline holds the tap
+
+
+def test_shapes_are_edited_by_their_handles_and_deleted_on_a_desktop(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
+        chromium: Browser) -> None:
+    """A length's end dragged to a new place is saved there; an arrow is deleted from the
+    list; a note stays on the page only (arrows and notes are never sent)."""
+    study = upload_study(client, auth["capture"], [photo(CHART_PHOTO)])
+    token = auth["view"]["Authorization"].removeprefix("Bearer ")
+    moved = (1200, 1700)
+    problems: list[str] = []
+
+    def scenario(browser: Any) -> dict[str, Any]:
+        page = browser.new_page(viewport={"width": 1280, "height": 800})
+        page.add_init_script(f"sessionStorage.setItem('ebiw.token', {token!r})")
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.goto(f"{live_server}/studies/{study.study_uid}")
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        page.click("[data-tool=length]")
+        drag(page, *LENGTH)
+        page.click("[data-tool=pan]")
+        drag(page, LENGTH[1], moved)  # the end's handle, not a pan
+        page.click("[data-tool=arrow]")
+        drag(page, (600, 1500), (800, 1300))
+        page.fill("#note-text", "slough at 3 o'clock")
+        page.click("[data-tool=note]")
+        page.mouse.click(*screen(page, (700, 600), SIZE))
+        out: dict[str, Any] = {"before": listed(page)}
+        page.screenshot(path=str(ARTIFACTS / "viewer-measure-edit-1280x800.png"))
+        page.click("[aria-label='Delete Arrow 1']")
+        out["after_delete"] = listed(page)
+        page.click("#save")
+        wait_until(page, "document.querySelectorAll('#measurements li[data-saved]').length === 1")
+        out["saved"] = listed(page)
+        page.close()
+        return out
+
+    seen = chromium.run(scenario)
+    assert problems == []
+    assert [m["kind"] for m in seen["before"]] == ["length", "arrow", "note"]
+    assert seen["before"][2]["text"].endswith("Note 1: slough at 3 o'clock")
+    assert [m["kind"] for m in seen["after_delete"]] == ["length", "note"]
+    assert [(m["kind"], m.get("saved")) for m in seen["saved"]] == [("length", "true"),
+                                                                    ("note", None)]
+    with services(app).db.session() as db:
+        (row,) = db.scalars(select(WoundMeasurement)).all()
+    assert row.quantity == "length"
+    assert np.allclose(row.points, [LENGTH[0], moved], atol=8)
