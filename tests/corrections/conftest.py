@@ -19,6 +19,7 @@ from app.cli import cli
 from app.db.models import AuditEvent, Delivery, FhirResource, Instance, Patient
 from tests.conftest import PEERS
 from tests.delivery.conftest import Deployment, deploy, orthancs  # noqa: F401  (fixtures)
+from tests.emr.conftest import proxy  # noqa: F401  (fixture)
 from tests.mllp_peer import Receiver, mllp_receiver
 
 
@@ -35,6 +36,7 @@ def ebiw(d: Deployment, *args: str) -> Result:
            "EBIW_DESTINATIONS_FILE": str(settings.destinations_file),
            "EBIW_EMR_NOTIFIERS": ",".join(settings.emr_notifier_names),
            "EBIW_EMR_MLLP_ADDRESS": settings.emr_mllp_address,
+           "EBIW_EMR_FHIR_URL": settings.emr_fhir_url,
            "EBIW_COLOR_NORMALIZATION": "1" if settings.color_normalization else "0",
            "EBIW_DATABASE_URL": settings.database_url or ""}
     return CliRunner().invoke(cli, list(args), env=env)
