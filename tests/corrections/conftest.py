@@ -29,17 +29,22 @@ def receiver() -> Iterator[Receiver]:
         yield state
 
 
-def ebiw(d: Deployment, *args: str) -> Result:
-    """Run ``ebiw`` on the deployment's data dir, database and destinations."""
+def cli_env(d: Deployment) -> dict[str, str]:
+    """The ``EBIW_*`` variables of the deployment's data dir, database, destinations and
+    notifiers."""
     settings = d.services.settings
-    env = {"EBIW_DATA_DIR": str(settings.data_dir), "EBIW_ENV": "test",
+    return {"EBIW_DATA_DIR": str(settings.data_dir), "EBIW_ENV": "test",
            "EBIW_DESTINATIONS_FILE": str(settings.destinations_file),
            "EBIW_EMR_NOTIFIERS": ",".join(settings.emr_notifier_names),
            "EBIW_EMR_MLLP_ADDRESS": settings.emr_mllp_address,
            "EBIW_EMR_FHIR_URL": settings.emr_fhir_url,
            "EBIW_COLOR_NORMALIZATION": "1" if settings.color_normalization else "0",
            "EBIW_DATABASE_URL": settings.database_url or ""}
-    return CliRunner().invoke(cli, list(args), env=env)
+
+
+def ebiw(d: Deployment, *args: str) -> Result:
+    """Run ``ebiw`` in this process on the deployment's settings (:func:`cli_env`)."""
+    return CliRunner().invoke(cli, list(args), env=cli_env(d))
 
 
 def snapshot(d: Deployment) -> dict[str, Any]:
