@@ -33,6 +33,7 @@ from app.db.models import (
     WoundMeasurement,
     utcnow,
 )
+from app.db.session import affected_rows
 from app.gateways.archive import InstanceKey
 from app.gateways.patients import PatientRecord, build_directories
 from app.pipeline.dicom.builder import PatientInfo
@@ -209,7 +210,7 @@ def _reject(services: Services, db: Session, session: CaptureSession, rows: Sequ
                                 rejection_code=reason.document_title.value,
                                 rejected_by_kos=kos_uid)
                         .execution_options(synchronize_session="fetch"))
-    if marked.rowcount != len(uids):  # type: ignore[attr-defined]  # a CursorResult
+    if affected_rows(marked) != len(uids):
         raise CorrectionError("another correction rejected these instances meanwhile")
     services.intake.outbox.enqueue_photo(db, session, note)
     audit.record(db, actor, "correction.reject",
