@@ -20,8 +20,9 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
-from sqlalchemy import or_, select, update
+from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import (
@@ -177,6 +178,23 @@ def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer:
                              "message": "photos you captured were moved to another patient"})
         return PatientMove(old_study_uid=study_uid, new_study_uid=new.study_uid,
                            new_session_id=new.id, copies=copies, rejection=rejection)
+
+
+def rejected_photos(db: Session, study_uids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:
+    """Per study of ``study_uids`` that has any: its rejected photos (originals, not their
+    derived versions) by rejection reason, ``[{"code", "meaning", "photos"}]`` ordered by code.
+    This is how the clinician who captured a study learns of its correction."""
+    meanings = {r.document_title.value: r.document_title.meaning for r in RejectionReason}
+    found: dict[str, list[dict[str, Any]]] = {}
+    for study_uid, code, count in db.execute(
+            select(Instance.study_uid, Instance.rejection_code, func.count())
+            .join(Photo, Photo.sop_uid == Instance.sop_uid)
+            .where(Instance.study_uid.in_(study_uids), Instance.rejected_at.is_not(None))
+            .group_by(Instance.study_uid, Instance.rejection_code)
+            .order_by(Instance.rejection_code)):
+        found.setdefault(study_uid, []).append(
+            {"code": code, "meaning": meanings.get(code or "", code), "photos": count})
+    return found
 
 
 # --- the one rejection path ------------------------------------------------------------------

@@ -107,6 +107,13 @@ def test_move_copies_to_the_right_patient_and_rejects_the_originals(
         assert notice.entities[0] == "user:capture-user"
         right_id = db.scalar(select(Patient.id).where(Patient.mrn == RIGHT[0]))
 
+    # The capturing clinician sees both studies on the home screen: the old one corrected.
+    recent = d.client.get("/api/v1/sessions/recent", headers=d.headers["capture"]).get_json()
+    assert {(r["study_instance_uid"], r["patient"]["id"]): r["rejected"] for r in recent} == {
+        (old_study, "00123456"): [{"code": "113037", "photos": 2,
+                                   "meaning": "Rejected for Patient Safety Reasons"}],
+        (new_study, RIGHT[0]): []}
+
     # DICOMweb: the old study is the note alone; the new one is served.
     admin = d.headers["admin"]
     old = d.client.get(f"/dicomweb/studies/{old_study}/instances", headers=admin).get_json()
