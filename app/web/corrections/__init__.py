@@ -1,0 +1,70 @@
+"""Corrections (IHE IOCM), an admin action: the form at ``GET /admin/corrections`` posts to
+``/admin/corrections/reject`` (reject an instance, with a reason) and
+``/admin/corrections/patient`` (move a study to the right patient). Form posts carry the
+session's CSRF token; the patient's ID goes in the form body, never in a URL. The workflow
+(``app.workflow.corrections``) audits each correction with the logged-in user as the actor;
+a refused one answers 422 with the reason (no PHI) and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, render_template, request
+
+from app.pipeline.dicom.kos import RejectionReason
+from app.web import services
+from app.web.auth import current_caller, current_login, require
+from app.workflow import corrections
+
+bp = Blueprint("corrections", __name__, url_prefix="/admin")
+REASONS = (RejectionReason.QUALITY, RejectionReason.PATIENT_SAFETY, RejectionReason.WORKLIST)
+"""The reasons an admin may give (retention has its own path)."""
+
+
+def _page(status: int = 200, **context: Any) -> tuple[Response, int]:
+    login = current_login()
+    response = Response(render_template(
+        "corrections/index.html", csrf_token=login.csrf_token if login else "",
+        reasons=REASONS, **{"result": None, "error": None, **context}))
+    response.headers["Cache-Control"] = "no-store"
+    return response, status
+
+
+def _actor() -> str:
+    caller = current_caller()
+    return caller.user if caller else "anonymous"
+
+
+@bp.get("/corrections")
+@require("admin")
+def corrections_form() -> tuple[Response, int]:
+    return _page()
+
+
+@bp.post("/corrections/reject")
+@require("admin")
+def reject_submit() -> tuple[Response, int]:
+    reason = request.form.get("reason", "")
+    if reason not in {r.value for r in REASONS}:
+        return _page(422, error="choose the reason of the rejection")
+    try:
+        done = corrections.reject(services(), request.form.get("instance", "").strip(),
+                                  RejectionReason(reason), actor=_actor())
+    except corrections.CorrectionError as exc:
+        return _page(422, error=str(exc))
+    return _page(result={"title": "Rejected", "rejection": done, "new_study": None})
+
+
+@bp.post("/corrections/patient")
+@require("admin")
+def patient_submit() -> tuple[Response, int]:
+    form = request.form
+    try:
+        moved = corrections.move_to_patient(
+            services(), form.get("study", "").strip(), form.get("patient_id", "").strip(),
+            form.get("issuer", "").strip(), form.get("reason", ""), actor=_actor())
+    except corrections.CorrectionError as exc:
+        return _page(422, error=str(exc))
+    return _page(result={"title": "Moved to the right patient",
+                         "rejection": moved.rejection, "new_study": moved.new_study_uid})
