@@ -32,6 +32,7 @@ from app.db.models import (
     SessionIdentification,
     SessionStatus,
     WoundMeasurement,
+    as_utc,
     utcnow,
 )
 from app.db.session import affected_rows
@@ -63,6 +64,11 @@ class CorrectionError(Exception):
     patient...); nothing was changed. The message names UIDs at most, never PHI."""
 
 
+class NotAllowed(CorrectionError):
+    """The actor may not correct this study: not an admin, and not its capturing clinician
+    within the correction window."""
+
+
 @dataclass(frozen=True)
 class Rejection:
     """What one rejection note rejected."""
@@ -85,15 +91,16 @@ class PatientMove:
     rejection: Rejection
 
 
-def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: str
-           ) -> Rejection:
+def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: str,
+           own_within: timedelta | None = None) -> Rejection:
     """Reject the stored instance ``sop_uid`` for ``reason``.
 
     A photo and its colour-normalized version are one photo: naming either rejects both
     (those not rejected yet). Guarantees: on return one rejection note is stored, indexed and
     queued, the instances are marked and the rejection audited, in one transaction. Raises
     :class:`CorrectionError`, changing nothing, for an unknown UID, an instance already
-    rejected, or a rejection note itself.
+    rejected, or a rejection note itself. With ``own_within`` (a clinician, not an admin)
+    ``actor`` must have captured the study no longer ago than that (:class:`NotAllowed`).
     """
     with services.db.session() as db:
         row = db.get(Instance, sop_uid)
@@ -105,6 +112,7 @@ def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: 
         if row.sop_class_uid == KOS_SOP_CLASS_UID:
             raise CorrectionError("a rejection note cannot be rejected")
         session = _session(db, row.study_uid)
+        _check_allowed(session, actor, own_within)
         pair = db.scalar(select(Photo).where(
             or_(Photo.sop_uid == sop_uid, Photo.normalized_sop_uid == sop_uid)))
         uids = {sop_uid} if pair is None else \
@@ -115,7 +123,8 @@ def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: 
 
 
 def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer: str,
-                    reason: str, *, actor: str) -> PatientMove:
+                    reason: str, *, actor: str, own_within: timedelta | None = None
+                    ) -> PatientMove:
     """Move every shown instance of ``study_uid`` to the patient (``issuer``, ``patient_id``)
     of the patient directory.
 
@@ -127,12 +136,14 @@ def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer:
     EMR notices are queued (the old ImagingStudy becomes ``entered-in-error``); the move and a
     notice addressed to the capturing clinician are audited. Raises :class:`CorrectionError`,
     changing nothing, for an empty reason, an unknown study or one with nothing left to move,
-    a patient the directory does not know (or cannot answer for), or the same patient.
+    a patient the directory does not know (or cannot answer for), or the same patient;
+    ``own_within`` as for :func:`reject`.
     """
     if not reason.strip():
         raise CorrectionError("give the reason of the correction")
     with services.db.session() as db:
         old = _session(db, study_uid)
+        _check_allowed(old, actor, own_within)
         if (old.issuer, old.patient_id) == (issuer, patient_id):
             raise CorrectionError("the study already belongs to this patient")
     target = _directory_patient(services, patient_id, issuer)
@@ -242,6 +253,17 @@ def _reject(services: Services, db: Session, session: CaptureSession, rows: Sequ
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _check_allowed(session: CaptureSession, actor: str, own_within: timedelta | None) -> None:
+    """Raise :class:`NotAllowed` unless ``own_within`` is None (an admin) or ``actor``
+    captured ``session`` no longer ago than ``own_within``."""
+    if own_within is None:
+        return
+    if session.created_by != actor or utcnow() - as_utc(session.created_at) > own_within:
+        minutes = int(own_within.total_seconds() // 60)
+        raise NotAllowed("only an admin may correct this study (a clinician may correct their "
+                         f"own captures for {minutes} minutes)")
 
 
 def _session(db: Session, study_uid: str) -> CaptureSession:

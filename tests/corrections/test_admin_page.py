@@ -4,12 +4,15 @@ session's CSRF token, for admins only; a refused one answers 422 and changes not
 from __future__ import annotations
 
 import re
+import uuid
 from collections.abc import Callable
+from datetime import timedelta
 
 from sqlalchemy import select
 
-from app.db.models import AuditEvent
+from app.db.models import AuditEvent, CaptureSession, utcnow
 from app.workflow.accounts import create_user
+from app.workflow.tokens import create_token
 from tests.conftest import PASSWORD, log_in
 from tests.corrections.conftest import add_patient, archived, snapshot
 from tests.corrections.test_reject import PACS
@@ -71,3 +74,37 @@ def test_admin_rejects_and_moves_by_form(deploy: Callable[..., Deployment]) -> N
             AuditEvent.action.like("correction.%")))}
     assert actors == {"correction.reject": "ada", "correction.patient": "ada",
                       "correction.notice": "ada"}
+
+
+def test_the_capturing_clinician_may_correct_within_the_window(
+        deploy: Callable[..., Deployment]) -> None:
+    d = deploy(PACS, emr_notifiers="local", correction_window_minutes=30)
+    for name in ("cal", "bea"):
+        create_user(d.services.db, name, PASSWORD, "capture")
+    token = {"Authorization": f"Bearer {create_token(d.services.db, 'cal', 'capture')}"}
+    session = d.client.post("/api/v1/sessions", headers=token, json={
+        "patient": {"id": "00123456", "issuer": "HOSP-A"}}).get_json()
+    uploads = [d.client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
+                            data=NOCHART.read_bytes(), headers=token).get_json()
+               for _ in range(3)]
+    mine, late, theirs = (u["sop_instance_uid"] for u in uploads)
+
+    bea = d.app.test_client()
+    csrf = log_in(bea, "bea")
+    assert bea.get("/admin/corrections").status_code == 200
+    refused = bea.post("/admin/corrections/reject", data={
+        "csrf_token": csrf, "instance": theirs, "reason": "quality"})
+    assert refused.status_code == 403
+    assert "for 30 minutes" in refused.get_data(as_text=True)
+    assert archived(d, theirs)[0].rejected_at is None
+
+    cal = d.app.test_client()
+    csrf = log_in(cal, "cal")
+    assert cal.post("/admin/corrections/reject", data={
+        "csrf_token": csrf, "instance": mine, "reason": "quality"}).status_code == 200
+    assert archived(d, mine)[0].rejection_code == "113001"
+    with d.services.db.session() as db:  # the window has passed
+        db.get(CaptureSession, session["id"]).created_at = utcnow() - timedelta(minutes=31)
+    assert cal.post("/admin/corrections/reject", data={
+        "csrf_token": csrf, "instance": late, "reason": "quality"}).status_code == 403
+    assert archived(d, late)[0].rejected_at is None
