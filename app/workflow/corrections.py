@@ -17,10 +17,11 @@ nothing (unreferenced files at most) or everything indexed and queued.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from functools import partial
+from typing import Any, TypeVar
 
 from sqlalchemy import func, or_, select, update
 from sqlalchemy.orm import Session
@@ -53,6 +54,7 @@ from app.workflow.intake import REJECTION_SERIES_NUMBER
 from app.workflow.measurements import tracking_uid
 from app.workflow.services import Services
 
+T = TypeVar("T")
 SERIES_ROLES = ("series:original", "series:normalized", "series:labels", "series:measurements")
 """The roles whose series UIDs the intake derives from a session id; a corrected copy keeps
 its series' role in the new session."""
@@ -164,7 +166,8 @@ def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer:
                               sex=target.sex)
         db.flush()
         for row in rows:
-            copy = corrected_copy(_read(services, row), uids, patient)
+            copy = _from_archive(services, row,
+                                 lambda data: corrected_copy(data, uids, patient))
             attributes = {k: v for k, v in (row.attributes or {}).items()
                           if k in ("SeriesNumber", "InstanceNumber", "Modality")}
             stored = services.archive.store(db, InstanceKey(
@@ -222,7 +225,8 @@ def _reject(services: Services, db: Session, session: CaptureSession, rows: Sequ
     """
     if not rows:
         raise CorrectionError("nothing to reject")
-    headers = [read_part10(_read(services, r), stop_before_pixels=True) for r in rows]
+    headers = [_from_archive(services, r, partial(read_part10, stop_before_pixels=True))
+               for r in rows]
     prefix = services.settings.uid_prefix
     kos_uid = uid_from_uuid(uuid.uuid4(), prefix)
     series_uid = uid_from_uuid(uuid.uuid4(), prefix)
@@ -273,14 +277,14 @@ def _session(db: Session, study_uid: str) -> CaptureSession:
     return session
 
 
-def _read(services: Services, row: Instance) -> bytes:
+def _from_archive(services: Services, row: Instance, parse: Callable[[bytes], T]) -> T:
+    """``parse`` of the stored bytes of ``row``; CorrectionError when the archive cannot read
+    them or they are not DICOM."""
     try:
-        data = services.archive.read(row)
-        read_part10(data, stop_before_pixels=True)
+        return parse(services.archive.read(row))
     except (OSError, UnreadableDicomError) as exc:
         raise CorrectionError(f"the archived file of instance {row.sop_uid} cannot be read "
                               f"({type(exc).__name__}); nothing was changed") from exc
-    return data
 
 
 def _directory_patient(services: Services, patient_id: str, issuer: str) -> PatientRecord:

@@ -147,9 +147,11 @@ def test_bad_input_changes_nothing(deploy: Callable[..., Deployment]) -> None:
     d = deploy(PACS, emr_notifiers="local")
     session = d.open_session()
     uid = d.upload(session, NOCHART)["sop_instance_uid"]
+    damaged = d.upload(session, NOCHART)["sop_instance_uid"]
     result = ebiw(d, "correct", "reject", "--instance", uid, "--reason", "patient-safety")
     assert result.exit_code == 0, result.output
     kos_uid = json.loads(result.output)["kos_sop_instance_uid"]
+    d.services.archive.restore(archived(d, damaged)[0], b"not DICOM")
     before = snapshot(d)
 
     again = ebiw(d, "correct", "reject", "--instance", uid, "--reason", "quality")
@@ -161,6 +163,11 @@ def test_bad_input_changes_nothing(deploy: Callable[..., Deployment]) -> None:
     assert "no archived instance has SOP Instance UID 1.2.3.4" in unknown.output
     note = ebiw(d, "correct", "reject", "--instance", kos_uid, "--reason", "quality")
     assert note.exit_code == 1 and "cannot be rejected" in note.output
+    unreadable = ebiw(d, "correct", "reject", "--instance", damaged, "--reason", "quality")
+    assert unreadable.exit_code == 1
+    assert json.loads(unreadable.output)["error"] == (
+        f"the archived file of instance {damaged} cannot be read (UnreadableDicomError); "
+        "nothing was changed")
     wrong = ebiw(d, "correct", "reject", "--instance", uid, "--reason", "bored")
     assert wrong.exit_code == 2  # click refuses the reason
     assert snapshot(d) == before
