@@ -35,6 +35,7 @@ from app.pipeline.dicom.builder import (
     build_vl_photo,
 )
 from app.pipeline.dicom.codes import LATERALITY, body_site, body_sites
+from app.pipeline.dicom.kos import RejectionReason
 from app.pipeline.dicom.sr import DEFAULT_WOUND_LABEL
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.pipeline.dicom.values import InvalidValue
@@ -46,7 +47,7 @@ from app.pipeline.geometry import (
 )
 from app.pipeline.outline import SeedOutsideImageError, outline_photo
 from app.settings import Settings
-from app.workflow import accounts, audit, delivery
+from app.workflow import accounts, audit, corrections, delivery
 from app.workflow.accounts import AccountError, create_user
 from app.workflow.batch import (
     IMPORT_STORAGE_FULL,
@@ -569,6 +570,59 @@ def _measure_instance(sop_uid: str, lines: list[tuple[Point, Point]],
     _emit({**record, "wound": wound_label, "tracking_uid": stored.tracking_uid,
            "sr_sop_instance_uid": stored.sop_uid, "sr_series_instance_uid": stored.series_uid,
            "study_instance_uid": stored.study_uid})
+
+
+@cli.group()
+def correct() -> None:
+    """Corrections (IHE IOCM): reject instances, move a study to the right patient."""
+
+
+_REASONS = [r.value for r in RejectionReason if r is not RejectionReason.RETENTION]
+
+
+@correct.command("reject")
+@click.option("--instance", "sop_uid", required=True, metavar="SOP_INSTANCE_UID")
+@click.option("--reason", required=True, type=click.Choice(_REASONS),
+              help="quality (113001), patient-safety (113037) or worklist (113038).")
+def correct_reject(sop_uid: str, reason: str) -> None:
+    """Reject an archived instance (a photo with its colour-normalized version) by a rejection
+    note sent to every PACS; prints {"rejected": [...], "kos_sop_instance_uid", ...}. Any
+    error changes nothing and exits 1."""
+    services = _ready_services()
+    try:
+        done = corrections.reject(services, sop_uid, RejectionReason(reason),
+                                  actor=_cli_actor())
+    except corrections.CorrectionError as exc:
+        _emit({"error": str(exc)})
+        sys.exit(1)
+    _emit(_rejection_json(done))
+
+
+@correct.command("patient")
+@click.option("--study", "study_uid", required=True, metavar="STUDY_INSTANCE_UID")
+@click.option("--patient-id", required=True, metavar="MRN")
+@click.option("--issuer", required=True, help="Issuer of Patient ID of the right patient.")
+@click.option("--reason", required=True, help="Why (kept in the audit trail).")
+def correct_patient(study_uid: str, patient_id: str, issuer: str, reason: str) -> None:
+    """Move a study to the right patient (who must be in the patient directory): corrected
+    copies in a new study, the originals rejected (113037); prints the new and rejected UIDs.
+    Any error changes nothing and exits 1."""
+    services = _ready_services()
+    try:
+        moved = corrections.move_to_patient(services, study_uid, patient_id, issuer, reason,
+                                            actor=_cli_actor())
+    except corrections.CorrectionError as exc:
+        _emit({"error": str(exc)})
+        sys.exit(1)
+    _emit({"old_study_instance_uid": moved.old_study_uid,
+           "new_study_instance_uid": moved.new_study_uid, "copies": moved.copies,
+           **_rejection_json(moved.rejection)})
+
+
+def _rejection_json(done: corrections.Rejection) -> dict[str, object]:
+    return {"rejected": list(done.rejected), "kos_sop_instance_uid": done.kos_sop_uid,
+            "reason": done.reason.value, "document_title": done.reason.document_title.value,
+            "study_instance_uid": done.study_uid}
 
 
 def _seed(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:

@@ -83,6 +83,9 @@ class Settings:
     server_timing: bool = False  # Server-Timing on every response (else to admins only)
     # Web login sessions (app/workflow/accounts.py): idle timeout and absolute lifetime
     session_idle_minutes: int = 15
+    # Corrections (app/workflow/corrections.py): the clinician who captured a study may
+    # correct it this long after capturing it (0: admins only)
+    correction_window_minutes: int = 0
     session_lifetime_hours: int = 12
     # Login lockout, rate limits, proxies (app/web/security.py; README "Security")
     login_max_failures: int = 5  # failed logins in a row that lock a username; 0: never
@@ -229,6 +232,8 @@ class Settings:
                                     "organisation's DICOM UID root, or 2.25 explicitly)")
         if self.max_pixels <= 0 or self.max_upload_bytes <= 0:
             raise SettingsError("EBIW_MAX_PIXELS and EBIW_MAX_UPLOAD_BYTES must be positive")
+        if self.correction_window_minutes < 0:
+            raise SettingsError("EBIW_CORRECTION_WINDOW_MINUTES must be 0 or more")
         if self.session_idle_minutes <= 0 or self.session_lifetime_hours <= 0:
             raise SettingsError("EBIW_SESSION_IDLE_MINUTES and EBIW_SESSION_LIFETIME_HOURS "
                                 "must be positive")

@@ -9,6 +9,7 @@ from typing import ClassVar, overload
 from sqlalchemy import (
     JSON,
     Boolean,
+    ColumnElement,
     Date,
     DateTime,
     ForeignKey,
@@ -202,6 +203,17 @@ class Instance(Base):
     size: Mapped[int]
     attributes: Mapped[dict] = mapped_column(JSON, default=dict)
     stored_at: Mapped[datetime] = mapped_column(default=utcnow)
+    # IHE IOCM: set when a rejection note (a KOS, ``rejected_by_kos``) rejected the instance
+    # with ``rejection_code`` (its DCM Document Title code, e.g. 113001); the file is kept
+    # for audit but hidden from QIDO-RS, WADO-RS, the viewer and the EMR (see ``shown``).
+    rejected_at: Mapped[datetime | None]
+    rejection_code: Mapped[str | None] = mapped_column(String(16))
+    rejected_by_kos: Mapped[str | None] = mapped_column(String(64))
+
+    @classmethod
+    def shown(cls) -> ColumnElement[bool]:
+        """SQL: the instances every reader may see (not rejected)."""
+        return cls.rejected_at.is_(None)
 
 
 class Quantity(StrEnum):

@@ -123,6 +123,8 @@ _RECORD_CREATE = EventCode(("110110", "Patient Record"), "C")
 _RECORD_READ = EventCode(("110110", "Patient Record"), "R")
 _RECORD_UPDATE = EventCode(("110110", "Patient Record"), "U")
 _INSTANCES_CREATED = EventCode(("110103", "DICOM Instances Accessed"), "C")
+_INSTANCES_REJECTED = EventCode(("110103", "DICOM Instances Accessed"), "D")
+_INSTANCES_CORRECTED = EventCode(("110103", "DICOM Instances Accessed"), "U")
 _TRANSFERRED = EventCode(("110104", "DICOM Instances Transferred"), "R")
 _EXPORT = EventCode(("110106", "Export"), "R")
 _SECURITY_ATTRIBUTES = EventCode(("110113", "Security Alert"), "E",
@@ -144,6 +146,9 @@ CATALOGUE: dict[str, EventCode] = {
     "measurement.store": _INSTANCES_CREATED,  # a wound measurement SR (ebiw measure --instance)
     "measurement.read": _RECORD_READ,  # a study's stored measurements, for the viewer
     "outline.read": _RECORD_READ,  # a wound outline proposed on a photo's pixels
+    "correction.reject": _INSTANCES_REJECTED,  # IOCM rejection note (app/workflow/corrections)
+    "correction.patient": _INSTANCES_CORRECTED,  # a study moved to the right patient
+    "correction.notice": _INSTANCES_CORRECTED,  # the capturing clinician's notice of it
     "prior.read": _TRANSFERRED,  # the prior photo rendered for the camera overlay (issue 16)
     "wound.read": _RECORD_READ,  # a wound's healing trajectory page (issue 17)
     "wound.export": _EXPORT,  # ... and its CSV

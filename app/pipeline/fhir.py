@@ -71,10 +71,19 @@ class StudyFacts:
     body_site: BodySite | None = None
     laterality: str | None = None  # DICOM Image Laterality: R, L, B or U
     accession_number: str = ""
+    status: str = "available"  # or "entered-in-error": every instance was rejected
+    rejected_count: int = 0  # instances rejected (IHE IOCM), not in ``series``
 
     @property
     def instance_count(self) -> int:
         return sum(len(s.instances) for s in self.series)
+
+    @property
+    def state(self) -> int:
+        """A number that grows with every change the EMR must hear of: an instance added
+        (+1) or rejected (-1 shown, +1 rejected: +1 in all)."""
+        shown = 0 if self.status == "entered-in-error" else self.instance_count
+        return shown + 2 * self.rejected_count
 
 
 def study_token(study_uid: str) -> str:
@@ -144,8 +153,8 @@ def viewer_endpoint(address: str, endpoint_id: str) -> Endpoint:
 def imaging_study(study: StudyFacts, subject: Reference, encounter: Reference | None,
                   endpoints: Sequence[Endpoint], *, contain_endpoint: bool,
                   resource_id: str | None = None) -> ImagingStudy:
-    """The ImagingStudy of ``study``: status available, modality and counts from its series,
-    ``endpoints`` (each with an id) referenced in their order.
+    """The ImagingStudy of ``study``: its status (available, or entered-in-error), modality
+    and counts from its series, ``endpoints`` (each with an id) referenced in their order.
 
     With ``contain_endpoint`` the Endpoints travel inside the ImagingStudy (``#<id>``), so one
     write carries everything; otherwise each is referenced as ``Endpoint/<id>``.
@@ -175,7 +184,7 @@ def imaging_study(study: StudyFacts, subject: Reference, encounter: Reference | 
     return ImagingStudy(
         id=resource_id,
         contained=list(endpoints) if contain_endpoint else None,
-        identifier=identifiers, status="available",
+        identifier=identifiers, status=study.status,
         modality=[Coding(system=DCM_SYSTEM, code=m) for m in modalities],
         subject=subject, encounter=encounter,
         started=study.started.replace(microsecond=0),

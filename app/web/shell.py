@@ -38,7 +38,8 @@ NAV = (NavLink("/", "Capture", ("capture", "view")),
        NavLink("/batch", "Batch", ("capture",)),
        NavLink("/admin/deliveries", "Deliveries", ("admin",)),
        NavLink("/admin/audit", "Audit", ("admin",)),
-       NavLink("/admin/exports", "Exports", ("admin",)))
+       NavLink("/admin/exports", "Exports", ("admin",)),
+       NavLink("/admin/corrections", "Corrections", ("admin",)))
 """The header's links, in order; the capture app shows them by role client-side."""
 
 

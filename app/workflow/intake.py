@@ -59,6 +59,7 @@ ORIGINAL_SERIES_NUMBER = 1
 NORMALIZED_SERIES_NUMBER = 2
 LABEL_SERIES_NUMBER = 3
 MEASUREMENT_SERIES_NUMBER = 4  # wound measurement reports (app/workflow/measurements.py)
+REJECTION_SERIES_NUMBER = 5  # IOCM rejection notes (app/workflow/corrections.py)
 
 
 class IdentificationMethod(StrEnum):

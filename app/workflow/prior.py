@@ -103,7 +103,8 @@ def _candidates(request: PriorRequest) -> Select[Photo, CaptureSession]:
         else CaptureSession.laterality == request.laterality
     query = (select(Photo, CaptureSession)
              .join(CaptureSession, Photo.session_id == CaptureSession.id)
-             .where(CaptureSession.patient_id == request.patient_id,
+             .join(Instance, Photo.sop_uid == Instance.sop_uid)
+             .where(Instance.shown(),CaptureSession.patient_id == request.patient_id,
                     CaptureSession.issuer == request.issuer,
                     CaptureSession.body_site == request.body_site, same_side)
              .options(selectinload(Photo.instance))
@@ -119,9 +120,9 @@ def _candidates(request: PriorRequest) -> Select[Photo, CaptureSession]:
 def find_prior(database: Database, request: PriorRequest) -> PriorPhoto | None:
     """The latest earlier clinical photo for ``request`` (see the module), or None.
 
-    Guarantees: never a label frame, never a photo of ``exclude_session``, never a sensitive
-    session's photo unless the request is sensitive; the colour-normalized instance when the
-    photo has one.
+    Guarantees: never a rejected photo, never a label frame, never a photo of
+    ``exclude_session``, never a sensitive session's photo unless the request is sensitive;
+    the colour-normalized instance when the photo has one.
     """
     with database.session() as db:
         for photo, session in db.execute(_candidates(request)):

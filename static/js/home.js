@@ -31,6 +31,8 @@ const STATES = {
  * @property {string} state processing, stored, in_pacs, in_emr or failed
  * @property {string|null} reason
  * @property {{sent: number, total: number}} pacs
+ * @property {{code: string, meaning: string, photos: number}[]} [rejected] photos rejected by
+ *   a correction (a study moved to another patient: all of them, 113037)
  */
 
 /**
@@ -70,6 +72,8 @@ function recentCard(study, waiting) {
     h("p", { class: "muted" }, [site, `${displayTime(study.created_at)}`,
       count(study.photo_count)].filter(Boolean).join(" · ")),
     h("p", { class: `state${state === "failed" ? " alert" : ""}` }, stateText(study, waiting)),
+    ...(study.rejected || []).map((r) => h("p", { class: "alert correction",
+      "data-code": r.code }, `${count(r.photos)} corrected: ${r.meaning}`)),
     study.photo_count ? h("a", { class: "button secondary",
       href: `/studies/${study.study_instance_uid}` }, "Open in the viewer") : null);
 }

@@ -263,10 +263,33 @@ def test_0002_adds_photo_quality_to_a_baseline_database_and_keeps_its_rows(db: D
     _add_patient_with_encounter(db, "M1")
     assert "quality" not in {c["name"] for c in inspect(db.engine).get_columns("photo")}
     result = db.create_schema()
-    assert (result.before, result.after) == ("0001_baseline", "0004_wound_measurement")
+    assert (result.before, result.after) == ("0001_baseline", "0005_rejection")
     assert "quality" in {c["name"] for c in inspect(db.engine).get_columns("photo")}
     assert db.schema_differences() == []
     assert _counts(db) == (1, 1)
     with upgrade_transaction(db.engine) as conn:  # and back
         command.downgrade(alembic_config(conn), "0001_baseline")
     assert "quality" not in {c["name"] for c in inspect(db.engine).get_columns("photo")}
+
+
+REJECTION_COLUMNS = {"rejected_at", "rejection_code", "rejected_by_kos"}
+
+
+def test_0005_adds_the_rejection_columns_to_the_instance_index_and_keeps_its_rows(
+        db: Database) -> None:
+    with upgrade_transaction(db.engine) as conn:
+        command.upgrade(alembic_config(conn), "0004_wound_measurement")
+        conn.execute(text("INSERT INTO instance (sop_uid, study_uid, series_uid, sop_class_uid,"
+                          " path, sha256, size, attributes, stored_at) VALUES ('1.2.3', '1.2',"
+                          " '1.2.1', '1.2.840.10008.5.1.4.1.1.77.1.4', 'a.dcm', 'x', 1, '{}',"
+                          " CURRENT_TIMESTAMP)"))
+    assert not REJECTION_COLUMNS & {c["name"] for c in inspect(db.engine).get_columns("instance")}
+    assert db.create_schema().after == "0005_rejection"
+    assert {c["name"] for c in inspect(db.engine).get_columns("instance")} >= REJECTION_COLUMNS
+    assert db.schema_differences() == []
+    with db.engine.connect() as conn:
+        assert conn.execute(text("SELECT sop_uid, rejected_at FROM instance")).all() == \
+            [("1.2.3", None)]
+    with upgrade_transaction(db.engine) as conn:  # and back
+        command.downgrade(alembic_config(conn), "0004_wound_measurement")
+    assert not REJECTION_COLUMNS & {c["name"] for c in inspect(db.engine).get_columns("instance")}

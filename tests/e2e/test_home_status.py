@@ -7,6 +7,11 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from sqlalchemy import select
+
+from app.db.models import Photo
+from app.pipeline.dicom.kos import RejectionReason
+from app.workflow import corrections
 from app.workflow.delivery import drain
 from tests.conftest import services
 from tests.e2e.conftest import ARTIFACTS, LiveApp
@@ -71,6 +76,16 @@ def test_home_lists_the_sent_study_with_its_state_and_viewer_link(
     page.wait_for_function("() => document.querySelector('#study-site').textContent"
                            ".includes('left')")
     assert not [url for url in page.urls if "00123456" in url or "DEMO" in url]
+
+    # An admin rejects the photo (IHE IOCM): the clinician who took it sees it on the card.
+    with svc.db.session() as db:
+        photo = db.scalar(select(Photo.sop_uid).where(Photo.session_id == session.id))
+    corrections.reject(svc, photo, RejectionReason.QUALITY, actor="admin-user")
+    page.goto("/")
+    screen(page, "home")
+    card.wait_for()
+    assert card.locator(".correction").inner_text() == \
+        "1 photo corrected: Rejected for Quality Reasons"
     assert page.errors == []
 
 

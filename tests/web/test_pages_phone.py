@@ -75,6 +75,12 @@ def _start_capture(page: Any) -> None:
 
 
 
+def _refused_rejection(page: Any) -> None:
+    """Submit a rejection of an unknown instance: the page answers with its error."""
+    page.fill("#instance", "1.2.3.4")
+    page.click("form[action$='/reject'] button[type=submit]")
+    page.wait_for_selector("p.alert[role=alert]")
+
 
 @pytest.fixture
 def app_overrides(tmp_path: Path) -> dict[str, object]:
@@ -125,6 +131,9 @@ def pages(site: Site) -> list[PageSpec]:
         PageSpec("deliveries", "/admin/deliveries", "admin", "main h1"),
         PageSpec("audit", "/admin/audit", "admin", "main h1"),
         PageSpec("exports", "/admin/exports", "admin", "main h1"),
+        PageSpec("corrections", "/admin/corrections", "admin", "main h1"),
+        PageSpec("corrections-refused", "/admin/corrections", "admin", "main h1",
+                 _refused_rejection),
         PageSpec("error-404", "/no/such/page", "admin", "main h1"),
         PageSpec("error-401", "/admin/audit", None, "main h1"),
     ]
@@ -227,7 +236,10 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     assert light["capture-home"]["nav"] == ["Capture", "Batch"]
     assert light["batch"]["nav"] == ["Capture", "Batch"]
     assert light["viewer"]["nav"] == ["Capture"]
-    assert light["deliveries"]["nav"] == ["Capture", "Batch", "Deliveries", "Audit", "Exports"]
+    assert light["deliveries"]["nav"] == ["Capture", "Batch", "Deliveries", "Audit", "Exports",
+                                          "Corrections"]
+    assert "no archived instance has SOP Instance UID 1.2.3.4" in \
+        light["corrections-refused"]["text"]
     assert light["login"]["nav"] == [] and light["capture-login"]["nav"] == []
     assert light["viewer"]["back"] == "/"
     # the photo's quality line, its failing check marked (a lab photo: 2.9 px/mm is too far)

@@ -1,14 +1,18 @@
 """HL7 v2.5.1 ``ORU^R01`` over MLLP: the IHE EBIW Notify of Imaging Result [RAD-132].
 
 Built and parsed with hl7apy (strict structure validation of what we send). One message per
-new state of a study, the state being its number of instances: the Message Control ID
+new state of a study (see below): the Message Control ID
 (MSH-10) is derived from the Study UID and that number, so a retry resends the very same
 control ID and the receiver can drop the duplicate; a state the receiver already accepted is
-not sent again. The first notice has result status F, later ones (photos or measurement
-reports added) C. Each measured wound value is a numeric OBX (type NM): LOINC and SNOMED CT code
-as in the FHIR Observation, UCUM units, OBX-4 grouping the values of one wound's region, OBX-14
-the photo's time, OBX-19 when it was measured (v2.5.1's OBX ends there: the body site, OBX-20
-from v2.6 on, is not sent).
+not sent again. The first notice has result status F, later ones C (photos or measurement
+reports added, or some rejected: IHE IOCM); when every instance of the study was rejected
+(wrong patient, say) the correction's OBX-11 is W, "post original as wrong" (HL7 table 0085).
+The state is ``StudyFacts.state``, which grows with every addition and rejection
+(``hl7_notice.instance_count`` keeps it; it equals the instance count until something is
+rejected). Each measured wound value is a numeric OBX (type NM): LOINC and SNOMED CT code as in
+the FHIR Observation, UCUM units, OBX-4 grouping the values of one wound's region, OBX-14 the
+photo's time, OBX-19 when it was measured (v2.5.1's OBX ends there: the body site, OBX-20 from
+v2.6 on, is not sent).
 
 Acknowledgements (original mode, HL7 table 0008):
 ``AA``/``CA`` accepted; ``AR`` — rejected for reasons unrelated to the content (the receiver
@@ -126,6 +130,9 @@ def build_oru(record: StudyRecord, settings: Settings, message_id: str, *,
     if facts.accession_number:
         obr.obr_18 = _st(facts.accession_number)
     obr.obr_25 = "C" if correction else "F"
+    # OBX-11 (table 0085): W "post original as wrong, e.g. transmitted for wrong patient" when
+    # every instance was rejected; table 0123 (OBR-25) has no such code, so OBR-25 stays C.
+    wrong = facts.status == "entered-in-error"
     viewer = viewer_url(settings.public_url, facts.uid)
     observations = (("ST", STUDY_UID_CODE, facts.uid),
                     ("NM", INSTANCES_CODE, str(facts.instance_count)),
@@ -138,7 +145,7 @@ def build_oru(record: StudyRecord, settings: Settings, message_id: str, *,
         # OBX-5 "varies": given as ER7, escaped by hl7apy's ST (a URL may hold & or ~)
         escaped = _st(value).to_er7()
         obx.obx_5 = f"{escaped}^^TEXT^HTML" if kind == "RP" else escaped
-        obx.obx_11 = obr.obr_25.value
+        obx.obx_11 = "W" if wrong else obr.obr_25.value
         obx.obx_14 = _ts(facts.started)
     for number, (sub_id, measured) in enumerate(_grouped(record.measurements),
                                              start=len(observations) + 1):
@@ -151,7 +158,7 @@ def build_oru(record: StudyRecord, settings: Settings, message_id: str, *,
         obx.obx_4 = sub_id
         obx.obx_5 = f"{measured.value:.2f}"
         obx.obx_6 = f"{measured.unit}^{measured.unit}^UCUM"
-        obx.obx_11 = obr.obr_25.value
+        obx.obx_11 = "W" if wrong else obr.obr_25.value
         obx.obx_14 = _ts(measured.taken_at)
         obx.obx_19 = _ts(measured.measured_at)
     if not msg.validate():
@@ -189,7 +196,7 @@ class Hl7v2Notifier:
         answers AA the state is recorded in ``db`` (the caller commits) and not sent again.
         """
         record = load_study(db, study_uid)
-        version = record.facts.instance_count
+        version = record.facts.state
         notice = db.get(Hl7Notice, study_uid)
         if notice is not None and notice.instance_count >= version:
             return

@@ -11,6 +11,7 @@ from sqlalchemy.orm import Session
 from app.db.models import CaptureSession, Instance, Photo, WoundMeasurement, as_utc
 from app.gateways.errors import PermanentError
 from app.pipeline.dicom.codes import body_site
+from app.pipeline.dicom.kos import KOS_SOP_CLASS_UID
 from app.pipeline.fhir import InstanceFacts, SeriesFacts, StudyFacts
 from app.pipeline.fhir_observation import MeasuredValue
 
@@ -38,6 +39,8 @@ class StudyRecord:
 def load_study(db: Session, study_uid: str) -> StudyRecord:
     """Read the session and every indexed instance of ``study_uid``.
 
+    Rejection notes are left out, and so are rejected instances (IHE IOCM); when every
+    instance is rejected the facts list them all with status ``entered-in-error``.
     Series are ordered by when their first instance was stored (the originals first); a
     series or instance number comes from the instance's indexed attributes (``SeriesNumber``,
     ``InstanceNumber``), the photo's instance number, or else its position. Raises
@@ -46,10 +49,16 @@ def load_study(db: Session, study_uid: str) -> StudyRecord:
     session = db.scalar(select(CaptureSession).where(CaptureSession.study_uid == study_uid))
     if session is None:
         raise PermanentError("no capture session has this Study Instance UID")
-    rows = db.scalars(select(Instance).where(Instance.study_uid == study_uid)
-                      .order_by(Instance.stored_at, Instance.sop_uid)).all()
-    if not rows:
+    every = db.scalars(select(Instance).where(Instance.study_uid == study_uid,
+                                              Instance.sop_class_uid != KOS_SOP_CLASS_UID)
+                       .order_by(Instance.stored_at, Instance.sop_uid)).all()
+    if not every:
         raise PermanentError("the study has no stored instance yet")
+    rows = [r for r in every if r.rejected_at is None]
+    rejected = len(every) - len(rows)
+    status = "available"
+    if not rows:  # everything rejected: the study as it was, marked entered-in-error
+        rows, status = list(every), "entered-in-error"
     photo_numbers: dict[str, int] = {sop_uid: number for sop_uid, number in db.execute(
         select(Photo.sop_uid, Photo.instance_number).where(Photo.session_id == session.id))}
     by_series: dict[str, list[Instance]] = {}
@@ -75,7 +84,8 @@ def load_study(db: Session, study_uid: str) -> StudyRecord:
     facts = StudyFacts(uid=study_uid, started=started, series=tuple(series),
                        body_site=body_site(session.body_site) if session.body_site else None,
                        laterality=session.laterality,
-                       accession_number=session.accession_number or "")
+                       accession_number=session.accession_number or "", status=status,
+                       rejected_count=rejected)
     return StudyRecord(facts=facts, session_id=session.id, mrn=session.patient_id,
                        issuer=session.issuer, encounter=session.encounter,
                        patient_name=session.patient_name, birth_date=session.birth_date,

@@ -134,7 +134,7 @@ def file_meta(sop_class_uid: str, sop_instance_uid: str, transfer_syntax_uid: st
     return meta
 
 
-def _patient_module(ds: Dataset, patient: PatientInfo) -> None:
+def patient_module(ds: Dataset, patient: PatientInfo) -> None:
     """Patient Module (PS3.3 C.7.1.1): name, ID and its issuer, birth date, sex (Type 2 ones
     empty when unknown)."""
     ds.PatientName = patient.name or ""
@@ -302,7 +302,7 @@ def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
     Image Compression ``01``; deterministic output for the same inputs.
     """
     ds = Dataset()
-    _patient_module(ds, patient)
+    patient_module(ds, patient)
     _general_study_module(ds, study)
     _patient_study_module(ds, study)
     _general_series_module(ds, study, series)

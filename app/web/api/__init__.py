@@ -26,7 +26,7 @@ from app.web.limits import rate_limited
 from app.web.studies import wounds
 from app.web.timing import SHOW
 from app.web.uploads import UnsupportedMediaType, photo_body, read_photo_body
-from app.workflow import audit
+from app.workflow import audit, corrections
 from app.workflow.delivery import (
     DeliveryState,
     ShownState,
@@ -171,9 +171,10 @@ def open_session() -> tuple[Response, int]:
 def recent_sessions() -> Response:
     """The caller's own capture sessions of the last :data:`RECENT_HOURS` hours, newest first
     (at most :data:`RECENT_LIMIT`), each with where its photos have got to
-    (:func:`study_progress`) and its viewer link. The patient's name is in the answer (the
-    user's own captures) and never in a log; the request has no query string. Audited as
-    ``session.read`` of every patient and study listed."""
+    (:func:`study_progress`), its photos rejected by a correction, and its viewer link. The
+    patient's name is in the answer (the user's own captures) and never in a log; the
+    request has no query string. Audited as ``session.read`` of every patient and study
+    listed."""
     svc = services()
     since = datetime.now(UTC) - timedelta(hours=RECENT_HOURS)
     with svc.db.session() as db:
@@ -186,6 +187,7 @@ def recent_sessions() -> Response:
             select(Photo.session_id, func.count()).where(
                 Photo.session_id.in_([s.id for s in sessions])).group_by(Photo.session_id)
         ).all())
+        rejected = corrections.rejected_photos(db, [s.study_uid for s in sessions])
     deliveries = deliveries_by_study(svc.db, [s.study_uid for s in sessions])
     g.audit_action = "session.read"  # it names patients: every answer is audited
     g.audit_entities = list(dict.fromkeys(
@@ -197,6 +199,7 @@ def recent_sessions() -> Response:
         item["patient"]["name"] = session.patient_name
         count = photos.get(session.id, 0)
         body.append({**item, "photo_count": count,
+                     "rejected": rejected.get(session.study_uid, []),
                      **study_progress(count, deliveries.get(session.study_uid, []))})
     response = jsonify(body)
     response.headers["Cache-Control"] = "no-store"

@@ -133,7 +133,7 @@ def _instance_url(row: Instance) -> str:
 
 def _rows(study: str, series: str | None = None, sop: str | None = None) -> list[Instance]:
     """The indexed instances of a study, series or instance (404 when there are none)."""
-    scope: list[ColumnElement[bool]] = [Instance.study_uid == study]
+    scope: list[ColumnElement[bool]] = [Instance.study_uid == study, Instance.shown()]
     if series is not None:
         scope.append(Instance.series_uid == series)
     if sop is not None:
@@ -167,7 +167,8 @@ def study_visible(study: str, caller: Caller) -> bool:
     with svc.db.session() as db:
         index.refresh(db, svc.archive, Instance.study_uid == study)
         headers = [r.attributes[index.DICOM] for r in
-                   db.scalars(select(Instance).where(Instance.study_uid == study))
+                   db.scalars(select(Instance).where(Instance.study_uid == study,
+                                                     Instance.shown()))
                    if index.is_current(r)]
     return all(caller.sees(*_patient_of(h)) for h in headers)
 
@@ -191,7 +192,7 @@ def _search(run: Callable[[Session, query.Query, str], query.Results],
             *scope: ColumnElement[bool]) -> Response:
     if not media.accepts_json(_ranges()):
         raise _not_acceptable("search results")
-    parsed = query.parse(request.args, *scope, *_patient_scope())
+    parsed = query.parse(request.args, Instance.shown(), *scope, *_patient_scope())
     svc = services()
     with svc.db.session() as db:
         index.refresh(db, svc.archive)

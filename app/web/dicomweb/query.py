@@ -147,7 +147,8 @@ def _criterion(tag: str, raw: str, name: str) -> ColumnElement[bool] | None:
         other = aliased(Instance)
         modality = other.attributes[(DICOM, "00080060", "Value", 0)].as_string()
         return Instance.study_uid.in_(
-            select(other.study_uid).where(modality.in_(raw.split(","))))
+            select(other.study_uid).where(modality.in_(raw.split(",")),
+                                          other.rejected_at.is_(None)))
     vr = _vr(tag)
     column = _value(tag, vr)
     if vr == "SQ":
@@ -304,7 +305,7 @@ def _page(db: Session, statement: Select[Any], query: Query) -> tuple[list[Any],
 def _rows_by(db: Session, column: Any, keys: list[str]) -> dict[str, list[Instance]]:
     grouped: dict[str, list[Instance]] = defaultdict(list)
     if keys:
-        for row in db.scalars(select(Instance).where(column.in_(keys))):
+        for row in db.scalars(select(Instance).where(column.in_(keys), Instance.shown())):
             if is_current(row):
                 grouped[getattr(row, column.key)].append(row)
     for rows in grouped.values():

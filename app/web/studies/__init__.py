@@ -90,6 +90,6 @@ def _photo_quality(study_uid: str) -> list[tuple[int, list[tuple[str, bool | Non
     """(Instance Number, quality words) of the study's photos that have a quality record."""
     with services().db.session() as db:
         photos = db.scalars(select(Photo).join(Photo.instance)
-                            .where(Instance.study_uid == study_uid)
+                            .where(Instance.study_uid == study_uid, Instance.shown())
                             .order_by(Photo.instance_number)).all()
         return [(p.instance_number, quality_items(p.quality)) for p in photos if p.quality]
