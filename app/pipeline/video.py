@@ -48,6 +48,22 @@ _AUDIO_KEPT_IN_MP4 = frozenset({"aac", "mp3", "mp2"})  # PS3.5 8.2.12, MP4 colum
 MAX_REENCODED_SIDE = 1920  # H.264 level 4.1/4.2 allow 1080p: larger clips are scaled to fit
 
 
+_HEIF_BRANDS = frozenset({b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1",
+                          b"msf1", b"avif", b"avis"})  # ISO BMFF brands of still images
+_EBML = b"\x1a\x45\xdf\xa3"  # Matroska / WebM
+
+
+def sniff_video(head: bytes) -> str | None:
+    """The video media type the leading bytes announce: ``video/webm`` for an EBML header,
+    ``video/quicktime`` or ``video/mp4`` for an ISO BMFF ``ftyp`` box whose brand is no still
+    image (HEIC/AVIF share the box); None for anything else. Reads at most 12 bytes."""
+    if head.startswith(_EBML):
+        return "video/webm"
+    if head[4:8] == b"ftyp" and head[8:12] not in _HEIF_BRANDS:
+        return "video/quicktime" if head[8:12] == b"qt  " else "video/mp4"
+    return None
+
+
 class UnreadableVideoError(ValueError):
     """The bytes are no video clip we can read (corrupt, truncated, no video track); the
     message says why, in words for a user."""
