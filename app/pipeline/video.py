@@ -189,13 +189,19 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
 
 def _demuxed_frames(container: av.container.InputContainer,
                     stream: av.video.stream.VideoStream) -> tuple[int, float]:
-    """(video packets, seconds spanned) read from the whole file, without decoding; raises
-    :class:`UnreadableVideoError` when the file ends inside the track (truncated)."""
-    count, first, last = 0, math.inf, -math.inf
+    """(video packets, seconds spanned) read from the whole file, decoding only until the
+    first picture comes out; raises :class:`UnreadableVideoError` when the file ends inside
+    the track (truncated) or no picture decodes, so a clip whose headers parse but whose
+    data does not is refused before it is stored."""
+    decoder = stream.codec_context
+    decoder.thread_count = 1  # one picture: frame threads would cost more than they save
+    count, first, last, pictured = 0, math.inf, -math.inf, False
     for packet in container.demux(stream):
         if packet.size == 0:  # the flush packet at the end
             continue
         count += 1
+        if not pictured:
+            pictured = bool(decoder.decode(packet))
         if packet.pts is not None:
             first = min(first, packet.pts)
             last = max(last, packet.pts + (packet.duration or 0))
@@ -204,24 +210,16 @@ def _demuxed_frames(container: av.container.InputContainer,
     if stream.frames and count < stream.frames:
         raise UnreadableVideoError(
             f"the video clip is truncated ({count} of its {stream.frames} frames)")
+    if not pictured and not decoder.decode(None):
+        raise UnreadableVideoError("the video clip's first frame does not decode")
     span = float((last - first) * stream.time_base) if math.isfinite(first) and \
         stream.time_base else 0.0
     return count, span
 
 
-def _decodes_first_frame(path: Path) -> None:
-    """Decode the first picture, so a clip whose headers parse but whose data does not
-    decode is refused before it is stored."""
-    with _opened(path) as container:
-        stream = _video_stream(container)
-        for _frame in container.decode(stream):
-            return
-    raise UnreadableVideoError("the video clip's first frame does not decode")
-
-
 def probe(path: Path, *, max_seconds: float | None = None, keep_audio: bool = False) -> ClipInfo:
-    """Read a clip's container, stream headers and every video packet (no decoding but the
-    first frame) and say what it is and whether DICOM can take it as it is.
+    """Read a clip's container, stream headers and every video packet (decoding only the
+    first picture) and say what it is and whether DICOM can take it as it is.
 
     Guarantees: a returned :class:`ClipInfo` describes a clip whose first frame decodes and
     whose video packets are all present; a damaged, truncated or non-video file raises
@@ -269,7 +267,6 @@ def probe(path: Path, *, max_seconds: float | None = None, keep_audio: bool = Fa
             model=_tag(container.metadata, "com.apple.quicktime.model", "model"),
             software=_tag(container.metadata, "com.apple.quicktime.software", "software"),
             recorded=_recorded(container.metadata))
-    _decodes_first_frame(path)
     return info
 
 
