@@ -45,6 +45,11 @@ VIDEO_MEDIA_TYPES = ("video/mp4", "video/quicktime", "video/webm")
 _H264_PROFILES = frozenset({"High", "Main", "Constrained Baseline"})
 _QUICKTIME_BRAND = "qt  "
 _AUDIO_KEPT_IN_MP4 = frozenset({"aac", "mp3", "mp2"})  # PS3.5 8.2.12, MP4 column
+_PLAIN_TAGS = frozenset({"major_brand", "minor_version", "compatible_brands", "creation_time",
+                         "encoder"})
+"""Container metadata that tells nothing but the file's type and time: a clip with any other
+tag (location, device, user data) is copied into a new MP4 without it, as a photo loses its
+EXIF."""
 MAX_REENCODED_SIDE = 1920  # H.264 level 4.1/4.2 allow 1080p: larger clips are scaled to fit
 
 
@@ -234,7 +239,8 @@ def probe(path: Path, *, max_seconds: float | None = None, keep_audio: bool = Fa
     whose video packets are all present; a damaged, truncated or non-video file raises
     :class:`UnreadableVideoError`, a clip longer than ``max_seconds`` :class:`ClipTooLongError`.
     ``as_recorded`` is true only for an MP4 (not QuickTime) with nothing to drop: no track
-    but the video one, or ``keep_audio`` and one AAC/MP3 audio track PS3.5 allows in MP4.
+    but the video one (or ``keep_audio`` and one AAC/MP3 audio track PS3.5 allows in MP4) and
+    no container metadata but its type and time.
     Memory: one packet at a time.
     """
     with _opened(path) as container:
@@ -267,7 +273,7 @@ def probe(path: Path, *, max_seconds: float | None = None, keep_audio: bool = Fa
             frame_rate=Fraction(rate), duration_s=duration,
             has_audio=audio is not None, audio_codec=audio_codec,
             as_recorded=media_type == "video/mp4" and others == 0
-            and (audio is None or keeps_audio),
+            and (audio is None or keeps_audio) and set(container.metadata) <= _PLAIN_TAGS,
             transfer_syntax=transfer_syntax_for(
                 context.name, context.profile, context.level,
                 context.format.name if context.format else "",
@@ -282,7 +288,8 @@ def probe(path: Path, *, max_seconds: float | None = None, keep_audio: bool = Fa
 def remux_mp4(source: Path, target: Path, *, keep_audio: bool = False) -> None:
     """Copy ``source``'s video packets (and, when ``keep_audio``, its AAC/MP3 audio ones)
     unchanged into a new MP4 at ``target``: the bit stream as recorded, in the container
-    PS3.5 names, without other tracks. Nothing is decoded; one packet at a time in memory."""
+    PS3.5 names, without other tracks and without the source's container metadata (location,
+    device, creation time). Nothing is decoded; one packet at a time in memory."""
     with _opened(source) as container:
         video = _video_stream(container)
         streams: list[av.stream.Stream] = [video]

@@ -155,3 +155,26 @@ def test_bad_clips_are_refused_with_a_reason(tmp_path: Path) -> None:
             probe(tmp_path / bad)
     with pytest.raises(ClipTooLongError, match="more than the 1 s"):
         probe(source, max_seconds=1)
+
+
+def test_container_metadata_such_as_a_location_is_not_kept(tmp_path: Path) -> None:
+    """Like a photo's EXIF GPS: an MP4 that says where it was recorded is copied into a new
+    MP4 without its metadata; the bit stream stays as recorded."""
+    plain = make_clip(tmp_path / "plain.mp4")
+    tagged = tmp_path / "tagged.mp4"
+    with av.open(str(plain)) as source, av.open(str(tagged), "w", format="mp4") as out:
+        out.metadata["location"] = "+48.8577+002.2950/"
+        out.metadata["creation_time"] = "2026-03-04T10:30:00.000000Z"
+        stream = out.add_stream_from_template(source.streams.video[0])
+        for packet in source.demux(video=0):
+            if packet.dts is not None:
+                packet.stream = stream
+                out.mux(packet)
+    clip = probe(tagged)
+    assert not clip.as_recorded and clip.recorded == datetime(2026, 3, 4, 10, 30, tzinfo=UTC)
+    remux_mp4(tagged, tmp_path / "clean.mp4")
+    assert b"loci" in tagged.read_bytes()  # the MP4 location box (ISO/IEC 14496-12)
+    assert b"loci" not in (tmp_path / "clean.mp4").read_bytes()
+    with av.open(str(tmp_path / "clean.mp4")) as clean:
+        assert "location" not in clean.metadata
+    assert probe(tmp_path / "clean.mp4").as_recorded
