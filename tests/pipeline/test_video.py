@@ -14,6 +14,7 @@ from pydicom.encaps import generate_fragments
 
 from app.pipeline.dicom.builder import InstanceInfo, PatientInfo, SeriesInfo, StudyInfo
 from app.pipeline.dicom.codes import body_site
+from app.pipeline.dicom.deid import Pseudonyms, deidentify
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE, write_video_photo
 from app.pipeline.video import (
     H264_HIGH_41,
@@ -178,3 +179,32 @@ def test_container_metadata_such_as_a_location_is_not_kept(tmp_path: Path) -> No
     with av.open(str(tmp_path / "clean.mp4")) as clean:
         assert "location" not in clean.metadata
     assert probe(tmp_path / "clean.mp4").as_recorded
+
+
+def test_a_deidentified_clip_keeps_its_frames_and_loses_audio_and_dates(
+        tmp_path: Path) -> None:
+    source = make_clip(tmp_path / "clip.mp4", audio=True)
+    dated = tmp_path / "dated.mp4"
+    with av.open(str(source)) as recorded, av.open(str(dated), "w", format="mp4") as out:
+        out.metadata["creation_time"] = "2026-03-04T10:30:00.000000Z"
+        streams = {s.index: out.add_stream_from_template(s) for s in recorded.streams}
+        for packet in recorded.demux():
+            if packet.dts is not None:
+                packet.stream = streams[packet.stream.index]
+                out.mux(packet)
+    clip = probe(dated, keep_audio=True)
+    assert clip.as_recorded and clip.has_audio  # stored with its audio (EBIW_VIDEO_KEEP_AUDIO)
+    wrap(clip, dated, tmp_path / "clip.dcm")
+    out = deidentify((tmp_path / "clip.dcm").read_bytes(), Pseudonyms(b"k" * 32),
+                     retain_dates=False)
+    (tmp_path / "deid.dcm").write_bytes(out.data)
+    ds = pydicom.dcmread(tmp_path / "deid.dcm")
+    assert (ds.PatientID.startswith("ANON"), ds.NumberOfFrames, ds.CineRate) == (True, 45, 30)
+    assert float(ds.FrameTime) == pytest.approx(1000 / 30, abs=1e-3)
+    with av.open(io.BytesIO(fragment(ds))) as clean, av.open(str(dated)) as original:
+        assert not clean.streams.audio and "creation_time" not in clean.metadata
+        assert [bytes(p) for p in clean.demux(video=0) if p.size] == \
+            [bytes(p) for p in original.demux(video=0) if p.size]
+    errors, _, report = dicom_validate(tmp_path / "deid.dcm", iod="VideoPhotographicImage",
+                                       decode=False)
+    assert errors == 0, report
