@@ -14,7 +14,9 @@ import pytest
 from flask import Flask
 from flask.testing import FlaskClient
 from pydicom.encaps import generate_fragments
+from sqlalchemy import select
 
+from app.db.models import AuditEvent
 from app.gateways.emr.local import LocalFhirStore
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.pipeline.video import H264_HIGH_41, HEVC_MAIN_51
@@ -140,3 +142,24 @@ def test_the_clip_is_its_own_series_in_the_imaging_study(
     assert clips["instance"] == [{"uid": video["sop_instance_uid"], "number": 2,
                                   "sopClass": {"system": "urn:ietf:rfc:3986",
                                                "code": VIDEO_SOP_CLASS}}]
+
+
+def test_a_clip_is_never_the_prior_photo_guide(app: Flask, client: FlaskClient,
+                                               auth: dict[str, dict[str, str]],
+                                               tmp_path: Path) -> None:
+    capture = auth["capture"]
+    first = open_session(client, capture)["id"]
+    photo = _put(client, capture, first, PHOTO.read_bytes(), "image/png")[1]
+    later = open_session(client, capture, id=str(uuid.uuid4()))["id"]
+    status, clip = _put(client, capture, later, make_clip(tmp_path / "clip.mp4").read_bytes(),
+                        "video/mp4")
+    assert status == 201
+    answer = client.post("/api/v1/prior", headers=capture, json={
+        "patient": {"id": "00123456", "issuer": "HOSP-A"}, "body_site": "14975008",
+        "laterality": "L"})
+    assert answer.status_code == 200 and answer.mimetype == "image/jpeg"
+    with services(app).db.session() as db:
+        event = db.scalars(select(AuditEvent).where(AuditEvent.action == "prior.read")).one()
+    shown = {photo["sop_instance_uid"], photo["normalized_sop_instance_uid"]}
+    assert any(f"instance:{uid}" in event.entities for uid in shown if uid)
+    assert f"instance:{clip['sop_instance_uid']}" not in event.entities
