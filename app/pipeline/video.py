@@ -21,7 +21,9 @@ holds more than one packet (or one decoded frame when re-encoding) of a clip.
 
 from __future__ import annotations
 
+import io
 import math
+import struct
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,6 +36,7 @@ import av.container
 import av.error
 import av.stream
 import av.video.stream
+from PIL import Image
 
 H264_HIGH_41 = "1.2.840.10008.1.2.4.102"
 H264_HIGH_42_2D = "1.2.840.10008.1.2.4.104"
@@ -330,3 +333,36 @@ def reencode_h264(source: Path, target: Path, *, crf: int = 20) -> None:
                     output.mux(packet)
             for packet in encoded.encode(None):
                 output.mux(packet)
+
+
+def poster_jpeg(mp4: bytes, *, quality: int = 95) -> bytes:
+    """The clip's first picture as a baseline JPEG (8-bit sRGB-like RGB as FFmpeg converts
+    the stream's YUV), the still a viewer shows before playing and thumbnails are made from.
+    Raises :class:`UnreadableVideoError` when no picture decodes."""
+    try:
+        with av.open(io.BytesIO(mp4), "r") as container:
+            stream = _video_stream(container)
+            stream.codec_context.thread_count = 1
+            for frame in container.decode(stream):
+                out = io.BytesIO()
+                Image.fromarray(frame.to_ndarray(format="rgb24")).save(out, "JPEG",
+                                                                       quality=quality)
+                return out.getvalue()
+    except av.error.FFmpegError as exc:
+        raise UnreadableVideoError("the video clip is damaged") from exc
+    raise UnreadableVideoError("the video clip's first frame does not decode")
+
+
+def unpadded_mp4(fragment: bytes) -> bytes:
+    """The MP4 an encapsulated fragment holds, without the zero byte that padded it to even
+    length (PS3.5 A.4): the top-level boxes are walked and a lone trailing zero after the
+    last whole box is dropped; anything else is returned as it is."""
+    end = 0
+    while end + 8 <= len(fragment):
+        size = struct.unpack_from(">I", fragment, end)[0]
+        if size == 1 and end + 16 <= len(fragment):
+            size = struct.unpack_from(">Q", fragment, end + 8)[0]
+        if size < 8:  # 0: "to the end of the file"; smaller: not a box
+            return fragment
+        end += size
+    return fragment[:-1] if end == len(fragment) - 1 and fragment[-1] == 0 else fragment

@@ -4,6 +4,7 @@ validated with dciodvfy and read back with pydicom and PyAV."""
 from __future__ import annotations
 
 import io
+import struct
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -28,6 +29,7 @@ from app.pipeline.video import (
     reencode_h264,
     remux_mp4,
     transfer_syntax_for,
+    unpadded_mp4,
 )
 from tests.clips import PHOTO, make_clip
 from tests.conftest import dicom_validate
@@ -208,3 +210,10 @@ def test_a_deidentified_clip_keeps_its_frames_and_loses_audio_and_dates(
     errors, _, report = dicom_validate(tmp_path / "deid.dcm", iod="VideoPhotographicImage",
                                        decode=False)
     assert errors == 0, report
+
+
+def test_the_even_length_pad_is_dropped_from_the_stored_mp4(tmp_path: Path) -> None:
+    recorded = make_clip(tmp_path / "clip.mp4").read_bytes()
+    for mp4 in (recorded, recorded + struct.pack(">I4sB", 9, b"free", 0)):  # even and odd
+        assert unpadded_mp4(mp4 + b"\0" * (len(mp4) % 2)) == mp4
+    assert unpadded_mp4(b"not an mp4\0") == b"not an mp4\0"

@@ -9,10 +9,12 @@ import uuid
 from pathlib import Path
 
 import av
+import numpy as np
 import pydicom
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
+from PIL import Image
 from pydicom.encaps import generate_fragments
 from sqlalchemy import select
 
@@ -163,3 +165,32 @@ def test_a_clip_is_never_the_prior_photo_guide(app: Flask, client: FlaskClient,
     shown = {photo["sop_instance_uid"], photo["normalized_sop_instance_uid"]}
     assert any(f"instance:{uid}" in event.entities for uid in shown if uid)
     assert f"instance:{clip['sop_instance_uid']}" not in event.entities
+
+
+def test_wado_rs_renders_the_clip_as_mp4_and_its_first_picture_as_images(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    source = make_clip(tmp_path / "clip.mp4")
+    session = open_session(client, auth["capture"])["id"]
+    clip = _put(client, auth["capture"], session, source.read_bytes(), "video/mp4")[1]
+    study = services(app).intake.get_session(session).study_uid
+    url = (f"/dicomweb/studies/{study}/series/{clip['series_instance_uid']}"
+           f"/instances/{clip['sop_instance_uid']}")
+    view = auth["view"]
+
+    moving = client.get(f"{url}/rendered", headers={**view, "Accept": "video/mp4"})
+    assert moving.status_code == 200 and moving.mimetype == "video/mp4"
+    assert moving.data == source.read_bytes()  # an MP4 with its video alone: as recorded
+    with av.open(str(source)) as recorded:
+        first = next(recorded.decode(video=0)).to_ndarray(format="rgb24").astype(float)
+
+    still = client.get(f"{url}/rendered", headers={**view, "Accept": "image/jpeg"})
+    assert still.status_code == 200 and still.mimetype == "image/jpeg"
+    pixels = np.asarray(Image.open(io.BytesIO(still.data)).convert("RGB"), dtype=float)
+    assert pixels.shape == first.shape and np.abs(pixels - first).mean() < 3.0
+
+    thumbnail = client.get(f"{url}/thumbnail", headers={**view, "Accept": "*/*"})
+    assert thumbnail.status_code == 200 and thumbnail.mimetype == "image/jpeg"
+    assert Image.open(io.BytesIO(thumbnail.data)).size == (256, 192)
+    png = client.get(f"{url}/rendered", headers={**view, "Accept": "image/png"})
+    assert png.status_code == 200 and png.data.startswith(b"\x89PNG")
