@@ -58,6 +58,8 @@ class Settings:
     uid_root: str = ""
     max_pixels: int = DEFAULT_MAX_PIXELS
     max_upload_bytes: int = 64 * 1024 * 1024
+    max_video_seconds: int = 60  # longer clips are refused (413)
+    video_keep_audio: bool = False  # keep a clip's AAC/MP3 track in its DICOM object
     default_issuer: str = "LOCAL"
     institution_name: str = ""
     # Address and port the server listens on (``ebiw serve --host/--port``, gunicorn's bind).

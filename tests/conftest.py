@@ -115,10 +115,13 @@ def log_in(client: FlaskClient, username: str, password: str = PASSWORD) -> str:
     return response.get_json()["csrf_token"]
 
 
-def dicom_validate(*files: Path) -> tuple[int, int, str]:
-    """Run dciodvfy (through the shared peer script) with --decode: (errors, warnings, output)."""
-    proc = subprocess.run(["bash", str(PEERS / "dicom_validate.sh"), "--decode",
-                           *map(str, files)], capture_output=True, text=True, check=False)
+def dicom_validate(*files: Path, iod: str = "VLPhotographicImage",
+                   decode: bool = True) -> tuple[int, int, str]:
+    """Run dciodvfy (through the shared peer script) expecting ``iod``, with --decode unless
+    ``decode`` is false (DCMTK decodes no video): (errors, warnings, output)."""
+    proc = subprocess.run(["bash", str(PEERS / "dicom_validate.sh"), "--iod", iod,
+                           *(["--decode"] if decode else []), *map(str, files)],
+                          capture_output=True, text=True, check=False)
     total = re.search(r"TOTAL errors=(\d+) warnings=(\d+)", proc.stdout)
     assert total, proc.stdout + proc.stderr
     return int(total.group(1)), int(total.group(2)), proc.stdout

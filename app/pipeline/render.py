@@ -1,4 +1,5 @@
-"""Render a VL photograph's JPEG frame for display: fitted to a viewport, as JPEG or PNG.
+"""Render a VL photograph's JPEG frame (or a video clip's first picture) for display: fitted to
+a viewport, as JPEG or PNG.
 
 Pure: bytes in, bytes out. A 12 MP phone JPEG is reduced inside libjpeg (DCT scaling by 2, 4 or
 8, see :func:`app.pipeline.decode.load_pixels`) to the smallest size that still covers the
@@ -16,11 +17,12 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from PIL import Image, ImageCms
-from pydicom.encaps import generate_frames
+from pydicom.encaps import generate_fragments, generate_frames
 
 from app.pipeline.decode import DEFAULT_MAX_PIXELS, load_pixels, probe, strip_jpeg
 from app.pipeline.dicom.builder import srgb_profile
 from app.pipeline.dicom.read import UnreadableDicomError, read_part10
+from app.pipeline.video import UnreadableVideoError, poster_jpeg, unpadded_mp4
 
 RENDERED_MEDIA_TYPES = ("image/jpeg", "image/png")
 """What :func:`render_frame` can produce, in order of preference."""
@@ -65,6 +67,27 @@ def stored_frame(part10: bytes) -> StoredFrame:
                            bytes(profile) if profile is not None else None)
     except Exception as exc:  # no or damaged Pixel Data: pydicom raises many types
         raise UnreadableDicomError(f"no readable frame ({type(exc).__name__})") from exc
+
+
+def stored_clip(part10: bytes) -> bytes:
+    """The MP4 a Video Photographic Image encapsulates (its fragments joined, without the
+    even-length pad: the file as stored). Raises only :class:`UnreadableDicomError`."""
+    ds = read_part10(part10)
+    try:
+        fragments = list(generate_fragments(ds.PixelData))[1:]  # after the offset table
+    except Exception as exc:  # no or damaged Pixel Data: pydicom raises many types
+        raise UnreadableDicomError(f"no readable clip ({type(exc).__name__})") from exc
+    return unpadded_mp4(b"".join(fragments))
+
+
+def poster_frame(part10: bytes) -> StoredFrame:
+    """A video object's first picture as a JPEG frame, for :func:`render_frame` and
+    :func:`render_thumbnail` to render as they render a photo's. Raises only
+    :class:`UnreadableDicomError`."""
+    try:
+        return StoredFrame(poster_jpeg(stored_clip(part10)), None)
+    except UnreadableVideoError as exc:
+        raise UnreadableDicomError(str(exc)) from exc
 
 
 def fit(width: int, height: int, box: tuple[int, int] | None) -> tuple[int, int]:

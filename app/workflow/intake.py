@@ -8,7 +8,9 @@ bytes again give the same answer, other bytes under that UUID are refused.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
+import tempfile
 import threading
 import uuid
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, date, datetime, timedelta, timezone
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select, update
@@ -49,6 +52,15 @@ from app.pipeline.dicom.builder import (
 from app.pipeline.dicom.codes import LATERALITY, PAIRED_SIDES, body_site, body_sites
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.pipeline.dicom.values import InvalidValue
+from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE, write_video_photo
+from app.pipeline.video import (
+    ClipInfo,
+    ClipTooLongError,
+    UnreadableVideoError,
+    UnsupportedVideoError,
+    probe,
+    remux_mp4,
+)
 from app.settings import Settings
 from app.workflow.delivery import Outbox
 
@@ -60,6 +72,7 @@ NORMALIZED_SERIES_NUMBER = 2
 LABEL_SERIES_NUMBER = 3
 MEASUREMENT_SERIES_NUMBER = 4  # wound measurement reports (app/workflow/measurements.py)
 REJECTION_SERIES_NUMBER = 5  # IOCM rejection notes (app/workflow/corrections.py)
+VIDEO_SERIES_NUMBER = 6  # video clips (app/pipeline/video.py)
 
 
 class IdentificationMethod(StrEnum):
@@ -105,6 +118,61 @@ class Conflict(IntakeError):
 
 class UnreadablePhoto(IntakeError):
     status, code = 422, "unreadable_photo"
+
+
+class UnreadableVideo(IntakeError):
+    status, code = 422, "unreadable_video"
+
+
+class UnsupportedVideo(IntakeError):
+    status, code = 415, "unsupported_video"
+
+
+class ClipTooLong(IntakeError):
+    status, code = 413, "clip_too_long"
+
+
+@dataclass(frozen=True)
+class VideoWork:
+    """A clip ready to wrap: what it is and the MP4 that holds its bit stream (the upload
+    itself, or its video packets copied into a new MP4)."""
+
+    clip: ClipInfo
+    payload: Path
+
+
+@contextmanager
+def checked_clip(data: bytes, settings: Settings) -> Iterator[VideoWork]:
+    """Inside, the upload as a clip DICOM may encapsulate, in a private temporary directory
+    removed on leaving.
+
+    Raises (nothing stored): :class:`UnreadableVideo` for a damaged, truncated or non-video
+    file, :class:`ClipTooLong` past ``EBIW_MAX_VIDEO_SECONDS``, :class:`UnsupportedVideo` for a
+    codec that would need re-encoding (VP8/VP9 WebM, H.264 above level 4.2, …): re-encoding
+    belongs in a background job, which this version does not run.
+    """
+    with tempfile.TemporaryDirectory(prefix="ebiw-clip-") as work:
+        upload = Path(work) / "upload"
+        upload.write_bytes(data)
+        try:
+            clip = probe(upload, max_seconds=settings.max_video_seconds,
+                         keep_audio=settings.video_keep_audio)
+            if clip.transfer_syntax is None:
+                raise UnsupportedVideoError(
+                    f"{clip.codec} video ({clip.profile or 'no profile'}) is not one DICOM "
+                    "stores as recorded and this server does not re-encode yet: record H.264 "
+                    "(up to level 4.2) or HEVC Main (MP4 or QuickTime)")
+            payload = upload
+            if not clip.as_recorded:
+                payload = Path(work) / "video.mp4"
+                remux_mp4(upload, payload, keep_audio=settings.video_keep_audio)
+        except ClipTooLongError as exc:
+            raise ClipTooLong(str(exc)) from exc
+        except UnsupportedVideoError as exc:
+            raise UnsupportedVideo(str(exc)) from exc
+        except UnreadableVideoError as exc:
+            raise UnreadableVideo(str(exc)) from exc
+        yield VideoWork(clip, payload)
 
 
 @contextmanager
@@ -504,6 +572,61 @@ class Intake:
             return known, False
         return row, True
 
+    def accept_video(self, session_id: str, upload_uuid: str,
+                     data: bytes) -> tuple[Photo, bool]:
+        """Store one video clip as a Video Photographic Image in the session's video series;
+        return (upload row, created).
+
+        Guarantees as :meth:`accept_photo`: durably archived, indexed and queued for delivery
+        in one transaction; idempotent by UUID (same bytes: the first result, other bytes:
+        :class:`Conflict`); a clip we cannot take raises (see :func:`checked_clip`) and stores
+        nothing. Memory: the upload's bytes and its DICOM object (the archive takes bytes);
+        probing and remuxing read the clip from a temporary file one packet at a time.
+        """
+        upload_uuid = uuid_field(upload_uuid, "upload id")
+        digest = hashlib.sha256(data).hexdigest()
+        session = self.get_session(session_id, photos=False)
+        known = self._known_photo(upload_uuid, digest, session.id)
+        if known is not None:
+            return known, False
+        with self._pixel_slots, checked_clip(data, self.settings) as work:
+            [number] = self.reserve_instance_numbers(session.id, 1)
+            key, dicom = self._video_instance(work, session, upload_uuid, number)
+            try:
+                with self.db.session() as db:
+                    instance = self.archive.store(db, key, dicom, {
+                        "SeriesNumber": VIDEO_SERIES_NUMBER, "InstanceNumber": number,
+                        "Modality": "XC"})
+                    clip = work.clip
+                    row = Photo(upload_uuid=upload_uuid, session_id=session.id, sha256=digest,
+                                size=len(data), media_type=clip.media_type,
+                                passthrough=clip.as_recorded, width=clip.width,
+                                height=clip.height,
+                                acquired_at=as_utc(clip.recorded) if clip.recorded else None,
+                                instance_number=number, sop_uid=instance.sop_uid)
+                    db.add(row)
+                    self.outbox.enqueue_photo(db, session, instance)
+                row.instance = instance
+            except (IntegrityError, ArchiveConflictError):
+                known = self._known_photo(upload_uuid, digest, session.id)
+                if known is None:
+                    raise
+                self._restore([(*self._video_instance(work, session, upload_uuid,
+                                                      known.instance_number), 0)])
+                return known, False
+        return row, True
+
+    def _video_instance(self, work: VideoWork, session: CaptureSession, upload_uuid: str,
+                        number: int) -> tuple[InstanceKey, bytes]:
+        """The clip's instance in the session's video series: its key and Part 10 bytes."""
+        study, series = self._study(session), self._series(session, video=True)
+        sop_uid = uid_from_uuid(upload_uuid, self.settings.uid_prefix)
+        out = io.BytesIO()
+        write_video_photo(work.clip, work.payload, out, self._patient(session), study, series,
+                          InstanceInfo(sop_uid=sop_uid, number=number))
+        return (InstanceKey(study.uid, series.uid, sop_uid, VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE),
+                out.getvalue())
+
     def _color(self, data: bytes) -> ColorOutcome | None:
         """The colour step's outcome, or None when normalization is switched off."""
         return color_step(data, self.settings) if self.settings.color_normalization else None
@@ -585,23 +708,26 @@ class Intake:
                             if ident and ident.requested_procedure_description else {}))
 
     def _series(self, s: CaptureSession, *, normalized: bool = False,
-                labels: bool = False) -> SeriesInfo:
-        """The series of the session's originals, of their colour-normalized versions, or of
-        its label photos (wristband / patient label frames: no body site)."""
+                labels: bool = False, video: bool = False) -> SeriesInfo:
+        """The series of the session's originals, of their colour-normalized versions, of
+        its video clips, or of its label photos (wristband / patient label frames: no body
+        site)."""
         if labels:
             return SeriesInfo(
                 uid=uid_from_uuid(derived_uuid(s.id, "series:labels"), self.settings.uid_prefix),
                 number=LABEL_SERIES_NUMBER, department=s.department,
                 institution=self.settings.institution_name or None,
                 description="Patient identification labels")
-        role = "series:normalized" if normalized else "series:original"
+        role, number = (("series:video", VIDEO_SERIES_NUMBER) if video
+                        else ("series:normalized", NORMALIZED_SERIES_NUMBER) if normalized
+                        else ("series:original", ORIGINAL_SERIES_NUMBER))
         return SeriesInfo(
             uid=uid_from_uuid(derived_uuid(s.id, role), self.settings.uid_prefix),
-            number=NORMALIZED_SERIES_NUMBER if normalized else ORIGINAL_SERIES_NUMBER,
+            number=number,
             body_site=body_site(s.body_site) if s.body_site else None,
             laterality=s.laterality, department=s.department,
             institution=self.settings.institution_name or None,
             description=", ".join(filter(None, (
-                "Patient-taken photographs" if s.source == SessionSource.PATIENT
-                else "Clinical photographs",
+                ("Patient-taken " if s.source == SessionSource.PATIENT else "Clinical ")
+                + ("video clips" if video else "photographs"),
                 "colour normalized" if normalized else None, s.description))))

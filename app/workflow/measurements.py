@@ -99,7 +99,8 @@ def archived_photo(services: Services, sop_uid: str) -> ArchivedPhoto:
         photo = db.scalar(select(Photo).where(
             or_(Photo.sop_uid == sop_uid, Photo.normalized_sop_uid == sop_uid)))
         row = db.get(Instance, sop_uid)
-        if photo is None or row is None or row.rejected_at is not None:
+        if (photo is None or row is None or row.rejected_at is not None
+                or photo.media_type.startswith("video/")):
             raise MeasurementError(f"no archived photo has SOP Instance UID {sop_uid}")
         session_id = photo.session_id
         normalized = photo.normalized_sop_uid if photo.sop_uid == sop_uid else None

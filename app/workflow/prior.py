@@ -98,7 +98,8 @@ class PriorImage:
 
 
 def _candidates(request: PriorRequest) -> Select[Photo, CaptureSession]:
-    """The photos of the request's patient, site and side, newest first."""
+    """The photos (not video clips: the guide is a still) of the request's patient, site and
+    side, newest first."""
     same_side = CaptureSession.laterality.is_(None) if request.laterality is None \
         else CaptureSession.laterality == request.laterality
     query = (select(Photo, CaptureSession)
@@ -106,7 +107,8 @@ def _candidates(request: PriorRequest) -> Select[Photo, CaptureSession]:
              .join(Instance, Photo.sop_uid == Instance.sop_uid)
              .where(Instance.shown(),CaptureSession.patient_id == request.patient_id,
                     CaptureSession.issuer == request.issuer,
-                    CaptureSession.body_site == request.body_site, same_side)
+                    CaptureSession.body_site == request.body_site, same_side,
+                    Photo.media_type.not_like("video/%"))
              .options(selectinload(Photo.instance))
              .order_by(func.coalesce(Photo.acquired_at, Photo.created_at).desc(),
                        Photo.created_at.desc()))

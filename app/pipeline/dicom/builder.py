@@ -281,11 +281,12 @@ def _icc_profile_module(ds: Dataset, info: PhotoInfo) -> None:
     ds.ICCProfile = info.icc_profile or srgb_profile()
 
 
-def _sop_common_module(ds: Dataset, study: StudyInfo, instance: InstanceInfo) -> None:
-    """SOP Common Module (PS3.3 C.12.1): VL Photographic Image Storage, UTF-8 text, and the
-    study's UTC offset when it has one."""
+def _sop_common_module(ds: Dataset, study: StudyInfo, instance: InstanceInfo,
+                       sop_class_uid: str = VL_PHOTOGRAPHIC_IMAGE_STORAGE) -> None:
+    """SOP Common Module (PS3.3 C.12.1): the SOP Class (VL Photographic Image Storage unless
+    given), UTF-8 text, and the study's UTC offset when it has one."""
     ds.SpecificCharacterSet = "ISO_IR 192"
-    ds.SOPClassUID = VL_PHOTOGRAPHIC_IMAGE_STORAGE
+    ds.SOPClassUID = sop_class_uid
     ds.SOPInstanceUID = instance.sop_uid
     if study.started.utcoffset() is not None:
         ds.TimezoneOffsetFromUTC = study.started.strftime("%z")
@@ -324,17 +325,27 @@ def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
     return b"".join((buf.getvalue(), *encapsulated_pixel_data(photo.jpeg)))
 
 
+PIXEL_DATA_ELEMENT = struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF)
+"""Pixel Data's element header, explicit VR little endian, undefined length (encapsulated)."""
+
+
 def encapsulated_pixel_data(frame: bytes) -> tuple[bytes, ...]:
     """Explicit VR little endian Pixel Data with one fragment (PS3.5 A.4), as byte chunks.
 
     Guarantees: an empty Basic Offset Table item, one item holding ``frame`` padded to even
     length, and the sequence delimiter — what pydicom's ``encapsulate`` produces.
     """
-    pad = b"\x00" if len(frame) % 2 else b""
+    head, tail = fragment_framing(len(frame))
+    return head[:len(PIXEL_DATA_ELEMENT)], head[len(PIXEL_DATA_ELEMENT):], frame, tail
+
+
+def fragment_framing(length: int) -> tuple[bytes, bytes]:
+    """The bytes before and after a single fragment of ``length`` bytes in encapsulated Pixel
+    Data (PS3.5 A.4): element header, empty Basic Offset Table, item header; then the pad to
+    even length and the sequence delimiter. Lets a large fragment be streamed between them."""
     return (
-        struct.pack("<HH2sHI", 0x7FE0, 0x0010, b"OB", 0, 0xFFFFFFFF),
-        struct.pack("<HHI", 0xFFFE, 0xE000, 0),
-        struct.pack("<HHI", 0xFFFE, 0xE000, len(frame) + len(pad)),
-        frame, pad,
-        struct.pack("<HHI", 0xFFFE, 0xE0DD, 0),
+        PIXEL_DATA_ELEMENT
+        + struct.pack("<HHI", 0xFFFE, 0xE000, 0)
+        + struct.pack("<HHI", 0xFFFE, 0xE000, length + length % 2),
+        b"\x00" * (length % 2) + struct.pack("<HHI", 0xFFFE, 0xE0DD, 0),
     )

@@ -26,7 +26,11 @@ Pseudonyms are HMAC-SHA256 of the original under the export's secret: stable wit
 source), unlinkable across exports and irreversible without the secret. UIDs are ``2.25.`` +
 a 128-bit value (never under the organisation's UID root, which would name the institution).
 
-The encapsulated pixel data is copied byte for byte: nothing is decoded or re-encoded. Burned-in
+The encapsulated pixel data of a photo is copied byte for byte: nothing is decoded or
+re-encoded. A video clip's MP4 has its video packets copied, as they are, into a new MP4
+without audio and without the container's metadata or creation times (which would keep the
+real recording date under the Modified Dates option); its Cine and Multi-frame attributes
+(frame count and timing) are kept. Burned-in
 text and faces are not cleaned (no Clean Pixel Data or Clean Recognizable Visual Features
 option): :func:`inspect` tells the caller, which excludes or flags such images.
 """
@@ -37,17 +41,22 @@ import base64
 import hashlib
 import hmac
 import io
+import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from pathlib import Path
 
 import pydicom
 from pydicom import Dataset
+from pydicom.encaps import encapsulate, generate_fragments
 from pydicom.sequence import Sequence
 
 from app.pipeline.dicom.builder import code_item, file_meta
 from app.pipeline.dicom.values import da
+from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
+from app.pipeline.video import UnreadableVideoError, remux_mp4
 
 DCM = "DCM"
 BASIC_PROFILE = ("113100", "Basic Application Confidentiality Profile")
@@ -63,6 +72,8 @@ KEEP = frozenset({
     "BitsAllocated", "BitsStored", "HighBit", "PixelRepresentation", "BurnedInAnnotation",
     "RecognizableVisualFeatures", "LossyImageCompression", "LossyImageCompressionRatio",
     "LossyImageCompressionMethod", "ICCProfile", "PixelData",
+    "NumberOfFrames", "FrameIncrementPointer", "FrameTime", "CineRate",
+    "RecommendedDisplayFrameRate", "EffectiveDuration",
 })
 EMPTY = frozenset({"PatientBirthDate", "PatientSex", "AccessionNumber",
                    "ReferringPhysicianName"})
@@ -202,13 +213,29 @@ def _source_images(ds: Dataset, uid: Callable[[str], str]) -> Sequence | None:
     return Sequence(items)
 
 
+def _clean_clip(pixel_data: bytes) -> bytes:
+    """A video object's encapsulated Pixel Data with its MP4 rebuilt around the same video
+    packets, without audio, metadata or creation times (:func:`remux_mp4`)."""
+    fragments = list(generate_fragments(pixel_data))[1:]  # after the Basic Offset Table
+    with tempfile.TemporaryDirectory(prefix="ebiw-deid-") as work:
+        recorded, clean = Path(work) / "recorded.mp4", Path(work) / "clean.mp4"
+        recorded.write_bytes(b"".join(fragments))
+        try:
+            remux_mp4(recorded, clean)
+        except UnreadableVideoError as exc:
+            raise NotDeidentifiable("the video clip cannot be read") from exc
+        return encapsulate([clean.read_bytes()], has_bot=False)
+
+
 def deidentify(data: bytes, pseudonyms: Pseudonyms, *, retain_dates: bool) -> Deidentified:
-    """De-identify one VL Photographic image (see the module documentation).
+    """De-identify one VL Photographic image or Video Photographic clip (see the module
+    documentation).
 
     Guarantees: every private attribute and every attribute not on the lists above is gone;
     Patient Identity Removed is ``YES``; De-identification Method (Code Sequence) names the
     Basic Profile and the dates option used, and Longitudinal Temporal Information Modified says
-    ``MODIFIED`` or ``UNMODIFIED``; the encapsulated Pixel Data is byte-identical to the input's.
+    ``MODIFIED`` or ``UNMODIFIED``; a photo's encapsulated Pixel Data is byte-identical to the
+    input's, a clip's video packets are.
     Raises only :class:`NotDeidentifiable` for bytes that are not such an object.
     """
     source = _read(data)
@@ -264,6 +291,8 @@ def _deidentified(source: Dataset, pseudonyms: Pseudonyms, retain_dates: bool) -
                                                                  BASIC_PROFILE[1]),
                                                        code_item(option[0], DCM, option[1])])
     out.LongitudinalTemporalInformationModified = "UNMODIFIED" if retain_dates else "MODIFIED"
+    if out.SOPClassUID == VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE:
+        out.PixelData = _clean_clip(out.PixelData)
     out.file_meta = file_meta(out.SOPClassUID, out.SOPInstanceUID,
                               source.file_meta.TransferSyntaxUID)
     buffer = io.BytesIO()

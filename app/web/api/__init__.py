@@ -25,7 +25,12 @@ from app.web.launch import OTHER_PATIENT
 from app.web.limits import rate_limited
 from app.web.studies import wounds
 from app.web.timing import SHOW
-from app.web.uploads import UnsupportedMediaType, photo_body, read_photo_body
+from app.web.uploads import (
+    UnsupportedMediaType,
+    photo_body,
+    read_media_body,
+    read_photo_body,
+)
 from app.workflow import audit, corrections
 from app.workflow.delivery import (
     DeliveryState,
@@ -223,9 +228,10 @@ def get_session(session_id: str) -> Response | tuple[Response, int]:
 def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
     if _launched_for_other(session_id):
         return error_response(403, "other_patient", OTHER_PATIENT)
-    data = read_photo_body()
+    video, data = read_media_body()
     svc = services()
-    photo, created = svc.intake.accept_photo(session_id, upload_uuid, data)
+    accept = svc.intake.accept_video if video else svc.intake.accept_photo
+    photo, created = accept(session_id, upload_uuid, data)
     _audit_session(svc.intake.get_session(photo.session_id, photos=False), photo.sop_uid,
                    photo.normalized_sop_uid or "")
     deliveries = instance_deliveries(

@@ -34,13 +34,16 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Instance
+from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.pipeline.render import (
     RENDERED_MEDIA_TYPES,
     THUMBNAIL_BOX,
     Rendition,
     StoredFrame,
+    poster_frame,
     render_frame,
     render_thumbnail,
+    stored_clip,
     stored_frame,
 )
 from app.web import services
@@ -57,6 +60,7 @@ log = logging.getLogger(__name__)
 ROLES = ("view", "capture")
 THUMBNAIL_CACHE_CONTROL = "private, max-age=600"
 MAX_VIEWPORT = 8192
+VIDEO_MP4 = "video/mp4"
 ICC_CHOICES = ("yes", "no", "srgb")
 
 INSTANCE = "/studies/<study>/series/<series>/instances/<sop>"
@@ -173,8 +177,11 @@ def study_visible(study: str, caller: Caller) -> bool:
     return all(caller.sees(*_patient_of(h)) for h in headers)
 
 
-def _stored(row: Instance) -> StoredFrame:
-    return stored_frame(services().archive.read(row))
+def _still(row: Instance, data: bytes) -> StoredFrame:
+    """What renderings of ``row`` start from: a photo's stored frame, a clip's first picture."""
+    if row.sop_class_uid == VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE:
+        return poster_frame(data)
+    return stored_frame(data)
 
 
 def _transfer_syntax(row: Instance) -> str:
@@ -422,12 +429,17 @@ def _icc_choice() -> str:
     return choice
 
 
-def _rendered_type(row: Instance) -> str:
-    if media.BULK_MEDIA_TYPE.get(_transfer_syntax(row)) is None:
+def _rendered_type(row: Instance, *, moving: bool = False) -> str:
+    """The media type to render ``row`` as, from the request's Accept: an image, or for a
+    video clip asked ``moving`` (the rendered resource, not a thumbnail) ``video/mp4`` too,
+    first."""
+    video = row.sop_class_uid == VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
+    if not video and media.BULK_MEDIA_TYPE.get(_transfer_syntax(row)) is None:
         raise _not_acceptable("a rendering of this instance")
     asked = request.args.get("accept")
+    offered = (VIDEO_MP4, *RENDERED_MEDIA_TYPES) if video and moving else RENDERED_MEDIA_TYPES
     chosen = media.rendered_type(media.accepted(asked or request.headers.get("Accept")),
-                                 RENDERED_MEDIA_TYPES)
+                                 offered)
     if chosen is None:
         raise _not_acceptable("rendered images")
     return chosen
@@ -445,7 +457,13 @@ def _renderer(media_type: str) -> Callable[[Instance], Rendition]:
     archive, max_pixels = services().archive, services().settings.max_pixels
 
     def render(row: Instance) -> Rendition:
-        stored = stored_frame(archive.read(row))
+        data = archive.read(row)
+        if media_type == VIDEO_MP4:  # the clip as recorded
+            header = row.attributes.get(index.DICOM, {})
+            columns, rows = ((header.get(tag, {}).get("Value") or [0])[0]
+                             for tag in ("00280011", "00280010"))
+            return Rendition(stored_clip(data), VIDEO_MP4, columns, rows)
+        stored = _still(row, data)
         return render_frame(stored.frame, box=box, media_type=media_type, quality=quality,
                             icc_profile=None if icc == "no" else stored.icc_profile,
                             to_srgb=icc == "srgb", max_pixels=max_pixels)
@@ -459,7 +477,7 @@ def _renderer(media_type: str) -> Callable[[Instance], Rendition]:
 def retrieve_rendered(study: str, series: str, sop: str, frames: str = "1") -> Response:
     _single_frame(frames)
     row = _rows(study, series, sop)[0]
-    return _image(_renderer(_rendered_type(row))(row))
+    return _image(_renderer(_rendered_type(row, moving=True))(row))
 
 
 def _multipart_rendered_type(rows: list[Instance]) -> str | None:
@@ -541,7 +559,7 @@ def _thumbnail(row: Instance) -> Response:
     cached = _thumbnail_file(row)
     data = _cached(cached) if cacheable else None
     if data is None:
-        stored = _stored(row)
+        stored = _still(row, services().archive.read(row))
         data = render_thumbnail(stored.frame, box=box, media_type=media_type,
                                 icc_profile=None if icc == "no" else stored.icc_profile,
                                 to_srgb=icc == "srgb",
