@@ -112,7 +112,7 @@ def code_item(code: str, scheme: str, meaning: str) -> Dataset:
     return item
 
 
-def _recognizable(series: SeriesInfo, instance: InstanceInfo) -> bool:
+def recognizable(series: SeriesInfo, instance: InstanceInfo) -> bool:
     if instance.recognizable_visual_features is not None:
         return instance.recognizable_visual_features
     if series.body_site is None:
@@ -144,7 +144,7 @@ def patient_module(ds: Dataset, patient: PatientInfo) -> None:
     ds.PatientSex = patient.sex or ""
 
 
-def _general_study_module(ds: Dataset, study: StudyInfo) -> None:
+def general_study_module(ds: Dataset, study: StudyInfo) -> None:
     """General Study Module (PS3.3 C.7.2.1): the session as a study; Study ID is the last 8
     digits of the Study UID unless given."""
     ds.StudyInstanceUID = study.uid
@@ -156,7 +156,7 @@ def _general_study_module(ds: Dataset, study: StudyInfo) -> None:
     ds.StudyDescription = study.description
 
 
-def _patient_study_module(ds: Dataset, study: StudyInfo) -> None:
+def patient_study_module(ds: Dataset, study: StudyInfo) -> None:
     """Patient Study Module (PS3.3 C.7.2.2): the encounter as Admission ID, when known."""
     if study.admission_id:
         ds.AdmissionID = study.admission_id
@@ -176,7 +176,7 @@ def _request_attributes(study: StudyInfo) -> Dataset:
     return item
 
 
-def _general_series_module(ds: Dataset, study: StudyInfo, series: SeriesInfo) -> None:
+def general_series_module(ds: Dataset, study: StudyInfo, series: SeriesInfo) -> None:
     """General Series Module (PS3.3 C.7.3.1): modality XC, the series dated as its study, and
     the Request Attributes Sequence when the study fulfils a worklist step. Its Laterality
     condition is met by Image Laterality (VL Image)."""
@@ -191,7 +191,7 @@ def _general_series_module(ds: Dataset, study: StudyInfo, series: SeriesInfo) ->
         ds.RequestAttributesSequence = Sequence([_request_attributes(study)])
 
 
-def _general_equipment_module(ds: Dataset, info: PhotoInfo, series: SeriesInfo) -> None:
+def general_equipment_module(ds: Dataset, info: PhotoInfo, series: SeriesInfo) -> None:
     """General Equipment Module (PS3.3 C.7.5.1): the camera (make, model, its software after
     ours) and the institution and department."""
     ds.Manufacturer = info.make or ""
@@ -204,7 +204,7 @@ def _general_equipment_module(ds: Dataset, info: PhotoInfo, series: SeriesInfo) 
     ds.SoftwareVersions = [v for v in (SOFTWARE_VERSION, info.software) if v]
 
 
-def _general_acquisition_module(ds: Dataset, info: PhotoInfo) -> None:
+def general_acquisition_module(ds: Dataset, info: PhotoInfo) -> None:
     """General Acquisition Module (PS3.3 C.7.10.1): when the photo was taken, if it says."""
     if info.acquired is not None:
         ds.AcquisitionDateTime = dt(info.acquired)
@@ -223,7 +223,7 @@ def _general_image_module(ds: Dataset, photo: PreparedPhoto, study: StudyInfo,
     if instance.comments:
         ds.ImageComments = instance.comments
     ds.BurnedInAnnotation = "YES" if instance.burned_in_annotation else "NO"
-    ds.RecognizableVisualFeatures = "YES" if _recognizable(series, instance) else "NO"
+    ds.RecognizableVisualFeatures = "YES" if recognizable(series, instance) else "NO"
     ds.LossyImageCompressionRatio = f"{photo.width * photo.height * 3 / len(photo.jpeg):.2f}"
     ds.LossyImageCompressionMethod = "ISO_10918_1"
 
@@ -256,12 +256,12 @@ def _image_pixel_module(ds: Dataset, photo: PreparedPhoto) -> None:
     ds.PixelRepresentation = 0
 
 
-def _acquisition_context_module(ds: Dataset) -> None:
+def acquisition_context_module(ds: Dataset) -> None:
     """Acquisition Context Module (PS3.3 C.7.6.14): Type 2, sent empty."""
     ds.AcquisitionContextSequence = Sequence()
 
 
-def _vl_image_module(ds: Dataset, series: SeriesInfo, instance: InstanceInfo) -> None:
+def vl_image_module(ds: Dataset, series: SeriesInfo, instance: InstanceInfo) -> None:
     """VL Image Module (PS3.3 C.8.12.1): ORIGINAL or DERIVED, lossy, the body site and its
     laterality (U when none was given: intake requires R, L or B for paired sites), and the
     pixel spacing at the chart plane when the colour chart gave it."""
@@ -281,7 +281,7 @@ def _icc_profile_module(ds: Dataset, info: PhotoInfo) -> None:
     ds.ICCProfile = info.icc_profile or srgb_profile()
 
 
-def _sop_common_module(ds: Dataset, study: StudyInfo, instance: InstanceInfo,
+def sop_common_module(ds: Dataset, study: StudyInfo, instance: InstanceInfo,
                        sop_class_uid: str = VL_PHOTOGRAPHIC_IMAGE_STORAGE) -> None:
     """SOP Common Module (PS3.3 C.12.1): the SOP Class (VL Photographic Image Storage unless
     given), UTF-8 text, and the study's UTC offset when it has one."""
@@ -304,18 +304,18 @@ def build_vl_photo(photo: PreparedPhoto, patient: PatientInfo, study: StudyInfo,
     """
     ds = Dataset()
     patient_module(ds, patient)
-    _general_study_module(ds, study)
-    _patient_study_module(ds, study)
-    _general_series_module(ds, study, series)
-    _general_equipment_module(ds, photo.info, series)
-    _general_acquisition_module(ds, photo.info)
+    general_study_module(ds, study)
+    patient_study_module(ds, study)
+    general_series_module(ds, study, series)
+    general_equipment_module(ds, photo.info, series)
+    general_acquisition_module(ds, photo.info)
     _general_image_module(ds, photo, study, series, instance)
     _general_reference_module(ds, instance.derivation)
     _image_pixel_module(ds, photo)
-    _acquisition_context_module(ds)
-    _vl_image_module(ds, series, instance)
+    acquisition_context_module(ds)
+    vl_image_module(ds, series, instance)
     _icc_profile_module(ds, photo.info)
-    _sop_common_module(ds, study, instance)
+    sop_common_module(ds, study, instance)
     ds.file_meta = file_meta(VL_PHOTOGRAPHIC_IMAGE_STORAGE, instance.sop_uid, JPEGBaseline8Bit,
                              implementation_uid=implementation_uid)
     buf = io.BytesIO()

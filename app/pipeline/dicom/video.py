@@ -23,18 +23,18 @@ from app.pipeline.dicom.builder import (
     PatientInfo,
     SeriesInfo,
     StudyInfo,
-    _acquisition_context_module,
-    _general_acquisition_module,
-    _general_equipment_module,
-    _general_series_module,
-    _general_study_module,
-    _patient_module,
-    _patient_study_module,
-    _recognizable,
-    _sop_common_module,
-    _vl_image_module,
+    acquisition_context_module,
     file_meta,
     fragment_framing,
+    general_acquisition_module,
+    general_equipment_module,
+    general_series_module,
+    general_study_module,
+    patient_module,
+    patient_study_module,
+    recognizable,
+    sop_common_module,
+    vl_image_module,
 )
 from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID
 from app.pipeline.dicom.values import da, tm
@@ -66,7 +66,7 @@ def _general_image_module(ds: Dataset, clip: ClipInfo, payload_size: int, study:
     if instance.comments:
         ds.ImageComments = instance.comments
     ds.BurnedInAnnotation = "YES" if instance.burned_in_annotation else "NO"
-    ds.RecognizableVisualFeatures = "YES" if _recognizable(series, instance) else "NO"
+    ds.RecognizableVisualFeatures = "YES" if recognizable(series, instance) else "NO"
     ratio = clip.width * clip.height * 3 * clip.frames / max(1, payload_size)
     ds.LossyImageCompressionRatio = f"{ratio:.2f}"
     ds.LossyImageCompressionMethod = "ISO_23008_2" if clip.codec == "hevc" else "ISO_14496_10"
@@ -119,20 +119,20 @@ def write_video_photo(clip: ClipInfo, payload: Path, out: BinaryIO, patient: Pat
         raise ValueError("the clip's bit stream has no DICOM Transfer Syntax: re-encode it")
     info = recording_info(clip)
     ds = Dataset()
-    _patient_module(ds, patient)
-    _general_study_module(ds, study)
-    _patient_study_module(ds, study)
-    _general_series_module(ds, study, series)
-    _general_equipment_module(ds, info, series)
-    _general_acquisition_module(ds, info)
+    patient_module(ds, patient)
+    general_study_module(ds, study)
+    patient_study_module(ds, study)
+    general_series_module(ds, study, series)
+    general_equipment_module(ds, info, series)
+    general_acquisition_module(ds, info)
     size = payload.stat().st_size
     _general_image_module(ds, clip, size, study, series, instance)
     _cine_module(ds, clip)
     _multi_frame_module(ds, clip)
     _image_pixel_module(ds, clip)
-    _acquisition_context_module(ds)
-    _vl_image_module(ds, series, instance)
-    _sop_common_module(ds, study, instance, VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE)
+    acquisition_context_module(ds)
+    vl_image_module(ds, series, instance)
+    sop_common_module(ds, study, instance, VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE)
     ds.file_meta = file_meta(VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE, instance.sop_uid,
                              clip.transfer_syntax, implementation_uid=implementation_uid)
     header = io.BytesIO()
