@@ -67,7 +67,7 @@ from app.workflow.identification import (
 )
 from app.workflow.intake import ORIGINAL_SERIES_NUMBER, IntakeError, color_step
 from app.workflow.measurements import MeasurementError, archived_photo, store_report
-from app.workflow.services import Services, build_services
+from app.workflow.services import Services, build_services, sweep_interrupted_writes
 from app.workflow.tokens import ROLES, create_token, list_tokens, revoke_tokens
 
 
@@ -136,6 +136,7 @@ def worker(threads: int, drain: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     svc = build_services(Settings.from_env())
     svc.db.create_schema()
+    sweep_interrupted_writes(svc.settings)
     if drain:
         _emit({"handled": delivery.drain(svc.db, svc.archive, svc.registry, threads),
                "counts": delivery.delivery_counts(svc.db)})

@@ -79,6 +79,15 @@ logconfig_dict = {
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
 
 
+def on_starting(server: Any) -> None:
+    """Once per server start, in the master before any worker: remove the temporary files
+    that writes killed by a crash left behind (``app.durable.sweep_temp_files``)."""
+    from app.settings import Settings
+    from app.workflow.services import sweep_interrupted_writes
+
+    sweep_interrupted_writes(Settings.from_env())
+
+
 def post_fork(server: Any, worker: Any) -> None:
     """Tune the worker's allocator (a no-op where the C library is not glibc)."""
     libc_name = ctypes.util.find_library("c")

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.db.session import Database
+from app.durable import sweep_temp_files
 from app.gateways.archive import Archive, build_archive
 from app.gateways.registry import Registry, build_registry
 from app.settings import Settings
@@ -31,3 +32,14 @@ def build_services(settings: Settings) -> Services:
     registry = build_registry(settings)
     return Services(settings=settings, db=db, archive=archive, registry=registry,
                     intake=Intake(db, archive, settings, registry))
+
+
+def sweep_interrupted_writes(settings: Settings) -> int:
+    """Remove what writes killed mid-way left in the data dir and the local archive (see
+    :func:`app.durable.sweep_temp_files`); how many files. Run once when a server or a worker
+    starts, never per request: it walks the whole archive."""
+    roots = {settings.data_dir.resolve()}
+    if not settings.archive_s3_bucket:
+        roots.add(settings.archive_root.resolve())
+    nested = {r for r in roots if any(o != r and o in r.parents for o in roots)}
+    return sum(sweep_temp_files(root) for root in sorted(roots - nested))

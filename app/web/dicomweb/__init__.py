@@ -20,7 +20,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from io import BytesIO
@@ -34,6 +33,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Instance
+from app.durable import temp_file
 from app.pipeline.render import (
     RENDERED_MEDIA_TYPES,
     THUMBNAIL_BOX,
@@ -523,7 +523,7 @@ def _store(path: Path, data: bytes) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        fd, tmp = temp_file(path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)
