@@ -142,6 +142,7 @@ CATALOGUE: dict[str, EventCode] = {
     "session.complete": _RECORD_UPDATE,
     "photo.store": _INSTANCES_CREATED,
     "measurement.store": _INSTANCES_CREATED,  # a wound measurement SR (ebiw measure --instance)
+    "dicom.receive": _INSTANCES_CREATED,  # an object from another device (STOW-RS, C-STORE)
     "prior.read": _TRANSFERRED,  # the prior photo rendered for the camera overlay (issue 16)
     "batch.open": _RECORD_CREATE,  # batch import (app/workflow/batch/)
     "batch.read": _RECORD_READ,
@@ -168,7 +169,8 @@ CATALOGUE: dict[str, EventCode] = {
     "audit.verify": _AUDIT_LOG,
 }
 """Every action with a fixed name. Families named by endpoint: ``dicomweb.search_*`` (Query),
-``dicomweb.retrieve_*`` (Instances Transferred, read), ``fhir.read_*`` (Patient Record, read),
+``dicomweb.retrieve_*`` (Instances Transferred, read), ``dicomweb.store_*`` (STOW-RS:
+Instances Accessed, create), ``fhir.read_*`` (Patient Record, read),
 ``fhir.search_*`` (Query) and ``admin.*`` (Security Alert: Use of Restricted Function)."""
 
 
@@ -181,6 +183,8 @@ def event_code(action: str) -> EventCode:
         return _QUERY
     if family == "dicomweb" and name.startswith("retrieve"):
         return _TRANSFERRED
+    if family == "dicomweb" and name.startswith("store"):
+        return _INSTANCES_CREATED
     if family == "fhir" and name.startswith("read"):
         return _RECORD_READ
     if family == "admin":

@@ -63,7 +63,8 @@ MEASUREMENT_SERIES_NUMBER = 4  # wound measurement reports (app/workflow/measure
 
 class IdentificationMethod(StrEnum):
     """How a session's patient was identified: photo of the wristband, the device's barcode
-    scanner, typed identifier, chosen from the worklist, launched from the EMR, entered by hand."""
+    scanner, typed identifier, chosen from the worklist, launched from the EMR, entered by hand,
+    or named by a DICOM object another device sent (and found in a directory)."""
 
     WRISTBAND = "wristband"
     SCANNED = "scanned"
@@ -71,6 +72,7 @@ class IdentificationMethod(StrEnum):
     WORKLIST = "worklist"
     EMR_LAUNCH = "emr-launch"
     MANUAL = "manual"
+    DEVICE = "device"  # a DICOM object's own Patient ID and issuer (app/workflow/dicom_intake.py)
 
 
 MAX_EVIDENCE_CHARS = 4096

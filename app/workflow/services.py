@@ -9,8 +9,10 @@ from dataclasses import dataclass
 from app.db.session import Database
 from app.durable import sweep_temp_files
 from app.gateways.archive import Archive, build_archive
+from app.gateways.patients import build_directories
 from app.gateways.registry import Registry, build_registry
 from app.settings import Settings
+from app.workflow.dicom_intake import DicomIntake
 from app.workflow.intake import Intake
 
 
@@ -23,6 +25,7 @@ class Services:
     archive: Archive
     registry: Registry
     intake: Intake
+    dicom_intake: DicomIntake
 
 
 def build_services(settings: Settings) -> Services:
@@ -30,8 +33,10 @@ def build_services(settings: Settings) -> Services:
     db = Database(settings.database)
     archive = build_archive(settings)
     registry = build_registry(settings)
-    return Services(settings=settings, db=db, archive=archive, registry=registry,
-                    intake=Intake(db, archive, settings, registry))
+    intake = Intake(db, archive, settings, registry)
+    return Services(settings=settings, db=db, archive=archive, registry=registry, intake=intake,
+                    dicom_intake=DicomIntake(db, archive, settings,
+                                             build_directories(settings, db), intake.outbox))
 
 
 def sweep_interrupted_writes(settings: Settings) -> int:

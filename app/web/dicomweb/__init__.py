@@ -25,6 +25,7 @@ from functools import partial
 from io import BytesIO
 from pathlib import Path
 from typing import Any, overload
+from urllib.parse import urlsplit
 
 import pydicom
 from flask import Blueprint, Response, abort, g, request, url_for
@@ -45,10 +46,12 @@ from app.pipeline.render import (
 )
 from app.web import services
 from app.web.auth import require
-from app.web.dicomweb import index, media, query
+from app.web.dicomweb import index, media, query, stow
 from app.web.errors import error_response
-from app.web.launch import OTHER_PATIENT
+from app.web.launch import ONE_PATIENT, OTHER_PATIENT
+from app.web.limits import rate_limited
 from app.workflow import audit
+from app.workflow.dicom_intake import Received, Status
 from app.workflow.tokens import Caller
 
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
@@ -213,6 +216,49 @@ def _search(run: Callable[[Session, query.Query, str], query.Results],
 @require(*ROLES)
 def search_studies() -> Response:
     return _search(query.search_studies)
+
+
+@bp.post("/studies")
+@bp.post("/studies/<study>")
+@require("capture")
+@rate_limited("upload")
+def store_instances(study: str | None = None) -> Response:
+    """STOW-RS: ``multipart/related; type="application/dicom"``, one Part 10 object per part,
+    each reconciled, stored and queued by :class:`app.workflow.dicom_intake.DicomIntake`
+    (answer: :mod:`.stow`). The body is bounded by ``EBIW_MAX_UPLOAD_BYTES`` (413)."""
+    if g.caller.patient is not None:
+        raise _Refused(403, "one_patient", ONE_PATIENT)
+    if request.mimetype != "multipart/related" or \
+            request.mimetype_params.get("type", media.DICOM).lower() != media.DICOM:
+        raise _Refused(415, "unsupported_media_type", 'send multipart/related; '
+                       'type="application/dicom" (one DICOM Part 10 object per part)')
+    marker = request.mimetype_params.get("boundary", "")
+    if not marker:
+        raise _Refused(400, "invalid_multipart", "the Content-Type has no boundary")
+    try:
+        parts = media.split_multipart(request.get_data(cache=False), marker)
+    except media.MultipartError as exc:
+        raise _Refused(400, "invalid_multipart", str(exc)) from exc
+    if not parts:
+        raise _Refused(400, "invalid_multipart", "the body holds no part")
+    intake = services().dicom_intake
+    results = [intake.receive(data, sender=g.caller.user, study_uid=study)
+               if headers.get("content-type", media.DICOM).split(";")[0].strip().lower()
+               == media.DICOM else
+               Received(Status.CANNOT_UNDERSTAND, "a part is not application/dicom")
+               for headers, data in parts]
+    answer = stow.status_of(results)
+    response = Response(json.dumps(stow.response_dataset(results, _base(), study)),
+                        status=answer, content_type=media.DICOM_JSON)
+    for warning in stow.warnings(results, urlsplit(services().settings.public_url).netloc):
+        response.headers.add("Warning", warning)
+    if answer == 503:
+        response.headers["Retry-After"] = str(stow.RETRY_AFTER_S)
+    g.audit_entities = [audit.study_ref(uid) for uid in
+                        dict.fromkeys(r.study_uid for r in results if r.stored)]
+    g.audit_detail = {"stored": sum(r.stored for r in results),
+                      "failed": sum(not r.stored for r in results)}
+    return response
 
 
 @bp.get("/series")
