@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from enum import IntEnum
@@ -71,7 +72,8 @@ class Status(IntEnum):
 
 @dataclass(frozen=True)
 class Received:
-    """What became of one object: ``status`` and a reason that names no patient data; the
+    """What became of one object: ``status`` and a reason that names no patient data (at
+    most 64 characters: it is also a C-STORE Error Comment, an LO); the
     UIDs as far as the object could be read (empty otherwise); ``coerced`` lists the keywords
     of the patient attributes changed to the directory's."""
 
@@ -118,15 +120,22 @@ def _patient_values(record: PatientRecord) -> dict[str, str]:
     return {keyword: value for keyword, value in values.items() if value}
 
 
-def coerce_patient(ds: Dataset, values: dict[str, str]) -> tuple[str, ...]:
-    """Set ``values`` in ``ds``; the keywords whose value changed. Non-ASCII values make the
-    character set UTF-8 (pydicom re-encodes every text value on writing)."""
-    changed = tuple(k for k, v in values.items() if _text(ds, k) != v)
-    if any(not v.isascii() for v in values.values()):
-        ds.SpecificCharacterSet = "ISO_IR 192"
-    for keyword in changed:
-        setattr(ds, keyword, values[keyword])
-    return changed
+def patient_changes(ds: Dataset, values: dict[str, str]) -> dict[str, str]:
+    """Those of ``values`` (keyword -> DICOM text) that differ from ``ds``'s."""
+    return {k: v for k, v in values.items() if _text(ds, k) != v}
+
+
+def _setter(changes: dict[str, str]) -> Callable[[Dataset], None]:
+    """Sets ``changes`` in a data set; non-ASCII values make its character set UTF-8 (pydicom
+    re-encodes every text value on writing)."""
+
+    def change(ds: Dataset) -> None:
+        if any(not v.isascii() for v in changes.values()):
+            ds.SpecificCharacterSet = "ISO_IR 192"
+        for keyword, value in changes.items():
+            setattr(ds, keyword, value)
+
+    return change
 
 
 class DicomIntake:
@@ -194,21 +203,16 @@ class DicomIntake:
         try:
             instance_path(key)
         except ValueError:
-            raise Refused(Status.NOT_MATCHING_SOP_CLASS, "the Study, Series or SOP Instance UID "
-                          "is missing or not a valid UID") from None
+            raise Refused(Status.NOT_MATCHING_SOP_CLASS, "a Study, Series or SOP Instance UID "
+                          "is missing or invalid") from None
         if study_uid is not None and key.study_uid != study_uid:
             raise Refused(Status.WRONG_STUDY, "the instance is not of the study in the URL")
         patient = self._patient(header)
-        coerced: tuple[str, ...] = ()
-
-        def coerce(ds: Dataset) -> None:
-            nonlocal coerced
-            coerced = coerce_patient(ds, _patient_values(patient))
-
-        stored = rewrite_header(data, coerce)
+        changes = patient_changes(header, _patient_values(patient))
+        coerced = tuple(changes)
+        stored = rewrite_header(data, _setter(changes)) if changes else data
         status = Status.COERCED if coerced else Status.SUCCESS
-        reason = ("patient attributes set to the directory's: " + ", ".join(coerced)
-                  if coerced else "stored")
+        reason = "patient attributes set to the directory's values" if coerced else "stored"
         result = Received(status, reason, sop_class, key.sop_uid, key.study_uid, key.series_uid,
                           coerced)
         for attempt in range(2):
@@ -237,7 +241,7 @@ class DicomIntake:
             raise Refused(Status.DIRECTORY_UNAVAILABLE,
                           "the patient directory is unavailable: send it again later")
         raise Refused(Status.UNKNOWN_PATIENT,
-                      "no patient directory knows this Patient ID and Issuer of Patient ID")
+                      "no patient directory knows this Patient ID and issuer")
 
     def _store(self, key: InstanceKey, data: bytes, header: Dataset, patient: PatientRecord,
                sender: str, coerced: tuple[str, ...]) -> None:

@@ -78,8 +78,8 @@ def test_stored_reconciled_queued_audited_and_found_by_qido(
     assert all(_value(i, "00081150") == "1.2.840.10008.5.1.4.1.1.77.1.4" for i in referenced)
     assert _value(by_uid[coerced_uid], "00081190").startswith(f"{BASE}/studies/{study}/series/")
     assert warnings == ['299 127.0.0.1:8000 "B000: patient attributes set to the '
-                        'directory\'s: IssuerOfPatientID, PatientName, PatientBirthDate, '
-                        'PatientSex"']
+                        'directory\'s values: IssuerOfPatientID, PatientName, '
+                        'PatientBirthDate, PatientSex"']
 
     svc = services(app)
     with svc.db.session() as db:

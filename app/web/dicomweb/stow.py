@@ -62,6 +62,8 @@ def response_dataset(results: Sequence[Received], base: str,
 
 def warnings(results: Sequence[Received], host: str) -> list[str]:
     """``Warning`` header values (RFC 7234 299) naming each distinct reason of a refusal or
-    warning, with its status; the reasons hold no patient data."""
-    seen = dict.fromkeys((r.status, r.reason) for r in results if r.status != Status.SUCCESS)
+    warning, with its status (and the keywords of coerced attributes); no patient data."""
+    seen = dict.fromkeys((r.status, r.reason + (": " + ", ".join(r.coerced) if r.coerced
+                                                else ""))
+                         for r in results if r.status != Status.SUCCESS)
     return [f'299 {host} "{status:04X}: {reason}"' for status, reason in seen]
