@@ -139,6 +139,7 @@ class Settings:
     dicom_scp_allowed_aets: str = ""  # comma separated calling AE titles allowed to store
     dicom_scp_host: str = "127.0.0.1"  # address `ebiw dicom-scp` listens on
     dicom_scp_port: int = 11112
+    dicom_scp_serve: bool = False  # `ebiw serve` also runs `ebiw dicom-scp` (its master does)
     # Launch from the EMR: SMART on FHIR EHR launch (app/web/launch; README "Launch from the EMR")
     smart_issuers: str = ""  # JSON {"<iss>": {"client_id", "client_secret"?, "scope"?, "role"?}}
     # Audit trail (app/workflow/audit.py; README "Audit trail")

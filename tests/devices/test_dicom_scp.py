@@ -29,7 +29,7 @@ from app.workflow.tokens import create_token
 from tests.conftest import REPO
 from tests.devices.conftest import PHOTOS, SECONDARY_CAPTURE, changed, vl_photo
 from tests.faults.conftest import fill, small_disk  # noqa: F401 - a fixture used below
-from tests.test_serve import free_port
+from tests.test_serve import free_port, wait_for
 
 DEVICE = "DERMCAM"
 
@@ -168,3 +168,32 @@ def test_a_full_archive_disk_is_out_of_resources_then_stores_once_freed(
         filler.unlink()
         assert scp.store(photo) == (0x0000, "")
         assert len(_instances(scp.services)) == 1
+
+
+def test_serve_runs_the_scp_beside_the_workers_when_asked(tmp_path: Path) -> None:
+    """EBIW_DICOM_SCP_SERVE=on: ``ebiw serve`` answers C-ECHO on the SCP port and stops the SCP
+    when it stops."""
+    web, dimse, log = free_port(), free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EBIW_DATA_DIR": str(tmp_path / "var"),
+           "EBIW_DICOM_SCP_SERVE": "on", "EBIW_DICOM_SCP_PORT": str(dimse),
+           "EBIW_DICOM_SCP_ALLOWED_AETS": DEVICE}
+
+    def echo() -> int:
+        return subprocess.run(["echoscu", "-aet", DEVICE, "-aec", "EBIW", "127.0.0.1",
+                               str(dimse)], capture_output=True, timeout=30,
+                              check=False).returncode
+
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(web),
+                                 "--workers", "1"], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        wait_for(f"http://127.0.0.1:{web}", proc, log)
+        deadline = time.monotonic() + 60
+        while echo() != 0:
+            assert time.monotonic() < deadline and proc.poll() is None, log.read_text()
+            time.sleep(0.5)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert echo() != 0, log.read_text()  # the SCP went with the server

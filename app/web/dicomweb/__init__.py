@@ -1,4 +1,6 @@
-"""DICOMweb for the local archive (PS3.18): QIDO-RS search and WADO-RS retrieve at /dicomweb.
+"""DICOMweb for the local archive (PS3.18): QIDO-RS search and WADO-RS retrieve at /dicomweb,
+and STOW-RS for objects from other devices (``store_instances``: role ``capture``; the intake
+is :mod:`app.workflow.dicom_intake`, the answer :mod:`.stow`).
 
 Search answers DICOM JSON from the attribute index (``index.py``, ``query.py``). Retrieve
 sends instances as stored, in ``multipart/related; type="application/dicom"``; metadata as
@@ -7,8 +9,9 @@ thumbnails fitted to a ``viewport`` (``app.pipeline.render``), the default thumb
 instance cached on disk under the data directory. A rendered study or series is one image (its
 first instance) or, asked for ``multipart/related``, every instance rendered.
 
-Every request needs the ``view`` or ``capture`` role and is audited by ``app.web.audit`` (who,
-what — the study, its instances and its patient —, when, where, outcome), refusals included.
+Every search and retrieval needs the ``view`` or ``capture`` role; every request is audited
+by ``app.web.audit`` (who, what — the study, its instances and its patient —, when, where,
+outcome), refusals included.
 A session launched from the EMR for one patient (``Caller.patient``) sees only that patient:
 searches match only its instances, other studies answer 403.
 Answers carry ``Cache-Control: no-store``, except thumbnails, which the browser may keep
