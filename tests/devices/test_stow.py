@@ -4,8 +4,10 @@ PS3.18 response (Failed SOP Sequence with Failure Reason), HTTP 200/202/409 per 
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import io
+from collections.abc import Callable
 from typing import Any
 
 import pydicom
@@ -17,7 +19,8 @@ from sqlalchemy import select
 
 from app.db.models import AuditEvent, CaptureSession, Delivery, Instance
 from app.pipeline.dicom.builder import PatientInfo
-from tests.conftest import served, services
+from tests.conftest import CHARTS, served, services
+from tests.delivery.conftest import Orthanc, orthancs  # noqa: F401 - a fixture
 from tests.devices.conftest import (
     KNOWN,
     PHOTOS,
@@ -237,3 +240,34 @@ def test_a_body_over_the_upload_limit_is_refused_even_chunked(
     assert (sized.status_code, chunked.status_code) == (413, 413)
     with services(app).db.session() as db:
         assert list(db.scalars(select(Instance))) == []
+
+
+@pytest.mark.parametrize("app_overrides", [{}])  # the default upload limit: native RGB is large
+def test_an_object_orthanc_made_is_stored_with_its_pixels_as_sent(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        orthancs: Callable[[], Orthanc]) -> None:  # noqa: F811 - the fixture
+    """Another writer's encoding (Orthanc's /tools/create-dicom: DCMTK underneath, the JPEG
+    decoded to native RGB): stored, coerced to the directory's patient, pixels untouched."""
+    orthanc = orthancs().start()
+    photo = (CHARTS / PHOTOS[1]).read_bytes()
+    made = requests.post(f"{orthanc.url}/tools/create-dicom", timeout=60, json={
+        "Tags": {"PatientID": "00234567", "PatientName": "Bob", "IssuerOfPatientID": "LOCAL",
+                 "SOPClassUID": "1.2.840.10008.5.1.4.1.1.77.1.4", "Modality": "XC"},
+        "Content": "data:image/jpeg;base64," + base64.b64encode(photo).decode()})
+    assert made.status_code == 200, made.text
+    data = requests.get(f"{orthanc.url}/instances/{made.json()['ID']}/file", timeout=30).content
+    sent = pydicom.dcmread(io.BytesIO(data))
+    assert sent.file_meta.ImplementationVersionName.startswith("OFFIS")  # not our writer
+
+    status, answer, _ = _stow(client, auth["capture"], data)
+    assert status == 202, answer
+    [item] = _items(answer, "00081199")
+    assert _value(item, "00081196") == 0xB000
+    svc = services(app)
+    with svc.db.session() as db:
+        row = db.get(Instance, sent.SOPInstanceUID)
+        assert row is not None
+    stored = svc.archive.read(row)
+    header = pydicom.dcmread(io.BytesIO(stored))
+    assert (str(header.PatientName), header.PatientSex) == ("DEMO^BOB", "M")
+    assert header.PixelData == sent.PixelData and _pixel_bytes(stored) == _pixel_bytes(data)
