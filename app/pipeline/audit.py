@@ -140,6 +140,7 @@ CATALOGUE: dict[str, EventCode] = {
     "session.open": _RECORD_CREATE,
     "session.read": _RECORD_READ,
     "session.complete": _RECORD_UPDATE,
+    "session.verify": _RECORD_UPDATE,  # the patient of an unverified session confirmed
     "photo.store": _INSTANCES_CREATED,
     "measurement.store": _INSTANCES_CREATED,  # a wound measurement SR (ebiw measure --instance)
     "dicom.receive": _INSTANCES_CREATED,  # an object from another device (STOW-RS, C-STORE)

@@ -33,10 +33,10 @@ def build_services(settings: Settings) -> Services:
     db = Database(settings.database)
     archive = build_archive(settings)
     registry = build_registry(settings)
-    intake = Intake(db, archive, settings, registry)
+    directories = build_directories(settings, db)
+    intake = Intake(db, archive, settings, registry, directories)
     return Services(settings=settings, db=db, archive=archive, registry=registry, intake=intake,
-                    dicom_intake=DicomIntake(db, archive, settings,
-                                             build_directories(settings, db), intake.outbox))
+                    dicom_intake=DicomIntake(db, archive, settings, directories, intake.outbox))
 
 
 def sweep_interrupted_writes(settings: Settings) -> int:
