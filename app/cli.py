@@ -71,7 +71,7 @@ from app.workflow.measurements import (
     measure_regions,
     store_report,
 )
-from app.workflow.services import Services, build_services
+from app.workflow.services import Services, build_services, sweep_interrupted_writes
 from app.workflow.tokens import ROLES, create_token, list_tokens, revoke_tokens
 
 
@@ -140,6 +140,7 @@ def worker(threads: int, drain: bool) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     svc = build_services(Settings.from_env())
     svc.db.create_schema()
+    sweep_interrupted_writes(svc.settings)
     if drain:
         _emit({"handled": delivery.drain(svc.db, svc.archive, svc.registry, threads),
                "counts": delivery.delivery_counts(svc.db)})
@@ -151,6 +152,28 @@ def worker(threads: int, drain: bool) -> None:
     background.wait()
     background.stop()
     _emit({"handled": background.handled, "counts": delivery.delivery_counts(svc.db)})
+
+
+@cli.command("dicom-scp", with_appcontext=False)
+@click.option("--host", default=None, help="Address to listen on [EBIW_DICOM_SCP_HOST, "
+              "default 127.0.0.1].")
+@click.option("--port", default=None, type=click.IntRange(1, 65535),
+              help="Port [EBIW_DICOM_SCP_PORT, default 11112].")
+def dicom_scp(host: str | None, port: int | None) -> None:
+    """Receive DICOM objects from other devices by C-STORE (AE title EBIW_DICOM_SCP_AET,
+    callers limited to EBIW_DICOM_SCP_ALLOWED_AETS): each is reconciled with the patient
+    directory, stored and delivered like a photo. Runs until stopped."""
+    from app.workflow import dicom_scp as scp
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    svc = build_services(Settings.from_env())
+    if not svc.settings.dicom_scp_allowed_aet_list:
+        raise click.UsageError("set EBIW_DICOM_SCP_ALLOWED_AETS to the calling AE titles of the "
+                               "devices allowed to store")
+    svc.db.create_schema()
+    sweep_interrupted_writes(svc.settings)
+    scp.start(svc.settings, svc.dicom_intake, host or svc.settings.dicom_scp_host,
+              port or svc.settings.dicom_scp_port)
 
 
 @cli.group()

@@ -17,6 +17,8 @@ import ctypes.util
 import logging
 import multiprocessing
 import os
+import subprocess
+import sys
 from typing import Any
 
 from app.logs import QUIET_LOGGERS
@@ -77,6 +79,35 @@ logconfig_dict = {
 # directly (no dynamic threshold), so a photo's frames go back to the system when it is done
 # instead of staying in per-thread arenas (peak RSS per worker; deploy/README.md "Load and sizing").
 _M_MMAP_THRESHOLD, _M_ARENA_MAX = -3, -8
+
+
+def on_starting(server: Any) -> None:
+    """Once per server start, in the master before any worker: remove the temporary files
+    that writes killed by a crash left behind (``app.durable.sweep_temp_files``)."""
+    from app.settings import Settings
+    from app.workflow.services import sweep_interrupted_writes
+
+    sweep_interrupted_writes(Settings.from_env())
+
+
+_scp: list[subprocess.Popen[bytes]] = []
+
+
+def when_ready(server: Any) -> None:
+    """With ``EBIW_DICOM_SCP_SERVE`` on, start ``ebiw dicom-scp`` beside the workers (its own
+    process: pynetdicom's threads must not live in a master that forks); ended in
+    :func:`on_exit`."""
+    from app.settings import Settings
+
+    if Settings.from_env().dicom_scp_serve:
+        _scp.append(subprocess.Popen([sys.executable, "-m", "app.cli", "dicom-scp"]))
+
+
+def on_exit(server: Any) -> None:
+    """Stop the C-STORE SCP this server started, if any."""
+    for process in _scp:
+        process.terminate()
+        process.wait(timeout=30)
 
 
 def post_fork(server: Any, worker: Any) -> None:

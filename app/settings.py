@@ -42,6 +42,10 @@ def public_url_of(bind: str) -> str:
     return f"http://{host}:{port}" if port else f"http://{host}"
 
 
+UNKNOWN_PATIENT_POLICIES = ("accept", "hold", "refuse")
+_AE_TITLE = re.compile(r"(?=.*\S)[^\\\x00-\x1f]{1,16}")
+
+
 @dataclass(frozen=True)
 class Settings:
     """Everything the app reads from its environment, with the embedded defaults."""
@@ -136,6 +140,17 @@ class Settings:
     mwl_calling_aet: str = "EBIWCAPTURE"
     mwl_modality: str = "XC"
     wristband_rules: str = ""  # JSON list of wristband rules; empty: the built-in rules
+    # A capture session for a patient no directory knows (README "Patient identification"):
+    # accept (as if known), hold (stored, marked unverified, nothing sent until confirmed) or
+    # refuse (422; held instead while a directory cannot answer); empty: hold in production,
+    # accept in development and test (see unknown_patient_policy)
+    unknown_patients: str = ""
+    # C-STORE SCP for other devices (app/workflow/dicom_scp.py; README "DICOM from other devices")
+    dicom_scp_aet: str = "EBIW"  # our AE title (the Called AE Title devices must use)
+    dicom_scp_allowed_aets: str = ""  # comma separated calling AE titles allowed to store
+    dicom_scp_host: str = "127.0.0.1"  # address `ebiw dicom-scp` listens on
+    dicom_scp_port: int = 11112
+    dicom_scp_serve: bool = False  # `ebiw serve` also runs `ebiw dicom-scp` (its master does)
     # Launch from the EMR: SMART on FHIR EHR launch (app/web/launch; README "Launch from the EMR")
     smart_issuers: str = ""  # JSON {"<iss>": {"client_id", "client_secret"?, "scope"?, "role"?}}
     # Audit trail (app/workflow/audit.py; README "Audit trail")
@@ -255,6 +270,10 @@ class Settings:
                                 "EBIW_BATCH_LABEL_MIN_AREA a fraction in (0, 1]")
         self._check_security()
         self._check_smart()
+        if not all(_AE_TITLE.fullmatch(a) for a in (self.dicom_scp_aet,
+                                                    *self.dicom_scp_allowed_aet_list)):
+            raise SettingsError("EBIW_DICOM_SCP_AET and EBIW_DICOM_SCP_ALLOWED_AETS must be AE "
+                                "titles: 1 to 16 characters, no backslash or control character")
         if self.audit_syslog and not re.fullmatch(r"(tcp|tls)://[^:/\s]+:\d{1,5}",
                                                   self.audit_syslog):
             raise SettingsError("EBIW_AUDIT_SYSLOG must be tcp://host:port or tls://host:port")
@@ -284,6 +303,18 @@ class Settings:
         if not isinstance(systems, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and v for k, v in systems.items()):
             raise SettingsError("EBIW_EMR_ISSUER_SYSTEMS must map issuers to system URIs")
+
+    @property
+    def unknown_patient_policy(self) -> str:
+        """``EBIW_UNKNOWN_PATIENTS``, by default ``hold`` in production (photos of a patient
+        no directory knows never leave unconfirmed) and ``accept`` elsewhere (the demo and
+        tests open sessions for any MRN)."""
+        return self.unknown_patients or ("hold" if self.production else "accept")
+
+    @property
+    def dicom_scp_allowed_aet_list(self) -> tuple[str, ...]:
+        """The calling AE titles allowed to store (``EBIW_DICOM_SCP_ALLOWED_AETS``)."""
+        return tuple(a.strip() for a in self.dicom_scp_allowed_aets.split(",") if a.strip())
 
     @property
     def patient_directory_names(self) -> tuple[str, ...]:
@@ -317,6 +348,8 @@ class Settings:
                                    and self.mwl_aet):
             raise SettingsError("EBIW_MWL_ADDRESS (host:port) and EBIW_MWL_AET must be set for "
                                 "the mwl patient directory")
+        if self.unknown_patients not in ("", *UNKNOWN_PATIENT_POLICIES):
+            raise SettingsError("EBIW_UNKNOWN_PATIENTS must be accept, hold or refuse")
         if self.patient_timeout_seconds <= 0:
             raise SettingsError("EBIW_PATIENT_TIMEOUT_SECONDS must be positive")
         try:

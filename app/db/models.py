@@ -17,6 +17,7 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
@@ -136,6 +137,9 @@ class CaptureSession(Base):
     source: Mapped[str] = mapped_column(String(16), default=SessionSource.PROVIDER)
     consent: Mapped[str | None] = mapped_column(String(16))  # given, declined, not-required
     sensitive: Mapped[bool] = mapped_column(Boolean, default=False)
+    # False: no patient directory knew the patient when the session opened
+    # (EBIW_UNKNOWN_PATIENTS=hold); its deliveries wait until the patient is confirmed
+    patient_verified: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     description: Mapped[str | None] = mapped_column(String(64))  # the view, e.g. "close-up"
     status: Mapped[str] = mapped_column(String(16), default=SessionStatus.OPEN)
     photo_count: Mapped[int] = mapped_column(Integer, default=0)

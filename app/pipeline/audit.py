@@ -142,6 +142,7 @@ CATALOGUE: dict[str, EventCode] = {
     "session.open": _RECORD_CREATE,
     "session.read": _RECORD_READ,
     "session.complete": _RECORD_UPDATE,
+    "session.verify": _RECORD_UPDATE,  # the patient of an unverified session confirmed
     "photo.store": _INSTANCES_CREATED,
     "measurement.store": _INSTANCES_CREATED,  # a wound measurement SR (ebiw measure --instance)
     "measurement.read": _RECORD_READ,  # a study's stored measurements, for the viewer
@@ -149,6 +150,7 @@ CATALOGUE: dict[str, EventCode] = {
     "correction.reject": _INSTANCES_REJECTED,  # IOCM rejection note (app/workflow/corrections)
     "correction.patient": _INSTANCES_CORRECTED,  # a study moved to the right patient
     "correction.notice": _INSTANCES_CORRECTED,  # the capturing clinician's notice of it
+    "dicom.receive": _INSTANCES_CREATED,  # an object from another device (STOW-RS, C-STORE)
     "prior.read": _TRANSFERRED,  # the prior photo rendered for the camera overlay (issue 16)
     "wound.read": _RECORD_READ,  # a wound's healing trajectory page (issue 17)
     "wound.export": _EXPORT,  # ... and its CSV
@@ -177,7 +179,8 @@ CATALOGUE: dict[str, EventCode] = {
     "audit.verify": _AUDIT_LOG,
 }
 """Every action with a fixed name. Families named by endpoint: ``dicomweb.search_*`` (Query),
-``dicomweb.retrieve_*`` (Instances Transferred, read), ``fhir.read_*`` (Patient Record, read),
+``dicomweb.retrieve_*`` (Instances Transferred, read), ``dicomweb.store_*`` (STOW-RS:
+Instances Accessed, create), ``fhir.read_*`` (Patient Record, read),
 ``fhir.search_*`` (Query) and ``admin.*`` (Security Alert: Use of Restricted Function)."""
 
 
@@ -190,6 +193,8 @@ def event_code(action: str) -> EventCode:
         return _QUERY
     if family == "dicomweb" and name.startswith("retrieve"):
         return _TRANSFERRED
+    if family == "dicomweb" and name.startswith("store"):
+        return _INSTANCES_CREATED
     if family == "fhir" and name.startswith("read"):
         return _RECORD_READ
     if family == "admin":

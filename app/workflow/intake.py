@@ -36,6 +36,7 @@ from app.db.models import (
 )
 from app.db.session import Database
 from app.gateways.archive import Archive, ArchiveConflictError, InstanceKey
+from app.gateways.patients import Directories
 from app.gateways.registry import Registry
 from app.pipeline.color import ColorOutcome, normalize_photo
 from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, prepare_for_dicom
@@ -77,7 +78,8 @@ VIDEO_SERIES_NUMBER = 6  # video clips (app/pipeline/video.py)
 
 class IdentificationMethod(StrEnum):
     """How a session's patient was identified: photo of the wristband, the device's barcode
-    scanner, typed identifier, chosen from the worklist, launched from the EMR, entered by hand."""
+    scanner, typed identifier, chosen from the worklist, launched from the EMR, entered by hand,
+    or named by a DICOM object another device sent (and found in a directory)."""
 
     WRISTBAND = "wristband"
     SCANNED = "scanned"
@@ -85,6 +87,7 @@ class IdentificationMethod(StrEnum):
     WORKLIST = "worklist"
     EMR_LAUNCH = "emr-launch"
     MANUAL = "manual"
+    DEVICE = "device"  # a DICOM object's own Patient ID and issuer (app/workflow/dicom_intake.py)
 
 
 MAX_EVIDENCE_CHARS = 4096
@@ -173,6 +176,14 @@ def checked_clip(data: bytes, settings: Settings) -> Iterator[VideoWork]:
         except UnreadableVideoError as exc:
             raise UnreadableVideo(str(exc)) from exc
         yield VideoWork(clip, payload)
+
+
+class UnknownPatient(IntakeError):
+    status, code = 422, "unknown_patient"
+
+
+UNKNOWN_PATIENT = ("no patient directory knows this patient: identify the patient by the "
+                   "wristband or the worklist, or ask for the patient to be registered")
 
 
 @contextmanager
@@ -412,10 +423,11 @@ class Intake:
     """Opens sessions and accepts photos into the local archive."""
 
     def __init__(self, db: Database, archive: Archive, settings: Settings,
-                 registry: Registry) -> None:
+                 registry: Registry, directories: Directories) -> None:
         self.db = db
         self.archive = archive
         self.settings = settings
+        self.directories = directories
         self.outbox = Outbox(registry)
         # Pixel work is CPU-bound and holds whole frames: the threads of one process take
         # turns (EBIW_PIXEL_JOBS at a time), so memory per process stays bounded and a photo
@@ -429,7 +441,10 @@ class Intake:
 
         Returns (session, created). The Study Instance UID is derived from the session id, or
         is the worklist item's (then a second session for that item is a :class:`Conflict`);
-        how the patient was identified is stored with the session.
+        how the patient was identified is stored with the session. A new session's patient
+        is looked up in the directories unless the unknown-patient policy is ``accept``: one
+        nobody knows is refused (:class:`UnknownPatient`, ``refuse``, when every directory
+        answered) or the session is opened unverified (``hold``, or a directory was down).
         """
         now = datetime.now().astimezone()
         offset = now.utcoffset() or timedelta(0)
@@ -458,10 +473,44 @@ class Intake:
                         CaptureSession.study_uid == request.worklist.study_uid)) is not None:
                     raise Conflict("another capture session already fulfils this worklist item")
                 row.identification = _identification_row(request)
+                row.patient_verified = self._patient_known(request.patient_id, request.issuer)
                 db.add(row)
         except IntegrityError:
             return self.get_session(request.session_id), False
         return row, True
+
+    def _patient_known(self, patient_id: str, issuer: str) -> bool:
+        """Whether a directory knows the patient (always, under ``accept``); raises
+        :class:`UnknownPatient` under ``refuse`` when none does and every one answered."""
+        policy = self.settings.unknown_patient_policy
+        if policy == "accept":
+            return True
+        lookup = self.directories.find(patient_id, issuer)
+        if any(p.key == (issuer, patient_id) for p in lookup.patients):
+            return True
+        if policy == "refuse" and not lookup.unavailable:
+            raise UnknownPatient(UNKNOWN_PATIENT)
+        return False
+
+    def verify_patient(self, session_id: str) -> CaptureSession:
+        """Confirm the patient of an unverified session now that a directory knows them, and
+        queue the deliveries of every instance of its study (one transaction). A verified
+        session is returned as it is; a patient still unknown raises :class:`Conflict`."""
+        session = self.get_session(session_id, photos=False)
+        if session.patient_verified:
+            return self.get_session(session_id)
+        lookup = self.directories.find(session.patient_id, session.issuer)
+        if not any(p.key == (session.issuer, session.patient_id) for p in lookup.patients):
+            raise Conflict("no patient directory knows this patient yet"
+                           + (" (a directory is unavailable)" if lookup.unavailable else ""))
+        with self.db.session() as db:
+            row = db.get(CaptureSession, session.id)
+            if row is not None and not row.patient_verified:
+                row.patient_verified = True
+                for instance in db.scalars(select(Instance).where(
+                        Instance.study_uid == row.study_uid).order_by(Instance.stored_at)):
+                    self.outbox.enqueue_photo(db, row, instance)
+        return self.get_session(session_id)
 
     def get_session(self, session_id: str, *, photos: bool = True) -> CaptureSession:
         """The session with its identification and, when ``photos``, every photo with its

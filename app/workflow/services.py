@@ -7,9 +7,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from app.db.session import Database
+from app.durable import sweep_temp_files
 from app.gateways.archive import Archive, build_archive
+from app.gateways.patients import build_directories
 from app.gateways.registry import Registry, build_registry
 from app.settings import Settings
+from app.workflow.dicom_intake import DicomIntake
 from app.workflow.intake import Intake
 
 
@@ -22,6 +25,7 @@ class Services:
     archive: Archive
     registry: Registry
     intake: Intake
+    dicom_intake: DicomIntake
 
 
 def build_services(settings: Settings) -> Services:
@@ -29,5 +33,18 @@ def build_services(settings: Settings) -> Services:
     db = Database(settings.database)
     archive = build_archive(settings)
     registry = build_registry(settings)
-    return Services(settings=settings, db=db, archive=archive, registry=registry,
-                    intake=Intake(db, archive, settings, registry))
+    directories = build_directories(settings, db)
+    intake = Intake(db, archive, settings, registry, directories)
+    return Services(settings=settings, db=db, archive=archive, registry=registry, intake=intake,
+                    dicom_intake=DicomIntake(db, archive, settings, directories, intake.outbox))
+
+
+def sweep_interrupted_writes(settings: Settings) -> int:
+    """Remove what writes killed mid-way left in the data dir and the local archive (see
+    :func:`app.durable.sweep_temp_files`); how many files. Run once when a server or a worker
+    starts, never per request: it walks the whole archive."""
+    roots = {settings.data_dir.resolve()}
+    if not settings.archive_s3_bucket:
+        roots.add(settings.archive_root.resolve())
+    nested = {r for r in roots if any(o != r and o in r.parents for o in roots)}
+    return sum(sweep_temp_files(root) for root in sorted(roots - nested))

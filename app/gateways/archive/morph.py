@@ -9,17 +9,17 @@ meta group, the image pixel description and pixel data are refused when the rule
 
 from __future__ import annotations
 
-import io
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from pydicom import Dataset, dcmread
+from pydicom import Dataset
 from pydicom.datadict import dictionary_VR, keyword_for_tag, tag_for_keyword
 from pydicom.tag import BaseTag, Tag
 from pydicom.valuerep import validate_value
 
 from app.gateways.errors import PermanentError
+from app.pipeline.dicom.read import UnreadableDicomError, rewrite_header
 
 OPERATIONS = ("set", "replace", "prefix", "remove")
 # Value representations a morph may write: text whose value is one string.
@@ -89,20 +89,15 @@ class Morph:
         """
         if not self.rules:
             return part10
-        source = io.BytesIO(part10)
         try:
-            ds = dcmread(source, stop_before_pixels=True)
-            pixel_start = source.tell()
-            for rule in self.rules:
-                rule.apply(ds)
-            header = io.BytesIO()
-            ds.save_as(header, enforce_file_format=True)
-        except PermanentError:
-            raise
-        except Exception as exc:  # pydicom raises many types on damaged input, read or written
+            return rewrite_header(part10, self._apply_rules)
+        except UnreadableDicomError as exc:
             raise PermanentError("the archived object cannot be parsed or re-encoded for tag "
                                  "morphing") from exc
-        return header.getvalue() + part10[pixel_start:]
+
+    def _apply_rules(self, ds: Dataset) -> None:
+        for rule in self.rules:
+            rule.apply(ds)
 
 
 def _tag(name: Any, where: str) -> BaseTag:

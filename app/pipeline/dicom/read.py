@@ -7,6 +7,7 @@ pydicom raises many exception types for damaged input (``InvalidDicomError``, ``
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 
 import pydicom
 from pydicom import Dataset
@@ -25,3 +26,27 @@ def read_part10(data: bytes, *, stop_before_pixels: bool = False) -> Dataset:
         return pydicom.dcmread(io.BytesIO(data), stop_before_pixels=stop_before_pixels)
     except Exception as exc:  # pydicom raises many types for bad input
         raise UnreadableDicomError(f"not a readable DICOM file ({type(exc).__name__})") from exc
+
+
+def rewrite_header(data: bytes, change: Callable[[Dataset], None]) -> bytes:
+    """Part 10 ``data`` with ``change`` applied to its dataset: the file meta and the header
+    up to Pixel Data are re-encoded, Pixel Data and whatever follows it are kept byte for
+    byte (an encapsulated JPEG stays exactly the one received).
+
+    Guarantees: raises :class:`UnreadableDicomError` when ``data`` cannot be parsed or the
+    changed header cannot be encoded; what ``change`` raises passes through unchanged.
+    """
+    source = io.BytesIO(data)
+    try:
+        ds = pydicom.dcmread(source, stop_before_pixels=True)
+    except Exception as exc:  # pydicom raises many types for bad input
+        raise UnreadableDicomError(f"not a readable DICOM file ({type(exc).__name__})") from exc
+    pixel_start = source.tell()
+    change(ds)
+    header = io.BytesIO()
+    try:
+        ds.save_as(header, enforce_file_format=True)
+    except Exception as exc:  # values pydicom cannot encode
+        raise UnreadableDicomError(f"the header cannot be re-encoded ({type(exc).__name__})") \
+            from exc
+    return header.getvalue() + data[pixel_start:]

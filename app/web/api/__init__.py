@@ -101,6 +101,7 @@ def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, A
         "source": session.source,
         "consent": session.consent,
         "sensitive": session.sensitive,
+        "patient_verified": session.patient_verified,
         "description": session.description,
         "created_at": _iso(session.created_at),
         "completed_at": _iso(session.completed_at),
@@ -276,6 +277,18 @@ def complete_session(session_id: str) -> Response | tuple[Response, int]:
     if _launched_for_other(session_id):
         return error_response(403, "other_patient", OTHER_PATIENT)
     session = services().intake.complete(session_id)
+    _audit_session(session)
+    return jsonify(session_json(session))
+
+
+@bp.post("/sessions/<session_id>/verify-patient")
+@require("capture")
+def verify_patient(session_id: str) -> Response | tuple[Response, int]:
+    """Confirm the patient of a session opened unverified (``EBIW_UNKNOWN_PATIENTS=hold``)
+    once a directory knows them: its photos' deliveries are queued then (409 while unknown)."""
+    if _launched_for_other(session_id):
+        return error_response(403, "other_patient", OTHER_PATIENT)
+    session = services().intake.verify_patient(session_id)
     _audit_session(session)
     return jsonify(session_json(session))
 

@@ -43,6 +43,7 @@ ACTIONS = {
     "api.open_session": "session.open",
     "api.get_session": "session.read",
     "api.complete_session": "session.complete",
+    "api.verify_patient": "session.verify",
     "api.put_photo": "photo.store",
     "api.prior_photo": "prior.read",
     "wounds.trajectory_page": "wound.read",

@@ -1,4 +1,6 @@
-"""DICOMweb for the local archive (PS3.18): QIDO-RS search and WADO-RS retrieve at /dicomweb.
+"""DICOMweb for the local archive (PS3.18): QIDO-RS search and WADO-RS retrieve at /dicomweb,
+and STOW-RS for objects from other devices (``store_instances``: role ``capture``; the intake
+is :mod:`app.workflow.dicom_intake`, the answer :mod:`.stow`).
 
 Search answers DICOM JSON from the attribute index (``index.py``, ``query.py``). Retrieve
 sends instances as stored, in ``multipart/related; type="application/dicom"``; metadata as
@@ -7,8 +9,9 @@ thumbnails fitted to a ``viewport`` (``app.pipeline.render``), the default thumb
 instance cached on disk under the data directory. A rendered study or series is one image (its
 first instance) or, asked for ``multipart/related``, every instance rendered.
 
-Every request needs the ``view`` or ``capture`` role and is audited by ``app.web.audit`` (who,
-what — the study, its instances and its patient —, when, where, outcome), refusals included.
+Every search and retrieval needs the ``view`` or ``capture`` role; every request is audited
+by ``app.web.audit`` (who, what — the study, its instances and its patient —, when, where,
+outcome), refusals included.
 A session launched from the EMR for one patient (``Caller.patient``) sees only that patient:
 searches match only its instances, other studies answer 403.
 Answers carry ``Cache-Control: no-store``, except thumbnails, which the browser may keep
@@ -20,12 +23,12 @@ from __future__ import annotations
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from functools import partial
 from io import BytesIO
 from pathlib import Path
 from typing import Any, overload
+from urllib.parse import urlsplit
 
 import pydicom
 from flask import Blueprint, Response, abort, g, request, url_for
@@ -34,6 +37,7 @@ from sqlalchemy import ColumnElement, select
 from sqlalchemy.orm import Session
 
 from app.db.models import Instance
+from app.durable import temp_file
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.pipeline.render import (
     RENDERED_MEDIA_TYPES,
@@ -48,10 +52,12 @@ from app.pipeline.render import (
 )
 from app.web import services
 from app.web.auth import require
-from app.web.dicomweb import index, media, query
+from app.web.dicomweb import index, media, query, stow
 from app.web.errors import error_response
-from app.web.launch import OTHER_PATIENT
+from app.web.launch import ONE_PATIENT, OTHER_PATIENT
+from app.web.limits import rate_limited
 from app.workflow import audit
+from app.workflow.dicom_intake import Received, Status
 from app.workflow.tokens import Caller
 
 bp = Blueprint("dicomweb", __name__, url_prefix="/dicomweb")
@@ -221,6 +227,49 @@ def _search(run: Callable[[Session, query.Query, str], query.Results],
 @require(*ROLES)
 def search_studies() -> Response:
     return _search(query.search_studies)
+
+
+@bp.post("/studies")
+@bp.post("/studies/<study>")
+@require("capture")
+@rate_limited("upload")
+def store_instances(study: str | None = None) -> Response:
+    """STOW-RS: ``multipart/related; type="application/dicom"``, one Part 10 object per part,
+    each reconciled, stored and queued by :class:`app.workflow.dicom_intake.DicomIntake`
+    (answer: :mod:`.stow`). The body is bounded by ``EBIW_MAX_UPLOAD_BYTES`` (413)."""
+    if g.caller.patient is not None:
+        raise _Refused(403, "one_patient", ONE_PATIENT)
+    if request.mimetype != "multipart/related" or \
+            request.mimetype_params.get("type", media.DICOM).lower() != media.DICOM:
+        raise _Refused(415, "unsupported_media_type", 'send multipart/related; '
+                       'type="application/dicom" (one DICOM Part 10 object per part)')
+    marker = request.mimetype_params.get("boundary", "")
+    if not marker:
+        raise _Refused(400, "invalid_multipart", "the Content-Type has no boundary")
+    try:
+        parts = media.split_multipart(request.get_data(cache=False), marker)
+    except media.MultipartError as exc:
+        raise _Refused(400, "invalid_multipart", str(exc)) from exc
+    if not parts:
+        raise _Refused(400, "invalid_multipart", "the body holds no part")
+    intake = services().dicom_intake
+    results = [intake.receive(data, sender=g.caller.user, study_uid=study)
+               if headers.get("content-type", media.DICOM).split(";")[0].strip().lower()
+               == media.DICOM else
+               Received(Status.CANNOT_UNDERSTAND, "a part is not application/dicom")
+               for headers, data in parts]
+    answer = stow.status_of(results)
+    response = Response(json.dumps(stow.response_dataset(results, _base(), study)),
+                        status=answer, content_type=media.DICOM_JSON)
+    for warning in stow.warnings(results, urlsplit(services().settings.public_url).netloc):
+        response.headers.add("Warning", warning)
+    if answer == 503:
+        response.headers["Retry-After"] = str(stow.RETRY_AFTER_S)
+    g.audit_entities = [audit.study_ref(uid) for uid in
+                        dict.fromkeys(r.study_uid for r in results if r.stored)]
+    g.audit_detail = {"stored": sum(r.stored for r in results),
+                      "failed": sum(not r.stored for r in results)}
+    return response
 
 
 @bp.get("/series")
@@ -542,7 +591,7 @@ def _store(path: Path, data: bytes) -> None:
     tmp = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=".tmp-", dir=path.parent)
+        fd, tmp = temp_file(path.parent)
         with os.fdopen(fd, "wb") as handle:
             handle.write(data)
         os.replace(tmp, path)

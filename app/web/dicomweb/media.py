@@ -148,3 +148,53 @@ def multipart(parts: Iterable[Part], marker: str) -> Iterator[bytes]:
 def multipart_content_type(part_type: str, marker: str) -> str:
     """The Content-Type header of a multipart/related answer."""
     return f'multipart/related; type="{part_type}"; boundary={marker}'
+
+
+class MultipartError(ValueError):
+    """A multipart body that cannot be split; the message says what is wrong (no content)."""
+
+
+def split_multipart(body: bytes, marker: str) -> list[tuple[dict[str, str], bytes]]:
+    """The parts of a multipart body (RFC 2046 5.1.1): each part's headers (names in lower
+    case) and its bytes exactly as sent.
+
+    Guarantees: the preamble and epilogue are ignored; a part's header ends at its first empty
+    line (a part may have none); a body without the opening delimiter, a part without the
+    closing one or a malformed header line raises :class:`MultipartError`.
+    """
+    delimiter = b"--" + marker.encode("latin-1")
+    between = b"\r\n" + delimiter
+    if body.startswith(delimiter):
+        pos = len(delimiter)
+    else:
+        opening = body.find(between)
+        if opening < 0:
+            raise MultipartError("the body does not start with its boundary")
+        pos = opening + len(between)
+    parts: list[tuple[dict[str, str], bytes]] = []
+    while body[pos:pos + 2] != b"--":
+        line_end = body.find(b"\r\n", pos)
+        if line_end < 0 or body[pos:line_end].strip(b" \t"):
+            raise MultipartError("a boundary line is followed by other text")
+        start = line_end + 2
+        end = body.find(between, start)
+        if end < 0:
+            raise MultipartError("the body ends without its closing boundary")
+        parts.append(_part(body[start:end]))
+        pos = end + len(between)
+    return parts
+
+
+def _part(raw: bytes) -> tuple[dict[str, str], bytes]:
+    if raw.startswith(b"\r\n"):
+        return {}, raw[2:]
+    head, blank, content = raw.partition(b"\r\n\r\n")
+    if not blank:
+        raise MultipartError("a part has no empty line after its headers")
+    headers = {}
+    for line in head.decode("latin-1").split("\r\n"):
+        name, colon, value = line.partition(":")
+        if not colon or not name.strip():
+            raise MultipartError("a part has a malformed header line")
+        headers[name.strip().lower()] = value.strip()
+    return headers, content

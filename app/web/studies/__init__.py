@@ -17,7 +17,7 @@ from typing import Any
 from flask import Blueprint, Response, abort, current_app, render_template, url_for
 from sqlalchemy import select
 
-from app.db.models import Instance, Photo
+from app.db.models import CaptureSession, Instance, Photo
 from app.pipeline.quality import TEXTS
 from app.web import services
 from app.web.auth import current_login
@@ -49,7 +49,8 @@ def viewer(study_uid: str) -> Response | tuple[Response, int]:
                            dicomweb=url_for("dicomweb.search_studies").rsplit("/studies", 1)[0],
                            api=url_for("api.me").rsplit("/me", 1)[0],
                            quality=_photo_quality(study_uid) if login is not None else [],
-                           wounds=study_wounds(study_uid) if login is not None else [])
+                           wounds=study_wounds(study_uid) if login is not None else [],
+                           unverified=login is not None and _unverified(study_uid))
     response = Response(html, content_type="text/html; charset=utf-8")
     response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
     response.headers["Referrer-Policy"] = "no-referrer"
@@ -84,6 +85,14 @@ def quality_items(quality: dict[str, Any]) -> list[tuple[str, bool | None]]:
         if word is not None:
             items.append((word, ok))
     return items
+
+
+def _unverified(study_uid: str) -> bool:
+    """Whether the study's capture session was opened for a patient no directory knew and
+    has not been confirmed since (``EBIW_UNKNOWN_PATIENTS=hold``)."""
+    with services().db.session() as db:
+        return db.scalar(select(CaptureSession.patient_verified)
+                         .where(CaptureSession.study_uid == study_uid)) is False
 
 
 def _photo_quality(study_uid: str) -> list[tuple[int, list[tuple[str, bool | None]]]]:

@@ -46,7 +46,10 @@ class Outbox:
         """In ``db``'s transaction: one pending row for ``instance`` per PACS destination
         whose route takes the study, and the study's row of every EMR notifier created or
         re-queued (pending, version + 1, due now). Safe against concurrent accepts of the same
-        study (ON CONFLICT), so it never makes the accept fail."""
+        study (ON CONFLICT), so it never makes the accept fail. Nothing for a session whose
+        patient is not verified: ``Intake.verify_patient`` queues its instances once it is."""
+        if not session.patient_verified:
+            return
         now = utcnow()
         insert = _insert(db)
         key = ["destination", "study_uid", "sop_uid"]
