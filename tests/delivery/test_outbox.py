@@ -8,11 +8,12 @@ import json
 import random
 import time
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 
 import pydicom
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import CaptureSession, Delivery, Instance, Photo
@@ -26,7 +27,7 @@ from app.gateways.registry import (
     registry_from_config,
 )
 from app.settings import Settings, SettingsError
-from app.workflow.delivery import DeliveryWorker, Outbox
+from app.workflow.delivery import DeliveryWorker, Outbox, utcnow
 from tests.delivery.conftest import NOCHART, PATIENT, Deployment, wait_for
 from tests.delivery.fakes import FakeStow, ok, refused, stored
 
@@ -77,14 +78,16 @@ def test_lease_of_a_crashed_worker_expires_and_nothing_is_sent_twice(
     session = d.open_session()
     for photo in [NOCHART] * 3:
         d.upload(session, photo)
-    short = Registry(d.registry.destinations, lease_seconds=0.3)
-    crashed = d.worker(short).claim()  # takes two rows, then "crashes" before sending
+    registry = Registry(d.registry.destinations, lease_seconds=60)
+    crashed = d.worker(registry).claim()  # takes two rows, then "crashes" before sending
     assert crashed is not None and len(crashed.rows) == 2
-    other = d.worker(short)
+    other = d.worker(registry)
     assert other.run_once() == 1  # only the third row is free
     assert other.run_once() == 0
-    time.sleep(0.35)
-    assert other.run_once() == 2  # the lease ran out: the rows are claimed again
+    with d.services.db.session() as db:  # the lease runs out (time moved on, not slept)
+        db.execute(update(Delivery).where(Delivery.claim_token == crashed.token)
+                   .values(claimed_until=utcnow() - timedelta(seconds=1)))
+    assert other.run_once() == 2  # the rows are claimed again
     assert sorted(fake.stored.values()) == [1, 1, 1]
     assert {s.state for s in d.states(session["study_instance_uid"])} == {"sent"}
     assert fake.requests == 2  # one request per batch of one study
