@@ -6,7 +6,8 @@ the innermost point of its largest wound: the pixel where the distance transform
 expert mask's largest connected component is greatest (the photo whose mask is empty has no
 wound to tap and is left out, so 39 count). Dice compares the filled polygon (ours) or mask
 (the peer) with the whole expert mask, every wound in the photo included; "largest" compares
-with the tapped wound alone.
+with the tapped wound alone. Per photo it also prints our precision and recall on the tapped
+wound (low precision: leaked onto skin; low recall: stopped short) and the mask's wound count.
 
 The peer is OpenCV GrabCut initialised with a 128 x 128 rectangle centred on the tap, 5
 iterations on the whole photo (the baseline of ``../shared/testdata/wounds/SOURCES.md``).
