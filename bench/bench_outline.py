@@ -6,7 +6,8 @@ the innermost point of its largest wound: the pixel where the distance transform
 expert mask's largest connected component is greatest (the photo whose mask is empty has no
 wound to tap and is left out, so 39 count). Dice compares the filled polygon (ours) or mask
 (the peer) with the whole expert mask, every wound in the photo included; "largest" compares
-with the tapped wound alone.
+with the tapped wound alone. Per photo it also prints our precision and recall on the tapped
+wound (low precision: leaked onto skin; low recall: stopped short) and the mask's wound count.
 
 The peer is OpenCV GrabCut initialised with a 128 x 128 rectangle centred on the tap, 5
 iterations on the whole photo (the baseline of ``../shared/testdata/wounds/SOURCES.md``).
@@ -99,8 +100,10 @@ def main() -> None:
     held_out = [p.name >= HALF for p in photos]
     rows = []
     per_photo: dict[str, list[float]] = {}
+    found_by: dict[str, list[np.ndarray]] = {}
     for name, method in METHODS.items():
         scores, largest, ms = [], [], []
+        found_by[name] = []
         for photo in photos:
             times = []
             for _ in range(REPEATS):
@@ -108,6 +111,7 @@ def main() -> None:
                 found = method(photo.rgb, photo.seed)
                 times.append((time.perf_counter() - start) * 1000)
             ms.append(min(times))
+            found_by[name].append(found)
             scores.append(dice(found, photo.mask))
             largest.append(dice(found, photo.largest))
         per_photo[name] = scores
@@ -122,10 +126,21 @@ def main() -> None:
           "point; one core\n")
     print(table(["method", "Dice mean", "median", "min", "1st half", "held-out half",
                  "largest wound", "ms median", "ms max"], rows))
-    print("\nDice per photo:")
-    names = list(METHODS)
-    print(table(["photo", *names], [[p.name, *(f"{per_photo[n][i]:.2f}" for n in names)]
-                                    for i, p in enumerate(photos)]))
+    print("\nPer photo: Dice of each method vs the whole mask; for ours also vs the tapped wound "
+          "alone, its precision and recall on that wound (low precision: leaked onto skin; low "
+          "recall: stopped short), and how many wounds the expert mask holds:")
+    ours_name, peer_name = METHODS
+    print(table(["photo", "ours", "ours vs tapped", "precision", "recall", "wounds", "peer"],
+                [[p.name, f"{per_photo[ours_name][i]:.2f}", *diagnosis(found_by[ours_name][i], p),
+                  f"{per_photo[peer_name][i]:.2f}"] for i, p in enumerate(photos)]))
+
+
+def diagnosis(found: np.ndarray, photo: Photo) -> list[str]:
+    """Dice vs the tapped wound, precision and recall on it, and the mask's wound count."""
+    hit = float((found & photo.largest).sum())
+    wounds = cv2.connectedComponents(photo.mask.astype(np.uint8))[0] - 1
+    return [f"{dice(found, photo.largest):.2f}", f"{hit / max(1, int(found.sum())):.2f}",
+            f"{hit / float(photo.largest.sum()):.2f}", str(wounds)]
 
 
 if __name__ == "__main__":

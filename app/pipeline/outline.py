@@ -12,11 +12,16 @@
 2. **GrabCut initialised with that region** (not a rectangle), in a window around it: the
    region, grown by `GROW` of its size, is probable wound, its eroded core and the tap sure
    wound, the window's border sure not wound, the rest probable not wound. Colour models of
-   both then settle the edge.
+   both then settle the edge. A result beyond `MAX_AREA` of the image has spread onto the
+   foot and is refused, like one that lost most of the region: the region is kept.
 
 The outer boundary of the region holding the tap (holes filled) is traced at full size. On
 the 39 FUSeg photos with a wound in ``../shared/testdata/wounds`` this reaches a mean Dice of
-0.76, twice a GrabCut from a rectangle around the same tap (``bench/bench_outline.py``).
+0.761 (first half 0.748, held-out half 0.775; 0.789 against the tapped wound alone), twice a
+GrabCut from a rectangle around the same tap, in a median 21-35 ms (``bench/bench_outline.py``).
+Its misses stop short at a rim whose colour differs from the tapped bed (slough, necrosis) or
+leak onto callus of the wound's colour; even the best of the ladder's regions for each photo
+would give 0.848, so a better choice among them alone cannot reach 0.85 (README).
 """
 
 from __future__ import annotations
@@ -40,10 +45,10 @@ MAX_AREA = 0.12
 """A candidate covering more than this fraction of the image is not one wound."""
 GRABCUT_ITERATIONS = 3
 GRABCUT_SIZE = 128
+"""Long side (px) the GrabCut window is reduced to: a large wound costs no more than this."""
 GROW = 0.1
 """Probable wound for GrabCut reaches this fraction of the region's size beyond it: the colour
 region tends to stop short of the wound's rim, whose colour differs from the tapped bed's."""
-"""Long side (px) the GrabCut window is reduced to: a large wound costs no more than this."""
 MIN_KEPT = 0.5
 """GrabCut may shrink the colour region to no less than this fraction of it."""
 SIMPLIFY_PX = 1.0
@@ -135,7 +140,8 @@ def _colour_region(rgb: np.ndarray, seed: tuple[int, int]) -> Mask:
 
 def _refine(rgb: np.ndarray, region: Mask, seed: tuple[int, int]) -> Mask:
     """Step 2: GrabCut from ``region`` in a window around it (reduced to `GRABCUT_SIZE` on
-    the long side); the part holding the seed, or ``region`` if GrabCut lost most of it."""
+    the long side); the part holding the seed, or ``region`` if GrabCut lost most of it or
+    spread beyond `MAX_AREA` of the image (the same bound the region itself obeys)."""
     _, _, w, h = cv2.boundingRect(region)
     grow = max(1, int(max(w, h) * GROW))
     probable = cv2.dilate(region, cv2.getStructuringElement(cv2.MORPH_ELLIPSE,
@@ -172,6 +178,8 @@ def _refine(rgb: np.ndarray, region: Mask, seed: tuple[int, int]) -> Mask:
     kept = _component_at(refined, seed)
     if kept is None or kept.sum() < MIN_KEPT * region.sum():
         return region  # GrabCut collapsed onto part of the wound: its models were not apart
+    if kept.sum() > MAX_AREA * kept.size:
+        return region  # GrabCut spread onto the foot: the region's colour edge was the better
     return kept
 
 

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from app.pipeline.outline import SeedOutsideImageError, outline, outline_photo
+from app.pipeline.outline import MAX_AREA, SeedOutsideImageError, outline, outline_photo
 from tests.conftest import WOUNDS
 from tests.test_settings_cli import ebiw
 
@@ -82,6 +82,15 @@ def test_one_tap_outlines_the_wound_close_to_the_expert(name: str) -> None:
     assert dice(filled(polygon, rgb.shape), mask) >= DICE_FLOOR
     assert_simple_polygon_around(polygon, seed, 512, 512)
     assert outline(rgb, seed) == polygon  # repeatable
+
+
+def test_grabcut_spreading_onto_the_foot_is_not_proposed() -> None:
+    # The tap on 0106 lands on skin the colour of the whole sole: GrabCut from that region
+    # spreads over a third of the photo; the proposal stays within the colour region's bound.
+    rgb, _, seed = wound("fuseg_train_0106.png")
+    polygon = outline(rgb, seed)
+    assert filled(polygon, rgb.shape).mean() <= MAX_AREA
+    assert_simple_polygon_around(polygon, seed, 512, 512)
 
 
 @pytest.mark.parametrize("seed", [(0, 0), (511, 511), (0, 300)])
