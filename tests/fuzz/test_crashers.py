@@ -48,7 +48,12 @@ value is parsed, which the index's header reader let through (every QIDO touchin
 UNKNOWN_SYNTAX = damaged(JPEG_BASELINE, b"1.2.840.10008.1.2.4.99")
 """A Transfer Syntax pydicom cannot write: a plain ValueError out of de-identification and tag
 morphing, which their callers do not take for a refusal."""
-MORPH = Morph((MorphRule("set", Tag("InstitutionName"), "Fuzz Hospital"),))
+UNKNOWN_VR = damaged(b"\x08\x000\x10LO", b"\x08\x000\x10Lc")
+"""Study Description with the VR 'Lc': pydicom decodes a value only when it is first read, so
+the morphing rule that read it got a NotImplementedError, which its caller did not take for a
+refusal (CI's atheris run, 2026-12-06)."""
+MORPH = Morph((MorphRule("set", Tag("InstitutionName"), "Fuzz Hospital"),
+               MorphRule("prefix", Tag("StudyDescription"), "FUZZ ")))
 
 
 def test_the_header_reader_refuses_a_damaged_value() -> None:
@@ -64,10 +69,12 @@ def test_deidentification_refuses_damaged_objects(data: bytes) -> None:
         deidentify(data, Pseudonyms(b"k" * 32), retain_dates=False)
 
 
-def test_tag_morphing_refuses_an_object_it_cannot_write_back() -> None:
+@pytest.mark.parametrize("data", [UNKNOWN_SYNTAX, UNKNOWN_VR], ids=["syntax", "vr"])
+def test_tag_morphing_refuses_an_object_it_cannot_read_or_write_back(data: bytes) -> None:
     with pytest.raises(PermanentError):
-        MORPH.apply(UNKNOWN_SYNTAX)
-    assert b"Fuzz Hospital" in MORPH.apply(dicom_seeds()["original.dcm"])
+        MORPH.apply(data)
+    morphed = MORPH.apply(dicom_seeds()["original.dcm"])
+    assert b"Fuzz Hospital" in morphed and b"FUZZ Clinical pho" in morphed
 
 
 def test_the_frame_reader_refuses_a_file_without_pixel_data() -> None:

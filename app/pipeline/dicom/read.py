@@ -33,12 +33,15 @@ def rewrite_header(data: bytes, change: Callable[[Dataset], None]) -> bytes:
     up to Pixel Data are re-encoded, Pixel Data and whatever follows it are kept byte for
     byte (an encapsulated JPEG stays exactly the one received).
 
-    Guarantees: raises :class:`UnreadableDicomError` when ``data`` cannot be parsed or the
+    Guarantees: raises :class:`UnreadableDicomError` when ``data`` cannot be parsed (its
+    top-level values included, which pydicom otherwise decodes only when first read) or the
     changed header cannot be encoded; what ``change`` raises passes through unchanged.
     """
     source = io.BytesIO(data)
     try:
         ds = pydicom.dcmread(source, stop_before_pixels=True)
+        for _element in ds:  # decodes each value now: an unknown VR fails here, not in change
+            pass
     except Exception as exc:  # pydicom raises many types for bad input
         raise UnreadableDicomError(f"not a readable DICOM file ({type(exc).__name__})") from exc
     pixel_start = source.tell()
