@@ -47,7 +47,7 @@ from app.pipeline.geometry import (
 )
 from app.pipeline.outline import SeedOutsideImageError, outline_photo
 from app.settings import Settings
-from app.workflow import accounts, audit, corrections, delivery
+from app.workflow import accounts, audit, corrections, delivery, retention
 from app.workflow.accounts import AccountError, create_user
 from app.workflow.batch import (
     IMPORT_STORAGE_FULL,
@@ -646,6 +646,81 @@ def _rejection_json(done: corrections.Rejection) -> dict[str, object]:
     return {"rejected": list(done.rejected), "kos_sop_instance_uid": done.kos_sop_uid,
             "reason": done.reason.value, "document_title": done.reason.document_title.value,
             "study_instance_uid": done.study_uid}
+
+
+@cli.group("retention")
+def retention_group() -> None:
+    """Retention: the dry-run report, the purge, legal holds (rules: EBIW_RETENTION_RULES_FILE)."""
+
+
+@retention_group.command("report")
+def retention_report() -> None:
+    """Dry run, changes nothing: prints {"as_of", "studies", "due": [...], "held": [...],
+    "undetermined": [...]}, each entry a study's UID, rule, due date and file count."""
+    services = _ready_services()
+    try:
+        _emit(retention.report(services).as_json())
+    except retention.RetentionError as exc:
+        _emit({"error": str(exc)})
+        sys.exit(1)
+
+
+@retention_group.command("purge")
+@click.option("--study", "studies", multiple=True, metavar="STUDY_INSTANCE_UID",
+              help="Purge only these studies (each must be due); default: all that are due.")
+def retention_purge(studies: tuple[str, ...]) -> None:
+    """Purge what the report lists as due: a 113039 rejection note to every PACS, the files
+    deleted, audited; prints {"purged": [...]}. Legal holds are never purged."""
+    services = _ready_services()
+    try:
+        done = retention.purge(services, actor=_cli_actor(), studies=list(studies) or None)
+    except retention.RetentionError as exc:
+        _emit({"error": str(exc)})
+        sys.exit(1)
+    _emit({"purged": [p.as_json() for p in done]})
+
+
+def _hold_options(command: Callable[..., None]) -> Callable[..., None]:
+    for option in reversed((
+            click.option("--study", "study_uid", metavar="STUDY_INSTANCE_UID"),
+            click.option("--patient-id", metavar="MRN", help="A patient: every study of theirs."),
+            click.option("--issuer", help="Issuer of Patient ID (with --patient-id)."))):
+        command = option(command)
+    return command
+
+
+@retention_group.command("hold")
+@_hold_options
+@click.option("--reason", required=True, help="Why (kept with the hold and audited).")
+def retention_hold(study_uid: str | None, patient_id: str | None, issuer: str | None,
+                   reason: str) -> None:
+    """Put a study, or every study of a patient, on legal hold: never purged until released."""
+    _hold_action(lambda services, target: retention.set_hold(
+        services, target, reason, actor=_cli_actor()), study_uid, patient_id, issuer, True)
+
+
+@retention_group.command("release")
+@_hold_options
+def retention_release(study_uid: str | None, patient_id: str | None,
+                      issuer: str | None) -> None:
+    """Release the legal hold of a study or a patient."""
+    _hold_action(lambda services, target: retention.release_hold(
+        services, target, actor=_cli_actor()), study_uid, patient_id, issuer, False)
+
+
+def _hold_action(action: Callable[[Services, retention.HoldTarget], None],
+                 study_uid: str | None, patient_id: str | None, issuer: str | None,
+                 held: bool) -> None:
+    """Run a hold or release; prints {"scope", "held", "study_instance_uid"?} or an error."""
+    services = _ready_services()
+    try:
+        target = retention.HoldTarget(study_uid, issuer, patient_id)
+        action(services, target)
+    except retention.RetentionError as exc:
+        _emit({"error": str(exc)})
+        sys.exit(1)
+    _emit({"scope": target.scope, "held": held,
+           **({"study_instance_uid": study_uid} if study_uid else {})})
 
 
 def _seed(_ctx: click.Context, _param: click.Parameter, value: str) -> tuple[int, int]:

@@ -18,6 +18,7 @@ from app.web.auth import bp as auth_bp
 from app.web.auth.oidc import init_app as init_oidc
 from app.web.batch import init_app as init_batch
 from app.web.corrections import bp as corrections_bp
+from app.web.retention import bp as retention_bp
 from app.web.dicomweb import bp as dicomweb_bp
 from app.web.errors import register_error_handlers
 from app.web.exports import bp as exports_bp
@@ -70,6 +71,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(wounds_bp)
     app.register_blueprint(exports_bp)
     app.register_blueprint(corrections_bp)
+    app.register_blueprint(retention_bp)
     init_audit(app)
     init_timing(app, always=settings.server_timing)
     return app

@@ -92,6 +92,8 @@ class Settings:
     # Corrections (app/workflow/corrections.py): the clinician who captured a study may
     # correct it this long after capturing it (0: admins only)
     correction_window_minutes: int = 0
+    # Retention rules (app/workflow/retention.py; README "Retention"): JSON, or TOML by suffix
+    retention_rules_file: Path | None = None
     session_lifetime_hours: int = 12
     # Login lockout, rate limits, proxies (app/web/security.py; README "Security")
     login_max_failures: int = 5  # failed logins in a row that lock a username; 0: never

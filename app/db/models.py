@@ -147,6 +147,8 @@ class CaptureSession(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     utc_offset_minutes: Mapped[int] = mapped_column(Integer, default=0)
     completed_at: Mapped[datetime | None]
+    # Retention (app/workflow/retention.py): set when a purge deleted the study's files
+    purged_at: Mapped[datetime | None]
     photos: Mapped[list[Photo]] = relationship(back_populates="session",
                                                order_by="Photo.instance_number")
     identification: Mapped[SessionIdentification | None] = relationship(lazy="joined")
@@ -213,11 +215,30 @@ class Instance(Base):
     rejected_at: Mapped[datetime | None]
     rejection_code: Mapped[str | None] = mapped_column(String(16))
     rejected_by_kos: Mapped[str | None] = mapped_column(String(64))
+    # Retention: set when a purge deleted the file (the row stays, rejected, as the record)
+    purged_at: Mapped[datetime | None]
 
     @classmethod
     def shown(cls) -> ColumnElement[bool]:
         """SQL: the instances every reader may see (not rejected)."""
         return cls.rejected_at.is_(None)
+
+
+class LegalHold(Base):
+    """A legal hold: a retention purge never touches the study (``study_uid``) or any study
+    of the patient (``issuer``, ``patient_id``) while the row exists; exactly one of the two
+    is set. Releasing the hold deletes the row (both are audited)."""
+
+    __tablename__ = "legal_hold"
+    __table_args__ = (UniqueConstraint("study_uid"), UniqueConstraint("issuer", "patient_id"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    study_uid: Mapped[str | None] = mapped_column(String(64))
+    issuer: Mapped[str | None] = mapped_column(String(64))
+    patient_id: Mapped[str | None] = mapped_column(String(64))
+    reason: Mapped[str] = mapped_column(String(256))
+    set_by: Mapped[str] = mapped_column(String(128))
+    set_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Quantity(StrEnum):

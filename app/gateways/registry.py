@@ -126,12 +126,15 @@ class Registry:
 def build_registry(settings: Settings) -> Registry:
     """The registry of ``settings``: destinations from ``EBIW_DESTINATIONS_FILE`` (none without
     it) and the EMR notifiers. Raises :class:`SettingsError` on any configuration problem."""
-    config = _read(settings.destinations_file) if settings.destinations_file else {}
+    config = read_config(settings.destinations_file, "EBIW_DESTINATIONS_FILE") \
+        if settings.destinations_file else {}
     return registry_from_config(config, build_notifiers(settings))
 
 
-def _read(path: Path) -> Mapping[str, Any]:
-    where = "EBIW_DESTINATIONS_FILE"
+def read_config(path: Path, where: str) -> Mapping[str, Any]:
+    """The object in the JSON file ``path`` (TOML when its name ends in ``.toml``); raises
+    :class:`SettingsError`, naming the variable ``where``, when it cannot be read or parsed or
+    holds no object."""
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:

@@ -150,6 +150,9 @@ CATALOGUE: dict[str, EventCode] = {
     "correction.reject": _INSTANCES_REJECTED,  # IOCM rejection note (app/workflow/corrections)
     "correction.patient": _INSTANCES_CORRECTED,  # a study moved to the right patient
     "correction.notice": _INSTANCES_CORRECTED,  # the capturing clinician's notice of it
+    "retention.purge": _INSTANCES_REJECTED,  # a study's files deleted (app/workflow/retention)
+    "retention.hold": _RECORD_UPDATE,  # a legal hold set on a study or a patient
+    "retention.release": _RECORD_UPDATE,  # ... and released
     "dicom.receive": _INSTANCES_CREATED,  # an object from another device (STOW-RS, C-STORE)
     "prior.read": _TRANSFERRED,  # the prior photo rendered for the camera overlay (issue 16)
     "wound.read": _RECORD_READ,  # a wound's healing trajectory page (issue 17)

@@ -1,13 +1,14 @@
 """Corrections as IHE IOCM describes them: reject instances, move a study to the right patient.
 
-One path does every rejection (:func:`_reject`): a Key Object Selection rejection note
+One path does every rejection (:func:`reject_rows`): a Key Object Selection rejection note
 (`app.pipeline.dicom.kos`) with the reason's Document Title is stored in a new series of the
 study, the rejected instances are marked (``instance.rejected_at``, ``rejection_code``,
 ``rejected_by_kos``: hidden from QIDO-RS, WADO-RS, the viewer and the EMR, kept on disk for
 audit), the note is queued to every PACS destination and the study's EMR notices re-queued
 (the ImagingStudy then lists the study without them, or is ``entered-in-error`` when nothing
 is left), and the rejection is audited. :func:`reject` and :func:`move_to_patient` call it;
-a patient merge or a retention purge would call it with their own reason.
+a retention purge (`app.workflow.retention`) calls it with 113039, and a patient merge
+would call it with its own reason.
 
 Each correction is one database transaction: the files it writes (the note, the corrected
 copies) are written durably before the commit, as the intake does, so a crash leaves either
@@ -121,7 +122,7 @@ def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: 
             {u for u in (pair.sop_uid, pair.normalized_sop_uid) if u}
         rows = db.scalars(select(Instance).where(Instance.sop_uid.in_(uids), Instance.shown())
                           .order_by(Instance.stored_at, Instance.sop_uid)).all()
-        return _reject(services, db, session, rows, reason, actor=actor)
+        return reject_rows(services, db, session, rows, reason, actor=actor)
 
 
 def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer: str,
@@ -175,7 +176,7 @@ def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer:
                 copy, attributes)
             services.intake.outbox.enqueue_photo(db, new, stored)
         new.photo_count = _copy_index_rows(db, old, new, uids)
-        rejection = _reject(services, db, old, rows, RejectionReason.PATIENT_SAFETY,
+        rejection = reject_rows(services, db, old, rows, RejectionReason.PATIENT_SAFETY,
                             actor=actor, detail={"moved_to_study": new.study_uid})
         copies = {r.sop_uid: uids[r.sop_uid] for r in rows}
         entities = (audit.patient_ref(old.patient_id, old.issuer),
@@ -214,9 +215,9 @@ def rejected_photos(db: Session, study_uids: Sequence[str]) -> dict[str, list[di
 # --- the one rejection path ------------------------------------------------------------------
 
 
-def _reject(services: Services, db: Session, session: CaptureSession, rows: Sequence[Instance],
-            reason: RejectionReason, *, actor: str, detail: dict[str, object] | None = None
-            ) -> Rejection:
+def reject_rows(services: Services, db: Session, session: CaptureSession,
+                rows: Sequence[Instance], reason: RejectionReason, *, actor: str,
+                detail: dict[str, object] | None = None) -> Rejection:
     """In ``db``'s transaction: store the rejection note of ``rows`` (instances of
     ``session``'s study), mark them, queue the note and the study's EMR notices, audit.
 

@@ -39,7 +39,8 @@ def cli_env(d: Deployment) -> dict[str, str]:
            "EBIW_EMR_MLLP_ADDRESS": settings.emr_mllp_address,
            "EBIW_EMR_FHIR_URL": settings.emr_fhir_url,
            "EBIW_COLOR_NORMALIZATION": "1" if settings.color_normalization else "0",
-           "EBIW_DATABASE_URL": settings.database_url or ""}
+           "EBIW_DATABASE_URL": settings.database_url or "",
+           "EBIW_RETENTION_RULES_FILE": str(settings.retention_rules_file or "")}
 
 
 def ebiw(d: Deployment, *args: str) -> Result:

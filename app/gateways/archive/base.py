@@ -66,6 +66,12 @@ class Archive(Protocol):
         """Write ``data`` over an indexed instance's stored copy (atomically)."""
         ...
 
+    def delete(self, instance: Instance) -> None:
+        """Remove an indexed instance's stored copy for good (the index row stays, the
+        caller's to mark); already gone is not an error, so a rerun finishes a deletion.
+        Raises :class:`ArchiveUnavailableError` (an ``OSError``) when the store refuses."""
+        ...
+
     def check(self) -> str:
         """``ok`` when instances can be stored now, else a short reason without PHI."""
         ...

@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.orm import Session
 
 from app.db.models import Instance
-from app.durable import write_durably
+from app.durable import fsync_dir, write_durably
 from app.gateways.archive.base import InstanceKey, store_indexed
 
 
@@ -48,6 +48,14 @@ class LocalArchive:
     def restore(self, instance: Instance, data: bytes) -> None:
         """Write ``data`` over an indexed instance's file, atomically and durably."""
         write_durably(self.path(instance), data)
+
+    def delete(self, instance: Instance) -> None:
+        """Unlink the instance's file and sync its directory, so the deletion survives a
+        crash; a file already gone is fine."""
+        path = self.path(instance)
+        path.unlink(missing_ok=True)
+        if path.parent.exists():
+            fsync_dir(path.parent)
 
     def check(self) -> str:
         """``ok`` when the archive folder can be written to, else why not (no PHI)."""

@@ -94,6 +94,17 @@ class ObjectStoreArchive:
         """Put ``data`` over an indexed instance's object (one atomic PUT)."""
         self._put(self.key(instance), data, hashlib.sha256(data).hexdigest(), only_new=False)
 
+    def delete(self, instance: Instance) -> None:
+        """Delete the instance's object (S3 answers 204 whether or not it existed)."""
+        try:
+            self.client.delete_object(Bucket=self.bucket, Key=self.key(instance))
+        except ClientError as exc:
+            raise ArchiveUnavailableError(f"object store DELETE failed ({_status(exc)})") \
+                from exc
+        except BotoCoreError as exc:
+            raise ArchiveUnavailableError(
+                f"object store DELETE failed ({type(exc).__name__})") from exc
+
     def check(self) -> str:
         """``ok`` when the bucket answers, else why not (status or error type, no PHI)."""
         try:

@@ -1,0 +1,86 @@
+"""Retention, an admin page: ``GET /admin/retention`` shows the dry-run report (studies due,
+held, undetermined) and the legal holds; ``POST /admin/retention/purge`` purges the studies the
+page listed (each still due, and the confirmation box ticked), ``POST /admin/retention/hold``
+and ``/admin/retention/release`` set and release a legal hold on a study or a patient. Forms
+carry the session's CSRF token; a patient's ID goes in the form body, never in a URL. The
+workflow (``app.workflow.retention``) audits each action with the logged-in admin as the actor;
+a refused one answers 422 with the reason (no PHI) and changes nothing.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from flask import Blueprint, Response, g, render_template, request
+
+from app.web import services
+from app.web.auth import current_login, require
+from app.workflow import retention
+
+bp = Blueprint("retention", __name__, url_prefix="/admin")
+
+
+def _page(status: int = 200, **context: Any) -> tuple[Response, int]:
+    """The page with the report as of now (or why there is none) and the holds."""
+    login = current_login()
+    try:
+        report, report_error = retention.report(services()), None
+    except retention.RetentionError as exc:
+        report, report_error = None, str(exc)
+    response = Response(render_template(
+        "retention/index.html", csrf_token=login.csrf_token if login else "", report=report,
+        report_error=report_error, holds=retention.holds(services()),
+        **{"purged": None, "done": None, "error": None, **context}))
+    response.headers["Cache-Control"] = "no-store"
+    return response, status
+
+
+def _target() -> retention.HoldTarget:
+    form = request.form
+    return retention.HoldTarget(form.get("study", "").strip() or None,
+                                form.get("issuer", "").strip() or None,
+                                form.get("patient_id", "").strip() or None)
+
+
+@bp.get("/retention")
+@require("admin")
+def retention_page() -> tuple[Response, int]:
+    return _page()
+
+
+@bp.post("/retention/purge")
+@require("admin")
+def purge_submit() -> tuple[Response, int]:
+    studies = [uid.strip() for uid in request.form.getlist("study") if uid.strip()]
+    if request.form.get("confirm") != "yes":
+        return _page(422, error="tick the box to confirm the purge")
+    if not studies:
+        return _page(422, error="no study is due")
+    try:
+        done = retention.purge(services(), actor=g.caller.user, studies=studies)
+    except retention.RetentionError as exc:
+        return _page(422, error=str(exc))
+    return _page(purged=done)
+
+
+@bp.post("/retention/hold")
+@require("admin")
+def hold_submit() -> tuple[Response, int]:
+    try:
+        target = _target()
+        retention.set_hold(services(), target, request.form.get("reason", ""),
+                           actor=g.caller.user)
+    except retention.RetentionError as exc:
+        return _page(422, error=str(exc))
+    return _page(done=f"The {target.scope} is on legal hold.")
+
+
+@bp.post("/retention/release")
+@require("admin")
+def release_submit() -> tuple[Response, int]:
+    try:
+        target = _target()
+        retention.release_hold(services(), target, actor=g.caller.user)
+    except retention.RetentionError as exc:
+        return _page(422, error=str(exc))
+    return _page(done=f"The {target.scope}'s legal hold is released.")

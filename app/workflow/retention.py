@@ -1,0 +1,492 @@
+"""Retention: which studies are due for deletion under the rules, legal holds, and the purge.
+
+**Rules** (``EBIW_RETENTION_RULES_FILE``, JSON or TOML): a ``default`` rule and ordered
+``rules``, each matching a study by department and body site (SNOMED CT code); the first that
+matches decides, else the default. A rule keeps a study ``years_after_last_study`` years after
+the patient's last study with us (local date), and, with ``minor_age``, a patient younger than
+that at their last study at least until their ``minor_age`` birthday plus
+``minor_years_after_age`` years (the later date decides). A rule with a minor clause cannot
+date a study whose birth date is unknown: such a study is reported as undetermined, never due.
+
+**Legal holds** (``legal_hold`` rows) on a study or on every study of a patient: a held study is
+listed in the report, never purged. Setting and releasing a hold are audited.
+
+**Purge**, per due study, in this order so that a crash leaves no half state and a rerun
+finishes: (1) one transaction rejects the study's shown instances through the one rejection
+path (:func:`app.workflow.corrections.reject_rows`: a 113039 "Data Retention Policy Expired" KOS
+stored durably, the instances marked, the note queued to every PACS destination, the EMR
+notices re-queued: ``entered-in-error`` as nothing is left) and drops the pending or dead PACS
+deliveries of the instances (their files are about to go); (2) the files of the study's
+instances, the rejection notes excepted, are deleted from the archive (already gone is fine);
+(3) one transaction marks the instances and the study purged (``purged_at``) and audits
+``retention.purge``. A study whose instances a 113039 note rejected but whose files are not
+all purged is *interrupted* and always finished first (unless held), whatever the rules say now.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
+from typing import Any
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from app.db.models import (
+    CaptureSession,
+    Delivery,
+    DeliveryKind,
+    DeliveryStatus,
+    Instance,
+    LegalHold,
+    utcnow,
+)
+from app.gateways.registry import read_config
+from app.pipeline.dicom.kos import KOS_SOP_CLASS_UID, RejectionReason
+from app.settings import Settings, SettingsError
+from app.workflow import audit
+from app.workflow.corrections import CorrectionError, reject_rows
+from app.workflow.services import Services
+
+RULES_VARIABLE = "EBIW_RETENTION_RULES_FILE"
+RETENTION_CODE = RejectionReason.RETENTION.document_title.value  # 113039
+
+
+class RetentionError(Exception):
+    """The retention action cannot be done (no rules, an unknown study, not due, held,
+    purged already...); nothing was changed. The message names UIDs at most, never PHI."""
+
+
+# --- rules ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One retention rule: which studies it takes (empty: any) and how long it keeps them."""
+
+    name: str
+    years_after_last_study: int
+    minor_age: int | None = None
+    minor_years_after_age: int = 0
+    departments: frozenset[str] = frozenset()
+    body_sites: frozenset[str] = frozenset()
+
+    def matches(self, department: str | None, body_site: str | None) -> bool:
+        """Whether a study of ``department`` and ``body_site`` falls under this rule."""
+        return (not self.departments or department in self.departments) and \
+            (not self.body_sites or body_site in self.body_sites)
+
+    def keep_until(self, last_study: date, birth_date: date | None) -> date | None:
+        """The first day the study may be purged: ``years_after_last_study`` after the last
+        study, or for a minor at that study the later of that and their ``minor_age``
+        birthday plus ``minor_years_after_age`` years. None when the rule has a minor clause
+        and the birth date is unknown (the day cannot be told)."""
+        after_last = _add_years(last_study, self.years_after_last_study)
+        if self.minor_age is None:
+            return after_last
+        if birth_date is None:
+            return None
+        if _age(birth_date, last_study) >= self.minor_age:
+            return after_last
+        return max(after_last,
+                   _add_years(birth_date, self.minor_age + self.minor_years_after_age))
+
+
+@dataclass(frozen=True)
+class Rules:
+    """The ordered rules and the default: the first rule that matches a study decides."""
+
+    default: Rule
+    rules: tuple[Rule, ...] = ()
+
+    def rule_for(self, department: str | None, body_site: str | None) -> Rule:
+        """The rule that decides for a study of ``department`` and ``body_site``."""
+        return next((r for r in self.rules if r.matches(department, body_site)), self.default)
+
+
+def load_rules(settings: Settings) -> Rules:
+    """The rules of ``EBIW_RETENTION_RULES_FILE``; :class:`RetentionError` when it is not set
+    or not valid (the message says what is wrong)."""
+    if settings.retention_rules_file is None:
+        raise RetentionError(f"no retention rules: set {RULES_VARIABLE}")
+    try:
+        return rules_from_config(read_config(settings.retention_rules_file, RULES_VARIABLE))
+    except SettingsError as exc:
+        raise RetentionError(str(exc)) from exc
+
+
+def rules_from_config(config: Mapping[str, Any]) -> Rules:
+    """Parse ``{"default": {...}, "rules": [{...}, ...]}``; :class:`SettingsError` naming the
+    rule and the field for anything missing, unknown or of the wrong type."""
+    if not isinstance(config.get("default"), dict):
+        raise SettingsError(f"{RULES_VARIABLE}: a [default] rule is required")
+    listed = config.get("rules", [])
+    if not isinstance(listed, list) or not all(isinstance(r, dict) for r in listed):
+        raise SettingsError(f"{RULES_VARIABLE}: rules must be a list of tables")
+    unknown = set(config) - {"default", "rules"}
+    if unknown:
+        raise SettingsError(f"{RULES_VARIABLE}: unknown key {sorted(unknown)[0]}")
+    default = _rule(dict(config["default"]), "default", matching=False)
+    rules = tuple(_rule(dict(r), f"rules[{n}]", matching=True) for n, r in enumerate(listed))
+    if len({r.name for r in rules} | {"default"}) != len(rules) + 1:
+        raise SettingsError(f"{RULES_VARIABLE}: rule names must be unique (and not default)")
+    return Rules(default=default, rules=rules)
+
+
+_FIELDS = {"name", "department", "body_site", "years_after_last_study", "minor_age",
+           "minor_years_after_age"}
+
+
+def _rule(raw: dict[str, Any], where: str, *, matching: bool) -> Rule:
+    where = f"{RULES_VARIABLE}: {where}"
+    unknown = set(raw) - (_FIELDS if matching else _FIELDS - {"name", "department",
+                                                               "body_site"})
+    if unknown:
+        raise SettingsError(f"{where}: unknown or misplaced key {sorted(unknown)[0]}")
+    name = raw.get("name") if matching else "default"
+    if not isinstance(name, str) or not name:
+        raise SettingsError(f"{where}: name is required")
+
+    def years(key: str, required: bool) -> int | None:
+        value = raw.get(key)
+        if value is None and not required:
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 200:
+            raise SettingsError(f"{where}: {key} must be a whole number of years (0-200)")
+        return value
+
+    def names(key: str) -> frozenset[str]:
+        value = raw.get(key, [])
+        value = [value] if isinstance(value, str) else value
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise SettingsError(f"{where}: {key} must be a string or a list of strings")
+        return frozenset(value)
+
+    kept = years("years_after_last_study", True)
+    assert kept is not None  # required
+    return Rule(name=name, years_after_last_study=kept, minor_age=years("minor_age", False),
+                minor_years_after_age=years("minor_years_after_age", False) or 0,
+                departments=names("department"), body_sites=names("body_site"))
+
+
+def _add_years(day: date, years: int) -> date:
+    """``day`` ``years`` later; 29 February becomes 1 March in a common year (never early)."""
+    try:
+        return day.replace(year=day.year + years)
+    except ValueError:
+        return date(day.year + years, 3, 1)
+
+
+def _age(birth: date, on: date) -> int:
+    """Age in completed years on ``on``."""
+    return on.year - birth.year - ((on.month, on.day) < (birth.month, birth.day))
+
+
+# --- the report -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Assessment:
+    """What the rules say of one study: its rule, the first day it may be purged (None:
+    undetermined), its hold (``study``, ``patient`` or None), its unpurged files, and whether
+    a purge of it was interrupted."""
+
+    study_uid: str
+    rule: str
+    due_date: date | None
+    hold: str | None
+    files: int
+    interrupted: bool
+
+    def as_json(self) -> dict[str, Any]:
+        """The report's entry: UIDs, rule, dates and counts only (no PHI)."""
+        return {"study_instance_uid": self.study_uid, "rule": self.rule,
+                "due_date": self.due_date.isoformat() if self.due_date else None,
+                "files": self.files, "interrupted": self.interrupted,
+                **({"hold": self.hold} if self.hold else {})}
+
+
+@dataclass(frozen=True)
+class Report:
+    """The dry run: studies due (to purge), due but held, and undetermined."""
+
+    as_of: date
+    due: list[Assessment] = field(default_factory=list)
+    held: list[Assessment] = field(default_factory=list)
+    undetermined: list[Assessment] = field(default_factory=list)
+    studies: int = 0
+
+    def as_json(self) -> dict[str, Any]:
+        """``{"as_of", "studies", "due": [...], "held": [...], "undetermined": [...]}``."""
+        return {"as_of": self.as_of.isoformat(), "studies": self.studies,
+                "due": [a.as_json() for a in self.due],
+                "held": [a.as_json() for a in self.held],
+                "undetermined": [a.as_json() for a in self.undetermined]}
+
+
+def report(services: Services, today: date | None = None) -> Report:
+    """The dry run under the configured rules on ``today`` (UTC date by default); changes
+    nothing. Raises :class:`RetentionError` when the rules are missing or invalid."""
+    rules = load_rules(services.settings)
+    with services.db.session() as db:
+        return assess(db, rules, today or datetime.now(UTC).date())
+
+
+def assess(db: Session, rules: Rules, today: date) -> Report:
+    """Every study with files left to purge, judged by ``rules`` on ``today``: due (the day
+    has come, not held; interrupted purges first), held, or undetermined. Reads only."""
+    files = dict(db.execute(
+        select(Instance.study_uid, func.count()).where(
+            Instance.purged_at.is_(None), Instance.sop_class_uid != KOS_SOP_CLASS_UID)
+        .group_by(Instance.study_uid)).tuples().all())
+    interrupted = set(db.scalars(select(Instance.study_uid).where(
+        Instance.rejection_code == RETENTION_CODE, Instance.purged_at.is_(None),
+        Instance.sop_class_uid != KOS_SOP_CLASS_UID).distinct()))
+    sessions = db.scalars(select(CaptureSession).order_by(CaptureSession.created_at)).all()
+    last: dict[tuple[str, str], date] = {}
+    for s in sessions:
+        key = (s.issuer, s.patient_id)
+        last[key] = max(last.get(key, date.min), _local_date(s))
+    held_studies = set(db.scalars(select(LegalHold.study_uid)
+                                  .where(LegalHold.study_uid.is_not(None))))
+    held_patients = set(db.execute(select(LegalHold.issuer, LegalHold.patient_id)
+                                   .where(LegalHold.patient_id.is_not(None))).tuples())
+    due: list[Assessment] = []
+    held: list[Assessment] = []
+    undetermined: list[Assessment] = []
+    count = 0
+    for s in sessions:
+        if s.purged_at is not None or not files.get(s.study_uid):
+            continue
+        count += 1
+        rule = rules.rule_for(s.department, s.body_site)
+        day = rule.keep_until(last[(s.issuer, s.patient_id)], s.birth_date)
+        hold = "study" if s.study_uid in held_studies else \
+            "patient" if (s.issuer, s.patient_id) in held_patients else None
+        stopped = s.study_uid in interrupted
+        entry = Assessment(s.study_uid, rule.name, day, hold, files[s.study_uid], stopped)
+        if day is None and not stopped:
+            undetermined.append(entry)
+        elif stopped or (day is not None and day <= today):
+            (held if hold else due).append(entry)
+    due.sort(key=lambda a: (not a.interrupted, a.due_date or date.min, a.study_uid))
+    return Report(as_of=today, due=due, held=held, undetermined=undetermined, studies=count)
+
+
+def _local_date(session: CaptureSession) -> date:
+    """The study's date where it was captured."""
+    created = session.created_at
+    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created
+    return (created + timedelta(minutes=session.utc_offset_minutes)).date()
+
+
+# --- the purge --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Purged:
+    """One purged study: its rejection note (None when nothing was left shown to reject) and
+    the files deleted."""
+
+    study_uid: str
+    rule: str
+    due_date: date | None
+    kos_sop_uid: str | None
+    rejected: tuple[str, ...]
+    deleted: int
+
+    def as_json(self) -> dict[str, Any]:
+        """The purge's entry: UIDs and counts only."""
+        return {"study_instance_uid": self.study_uid, "rule": self.rule,
+                "due_date": self.due_date.isoformat() if self.due_date else None,
+                "kos_sop_instance_uid": self.kos_sop_uid, "rejected": list(self.rejected),
+                "deleted_files": self.deleted}
+
+
+def purge(services: Services, *, actor: str, studies: Sequence[str] | None = None,
+          today: date | None = None) -> list[Purged]:
+    """Purge what :func:`report` lists as due now: every due study, or only ``studies``.
+
+    Guarantees: a study held, not due, unknown or purged already is never touched; naming
+    one in ``studies`` raises :class:`RetentionError` before anything changes. Each study
+    goes through the three steps of the module's docstring; on return each listed one is
+    purged (files deleted, rows marked, audited with ``actor``). A failure (the archive
+    cannot be read or deleted from) raises after the studies before it were purged; the
+    failed one is left rejected or untouched, and a rerun finishes it.
+    """
+    rules = load_rules(services.settings)
+    with services.db.session() as db:
+        found = assess(db, rules, today or datetime.now(UTC).date())
+        if studies is not None:
+            due = {a.study_uid: a for a in found.due}
+            for uid in studies:
+                if uid not in due:
+                    raise RetentionError(_why_not(db, found, uid))
+            chosen = [due[uid] for uid in dict.fromkeys(studies)]
+        else:
+            chosen = found.due
+    return [_purge_one(services, entry, actor) for entry in chosen]
+
+
+def _why_not(db: Session, found: Report, study_uid: str) -> str:
+    """Why ``study_uid`` is not due, without PHI."""
+    session = db.scalar(select(CaptureSession).where(CaptureSession.study_uid == study_uid))
+    if session is None:
+        return f"no study of ours has Study Instance UID {study_uid}"
+    if session.purged_at is not None:
+        return f"study {study_uid} was purged already"
+    if any(a.study_uid == study_uid for a in found.held):
+        return f"study {study_uid} is on legal hold"
+    if any(a.study_uid == study_uid for a in found.undetermined):
+        return f"study {study_uid} cannot be dated (birth date unknown); it is not due"
+    return f"study {study_uid} is not due for purging"
+
+
+def _purge_one(services: Services, entry: Assessment, actor: str) -> Purged:
+    """The three steps for one due study (see the module docstring)."""
+    detail: dict[str, object] = {"rule": entry.rule, "due_date": entry.due_date.isoformat()
+                                 if entry.due_date else None}
+    with services.db.session() as db:
+        session = db.scalar(select(CaptureSession).where(
+            CaptureSession.study_uid == entry.study_uid))
+        assert session is not None  # assessed just now; sessions are never deleted
+        shown = db.scalars(select(Instance).where(
+            Instance.study_uid == entry.study_uid, Instance.shown(),
+            Instance.sop_class_uid != KOS_SOP_CLASS_UID)
+            .order_by(Instance.stored_at, Instance.sop_uid)).all()
+        rejection = None
+        if shown:
+            try:
+                rejection = reject_rows(services, db, session, shown, RejectionReason.RETENTION,
+                                    actor=actor, detail=detail)
+            except CorrectionError as exc:
+                raise RetentionError(str(exc)) from exc
+        doomed = _unpurged(db, entry.study_uid)
+        db.execute(delete(Delivery).where(
+            Delivery.kind == DeliveryKind.PACS, Delivery.study_uid == entry.study_uid,
+            Delivery.sop_uid.in_([r.sop_uid for r in doomed]),
+            or_(Delivery.status == DeliveryStatus.PENDING,
+                Delivery.status == DeliveryStatus.DEAD)))
+    with services.db.session() as db:
+        doomed = _unpurged(db, entry.study_uid)
+        for row in doomed:
+            try:
+                services.archive.delete(row)
+            except OSError as exc:
+                raise RetentionError(f"the archive could not delete the files of study "
+                                     f"{entry.study_uid} ({type(exc).__name__}); rerun the "
+                                     "purge to finish it") from exc
+        now = utcnow()
+        uids = [r.sop_uid for r in doomed]
+        db.execute(update(Instance).where(Instance.sop_uid.in_(uids)).values(purged_at=now)
+                   .execution_options(synchronize_session=False))
+        session = db.scalar(select(CaptureSession).where(
+            CaptureSession.study_uid == entry.study_uid))
+        assert session is not None
+        session.purged_at = now
+        kos = rejection.kos_sop_uid if rejection else None
+        audit.record(db, actor, "retention.purge",
+                     audit.patient_ref(session.patient_id, session.issuer),
+                     audit.study_ref(entry.study_uid), *(audit.instance_ref(u) for u in uids),
+                     outcome=audit.SUCCESS, node=services.settings.node,
+                     detail={**detail, "kos": kos, "deleted": uids})
+    return Purged(entry.study_uid, entry.rule, entry.due_date, kos,
+                  rejection.rejected if rejection else (), len(uids))
+
+
+def _unpurged(db: Session, study_uid: str) -> Sequence[Instance]:
+    """The study's instances whose files are still archived, the rejection notes excepted."""
+    return db.scalars(select(Instance).where(
+        Instance.study_uid == study_uid, Instance.purged_at.is_(None),
+        Instance.sop_class_uid != KOS_SOP_CLASS_UID).order_by(Instance.sop_uid)).all()
+
+
+# --- legal holds ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class HoldTarget:
+    """A study (``study_uid``) or a patient (``issuer``, ``patient_id``) to hold."""
+
+    study_uid: str | None = None
+    issuer: str | None = None
+    patient_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if bool(self.study_uid) == bool(self.patient_id and self.issuer):
+            raise RetentionError("name either a study, or a patient ID with its issuer")
+
+    @property
+    def scope(self) -> str:
+        """``study`` or ``patient``."""
+        return "study" if self.study_uid else "patient"
+
+
+def set_hold(services: Services, target: HoldTarget, reason: str, *, actor: str) -> None:
+    """Put ``target`` on legal hold, audited. :class:`RetentionError`, changing nothing, for
+    an empty reason, a study or patient without any study of ours, or one held already."""
+    if not reason.strip():
+        raise RetentionError("give the reason of the legal hold")
+    with services.db.session() as db:
+        session = _held_session(db, target)
+        if _hold(db, target) is not None:
+            raise RetentionError(f"this {target.scope} is on legal hold already")
+        db.add(LegalHold(study_uid=target.study_uid, issuer=target.issuer if target.patient_id
+                         else None, patient_id=target.patient_id, reason=reason.strip()[:256],
+                         set_by=actor))
+        _audit_hold(services, db, "retention.hold", actor, target, session,
+                    {"reason": reason.strip()})
+
+
+def release_hold(services: Services, target: HoldTarget, *, actor: str) -> None:
+    """Release the legal hold of ``target``, audited; :class:`RetentionError`, changing
+    nothing, when it is not held."""
+    with services.db.session() as db:
+        session = _held_session(db, target)
+        row = _hold(db, target)
+        if row is None:
+            raise RetentionError(f"this {target.scope} is not on legal hold")
+        db.delete(row)
+        _audit_hold(services, db, "retention.release", actor, target, session,
+                    {"held_since": row.set_at.isoformat(), "held_by": row.set_by})
+
+
+def holds(services: Services) -> list[LegalHold]:
+    """Every legal hold, oldest first (detached rows)."""
+    with services.db.session() as db:
+        rows = db.scalars(select(LegalHold).order_by(LegalHold.set_at, LegalHold.id)).all()
+        db.expunge_all()
+        return list(rows)
+
+
+def _held_session(db: Session, target: HoldTarget) -> CaptureSession:
+    """A study of ``target`` (the study itself, or the patient's latest)."""
+    if target.study_uid:
+        where = CaptureSession.study_uid == target.study_uid
+        missing = f"no study of ours has Study Instance UID {target.study_uid}"
+    else:
+        where = (CaptureSession.issuer == target.issuer) & \
+            (CaptureSession.patient_id == target.patient_id)
+        missing = "no study of ours is of a patient with this ID and issuer"
+    session = db.scalars(select(CaptureSession).where(where)
+                         .order_by(CaptureSession.created_at.desc())).first()
+    if session is None:
+        raise RetentionError(missing)
+    return session
+
+
+def _hold(db: Session, target: HoldTarget) -> LegalHold | None:
+    if target.study_uid:
+        return db.scalar(select(LegalHold).where(LegalHold.study_uid == target.study_uid))
+    return db.scalar(select(LegalHold).where(LegalHold.issuer == target.issuer,
+                                             LegalHold.patient_id == target.patient_id))
+
+
+def _audit_hold(services: Services, db: Session, action: str, actor: str, target: HoldTarget,
+                session: CaptureSession, detail: dict[str, object]) -> None:
+    entities: Iterable[str] = (audit.patient_ref(session.patient_id, session.issuer),
+                               *((audit.study_ref(target.study_uid),) if target.study_uid
+                                 else ()))
+    audit.record(db, actor, action, *entities, outcome=audit.SUCCESS,
+                 node=services.settings.node, detail={"scope": target.scope, **detail})
