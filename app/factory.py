@@ -18,7 +18,6 @@ from app.web.auth import bp as auth_bp
 from app.web.auth.oidc import init_app as init_oidc
 from app.web.batch import init_app as init_batch
 from app.web.corrections import bp as corrections_bp
-from app.web.retention import bp as retention_bp
 from app.web.dicomweb import bp as dicomweb_bp
 from app.web.errors import register_error_handlers
 from app.web.exports import bp as exports_bp
@@ -28,6 +27,7 @@ from app.web.launch import init_app as init_launch
 from app.web.measurements import bp as measurements_bp
 from app.web.patients import init_app as init_patients
 from app.web.pwa import bp as pwa_bp
+from app.web.retention import bp as retention_bp
 from app.web.shell import bp as shell_bp
 from app.web.studies import bp as studies_bp
 from app.web.studies.wounds import bp as wounds_bp

@@ -236,10 +236,10 @@ def report(services: Services, today: date | None = None) -> Report:
 def assess(db: Session, rules: Rules, today: date) -> Report:
     """Every study with files left to purge, judged by ``rules`` on ``today``: due (the day
     has come, not held; interrupted purges first), held, or undetermined. Reads only."""
-    files = dict(db.execute(
+    files: dict[str, int] = {uid: count for uid, count in db.execute(
         select(Instance.study_uid, func.count()).where(
             Instance.purged_at.is_(None), Instance.sop_class_uid != KOS_SOP_CLASS_UID)
-        .group_by(Instance.study_uid)).tuples().all())
+        .group_by(Instance.study_uid))}
     interrupted = set(db.scalars(select(Instance.study_uid).where(
         Instance.rejection_code == RETENTION_CODE, Instance.purged_at.is_(None),
         Instance.sop_class_uid != KOS_SOP_CLASS_UID).distinct()))
@@ -250,8 +250,8 @@ def assess(db: Session, rules: Rules, today: date) -> Report:
         last[key] = max(last.get(key, date.min), _local_date(s))
     held_studies = set(db.scalars(select(LegalHold.study_uid)
                                   .where(LegalHold.study_uid.is_not(None))))
-    held_patients = set(db.execute(select(LegalHold.issuer, LegalHold.patient_id)
-                                   .where(LegalHold.patient_id.is_not(None))).tuples())
+    held_patients = {(issuer, mrn) for issuer, mrn in db.execute(
+        select(LegalHold.issuer, LegalHold.patient_id).where(LegalHold.patient_id.is_not(None)))}
     due: list[Assessment] = []
     held: list[Assessment] = []
     undetermined: list[Assessment] = []
