@@ -22,7 +22,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import update
 
-from app.db.models import Photo
+from app.db.models import LegalHold, Photo
 from app.pipeline import quality
 from app.pipeline.color.detect import find_chart
 from tests.conftest import (
@@ -86,11 +86,15 @@ def _refused_rejection(page: Any) -> None:
 def app_overrides(tmp_path: Path) -> dict[str, object]:
     """A PACS destination (never reached: deliveries stay queued for the admin page to list);
     an EMR allowed to launch the app (never asked: the launch page is shown unlaunched); no
-    colour step (the photos are only shown)."""
+    colour step (the photos are only shown); a retention rule under which every study is due
+    (the retention page lists the stored one)."""
     config = tmp_path / "destinations.json"
     config.write_text(json.dumps({"destinations": [
         {"name": "pacs", "type": "stow-rs", "url": "http://127.0.0.1:9/dicomweb"}]}))
+    rules = tmp_path / "retention.json"
+    rules.write_text(json.dumps({"default": {"years_after_last_study": 0}}))
     return {"color_normalization": False, "destinations_file": config, "emr_notifiers": "",
+            "retention_rules_file": rules,
             "smart_issuers": json.dumps({"http://127.0.0.1:9/fhir": {"client_id": "ebiw"}})}
 
 
@@ -107,13 +111,16 @@ class Site:
 def site(app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
          users: dict[str, str]) -> Iterator[Site]:
     """The app as deployed, with one study of the chart photo stored, and its quality record
-    (measured here: the colour step that would measure it is off) for the viewer's card."""
+    (measured here: the colour step that would measure it is off) for the viewer's card; a
+    legal hold on another patient for the retention page to list."""
     bgr = cv2.imread(str(CHARTS / CHART))
     record = quality.assess(bgr, find_chart(bgr)).as_json()
     with served_as_deployed(app) as (url, _):
         study = upload_study(client, auth["capture"], [photo(CHART)])
         with services(app).db.session() as db:
             db.execute(update(Photo).values(quality=record))
+            db.add(LegalHold(issuer="HOSP-A", patient_id="00999999", reason="pending claim",
+                             set_by="ada"))
         yield Site(url, study.study_uid, users)
 
 
@@ -134,6 +141,7 @@ def pages(site: Site) -> list[PageSpec]:
         PageSpec("corrections", "/admin/corrections", "admin", "main h1"),
         PageSpec("corrections-refused", "/admin/corrections", "admin", "main h1",
                  _refused_rejection),
+        PageSpec("retention", "/admin/retention", "admin", "main h1"),
         PageSpec("error-404", "/no/such/page", "admin", "main h1"),
         PageSpec("error-401", "/admin/audit", None, "main h1"),
     ]
@@ -240,12 +248,15 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
                                           "Corrections"]
     assert "no archived instance has SOP Instance UID 1.2.3.4" in \
         light["corrections-refused"]["text"]
+    retention = re.sub(r"\s+", " ", light["retention"]["text"])
+    assert f"{site.study_uid} Rule default, due since" in retention
+    assert "Purge 1 study" in retention and "Patient 00999999 (HOSP-A): pending claim" in retention
     assert light["login"]["nav"] == [] and light["capture-login"]["nav"] == []
     assert light["viewer"]["back"] == "/"
     # the photo's quality line, its failing check marked (a lab photo: 2.9 px/mm is too far)
     assert re.search(r"Photo 1: Sharp · exposure ok · chart found · tilt \d+° · ✗ failed: "
                      r"2\.9 px/mm", re.sub(r"\s+", " ", light["viewer"]["text"]))
-    for name in ("audit", "deliveries"):
+    for name in ("audit", "deliveries", "retention"):
         assert light[name]["times"], name
         assert not re.search(r"\d\d:\d\d:\d\d\.\d{3}", light[name]["text"]), name
         assert all(re.search(r"\b20\d\d\b", t) and "T" not in t for t in light[name]["times"])

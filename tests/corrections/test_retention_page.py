@@ -1,0 +1,86 @@
+"""The admin page /admin/retention: the report, a purge that needs its confirmation box and
+takes only the studies still due, legal holds set and released by form, with the session's
+CSRF token, for admins only; a refused action answers 422 and changes nothing."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from sqlalchemy import select, update
+
+from app.db.models import AuditEvent, CaptureSession, LegalHold
+from app.workflow.accounts import create_user
+from tests.conftest import PASSWORD, log_in
+from tests.corrections.conftest import snapshot
+from tests.corrections.test_reject import PACS
+from tests.delivery.conftest import NOCHART, Deployment
+
+
+def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment],
+                                                 tmp_path: Path) -> None:
+    rules = tmp_path / "retention.toml"
+    rules.write_text("[default]\nyears_after_last_study = 10\n")
+    d = deploy(PACS, emr_notifiers="local", retention_rules_file=rules)
+    for name, role in (("ada", "admin"), ("cal", "capture")):
+        create_user(d.services.db, name, PASSWORD, role)
+    session = d.open_session()
+    d.upload(session, NOCHART)
+    study = session["study_instance_uid"]
+    with d.services.db.session() as db:
+        db.execute(update(CaptureSession).values(
+            created_at=datetime.now(UTC) - timedelta(days=366 * 11)))
+
+    cal = d.app.test_client()
+    log_in(cal, "cal")
+    assert cal.get("/admin/retention").status_code == 403
+    browser = d.app.test_client()
+    csrf = log_in(browser, "ada")
+    page = browser.get("/admin/retention")
+    assert page.status_code == 200 and page.headers["Cache-Control"] == "no-store"
+    html = page.get_data(as_text=True)
+    assert f'name="study" value="{study}"' in html and "due: 1; due but held: 0;" in html
+
+    before = snapshot(d)
+    form = {"csrf_token": csrf, "study": study}
+    assert browser.post("/admin/retention/purge", data={
+        "study": study, "confirm": "yes"}).status_code == 403  # no CSRF token
+    unconfirmed = browser.post("/admin/retention/purge", data=form)
+    assert unconfirmed.status_code == 422
+    assert "tick the box to confirm" in unconfirmed.get_data(as_text=True)
+    unknown = browser.post("/admin/retention/hold", data={
+        "csrf_token": csrf, "study": "1.2.3.4", "reason": "court"})
+    assert unknown.status_code == 422
+    assert "no study of ours has Study Instance UID 1.2.3.4" in unknown.get_data(as_text=True)
+    assert browser.post("/admin/retention/hold", data={**form, "reason": " "}).status_code \
+        == 422
+    assert snapshot(d) == before
+
+    held = browser.post("/admin/retention/hold", data={**form, "reason": "court order 7"})
+    assert held.status_code == 200, held.get_data(as_text=True)
+    text = held.get_data(as_text=True)
+    assert "The study is on legal hold." in text and "court order 7 — ada" in text
+    assert "due: 0; due but held: 1;" in text
+    refused = browser.post("/admin/retention/purge", data={**form, "confirm": "yes"})
+    assert refused.status_code == 422
+    assert f"study {study} is on legal hold" in refused.get_data(as_text=True)
+    assert browser.post("/admin/retention/release", data=form).status_code == 200
+    with d.services.db.session() as db:
+        assert db.scalars(select(LegalHold)).all() == []
+
+    purged = browser.post("/admin/retention/purge", data={**form, "confirm": "yes"})
+    assert purged.status_code == 200, purged.get_data(as_text=True)
+    assert "Purged 1 study" in purged.get_data(as_text=True)
+    # the photo's file is gone, the rejection note's stays
+    assert len(list(d.services.settings.archive_root.glob(f"{study}/*/*.dcm"))) == 1
+    twice = browser.post("/admin/retention/purge", data={**form, "confirm": "yes"})
+    assert twice.status_code == 422
+    assert f"study {study} was purged already" in twice.get_data(as_text=True)
+    with d.services.db.session() as db:
+        events = {e.action: (e.actor, e.detail) for e in db.scalars(select(AuditEvent).where(
+            AuditEvent.action.like("retention.%")))}
+    assert {a: actor for a, (actor, _) in events.items()} == {
+        "retention.hold": "ada", "retention.release": "ada", "retention.purge": "ada"}
+    assert json.dumps(events["retention.hold"][1]).count("court order 7") == 1
