@@ -369,6 +369,11 @@ def _purge_one(services: Services, entry: Assessment, actor: str) -> Purged:
             or_(Delivery.status == DeliveryStatus.PENDING,
                 Delivery.status == DeliveryStatus.DEAD)))
     with services.db.session() as db:
+        session = db.scalar(select(CaptureSession).where(
+            CaptureSession.study_uid == entry.study_uid).with_for_update(of=CaptureSession))
+        assert session is not None
+        if session.purged_at is not None:  # another purge finished it meanwhile
+            raise RetentionError(f"study {entry.study_uid} was purged already")
         doomed = _unpurged(db, entry.study_uid)
         for row in doomed:
             try:
@@ -381,9 +386,6 @@ def _purge_one(services: Services, entry: Assessment, actor: str) -> Purged:
         uids = [r.sop_uid for r in doomed]
         db.execute(update(Instance).where(Instance.sop_uid.in_(uids)).values(purged_at=now)
                    .execution_options(synchronize_session=False))
-        session = db.scalar(select(CaptureSession).where(
-            CaptureSession.study_uid == entry.study_uid))
-        assert session is not None
         session.purged_at = now
         kos = rejection.kos_sop_uid if rejection else None
         audit.record(db, actor, "retention.purge",
