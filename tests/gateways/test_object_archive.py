@@ -117,6 +117,21 @@ def test_missing_object_and_unreachable_store(s3_app: Flask, bucket: S3Peer, tmp
                                 b"DICM-bytes")
     with pytest.raises(OSError):
         svc(dead).archive.read(row)
+    with pytest.raises(ArchiveUnavailableError):
+        svc(dead).archive.delete(row)
+
+
+def test_delete_removes_the_object_and_a_second_delete_is_fine(s3_app: Flask,
+                                                               bucket: S3Peer) -> None:
+    """A retention purge deletes objects; a rerun after a crash deletes them again."""
+    archive = svc(s3_app).archive
+    with svc(s3_app).db.session() as db:
+        row = archive.store(db, KEY, b"DICM-bytes")
+    archive.delete(row)
+    assert bucket.objects() == {}
+    archive.delete(row)
+    with pytest.raises(FileNotFoundError):
+        archive.read(row)
 
 
 def test_upload_is_served_by_dicomweb_and_delivered_from_the_bucket(
