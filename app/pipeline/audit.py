@@ -150,6 +150,7 @@ CATALOGUE: dict[str, EventCode] = {
     "correction.reject": _INSTANCES_REJECTED,  # IOCM rejection note (app/workflow/corrections)
     "correction.patient": _INSTANCES_CORRECTED,  # a study moved to the right patient
     "correction.notice": _INSTANCES_CORRECTED,  # the capturing clinician's notice of it
+    "patient.merge": _RECORD_UPDATE,  # a merged patient's studies moved (app/workflow/merge)
     "dicom.receive": _INSTANCES_CREATED,  # an object from another device (STOW-RS, C-STORE)
     "prior.read": _TRANSFERRED,  # the prior photo rendered for the camera overlay (issue 16)
     "wound.read": _RECORD_READ,  # a wound's healing trajectory page (issue 17)
