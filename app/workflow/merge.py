@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session
 from app.db.models import CaptureSession, Instance
 from app.gateways.emr.adt import (
     APPLICATION_ERROR,
+    SEGMENT_SEQUENCE_ERROR,
     UNKNOWN_KEY_IDENTIFIER,
     AdtRefused,
     MergeRequest,
@@ -160,13 +161,16 @@ class AdtMerge:
         """Merge what an ``ADT^A40`` says was merged (see :func:`merge_patient`); AA also when
         the merged patient has no study here (nothing to do, as HL7 expects).
 
-        Raises :class:`AdtRefused`: what :func:`~app.gateways.emr.adt.parse_merge` refuses;
-        AR 207 for a sending application (MSH-3) not in ``EBIW_ADT_ALLOWED_SENDERS``, or a
-        patient directory that cannot answer now (resend later); AE 204 for a surviving
-        patient the directory does not know (nothing changed); AE 207 for a study that could
-        not be moved (the ones before it stay moved; a resend moves the rest).
+        Raises :class:`AdtRefused`: AE 100 for a message without MSH; what
+        :func:`~app.gateways.emr.adt.parse_merge` refuses; AR 207 for a sending application
+        (MSH-3) not in ``EBIW_ADT_ALLOWED_SENDERS``, or a patient directory that cannot
+        answer now (resend later); AE 204 for a surviving patient the directory does not know
+        (nothing changed); AE 207 for a study that could not be moved (the ones before it
+        stay moved; a resend moves the rest).
         """
         header = read_header(er7)
+        if not er7.lstrip().startswith("MSH"):
+            raise AdtRefused("AE", SEGMENT_SEQUENCE_ERROR, "the message has no MSH segment")
         if header.sending_application not in self.allowed:
             raise AdtRefused("AR", APPLICATION_ERROR,
                              "the sending application is not allowed (EBIW_ADT_ALLOWED_SENDERS)")
