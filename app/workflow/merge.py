@@ -147,15 +147,19 @@ class AdtMerge:
                "sending_facility": settings.institution_name}
         try:
             outcome = self.handle(er7)
-        except AdtRefused as refused:
-            log.warning("ADT %s from %s: %s %s (%s)", header.control_id[:20] or "-",
-                        header.sending_application[:20] or "-", refused.code, refused.error,
-                        refused)
-            return build_ack(header, refused.code, error=refused.error, reason=str(refused),
-                             **ack)
-        log.info("ADT %s from %s: %s, %d studies moved", header.control_id[:20],
-                 header.sending_application[:20], outcome.code, len(outcome.moved))
-        return build_ack(header, outcome.code, **ack)
+        except AdtRefused as exc:
+            refused = exc
+        except Exception as exc:  # the database is down, say: the sender resends later
+            log.error("ADT %s: %s, answered AR", header.control_id[:20] or "-",
+                      type(exc).__name__)
+            refused = AdtRefused("AR", APPLICATION_ERROR, "internal error; resend later")
+        else:
+            log.info("ADT %s from %s: %s, %d studies moved", header.control_id[:20],
+                     header.sending_application[:20], outcome.code, len(outcome.moved))
+            return build_ack(header, outcome.code, **ack)
+        log.warning("ADT %s from %s: %s %s (%s)", header.control_id[:20] or "-",
+                    header.sending_application[:20] or "-", refused.code, refused.error, refused)
+        return build_ack(header, refused.code, error=refused.error, reason=str(refused), **ack)
 
     def handle(self, er7: str) -> AdtOutcome:
         """Merge what an ``ADT^A40`` says was merged (see :func:`merge_patient`); AA also when
