@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import hl7
@@ -25,6 +27,7 @@ from tests.conftest import REPO, FhirPeer
 from tests.corrections.conftest import archived, cli_env, snapshot
 from tests.delivery.conftest import NOCHART, Deployment, free_port, wait_for
 from tests.emr.conftest import ENCOUNTER_SYSTEM
+from tests.test_serve import wait_for as serving_at
 
 OID = "1.2.3.4.5.6"  # the FHIR peer's identifier system urn:oid:1.2.3.4.5.6
 ALICE = {"id": "MRN0001", "issuer": OID, "name": "TEST^ALICE"}  # Patient p1
@@ -97,8 +100,6 @@ def listener(d: Deployment) -> Iterator[int]:
 
 
 def _listening(port: int) -> bool:
-    import socket
-
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.2):
             return True
@@ -251,3 +252,26 @@ def test_a_replaced_by_loop_is_a_directory_refusal(
                           headers=d.headers["capture"])
     assert found.status_code == 503, found.get_json()
     assert "loop" in json.dumps(found.get_json())
+
+
+def test_serve_runs_the_adt_listener_when_asked(tmp_path: Path) -> None:
+    """EBIW_ADT_LISTEN=on: ``ebiw serve`` answers an A40 on the ADT port (here AE 204: the
+    local index is empty, so the survivor is unknown) and stops the listener with itself."""
+    web, mllp, log = free_port(), free_port(), tmp_path / "serve.log"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "EBIW_DATA_DIR": str(tmp_path / "var"),
+           "EBIW_ADT_LISTEN": "on", "EBIW_ADT_LISTENER_PORT": str(mllp),
+           "EBIW_ADT_ALLOWED_SENDERS": SENDER}
+    with log.open("w") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "app.cli", "serve", "--port", str(web),
+                                 "--workers", "1"], cwd=REPO, env=env, stdout=out,
+                                stderr=subprocess.STDOUT)
+    try:
+        serving_at(f"http://127.0.0.1:{web}", proc, log)
+        wait_for(lambda: _listening(mllp), 60, f"the ADT listener ({log.read_text()})")
+        ack = send(mllp, a40("SERVE-1", "MRN0002", "MRN0001"))
+        assert msa(ack) == ("AE", "SERVE-1")
+        assert str(ack.segment("ERR")[3][0][0]) == "204"
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    assert not _listening(mllp), log.read_text()  # the listener went with the server
