@@ -24,7 +24,7 @@ import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from sqlalchemy import exists, select
+from sqlalchemy import Exists, exists, select
 from sqlalchemy.orm import Session
 
 from app.db.models import CaptureSession, Instance
@@ -65,11 +65,15 @@ class MergeError(Exception):
 def studies_to_move(db: Session, patient: PatientKey) -> list[str]:
     """Study UIDs of ``patient``'s sessions that still have a shown instance other than a
     rejection note, oldest first: the studies a merge of that patient moves."""
-    movable = exists().where(Instance.study_uid == CaptureSession.study_uid, Instance.shown(),
-                             Instance.sop_class_uid != KOS_SOP_CLASS_UID)
     return list(db.scalars(select(CaptureSession.study_uid).where(
         CaptureSession.issuer == patient.issuer, CaptureSession.patient_id == patient.mrn,
-        movable).order_by(CaptureSession.created_at, CaptureSession.study_uid)))
+        _movable()).order_by(CaptureSession.created_at, CaptureSession.study_uid)))
+
+
+def _movable() -> Exists:
+    """The condition "the session's study shows an instance other than a rejection note"."""
+    return exists().where(Instance.study_uid == CaptureSession.study_uid, Instance.shown(),
+                          Instance.sop_class_uid != KOS_SOP_CLASS_UID)
 
 
 def merge_patient(services: Services, merged: PatientKey, surviving: PatientKey, *,
@@ -118,14 +122,6 @@ def _audit_merge(services: Services, merged: PatientKey, surviving: PatientKey,
 # --- HL7 v2 ADT^A40 ----------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AdtOutcome:
-    """What one message came to: its acknowledgement code, the studies moved."""
-
-    code: str
-    moved: tuple[PatientMove, ...] = ()
-
-
 class AdtMerge:
     """Answers each ADT message received by the MLLP listener (:meth:`answer`).
 
@@ -146,7 +142,7 @@ class AdtMerge:
         ack = {"sending_application": settings.emr_hl7_sending_application,
                "sending_facility": settings.institution_name}
         try:
-            outcome = self.handle(er7)
+            moved = self.handle(er7)
         except AdtRefused as exc:
             refused = exc
         except Exception as exc:  # the database is down, say: the sender resends later
@@ -154,16 +150,17 @@ class AdtMerge:
                       type(exc).__name__)
             refused = AdtRefused("AR", APPLICATION_ERROR, "internal error; resend later")
         else:
-            log.info("ADT %s from %s: %s, %d studies moved", header.control_id[:20],
-                     header.sending_application[:20], outcome.code, len(outcome.moved))
-            return build_ack(header, outcome.code, **ack)
+            log.info("ADT %s from %s: AA, %d studies moved", header.control_id[:20],
+                     header.sending_application[:20], len(moved))
+            return build_ack(header, "AA", **ack)
         log.warning("ADT %s from %s: %s %s (%s)", header.control_id[:20] or "-",
                     header.sending_application[:20] or "-", refused.code, refused.error, refused)
         return build_ack(header, refused.code, error=refused.error, reason=str(refused), **ack)
 
-    def handle(self, er7: str) -> AdtOutcome:
-        """Merge what an ``ADT^A40`` says was merged (see :func:`merge_patient`); AA also when
-        the merged patient has no study here (nothing to do, as HL7 expects).
+    def handle(self, er7: str) -> list[PatientMove]:
+        """Merge what an ``ADT^A40`` says was merged (see :func:`merge_patient`) and return
+        the studies moved; none when the merged patient has no study here (answered AA all
+        the same: nothing to do, as HL7 expects).
 
         Raises :class:`AdtRefused`: AE 100 for a message without MSH; what
         :func:`~app.gateways.emr.adt.parse_merge` refuses; AR 207 for a sending application
@@ -180,15 +177,15 @@ class AdtMerge:
                              "the sending application is not allowed (EBIW_ADT_ALLOWED_SENDERS)")
         request = parse_merge(er7, default_issuer=self.services.settings.default_issuer)
         with self._lock:
-            return AdtOutcome("AA", tuple(self._merge(request)))
+            return self._merge(request)
 
     def _merge(self, request: MergeRequest) -> list[PatientMove]:
         for pair in request.pairs:  # every survivor known before anything moves
             self._check_known(pair.surviving)
+        detail = {"source": "HL7 ADT^A40", "control_id": request.header.control_id,
+                  "sender": request.header.sending_application}
         moves: list[PatientMove] = []
         for pair in request.pairs:
-            detail = {"source": "HL7 ADT^A40", "control_id": request.header.control_id,
-                      "sender": request.header.sending_application}
             try:
                 moves += merge_patient(self.services, pair.merged, pair.surviving,
                                        actor=f"hl7:{request.header.sending_application}",
@@ -243,10 +240,8 @@ def merge_replaced(services: Services) -> ReplacedReport:
     """
     directories = build_directories(services.settings, services.db)
     with services.db.session() as db:
-        movable = exists().where(Instance.study_uid == CaptureSession.study_uid,
-                                 Instance.shown(), Instance.sop_class_uid != KOS_SOP_CLASS_UID)
         patients = [PatientKey(issuer, mrn) for issuer, mrn in db.execute(
-            select(CaptureSession.issuer, CaptureSession.patient_id).where(movable)
+            select(CaptureSession.issuer, CaptureSession.patient_id).where(_movable())
             .distinct().order_by(CaptureSession.issuer, CaptureSession.patient_id))]
     merged = left = 0
     moved: dict[str, str] = {}
