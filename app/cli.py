@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import getpass
 import json
@@ -174,6 +175,34 @@ def dicom_scp(host: str | None, port: int | None) -> None:
     sweep_interrupted_writes(svc.settings)
     scp.start(svc.settings, svc.dicom_intake, host or svc.settings.dicom_scp_host,
               port or svc.settings.dicom_scp_port)
+
+
+@cli.command("adt-listener", with_appcontext=False)
+@click.option("--host", default=None, help="Address to listen on [EBIW_ADT_LISTENER_HOST, "
+              "default 127.0.0.1].")
+@click.option("--port", default=None, type=click.IntRange(1, 65535),
+              help="Port [EBIW_ADT_LISTENER_PORT, default 2575].")
+def adt_listener(host: str | None, port: int | None) -> None:
+    """Receive HL7 v2 ADT^A40 (merge patient) over MLLP from the EMR: the studies of each merged
+    patient move to the surviving one (README "Patient merge"). Senders are limited to the
+    MSH-3 applications of EBIW_ADT_ALLOWED_SENDERS (and EBIW_ADT_ALLOWED_NETWORKS). Runs until
+    stopped."""
+    from app.gateways.emr.adt import MllpListener
+    from app.workflow.merge import AdtMerge
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    svc = build_services(Settings.from_env())
+    if not svc.settings.adt_allowed_sender_list:
+        raise click.UsageError("set EBIW_ADT_ALLOWED_SENDERS to the sending applications (MSH-3) "
+                               "allowed to send ADT messages")
+    svc.db.create_schema()
+    sweep_interrupted_writes(svc.settings)
+    address = (host or svc.settings.adt_listener_host, port or svc.settings.adt_listener_port)
+    listener = MllpListener(address, AdtMerge(svc).answer, svc.settings.adt_allowed_network_list)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    logging.getLogger(__name__).info("ADT listener (MLLP) on %s:%d", *address)
+    with listener, contextlib.suppress(KeyboardInterrupt):
+        listener.serve_forever()
 
 
 @cli.group()
@@ -779,6 +808,22 @@ def patients_import(files: tuple[str, ...], issuer: str | None) -> None:
             continue
         _emit({"file": name, **dataclasses.asdict(counts)})
     sys.exit(1 if failed else 0)
+
+
+@patients.command("merge-replaced")
+def patients_merge_replaced() -> None:
+    """Move the studies of every patient the patient directory says was replaced by another
+    (FHIR Patient.link replaced-by: merged in the EMR) to the patient that replaced them; run
+    it on a schedule. Prints {"checked", "merged", "moved": {old Study UID: new}, "left"};
+    exits 1 when a study could not be moved (run it again to finish)."""
+    from app.workflow.merge import MergeError, merge_replaced
+
+    try:
+        report = merge_replaced(_ready_services())
+    except MergeError as exc:
+        _emit({"error": str(exc)})
+        sys.exit(1)
+    _emit(dataclasses.asdict(report))
 
 
 def _natural(path: Path) -> list[object]:

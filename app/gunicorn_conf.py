@@ -90,22 +90,25 @@ def on_starting(server: Any) -> None:
     sweep_interrupted_writes(Settings.from_env())
 
 
-_scp: list[subprocess.Popen[bytes]] = []
+_listeners: list[subprocess.Popen[bytes]] = []
 
 
 def when_ready(server: Any) -> None:
-    """With ``EBIW_DICOM_SCP_SERVE`` on, start ``ebiw dicom-scp`` beside the workers (its own
-    process: pynetdicom's threads must not live in a master that forks); ended in
-    :func:`on_exit`."""
+    """With ``EBIW_DICOM_SCP_SERVE`` on, start ``ebiw dicom-scp`` beside the workers, and with
+    ``EBIW_ADT_LISTEN`` on, ``ebiw adt-listener`` (each its own process: listener threads must
+    not live in a master that forks); ended in :func:`on_exit`."""
     from app.settings import Settings
 
-    if Settings.from_env().dicom_scp_serve:
-        _scp.append(subprocess.Popen([sys.executable, "-m", "app.cli", "dicom-scp"]))
+    settings = Settings.from_env()
+    for wanted, command in ((settings.dicom_scp_serve, "dicom-scp"),
+                            (settings.adt_listen, "adt-listener")):
+        if wanted:
+            _listeners.append(subprocess.Popen([sys.executable, "-m", "app.cli", command]))
 
 
 def on_exit(server: Any) -> None:
-    """Stop the C-STORE SCP this server started, if any."""
-    for process in _scp:
+    """Stop the listeners (C-STORE SCP, ADT) this server started, if any."""
+    for process in _listeners:
         process.terminate()
         process.wait(timeout=30)
 

@@ -7,6 +7,7 @@ a missing secret key or UID root stops start-up instead of falling back to a def
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import re
@@ -153,6 +154,12 @@ class Settings:
     dicom_scp_host: str = "127.0.0.1"  # address `ebiw dicom-scp` listens on
     dicom_scp_port: int = 11112
     dicom_scp_serve: bool = False  # `ebiw serve` also runs `ebiw dicom-scp` (its master does)
+    # HL7 v2 ADT^A40 patient merge listener (app/workflow/merge.py; README "Patient merge")
+    adt_listener_host: str = "127.0.0.1"  # address `ebiw adt-listener` listens on
+    adt_listener_port: int = 2575  # MLLP
+    adt_allowed_senders: str = ""  # comma separated MSH-3 sending applications allowed
+    adt_allowed_networks: str = ""  # comma separated IP addresses/networks; empty: any
+    adt_listen: bool = False  # `ebiw serve` also runs `ebiw adt-listener` (its master does)
     # Launch from the EMR: SMART on FHIR EHR launch (app/web/launch; README "Launch from the EMR")
     smart_issuers: str = ""  # JSON {"<iss>": {"client_id", "client_secret"?, "scope"?, "role"?}}
     # Audit trail (app/workflow/audit.py; README "Audit trail")
@@ -276,6 +283,7 @@ class Settings:
                                                     *self.dicom_scp_allowed_aet_list)):
             raise SettingsError("EBIW_DICOM_SCP_AET and EBIW_DICOM_SCP_ALLOWED_AETS must be AE "
                                 "titles: 1 to 16 characters, no backslash or control character")
+        self._check_adt()
         if self.audit_syslog and not re.fullmatch(r"(tcp|tls)://[^:/\s]+:\d{1,5}",
                                                   self.audit_syslog):
             raise SettingsError("EBIW_AUDIT_SYSLOG must be tcp://host:port or tls://host:port")
@@ -305,6 +313,28 @@ class Settings:
         if not isinstance(systems, dict) or not all(
                 isinstance(k, str) and isinstance(v, str) and v for k, v in systems.items()):
             raise SettingsError("EBIW_EMR_ISSUER_SYSTEMS must map issuers to system URIs")
+
+    def _check_adt(self) -> None:
+        """The ADT listener's port is a port and its allowed networks are IP networks."""
+        if not 0 < self.adt_listener_port < 65536:
+            raise SettingsError("EBIW_ADT_LISTENER_PORT must be a TCP port (1 to 65535)")
+        try:
+            for network in self.adt_allowed_network_list:
+                ipaddress.ip_network(network, strict=False)
+        except ValueError as exc:
+            raise SettingsError("EBIW_ADT_ALLOWED_NETWORKS must list IP addresses or networks "
+                                "(e.g. 10.1.2.0/24)") from exc
+
+    @property
+    def adt_allowed_sender_list(self) -> tuple[str, ...]:
+        """The MSH-3 sending applications whose ADT messages are taken
+        (``EBIW_ADT_ALLOWED_SENDERS``)."""
+        return tuple(a.strip() for a in self.adt_allowed_senders.split(",") if a.strip())
+
+    @property
+    def adt_allowed_network_list(self) -> tuple[str, ...]:
+        """The peer networks the ADT listener accepts (``EBIW_ADT_ALLOWED_NETWORKS``)."""
+        return tuple(a.strip() for a in self.adt_allowed_networks.split(",") if a.strip())
 
     @property
     def unknown_patient_policy(self) -> str:

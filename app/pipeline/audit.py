@@ -153,6 +153,7 @@ CATALOGUE: dict[str, EventCode] = {
     "retention.purge": _INSTANCES_REJECTED,  # a study's files deleted (app/workflow/retention)
     "retention.hold": _RECORD_UPDATE,  # a legal hold set on a study or a patient
     "retention.release": _RECORD_UPDATE,  # ... and released
+    "patient.merge": _RECORD_UPDATE,  # a merged patient's studies moved (app/workflow/merge)
     "dicom.receive": _INSTANCES_CREATED,  # an object from another device (STOW-RS, C-STORE)
     "prior.read": _TRANSFERRED,  # the prior photo rendered for the camera overlay (issue 16)
     "wound.read": _RECORD_READ,  # a wound's healing trajectory page (issue 17)

@@ -18,7 +18,7 @@ nothing (unreferenced files at most) or everything indexed and queued.
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from functools import partial
@@ -65,6 +65,10 @@ CORRECTION_METHOD = "correction"  # SessionIdentification.method of a corrected 
 class CorrectionError(Exception):
     """The correction cannot be made (unknown UID, rejected already, no such patient, the same
     patient...); nothing was changed. The message names UIDs at most, never PHI."""
+
+
+class DirectoryDown(CorrectionError):
+    """The patient directory could not answer for the target patient: try again later."""
 
 
 class NotAllowed(CorrectionError):
@@ -126,8 +130,8 @@ def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: 
 
 
 def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer: str,
-                    reason: str, *, actor: str, own_within: timedelta | None = None
-                    ) -> PatientMove:
+                    reason: str, *, actor: str, own_within: timedelta | None = None,
+                    detail: Mapping[str, object] | None = None) -> PatientMove:
     """Move every shown instance of ``study_uid`` to the patient (``issuer``, ``patient_id``)
     of the patient directory.
 
@@ -140,7 +144,8 @@ def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer:
     notice addressed to the capturing clinician are audited. Raises :class:`CorrectionError`,
     changing nothing, for an empty reason, an unknown study or one with nothing left to move,
     a patient the directory does not know (or cannot answer for), or the same patient;
-    ``own_within`` as for :func:`reject`.
+    ``own_within`` as for :func:`reject`; ``detail`` is added to the ``correction.patient``
+    audit record (a patient merge's message control ID, say).
     """
     if not reason.strip():
         raise CorrectionError("give the reason of the correction")
@@ -149,7 +154,7 @@ def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer:
         _check_allowed(old, actor, own_within)
         if (old.issuer, old.patient_id) == (issuer, patient_id):
             raise CorrectionError("the study already belongs to this patient")
-    target = _directory_patient(services, patient_id, issuer)
+    target = directory_patient(services, patient_id, issuer)
     prefix = services.settings.uid_prefix
     with services.db.session() as db:
         old = _session(db, study_uid)
@@ -186,7 +191,8 @@ def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer:
                      *(audit.instance_ref(u) for u in copies.values()),
                      outcome=audit.SUCCESS, node=services.settings.node,
                      detail={"reason": reason.strip(), "copies": copies,
-                             "kos": rejection.kos_sop_uid, "new_session": new.id})
+                             "kos": rejection.kos_sop_uid, "new_session": new.id,
+                             **(detail or {})})
         audit.record(db, actor, "correction.notice", f"user:{old.created_by}", *entities,
                      outcome=audit.SUCCESS, node=services.settings.node,
                      detail={"to": old.created_by, "kos": rejection.kos_sop_uid,
@@ -288,14 +294,16 @@ def _from_archive(services: Services, row: Instance, parse: Callable[[bytes], T]
                               f"({type(exc).__name__}); nothing was changed") from exc
 
 
-def _directory_patient(services: Services, patient_id: str, issuer: str) -> PatientRecord:
-    """The patient directory's record of (issuer, MRN), exactly."""
+def directory_patient(services: Services, patient_id: str, issuer: str) -> PatientRecord:
+    """The patient directory's record of (issuer, MRN), exactly. Raises
+    :class:`DirectoryDown` when a directory cannot answer and none returned the patient,
+    :class:`CorrectionError` when no directory knows them."""
     lookup = build_directories(services.settings, services.db).find(patient_id, issuer)
     for record in lookup.patients:
         if record.key == (issuer, patient_id):
             return record
     if lookup.unavailable:
-        raise CorrectionError("the patient directory cannot answer now ("
+        raise DirectoryDown("the patient directory cannot answer now ("
                               + "; ".join(lookup.unavailable.values()) + "); nothing changed")
     raise CorrectionError("the patient directory has no patient with this ID and issuer")
 

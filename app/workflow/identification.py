@@ -238,6 +238,8 @@ def _evidence(reading: Reading | None, patient: PatientRecord,
             else:
                 evidence["unmatched"] = ["encounter"]
     evidence["matched"] = matched
+    if patient.replaces:  # the MRN read is of a patient merged into this one (FHIR link)
+        evidence["link"] = "replaced-by"
     return evidence
 
 

@@ -194,3 +194,48 @@ def test_refused_credentials_are_a_permanent_error(auth_server: Any) -> None:
     token = TokenSource(f"{base}/nowhere", "ebiw", client_secret="x", timeout=5)
     with pytest.raises(DirectoryRejected, match=r"refused our client credentials \(HTTP 404\)"):
         token.authorization()
+
+
+def _put_patient(peer: FhirPeer, patient: dict[str, Any]) -> None:
+    response = requests.put(f"{peer.url}/Patient/{patient['id']}", json=patient, timeout=5,
+                            headers={"Content-Type": "application/fhir+json"})
+    assert response.status_code in (200, 201), response.text
+
+
+def _replaced_by(peer: FhirPeer, replaced: str, reference: str) -> None:
+    """Mark the peer's Patient ``replaced`` merged: inactive, ``link`` replaced-by."""
+    patient = requests.get(f"{peer.url}/Patient/{replaced}", timeout=5).json()
+    patient.pop("meta", None)
+    _put_patient(peer, {**patient, "active": False,
+                        "link": [{"other": {"reference": reference}, "type": "replaced-by"}]})
+
+
+def test_replaced_by_links_are_followed_to_the_surviving_patient(fhir_peer: FhirPeer) -> None:
+    _put_patient(fhir_peer, {"resourceType": "Patient", "id": "p3", "name": [{"family": "NEW"}],
+                             "identifier": [{"system": PATIENT_SYSTEM, "value": "MRN0003"}]})
+    _replaced_by(fhir_peer, "p1", "Patient/p2")
+    _replaced_by(fhir_peer, "p2", f"{fhir_peer.url}/Patient/p3/_history/1")  # absolute
+    directory = directory_at(fhir_peer.url, timeout=5)
+    [survivor] = directory.find("MRN0001", "HOSP-A")
+    assert (survivor.mrn, survivor.issuer, survivor.family) == ("MRN0003", "HOSP-A", "NEW")
+    assert survivor.replaces == (("HOSP-A", "MRN0001"), ("HOSP-A", "MRN0002"))
+    assert survivor.encounters == ()  # the survivor's own: Alice's encounter stays hers
+    [same] = directory.find("MRN0003", "HOSP-A")
+    assert same.replaces == () and same.key == survivor.key
+    # Both lookups merged by (issuer, MRN), the links kept.
+    merged = Directories([directory, directory]).find("MRN0001", "HOSP-A").patients
+    assert [p.replaces for p in merged] == [survivor.replaces]
+
+
+def test_a_dangling_replaced_by_link_is_a_refusal(fhir_peer: FhirPeer) -> None:
+    # The peer refuses a link to no Patient: link to one, then delete it.
+    _put_patient(fhir_peer, {"resourceType": "Patient", "id": "gone"})
+    _replaced_by(fhir_peer, "p1", "Patient/gone")
+    requests.delete(f"{fhir_peer.url}/Patient/gone", timeout=5).raise_for_status()
+    with pytest.raises(DirectoryRejected, match="leads to no Patient"):
+        directory_at(fhir_peer.url, timeout=5).find("MRN0001", "HOSP-A")
+    # An inactive patient with no link is left out, as before.
+    patient = requests.get(f"{fhir_peer.url}/Patient/p2", timeout=5).json()
+    patient.pop("meta", None)
+    _put_patient(fhir_peer, {**patient, "active": False})
+    assert directory_at(fhir_peer.url, timeout=5).find("MRN0002", "HOSP-A") == []

@@ -73,7 +73,9 @@ class PatientRecord:
     """One patient as a directory knows them. ``sex`` is F, M, O or None.
 
     ``sources`` names the directories that returned the patient, first the one whose
-    demographics are shown.
+    demographics are shown. ``replaces`` holds the (issuer, MRN) of the patients that a
+    directory said were replaced by this one (FHIR ``Patient.link`` ``replaced-by``): looking
+    one of those up found this patient instead.
     """
 
     mrn: str
@@ -85,6 +87,7 @@ class PatientRecord:
     sources: tuple[str, ...]
     encounters: tuple[EncounterRecord, ...] = ()
     worklist: tuple[WorklistItem, ...] = ()
+    replaces: tuple[tuple[str, str], ...] = ()
 
     @property
     def key(self) -> tuple[str, str]:
@@ -161,7 +164,9 @@ def _merge(first: PatientRecord, other: PatientRecord) -> PatientRecord:
     return replace(first, sources=first.sources + tuple(s for s in other.sources
                                                           if s not in first.sources),
                    encounters=sort_encounters(list(encounters.values())),
-                   worklist=tuple(worklist.values()))
+                   worklist=tuple(worklist.values()),
+                   replaces=first.replaces + tuple(r for r in other.replaces
+                                                   if r not in first.replaces))
 
 
 def _encounter_order(encounter: EncounterRecord) -> tuple[int, float]:

@@ -14,6 +14,7 @@ and fetched again once when the EMR answers 401.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import replace
 from datetime import UTC, date, datetime
@@ -34,6 +35,9 @@ from app.gateways.patients import (
 from app.pipeline.fhir import identifier_system, issuer_for_system
 
 _GENDERS = {"female": "F", "male": "M", "other": "O"}
+_PATIENT_REFERENCE = re.compile(r"(?:^|/)Patient/([A-Za-z0-9.-]{1,64})(?:/_history/[^/]*)?$")
+MAX_LINK_HOPS = 5
+"""Patient ``replaced-by`` links followed at most in one lookup (a merge of a merge...)."""
 
 
 class TokenSource(ClientCredentials):
@@ -82,9 +86,16 @@ class FhirDirectory:
         (:func:`~app.pipeline.fhir.identifier_system`); with no issuer, the systems of the
         default issuer and of every issuer in ``EBIW_EMR_ISSUER_SYSTEMS`` are searched.
 
-        Guarantees: every record's MRN equals ``mrn`` in a searched system, its issuer is that
-        system's, and its encounters are open and reference it — checked here, since a server
-        may ignore search parameters it does not support and return everything.
+        A Patient whose ``link`` says ``replaced-by`` (merged in the EMR) is followed, at most
+        :data:`MAX_LINK_HOPS` links, to the Patient that replaced it: that one is returned,
+        with its own MRN (in the searched system if it has one there, else in any known
+        system) and the replaced patients' (issuer, MRN) in ``replaces``. A loop, a dangling
+        link or a longer chain raises :class:`DirectoryRejected`.
+
+        Guarantees: every record's MRN equals ``mrn`` in a searched system (or is the MRN of the
+        patient that replaced it), its issuer is that system's, and its encounters are open and
+        reference it — checked here, since a server may ignore search parameters it does not
+        support and return everything.
         """
         known = [issuer] if issuer is not None else [self.default_issuer, *self.issuer_systems]
         systems = {name: identifier_system(name, self.issuer_systems) for name in known}
@@ -92,11 +103,17 @@ class FhirDirectory:
         issuers = {system: name for name, system in systems.items()}
         found = []
         for resource in self._search("Patient", {"identifier": token}):
-            if resource.get("active") is False:
-                continue
             record = patient_record(resource, issuers, mrn=mrn)
             if record is None:
                 continue
+            resource, replaced = self._replacement(resource, record, issuers)
+            if resource.get("active") is False:
+                continue
+            if replaced:
+                record = self._survivor_record(resource, issuers)
+                if record is None:
+                    continue
+                record = replace(record, replaces=replaced)
             subject = f"Patient/{resource.get('id')}"
             encounters = self._search("Encounter", {
                 "patient": subject, "status": ",".join(OPEN_ENCOUNTER_STATUSES)})
@@ -105,6 +122,41 @@ class FhirDirectory:
                  if e.get("status") in OPEN_ENCOUNTER_STATUSES
                  and (e.get("subject") or {}).get("reference") == subject])))
         return found
+
+    def _replacement(self, resource: dict[str, Any], record: PatientRecord,
+                     issuers: Mapping[str, str]
+                     ) -> tuple[dict[str, Any], tuple[tuple[str, str], ...]]:
+        """The Patient at the end of ``resource``'s ``replaced-by`` links (``resource`` itself
+        and no keys when it has none) and the keys of the patients replaced on the way,
+        ``record``'s first."""
+        replaced = [record.key]
+        seen = {str(resource.get("id"))}
+        current = resource
+        while (target := _replaced_by(current)) is not None:
+            if target in seen:
+                raise DirectoryRejected("the EMR's Patient replaced-by links form a loop")
+            if len(seen) > MAX_LINK_HOPS:
+                raise DirectoryRejected("the EMR's Patient replaced-by links go on for more "
+                                        f"than {MAX_LINK_HOPS} patients")
+            seen.add(target)
+            matches = [r for r in self._search("Patient", {"_id": target})
+                       if r.get("id") == target]
+            if len(matches) != 1:
+                raise DirectoryRejected("a Patient replaced-by link leads to no Patient")
+            current = matches[0]
+            passed = self._survivor_record(current, issuers) \
+                if _replaced_by(current) is not None else None
+            if passed is not None and passed.key not in replaced:
+                replaced.append(passed.key)
+        return current, tuple(replaced) if current is not resource else ()
+
+    def _survivor_record(self, resource: Mapping[str, Any], issuers: Mapping[str, str]
+                         ) -> PatientRecord | None:
+        """The record of a Patient reached by a link: its MRN in a searched system, else in
+        the system of any issuer we know."""
+        every = {identifier_system(name, self.issuer_systems): name
+                 for name in (self.default_issuer, *self.issuer_systems)}
+        return patient_record(resource, issuers) or patient_record(resource, every)
 
     def _search(self, resource_type: str, params: dict[str, str]) -> list[dict[str, Any]]:
         """The resources of that type in the first searchset page (``POST _search``)."""
@@ -151,6 +203,18 @@ def _send(http: requests.Session, method: str, url: str, what: str, timeout: flo
         raise DirectoryUnavailable(f"{what} did not answer within {timeout:g} s") from None
     except requests.RequestException:
         raise DirectoryUnavailable(f"{what} cannot be reached") from None
+
+
+def _replaced_by(resource: Mapping[str, Any]) -> str | None:
+    """The logical id of the Patient that replaced ``resource`` (``link`` of type
+    ``replaced-by``, a relative or absolute ``Patient/<id>`` reference), else None."""
+    for link in resource.get("link") or []:
+        if not isinstance(link, dict) or link.get("type") != "replaced-by":
+            continue
+        found = _PATIENT_REFERENCE.search(str((link.get("other") or {}).get("reference") or ""))
+        if found:
+            return found.group(1)
+    return None
 
 
 def _escape(value: str) -> str:
