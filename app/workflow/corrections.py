@@ -4,7 +4,9 @@ One path does every rejection (:func:`_reject`): a Key Object Selection rejectio
 (`app.pipeline.dicom.kos`) with the reason's Document Title is stored in a new series of the
 study, the rejected instances are marked (``instance.rejected_at``, ``rejection_code``,
 ``rejected_by_kos``: hidden from QIDO-RS, WADO-RS, the viewer and the EMR, kept on disk for
-audit), the note is queued to every PACS destination and the study's EMR notices re-queued
+audit), their PACS deliveries not sent yet are cancelled (a PACS that has them already learns
+of the rejection from the note), the note is queued to every PACS destination and the study's
+EMR notices re-queued
 (the ImagingStudy then lists the study without them, or is ``entered-in-error`` when nothing
 is left), and the rejection is audited. :func:`reject` and :func:`move_to_patient` call it;
 a patient merge or a retention purge would call it with their own reason.
@@ -79,6 +81,8 @@ class Rejection:
     rejected: tuple[str, ...]
     kos_sop_uid: str
     reason: RejectionReason
+    cancelled_deliveries: int = 0
+    """PACS deliveries of the rejected instances that were not sent yet, now cancelled."""
 
 
 @dataclass(frozen=True)
@@ -218,7 +222,8 @@ def _reject(services: Services, db: Session, session: CaptureSession, rows: Sequ
             reason: RejectionReason, *, actor: str, detail: dict[str, object] | None = None
             ) -> Rejection:
     """In ``db``'s transaction: store the rejection note of ``rows`` (instances of
-    ``session``'s study), mark them, queue the note and the study's EMR notices, audit.
+    ``session``'s study), mark them, cancel their PACS deliveries not sent yet, queue the note
+    and the study's EMR notices, audit.
 
     Raises :class:`CorrectionError` when another transaction rejected one of them meanwhile
     (the caller's transaction then rolls back).
@@ -245,6 +250,8 @@ def _reject(services: Services, db: Session, session: CaptureSession, rows: Sequ
                         .execution_options(synchronize_session="fetch"))
     if affected_rows(marked) != len(uids):
         raise CorrectionError("another correction rejected these instances meanwhile")
+    cancelled = services.intake.outbox.cancel(
+        db, uids, f"cancelled: the instance was rejected ({reason.document_title.meaning})")
     services.intake.outbox.enqueue_photo(db, session, note)
     audit.record(db, actor, "correction.reject",
                  audit.patient_ref(session.patient_id, session.issuer),
@@ -252,8 +259,9 @@ def _reject(services: Services, db: Session, session: CaptureSession, rows: Sequ
                  audit.instance_ref(kos_uid), outcome=audit.SUCCESS,
                  node=services.settings.node,
                  detail={"reason": reason.value, "code": reason.document_title.value,
-                         "kos": kos_uid, "rejected": uids, **(detail or {})})
-    return Rejection(session.study_uid, tuple(uids), kos_uid, reason)
+                         "kos": kos_uid, "rejected": uids, "cancelled_deliveries": cancelled,
+                         **(detail or {})})
+    return Rejection(session.study_uid, tuple(uids), kos_uid, reason, cancelled)
 
 
 # --- helpers ---------------------------------------------------------------------------------
