@@ -57,7 +57,8 @@ from app.workflow.measurements import tracking_uid
 from app.workflow.services import Services
 
 T = TypeVar("T")
-SERIES_ROLES = ("series:original", "series:normalized", "series:labels", "series:measurements")
+SERIES_ROLES = ("series:original", "series:normalized", "series:labels", "series:measurements",
+                "series:video")
 """The roles whose series UIDs the intake derives from a session id; a corrected copy keeps
 its series' role in the new session."""
 CORRECTION_METHOD = "correction"  # SessionIdentification.method of a corrected copy's session
