@@ -17,6 +17,8 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    and_,
+    select,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -257,6 +259,13 @@ class WoundMeasurement(Base):
     taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # the photo's time
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     observer: Mapped[str] = mapped_column(String(64))
+
+    @classmethod
+    def shown(cls) -> ColumnElement[bool]:
+        """SQL: the measurements every reader may see, those whose report and photo were not
+        rejected (IHE IOCM)."""
+        rejected = select(Instance.sop_uid).where(Instance.rejected_at.is_not(None))
+        return and_(cls.report_sop_uid.not_in(rejected), cls.photo_sop_uid.not_in(rejected))
 
 
 # --- Batch import: photos held in staging until their patient group is confirmed -----------
