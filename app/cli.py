@@ -674,7 +674,8 @@ def correct_patient(study_uid: str, patient_id: str, issuer: str, reason: str) -
 def _rejection_json(done: corrections.Rejection) -> dict[str, object]:
     return {"rejected": list(done.rejected), "kos_sop_instance_uid": done.kos_sop_uid,
             "reason": done.reason.value, "document_title": done.reason.document_title.value,
-            "study_instance_uid": done.study_uid}
+            "study_instance_uid": done.study_uid,
+            "cancelled_deliveries": done.cancelled_deliveries}
 
 
 @cli.group("retention")

@@ -17,6 +17,8 @@ from sqlalchemy import (
     Integer,
     String,
     UniqueConstraint,
+    and_,
+    select,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -279,6 +281,13 @@ class WoundMeasurement(Base):
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     observer: Mapped[str] = mapped_column(String(64))
 
+    @classmethod
+    def shown(cls) -> ColumnElement[bool]:
+        """SQL: the measurements every reader may see, those whose report and photo were not
+        rejected (IHE IOCM)."""
+        rejected = select(Instance.sop_uid).where(Instance.rejected_at.is_not(None))
+        return and_(cls.report_sop_uid.not_in(rejected), cls.photo_sop_uid.not_in(rejected))
+
 
 # --- Batch import: photos held in staging until their patient group is confirmed -----------
 # (app/workflow/batch/; README "Batch import")
@@ -537,11 +546,13 @@ class DeliveryKind(StrEnum):
 
 class DeliveryStatus(StrEnum):
     """A delivery row is ``pending`` (queued, or failed and waiting for its next attempt),
-    ``sent``, or ``dead`` (a permanent failure, kept until an admin retries it)."""
+    ``sent``, ``dead`` (a permanent failure, kept until an admin retries it) or
+    ``cancelled`` (its instance was rejected before it was sent: never sent, never retried)."""
 
     PENDING = "pending"
     SENT = "sent"
     DEAD = "dead"
+    CANCELLED = "cancelled"
 
 
 class Delivery(WorkerBookkeeping, Base):
@@ -550,10 +561,11 @@ class Delivery(WorkerBookkeeping, Base):
     ``version`` whenever a photo is added).
 
     ``status`` is ``pending`` (queued, or failed and waiting for ``next_attempt_at``),
-    ``sent`` or ``dead`` (a permanent failure, kept until an admin retries it). A worker owns
-    a pending row while ``claim_token`` is set and ``claimed_until`` is in the future; after
-    that the lease has expired and any worker may claim it again. ``last_error`` never holds
-    PHI (no names, identifiers, UIDs or response bodies).
+    ``sent``, ``dead`` (a permanent failure, kept until an admin retries it) or ``cancelled``
+    (a PACS row whose instance was rejected before it was sent; ``last_error`` says so). A
+    worker owns a pending row while ``claim_token`` is set and ``claimed_until`` is in the
+    future; after that the lease has expired and any worker may claim it again.
+    ``last_error`` never holds PHI (no names, identifiers, UIDs or response bodies).
     """
 
     __tablename__ = "delivery"
@@ -565,7 +577,7 @@ class Delivery(WorkerBookkeeping, Base):
     kind: Mapped[str] = mapped_column(String(8))  # DeliveryKind
     study_uid: Mapped[str] = mapped_column(String(64), index=True)
     sop_uid: Mapped[str] = mapped_column(String(64), default="")
-    status: Mapped[str] = mapped_column(String(8), default=DeliveryStatus.PENDING)
+    status: Mapped[str] = mapped_column(String(16), default=DeliveryStatus.PENDING)
     version: Mapped[int] = mapped_column(Integer, default=1)
     attempts: Mapped[int] = mapped_column(Integer, default=0)
     next_attempt_at: Mapped[datetime] = mapped_column(default=utcnow)

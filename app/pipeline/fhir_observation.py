@@ -14,7 +14,10 @@ from R4). What the tests check with the FHIR peer's validator:
   Tracking UID and label as identifiers, so the same wound is followed across visits;
 - ``identifier``: ``urn:ietf:rfc:3986`` | ``urn:oid:2.25.<n>``, derived from (SR SOP Instance
   UID, region, quantity): the same value always has the same identifier, which the notifiers
-  use for conditional creates (exactly once).
+  use for conditional creates (exactly once);
+- ``status``: ``final``, or ``entered-in-error`` once the SR or the measured photo was rejected
+  (IHE IOCM: a rejected photo, or a study moved to another patient, whose copies are new SRs
+  with new identifiers).
 """
 
 from __future__ import annotations
@@ -46,6 +49,8 @@ WOUND_ID = "wound"  # the contained BodyStructure
 TRACKING_UID_TYPE = ("112040", "Tracking Unique Identifier")  # DCM
 TRACKING_ID_TYPE = ("112039", "Tracking Identifier")  # DCM
 SR_DISPLAY = "DICOM SR measurement report"
+FINAL = "final"
+ENTERED_IN_ERROR = "entered-in-error"  # the SR or the measured photo was rejected
 _NAMESPACE = uuid.UUID("6f0e3a8c-2b1d-5c47-9e80-4a2f7d91b356")
 """UUID-5 namespace of Observation identifiers (drawn once for this purpose)."""
 
@@ -84,6 +89,7 @@ class MeasuredValue:
     measured_at: datetime
     tracking_uid: str
     wound_label: str
+    status: str = FINAL  # or ENTERED_IN_ERROR
 
 
 def _value_uuid(report_uid: str, region: int, quantity: str) -> uuid.UUID:
@@ -119,9 +125,10 @@ def observation_id(value: MeasuredValue) -> str:
 def wound_observation(value: MeasuredValue, subject: Reference, encounter: Reference | None,
                       imaging_study: Reference, *, body_site: BodySite | None,
                       laterality: str | None, resource_id: str | None = None) -> Observation:
-    """The final ``exam`` Observation of ``value``, derived from the study's ImagingStudy and
-    (by identifier) the SR; ``effectiveDateTime`` is the photo's time, ``issued`` when it was
-    measured. Raises KeyError for a quantity not in QUANTITY_CODES."""
+    """The ``exam`` Observation of ``value`` (status ``value.status``: final, or
+    entered-in-error), derived from the study's ImagingStudy and (by identifier) the SR;
+    ``effectiveDateTime`` is the photo's time, ``issued`` when it was measured. Raises
+    KeyError for a quantity not in QUANTITY_CODES."""
     coded = QUANTITY_CODES[value.quantity]
     codings = [Coding(system=LOINC_SYSTEM, code=coded.loinc[0], display=coded.loinc[1])] \
         if coded.loinc else []
@@ -135,7 +142,7 @@ def wound_observation(value: MeasuredValue, subject: Reference, encounter: Refer
     return Observation(
         id=resource_id,
         contained=[_wound(value, subject, body_site, laterality)],
-        identifier=[observation_identifier(value)], status="final",
+        identifier=[observation_identifier(value)], status=value.status,
         category=[CodeableConcept(coding=[Coding(system=CATEGORY_SYSTEM, code="exam",
                                                  display="Exam")])],
         code=CodeableConcept(coding=codings, text=coded.text),

@@ -4,7 +4,9 @@ One path does every rejection (:func:`reject_rows`): a Key Object Selection reje
 (`app.pipeline.dicom.kos`) with the reason's Document Title is stored in a new series of the
 study, the rejected instances are marked (``instance.rejected_at``, ``rejection_code``,
 ``rejected_by_kos``: hidden from QIDO-RS, WADO-RS, the viewer and the EMR, kept on disk for
-audit), the note is queued to every PACS destination and the study's EMR notices re-queued
+audit), their PACS deliveries not sent yet are cancelled (a PACS that has them already learns
+of the rejection from the note), the note is queued to every PACS destination and the study's
+EMR notices re-queued
 (the ImagingStudy then lists the study without them, or is ``entered-in-error`` when nothing
 is left), and the rejection is audited. :func:`reject` and :func:`move_to_patient` call it;
 a retention purge (`app.workflow.retention`) calls it with 113039, and a patient merge
@@ -56,7 +58,8 @@ from app.workflow.measurements import tracking_uid
 from app.workflow.services import Services
 
 T = TypeVar("T")
-SERIES_ROLES = ("series:original", "series:normalized", "series:labels", "series:measurements")
+SERIES_ROLES = ("series:original", "series:normalized", "series:labels", "series:measurements",
+                "series:video")
 """The roles whose series UIDs the intake derives from a session id; a corrected copy keeps
 its series' role in the new session."""
 CORRECTION_METHOD = "correction"  # SessionIdentification.method of a corrected copy's session
@@ -84,6 +87,8 @@ class Rejection:
     rejected: tuple[str, ...]
     kos_sop_uid: str
     reason: RejectionReason
+    cancelled_deliveries: int = 0
+    """PACS deliveries of the rejected instances that were not sent yet, now cancelled."""
 
 
 @dataclass(frozen=True)
@@ -225,7 +230,8 @@ def reject_rows(services: Services, db: Session, session: CaptureSession,
                 rows: Sequence[Instance], reason: RejectionReason, *, actor: str,
                 detail: dict[str, object] | None = None) -> Rejection:
     """In ``db``'s transaction: store the rejection note of ``rows`` (instances of
-    ``session``'s study), mark them, queue the note and the study's EMR notices, audit.
+    ``session``'s study), mark them, cancel their PACS deliveries not sent yet, queue the note
+    and the study's EMR notices, audit.
 
     Raises :class:`CorrectionError` when another transaction rejected one of them meanwhile
     (the caller's transaction then rolls back).
@@ -252,6 +258,8 @@ def reject_rows(services: Services, db: Session, session: CaptureSession,
                         .execution_options(synchronize_session="fetch"))
     if affected_rows(marked) != len(uids):
         raise CorrectionError("another correction rejected these instances meanwhile")
+    cancelled = services.intake.outbox.cancel(
+        db, uids, f"cancelled: the instance was rejected ({reason.document_title.meaning})")
     services.intake.outbox.enqueue_photo(db, session, note)
     audit.record(db, actor, "correction.reject",
                  audit.patient_ref(session.patient_id, session.issuer),
@@ -259,8 +267,9 @@ def reject_rows(services: Services, db: Session, session: CaptureSession,
                  audit.instance_ref(kos_uid), outcome=audit.SUCCESS,
                  node=services.settings.node,
                  detail={"reason": reason.value, "code": reason.document_title.value,
-                         "kos": kos_uid, "rejected": uids, **(detail or {})})
-    return Rejection(session.study_uid, tuple(uids), kos_uid, reason)
+                         "kos": kos_uid, "rejected": uids, "cancelled_deliveries": cancelled,
+                         **(detail or {})})
+    return Rejection(session.study_uid, tuple(uids), kos_uid, reason, cancelled)
 
 
 # --- helpers ---------------------------------------------------------------------------------

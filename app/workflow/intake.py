@@ -494,7 +494,8 @@ class Intake:
 
     def verify_patient(self, session_id: str) -> CaptureSession:
         """Confirm the patient of an unverified session now that a directory knows them, and
-        queue the deliveries of every instance of its study (one transaction). A verified
+        queue the deliveries of every instance of its study not rejected meanwhile (a
+        rejection note is queued, never what it rejects; one transaction). A verified
         session is returned as it is; a patient still unknown raises :class:`Conflict`."""
         session = self.get_session(session_id, photos=False)
         if session.patient_verified:
@@ -508,7 +509,8 @@ class Intake:
             if row is not None and not row.patient_verified:
                 row.patient_verified = True
                 for instance in db.scalars(select(Instance).where(
-                        Instance.study_uid == row.study_uid).order_by(Instance.stored_at)):
+                        Instance.study_uid == row.study_uid, Instance.shown())
+                        .order_by(Instance.stored_at)):
                     self.outbox.enqueue_photo(db, row, instance)
         return self.get_session(session_id)
 

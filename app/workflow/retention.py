@@ -15,8 +15,8 @@ listed in the report, never purged. Setting and releasing a hold are audited.
 finishes: (1) one transaction rejects the study's shown instances through the one rejection
 path (:func:`app.workflow.corrections.reject_rows`: a 113039 "Data Retention Policy Expired" KOS
 stored durably, the instances marked, the note queued to every PACS destination, the EMR
-notices re-queued: ``entered-in-error`` as nothing is left) and drops the pending or dead PACS
-deliveries of the instances (their files are about to go); (2) the files of the study's
+notices re-queued: ``entered-in-error`` as nothing is left, and the PACS deliveries not sent
+yet cancelled, as for any rejection: their files are about to go); (2) the files of the study's
 instances, the rejection notes excepted, are deleted from the archive (already gone is fine);
 (3) one transaction marks the instances and the study purged (``purged_at``) and audits
 ``retention.purge``. A study whose instances a 113039 note rejected but whose files are not
@@ -30,14 +30,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session
 
 from app.db.models import (
     CaptureSession,
-    Delivery,
-    DeliveryKind,
-    DeliveryStatus,
     Instance,
     LegalHold,
     utcnow,
@@ -362,12 +359,6 @@ def _purge_one(services: Services, entry: Assessment, actor: str) -> Purged:
                                     actor=actor, detail=detail)
             except CorrectionError as exc:
                 raise RetentionError(str(exc)) from exc
-        doomed = _unpurged(db, entry.study_uid)
-        db.execute(delete(Delivery).where(
-            Delivery.kind == DeliveryKind.PACS, Delivery.study_uid == entry.study_uid,
-            Delivery.sop_uid.in_([r.sop_uid for r in doomed]),
-            or_(Delivery.status == DeliveryStatus.PENDING,
-                Delivery.status == DeliveryStatus.DEAD)))
     with services.db.session() as db:
         session = db.scalar(select(CaptureSession).where(
             CaptureSession.study_uid == entry.study_uid).with_for_update(of=CaptureSession))

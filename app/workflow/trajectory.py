@@ -7,7 +7,9 @@ by that UID alone and never by a patient identifier.
 Rules (the README states them too):
 
 - **A visit** is one capture session (one study); its time is the time the measured photo was
-  taken (``taken_at``), and visits are ordered by it.
+  taken (``taken_at``), and visits are ordered by it. A measurement whose report or photo was
+  rejected (IHE IOCM: a bad photo, or a study moved to another patient, whose copy is then
+  the right patient's wound) is no part of any trajectory.
 - **Several reports in one visit:** the latest report on that wound in that visit counts (the
   largest ``measured_at``, then the later stored row); earlier ones were superseded by a
   re-measurement.
@@ -114,11 +116,13 @@ class UnknownWound(LookupError):
 
 
 def wound_trajectory(services: Services, tracking_uid: str) -> Trajectory:
-    """The trajectory of the wound ``tracking_uid``; raises `UnknownWound` when no
-    measurement has that UID. Reads the ``wound_measurement`` index only (no file)."""
+    """The trajectory of the wound ``tracking_uid``, without the measurements whose report or
+    photo was rejected; raises `UnknownWound` when no other measurement has that UID. Reads
+    the ``wound_measurement`` and ``instance`` indexes only (no file)."""
     with services.db.session() as db:
         rows = db.scalars(select(WoundMeasurement)
-                          .where(WoundMeasurement.tracking_uid == tracking_uid)
+                          .where(WoundMeasurement.tracking_uid == tracking_uid,
+                                 WoundMeasurement.shown())
                           .order_by(WoundMeasurement.id)).all()
         if not rows:
             raise UnknownWound(tracking_uid)

@@ -124,3 +124,48 @@ def test_fhir_peer_ends_with_the_old_study_in_error_and_one_for_the_right_patien
     assert [r["errors"] for r in reports] == [[], []], reports
     everyone = requests.get(f"{fhir_peer.url}/ImagingStudy", timeout=5).json()
     assert len(everyone.get("entry", [])) == 2
+
+
+def test_a_rejected_instance_not_sent_yet_is_cancelled_and_never_reaches_the_pacs(
+        deploy: Callable[..., Deployment], orthancs: Callable[[], Orthanc]) -> None:
+    """The PACS is down while two photos wait; one is rejected: its deliveries are cancelled
+    (listed so, with the reason, never retried), and once the PACS is up it receives the other
+    photo and the rejection note, never the rejected photo."""
+    pacs = orthancs()  # not started yet: the destination is down
+    d = deploy([{"name": "pacs", "type": "stow-rs", "url": pacs.dicomweb}])
+    session = d.open_session()
+    study = session["study_instance_uid"]
+    kept = d.upload(session, NOCHART)["sop_instance_uid"]
+    bad = d.upload(session, SMALL[0])["sop_instance_uid"]
+    pair = sorted(set(d.instances(study)) - {kept})  # the photo and its normalized version
+    assert len(pair) == 2
+    d.worker().drain()
+    assert {s.state for s in d.states(study)} == {"failed"}  # unreachable, retried later
+
+    rejected = ebiw(d, "correct", "reject", "--instance", bad, "--reason", "quality")
+    assert rejected.exit_code == 0, rejected.output
+    out = json.loads(rejected.output)
+    assert (sorted(out["rejected"]), out["cancelled_deliveries"]) == (pair, 2)
+    cancelled = [s for s in d.states(study) if s.sop_uid in pair]
+    assert [s.state for s in cancelled] == ["cancelled", "cancelled"]
+    assert cancelled[0].reason == \
+        "cancelled: the instance was rejected (Rejected for Quality Reasons)"
+    admin = d.headers["admin"]
+    listed = d.client.get("/admin/api/deliveries?state=cancelled", headers=admin).get_json()
+    assert sorted(r["sop_instance_uid"] for r in listed["deliveries"]) == pair
+    assert listed["counts"]["pacs"]["cancelled"] == 2
+    retry = d.client.post(f"/admin/api/deliveries/{cancelled[0].id}/retry", headers=admin)
+    assert retry.status_code == 409
+
+    pacs.start()
+
+    def delivered() -> bool:
+        d.worker().drain()
+        return {s.state for s in d.states(study)
+                if s.kind == "pacs" and s.sop_uid not in pair} == {"sent"}
+
+    wait_for(delivered, 30, "the kept photo and the note sent")
+    assert sorted(pacs.instances(study)) == sorted([kept, out["kos_sop_instance_uid"]])
+    assert [s.state for s in d.states(study) if s.sop_uid in pair] == ["cancelled"] * 2
+    kos = stored(pacs, study, out["kos_sop_instance_uid"])
+    assert sorted(uid for *_, uid in referenced_instances(kos)) == pair

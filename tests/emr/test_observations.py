@@ -33,13 +33,15 @@ from app.db.models import (
     WoundMeasurement,
     as_utc,
 )
+from app.db.models import Patient as PatientRow
 from app.gateways.emr import build_notifiers
 from app.gateways.emr.hl7v2 import Hl7v2Notifier
 from app.gateways.emr.local import LocalFhirStore
 from app.gateways.emr.remote import RemoteFhirNotifier
 from app.gateways.errors import TransientError
+from app.pipeline.dicom.kos import RejectionReason
 from app.pipeline.fhir_observation import observation_uid
-from app.workflow import audit
+from app.workflow import audit, corrections
 from app.workflow.delivery.worker import drain
 from tests.conftest import FhirPeer, services
 from tests.emr.conftest import ENCOUNTER_SYSTEM, FaultProxy, fhir_validate, notify
@@ -297,3 +299,103 @@ def test_storing_a_report_sends_its_values_through_the_outbox(
     assert result.exit_code == 0, result.output
     assert drain(svc.db, svc.archive, svc.registry) == 1  # the study's "local" row
     assert observations() == 3
+
+
+# --- corrections (IHE IOCM): the values of rejected or moved instances -----------------------
+
+
+def _observations(app: Flask) -> dict[str, FhirResource]:
+    """The local store's Observations by logical id."""
+    with services(app).db.session() as db:
+        found = {r.logical_id: r for r in db.scalars(select(FhirResource).where(
+            FhirResource.resource_type == "Observation"))}
+        db.expunge_all()
+    return found
+
+
+def test_rejecting_the_measured_photo_puts_its_observations_in_error_once(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local store: the same Observations, one new version each, ``entered-in-error``, valid;
+    a repeat changes nothing. HL7 v2: the values' OBX-11 is W (posted as wrong)."""
+    _, study_uid, record = measured_study(app, client, auth["capture"], monkeypatch)
+    store = LocalFhirStore(services(app).settings)
+    notify(app, store, study_uid)
+    before = _observations(app)
+    assert [r.body["status"] for r in before.values()] == ["final"] * 3
+
+    corrections.reject(services(app), record["instance"], RejectionReason.QUALITY,
+                       actor="admin-user")
+    notify(app, store, study_uid)
+    notify(app, store, study_uid)  # a retry of the same state changes nothing
+    after = _observations(app)
+    assert sorted(after) == sorted(before)  # the same resources, no new one
+    assert [(r.version_id, r.body["status"]) for r in after.values()] == \
+        [(2, "entered-in-error")] * 3
+    for logical_id, row in after.items():  # only the status changed
+        assert {**row.body, "status": "final"} == before[logical_id].body
+    reports = fhir_validate(tmp_path, [LocalFhirStore.render(r) for r in after.values()])
+    assert [r["errors"] for r in reports] == [[], [], []], reports
+
+    with mllp_receiver() as receiver:
+        settings = replace(services(app).settings, emr_notifiers="hl7v2",
+                           emr_mllp_address=receiver.address, emr_timeout_seconds=1).checked()
+        [notifier] = build_notifiers(settings)
+        notify(app, notifier, study_uid)
+    message = hl7.parse(receiver.raw[-1])
+    numeric = [s for s in message.segments("OBX") if str(s[2]) == "NM" and
+               str(s[3][0][0]) != "NINST"]
+    assert [str(s[11]) for s in numeric] == ["W", "W", "W"]
+
+
+def test_a_moved_study_s_observations_in_error_and_new_ones_for_the_right_patient(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        fhir_peer: FhirPeer, proxy: FaultProxy, tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """On the FHIR peer: the old study's Observations become ``entered-in-error`` (same
+    resources, the wrong patient's), the copied SR's values are new Observations of the right
+    patient, each exactly once through a retry; all valid."""
+    _, old_study, _ = measured_study(app, client, auth["capture"], monkeypatch,
+                                     id="MRN0001", issuer="1.2.3.4.5.6")
+    with services(app).db.session() as db:  # the peer's Patient p2, in our directory
+        db.add(PatientRow(mrn="MRN0002", issuer="1.2.3.4.5.6", family="TEST", given="BOB"))
+    notifier = _remote(app, proxy.url)
+    notify(app, notifier, old_study)
+
+    def on_peer(patient: str) -> list[dict[str, Any]]:
+        bundle = requests.get(f"{fhir_peer.url}/Observation", timeout=5,
+                              params={"subject": f"Patient/{patient}"}).json()
+        return sorted((e["resource"] for e in bundle.get("entry", [])),
+                      key=lambda r: r["identifier"][0]["value"])
+
+    first = on_peer("p1")
+    assert [o["status"] for o in first] == ["final"] * 3
+
+    moved = corrections.move_to_patient(services(app), old_study, "MRN0002", "1.2.3.4.5.6",
+                                        "wrong wristband", actor="admin-user")
+    # The update of the second old Observation is refused once (503): a retry finishes.
+    refused = f"PUT /fhir/Observation/{first[1]['id']}"
+    proxy.plan[refused] = ["503"]
+    with pytest.raises(TransientError, match="answered 503 while updating the Observation"):
+        notify(app, notifier, old_study)
+    for study in (old_study, moved.new_study_uid, old_study, moved.new_study_uid):
+        notify(app, notifier, study)  # the second round: the same state, nothing written
+    puts = [s["key"] for s in proxy.seen if s["key"].startswith("PUT /fhir/Observation/")]
+    assert sorted(puts) == sorted([*(f"PUT /fhir/Observation/{o['id']}" for o in first),
+                                   refused])  # each once, the refused one twice
+    in_error, right = on_peer("p1"), on_peer("p2")
+    assert [(o["id"], o["status"]) for o in in_error] == \
+        [(o["id"], "entered-in-error") for o in first]
+    assert [o["status"] for o in right] == ["final"] * 3
+    copies = rows(app, moved.new_study_uid)
+    assert {o["identifier"][0]["value"] for o in right} == {
+        "urn:oid:" + observation_uid(r.report_sop_uid, r.region, r.quantity) for r in copies}
+    assert {o["identifier"][0]["value"] for o in right}.isdisjoint(
+        o["identifier"][0]["value"] for o in first)
+    [new_imaging] = fhir_peer.studies(moved.new_study_uid)
+    assert {o["derivedFrom"][0]["reference"] for o in right} == \
+        {f"ImagingStudy/{new_imaging['id']}"}
+    everyone = requests.get(f"{fhir_peer.url}/Observation", timeout=5).json()
+    assert len(everyone.get("entry", [])) == 6
+    reports = fhir_validate(tmp_path, [*in_error, *right])
+    assert [r["errors"] for r in reports] == [[]] * 6, reports

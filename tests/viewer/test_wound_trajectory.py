@@ -18,10 +18,12 @@ from flask.testing import FlaskClient
 from PIL import Image
 from sqlalchemy import select
 
-from app.db.models import AuditEvent, LaunchContext
+from app.db.models import AuditEvent, LaunchContext, Patient, WoundMeasurement
+from app.pipeline.dicom.kos import RejectionReason
 from app.web.auth import SESSION_COOKIE
+from app.workflow import corrections
 from app.workflow.accounts import launch_login
-from app.workflow.trajectory import csv_columns, wound_trajectory
+from app.workflow.trajectory import UnknownWound, csv_columns, wound_trajectory
 from tests.conftest import CHARTS, services
 from tests.test_measure_instance import SESSION, measure
 
@@ -239,3 +241,44 @@ def test_refused_as_the_viewer_data_is_and_unknown_wounds_are_404(
             .order_by(AuditEvent.seq))]
     assert outcomes.count(("wound.read", "denied")) >= 3
     assert ("wound.export", "denied") in outcomes
+
+
+def test_rejected_and_moved_measurements_leave_the_trajectory(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        users: dict[str, str]) -> None:
+    """A rejected photo's measurement is no visit (nor a wound link in its study's viewer); a
+    study moved to another patient takes its wound to that patient's trajectory, and the old
+    one is 404 once nothing is left."""
+    svc = services(app)
+    first_study, first_photo = visit(client, auth["capture"], DAYS[0])
+    second_study, second_photo = visit(client, auth["capture"], DAYS[1])
+    tracking = measured(app, first_photo, "--polygon", polygon(1.0))["tracking_uid"]
+    assert measured(app, second_photo, "--polygon", polygon(0.8))["tracking_uid"] == tracking
+    assert [v.study_uid for v in wound_trajectory(svc, tracking).visits] == \
+        [first_study, second_study]
+
+    corrections.reject(svc, second_photo, RejectionReason.QUALITY, actor="admin-user")
+    assert [v.study_uid for v in wound_trajectory(svc, tracking).visits] == [first_study]
+    rows = list(csv.DictReader(io.StringIO(client.get(
+        f"/api/v1/wounds/{tracking}/trajectory.csv", headers=auth["view"]).get_data(True))))
+    assert [r["study_instance_uid"] for r in rows] == [first_study]
+    assert client.post("/login", json={"username": users["view"],
+                                       "password": "correct horse battery staple"}
+                       ).status_code == 200
+    for study, linked in ((first_study, True), (second_study, False)):
+        html = client.get(f"/studies/{study}", headers=HTML).get_data(as_text=True)
+        assert (f'href="/wounds/{tracking}"' in html) is linked
+
+    with svc.db.session() as db:
+        db.add(Patient(mrn="00999999", issuer="HOSP-A", family="RIGHT", given="BOB"))
+    moved = corrections.move_to_patient(svc, first_study, "00999999", "HOSP-A",
+                                        "wrong wristband", actor="admin-user")
+    with pytest.raises(UnknownWound):
+        wound_trajectory(svc, tracking)
+    assert client.get(f"/wounds/{tracking}", headers=auth["view"]).status_code == 404
+    with svc.db.session() as db:
+        [new_tracking] = set(db.scalars(select(WoundMeasurement.tracking_uid).where(
+            WoundMeasurement.study_uid == moved.new_study_uid)))
+    right = wound_trajectory(svc, new_tracking)
+    assert right.patient_id == "00999999"
+    assert [v.study_uid for v in right.visits] == [moved.new_study_uid]

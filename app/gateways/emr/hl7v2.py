@@ -10,9 +10,9 @@ reports added, or some rejected: IHE IOCM); when every instance of the study was
 The state is ``StudyFacts.state``, which grows with every addition and rejection
 (``hl7_notice.instance_count`` keeps it; it equals the instance count until something is
 rejected). Each measured wound value is a numeric OBX (type NM): LOINC and SNOMED CT code as in
-the FHIR Observation, UCUM units, OBX-4 grouping the values of one wound's region, OBX-14 the
-photo's time, OBX-19 when it was measured (v2.5.1's OBX ends there: the body site, OBX-20 from
-v2.6 on, is not sent).
+the FHIR Observation, UCUM units, OBX-11 W for a value whose SR or photo was rejected, OBX-4
+grouping the values of one wound's region, OBX-14 the photo's time, OBX-19 when it was
+measured (v2.5.1's OBX ends there: the body site, OBX-20 from v2.6 on, is not sent).
 
 Acknowledgements (original mode, HL7 table 0008):
 ``AA``/``CA`` accepted; ``AR`` — rejected for reasons unrelated to the content (the receiver
@@ -41,7 +41,7 @@ from app.db.models import Hl7Notice
 from app.gateways.emr.study import StudyRecord, load_study
 from app.gateways.errors import PermanentError, TransientError
 from app.pipeline.fhir import viewer_url
-from app.pipeline.fhir_observation import QUANTITY_CODES, MeasuredValue
+from app.pipeline.fhir_observation import ENTERED_IN_ERROR, QUANTITY_CODES, MeasuredValue
 from app.settings import Settings
 
 VERSION = "2.5.1"
@@ -158,7 +158,7 @@ def build_oru(record: StudyRecord, settings: Settings, message_id: str, *,
         obx.obx_4 = sub_id
         obx.obx_5 = f"{measured.value:.2f}"
         obx.obx_6 = f"{measured.unit}^{measured.unit}^UCUM"
-        obx.obx_11 = "W" if wrong else obr.obr_25.value
+        obx.obx_11 = "W" if wrong or measured.status == ENTERED_IN_ERROR else obr.obr_25.value
         obx.obx_14 = _ts(measured.taken_at)
         obx.obx_19 = _ts(measured.measured_at)
     if not msg.validate():

@@ -13,7 +13,7 @@ from app.gateways.errors import PermanentError
 from app.pipeline.dicom.codes import body_site
 from app.pipeline.dicom.kos import KOS_SOP_CLASS_UID
 from app.pipeline.fhir import InstanceFacts, SeriesFacts, StudyFacts
-from app.pipeline.fhir_observation import MeasuredValue
+from app.pipeline.fhir_observation import ENTERED_IN_ERROR, FINAL, MeasuredValue
 
 DEFAULT_MODALITY = "XC"
 
@@ -33,7 +33,8 @@ class StudyRecord:
     department: str | None
     measurements: tuple[MeasuredValue, ...] = ()
     """The values of the study's measurement SRs, oldest SR first, then by region and
-    quantity; times in the session's UTC offset."""
+    quantity; times in the session's UTC offset. A value whose SR or measured photo was
+    rejected (IHE IOCM) stays, with status ``entered-in-error``."""
 
 
 def load_study(db: Session, study_uid: str) -> StudyRecord:
@@ -94,11 +95,17 @@ def load_study(db: Session, study_uid: str) -> StudyRecord:
 
 
 def _measurements(db: Session, study_uid: str, zone: timezone) -> tuple[MeasuredValue, ...]:
+    """Every value measured in the study; ``entered-in-error`` when its SR or its measured
+    photo was rejected (a photo and its normalized version are rejected together)."""
     rows = db.scalars(select(WoundMeasurement).where(WoundMeasurement.study_uid == study_uid)
                       .order_by(WoundMeasurement.measured_at, WoundMeasurement.report_sop_uid,
-                                WoundMeasurement.region, WoundMeasurement.quantity))
+                                WoundMeasurement.region, WoundMeasurement.quantity)).all()
+    rejected = set(db.scalars(select(Instance.sop_uid).where(
+        Instance.study_uid == study_uid, Instance.rejected_at.is_not(None))))
     return tuple(MeasuredValue(
         report_uid=r.report_sop_uid, region=r.region, quantity=r.quantity, value=r.value,
         uncertainty=r.uncertainty, unit=r.unit, taken_at=as_utc(r.taken_at).astimezone(zone),
         measured_at=as_utc(r.measured_at).astimezone(zone), tracking_uid=r.tracking_uid,
-        wound_label=r.wound_label) for r in rows)
+        wound_label=r.wound_label,
+        status=ENTERED_IN_ERROR if {r.report_sop_uid, r.photo_sop_uid} & rejected else FINAL)
+        for r in rows)

@@ -122,9 +122,11 @@ def study_progress(photos: int, deliveries: Sequence[DeliveryState]) -> dict[str
     ``in_emr`` (every delivery done and the EMR notified), ``in_pacs`` (every PACS delivery
     done, the EMR not notified yet or not configured), else ``stored`` (in the archive).
     ``reason`` (free of PHI): why a delivery failed for good, else why one is being retried,
-    else None. ``pacs`` and ``emr`` count the deliveries of each kind: sent, and all.
+    else None. ``pacs`` and ``emr`` count the deliveries of each kind: sent, and all but the
+    cancelled ones (of instances rejected before they were sent).
     """
     pacs, emr = DeliveryKind.PACS, DeliveryKind.EMR
+    deliveries = [d for d in deliveries if d.state != ShownState.CANCELLED]
     counts = {kind: {"sent": sum(d.state == ShownState.SENT for d in deliveries
                                  if d.kind == kind),
                      "total": sum(d.kind == kind for d in deliveries)} for kind in (pacs, emr)}

@@ -104,10 +104,12 @@ def trajectory_csv_response(tracking_uid: str) -> Response | tuple[Response, int
 
 
 def study_wounds(study_uid: str) -> list[tuple[str, str]]:
-    """(label, trajectory page URL) of each wound measured in ``study_uid``, by label."""
+    """(label, trajectory page URL) of each wound measured in ``study_uid`` (not on a
+    rejected report or photo), by label."""
     with services().db.session() as db:
         rows = db.execute(select(WoundMeasurement.tracking_uid, WoundMeasurement.wound_label)
-                          .where(WoundMeasurement.study_uid == study_uid)
+                          .where(WoundMeasurement.study_uid == study_uid,
+                                 WoundMeasurement.shown())
                           .distinct()).all()
     labels = {uid: label for uid, label in rows}
     return sorted(((label, url_for("wounds.trajectory_page", tracking_uid=uid))

@@ -5,18 +5,21 @@ photo), so an acknowledged photo always has its deliveries queued: one pending r
 instance for each PACS destination whose route takes the study, and one row per study for
 each EMR notifier, re-queued (``version`` + 1, pending again, due now) whenever a photo is
 added. It never commits, and it never makes the accept fail on a concurrent accept of the
-same study (ON CONFLICT).
+same study (ON CONFLICT). A correction that rejects instances cancels their PACS rows not sent
+yet in its own transaction (:meth:`Outbox.cancel`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import update
 from sqlalchemy.orm import Session
 
 from app.db.models import CaptureSession, Delivery, DeliveryKind, DeliveryStatus, Instance
+from app.db.session import affected_rows
 from app.gateways.registry import Registry
 
 
@@ -70,3 +73,22 @@ class Outbox:
             db.execute(statement.on_conflict_do_update(index_elements=key, set_={
                 "status": pending, "version": Delivery.version + 1, "attempts": 0,
                 "next_attempt_at": now, "last_error": None, "updated_at": now}))
+
+    @staticmethod
+    def cancel(db: Session, sop_uids: Sequence[str], reason: str) -> int:
+        """In ``db``'s transaction: make every PACS row of ``sop_uids`` not sent yet
+        (pending, or dead) ``cancelled`` with ``reason`` (free of PHI); return how many.
+
+        A worker holding one of them under a lease cannot send it any more once this commits
+        (:func:`app.workflow.delivery.pacs.deliver` skips rejected instances); if it sent it
+        before, its ``sent`` outcome is recorded over the cancellation (what the PACS holds
+        wins), and the rejection note does the rest."""
+        if not sop_uids:
+            return 0
+        now = utcnow()
+        return affected_rows(db.execute(
+            update(Delivery)
+            .where(Delivery.kind == DeliveryKind.PACS, Delivery.sop_uid.in_(sop_uids),
+                   Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.DEAD)))
+            .values(status=DeliveryStatus.CANCELLED, last_error=reason, updated_at=now)
+            .execution_options(synchronize_session=False)))

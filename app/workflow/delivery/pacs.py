@@ -3,9 +3,11 @@ batch (one STOW-RS request or one C-STORE association).
 
 Only what the archive holds is sent, and only when it matches the index's SHA-256: a missing
 index entry, a missing file or a mismatch is a permanent error (the row becomes dead), an
-unreadable file a transient one. Each instance goes through the destination's morph before it
-is sent. Every claimed row gets a result: an instance the PACS did not report, or an unexpected
-exception (logged by type only: messages may hold PHI), is a transient error, retried later.
+unreadable file a transient one. A rejected instance is never sent: a correction cancels its
+rows, and one claimed before the correction committed is refused here. Each instance goes
+through the destination's morph before it is sent. Every claimed row gets a result: an
+instance the PACS did not report, or an unexpected exception (logged by type only: messages
+may hold PHI), is a transient error, retried later.
 Nothing here writes outbox rows; :mod:`.worker` records the results.
 """
 
@@ -58,9 +60,12 @@ def deliver(db: Database, archive: Archive, destination: Destination, claim: Cla
 
 
 def archived(archive: Archive, instance: Instance | None) -> bytes:
-    """The archived bytes of an instance, checked against the index's SHA-256."""
+    """The archived bytes of an instance, checked against the index's SHA-256; a
+    PermanentError for an instance not indexed, rejected, missing or altered."""
     if instance is None:
         raise PermanentError("the instance is not in the archive index")
+    if instance.rejected_at is not None:
+        raise PermanentError("the instance was rejected (IOCM): not sent")
     try:
         data = archive.read(instance)
     except FileNotFoundError as exc:

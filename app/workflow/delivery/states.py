@@ -2,9 +2,11 @@
 
 :class:`DeliveryState` is one row as shown (no PHI): ``queued``, ``failed`` (pending after a
 transient failure, with the reason), ``sent`` or ``dead`` (with the reason); the queries here
-read rows and never lease them. A retry makes a dead or failed row pending and due now with a
+read rows and never lease them. A row whose instance was rejected before it was sent is
+``cancelled`` (with the reason). A retry makes a dead or failed row pending and due now with a
 fresh backoff (``attempts`` 0, no error); a sent row is never retried (:class:`NotRetryable`),
-so a retry cannot send an instance twice, and a queued one is left as it is. Retrying every
+so a retry cannot send an instance twice, nor is a cancelled one (its instance is rejected),
+and a queued one is left as it is. Retrying every
 dead row also releases any lease it held.
 """
 
@@ -25,12 +27,14 @@ from app.workflow.delivery.outbox import utcnow
 
 class ShownState(StrEnum):
     """A delivery as users and admins see it, in display order: ``queued``, ``failed``
-    (pending after a transient failure), ``sent`` or ``dead``."""
+    (pending after a transient failure), ``sent``, ``dead`` or ``cancelled`` (its instance
+    was rejected before it was sent)."""
 
     QUEUED = "queued"
     FAILED = "failed"
     SENT = "sent"
     DEAD = "dead"
+    CANCELLED = "cancelled"
 
 
 STATES = tuple(ShownState)
@@ -47,7 +51,8 @@ def _public_state(status: str, has_error: bool) -> ShownState:
 @dataclass(frozen=True)
 class DeliveryState:
     """What users and admins see of one row (no PHI): ``state`` is queued, sent, failed
-    (pending after a transient failure; ``reason`` says why) or dead (``reason``)."""
+    (pending after a transient failure; ``reason`` says why), dead (``reason``) or cancelled
+    (``reason``)."""
 
     id: int
     destination: str
@@ -89,7 +94,9 @@ def _state_filter(state: str) -> Any:
     return {ShownState.QUEUED: and_(pending, Delivery.last_error.is_(None)),
             ShownState.FAILED: and_(pending, Delivery.last_error.is_not(None)),
             ShownState.SENT: Delivery.status == DeliveryStatus.SENT,
-            ShownState.DEAD: Delivery.status == DeliveryStatus.DEAD}[ShownState(state)]
+            ShownState.DEAD: Delivery.status == DeliveryStatus.DEAD,
+            ShownState.CANCELLED: Delivery.status == DeliveryStatus.CANCELLED,
+            }[ShownState(state)]
 
 
 def study_deliveries(db: Database, study_uid: str) -> list[DeliveryState]:
@@ -140,7 +147,7 @@ def list_deliveries(db: Database, state: str | None = None, destination: str | N
 
 
 def delivery_counts(db: Database) -> dict[str, dict[str, int]]:
-    """Per destination, how many deliveries are queued, failed, sent and dead."""
+    """Per destination, how many deliveries are queued, failed, sent, dead and cancelled."""
     failed = Delivery.last_error.is_not(None)
     query = (select(Delivery.destination, Delivery.status, failed, func.count())
              .group_by(Delivery.destination, Delivery.status, failed))
@@ -153,12 +160,13 @@ def delivery_counts(db: Database) -> dict[str, dict[str, int]]:
 
 
 class NotRetryable(Exception):
-    """The delivery was already sent; there is nothing to retry."""
+    """The delivery was already sent, or cancelled; there is nothing to retry."""
 
 
 def retry_delivery(db: Database, delivery_id: int) -> DeliveryState | None:
     """Make a dead or failed delivery due now with a fresh backoff; None when it does not
-    exist, :class:`NotRetryable` when it was already sent. A queued one is left as it is."""
+    exist, :class:`NotRetryable` when it was already sent or was cancelled (its instance is
+    rejected). A queued one is left as it is."""
     now = utcnow()
     with db.session() as session:
         row = session.get(Delivery, delivery_id, with_for_update=True)
@@ -166,6 +174,8 @@ def retry_delivery(db: Database, delivery_id: int) -> DeliveryState | None:
             return None
         if row.status == DeliveryStatus.SENT:
             raise NotRetryable("this delivery was already sent")
+        if row.status == DeliveryStatus.CANCELLED:
+            raise NotRetryable("this delivery was cancelled: its instance was rejected")
         if row.status == DeliveryStatus.DEAD or row.last_error:
             row.status, row.attempts, row.last_error = DeliveryStatus.PENDING, 0, None
             row.next_attempt_at, row.updated_at = now, now

@@ -55,7 +55,8 @@ _REASON_MAX = 200
 class Outcome(StrEnum):
     """What recording one claimed row did, counted in the worker's log line: the row became
     ``sent`` or ``dead``, or ``failed`` (waits for a retry); or it was ``requeued`` meanwhile
-    (left pending), or ``lost`` (another worker took over its lease)."""
+    (left pending) or cancelled meanwhile (left cancelled), or ``lost`` (another worker took
+    over its lease)."""
 
     SENT = "sent"
     FAILED = "failed"
@@ -175,9 +176,10 @@ class DeliveryWorker:
         """Record each row's outcome under the claim's token and release the lease.
 
         Sent or dead applies only if the row was not re-queued meanwhile (same version);
-        otherwise it stays pending, due now. The rows that became sent, and those that became
-        dead, are each one audit record (``delivery.*`` or ``notice.*``) in the same
-        transaction. Transiently failed rows wait for one backoff
+        otherwise it stays pending, due now. A row cancelled meanwhile (its instance was
+        rejected) stays cancelled unless it was sent: then it is recorded sent. The rows that
+        became sent, and those that became dead, are each one audit record (``delivery.*`` or
+        ``notice.*``) in the same transaction. Transiently failed rows wait for one backoff
         drawn for the whole claim, so they stay one batch. A row whose lease was taken over by
         another worker is left to that worker.
         """
@@ -185,6 +187,7 @@ class DeliveryWorker:
         retry_at = now + timedelta(seconds=policy.delay(
             max(row.attempts for row in claim.rows) + 1, self.uniform))
         counts = dict.fromkeys(Outcome, 0)
+        pending = Delivery.status == DeliveryStatus.PENDING
         finished: dict[Outcome, list[ClaimedRow]] = {Outcome.SENT: [], Outcome.DEAD: []}
         with self.db.session() as db:
             for row in claim.rows:
@@ -199,11 +202,12 @@ class DeliveryWorker:
                 elif isinstance(error, PermanentError):
                     values = dict(status=DeliveryStatus.DEAD, attempts=Delivery.attempts + 1,
                                   last_error=_reason(error), **release)
-                    outcome, where = Outcome.DEAD, and_(mine, Delivery.version == row.version)
+                    outcome, where = Outcome.DEAD, and_(mine, pending,
+                                                        Delivery.version == row.version)
                 else:
                     values = dict(attempts=Delivery.attempts + 1, last_error=_reason(error),
                                   next_attempt_at=retry_at, **release)
-                    outcome, where = Outcome.FAILED, mine
+                    outcome, where = Outcome.FAILED, and_(mine, pending)
                 if affected_rows(db.execute(update(Delivery).where(where).values(**values)
                                             .execution_options(synchronize_session=False))):
                     counts[outcome] += 1

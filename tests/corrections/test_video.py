@@ -1,0 +1,124 @@
+"""Video clips in corrections: a rejected clip is referenced by the rejection note (with its
+Video Photographic Image SOP class) and hidden; a study holding a clip moves to the right
+patient as a corrected copy that is still a valid Video Photographic Image, the MP4 byte for
+byte, which the PACS (Orthanc) receives."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+from pydicom import Dataset
+from pydicom.encaps import generate_frames
+from sqlalchemy import select
+
+from app.db.models import CaptureSession
+from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
+from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
+from tests.clips import make_clip
+from tests.conftest import dicom_validate
+from tests.corrections.conftest import add_patient, archived, ebiw, validate_kos
+from tests.delivery.conftest import NOCHART, Deployment, Orthanc
+
+RIGHT = ("00234567", "HOSP-A")
+
+
+def mp4(ds: Dataset) -> bytes:
+    """The encapsulated MP4 (one fragment, the whole clip)."""
+    return next(generate_frames(ds.PixelData, number_of_frames=1))
+
+
+def valid_video(d: Deployment, sop_uid: str, path: Path) -> tuple[int, str]:
+    """dciodvfy's error count and report on an archived instance as a Video Photographic
+    Image (not decoded: DCMTK decodes no video)."""
+    row, _ = archived(d, sop_uid)
+    path.write_bytes(d.services.archive.read(row))
+    errors, _warnings, out = dicom_validate(path, iod="VideoPhotographicImage", decode=False)
+    return errors, out
+
+
+def kos_references(kos: Dataset) -> dict[str, str]:
+    """SOP Instance UID -> SOP Class UID of every instance the note references."""
+    return {str(item.ReferencedSOPInstanceUID): str(item.ReferencedSOPClassUID)
+            for study in kos.CurrentRequestedProcedureEvidenceSequence
+            for series in study.ReferencedSeriesSequence
+            for item in series.ReferencedSOPSequence}
+
+
+def test_rejecting_a_clip(deploy: Callable[..., Deployment], orthancs: Callable[[], Orthanc],
+                          tmp_path: Path) -> None:
+    pacs = orthancs().start()
+    d = deploy([{"name": "pacs", "type": "stow-rs", "url": pacs.dicomweb}])
+    session = d.open_session()
+    study = session["study_instance_uid"]
+    clip = d.upload(session, make_clip(tmp_path / "clip.mp4"))["sop_instance_uid"]
+    d.worker().drain()
+    assert pacs.instances(study) == [clip]
+
+    result = ebiw(d, "correct", "reject", "--instance", clip, "--reason", "quality")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    assert out["rejected"] == [clip]
+    _, kos = archived(d, out["kos_sop_instance_uid"])
+    assert kos_references(kos) == {clip: VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE}
+    (tmp_path / "kos.dcm").write_bytes(d.services.archive.read(
+        archived(d, out["kos_sop_instance_uid"])[0]))
+    report = validate_kos(tmp_path / "kos.dcm")
+    assert "TOTAL errors=0" in report, report
+    admin = d.headers["admin"]
+    found = d.client.get(f"/dicomweb/studies/{study}/instances", headers=admin).get_json()
+    assert [i["00080018"]["Value"][0] for i in found] == [out["kos_sop_instance_uid"]]
+    series = archived(d, clip)[0].series_uid
+    base = f"/dicomweb/studies/{study}/series/{series}/instances/{clip}"
+    assert d.client.get(f"{base}/rendered", headers=admin).status_code == 404
+    d.worker().drain()
+    assert sorted(pacs.instances(study)) == sorted([clip, out["kos_sop_instance_uid"]])
+
+
+def test_moving_a_study_holding_a_clip(deploy: Callable[..., Deployment],
+                                       orthancs: Callable[[], Orthanc], tmp_path: Path) -> None:
+    pacs = orthancs().start()
+    d = deploy([{"name": "pacs", "type": "stow-rs", "url": pacs.dicomweb}])
+    add_patient(d, *RIGHT, "RIGHT", "BOB")
+    session = d.open_session(encounter="ENC1001", body_site="14975008", laterality="L")
+    old_study = session["study_instance_uid"]
+    clip = d.upload(session, make_clip(tmp_path / "clip.mp4", audio=True))["sop_instance_uid"]
+    photo = d.upload(session, NOCHART)["sop_instance_uid"]
+
+    result = ebiw(d, "correct", "patient", "--study", old_study, "--patient-id", RIGHT[0],
+                  "--issuer", RIGHT[1], "--reason", "wrong wristband")
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.output)
+    new_study, copy = out["new_study_instance_uid"], out["copies"][clip]
+    assert sorted(out["rejected"]) == sorted([clip, photo])
+
+    _, before = archived(d, clip)
+    _, after = archived(d, copy)
+    assert after.SOPClassUID == before.SOPClassUID == VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
+    assert after.file_meta.TransferSyntaxUID == before.file_meta.TransferSyntaxUID
+    assert (after.PatientID, after.IssuerOfPatientID, str(after.PatientName)) == \
+        (*RIGHT, "RIGHT^BOB")
+    assert (after.StudyInstanceUID, after.SOPInstanceUID) == (new_study, copy)
+    # The copy is in the new session's own video series, as if captured there.
+    with d.services.db.session() as db:
+        new_session = db.scalar(select(CaptureSession.id).where(
+            CaptureSession.study_uid == new_study))
+    assert new_session is not None
+    video_series = uid_from_uuid(derived_uuid(new_session, "series:video"),
+                                 d.services.settings.uid_prefix)
+    assert (after.SeriesInstanceUID, after.SeriesNumber) == (video_series, 6)
+    assert "AdmissionID" not in after and before.AdmissionID == "ENC1001"
+    assert (after.NumberOfFrames, after.FrameTime) == (before.NumberOfFrames, before.FrameTime)
+    assert mp4(after) == mp4(before)  # the clip byte for byte
+    assert valid_video(d, clip, tmp_path / "original.dcm")[0] == 0
+    errors, report = valid_video(d, copy, tmp_path / "copy.dcm")
+    assert errors == 0, report
+    assert after.AnatomicRegionSequence[0].CodeValue == "14975008"
+
+    _, kos = archived(d, out["kos_sop_instance_uid"])
+    assert kos_references(kos)[clip] == VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
+    d.worker().drain()
+    assert copy in pacs.instances(new_study)
+    assert pacs.tags(copy)["PatientID"] == RIGHT[0]
+    assert pacs.frame(copy) == mp4(after)
