@@ -18,6 +18,7 @@ from typing import Any
 from flask import Blueprint, Response, current_app, render_template, send_from_directory
 
 from app.pipeline.quality import client_config
+from app.web import services
 
 bp = Blueprint("pwa", __name__)
 
@@ -44,9 +45,18 @@ def _modules(static: Path) -> list[Path]:
     return found
 
 
+def _page_config() -> dict[str, Any]:
+    """What the capture page carries besides its files: the photo-quality thresholds for
+    ``static/js/quality.js`` and the longest clip the server takes (``EBIW_MAX_VIDEO_SECONDS``,
+    for ``static/js/recorder.js``)."""
+    return {"quality": client_config(),
+            "max_video_seconds": services().settings.max_video_seconds}
+
+
 @cache
-def _shell(static: Path, templates: Path) -> tuple[str, tuple[str, ...]]:
-    """(version, URLs) of the app shell; the version hashes every file the shell is made of."""
+def _shell(static: Path, templates: Path, config: str) -> tuple[str, tuple[str, ...]]:
+    """(version, URLs) of the app shell; the version hashes every file the shell is made of
+    and the page's ``config`` (JSON of :func:`_page_config`)."""
     files = sorted([*_modules(static), static / "css" / "theme.css", static / "css" / "app.css",
                     *(static / "icons").glob("*.png")])
     digest = hashlib.sha256()
@@ -54,7 +64,7 @@ def _shell(static: Path, templates: Path) -> tuple[str, tuple[str, ...]]:
                  templates / "partials" / "header.html", templates / "capture" / "index.html",
                  templates / "capture" / "sw.js"]:
         digest.update(path.name.encode() + b"\0" + path.read_bytes())
-    digest.update(json.dumps(client_config(), sort_keys=True).encode())  # in the page
+    digest.update(config.encode())  # in the page
     urls = ["/", "/manifest.webmanifest",
             *(f"/static/{p.relative_to(static).as_posix()}" for p in files)]
     return digest.hexdigest()[:16], tuple(urls)
@@ -62,7 +72,8 @@ def _shell(static: Path, templates: Path) -> tuple[str, tuple[str, ...]]:
 
 def shell() -> tuple[str, tuple[str, ...]]:
     """The current app's shell version and URLs."""
-    return _shell(_static(), Path(current_app.template_folder or "templates"))
+    return _shell(_static(), Path(current_app.template_folder or "templates"),
+                  json.dumps(_page_config(), sort_keys=True))
 
 
 def shell_page(template: str, *, mimetype: str | None = None, **context: Any) -> Response:
@@ -76,8 +87,8 @@ def shell_page(template: str, *, mimetype: str | None = None, **context: Any) ->
 @bp.get("/")
 def index() -> Response:
     """The app shell: the same page for everyone (no user data), so it can be cached; it
-    carries the photo-quality thresholds for ``static/js/quality.js``."""
-    return shell_page("capture/index.html", quality=client_config())
+    carries :func:`_page_config`."""
+    return shell_page("capture/index.html", **_page_config())
 
 
 @bp.get("/sw.js")

@@ -623,10 +623,10 @@ class Intake:
             return known, False
         return row, True
 
-    def accept_video(self, session_id: str, upload_uuid: str,
-                     data: bytes) -> tuple[Photo, bool]:
+    def accept_video(self, session_id: str, upload_uuid: str, data: bytes, *,
+                     number: int | None = None) -> tuple[Photo, bool]:
         """Store one video clip as a Video Photographic Image in the session's video series;
-        return (upload row, created).
+        return (upload row, created). ``number``: as for :meth:`accept_photo`.
 
         Guarantees as :meth:`accept_photo`: durably archived, indexed and queued for delivery
         in one transaction; idempotent by UUID (same bytes: the first result, other bytes:
@@ -641,7 +641,8 @@ class Intake:
         if known is not None:
             return known, False
         with self._pixel_slots, checked_clip(data, self.settings) as work:
-            [number] = self.reserve_instance_numbers(session.id, 1)
+            if number is None:
+                [number] = self.reserve_instance_numbers(session.id, 1)
             key, dicom = self._video_instance(work, session, upload_uuid, number)
             try:
                 with self.db.session() as db:

@@ -1,6 +1,6 @@
 /**
  * The capture app: log in → identify the patient (wristband or MRN) → confirm → body site and
- * capture details → photos → review and send → study link. Photos can also be taken first and
+ * capture details → photos and video clips → review and send → study link. Photos can also be taken first and
  * the patient identified later ("capture now, identify later"); such photos stay encrypted on
  * the device and are never sent before a patient is assigned. A session launched from the EMR
  * (SMART) has its patient and encounter chosen there: a new capture skips the identification.
@@ -15,7 +15,8 @@
 
 import { ApiError, NetworkError, call, login, logout, whoAmI } from "./api.js";
 import {
-  PHOTO_RESOLUTION, SCAN_RESOLUTION, cameraSupported, startCamera, stopCamera, thumbnailOf, toJpeg,
+  PHOTO_RESOLUTION, SCAN_RESOLUTION, cameraSupported, grabFrame, setResolution, startCamera,
+  stopCamera, thumbnailOf, toJpeg,
 } from "./camera.js";
 import { CameraControls, sharpestOf } from "./camera-controls.js";
 import { Guidance } from "./guidance.js";
@@ -27,6 +28,7 @@ import {
 } from "./identify.js";
 import { PhotoView } from "./photo-view.js";
 import { photoChecks } from "./quality.js";
+import { CLIP_RESOLUTION, ClipRecording, clipType, clock } from "./recorder.js";
 import { renderReview, showProgress } from "./review.js";
 import { showUser } from "./shell.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
@@ -41,6 +43,9 @@ const guidance = new Guidance(byId("camera-video"), byId("guidance"));
 const controls = new CameraControls(byId("camera-video"), { torch: byId("torch"),
   zoom: byId("zoom"), zoomBox: byId("zoom-box"), marker: byId("focus-mark") });
 const photoView = new PhotoView(byId("photo-view"));
+
+/** The longest clip the server takes (EBIW_MAX_VIDEO_SECONDS, in the page). */
+const MAX_CLIP_SECONDS = Number(byId("main").dataset.maxVideoSeconds) || 60;
 
 /** How often to ask the server again while the app runs on the last-known login. */
 const RECONNECT_EVERY_MS = 20000;
@@ -63,6 +68,8 @@ const state = {
   lastActivity: Date.now(),
   /** Studies completed since the app opened: {studyUid, photos, at}. */
   sent: [],
+  /** The clip being recorded (recorder.js ClipRecording), or null. */
+  recording: null,
 };
 
 /**
@@ -73,7 +80,8 @@ const state = {
  * @property {string|null} encounter
  * @property {object|null} worklistItem the chosen worklist item, if any
  * @property {object|null} details body site, laterality, consent…
- * @property {string[]} photos upload UUIDs, in capture order
+ * @property {string[]} photos upload UUIDs (photos and clips), in capture order
+ * @property {Set<string>} clips which of them are video clips
  * @property {Map<string, ImageBitmap>} thumbs
  * @property {Map<string, object>} checks per photo: the app's quality verdict (quality.js
  *   photoChecks), with `chart` the live guidance's last word on the chart when the photo was
@@ -99,8 +107,8 @@ async function refreshHome() {
 
 function newDraft() {
   return { id: crypto.randomUUID(), user: state.me.user, patient: null, encounter: null,
-    worklistItem: null, details: null, photos: [], thumbs: new Map(), checks: new Map(), results: new Map(),
-    sessionId: null };
+    worklistItem: null, details: null, photos: [], clips: new Set(), thumbs: new Map(), checks: new Map(),
+    results: new Map(), sessionId: null };
 }
 
 // --- errors and the login ---------------------------------------------------------------------
@@ -318,6 +326,10 @@ async function onHomeClick(event) {
 
 async function loadThumbnails(draft, photos) {
   for (const record of photos.filter((p) => draft.photos.includes(p.uuid))) {
+    if (record.type.startsWith("video/")) {  // a clip: listed without a picture
+      draft.clips.add(record.uuid);
+      continue;
+    }
     const blob = await store.photoBlob(record);
     draft.thumbs.set(record.uuid, await thumbnailOf(blob));
   }
@@ -346,6 +358,7 @@ function startLaunched() {
 }
 
 function stopCameras() {
+  if (state.recording) state.recording.stop();  // what was recorded so far is kept
   guidance.stop();
   controls.detach();
   stopCamera(byId("scan-video"));
@@ -577,11 +590,11 @@ function renderStrip() {
   const draft = state.draft;
   byId("shots").replaceChildren(...draft.photos.map((uuid, i) => {
     const canvas = h("canvas", { class: "thumb", role: "listitem",
-      "aria-label": `Photo ${i + 1}` });
+      "aria-label": `${draft.clips.has(uuid) ? "Clip" : "Photo"} ${i + 1}` });
     paintBitmap(canvas, draft.thumbs.get(uuid));
     return canvas;
   }));
-  byId("retake").disabled = draft.photos.length === 0;
+  byId("retake").disabled = draft.photos.length === 0 || Boolean(state.recording);
   byId("camera-done").textContent = draft.photos.length ? `Done (${draft.photos.length})` : "Done";
 }
 
@@ -634,6 +647,67 @@ async function onFilePicked(event) {
   }
 }
 
+/** Show the camera screen's controls as they are while a clip records, or not. */
+function showRecording(recording) {
+  const record = byId("record");
+  record.setAttribute("aria-pressed", String(recording));
+  record.setAttribute("aria-label", recording ? "Stop recording" : "Record clip");
+  for (const id of ["shutter", "camera-done", "file-input"]) byId(id).disabled = recording;
+  byId("retake").disabled = recording || state.draft.photos.length === 0;
+  byId("record-countdown").hidden = !recording;
+}
+
+/**
+ * Record a clip from the live camera (at most 1080p, no sound) until the button is pressed
+ * again or the server's limit is reached, with the time left shown (the live guidance pauses);
+ * kept like a photo (encrypted on the device, then sent by the uploader with the recorder's
+ * media type).
+ */
+async function onRecord() {
+  if (state.recording) {
+    state.recording.stop();
+    return;
+  }
+  const video = byId("camera-video");
+  const status = byId("camera-status");
+  const type = clipType();
+  if (!type || !video.srcObject) {
+    say(status, "Clips cannot be recorded in this browser.");
+    return;
+  }
+  const uuid = crypto.randomUUID();
+  const countdown = byId("record-countdown");
+  const record = byId("record");
+  record.disabled = true;  // until the recording runs: one press, one clip
+  let recording;
+  try {
+    const thumb = await thumbnailOf(grabFrame(video));  // the clip's first picture
+    await setResolution(video, CLIP_RESOLUTION);
+    recording = new ClipRecording(video, type, MAX_CLIP_SECONDS, (left) => {
+      countdown.textContent = `Recording · ${clock(left)} left`;
+    });
+    state.recording = recording;
+    guidance.stop();  // photo advice, and its frames sent to the server, pause while recording
+    showRecording(true);
+    record.disabled = false;
+    say(status, `Recording a clip of up to ${clock(MAX_CLIP_SECONDS)}: press the button again to stop.`);
+    const clip = await recording.done;
+    state.draft.clips.add(uuid);
+    await keepPhoto(uuid, clip, thumb, { ok: true });
+    say(status, `Clip kept · ${count(state.draft.photos.length, "item")} taken`);
+  } catch (error) {
+    say(status, `The clip could not be recorded: ${error.message}`);
+  } finally {
+    record.disabled = false;
+    if (state.recording === recording) state.recording = null;
+    if (state.draft) showRecording(false);
+    if (video.srcObject) {  // still on the camera screen
+      setResolution(video, PHOTO_RESOLUTION);
+      guidance.start();
+    }
+  }
+}
+
 /** A picked file at full resolution, drawn into a canvas (for its quality checks). */
 async function canvasOf(file) {
   const bitmap = await createImageBitmap(file);
@@ -650,6 +724,7 @@ async function onRetake() {
   if (!uuid) return;
   state.draft.thumbs.delete(uuid);
   state.draft.checks.delete(uuid);
+  state.draft.clips.delete(uuid);
   await store.deletePhoto(uuid);
   renderStrip();
   await refreshQueue();
@@ -680,6 +755,7 @@ async function removePhoto(uuid) {
   draft.photos = draft.photos.filter((u) => u !== uuid);
   draft.thumbs.delete(uuid);
   draft.checks.delete(uuid);
+  draft.clips.delete(uuid);
   await store.deletePhoto(uuid);
   await refreshQueue();
 }
@@ -808,6 +884,13 @@ function wireUploader() {
       refreshHome();
     }
   });
+  uploader.addEventListener("failed", ({ detail }) => {
+    const draft = draftOf(detail.sessionId);
+    if (draft) {  // refused: it stays on the device, the review says why
+      draft.results.set(detail.uuid, { state: "failed", error: detail.error });
+      renderReview(draft);
+    }
+  });
   uploader.addEventListener("complete", ({ detail }) => {
     const photos = detail.session.photo_count || 0;
     state.sent.unshift({ studyUid: detail.session.study_instance_uid, photos, at: Date.now() });
@@ -856,6 +939,7 @@ function wire() {
   });
   byId("details-form").addEventListener("submit", onDetails);
   byId("shutter").addEventListener("click", onShutter);
+  byId("record").addEventListener("click", onRecord);
   byId("retake").addEventListener("click", onRetake);
   byId("camera-done").addEventListener("click", onCameraDone);
   byId("file-input").addEventListener("change", onFilePicked);

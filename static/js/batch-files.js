@@ -6,11 +6,12 @@
  */
 
 const ACCEPTED_TYPES = new Set(["image/jpeg", "image/png", "image/heic", "image/heif",
-  "image/tiff", "image/webp"]);
-const ACCEPTED_NAMES = /\.(jpe?g|png|heic|heif|tiff?|webp)$/i;
+  "image/tiff", "image/webp", "video/mp4", "video/quicktime"]);
+const ACCEPTED_NAMES = /\.(jpe?g|png|heic|heif|tiff?|webp|mp4|mov)$/i;
 
 /**
- * Whether a dropped file looks like a photo we take (the server checks the bytes anyway).
+ * Whether a dropped file looks like a photo or a video clip (an Android .mp4, an iPhone .mov)
+ * we take (the server checks the bytes anyway).
  * @param {File} file
  * @returns {boolean}
  */

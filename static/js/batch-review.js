@@ -63,6 +63,7 @@ function itemCard(item, batch, local, handlers) {
   if (file && file.thumb) paintBitmap(canvas, file.thumb);
   const name = file ? file.name : `photo ${item.order + 1}`;
   const tags = [];
+  if (item.media_type.startsWith("video/")) tags.push("video clip");
   if (item.role === "label") tags.push("label photo");
   else if (item.barcode) tags.push("label in the frame");
   if (item.assigned === "manual") tags.push("moved by hand");

@@ -153,7 +153,7 @@ async function addPatient(event) {
 async function addFiles(list) {
   const files = inFileOrder([...list].filter(acceptable));
   const skipped = list.length - files.length;
-  problem(skipped ? `${count(skipped, "file")} left out: not a photo (JPEG, PNG, HEIC, TIFF)` : "");
+  problem(skipped ? `${count(skipped, "file")} left out: not a photo (JPEG, PNG, HEIC, TIFF) or a clip (MP4, MOV)` : "");
   if (!files.length) return;
   const known = new Set(state.batch.items.map((i) => i.upload_uuid));
   let order = Math.max(-1, ...state.batch.items.map((i) => i.order),

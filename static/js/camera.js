@@ -32,6 +32,43 @@ export async function startCamera(video, resolution) {
   await video.play();
 }
 
+/** How long {@link setResolution} waits for the first picture of the new size. */
+const RESIZE_WAIT_MS = 2000;
+
+/**
+ * Ask the running camera of `video` for another size, at most `resolution` (e.g. a clip's
+ * 1080p instead of a photo's 12 MP: the browser scales the picture down), keeping the stream,
+ * and wait (up to 2 s) until its pictures have that size, so that what is recorded next starts
+ * at it; a camera that refuses keeps its size.
+ * @param {HTMLVideoElement} video
+ * @param {{width: number, height: number}} resolution the ideal and largest size
+ * @returns {Promise<boolean>} whether the camera took the constraints
+ */
+export async function setResolution(video, resolution) {
+  const track = video.srcObject && video.srcObject.getVideoTracks()[0];
+  if (!track) return false;
+  try {
+    await track.applyConstraints({ width: { ideal: resolution.width, max: resolution.width },
+      height: { ideal: resolution.height, max: resolution.height } });
+  } catch {
+    return false;
+  }
+  const fits = () => video.videoWidth <= resolution.width && video.videoHeight <= resolution.height;
+  if (!fits()) {
+    await new Promise((resolve) => {
+      const done = () => {
+        clearTimeout(timer);
+        video.removeEventListener("resize", check);
+        resolve();
+      };
+      const check = () => { if (fits()) done(); };
+      const timer = setTimeout(done, RESIZE_WAIT_MS);
+      video.addEventListener("resize", check);
+    });
+  }
+  return true;
+}
+
 /**
  * Stop the camera shown in `video` (the light goes off).
  * @param {HTMLVideoElement} video

@@ -1,6 +1,6 @@
 /**
- * The review screen: the photos of a draft before and while they are sent, with per-photo
- * progress, the colour chart result the server reports, and each photo's quality ("Retake?"
+ * The review screen: the photos and clips of a draft before and while they are sent, with
+ * per-item progress (and the server's refusal, if any), the colour chart result the server reports, and each photo's quality ("Retake?"
  * before sending when the app's checks fail; the server's record once stored).
  * @module review
  */
@@ -70,23 +70,26 @@ export function renderReview(draft) {
   const sent = Boolean(draft.sessionId);
   byId("review-list").replaceChildren(...draft.photos.map((uuid, i) => {
     const result = draft.results.get(uuid);
+    const clip = draft.clips.has(uuid);
+    const name = `${clip ? "Clip" : "Photo"} ${i + 1}`;
     const canvas = h("canvas", { class: "thumb", "aria-hidden": "true" });
     paintBitmap(canvas, draft.thumbs.get(uuid));
     const view = h("button", { type: "button", class: "thumb-button", "data-view": uuid,
-      "aria-label": `Photo ${i + 1}: view full screen` }, canvas);
-    const progress = h("progress", { max: 1, "aria-label": `Upload of photo ${i + 1}` });
+      "aria-label": `${name}: view full screen` }, canvas);
+    const progress = h("progress", { max: 1, "aria-label": `Upload of ${name.toLowerCase()}` });
     progress.value = result && result.state === "stored" ? 1
       : result && result.total ? result.loaded / result.total : 0;
     return h("li", { class: "photo", "data-uuid": uuid },
       view,
       h("div", { class: "info" },
-        h("p", { class: "label" }, `Photo ${i + 1}`),
+        h("p", { class: "label" }, name),
         progress,
-        h("p", { class: "state" }, resultText(result)),
-        result && result.state === "stored" ? colourHint(result.photo) : null,
+        h("p", { class: `state${result && result.state === "failed" ? " alert" : ""}` },
+          resultText(result)),
+        result && result.state === "stored" && !clip ? colourHint(result.photo) : null,
         serverQuality(result)),
       sent ? null : h("button", { type: "button", class: "quiet danger", "data-remove": uuid,
-        "aria-label": `Remove photo ${i + 1}` }, "Remove"),
+        "aria-label": `Remove ${name.toLowerCase()}` }, "Remove"),
       sent ? null : retakePrompt(draft.checks.get(uuid), uuid, i + 1));
   }));
   const stored = [...draft.results.values()].filter((r) => r.state === "stored").length;

@@ -17,8 +17,9 @@ const MAX_DELAY_MS = 60000;
 
 /**
  * Events (all CustomEvent, details in brackets): `change` (the queue or its state changed),
- * `progress` {uuid, loaded, total}, `stored` {uuid, sessionId, photo}, `complete`
- * {sessionId, session}, `login-needed` {message}.
+ * `progress` {uuid, loaded, total}, `stored` {uuid, sessionId, photo}, `failed` {uuid,
+ * sessionId, error} (refused: kept on the device, marked failed), `complete` {sessionId,
+ * session}, `login-needed` {message}.
  */
 export class Uploader extends EventTarget {
   #user = null;
@@ -147,6 +148,7 @@ export class Uploader extends EventTarget {
     } catch (error) {
       if (!(error instanceof ApiError) || error.transient || error.needsLogin) throw error;
       await store.updatePhoto(photo.uuid, { state: "failed", error: error.message });
+      this.#emit("failed", { uuid: photo.uuid, sessionId: photo.sessionId, error: error.message });
     }
     this.#emit("change");
   }

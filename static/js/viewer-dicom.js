@@ -4,6 +4,7 @@
 
 export const TAG = {
   imageType: "00080008",
+  sopClass: "00080016",
   sopInstance: "00080018",
   studyDate: "00080020",
   studyTime: "00080030",
@@ -25,10 +26,16 @@ export const TAG = {
   seriesNumber: "00200011",
   instanceNumber: "00200013",
   laterality: "00200062",
+  cineRate: "00180040",
+  frameTime: "00181063",
+  frames: "00280008",
   rows: "00280010",
   columns: "00280011",
   pixelSpacing: "00280030",
 };
+
+/** Video Photographic Image Storage: a clip, shown in a <video>, never measured. */
+export const VIDEO_SOP_CLASS = "1.2.840.10008.5.1.4.1.1.77.1.4.1";
 
 const LATERALITY = { L: "left", R: "right", B: "both sides" };
 const SEX = { F: "Female", M: "Male", O: "Other" };
@@ -73,7 +80,18 @@ export function lateralityLabel(code) {
   return LATERALITY[code] || "";
 }
 
-/** One image as the viewer uses it. */
+/**
+ * Seconds between two frames of a clip: its Frame Time (ms), else one over its Cine Rate
+ * (frames per second); null when it has neither.
+ */
+export function frameSeconds(ds) {
+  const frameTime = Number(first(ds, TAG.frameTime));
+  if (frameTime > 0) return frameTime / 1000;
+  const rate = Number(first(ds, TAG.cineRate));
+  return rate > 0 ? 1 / rate : null;
+}
+
+/** One image (a photo, or with `video` a clip) as the viewer uses it. */
 export function imageOf(ds) {
   const spacing = values(ds, TAG.pixelSpacing).map(Number);
   const source = first(ds, TAG.sourceImages);
@@ -92,6 +110,9 @@ export function imageOf(ds) {
     // PixelSpacing is (row spacing, column spacing): vertical first.
     spacing: spacing.length === 2 && spacing.every((v) => v > 0) ? { row: spacing[0], column: spacing[1] } : null,
     derived: values(ds, TAG.imageType)[0] === "DERIVED",
+    video: first(ds, TAG.sopClass) === VIDEO_SOP_CLASS,
+    frames: Number(first(ds, TAG.frames) || 1),
+    frameSeconds: frameSeconds(ds),
     sourceSop: source ? first(source, TAG.referencedSop) : null,
     derivation: first(ds, TAG.derivationDescription) || "",
     site: siteOf(ds),
@@ -171,11 +192,12 @@ export function studyOf(instances) {
   };
 }
 
-/** Earlier studies of the same body site (and side), newest first, from an instance search. */
+/** Earlier studies of the same body site (and side), newest first, from an instance search:
+ * their photos (a clip is not shown side by side). */
 export function timelineOf(instances, current) {
   const studies = new Map();
   for (const image of instances.map(imageOf)) {
-    if (image.study === current.uid) continue;
+    if (image.study === current.uid || image.video) continue; // photos are compared, not clips
     if (!studies.has(image.study)) studies.set(image.study, []);
     studies.get(image.study).push(image);
   }

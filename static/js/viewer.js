@@ -1,11 +1,13 @@
 // The study viewer: patient banner, series with thumbnails, the image with zoom, pan and
 // measuring tools, original/normalized toggle with the ΔE report, and earlier studies of the
-// same site side by side. Everything comes from /dicomweb (see viewer-api.js for credentials).
+// same site side by side; a clip plays in its own player with frame stepping (viewer-clip.js)
+// and no measuring tools. Everything comes from /dicomweb (see viewer-api.js for credentials).
 //
 // Performance marks for benchmarks: "ebiw:first-thumbnail" and "ebiw:main-image" when they are
 // painted (the images also carry elementtiming attributes).
 
 import { AuthError, DicomWeb, JsonApi, query } from "./viewer-api.js";
+import { ClipPlayer } from "./viewer-clip.js";
 import { gridRatio, lateralityLabel, studyOf, timelineOf } from "./viewer-dicom.js";
 import { ellipseEstimate, saveRequest, storedOn } from "./viewer-measure.js";
 import { formatMeasurement, Stage } from "./viewer-stage.js";
@@ -31,11 +33,15 @@ function markOnce(name) {
 }
 
 const markThumbnail = markOnce("ebiw:first-thumbnail");
+const markMain = markOnce("ebiw:main-image");
 const stagesElement = $("stages");
 const mainElement = document.createElement("div");
-stagesElement.append(mainElement);
+const clipElement = document.createElement("div");
+clipElement.id = "clip";
+stagesElement.append(mainElement, clipElement);
+const clip = new ClipPlayer(clipElement, api, { onFrame: showFrameNumber });
 const main = new Stage(mainElement, api, {
-  timing: "main-image", onChange: renderMeasurements, onPainted: markOnce("ebiw:main-image"),
+  timing: "main-image", onChange: renderMeasurements, onPainted: markMain,
   onOutline: proposeOutline, onHint: (text) => measureStatus(text, true), noteText: () => $("note-text").value.trim() || "Note",
 });
 main.root.id = "stage-main";
@@ -112,7 +118,7 @@ function renderSeries() {
       button.className = "thumb";
       button.dataset.sop = image.sop;
       const caption = document.createElement("span");
-      caption.textContent = `${image.derived ? "Normalized" : "Image"} ${image.number}`;
+      caption.textContent = `${image.video ? "Clip" : image.derived ? "Normalized" : "Image"} ${image.number}`;
       button.append(thumbnail(image, caption.textContent), caption);
       button.addEventListener("click", () => {
         const view = state.study.views.find((v) => v.original === image || v.normalized === image);
@@ -171,12 +177,49 @@ function markCurrent() {
   }
 }
 
+/** Show the clip player or the measuring stage, and the toolbar that goes with it. */
+function showPlayer(video) {
+  mainElement.hidden = video;
+  for (const element of document.querySelectorAll(".photo-tools")) element.hidden = video;
+  $("frames").hidden = !video;
+  $("frame-number").hidden = !video;
+  if (!video) clip.hide();
+}
+
+function showFrameNumber(index, frames) {
+  $("frame-number").textContent = `Frame ${index + 1} of ${frames}`;
+  for (const button of document.querySelectorAll("[data-step]")) {
+    button.disabled = Number(button.dataset.step) < 0 ? index <= 0 : index >= frames - 1;
+  }
+}
+
+async function selectClip(view) {
+  showPlayer(true);
+  main.clear(); // drawings are of the photo left, and are not kept across views
+  main.setStored([]);
+  const note = $("calibration");
+  note.textContent = "A clip is not measured: choose a photo to measure.";
+  note.classList.remove("warning");
+  try {
+    await clip.show(view.original);
+    requestAnimationFrame(markMain);
+  } catch (error) {
+    fail(error);
+  }
+}
+
 async function selectView(view) {
   const keep = state.view === view;
   state.view = view;
+  if (view.original.video && state.compare) closeCompare(); // photos are compared, not clips
   markCurrent();
   renderVariant();
   renderReport();
+  if (view.original.video) {
+    await selectClip(view);
+    return;
+  }
+  showPlayer(false);
   main.setLabel(stageLabel());
   const found = calibration(view, shown(view));
   const note = $("calibration");
@@ -332,6 +375,11 @@ async function loadTimeline() {
 }
 
 async function openCompare(entry) {
+  if (state.view.original.video) { // photos are compared: leave the clip for the first photo
+    const photo = state.study.views.find((v) => !v.original.video);
+    if (!photo) return;
+    await selectView(photo);
+  }
   if (!compare) {
     const element = document.createElement("div");
     element.id = "stage-compare";
@@ -404,9 +452,13 @@ function wireToolbar() {
   $("clear").addEventListener("click", () => stages().forEach((s) => s.clear()));
   $("save").addEventListener("click", saveMeasurements);
   $("close-compare").addEventListener("click", closeCompare);
+  for (const button of document.querySelectorAll("[data-step]")) {
+    button.addEventListener("click", () => clip.step(Number(button.dataset.step)));
+  }
   document.addEventListener("keydown", (event) => {
     if (event.target.closest && event.target.closest("input, textarea")) return;
-    if (event.key === "Escape") stages().forEach((s) => s.cancel());
+    if (clip.canStep() && (event.key === "," || event.key === ".")) clip.step(event.key === "," ? -1 : 1);
+    else if (event.key === "Escape") stages().forEach((s) => s.cancel());
     else if (event.key === "+" || event.key === "=") stages().forEach(zoom.in);
     else if (event.key === "-") stages().forEach(zoom.out);
     else if (event.key === "0") stages().forEach(zoom.fit);

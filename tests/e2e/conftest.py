@@ -48,21 +48,26 @@ WRISTBAND_PHOTO = BARCODES / "zx_code128-2_05.png"
 PHOTO_SIZE = (4000, 3000)  # 12 MP
 
 
-def write_y4m(source: Path, size: tuple[int, int], target: Path, blur_sigma: float = 0.0) -> Path:
-    """One frame of ``source`` at ``size`` (Gaussian-blurred by ``blur_sigma`` px at that size
-    when given) as a Y4M (I420) file for Chromium's fake camera."""
+def write_y4m(source: Path, size: tuple[int, int], target: Path, blur_sigma: float = 0.0, *,
+              frames: int = 1, rate: int = 1) -> Path:
+    """``source`` at ``size`` (Gaussian-blurred by ``blur_sigma`` px at that size when given)
+    as a Y4M (I420) file for Chromium's fake camera: one frame at 1 fps, or ``frames`` frames
+    at ``rate`` fps panning one pixel a frame across the photo (a moving camera, for clips)."""
     width, height = size
-    image = ImageOps.fit(ImageOps.exif_transpose(Image.open(source)).convert("RGB"), size)
+    image = ImageOps.fit(ImageOps.exif_transpose(Image.open(source)).convert("RGB"),
+                         (width + frames - 1, height))
     if blur_sigma:
         image = image.filter(ImageFilter.GaussianBlur(blur_sigma))  # radius is the sigma
     ycc = np.asarray(image.convert("YCbCr"))
-    chroma = [np.asarray(Image.fromarray(ycc[:, :, i]).resize((width // 2, height // 2)))
-              for i in (1, 2)]
     with target.open("wb") as out:
-        out.write(f"YUV4MPEG2 W{width} H{height} F1:1 Ip A1:1 C420jpeg\nFRAME\n".encode())
-        out.write(ycc[:, :, 0].tobytes())
-        for plane in chroma:
-            out.write(plane.tobytes())
+        out.write(f"YUV4MPEG2 W{width} H{height} F{rate}:1 Ip A1:1 C420jpeg\n".encode())
+        for shift in range(frames):
+            frame = ycc[:, shift:shift + width]
+            chroma = [np.asarray(Image.fromarray(np.ascontiguousarray(frame[:, :, i])).resize(
+                (width // 2, height // 2))) for i in (1, 2)]
+            out.write(b"FRAME\n" + np.ascontiguousarray(frame[:, :, 0]).tobytes())
+            for plane in chroma:
+                out.write(plane.tobytes())
     return target
 
 
@@ -113,13 +118,15 @@ def live(tmp_path: Path) -> Iterator[LiveApp]:
 @pytest.fixture(scope="session")
 def cameras(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Fake camera files: the colour chart photo at 12 MP, sharp and blurred, a 12 MP scene
-    without a chart, and the wristband photo."""
+    without a chart, the wristband photo, and the chart photo panned at 30 fps (clips)."""
     folder = tmp_path_factory.mktemp("camera")
     return {"chart": write_y4m(CHART_PHOTO, PHOTO_SIZE, folder / "chart.y4m"),
             "chart-blurred": write_y4m(CHART_PHOTO, PHOTO_SIZE, folder / "chart-blurred.y4m",
                                        BLUR_SIGMA),
             "no-chart": write_y4m(NO_CHART_PHOTO, PHOTO_SIZE, folder / "no-chart.y4m"),
-            "wristband": write_y4m(WRISTBAND_PHOTO, (1280, 960), folder / "wristband.y4m")}
+            "wristband": write_y4m(WRISTBAND_PHOTO, (1280, 960), folder / "wristband.y4m"),
+            "moving": write_y4m(CHART_PHOTO, (640, 480), folder / "moving.y4m", frames=30,
+                                rate=30)}
 
 
 @pytest.fixture(scope="package")

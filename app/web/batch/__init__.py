@@ -14,7 +14,7 @@ from typing import Any
 from flask import Blueprint, Flask, Response, current_app, g, jsonify, render_template, request
 
 from app.web.auth import require
-from app.web.uploads import photo_body, read_photo_body
+from app.web.uploads import photo_body, read_media_body
 from app.workflow import audit
 from app.workflow.batch import Batches, BatchView, GroupView, build_batches
 from app.workflow.intake import InvalidRequest
@@ -112,13 +112,14 @@ def discard_batch(batch_id: str) -> tuple[Response, int]:
 @require("capture")
 @photo_body
 def put_item(batch_id: str, upload_uuid: str) -> tuple[Response, int]:
-    """Hold one photo (the raw body) at its place ``order`` in file order (query)."""
+    """Hold one photo or video clip (the raw body) at its place ``order`` in file order
+    (query)."""
     g.audit_action = "batch.hold"
     try:
         order = int(request.args.get("order", "0"))
     except ValueError as exc:
         raise InvalidRequest("order must be a whole number from 0") from exc
-    data = read_photo_body()
+    _, data = read_media_body()
     item, created = _batches().add_item(batch_id, upload_uuid, data, order, owner=_owner())
     _audit("batch.hold", item.batch_id)
     return _no_store(_item_json(item), 201 if created else 200)

@@ -526,7 +526,13 @@ def _renderer(media_type: str) -> Callable[[Instance], Rendition]:
 def retrieve_rendered(study: str, series: str, sop: str, frames: str = "1") -> Response:
     _single_frame(frames)
     row = _rows(study, series, sop)[0]
-    return _image(_renderer(_rendered_type(row, moving=True))(row))
+    media_type = _rendered_type(row, moving=True)
+    rendition = _renderer(media_type)(row)
+    response = _image(rendition)
+    if media_type == VIDEO_MP4:  # a <video> reads the clip by byte ranges as it plays and seeks
+        response.make_conditional(request, accept_ranges=True,  # sets 206 and the range
+                                  complete_length=len(rendition.data))
+    return response
 
 
 def _multipart_rendered_type(rows: list[Instance]) -> str | None:

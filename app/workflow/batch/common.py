@@ -1,5 +1,5 @@
 """What every part of batch import shares: the states and sources of its rows, the namespace of
-the ids it derives, and finding a batch its caller may use."""
+the ids it derives, finding a batch its caller may use, telling a clip from a photo."""
 
 from __future__ import annotations
 
@@ -7,13 +7,19 @@ import uuid
 from enum import StrEnum
 from typing import Any
 
-from app.db.models import Batch, BatchStatus
+from app.db.models import Batch, BatchItem, BatchStatus
 from app.db.session import Database
+from app.pipeline.video import VIDEO_MEDIA_TYPES
 from app.workflow.intake import InvalidRequest, NotFound
 
 NAMESPACE = uuid.UUID("5d0f3c1e-7a52-4b8e-9d36-2f1b9c4e8a70")
 """UUIDv5 namespace of the ids batch import derives (sessions of groups, command-line
 imports)."""
+
+
+def is_clip(item: BatchItem) -> bool:
+    """Whether a batch item is a video clip (stored as a Video Photographic Image)."""
+    return item.media_type in VIDEO_MEDIA_TYPES
 
 
 class GroupStatus(StrEnum):

@@ -13,7 +13,7 @@ from app.db.models import BatchGroup, BatchItem, GroupSource, ItemRole, ItemStat
 from app.db.session import Database
 from app.pipeline.dicom import values
 from app.settings import Settings
-from app.workflow.batch.common import NAMESPACE, find_batch, parse_uuid
+from app.workflow.batch.common import NAMESPACE, find_batch, is_clip, parse_uuid
 from app.workflow.batch.grouping import Grouping
 from app.workflow.batch.staging import Staging
 from app.workflow.batch.views import GroupView
@@ -152,9 +152,10 @@ class Confirmation:
 
     def _store_all(self, items: list[BatchItem],
                    session_id: str) -> list[tuple[str, str | None, str | None]]:
-        """Store a confirmed group's held photos through the intake (idempotent), or skip them
-        (dropped; label photos with ``EBIW_BATCH_LABEL_PHOTOS=drop``). Returns (upload UUID,
-        SOP Instance UID or None when skipped, normalized SOP Instance UID) per item.
+        """Store a confirmed group's held photos and clips through the intake (idempotent), or
+        skip them (dropped; label photos with ``EBIW_BATCH_LABEL_PHOTOS=drop``). Returns
+        (upload UUID, SOP Instance UID or None when skipped, normalized SOP Instance UID) per
+        item.
 
         Instance numbers are taken first, in the group's capture order; then the photos are
         stored `STORE_THREADS` at a time, so that one photo's fsyncs overlap another's work.
@@ -170,6 +171,10 @@ class Confirmation:
             if item.upload_uuid not in numbers:
                 return item.upload_uuid, None, None
             data, work = self.staging.held(item)
+            if is_clip(item):
+                photo, _ = self.intake.accept_video(session_id, item.upload_uuid, data,
+                                                    number=numbers[item.upload_uuid])
+                return item.upload_uuid, photo.sop_uid, None
             photo, _ = self.intake.accept_photo(
                 session_id, item.upload_uuid, data, work=work,
                 label=item.role == ItemRole.LABEL, burned_in=bool(item.identity),

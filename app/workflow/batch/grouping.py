@@ -30,7 +30,7 @@ from app.pipeline.dicom import values
 from app.pipeline.slipsheet import Frame, Identity, assign, capture_order
 from app.pipeline.wristband import WristbandId
 from app.settings import Settings
-from app.workflow.batch.common import find_batch, parse_uuid
+from app.workflow.batch.common import find_batch, is_clip, parse_uuid
 from app.workflow.batch.views import BatchView, GroupView, ItemView, patient_json
 from app.workflow.identification import LookupStatus
 from app.workflow.intake import Conflict, InvalidRequest, NotFound, refusing_invalid_values
@@ -171,6 +171,8 @@ class Grouping:
             if "role" in changes:
                 if changes["role"] not in tuple(ItemRole):
                     raise InvalidRequest("role must be label or clinical")
+                if is_clip(row) and changes["role"] != ItemRole.CLINICAL:
+                    raise InvalidRequest("a video clip cannot be a label photo")
                 row.role = changes["role"]
             return row
 

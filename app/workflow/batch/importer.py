@@ -17,7 +17,16 @@ from app.durable import disk_full, write_durably
 from app.workflow.batch.common import NAMESPACE, ImportStatus
 from app.workflow.batch.views import GroupView, ItemView
 from app.workflow.identification import LookupStatus
-from app.workflow.intake import Conflict, UnreadablePhoto
+from app.workflow.intake import (
+    ClipTooLong,
+    Conflict,
+    UnreadablePhoto,
+    UnreadableVideo,
+    UnsupportedVideo,
+)
+
+REFUSED = (UnreadablePhoto, UnreadableVideo, UnsupportedVideo, ClipTooLong)
+"""What the intake refuses in a file, with a message to report."""
 
 if TYPE_CHECKING:
     from app.workflow.batch import Batches
@@ -98,9 +107,9 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
         first_of[upload_uuid] = str(path)
         try:
             batches.add_item(batch_id, upload_uuid, path.read_bytes(), order, owner=None)
-        except (UnreadablePhoto, OSError) as exc:
+        except (*REFUSED, OSError) as exc:
             record.update(status=ImportStatus.FAILED, reason=exc.message if isinstance(
-                exc, UnreadablePhoto) else IMPORT_STORAGE_FULL if disk_full(exc)
+                exc, REFUSED) else IMPORT_STORAGE_FULL if disk_full(exc)
                 else f"cannot read the file ({exc.strerror})")
             progress(record)
             continue

@@ -1,6 +1,6 @@
-"""Staging: the photos a batch holds until their group is confirmed, their bytes (and the pixel
-work done on arrival) durably on disk, ``<data dir>/batches/<batch id>/<upload uuid>``, and
-their ``batch_item`` rows. Names on disk come only from UUIDs we checked."""
+"""Staging: the photos and video clips a batch holds until their group is confirmed, their bytes
+(and the pixel work done on arrival) durably on disk, ``<data dir>/batches/<batch id>/<upload
+uuid>``, and their ``batch_item`` rows. Names on disk come only from UUIDs we checked."""
 
 from __future__ import annotations
 
@@ -32,9 +32,10 @@ from app.durable import write_durably
 from app.pipeline.decode import PreparedPhoto, UnreadablePhotoError, probe
 from app.pipeline.identify import Barcode, read_label_barcodes
 from app.pipeline.slipsheet import label_area
+from app.pipeline.video import sniff_video
 from app.pipeline.wristband import NoWristbandRuleMatched, Rule, WristbandId, parse_wristband
 from app.settings import Settings
-from app.workflow.batch.common import find_batch, parse_uuid
+from app.workflow.batch.common import find_batch, is_clip, parse_uuid
 from app.workflow.batch.grouping import ensure_group
 from app.workflow.intake import (
     ColorResult,
@@ -43,6 +44,7 @@ from app.workflow.intake import (
     InvalidRequest,
     PhotoWork,
     UnreadablePhoto,
+    checked_clip,
 )
 
 STAGED_ORIGINAL, STAGED_PREPARED, STAGED_NORMALIZED = "", ".prepared.jpg", ".normalized.jpg"
@@ -82,8 +84,11 @@ class Staging:
         Guarantees: when this returns, the bytes are durably staged and the item committed;
         the same bytes under the same UUID return the first item with ``created=False``;
         other bytes, or a UUID already used outside this batch, raise :class:`Conflict`;
-        unreadable input raises :class:`UnreadablePhoto` and holds nothing. Nothing is stored
-        in the archive or queued for delivery.
+        unreadable input raises :class:`UnreadablePhoto` and holds nothing. A video clip
+        (MP4, QuickTime) is held as a clinical item of its group, not read for labels; one
+        the single upload would refuse raises the same error now (``UnreadableVideo``,
+        ``UnsupportedVideo``, ``ClipTooLong``) and holds nothing. Nothing is stored in the
+        archive or queued for delivery.
         """
         batch = find_batch(self.db, batch_id, owner)
         upload_uuid = parse_uuid(upload_uuid, "upload id")
@@ -128,7 +133,12 @@ class Staging:
 
     def _analyse(self, data: bytes, *, scan: bool) -> _Analysis:
         """Prepare the JPEG to wrap, read label barcodes (when sorting), classify, and run
-        the colour step for a clinical photo."""
+        the colour step for a clinical photo; check a clip as its upload would be."""
+        if sniff_video(data[:12]) is not None:
+            with checked_clip(data, self.settings) as checked:
+                clip = checked.clip
+            return _Analysis(clip.media_type, clip.width, clip.height, clip.recorded, (), None,
+                             ItemRole.CLINICAL, None)
         prepared = self.intake.process(data, color=False).prepared
         info = prepared.info
         width, height = info.oriented_size
@@ -233,9 +243,9 @@ class Staging:
 
     def held(self, item: BatchItem) -> tuple[bytes, PhotoWork | None]:
         """A held photo's bytes and the pixel work staged with it (see :meth:`_staged_work`),
-        for storing it."""
+        for storing it; a clip's bytes and None."""
         data = self._path(item.batch_id, item.upload_uuid, STAGED_ORIGINAL).read_bytes()
-        return data, self._staged_work(item, data)
+        return data, None if is_clip(item) else self._staged_work(item, data)
 
     def _staged_work(self, item: BatchItem, data: bytes) -> PhotoWork | None:
         """The pixel work staged with the item, or None when it must be done now (the colour
