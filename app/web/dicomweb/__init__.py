@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from io import BytesIO
 from pathlib import Path
@@ -38,6 +38,8 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Instance
 from app.durable import temp_file
+from app.pipeline.decode import UnreadablePhotoError
+from app.pipeline.dicom.read import UnreadableDicomError
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.pipeline.render import (
     RENDERED_MEDIA_TYPES,
@@ -91,6 +93,41 @@ class _Refused(Exception):
 @bp.errorhandler(_Refused)
 def _refused(exc: _Refused) -> tuple[Response, int]:
     return error_response(exc.status, exc.code, exc.message)
+
+
+DAMAGED = (UnreadableDicomError, UnreadablePhotoError)
+"""What reading a stored instance's pixels raises when they are damaged (a truncated or
+corrupt JPEG, Pixel Data cut off, an unreadable clip): the messages name no value."""
+
+
+def _log_damaged(exc: Exception) -> None:
+    """One ERROR line, without PHI or traceback (the audit record of the request names the
+    instance), for an administrator to find and replace or reject the instance."""
+    log.error("stored instance damaged, not rendered: %s (%s)", type(exc).__name__, exc)
+
+
+@bp.errorhandler(UnreadableDicomError)
+@bp.errorhandler(UnreadablePhotoError)
+def _damaged(exc: Exception) -> tuple[Response, int]:
+    """409: the request is fine, the stored object is not. Not a 4xx blaming the request
+    (400, 406), nor 404 (the instance exists and its DICOM can be retrieved), nor 503 (a retry
+    cannot help), nor a bare 500 (nothing unexpected happened: the damage was found and is
+    named): the current state of the target resource prevents the answer, which an
+    administrator can resolve (reject or replace the instance), RFC 9110 15.5.10."""
+    _log_damaged(exc)
+    return error_response(409, "damaged_instance", "the stored pixel data of this instance is "
+                          "damaged and cannot be rendered; the instance itself can still be "
+                          "retrieved, and an administrator can reject or replace it")
+
+
+def _until_damaged(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """A streamed multipart body, ended without its closing boundary (the client sees an
+    incomplete answer: its status was sent before the part was read) at the first instance
+    whose pixels are damaged, which is logged once, without traceback."""
+    try:
+        yield from chunks
+    except DAMAGED as exc:
+        _log_damaged(exc)
 
 
 @bp.errorhandler(query.QueryError)
@@ -417,7 +454,7 @@ def _frame_parts(row: Instance) -> Response:
 
     marker = media.boundary()
     part = media.Part(f"{part_type}; transfer-syntax={_transfer_syntax(row)}", load)
-    return Response(media.multipart([part], marker),
+    return Response(_until_damaged(media.multipart([part], marker)),
                     content_type=media.multipart_content_type(part_type, marker))
 
 
@@ -590,7 +627,7 @@ def retrieve_rendered_set(study: str, series: str | None = None) -> Response:
     render = _renderer(part_type)
     marker = media.boundary()
     parts = [media.Part(part_type, partial(lambda row: render(row).data, r)) for r in rows]
-    return Response(media.multipart(parts, marker),
+    return Response(_until_damaged(media.multipart(parts, marker)),
                     content_type=media.multipart_content_type(part_type, marker))
 
 
