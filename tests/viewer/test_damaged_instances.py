@@ -9,6 +9,7 @@ import io
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
 import pydicom
 import pytest
@@ -19,7 +20,7 @@ from pydicom.encaps import encapsulate, generate_frames
 from app.db.models import Instance
 from app.gateways.archive import InstanceKey
 from app.pipeline.dicom.builder import VL_PHOTOGRAPHIC_IMAGE_STORAGE
-from tests.conftest import services
+from tests.conftest import Browser, services
 from tests.viewer.conftest import CHART, PATIENT, photo, store_earlier_study
 
 PHI = (PATIENT["id"], PATIENT["name"], "DEMO", "ALICE", "1950", "19500314")
@@ -112,3 +113,30 @@ def test_a_multipart_rendering_meeting_damage_ends_without_its_closing_boundary(
     errors = [r for r in caplog.records if r.levelno >= logging.ERROR]
     assert len(errors) == 1 and errors[0].exc_info is None
     _no_phi("\n".join(r.getMessage() for r in caplog.records))
+
+
+def test_the_viewer_says_the_image_is_damaged(app: Flask, auth: dict[str, dict[str, str]],
+                                              live_server: str, chromium: Browser) -> None:
+    study, _, _ = damaged_study(app, _truncated_fragment)
+    token = auth["view"]["Authorization"].removeprefix("Bearer ")
+
+    def scenario(browser: Any) -> dict[str, Any]:
+        page = browser.new_page(viewport={"width": 390, "height": 844})
+        page.add_init_script(f"sessionStorage.setItem('ebiw.token', {token!r})")
+        page.goto(f"{live_server}/studies/{study}")
+        # never "ready" (no image is painted): wait for the thumbnail marked missing
+        page.wait_for_selector(".thumb img.missing", state="attached", timeout=20_000)
+        status = page.locator("#stage-main .stage-status")
+        status.wait_for(state="visible", timeout=20_000)
+        for _ in range(100):
+            if "damaged" in (status.text_content() or ""):
+                break
+            page.wait_for_timeout(100)
+        out = {"status": status.text_content(), "page": page.content()}
+        page.close()
+        return out
+
+    seen = chromium.run(scenario)
+    assert seen["status"].startswith("Image not available (the stored pixel data of this "
+                                     "instance is damaged")
+    _no_phi(seen["status"])
