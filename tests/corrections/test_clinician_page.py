@@ -9,6 +9,8 @@ import re
 import uuid
 from datetime import timedelta
 from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -16,7 +18,17 @@ from flask.testing import FlaskClient
 
 from app.db.models import CaptureSession, Instance, utcnow
 from app.workflow.accounts import create_user
-from tests.conftest import PASSWORD, log_in, services
+from tests.conftest import (
+    ARTIFACTS,
+    AXE_RUN,
+    PASSWORD,
+    PHONE,
+    TAP_TARGETS,
+    Browser,
+    log_in,
+    served_as_deployed,
+    services,
+)
 from tests.delivery.conftest import NOCHART
 
 SESSION = {"patient": {"id": "00123456", "issuer": "HOSP-A", "name": "DEMO^ALICE",
@@ -147,3 +159,36 @@ def test_a_clinician_corrects_their_own_recent_studies_from_the_page(app: Flask)
     forged = bea.post("/admin/corrections/reject",
                       data={**rejects[1], "csrf_token": csrf["bea"]})
     assert forged.status_code == 403 and "for 30 minutes" in forged.get_data(as_text=True)
+
+
+@pytest.mark.parametrize("app_overrides", [30], indirect=True)
+def test_the_clinicians_page_fits_a_phone_and_is_accessible(
+        app: Flask, chromium: Browser, axe_script: Path) -> None:
+    _users(app)
+
+    def scenario(browser: Any, url: str) -> dict[str, Any]:
+        context = browser.new_context(**PHONE, bypass_csp=True)
+        assert context.request.post(f"{url}/login", data={
+            "username": "cal", "password": PASSWORD}).ok
+        page = context.new_page()
+        page.goto(f"{url}/admin/corrections")
+        page.wait_for_selector(".own-photos img")
+        page.wait_for_function("[...document.querySelectorAll('.own-photos img')]"
+                               ".every((i) => i.complete && i.naturalWidth > 0)")
+        seen = {"width": page.evaluate("document.documentElement.scrollWidth"),
+                "small": page.evaluate(TAP_TARGETS),
+                "nav": page.locator(".appnav li:visible").all_text_contents()}
+        page.screenshot(path=str(ARTIFACTS / "phone-corrections-clinician.png"),
+                        full_page=True)
+        page.add_script_tag(path=str(axe_script))
+        seen["axe"] = page.evaluate(AXE_RUN)
+        context.close()
+        return seen
+
+    with served_as_deployed(app) as (url, _):  # before any request: it adds a hook
+        cal = app.test_client()
+        log_in(cal, "cal")
+        capture(cal)
+        seen = chromium.run(lambda browser: scenario(browser, url))
+    assert seen["nav"] == ["Capture", "Batch", "Corrections"]
+    assert seen["width"] <= 390 and seen["small"] == [] and seen["axe"] == []
