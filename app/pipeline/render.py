@@ -23,7 +23,14 @@ from pydicom.encaps import generate_fragments, generate_frames
 from pydicom.pixels import get_decoder, pixel_array
 from pydicom.uid import JPEGBaseline8Bit
 
-from app.pipeline.decode import DEFAULT_MAX_PIXELS, check_pixels, load_pixels, probe, strip_jpeg
+from app.pipeline.decode import (
+    DEFAULT_MAX_PIXELS,
+    UnreadablePhotoError,
+    check_pixels,
+    load_pixels,
+    probe,
+    strip_jpeg,
+)
 from app.pipeline.dicom.builder import srgb_profile
 from app.pipeline.dicom.read import UnreadableDicomError, read_part10
 from app.pipeline.video import UnreadableVideoError, poster_jpeg, unpadded_mp4
@@ -101,9 +108,9 @@ def image_frame(part10: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
     """What :func:`render_frame` renders an image instance from: the stored JPEG bitstream of
     a JPEG Baseline instance (ours), else its first frame decoded (see :class:`DecodedFrame`).
 
-    Guarantees: Rows × Columns is checked against ``max_pixels`` before any decoder runs
-    (``UnreadablePhotoError``); raises :class:`UnreadableDicomError` for bytes or pixel data
-    that cannot be read and :class:`UnrenderableError` for an image we have no way to show.
+    Guarantees: Rows × Columns is checked against ``max_pixels`` before any decoder runs;
+    raises :class:`UnreadableDicomError` for bytes or pixel data that cannot be read and
+    :class:`UnrenderableError` for an image we have no way to show (or over the cap).
     """
     ds = read_part10(part10)
     syntax = ds.file_meta.get("TransferSyntaxUID")
@@ -118,7 +125,10 @@ def image_frame(part10: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
     except Exception as exc:  # attributes missing or damaged: pydicom raises many types
         raise UnreadableDicomError(f"no readable image attributes ({type(exc).__name__})") \
             from exc
-    check_pixels(columns, rows, max_pixels)
+    try:
+        check_pixels(columns, rows, max_pixels)
+    except UnreadablePhotoError as exc:  # its message names the size and the cap, no value
+        raise UnrenderableError(str(exc)) from exc
     if bits != 8 or colour not in _COLOURS:
         raise UnrenderableError("only 8-bit RGB, YBR or monochrome images are rendered")
     if not decoder.is_available:

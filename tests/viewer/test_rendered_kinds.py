@@ -21,6 +21,7 @@ from pydicom.uid import ExplicitVRLittleEndian, JPEGLSLossless, RLELossless
 
 from app.db.models import Instance
 from app.pipeline.dicom.kos import RejectionReason
+from app.pipeline.render import UnrenderableError, image_frame
 from app.workflow.corrections import reject
 from app.workflow.demo import seed_demo_patients
 from tests.clips import PHOTO as WOUND_PNG
@@ -180,3 +181,10 @@ def test_objects_without_pixels_say_they_have_no_rendering(
         assert got.status_code == 406, (accept, got.status_code)
         error = got.get_json()["error"]
         assert error["code"] == "not_an_image" and "not an image" in error["message"]
+
+
+def test_a_device_image_over_the_pixel_cap_is_not_decoded() -> None:
+    data = device_image(ExplicitVRLittleEndian)
+    with pytest.raises(UnrenderableError, match="too large"):
+        image_frame(data, max_pixels=10_000)
+    assert image_frame(data).frame.shape[2] == 3

@@ -5,8 +5,11 @@ is :mod:`app.workflow.dicom_intake`, the answer :mod:`.stow`).
 Search answers DICOM JSON from the attribute index (``index.py``, ``query.py``). Retrieve
 sends instances as stored, in ``multipart/related; type="application/dicom"``; metadata as
 DICOM JSON with bulk data URIs; frames and bulk data as the stored JPEG; rendered images and
-thumbnails fitted to a ``viewport`` (``app.pipeline.render``), the default thumbnail of each
-instance cached on disk under the data directory. A rendered study or series is one image (its
+thumbnails fitted to a ``viewport`` (``app.pipeline.render``: images other devices stored in
+another Transfer Syntax are decoded to be rendered), the default thumbnail of each instance
+cached on disk under the data directory. An SR or a KOS has no rendering (406
+``not_an_image``); an instance whose stored pixels are damaged answers 409
+``damaged_instance`` (see :func:`_damaged`). A rendered study or series is one image (its
 first instance) or, asked for ``multipart/related``, every instance rendered.
 
 Every search and retrieval needs the ``view`` or ``capture`` role; every request is audited
