@@ -242,7 +242,8 @@ def _exif_datetime(stamp: str | None, subsec: str | None, offset: str | None) ->
     return value
 
 
-def _check_pixels(width: int, height: int, max_pixels: int) -> None:
+def check_pixels(width: int, height: int, max_pixels: int) -> None:
+    """Refuse (:class:`UnreadablePhotoError`) a size without pixels or over ``max_pixels``."""
     if width <= 0 or height <= 0:
         raise UnreadablePhotoError("the image has no pixels")
     if width * height > max_pixels:
@@ -264,7 +265,7 @@ def _probe(data: bytes, max_pixels: int) -> tuple[PhotoInfo, _Jpeg | None]:
     media_type = sniff(data)
     if media_type == "image/jpeg":
         layout = _parse_jpeg(data)
-        _check_pixels(layout.width, layout.height, max_pixels)
+        check_pixels(layout.width, layout.height, max_pixels)
         values: dict[str, object] = {}
         if layout.exif:
             exif = Image.Exif()
@@ -280,7 +281,7 @@ def _probe(data: bytes, max_pixels: int) -> tuple[PhotoInfo, _Jpeg | None]:
     try:
         with Image.open(io.BytesIO(data)) as im:  # lazy: reads the header, decodes nothing
             width, height = im.size
-            _check_pixels(width, height, max_pixels)
+            check_pixels(width, height, max_pixels)
             try:
                 values = _exif_values(im.getexif())
             except Exception:

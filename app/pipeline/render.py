@@ -1,5 +1,6 @@
-"""Render a VL photograph's JPEG frame (or a video clip's first picture) for display: fitted to
-a viewport, as JPEG or PNG.
+"""Render a VL photograph's JPEG frame (or a video clip's first picture, or the decoded pixels
+of an image another device stored uncompressed, RLE, JPEG-LS or JPEG 2000) for display: fitted
+to a viewport, as JPEG or PNG.
 
 Pure: bytes in, bytes out. A 12 MP phone JPEG is reduced inside libjpeg (DCT scaling by 2, 4 or
 8, see :func:`app.pipeline.decode.load_pixels`) to the smallest size that still covers the
@@ -17,9 +18,19 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 from PIL import Image, ImageCms
+from pydicom import Dataset
 from pydicom.encaps import generate_fragments, generate_frames
+from pydicom.pixels import get_decoder, pixel_array
+from pydicom.uid import JPEGBaseline8Bit
 
-from app.pipeline.decode import DEFAULT_MAX_PIXELS, load_pixels, probe, strip_jpeg
+from app.pipeline.decode import (
+    DEFAULT_MAX_PIXELS,
+    UnreadablePhotoError,
+    check_pixels,
+    load_pixels,
+    probe,
+    strip_jpeg,
+)
 from app.pipeline.dicom.builder import srgb_profile
 from app.pipeline.dicom.read import UnreadableDicomError, read_part10
 from app.pipeline.video import UnreadableVideoError, poster_jpeg, unpadded_mp4
@@ -31,6 +42,8 @@ DEFAULT_QUALITY = 90
 THUMBNAIL_BOX = (256, 256)
 THUMBNAIL_QUALITY = 80
 
+_COLOURS = ("RGB", "YBR_FULL", "YBR_FULL_422", "MONOCHROME1", "MONOCHROME2")
+"""Photometric Interpretations of the images :func:`image_frame` decodes (8-bit)."""
 _ICC_CHUNK = 65519  # APP2 payload limit (65533) minus the 14-byte ICC_PROFILE header
 _REDUCTIONS = (8, 4, 2, 1)
 
@@ -53,6 +66,20 @@ class StoredFrame:
     icc_profile: bytes | None
 
 
+@dataclass(frozen=True)
+class DecodedFrame:
+    """The first frame of an image stored in a Transfer Syntax other than JPEG Baseline,
+    decoded to 8-bit RGB (rows × columns × 3), and the instance's ICC profile."""
+
+    frame: np.ndarray
+    icc_profile: bytes | None
+
+
+class UnrenderableError(ValueError):
+    """A readable image that this server cannot render (no decoder here for its Transfer
+    Syntax, more than 8 bits, an unusual colour model); the message names no value."""
+
+
 def stored_frame(part10: bytes) -> StoredFrame:
     """The (first) frame and ICC profile of a VL photograph's DICOM Part 10 bytes.
 
@@ -60,13 +87,61 @@ def stored_frame(part10: bytes) -> StoredFrame:
     never decoded; raises only :class:`UnreadableDicomError` for bytes that are not such an
     instance.
     """
-    ds = read_part10(part10)
+    return _stored_frame(read_part10(part10))
+
+
+def _icc_profile(ds: Dataset) -> bytes | None:
+    profile = ds.get("ICCProfile")
+    return bytes(profile) if profile is not None else None
+
+
+def _stored_frame(ds: Dataset) -> StoredFrame:
     try:
-        profile = ds.get("ICCProfile")
         return StoredFrame(next(generate_frames(ds.PixelData, number_of_frames=1)),
-                           bytes(profile) if profile is not None else None)
+                           _icc_profile(ds))
     except Exception as exc:  # no or damaged Pixel Data: pydicom raises many types
         raise UnreadableDicomError(f"no readable frame ({type(exc).__name__})") from exc
+
+
+def image_frame(part10: bytes, max_pixels: int = DEFAULT_MAX_PIXELS
+                ) -> StoredFrame | DecodedFrame:
+    """What :func:`render_frame` renders an image instance from: the stored JPEG bitstream of
+    a JPEG Baseline instance (ours), else its first frame decoded (see :class:`DecodedFrame`).
+
+    Guarantees: Rows × Columns is checked against ``max_pixels`` before any decoder runs;
+    raises :class:`UnreadableDicomError` for bytes or pixel data that cannot be read and
+    :class:`UnrenderableError` for an image we have no way to show (or over the cap).
+    """
+    ds = read_part10(part10)
+    syntax = ds.file_meta.get("TransferSyntaxUID")
+    if syntax == JPEGBaseline8Bit:
+        return _stored_frame(ds)
+    try:
+        rows, columns = int(ds.Rows), int(ds.Columns)
+        bits, colour = int(ds.BitsAllocated), str(ds.PhotometricInterpretation)
+        decoder = get_decoder(syntax)
+    except NotImplementedError as exc:
+        raise UnrenderableError("no decoder for this Transfer Syntax") from exc
+    except Exception as exc:  # attributes missing or damaged: pydicom raises many types
+        raise UnreadableDicomError(f"no readable image attributes ({type(exc).__name__})") \
+            from exc
+    try:
+        check_pixels(columns, rows, max_pixels)
+    except UnreadablePhotoError as exc:  # its message names the size and the cap, no value
+        raise UnrenderableError(str(exc)) from exc
+    if bits != 8 or colour not in _COLOURS:
+        raise UnrenderableError("only 8-bit RGB, YBR or monochrome images are rendered")
+    if not decoder.is_available:
+        raise UnrenderableError("no decoder for this Transfer Syntax is installed")
+    try:
+        pixels = pixel_array(ds, index=0)  # YBR arrives converted to RGB
+    except Exception as exc:  # damaged pixel data: decoders raise many types
+        raise UnreadableDicomError(f"pixel data not decodable ({type(exc).__name__})") \
+            from exc
+    if colour.startswith("MONOCHROME"):
+        gray = 255 - pixels if colour == "MONOCHROME1" else pixels
+        pixels = np.repeat(gray[..., np.newaxis], 3, axis=2)
+    return DecodedFrame(np.ascontiguousarray(pixels, dtype=np.uint8), _icc_profile(ds))
 
 
 def stored_clip(part10: bytes) -> bytes:
@@ -132,11 +207,12 @@ def _to_srgb(rgb: np.ndarray, profile: bytes) -> np.ndarray:
     return np.asarray(converted)
 
 
-def render_frame(frame: bytes, *, box: tuple[int, int] | None = None,
+def render_frame(frame: bytes | np.ndarray, *, box: tuple[int, int] | None = None,
                  media_type: str = "image/jpeg", quality: int | None = None,
                  icc_profile: bytes | None = None, to_srgb: bool = False,
                  max_pixels: int = DEFAULT_MAX_PIXELS) -> Rendition:
-    """Render one JPEG frame fitted inside ``box`` as ``media_type``.
+    """Render one JPEG frame (or decoded RGB pixels, see :class:`DecodedFrame`) fitted
+    inside ``box`` as ``media_type``.
 
     ``icc_profile`` is the instance's profile: it is embedded in the output (or, with
     ``to_srgb``, the pixels are converted to sRGB and the sRGB profile embedded; a profile
@@ -148,19 +224,25 @@ def render_frame(frame: bytes, *, box: tuple[int, int] | None = None,
     """
     if media_type not in RENDERED_MEDIA_TYPES:
         raise ValueError(f"cannot render as {media_type}")
-    info = probe(frame, max_pixels)
-    width, height = info.oriented_size
-    target = fit(width, height, box)
     convert = to_srgb and icc_profile is not None and icc_profile != srgb_profile()
-    if (target == (width, height) and media_type == "image/jpeg" and quality is None
-            and not convert and info.orientation == 1):
-        jpeg = strip_jpeg(frame)
-        return Rendition(embed_icc(jpeg, icc_profile) if icc_profile else jpeg,
-                         media_type, width, height)
-    bgr = load_pixels(frame, reduce=_reduction(width, height, target), max_pixels=max_pixels)
-    if (bgr.shape[1], bgr.shape[0]) != target:
-        bgr = cv2.resize(bgr, target, interpolation=cv2.INTER_AREA)
-    rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if isinstance(frame, np.ndarray):
+        target = fit(frame.shape[1], frame.shape[0], box)
+        rgb = frame if (frame.shape[1], frame.shape[0]) == target else cv2.resize(
+            frame, target, interpolation=cv2.INTER_AREA)
+    else:
+        info = probe(frame, max_pixels)
+        width, height = info.oriented_size
+        target = fit(width, height, box)
+        if (target == (width, height) and media_type == "image/jpeg" and quality is None
+                and not convert and info.orientation == 1):
+            jpeg = strip_jpeg(frame)
+            return Rendition(embed_icc(jpeg, icc_profile) if icc_profile else jpeg,
+                             media_type, width, height)
+        bgr = load_pixels(frame, reduce=_reduction(width, height, target),
+                          max_pixels=max_pixels)
+        if (bgr.shape[1], bgr.shape[0]) != target:
+            bgr = cv2.resize(bgr, target, interpolation=cv2.INTER_AREA)
+        rgb = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     profile = icc_profile
     if convert and icc_profile is not None:
         rgb = _to_srgb(rgb, icc_profile)
@@ -175,7 +257,7 @@ def render_frame(frame: bytes, *, box: tuple[int, int] | None = None,
     return Rendition(buf.getvalue(), media_type, target[0], target[1])
 
 
-def render_thumbnail(frame: bytes, *, box: tuple[int, int] = THUMBNAIL_BOX,
+def render_thumbnail(frame: bytes | np.ndarray, *, box: tuple[int, int] = THUMBNAIL_BOX,
                      media_type: str = "image/jpeg", icc_profile: bytes | None = None,
                      to_srgb: bool = False,
                      max_pixels: int = DEFAULT_MAX_PIXELS) -> Rendition:

@@ -15,6 +15,15 @@ its video packets are copied, never decoded, into a new MP4. Anything else (VP8/
 level too high, 4:2:2…) must be re-encoded to H.264 (:func:`reencode_h264`), which is costly and
 belongs in a background job.
 
+Portrait phone clips: phones record the sensor's landscape picture and a display matrix (the
+``tkhd`` matrix of MP4/QuickTime, FFmpeg's display-matrix side data) that turns it upright.
+The matrix is part of the stream's parameters, which the remux copies with the packets
+(FFmpeg ≥ 6.1 copies coded side data), and the re-encode writes it again: the stored MP4 plays
+upright. Rows and Columns hold the coded picture's size (what the bit stream holds, as PS3.5
+asks of encapsulated video), not the displayed one; :attr:`ClipInfo.rotation` says how the
+picture is turned, and the still made from the first picture (:func:`poster_jpeg`) is turned
+upright.
+
 Memory: PyAV reads the file through its own buffers and one packet at a time; nothing here
 holds more than one packet (or one decoded frame when re-encoding) of a clip.
 """
@@ -36,6 +45,7 @@ import av.container
 import av.error
 import av.stream
 import av.video.stream
+import numpy as np
 from PIL import Image
 
 H264_HIGH_41 = "1.2.840.10008.1.2.4.102"
@@ -113,6 +123,14 @@ class ClipInfo:
     model: str | None = None
     software: str | None = None
     recorded: datetime | None = None  # the container's creation time, when it has one
+    rotation: int = 0
+    """Degrees counter-clockwise the display matrix turns the coded picture to show it
+    (FFmpeg's ``av_display_rotation_get``: -90 for a phone held upright); 0 without one."""
+
+    @property
+    def displayed_size(self) -> tuple[int, int]:
+        """(width, height) as a player shows the clip, after :attr:`rotation`."""
+        return (self.height, self.width) if self.rotation % 180 else (self.width, self.height)
 
     @property
     def frame_time_ms(self) -> float:
@@ -204,21 +222,30 @@ def _video_stream(container: av.container.InputContainer) -> av.video.stream.Vid
     return stream
 
 
+def _rotation(frame: av.VideoFrame) -> int:
+    """The display rotation of a decoded picture, rounded to a quarter turn (-90, 0, 90,
+    180)."""
+    quarter = round((frame.rotation or 0) / 90) % 4
+    return (0, 90, 180, -90)[quarter]
+
+
 def _demuxed_frames(container: av.container.InputContainer,
-                    stream: av.video.stream.VideoStream) -> tuple[int, float]:
-    """(video packets, seconds spanned) read from the whole file, decoding only until the
-    first picture comes out; raises :class:`UnreadableVideoError` when the file ends inside
-    the track (truncated) or no picture decodes, so a clip whose headers parse but whose
-    data does not is refused before it is stored."""
+                    stream: av.video.stream.VideoStream) -> tuple[int, float, int]:
+    """(video packets, seconds spanned, the first picture's display rotation) read from the
+    whole file, decoding only until the first picture comes out; raises
+    :class:`UnreadableVideoError` when the file ends inside the track (truncated) or no
+    picture decodes, so a clip whose headers parse but whose data does not is refused before
+    it is stored."""
     decoder = stream.codec_context
     decoder.thread_count = 1  # one picture: frame threads would cost more than they save
-    count, first, last, pictured = 0, math.inf, -math.inf, False
+    count, first, last = 0, math.inf, -math.inf
+    pictures: list[av.VideoFrame] = []
     for packet in container.demux(stream):
         if packet.size == 0:  # the flush packet at the end
             continue
         count += 1
-        if not pictured:
-            pictured = bool(decoder.decode(packet))
+        if not pictures:
+            pictures = list(decoder.decode(packet))
         if packet.pts is not None:
             first = min(first, packet.pts)
             last = max(last, packet.pts + (packet.duration or 0))
@@ -227,11 +254,13 @@ def _demuxed_frames(container: av.container.InputContainer,
     if stream.frames and count < stream.frames:
         raise UnreadableVideoError(
             f"the video clip is truncated ({count} of its {stream.frames} frames)")
-    if not pictured and not decoder.decode(None):
+    if not pictures:
+        pictures = list(decoder.decode(None))
+    if not pictures:
         raise UnreadableVideoError("the video clip's first frame does not decode")
     span = float((last - first) * stream.time_base) if math.isfinite(first) and \
         stream.time_base else 0.0
-    return count, span
+    return count, span, _rotation(pictures[0])
 
 
 def probe(path: Path, *, max_seconds: float | None = None, keep_audio: bool = False) -> ClipInfo:
@@ -258,7 +287,7 @@ def probe(path: Path, *, max_seconds: float | None = None, keep_audio: bool = Fa
         audio = container.streams.audio[0] if container.streams.audio else None
         audio_codec = audio.codec_context.name if audio is not None else None
         others = len(container.streams) - 1 - (1 if audio is not None else 0)
-        frames, span = _demuxed_frames(container, stream)
+        frames, span, rotation = _demuxed_frames(container, stream)
         duration = header_seconds or span
         if max_seconds is not None and duration > max_seconds:
             raise ClipTooLongError(f"the clip lasts {duration:.1f} s, more than the "
@@ -284,7 +313,7 @@ def probe(path: Path, *, max_seconds: float | None = None, keep_audio: bool = Fa
             make=_tag(container.metadata, "com.apple.quicktime.make", "make"),
             model=_tag(container.metadata, "com.apple.quicktime.model", "model"),
             software=_tag(container.metadata, "com.apple.quicktime.software", "software"),
-            recorded=_recorded(container.metadata))
+            recorded=_recorded(container.metadata), rotation=rotation)
     return info
 
 
@@ -292,7 +321,8 @@ def remux_mp4(source: Path, target: Path, *, keep_audio: bool = False) -> None:
     """Copy ``source``'s video packets (and, when ``keep_audio``, its AAC/MP3 audio ones)
     unchanged into a new MP4 at ``target``: the bit stream as recorded, in the container
     PS3.5 names, without other tracks and without the source's container metadata (location,
-    device, creation time). Nothing is decoded; one packet at a time in memory."""
+    device, creation time), with the video track's display matrix (a portrait clip stays
+    upright). Nothing is decoded; one packet at a time in memory."""
     with _opened(source) as container:
         video = _video_stream(container)
         streams: list[av.stream.Stream] = [video]
@@ -311,7 +341,8 @@ def remux_mp4(source: Path, target: Path, *, keep_audio: bool = False) -> None:
 def reencode_h264(source: Path, target: Path, *, crf: int = 20) -> None:
     """Decode ``source``'s video track and encode it as H.264 High, 8-bit 4:2:0, into an MP4
     at ``target`` (audio dropped), at the clip's frame rate, scaled down to fit
-    ``MAX_REENCODED_SIDE`` on its longer side and to even dimensions. Costly (seconds per
+    ``MAX_REENCODED_SIDE`` on its longer side and to even dimensions, with the source's
+    display rotation (a portrait clip stays upright, its coded size unchanged). Costly (seconds per
     second of video): run it in a background job, never while a client waits. Memory: one
     decoded frame at a time plus the encoder's lookahead."""
     with _opened(source) as container:
@@ -327,6 +358,8 @@ def reencode_h264(source: Path, target: Path, *, crf: int = 20) -> None:
             # Constant frame rate: the frames' own (possibly variable) timestamps could round
             # to the same tick of 1/rate, which the encoder refuses.
             for index, frame in enumerate(container.decode(video)):
+                if index == 0 and _rotation(frame):
+                    encoded.set_display_rotation(_rotation(frame))
                 picture = frame.reformat(width=width, height=height, format="yuv420p")
                 picture.pts, picture.time_base = index, 1 / Fraction(rate)
                 for packet in encoded.encode(picture):
@@ -337,16 +370,18 @@ def reencode_h264(source: Path, target: Path, *, crf: int = 20) -> None:
 
 def poster_jpeg(mp4: bytes, *, quality: int = 95) -> bytes:
     """The clip's first picture as a baseline JPEG (8-bit sRGB-like RGB as FFmpeg converts
-    the stream's YUV), the still a viewer shows before playing and thumbnails are made from.
+    the stream's YUV), turned upright as its display matrix says (as a player shows it): the
+    still a viewer shows before playing and thumbnails are made from.
     Raises :class:`UnreadableVideoError` when no picture decodes."""
     try:
         with av.open(io.BytesIO(mp4), "r") as container:
             stream = _video_stream(container)
             stream.codec_context.thread_count = 1
             for frame in container.decode(stream):
+                upright = np.rot90(frame.to_ndarray(format="rgb24"), k=_rotation(frame) // 90)
                 out = io.BytesIO()
-                Image.fromarray(frame.to_ndarray(format="rgb24")).save(out, "JPEG",
-                                                                       quality=quality)
+                Image.fromarray(np.ascontiguousarray(upright)).save(out, "JPEG",
+                                                                    quality=quality)
                 return out.getvalue()
     except av.error.FFmpegError as exc:
         raise UnreadableVideoError("the video clip is damaged") from exc

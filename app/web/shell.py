@@ -16,6 +16,7 @@ from typing import Any
 from flask import Blueprint, current_app, request, url_for
 from markupsafe import Markup
 
+from app.web import services
 from app.web.auth import current_login
 
 bp = Blueprint("shell", __name__)
@@ -34,13 +35,21 @@ class NavLink:
         return role is not None and (role == "admin" or role in self.roles)
 
 
-NAV = (NavLink("/", "Capture", ("capture", "view")),
-       NavLink("/batch", "Batch", ("capture",)),
-       NavLink("/admin/deliveries", "Deliveries", ("admin",)),
-       NavLink("/admin/audit", "Audit", ("admin",)),
-       NavLink("/admin/exports", "Exports", ("admin",)),
-       NavLink("/admin/corrections", "Corrections", ("admin",)))
-"""The header's links, in order; the capture app shows them by role client-side."""
+_NAV = (NavLink("/", "Capture", ("capture", "view")),
+        NavLink("/batch", "Batch", ("capture",)),
+        NavLink("/admin/deliveries", "Deliveries", ("admin",)),
+        NavLink("/admin/audit", "Audit", ("admin",)),
+        NavLink("/admin/exports", "Exports", ("admin",)))
+
+
+def nav() -> tuple[NavLink, ...]:
+    """The header's links, in order; the capture app shows them by role client-side.
+
+    Guarantees: a link is shown only to roles its page answers: Corrections to admins, and to
+    clinicians (``capture``) only while ``EBIW_CORRECTION_WINDOW_MINUTES`` is above 0, when
+    the page lists the studies they may still correct."""
+    clinicians = ("capture",) if services().settings.correction_window_minutes > 0 else ()
+    return (*_NAV, NavLink("/admin/corrections", "Corrections", ("admin", *clinicians)))
 
 
 @dataclass(frozen=True)
@@ -56,7 +65,8 @@ class Shell:
 
     def links(self) -> list[tuple[NavLink, bool]]:
         """The links this user sees, each with whether it is the page being shown."""
-        return [(link, request.path == link.href) for link in NAV if link.shown_to(self.role)]
+        return [(link, request.path == link.href) for link in nav()
+                if link.shown_to(self.role)]
 
 
 def app_shell() -> Shell:
@@ -73,7 +83,7 @@ def app_shell() -> Shell:
 @bp.app_context_processor
 def shell_context() -> dict[str, Any]:
     """``app_shell`` (called lazily by the header) and ``nav`` in every template."""
-    return {"app_shell": app_shell, "nav": NAV}
+    return {"app_shell": app_shell, "nav": nav}
 
 
 @bp.app_template_filter("when")

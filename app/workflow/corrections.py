@@ -223,6 +223,47 @@ def rejected_photos(db: Session, study_uids: Sequence[str]) -> dict[str, list[di
     return found
 
 
+@dataclass(frozen=True)
+class OwnPhoto:
+    """A photo of a study its clinician may still correct: where to find its thumbnail."""
+
+    number: int
+    series_uid: str
+    sop_uid: str
+
+
+@dataclass(frozen=True)
+class OwnStudy:
+    """A study ``actor`` captured and may still correct, until ``until`` (UTC)."""
+
+    study_uid: str
+    captured_at: datetime
+    until: datetime
+    photos: tuple[OwnPhoto, ...]
+
+
+def own_correctable(db: Session, actor: str, own_within: timedelta) -> list[OwnStudy]:
+    """The studies ``actor`` captured no longer ago than ``own_within``, newest first, each
+    with its photos not rejected yet (originals, by instance number): exactly the studies
+    :func:`reject` and :func:`move_to_patient` let this clinician correct now."""
+    since = utcnow() - own_within
+    studies = []
+    for session in db.scalars(select(CaptureSession).where(
+            CaptureSession.created_by == actor, CaptureSession.created_at >= since)
+            .order_by(CaptureSession.created_at.desc())):
+        if not _may_correct(session, actor, own_within):
+            continue
+        photos = tuple(OwnPhoto(photo.instance_number, instance.series_uid, instance.sop_uid)
+                       for photo, instance in db.execute(
+                           select(Photo, Instance).join(Instance, Photo.sop_uid
+                                                        == Instance.sop_uid)
+                           .where(Photo.session_id == session.id, Instance.shown())
+                           .order_by(Photo.instance_number)))
+        captured = as_utc(session.created_at)
+        studies.append(OwnStudy(session.study_uid, captured, captured + own_within, photos))
+    return studies
+
+
 # --- the one rejection path ------------------------------------------------------------------
 
 
@@ -275,12 +316,17 @@ def reject_rows(services: Services, db: Session, session: CaptureSession,
 # --- helpers ---------------------------------------------------------------------------------
 
 
+def _may_correct(session: CaptureSession, actor: str, own_within: timedelta) -> bool:
+    """Whether ``actor`` captured ``session`` no longer ago than ``own_within``."""
+    return session.created_by == actor and utcnow() - as_utc(session.created_at) <= own_within
+
+
 def _check_allowed(session: CaptureSession, actor: str, own_within: timedelta | None) -> None:
     """Raise :class:`NotAllowed` unless ``own_within`` is None (an admin) or ``actor``
     captured ``session`` no longer ago than ``own_within``."""
     if own_within is None:
         return
-    if session.created_by != actor or utcnow() - as_utc(session.created_at) > own_within:
+    if not _may_correct(session, actor, own_within):
         minutes = int(own_within.total_seconds() // 60)
         raise NotAllowed("only an admin may correct this study (a clinician may correct their "
                          f"own captures for {minutes} minutes)")

@@ -43,7 +43,7 @@ export class DicomWeb {
       cache: "default",
     });
     if (response.status === 401) throw new AuthError();
-    if (!response.ok) throw new Error(`the archive answered ${response.status}`);
+    if (!response.ok) throw new Error(await refusal(response));
     return response;
   }
 
@@ -85,6 +85,18 @@ export class DicomWeb {
       this.waiting.shift()();
     }
   }
+}
+
+/** What a refusal says: the message of its JSON error body (which names no PHI), else its
+ * status. */
+async function refusal(response) {
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) return body.error.message;
+  } catch {
+    // not JSON: the status says enough
+  }
+  return `the archive answered ${response.status}`;
 }
 
 /** Query string of QIDO-RS parameters; repeated keys for arrays. */

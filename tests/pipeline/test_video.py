@@ -9,8 +9,10 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import av
+import numpy as np
 import pydicom
 import pytest
+from PIL import Image
 from pydicom.encaps import generate_fragments
 
 from app.pipeline.dicom.builder import InstanceInfo, PatientInfo, SeriesInfo, StudyInfo
@@ -25,13 +27,14 @@ from app.pipeline.video import (
     ClipInfo,
     ClipTooLongError,
     UnreadableVideoError,
+    poster_jpeg,
     probe,
     reencode_h264,
     remux_mp4,
     transfer_syntax_for,
     unpadded_mp4,
 )
-from tests.clips import PHOTO, make_clip
+from tests.clips import PHOTO, make_clip, upright_frame
 from tests.conftest import dicom_validate
 
 PATIENT = PatientInfo(id="00123456", issuer="LOCAL", name="DEMO^ALICE")
@@ -217,3 +220,54 @@ def test_the_even_length_pad_is_dropped_from_the_stored_mp4(tmp_path: Path) -> N
     for mp4 in (recorded, recorded + struct.pack(">I4sB", 9, b"free", 0)):  # even and odd
         assert unpadded_mp4(mp4 + b"\0" * (len(mp4) % 2)) == mp4
     assert unpadded_mp4(b"not an mp4\0") == b"not an mp4\0"
+
+
+def _first_picture(mp4: bytes) -> tuple[int, np.ndarray]:
+    """(display rotation, the first picture turned upright as a player shows it)."""
+    with av.open(io.BytesIO(mp4)) as container:
+        frame = next(container.decode(video=0))
+        return frame.rotation, np.rot90(frame.to_ndarray(format="rgb24"),
+                                        k=round(frame.rotation / 90))
+
+
+@pytest.mark.parametrize(("suffix", "audio", "path"), [
+    (".mp4", False, "as recorded"),  # an Android clip with its video alone
+    (".mp4", True, "remuxed"),  # audio dropped: packets copied into a new MP4
+    (".mov", False, "remuxed"),  # an iPhone's HEVC QuickTime
+])
+def test_a_portrait_phone_clip_is_stored_upright(tmp_path: Path, suffix: str, audio: bool,
+                                                 path: str) -> None:
+    """A phone held upright records 320×240 pictures and a display matrix of -90°: the stored
+    MP4 keeps that matrix, so it plays upright (240×320), and Rows/Columns hold the coded
+    size, 240 rows of 320 columns (what the bit stream holds), not the displayed one."""
+    source = make_clip(tmp_path / f"portrait{suffix}", size=(320, 240), audio=audio,
+                       rotation=-90)
+    clip = probe(source)
+    assert clip.rotation == -90 and clip.displayed_size == (240, 320)
+    assert (clip.width, clip.height) == (320, 240)
+    assert clip.as_recorded == (path == "as recorded")
+    payload = source
+    if not clip.as_recorded:
+        payload = tmp_path / "remuxed.mp4"
+        remux_mp4(source, payload)
+    ds = wrap(clip, payload, tmp_path / "clip.dcm")
+    assert (ds.Rows, ds.Columns) == (240, 320)
+    stored = unpadded_mp4(fragment(ds))
+    rotation, upright = _first_picture(stored)
+    assert rotation == -90 and upright.shape == (320, 240, 3)
+    expected = upright_frame((240, 320)).astype(float)
+    assert np.abs(upright.astype(float) - expected).mean() < 6.0
+    poster = np.asarray(Image.open(io.BytesIO(poster_jpeg(stored))).convert("RGB"))
+    assert poster.shape == (320, 240, 3)
+    assert np.abs(poster.astype(float) - expected).mean() < 6.0
+
+
+def test_a_reencoded_portrait_clip_keeps_its_rotation(tmp_path: Path) -> None:
+    source = make_clip(tmp_path / "portrait.mov", size=(320, 240), rotation=-90)
+    target = tmp_path / "reencoded.mp4"
+    reencode_h264(source, target)
+    clip = probe(target)
+    assert (clip.width, clip.height, clip.rotation) == (320, 240, -90)
+    rotation, upright = _first_picture(target.read_bytes())
+    assert rotation == -90
+    assert np.abs(upright.astype(float) - upright_frame((240, 320)).astype(float)).mean() < 6.0

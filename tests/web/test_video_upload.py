@@ -23,7 +23,7 @@ from app.gateways.emr.local import LocalFhirStore
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.pipeline.video import H264_HIGH_41, HEVC_MAIN_51
 from app.workflow.intake import VIDEO_SERIES_NUMBER
-from tests.clips import PHOTO, make_clip
+from tests.clips import PHOTO, make_clip, upright_frame
 from tests.conftest import dicom_validate, services
 from tests.emr.conftest import notify
 from tests.web.test_api import counts, open_session
@@ -195,3 +195,29 @@ def test_wado_rs_renders_the_clip_as_mp4_and_its_first_picture_as_images(
     assert Image.open(io.BytesIO(thumbnail.data)).size == (256, 192)
     png = client.get(f"{url}/rendered", headers={**view, "Accept": "image/png"})
     assert png.status_code == 200 and png.data.startswith(b"\x89PNG")
+
+
+def test_a_portrait_phone_clip_plays_and_shows_upright(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    """An iPhone's portrait QuickTime (320×240 coded, display matrix -90°): the stored MP4
+    keeps the matrix (plays upright), Rows/Columns are the coded 240×320, and the still and
+    thumbnail the viewer shows are upright (portrait)."""
+    source = make_clip(tmp_path / "portrait.mov", rotation=-90)
+    session = open_session(client, auth["capture"])["id"]
+    status, clip = _put(client, auth["capture"], session, source.read_bytes(),
+                        "video/quicktime")
+    assert status == 201, clip
+    ds = pydicom.dcmread(_stored(app, clip["sop_instance_uid"]))
+    assert (ds.Rows, ds.Columns) == (240, 320)
+    study = services(app).intake.get_session(session).study_uid
+    url = (f"/dicomweb/studies/{study}/series/{clip['series_instance_uid']}"
+           f"/instances/{clip['sop_instance_uid']}")
+    moving = client.get(f"{url}/rendered", headers={**auth["view"], "Accept": "video/mp4"})
+    with av.open(io.BytesIO(moving.data)) as played:
+        assert next(played.decode(video=0)).rotation == -90
+    thumbnail = client.get(f"{url}/thumbnail", headers=auth["view"])
+    assert Image.open(io.BytesIO(thumbnail.data)).size == (192, 256)
+    still = client.get(f"{url}/rendered", headers={**auth["view"], "Accept": "image/png"})
+    pixels = np.asarray(Image.open(io.BytesIO(still.data)).convert("RGB"), dtype=float)
+    assert np.abs(pixels - upright_frame((240, 320)).astype(float)).mean() < 6.0

@@ -5,8 +5,12 @@ session's CSRF token; the patient's ID goes in the form body, never in a URL. Th
 (``app.workflow.corrections``) audits each correction with the logged-in user as the actor;
 a refused one answers 422 with the reason (no PHI) and changes nothing.
 
-Admins correct any study. With ``EBIW_CORRECTION_WINDOW_MINUTES`` above 0 a ``capture`` user
-may too, for the studies they captured, that long after capturing them (403 otherwise).
+Admins correct any study, named by its UIDs. With ``EBIW_CORRECTION_WINDOW_MINUTES`` above 0 a
+``capture`` user may too, for the studies they captured, that long after capturing them (403
+otherwise): the page then lists those studies, each photo with its thumbnail and a Reject
+button and each study with a form to move it to the right patient, so that nothing has to be
+typed but the right patient's ID; the header links the page for them then, never while the
+window is 0 (:func:`app.web.shell.nav`).
 """
 
 from __future__ import annotations
@@ -27,10 +31,17 @@ REASONS = (RejectionReason.QUALITY, RejectionReason.PATIENT_SAFETY, RejectionRea
 
 
 def _page(status: int = 200, **context: Any) -> tuple[Response, int]:
+    """The page for this caller: the UID forms for an admin, their own studies still
+    correctable for a clinician."""
     login = current_login()
+    own, minutes = None, services().settings.correction_window_minutes
+    if g.caller.role != "admin" and minutes > 0:
+        with services().db.session() as db:
+            own = corrections.own_correctable(db, g.caller.user, timedelta(minutes=minutes))
     response = Response(render_template(
         "corrections/index.html", csrf_token=login.csrf_token if login else "",
-        reasons=REASONS, **{"result": None, "error": None, **context}))
+        reasons=REASONS, own=own, minutes=minutes,
+        **{"result": None, "error": None, **context}))
     response.headers["Cache-Control"] = "no-store"
     return response, status
 

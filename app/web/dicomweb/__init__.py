@@ -5,8 +5,11 @@ is :mod:`app.workflow.dicom_intake`, the answer :mod:`.stow`).
 Search answers DICOM JSON from the attribute index (``index.py``, ``query.py``). Retrieve
 sends instances as stored, in ``multipart/related; type="application/dicom"``; metadata as
 DICOM JSON with bulk data URIs; frames and bulk data as the stored JPEG; rendered images and
-thumbnails fitted to a ``viewport`` (``app.pipeline.render``), the default thumbnail of each
-instance cached on disk under the data directory. A rendered study or series is one image (its
+thumbnails fitted to a ``viewport`` (``app.pipeline.render``: images other devices stored in
+another Transfer Syntax are decoded to be rendered), the default thumbnail of each instance
+cached on disk under the data directory. An SR or a KOS has no rendering (406
+``not_an_image``); an instance whose stored pixels are damaged answers 409
+``damaged_instance`` (see :func:`_damaged`). A rendered study or series is one image (its
 first instance) or, asked for ``multipart/related``, every instance rendered.
 
 Every search and retrieval needs the ``view`` or ``capture`` role; every request is audited
@@ -23,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from functools import partial
 from io import BytesIO
 from pathlib import Path
@@ -38,12 +41,17 @@ from sqlalchemy.orm import Session
 
 from app.db.models import Instance
 from app.durable import temp_file
+from app.pipeline.decode import UnreadablePhotoError
+from app.pipeline.dicom.read import UnreadableDicomError
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.pipeline.render import (
     RENDERED_MEDIA_TYPES,
     THUMBNAIL_BOX,
+    DecodedFrame,
     Rendition,
     StoredFrame,
+    UnrenderableError,
+    image_frame,
     poster_frame,
     render_frame,
     render_thumbnail,
@@ -90,9 +98,49 @@ def _refused(exc: _Refused) -> tuple[Response, int]:
     return error_response(exc.status, exc.code, exc.message)
 
 
+DAMAGED = (UnreadableDicomError, UnreadablePhotoError)
+"""What reading a stored instance's pixels raises when they are damaged (a truncated or
+corrupt JPEG, Pixel Data cut off, an unreadable clip): the messages name no value."""
+
+
+def _log_damaged(exc: Exception) -> None:
+    """One ERROR line, without PHI or traceback (the audit record of the request names the
+    instance), for an administrator to find and replace or reject the instance."""
+    log.error("stored instance damaged, not rendered: %s (%s)", type(exc).__name__, exc)
+
+
+@bp.errorhandler(UnreadableDicomError)
+@bp.errorhandler(UnreadablePhotoError)
+def _damaged(exc: Exception) -> tuple[Response, int]:
+    """409: the request is fine, the stored object is not. Not a 4xx blaming the request
+    (400, 406), nor 404 (the instance exists and its DICOM can be retrieved), nor 503 (a retry
+    cannot help), nor a bare 500 (nothing unexpected happened: the damage was found and is
+    named): the current state of the target resource prevents the answer, which an
+    administrator can resolve (reject or replace the instance), RFC 9110 15.5.10."""
+    _log_damaged(exc)
+    return error_response(409, "damaged_instance", "the stored pixel data of this instance is "
+                          "damaged and cannot be rendered; the instance itself can still be "
+                          "retrieved, and an administrator can reject or replace it")
+
+
+def _until_damaged(chunks: Iterator[bytes]) -> Iterator[bytes]:
+    """A streamed multipart body, ended without its closing boundary (the client sees an
+    incomplete answer: its status was sent before the part was read) at the first instance
+    whose pixels are damaged, which is logged once, without traceback."""
+    try:
+        yield from chunks
+    except DAMAGED as exc:
+        _log_damaged(exc)
+
+
 @bp.errorhandler(query.QueryError)
 def _bad_query(exc: query.QueryError) -> tuple[Response, int]:
     return error_response(400, "invalid_query", str(exc))
+
+
+def _not_an_image() -> _Refused:
+    return _Refused(406, "not_an_image", "this instance is not an image (a structured report "
+                                         "or key object selection): it has no rendering")
 
 
 def _not_acceptable(what: str) -> _Refused:
@@ -183,11 +231,27 @@ def study_visible(study: str, caller: Caller) -> bool:
     return all(caller.sees(*_patient_of(h)) for h in headers)
 
 
-def _still(row: Instance, data: bytes) -> StoredFrame:
-    """What renderings of ``row`` start from: a photo's stored frame, a clip's first picture."""
+def _still(row: Instance, data: bytes, max_pixels: int) -> StoredFrame | DecodedFrame:
+    """What renderings of ``row`` start from: a photo's stored frame (decoded when it is not
+    stored as JPEG Baseline), a clip's first picture."""
     if row.sop_class_uid == VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE:
         return poster_frame(data)
-    return stored_frame(data)
+    try:
+        return image_frame(data, max_pixels)
+    except UnrenderableError as exc:
+        raise _Refused(406, "not_renderable", f"this image cannot be rendered here: {exc}; "
+                       "retrieve the instance itself") from exc
+
+
+def _is_image(row: Instance) -> bool:
+    """Whether ``row`` has pixels to render (a photo or a clip; not an SR or a KOS)."""
+    return index.PIXEL_DATA in row.attributes.get(index.DICOM, {})
+
+
+def _first_image(rows: list[Instance]) -> Instance:
+    """The instance a study's or series' single rendering and thumbnail show: its first image
+    (its first instance when it has none, which then answers 406)."""
+    return next((r for r in rows if _is_image(r)), rows[0])
 
 
 def _transfer_syntax(row: Instance) -> str:
@@ -393,7 +457,7 @@ def _frame_parts(row: Instance) -> Response:
 
     marker = media.boundary()
     part = media.Part(f"{part_type}; transfer-syntax={_transfer_syntax(row)}", load)
-    return Response(media.multipart([part], marker),
+    return Response(_until_damaged(media.multipart([part], marker)),
                     content_type=media.multipart_content_type(part_type, marker))
 
 
@@ -483,8 +547,8 @@ def _rendered_type(row: Instance, *, moving: bool = False) -> str:
     video clip asked ``moving`` (the rendered resource, not a thumbnail) ``video/mp4`` too,
     first."""
     video = row.sop_class_uid == VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
-    if not video and media.BULK_MEDIA_TYPE.get(_transfer_syntax(row)) is None:
-        raise _not_acceptable("a rendering of this instance")
+    if not _is_image(row):
+        raise _not_an_image()
     asked = request.args.get("accept")
     offered = (VIDEO_MP4, *RENDERED_MEDIA_TYPES) if video and moving else RENDERED_MEDIA_TYPES
     chosen = media.rendered_type(media.accepted(asked or request.headers.get("Accept")),
@@ -512,7 +576,7 @@ def _renderer(media_type: str) -> Callable[[Instance], Rendition]:
             columns, rows = ((header.get(tag, {}).get("Value") or [0])[0]
                              for tag in ("00280011", "00280010"))
             return Rendition(stored_clip(data), VIDEO_MP4, columns, rows)
-        stored = _still(row, data)
+        stored = _still(row, data, max_pixels)
         return render_frame(stored.frame, box=box, media_type=media_type, quality=quality,
                             icc_profile=None if icc == "no" else stored.icc_profile,
                             to_srgb=icc == "srgb", max_pixels=max_pixels)
@@ -542,8 +606,8 @@ def _multipart_rendered_type(rows: list[Instance]) -> str | None:
     asked = [r for r in ranges if r.media_type == "multipart/related"]
     if not asked:
         return None
-    if not all(media.BULK_MEDIA_TYPE.get(_transfer_syntax(r)) for r in rows):
-        raise _not_acceptable("a rendering of these instances")
+    if not all(_is_image(r) for r in rows):
+        raise _not_an_image()
     for r in asked:
         inner = media.accepted(r.params.get("type") or "*/*")
         chosen = media.rendered_type(inner, RENDERED_MEDIA_TYPES)
@@ -565,14 +629,14 @@ def retrieve_rendered_set(study: str, series: str | None = None) -> Response:
     rows = _rows(study, series)
     part_type = _multipart_rendered_type(rows)
     if part_type is None:
-        first = rows[0]
+        first = _first_image(rows)
         g.audit_entities = [f"study:{study}", f"instance:{first.sop_uid}",
                             *_patients([first.attributes[index.DICOM]])]
         return _image(_renderer(_rendered_type(first))(first))
     render = _renderer(part_type)
     marker = media.boundary()
     parts = [media.Part(part_type, partial(lambda row: render(row).data, r)) for r in rows]
-    return Response(media.multipart(parts, marker),
+    return Response(_until_damaged(media.multipart(parts, marker)),
                     content_type=media.multipart_content_type(part_type, marker))
 
 
@@ -614,11 +678,11 @@ def _thumbnail(row: Instance) -> Response:
     cached = _thumbnail_file(row)
     data = _cached(cached) if cacheable else None
     if data is None:
-        stored = _still(row, services().archive.read(row))
+        max_pixels = services().settings.max_pixels
+        stored = _still(row, services().archive.read(row), max_pixels)
         data = render_thumbnail(stored.frame, box=box, media_type=media_type,
                                 icc_profile=None if icc == "no" else stored.icc_profile,
-                                to_srgb=icc == "srgb",
-                                max_pixels=services().settings.max_pixels).data
+                                to_srgb=icc == "srgb", max_pixels=max_pixels).data
         if cacheable:
             _store(cached, data)
     response = Response(data, content_type=media_type)
@@ -633,7 +697,7 @@ def _retrieve_thumbnail(study: str, series: str | None = None,
                         sop: str | None = None) -> Response:
     """The thumbnail of an instance; of a study's or series' first one, which the audit
     record then names."""
-    row = _rows(study, series, sop)[0]
+    row = _first_image(_rows(study, series, sop))
     if sop is None:
         g.audit_entities = [f"study:{study}", f"instance:{row.sop_uid}",
                             *_patients([row.attributes[index.DICOM]])]
