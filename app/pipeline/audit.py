@@ -146,6 +146,7 @@ CATALOGUE: dict[str, EventCode] = {
     "photo.store": _INSTANCES_CREATED,
     "measurement.store": _INSTANCES_CREATED,  # a wound measurement SR (ebiw measure --instance)
     "measurement.read": _RECORD_READ,  # a study's stored measurements, for the viewer
+    "measurement.withdraw": _INSTANCES_REJECTED,  # a stored report withdrawn (IOCM rejection)
     "outline.read": _RECORD_READ,  # a wound outline proposed on a photo's pixels
     "correction.reject": _INSTANCES_REJECTED,  # IOCM rejection note (app/workflow/corrections)
     "correction.patient": _INSTANCES_CORRECTED,  # a study moved to the right patient

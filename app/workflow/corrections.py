@@ -51,6 +51,7 @@ from app.pipeline.dicom.kos import (
 )
 from app.pipeline.dicom.read import UnreadableDicomError, read_part10
 from app.pipeline.dicom.relabel import corrected_copy
+from app.pipeline.dicom.sr import SR_SOP_CLASS_UID
 from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID, derived_uuid, uid_from_uuid
 from app.workflow import audit
 from app.workflow.intake import REJECTION_SERIES_NUMBER
@@ -68,6 +69,10 @@ CORRECTION_METHOD = "correction"  # SessionIdentification.method of a corrected 
 class CorrectionError(Exception):
     """The correction cannot be made (unknown UID, rejected already, no such patient, the same
     patient...); nothing was changed. The message names UIDs at most, never PHI."""
+
+
+class UnknownInstance(CorrectionError):
+    """No instance of ours matches the UIDs given."""
 
 
 class DirectoryDown(CorrectionError):
@@ -132,6 +137,33 @@ def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: 
         rows = db.scalars(select(Instance).where(Instance.sop_uid.in_(uids), Instance.shown())
                           .order_by(Instance.stored_at, Instance.sop_uid)).all()
         return reject_rows(services, db, session, rows, reason, actor=actor)
+
+
+def withdraw_report(services: Services, study_uid: str, sop_uid: str, *, actor: str,
+                    admin: bool) -> Rejection:
+    """Withdraw the measurement report (SR) ``sop_uid`` of ``study_uid``: rejected for quality
+    reasons through the one rejection path, so its values leave the viewer, the healing
+    trajectory and the EMR (their Observations ``entered-in-error``), and every PACS gets the
+    rejection note. An admin may withdraw any report; anyone else only those they stored.
+
+    Raises, changing nothing, :class:`UnknownInstance` when ``sop_uid`` is no measurement
+    report of ``study_uid``, :class:`CorrectionError` when it was withdrawn already, and
+    :class:`NotAllowed` for another user's report.
+    """
+    with services.db.session() as db:
+        row = db.get(Instance, sop_uid)
+        if row is None or row.study_uid != study_uid or row.sop_class_uid != SR_SOP_CLASS_UID:
+            raise UnknownInstance(f"study {study_uid} has no measurement report {sop_uid}")
+        if row.rejected_at is not None:
+            raise CorrectionError(f"the measurement report {sop_uid} was withdrawn already")
+        observers = set(db.scalars(select(WoundMeasurement.observer).where(
+            WoundMeasurement.report_sop_uid == sop_uid)))
+        if not admin and observers != {actor}:
+            raise NotAllowed("only an admin or the user who saved a measurement report may "
+                             "withdraw it")
+        return reject_rows(services, db, _session(db, study_uid), [row],
+                           RejectionReason.QUALITY, actor=actor,
+                           detail={"withdrawn_report": sop_uid})
 
 
 def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer: str,

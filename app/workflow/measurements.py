@@ -326,10 +326,12 @@ def study_measurements(services: Services, study_uid: str) -> list[dict[str, obj
     """The measurements stored in ``study_uid`` as the viewer draws them back: one item per
     region of each report (oldest report first, regions in the SR's order), with its kind
     (``length``, ``width`` or ``polygon``), its points on the photo, its values by quantity
-    (value, standard uncertainty, unit), the wound, its tracking UID, observer and times."""
+    (value, standard uncertainty, unit), the wound, its tracking UID, observer and times.
+    Reports withdrawn or rejected, and those on rejected photos, are left out."""
     with services.db.session() as db:
         rows = db.scalars(select(WoundMeasurement)
-                          .where(WoundMeasurement.study_uid == study_uid)
+                          .where(WoundMeasurement.study_uid == study_uid,
+                                 WoundMeasurement.shown())
                           .order_by(WoundMeasurement.measured_at, WoundMeasurement.report_sop_uid,
                                     WoundMeasurement.region, WoundMeasurement.id)).all()
     regions: dict[tuple[str, int], dict[str, object]] = {}

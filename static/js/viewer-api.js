@@ -156,4 +156,8 @@ export class JsonApi {
   post(path, body) {
     return this.request("POST", path, body);
   }
+
+  delete(path) {
+    return this.request("DELETE", path);
+  }
 }

@@ -269,13 +269,17 @@ function renderMeasurements() {
       text.textContent = `${prefix ? `${prefix} · ` : ""}${result.name}: ${result.text || "drawn"}`;
       if (result.saved) text.textContent += ` · saved, ${result.saved.wound}`;
       item.append(text);
+      const remove = document.createElement("button");
+      remove.type = "button";
+      remove.className = "plain delete";
+      remove.textContent = "✕";
       if (!result.saved) {
-        const remove = document.createElement("button");
-        remove.type = "button";
-        remove.className = "plain delete";
-        remove.textContent = "✕";
         remove.setAttribute("aria-label", `Delete ${result.name}`);
         remove.addEventListener("click", () => stage.remove(result.shape));
+        item.prepend(remove);
+      } else if (stage === main) {
+        remove.setAttribute("aria-label", `Withdraw the saved report holding ${result.name}`);
+        remove.addEventListener("click", () => withdrawReport(result.saved));
         item.prepend(remove);
       }
       list.append(item);
@@ -307,6 +311,20 @@ async function loadStored() {
     return;
   }
   if (main.image) main.setStored(storedOn(state.stored, state.view, main.image));
+}
+
+/** Withdraw a stored report (every measurement saved with it) once the user confirms. */
+async function withdrawReport(saved) {
+  const count = state.stored.filter((m) => m.report_sop_instance_uid === saved.report_sop_instance_uid).length;
+  if (!window.confirm(`Withdraw the saved report of ${saved.wound} (${count} measurement${count === 1 ? "" : "s"})? It is kept on record as withdrawn; the PACS and the EMR are told.`)) return;
+  measureStatus("Withdrawing…");
+  try {
+    await json.delete(`/studies/${encodeURIComponent(state.study.uid)}/measurements/${encodeURIComponent(saved.report_sop_instance_uid)}`);
+    measureStatus("Withdrawn: the report is marked rejected in this study, the PACS and the EMR.");
+  } catch (error) {
+    measureStatus(`Not withdrawn: ${error.message}`, true);
+  }
+  await loadStored();
 }
 
 async function proposeOutline(stage, point) {

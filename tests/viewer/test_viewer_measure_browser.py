@@ -15,7 +15,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from app.db.models import WoundMeasurement
+from app.db.models import Instance, WoundMeasurement
 from tests.conftest import ARTIFACTS, AXE_RUN, PHONE, TAP_TARGETS, WOUNDS, Browser, services
 from tests.viewer.conftest import photo, upload_study
 
@@ -113,6 +113,10 @@ def test_measure_save_reload_and_outline_on_a_phone(
         out["shapes"] = page.eval_on_selector_all(
             "#stage-main .overlay g.m-saved", "gs => gs.map(g => g.getAttribute('class'))")
         page.screenshot(path=str(ARTIFACTS / "viewer-measure-reloaded-390x844.png"))
+        page.once("dialog", lambda dialog: dialog.accept())
+        page.tap("#measurements li[data-saved] button.delete")
+        wait_until(page, "document.querySelectorAll('#measurements li[data-saved]').length === 0")
+        out["withdrawn"] = page.text_content("#measure-status")
 
         page.tap(f".thumb[data-sop='{study.originals[1]}']")
         wait_until(page, "document.querySelector('#stage-main .image').naturalWidth > 0 && "
@@ -156,6 +160,10 @@ def test_measure_save_reload_and_outline_on_a_phone(
         assert all(" ± " in m["text"] and "Heel ulcer" in m["text"] for m in items)
         assert [m["unit"] for m in items] == ["mm", "mm", "mm2"]
     assert seen["status"].startswith("Saved as a DICOM report")
+    assert seen["withdrawn"].startswith("Withdrawn")  # the whole report, all three regions
+    with services(app).db.session() as db:
+        report = db.get(Instance, rows[0].report_sop_uid)
+        assert report is not None and report.rejection_code == "113001"
     assert seen["shapes"] == ["m-length m-saved", "m-width m-saved", "m-area m-saved"]
     for found in (seen["audit"], seen["outline_audit"]):
         assert found["axe"] == [] and found["small"] == []

@@ -216,3 +216,47 @@ def test_dciodvfy_finds_no_error_in_an_sr_with_a_width(
                            "Comprehensive3DSR", str(path)], capture_output=True, text=True,
                           check=False)
     assert "TOTAL errors=0 warnings=0" in proc.stdout, proc.stdout + proc.stderr
+
+
+def test_a_stored_report_is_withdrawn_by_its_author_or_an_admin_as_an_iocm_rejection(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]]) -> None:
+    photo_uid = stored_photo(client, auth["capture"], PHOTO)
+    study = study_of(app, photo_uid)
+    saved = [post(client, auth["view"], study, {
+        "instance": photo_uid, "wound": wound, "lines": [{"points": LENGTH}]}).get_json()
+        for wound in ("Heel ulcer", "Sacrum")]
+    first, second = (body["sr_sop_instance_uid"] for body in saved)
+    url = f"/api/v1/studies/{study}/measurements/"
+
+    # Another user's report, a photo, an unknown UID, another study: refused, nothing changed.
+    refused = client.delete(url + first, headers=auth["capture"])
+    assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "not_allowed"
+    assert client.delete(url + photo_uid, headers=auth["view"]).status_code == 404
+    assert client.delete(url + "2.25.999", headers=auth["view"]).status_code == 404
+    assert client.delete(f"/api/v1/studies/2.25.7/measurements/{first}",
+                         headers=auth["view"]).status_code == 404
+    listed = client.get(url[:-1], headers=auth["view"]).get_json()["measurements"]
+    assert {m["report_sop_instance_uid"] for m in listed} == {first, second}
+
+    answer = client.delete(url + first, headers=auth["view"])
+    assert answer.status_code == 200, answer.get_json()
+    body = answer.get_json()
+    assert body["withdrawn"] == [first] and body["study_instance_uid"] == study
+    again = client.delete(url + first, headers=auth["view"])
+    assert again.status_code == 409 and again.get_json()["error"]["code"] == "withdrawn"
+    assert client.delete(url + second, headers=auth["admin"]).status_code == 200
+
+    # The reports are rejected by a KOS (113001) in the study that references them, and
+    # leave the list the viewer draws.
+    assert client.get(url[:-1], headers=auth["view"]).get_json()["measurements"] == []
+    row, _ = read_sr(app, first)
+    assert row.rejection_code == "113001" and row.rejected_by_kos == body["kos_sop_instance_uid"]
+    _, note = read_sr(app, body["kos_sop_instance_uid"])
+    kos = pydicom.dcmread(io.BytesIO(note))
+    assert kos.StudyInstanceUID == study and kos.ConceptNameCodeSequence[0].CodeValue == "113001"
+    assert [i.ReferencedSOPInstanceUID for s in kos.CurrentRequestedProcedureEvidenceSequence
+            for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence] == [first]
+    with services(app).db.session() as db:
+        actions = db.scalars(select(AuditEvent.action).where(
+            AuditEvent.action.in_(("measurement.withdraw", "correction.reject")))).all()
+    assert actions.count("correction.reject") == 2 and actions.count("measurement.withdraw") == 7

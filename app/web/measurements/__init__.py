@@ -6,6 +6,8 @@
   answer holds the server's values with their uncertainties and warnings. Any bad input is
   refused with a 4xx whose message starts with the field at fault, and nothing is stored.
 - ``GET /studies/<study>/measurements``: what the study's SRs hold, for the viewer to draw.
+- ``DELETE /studies/<study>/measurements/<sr>``: withdraw a stored report (an IHE IOCM
+  rejection for quality reasons, ``app.workflow.corrections.withdraw_report``).
 - ``POST /outline``: the proposed outline of the wound under a tap (``app.pipeline.outline``).
 
 The caller needs a role that opens studies (``view`` or ``capture``) and must see the study's
@@ -29,7 +31,7 @@ from app.web.auth import require
 from app.web.dicomweb import study_visible
 from app.web.errors import error_response
 from app.web.launch import OTHER_PATIENT
-from app.workflow import audit
+from app.workflow import audit, corrections
 from app.workflow.intake import InvalidRequest, NotFound
 from app.workflow.measurements import (
     ArchivedPhoto,
@@ -207,6 +209,30 @@ def list_measurements(study_uid: str) -> Response | tuple[Response, int]:
     response = jsonify({"measurements": study_measurements(services(), study_uid)})
     response.headers["Cache-Control"] = "no-store"
     return response
+
+
+@bp.delete("/studies/<study_uid>/measurements/<sop_uid>")
+@require("capture", "view")
+def withdraw_measurements(study_uid: str, sop_uid: str) -> tuple[Response, int]:
+    """Withdraw one stored measurement report: 200 with the rejection note's UID; 404 for no
+    such report in the study, 409 when withdrawn already, 403 for another user's report (an
+    admin may withdraw any). The rejection is audited (``correction.reject``)."""
+    g.audit_action = "measurement.withdraw"
+    g.audit_entities = [audit.study_ref(study_uid), audit.instance_ref(sop_uid)]
+    if not study_visible(study_uid, g.caller):
+        return error_response(403, "other_patient", OTHER_PATIENT)
+    try:
+        rejection = corrections.withdraw_report(services(), study_uid, sop_uid,
+                                                actor=g.caller.user,
+                                                admin=g.caller.role == "admin")
+    except corrections.UnknownInstance as exc:
+        return error_response(404, "not_found", str(exc))
+    except corrections.NotAllowed as exc:
+        return error_response(403, "not_allowed", str(exc))
+    except corrections.CorrectionError as exc:
+        return error_response(409, "withdrawn", str(exc))
+    return jsonify({"study_instance_uid": study_uid, "withdrawn": list(rejection.rejected),
+                    "kos_sop_instance_uid": rejection.kos_sop_uid}), 200
 
 
 @bp.post("/outline")
