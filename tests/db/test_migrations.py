@@ -263,7 +263,7 @@ def test_0002_adds_photo_quality_to_a_baseline_database_and_keeps_its_rows(db: D
     _add_patient_with_encounter(db, "M1")
     assert "quality" not in {c["name"] for c in inspect(db.engine).get_columns("photo")}
     result = db.create_schema()
-    assert (result.before, result.after) == ("0001_baseline", "0006_patient_verification")
+    assert (result.before, result.after) == ("0001_baseline", "0007_staged_clip")
     assert "quality" in {c["name"] for c in inspect(db.engine).get_columns("photo")}
     assert db.schema_differences() == []
     assert _counts(db) == (1, 1)

@@ -14,8 +14,8 @@ By concern and by destination kind:
 Every name other modules use is importable from here.
 """
 
-from app.workflow.delivery.claims import Claim, ClaimedRow
-from app.workflow.delivery.outbox import Outbox, utcnow
+from app.workflow.delivery.claims import Claim, ClaimedRow, Job, Results
+from app.workflow.delivery.outbox import REENCODE_QUEUE, Outbox, utcnow
 from app.workflow.delivery.states import (
     STATES,
     DeliveryState,
@@ -41,15 +41,18 @@ from app.workflow.delivery.worker import (
 __all__ = [
     "ERROR_PAUSE_SECONDS",
     "IDLE_SECONDS",
+    "REENCODE_QUEUE",
     "STATES",
     "BackgroundDelivery",
     "Claim",
     "ClaimedRow",
     "DeliveryState",
     "DeliveryWorker",
+    "Job",
     "NotRetryable",
     "Outbox",
     "Outcome",
+    "Results",
     "ShownState",
     "deliveries_by_study",
     "delivery_counts",

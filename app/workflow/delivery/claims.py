@@ -7,6 +7,7 @@ attempted (``None``: sent; a :class:`GatewayError`: why not). They never write o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.gateways.errors import GatewayError
@@ -34,3 +35,7 @@ class Claim:
 Results = dict[int, GatewayError | None]
 """Per claimed row id, what sending it did: ``None`` (sent) or the error; a row absent was not
 attempted."""
+
+Job = Callable[[Claim], Results]
+"""A worker's own job (re-encoding a staged clip, say): does the claimed rows' work and
+answers one :data:`Results` entry per row, as a sender does."""
