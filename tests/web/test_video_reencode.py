@@ -5,6 +5,10 @@ cannot be re-encoded."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -21,7 +25,7 @@ from app.pipeline.video import H264_HIGH_41, probe
 from app.workflow.delivery import REENCODE_QUEUE, DeliveryWorker, utcnow
 from app.workflow.intake import VIDEO_SERIES_NUMBER
 from tests.clips import make_clip
-from tests.conftest import dicom_validate, services
+from tests.conftest import REPO, dicom_validate, services
 from tests.web.test_api import counts, open_session
 
 FRAMES = 45
@@ -82,7 +86,14 @@ def test_a_vp8_clip_is_202_then_reencoded_by_the_worker_and_stored(
     recent = client.get("/api/v1/sessions/recent", headers=capture).get_json()
     assert recent[0]["state"] == "processing"
 
-    assert _worker(app).drain() >= 1
+    settings = services(app).settings
+    worker = subprocess.run(  # `ebiw worker --drain`, as deployed
+        [sys.executable, "-m", "app.cli", "worker", "--drain", "--threads", "1"], cwd=REPO,
+        env={**os.environ, "EBIW_ENV": "test", "EBIW_DATA_DIR": str(settings.data_dir),
+             "EBIW_DATABASE_URL": settings.database_url}, capture_output=True, text=True,
+        timeout=300)
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    assert json.loads(worker.stdout.splitlines()[-1])["handled"] >= 1
     assert _reencode_jobs(app) == [("sent", 1)]
     assert _staged_files(app) == []
     assert counts(app) == (1, 1, 1)
