@@ -774,6 +774,8 @@ class Intake:
                 self._reencode_and_store(staged, source)
         except UnreadableVideoError as exc:
             with self.db.session() as db:
+                if db.scalar(select(Photo.upload_uuid).where(Photo.sop_uid == sop_uid)):
+                    return None  # a worker that took over an expired lease stored it first
                 db.execute(update(StagedClip).where(StagedClip.sop_uid == sop_uid)
                            .values(failure=str(exc)[:200]))
             return PermanentError(str(exc))
