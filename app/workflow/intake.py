@@ -82,6 +82,9 @@ MEASUREMENT_SERIES_NUMBER = 4  # wound measurement reports (app/workflow/measure
 REJECTION_SERIES_NUMBER = 5  # IOCM rejection notes (app/workflow/corrections.py)
 VIDEO_SERIES_NUMBER = 6  # video clips (app/pipeline/video.py)
 STAGED_CLIPS_DIR = "staged-clips"  # under the data dir: clips waiting for their re-encode
+REENCODE_SECONDS_PER_CLIP_SECOND = 10
+"""What a re-encode's lease allows per second of the longest clip: twice the 4.7 s that
+bench/bench_video.py measured for 1080p30 VP8 on one core of a loaded machine."""
 
 
 class IdentificationMethod(StrEnum):
@@ -734,6 +737,12 @@ class Intake:
                 raise
             return known, False
         return row, True
+
+    def reencode_lease_seconds(self) -> float:
+        """How long a worker may hold a re-encode job: enough for the longest clip allowed
+        (``EBIW_MAX_VIDEO_SECONDS``) at :data:`REENCODE_SECONDS_PER_CLIP_SECOND`, plus a
+        minute to store it. A crashed worker's job waits this long before it is retried."""
+        return REENCODE_SECONDS_PER_CLIP_SECOND * self.settings.max_video_seconds + 60.0
 
     def reencode_job(self, claim: Claim) -> Results:
         """The worker's job for :data:`REENCODE_QUEUE` (``DeliveryWorker(jobs=...)``): each

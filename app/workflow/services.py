@@ -30,8 +30,10 @@ class Services:
 
     def worker_jobs(self) -> dict[str, Job]:
         """The jobs ``ebiw worker`` does beside delivering, by outbox queue: re-encoding the
-        clips staged by uploads (:meth:`Intake.reencode_job`)."""
-        return {REENCODE_QUEUE: self.intake.reencode_job}
+        clips staged by uploads (:meth:`Intake.reencode_job`), leased for
+        :meth:`Intake.reencode_lease_seconds` (at least the deliveries' lease)."""
+        return {REENCODE_QUEUE: Job(self.intake.reencode_job, max(
+            self.registry.lease_seconds, self.intake.reencode_lease_seconds()))}
 
 
 def build_services(settings: Settings) -> Services:

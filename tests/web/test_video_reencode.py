@@ -19,7 +19,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
-from app.db.models import Delivery, StagedClip
+from app.db.models import Delivery, StagedClip, as_utc
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.pipeline.video import H264_HIGH_41, probe
 from app.workflow.delivery import REENCODE_QUEUE, DeliveryWorker, utcnow
@@ -144,6 +144,10 @@ def test_a_worker_that_dies_mid_reencode_leaves_the_job_to_be_retried(
     assert counts(app) == (0, 0, 0)  # no half-stored instance
     assert [p.read_bytes() for p in _staged_files(app)] == [webm]  # the staged clip is kept
     assert _reencode_jobs(app) == [("pending", 0)]  # still leased by the dead worker
+    with services(app).db.session() as db:  # for the job's lease: the longest clip's re-encode
+        [until] = db.scalars(select(Delivery.claimed_until)
+                             .where(Delivery.destination == REENCODE_QUEUE))
+    assert as_utc(until) > utcnow() + timedelta(seconds=600)
     assert _worker(app).run_once() == 0
 
     monkeypatch.setattr(intake, "reencode_h264", real)

@@ -36,6 +36,12 @@ Results = dict[int, GatewayError | None]
 """Per claimed row id, what sending it did: ``None`` (sent) or the error; a row absent was not
 attempted."""
 
-Job = Callable[[Claim], Results]
-"""A worker's own job (re-encoding a staged clip, say): does the claimed rows' work and
-answers one :data:`Results` entry per row, as a sender does."""
+@dataclass(frozen=True)
+class Job:
+    """A worker's own job (re-encoding a staged clip, say): ``run`` does the claimed rows'
+    work and answers one :data:`Results` entry per row, as a sender does; its claims are
+    leased for ``lease_seconds`` (longer than the work may take, or a second worker takes it
+    over meanwhile)."""
+
+    run: Callable[[Claim], Results]
+    lease_seconds: float

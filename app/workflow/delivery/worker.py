@@ -16,9 +16,9 @@ the outcomes, with retries and dead letters.
 - Transient failures are retried after a capped exponential backoff with full jitter; a
   permanent failure makes the row dead, with a reason free of PHI, until an admin retries it.
 - The worker's own jobs (``jobs``: re-encoding staged clips, the rows of
-  :data:`~.outbox.REENCODE_QUEUE`) are claimed, leased, retried and recorded the same way,
-  one row per claim, with the registry's retry policy; only a worker given the job claims its
-  rows.
+  :data:`~.outbox.REENCODE_QUEUE`) are claimed, leased (for the job's own lease), retried
+  and recorded the same way, one row per claim, with the registry's retry policy; only a
+  worker given the job claims its rows.
 
 :class:`BackgroundDelivery` runs workers in threads of a process; :func:`drain` delivers until
 nothing is due.
@@ -124,7 +124,9 @@ class DeliveryWorker:
                     .where(due, Delivery.destination == lead.destination,
                            Delivery.study_uid == lead.study_uid)
                     .order_by(Delivery.id).limit(batch).with_for_update(skip_locked=True)))
-                lease = now + timedelta(seconds=self.registry.lease_seconds)
+                job = self.jobs.get(lead.destination)
+                lease = now + timedelta(seconds=job.lease_seconds if job is not None
+                                        else self.registry.lease_seconds)
                 rows = db.execute(
                     update(Delivery).where(Delivery.id.in_(ids), due)
                     .values(claim_token=token, claimed_until=lease)
@@ -146,7 +148,7 @@ class DeliveryWorker:
             outcomes = pacs.deliver(self.db, self.archive, destination, claim)
             policy = destination.retry
         elif claim.destination in self.jobs:
-            outcomes = self.jobs[claim.destination](claim)
+            outcomes = self.jobs[claim.destination].run(claim)
             policy = self.registry.retry
         else:
             notifier = self.registry.notifier(claim.destination)
