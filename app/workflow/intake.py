@@ -1,8 +1,10 @@
 """Accept capture sessions and photos: the only place where pipeline, database and archive meet.
 
 An accepted photo means: its DICOM object is durably written to the archive and the database
-transaction that indexes it is committed. Uploads are idempotent by the client's UUID: the same
-bytes again give the same answer, other bytes under that UUID are refused.
+transaction that indexes it is committed. A video clip DICOM does not take as recorded is
+accepted as staged instead (its bytes durably in the data dir, its row and re-encode job
+committed) and stored by the worker later. Uploads are idempotent by the client's UUID: the
+same bytes again give the same answer, other bytes under that UUID are refused.
 """
 
 from __future__ import annotations
