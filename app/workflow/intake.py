@@ -187,8 +187,8 @@ def checked_clip(data: bytes, settings: Settings) -> Iterator[VideoWork]:
 
 
 def _has_digest(path: Path, digest: str) -> bool:
-    """Whether the file at ``path`` exists and its SHA-256 is ``digest`` (read in 1 MiB
-    blocks)."""
+    """Whether the file at ``path`` exists and its SHA-256 is ``digest`` (read in blocks,
+    never whole)."""
     try:
         with path.open("rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest() == digest
@@ -795,8 +795,9 @@ class Intake:
         return None
 
     def _reencode_and_store(self, staged: StagedClip, source: Path) -> None:
-        """Re-encode ``source`` into a temporary file beside it, check it is H.264 DICOM takes
-        with the source's frames, and store it as ``staged``'s photo."""
+        """Re-encode ``source`` into a temporary file beside it, check it is H.264 DICOM takes,
+        and store it as ``staged``'s photo; the temporary file is removed whatever happens
+        (but a kill -9, whose leftover the start-up sweep removes)."""
         fd, name = temp_file(source.parent)
         os.close(fd)
         target = Path(name)
