@@ -182,3 +182,24 @@ def test_a_clip_that_cannot_be_reencoded_is_a_visible_failure(
     assert _staged_files(app) == [staged]  # kept, not silently lost
     with services(app).db.session() as db:
         assert db.scalar(select(func.count()).select_from(StagedClip)) == 1
+
+
+@pytest.mark.parametrize(("limits", "message"), [
+    ({"max_video_seconds": 1}, "more than the 1 s allowed"),
+    ({"max_upload_bytes": 4000}, "the upload is too large"),
+])
+def test_a_vp8_clip_past_the_limits_is_413_and_nothing_is_staged(
+        tmp_path: Path, webm: bytes, limits: dict, message: str) -> None:
+    from app.factory import create_app
+    from app.workflow.tokens import create_token
+
+    small = create_app({"data_dir": tmp_path, "env": "test", **limits})
+    services(small).db.create_schema()
+    headers = {"Authorization": f"Bearer {create_token(services(small).db, 'n', 'capture')}"}
+    client = small.test_client()
+    session = open_session(client, headers)["id"]
+    got, body = _put(client, headers, session, str(uuid.uuid4()), webm)
+    assert got == 413 and message in body["error"]["message"], body
+    assert _staged_files(small) == [] and _reencode_jobs(small) == []
+    with services(small).db.session() as db:
+        assert db.scalar(select(func.count()).select_from(StagedClip)) == 0
