@@ -142,6 +142,7 @@ def worker(threads: int, drain: bool) -> None:
     svc = build_services(Settings.from_env())
     svc.db.create_schema()
     sweep_interrupted_writes(svc.settings)
+    svc.intake.sweep_staged_clips()
     if drain:
         _emit({"handled": delivery.drain(svc.db, svc.archive, svc.registry, threads,
                                          jobs=svc.worker_jobs()),

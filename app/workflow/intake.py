@@ -16,6 +16,7 @@ import logging
 import os
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -40,7 +41,7 @@ from app.db.models import (
     as_utc,
 )
 from app.db.session import Database
-from app.durable import fsync_dir, temp_file, write_durably
+from app.durable import STALE_AFTER_S, TEMP_PREFIX, fsync_dir, temp_file, write_durably
 from app.gateways.archive import Archive, ArchiveConflictError, InstanceKey
 from app.gateways.errors import GatewayError, PermanentError, TransientError
 from app.gateways.patients import Directories
@@ -739,6 +740,32 @@ class Intake:
                 raise
             return known, False
         return row, True
+
+    def sweep_staged_clips(self) -> int:
+        """Remove the staged files no staged clip names any more (a worker died between
+        storing the clip and deleting its file); how many. Only files older than
+        :data:`~app.durable.STALE_AFTER_S` go, so a clip being staged right now (its file
+        written, its row not yet committed) is never taken; temporary files are left to
+        :func:`~app.durable.sweep_temp_files`. Run when a worker starts."""
+        folder = self.settings.data_dir / STAGED_CLIPS_DIR
+        if not folder.is_dir():
+            return 0
+        with self.db.session() as db:
+            kept = {f"{upload}.{digest}" for upload, digest in db.execute(
+                select(StagedClip.upload_uuid, StagedClip.sha256))}
+        now, removed = time.time(), 0
+        for path in folder.iterdir():
+            if path.name.startswith(TEMP_PREFIX) or path.name in kept:
+                continue
+            try:
+                if now - path.stat().st_mtime > STALE_AFTER_S:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        if removed:
+            log.info("removed %d staged clip file(s) already stored", removed)
+        return removed
 
     def reencode_lease_seconds(self) -> float:
         """How long a worker may hold a re-encode job: enough for the longest clip allowed

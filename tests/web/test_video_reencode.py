@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 import uuid
 from datetime import timedelta
 from pathlib import Path
@@ -20,6 +21,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
 from app.db.models import Delivery, StagedClip, as_utc
+from app.durable import STALE_AFTER_S
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.pipeline.video import H264_HIGH_41, probe
 from app.workflow.delivery import REENCODE_QUEUE, DeliveryWorker, utcnow
@@ -203,3 +205,19 @@ def test_a_vp8_clip_past_the_limits_is_413_and_nothing_is_staged(
     assert _staged_files(small) == [] and _reencode_jobs(small) == []
     with services(small).db.session() as db:
         assert db.scalar(select(func.count()).select_from(StagedClip)) == 0
+
+
+def test_a_worker_start_sweeps_stale_staged_files_no_clip_names(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], webm: bytes) -> None:
+    session = open_session(client, auth["capture"])["id"]
+    assert _put(client, auth["capture"], session, str(uuid.uuid4()), webm)[0] == 202
+    [waiting] = _staged_files(app)
+    stored = waiting.with_name(f"{uuid.uuid4()}.{'0' * 64}")  # its clip was stored, then a crash
+    fresh = waiting.with_name(f"{uuid.uuid4()}.{'1' * 64}")  # being staged: no row yet
+    for path in (stored, fresh):
+        path.write_bytes(webm)
+    old = time.time() - STALE_AFTER_S - 60
+    for path in (waiting, stored):
+        os.utime(path, (old, old))
+    assert services(app).intake.sweep_staged_clips() == 1
+    assert _staged_files(app) == sorted([waiting, fresh])
