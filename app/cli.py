@@ -133,7 +133,8 @@ def serve(host: str, port: int, workers: int) -> None:
 @click.option("--drain", is_flag=True,
               help="Exit once nothing is due (rows waiting for a retry stay queued).")
 def worker(threads: int, drain: bool) -> None:
-    """Deliver queued photos to the PACS destinations and notify the EMR.
+    """Deliver queued photos to the PACS destinations and notify the EMR; re-encode the
+    video clips uploads staged (VP8/VP9 WebM…) to H.264 and store them.
 
     Any number of workers may run at once, on any node sharing the database. Stops after the
     current batch on SIGTERM or Ctrl-C; prints one JSON line with what it handled.
@@ -142,12 +143,14 @@ def worker(threads: int, drain: bool) -> None:
     svc = build_services(Settings.from_env())
     svc.db.create_schema()
     sweep_interrupted_writes(svc.settings)
+    svc.intake.sweep_staged_clips()
     if drain:
-        _emit({"handled": delivery.drain(svc.db, svc.archive, svc.registry, threads),
+        _emit({"handled": delivery.drain(svc.db, svc.archive, svc.registry, threads,
+                                         jobs=svc.worker_jobs()),
                "counts": delivery.delivery_counts(svc.db)})
         return
     background = delivery.BackgroundDelivery(svc.db, svc.archive, svc.registry,
-                                             threads).start()
+                                             threads, jobs=svc.worker_jobs()).start()
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: background.stop(0))
     background.wait()

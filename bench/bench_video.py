@@ -5,7 +5,9 @@ frame, with an AAC track); then, on one core, in the same run and on the same di
 ours as recorded (probe every packet + the first frame, write the DICOM object streaming the
 MP4, fsync file and folder), ours with the audio dropped (the video packets copied into a new
 MP4 first), and ``cp`` of the file plus the fsync our 2xx implies. Also reports the peak
-Python heap and the growth of the process's peak RSS while wrapping, against the clip's size.
+Python heap and the growth of the process's peak RSS while wrapping, against the clip's size,
+and what the worker's re-encode of a 1080p30 VP8 WebM (a browser's MediaRecorder clip, made
+the same way, ``REENCODE_SECONDS`` long) to H.264 costs per second of clip.
 Usage: .venv/bin/python bench/bench_video.py [SECONDS] [REPEATS]   (defaults: 30 s, 5)
 """
 
@@ -32,23 +34,29 @@ from app.durable import fsync_dir
 from app.pipeline.dicom.builder import InstanceInfo, PatientInfo, SeriesInfo, StudyInfo
 from app.pipeline.dicom.uids import uid_from_uuid
 from app.pipeline.dicom.video import write_video_photo
-from app.pipeline.video import probe, remux_mp4
+from app.pipeline.video import probe, reencode_h264, remux_mp4
 
 PHOTO = TESTDATA / "wounds" / "images" / "fuseg_train_0011.png"
 WIDTH, HEIGHT, RATE = 1920, 1080, 30
+REENCODE_SECONDS = 5
+# (codec, container, options, bit rate): a phone's H.264, or a browser's VP8 (realtime speed)
+CODECS = {"h264": ("libx264", "mp4", {"preset": "ultrafast", "profile": "high",
+                                      "x264-params": "log-level=0"}, 16_000_000),
+          "vp8": ("libvpx", "webm", {"deadline": "realtime", "cpu-used": "8"}, 4_000_000)}
 
 
-def make_clip(path: Path, seconds: int, *, audio: bool) -> None:
-    """A 1080p30 H.264 clip of ``seconds`` near a phone's bit rate (16 Mbit/s asked): the
-    photo panned 12 pixels a frame, with a sensor-like noise the encoder must spend bits on."""
+def make_clip(path: Path, seconds: int, *, audio: bool, codec: str = "h264") -> None:
+    """A 1080p30 clip of ``seconds`` near a phone's (H.264, 16 Mbit/s asked) or a browser's
+    (VP8 WebM, 4 Mbit/s) bit rate: the photo panned 12 pixels a frame, with a sensor-like
+    noise the encoder must spend bits on."""
     photo = np.asarray(Image.open(PHOTO).convert("RGB").resize((WIDTH * 2, HEIGHT)))
     noise = np.random.default_rng(0).integers(-6, 7, (4, HEIGHT, WIDTH, 3), dtype=np.int16)
     frames = seconds * RATE
-    with av.open(str(path), "w", format="mp4") as out:
-        video = out.add_stream("libx264", rate=RATE, options={
-            "preset": "ultrafast", "profile": "high", "x264-params": "log-level=0"})
+    encoder, container, options, bit_rate = CODECS[codec]
+    with av.open(str(path), "w", format=container) as out:
+        video = out.add_stream(encoder, rate=RATE, options=options)
         video.width, video.height, video.pix_fmt = WIDTH, HEIGHT, "yuv420p"
-        video.bit_rate = 16_000_000
+        video.bit_rate = bit_rate
         sound = out.add_stream("aac", rate=48000) if audio else None
         for i in range(frames):
             x = i * 12 % WIDTH
@@ -120,8 +128,10 @@ def main() -> None:
         video_only, with_audio = work / "video-only.mp4", work / "with-audio.mp4"
         make_clip(video_only, seconds, audio=False)
         make_clip(with_audio, seconds, audio=True)
+        webm = work / "browser.webm"
+        make_clip(webm, REENCODE_SECONDS, audio=False, codec="vp8")
         pin_one_core()
-        times: dict[str, list[float]] = {k: [] for k in ("asis", "remux", "cp")}
+        times: dict[str, list[float]] = {k: [] for k in ("asis", "remux", "cp", "reencode")}
         for _ in range(repeats):
             for key, run in (("asis", lambda: ours(video_only, work / "a.dcm", work)),
                              ("remux", lambda: ours(with_audio, work / "b.dcm", work)),
@@ -129,6 +139,9 @@ def main() -> None:
                 t0 = time.perf_counter()
                 run()
                 times[key].append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            reencode_h264(webm, work / "reencoded.mp4")
+            times["reencode"].append(time.perf_counter() - t0)
         heap_peak, rss_growth = (int(v) for v in subprocess.run(
             [sys.executable, __file__, "--memory", str(with_audio)], check=True,
             capture_output=True, text=True).stdout.split())
@@ -145,6 +158,9 @@ def main() -> None:
                            ("cp", "cp + fsync of the same file"))]))
     print(f"\nwhile wrapping (remux path): peak Python heap {heap_peak / 2**20:.1f} MiB, "
           f"peak RSS growth {rss_growth / 1024:.1f} MiB, clip {size / 2**20:.1f} MiB")
+    print(f"worker's re-encode of a {REENCODE_SECONDS} s 1080p30 VP8 WebM to H.264 (crf 20, "
+          f"veryfast): median {median_ms(times['reencode']) / 1e3:.1f} s, "
+          f"{median_ms(times['reencode']) / 1e3 / REENCODE_SECONDS:.2f} s per clip-second")
 
 
 if __name__ == "__main__":

@@ -153,6 +153,8 @@ class CaptureSession(Base):
     purged_at: Mapped[datetime | None]
     photos: Mapped[list[Photo]] = relationship(back_populates="session",
                                                order_by="Photo.instance_number")
+    staged_clips: Mapped[list[StagedClip]] = relationship(
+        order_by="StagedClip.instance_number")  # clips waiting for their re-encode
     identification: Mapped[SessionIdentification | None] = relationship(lazy="joined")
 
 
@@ -195,6 +197,23 @@ class Photo(UploadedFile, Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     session: Mapped[CaptureSession] = relationship(back_populates="photos")
     instance: Mapped[Instance] = relationship(foreign_keys=[sop_uid])
+
+
+class StagedClip(UploadedFile, Base):
+    """A video clip accepted but not stored yet: its codec is one DICOM does not take as
+    recorded (VP8/VP9 WebM…), so the worker re-encodes it to H.264 (a ``video`` row of the
+    outbox, ``sop_uid`` the instance it will become) and then stores it as a :class:`Photo`,
+    deleting this row in the same transaction. The bytes as received wait, fsync'd, in the
+    data dir (``Intake.staged_path``). ``failure``: why re-encoding failed for good (no PHI);
+    None while it is being processed."""
+
+    __tablename__ = "staged_clip"
+
+    session_id: Mapped[str] = mapped_column(ForeignKey("capture_session.id"), index=True)
+    sop_uid: Mapped[str] = mapped_column(String(64), unique=True)
+    instance_number: Mapped[int]
+    failure: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
 class Instance(Base):
@@ -538,10 +557,12 @@ class AuditForward(WorkerBookkeeping, Base):
 
 class DeliveryKind(StrEnum):
     """What a delivery row sends: an instance to a ``pacs`` destination, or a study's notice
-    to an ``emr`` notifier."""
+    to an ``emr`` notifier; or, for the ``@reencode`` queue, a ``video`` clip staged for
+    re-encoding (the worker's own job, leased and retried like a delivery)."""
 
     PACS = "pacs"
     EMR = "emr"
+    VIDEO = "video"  # a staged clip to re-encode and store (app.workflow.intake)
 
 
 class DeliveryStatus(StrEnum):

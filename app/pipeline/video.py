@@ -87,11 +87,6 @@ class UnreadableVideoError(ValueError):
     message says why, in words for a user."""
 
 
-class UnsupportedVideoError(UnreadableVideoError):
-    """A readable clip whose codec, profile or level DICOM does not allow as it is: it must be
-    re-encoded (:func:`reencode_h264`)."""
-
-
 class ClipTooLongError(UnreadableVideoError):
     """A clip longer than the allowed duration."""
 

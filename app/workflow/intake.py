@@ -1,8 +1,10 @@
 """Accept capture sessions and photos: the only place where pipeline, database and archive meet.
 
 An accepted photo means: its DICOM object is durably written to the archive and the database
-transaction that indexes it is committed. Uploads are idempotent by the client's UUID: the same
-bytes again give the same answer, other bytes under that UUID are refused.
+transaction that indexes it is committed. A video clip DICOM does not take as recorded is
+accepted as staged instead (its bytes durably in the data dir, its row and re-encode job
+committed) and stored by the worker later. Uploads are idempotent by the client's UUID: the
+same bytes again give the same answer, other bytes under that UUID are refused.
 """
 
 from __future__ import annotations
@@ -10,8 +12,11 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
+import os
 import tempfile
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -21,7 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import selectinload
 
@@ -32,10 +37,13 @@ from app.db.models import (
     SessionIdentification,
     SessionSource,
     SessionStatus,
+    StagedClip,
     as_utc,
 )
 from app.db.session import Database
+from app.durable import STALE_AFTER_S, TEMP_PREFIX, fsync_dir, temp_file, write_durably
 from app.gateways.archive import Archive, ArchiveConflictError, InstanceKey
+from app.gateways.errors import GatewayError, PermanentError, TransientError
 from app.gateways.patients import Directories
 from app.gateways.registry import Registry
 from app.pipeline.color import ColorOutcome, normalize_photo
@@ -58,12 +66,14 @@ from app.pipeline.video import (
     ClipInfo,
     ClipTooLongError,
     UnreadableVideoError,
-    UnsupportedVideoError,
     probe,
+    reencode_h264,
     remux_mp4,
 )
 from app.settings import Settings
-from app.workflow.delivery import Outbox
+from app.workflow.delivery import Claim, Outbox, Results
+
+log = logging.getLogger(__name__)
 
 SOURCES = tuple(SessionSource)
 CONSENTS = ("given", "declined", "not-required")
@@ -74,6 +84,10 @@ LABEL_SERIES_NUMBER = 3
 MEASUREMENT_SERIES_NUMBER = 4  # wound measurement reports (app/workflow/measurements.py)
 REJECTION_SERIES_NUMBER = 5  # IOCM rejection notes (app/workflow/corrections.py)
 VIDEO_SERIES_NUMBER = 6  # video clips (app/pipeline/video.py)
+STAGED_CLIPS_DIR = "staged-clips"  # under the data dir: clips waiting for their re-encode
+REENCODE_SECONDS_PER_CLIP_SECOND = 10
+"""What a re-encode's lease allows per second of the longest clip: twice the 4.7 s that
+bench/bench_video.py measured for 1080p30 VP8 on one core of a loaded machine."""
 
 
 class IdentificationMethod(StrEnum):
@@ -128,6 +142,8 @@ class UnreadableVideo(IntakeError):
 
 
 class UnsupportedVideo(IntakeError):
+    """A clip that would need re-encoding where re-encoding is not offered (batch import)."""
+
     status, code = 415, "unsupported_video"
 
 
@@ -137,22 +153,28 @@ class ClipTooLong(IntakeError):
 
 @dataclass(frozen=True)
 class VideoWork:
-    """A clip ready to wrap: what it is and the MP4 that holds its bit stream (the upload
-    itself, or its video packets copied into a new MP4)."""
+    """A checked clip: what it is and the file that holds its bit stream, an MP4 ready to
+    wrap (the upload itself, its video packets copied into a new MP4, or its re-encode) or,
+    when :attr:`needs_reencode`, the upload as received."""
 
     clip: ClipInfo
     payload: Path
 
+    @property
+    def needs_reencode(self) -> bool:
+        """Whether DICOM cannot take the clip's codec as recorded (VP8/VP9 WebM, H.264 above
+        level 4.2…): it is staged for the worker to re-encode to H.264."""
+        return self.clip.transfer_syntax is None
+
 
 @contextmanager
 def checked_clip(data: bytes, settings: Settings) -> Iterator[VideoWork]:
-    """Inside, the upload as a clip DICOM may encapsulate, in a private temporary directory
-    removed on leaving.
+    """Inside, the upload as a checked clip, in a private temporary directory removed on
+    leaving; a clip DICOM takes as recorded has been remuxed when it had to be, one that
+    needs re-encoding is left as it is (re-encoding is the worker's job, never a request's).
 
     Raises (nothing stored): :class:`UnreadableVideo` for a damaged, truncated or non-video
-    file, :class:`ClipTooLong` past ``EBIW_MAX_VIDEO_SECONDS``, :class:`UnsupportedVideo` for a
-    codec that would need re-encoding (VP8/VP9 WebM, H.264 above level 4.2, …): re-encoding
-    belongs in a background job, which this version does not run.
+    file, :class:`ClipTooLong` past ``EBIW_MAX_VIDEO_SECONDS``.
     """
     with tempfile.TemporaryDirectory(prefix="ebiw-clip-") as work:
         upload = Path(work) / "upload"
@@ -160,22 +182,25 @@ def checked_clip(data: bytes, settings: Settings) -> Iterator[VideoWork]:
         try:
             clip = probe(upload, max_seconds=settings.max_video_seconds,
                          keep_audio=settings.video_keep_audio)
-            if clip.transfer_syntax is None:
-                raise UnsupportedVideoError(
-                    f"{clip.codec} video ({clip.profile or 'no profile'}) is not one DICOM "
-                    "stores as recorded and this server does not re-encode yet: record H.264 "
-                    "(up to level 4.2) or HEVC Main (MP4 or QuickTime)")
             payload = upload
-            if not clip.as_recorded:
+            if clip.transfer_syntax is not None and not clip.as_recorded:
                 payload = Path(work) / "video.mp4"
                 remux_mp4(upload, payload, keep_audio=settings.video_keep_audio)
         except ClipTooLongError as exc:
             raise ClipTooLong(str(exc)) from exc
-        except UnsupportedVideoError as exc:
-            raise UnsupportedVideo(str(exc)) from exc
         except UnreadableVideoError as exc:
             raise UnreadableVideo(str(exc)) from exc
         yield VideoWork(clip, payload)
+
+
+def _has_digest(path: Path, digest: str) -> bool:
+    """Whether the file at ``path`` exists and its SHA-256 is ``digest`` (read in blocks,
+    never whole)."""
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest() == digest
+    except FileNotFoundError:
+        return False
 
 
 class UnknownPatient(IntakeError):
@@ -516,12 +541,15 @@ class Intake:
 
     def get_session(self, session_id: str, *, photos: bool = True) -> CaptureSession:
         """The session with its identification and, when ``photos``, every photo with its
-        instance; without them it is one row read however many photos the session holds
-        (``session.photos`` is then not loaded). Raises :class:`NotFound`."""
+        instance and every clip staged for re-encoding; without them it is one row read
+        however many photos the session holds (``session.photos`` and
+        ``session.staged_clips`` are then not loaded). Raises :class:`NotFound`."""
         with self.db.session() as db:
             row = db.get(CaptureSession, uuid_field(session_id, "session id"),
                          options=[selectinload(CaptureSession.photos)
-                                  .selectinload(Photo.instance)] if photos else [])
+                                  .selectinload(Photo.instance),
+                                  selectinload(CaptureSession.staged_clips)]
+                         if photos else [])
             if row is None:
                 raise NotFound("no such capture session")
             return row
@@ -624,12 +652,16 @@ class Intake:
         return row, True
 
     def accept_video(self, session_id: str, upload_uuid: str, data: bytes, *,
-                     number: int | None = None) -> tuple[Photo, bool]:
-        """Store one video clip as a Video Photographic Image in the session's video series;
-        return (upload row, created). ``number``: as for :meth:`accept_photo`.
+                     number: int | None = None) -> tuple[Photo | StagedClip, bool]:
+        """Take one video clip for the session's video series; return (upload row, created).
+        ``number``: as for :meth:`accept_photo`.
 
-        Guarantees as :meth:`accept_photo`: durably archived, indexed and queued for delivery
-        in one transaction; idempotent by UUID (same bytes: the first result, other bytes:
+        A clip DICOM takes as recorded is stored now, a Video Photographic Image, with the
+        guarantees of :meth:`accept_photo`: durably archived, indexed and queued for delivery
+        in one transaction. One whose codec DICOM does not take (VP8/VP9 WebM…) is staged
+        (:meth:`stage_clip`): a :class:`StagedClip` is returned and the worker re-encodes and
+        stores it later (:meth:`reencode_job`). Either way: idempotent by UUID (same bytes:
+        the first result, the stored photo once the staged clip is stored; other bytes:
         :class:`Conflict`); a clip we cannot take raises (see :func:`checked_clip`) and stores
         nothing. Memory: the upload's bytes and its DICOM object (the archive takes bytes);
         probing and remuxing read the clip from a temporary file one packet at a time.
@@ -637,36 +669,190 @@ class Intake:
         upload_uuid = uuid_field(upload_uuid, "upload id")
         digest = hashlib.sha256(data).hexdigest()
         session = self.get_session(session_id, photos=False)
-        known = self._known_photo(upload_uuid, digest, session.id)
+        known = self._known_upload(upload_uuid, digest, session.id)
         if known is not None:
             return known, False
         with self._pixel_slots, checked_clip(data, self.settings) as work:
             if number is None:
                 [number] = self.reserve_instance_numbers(session.id, 1)
-            key, dicom = self._video_instance(work, session, upload_uuid, number)
-            try:
-                with self.db.session() as db:
-                    instance = self.archive.store(db, key, dicom, {
-                        "SeriesNumber": VIDEO_SERIES_NUMBER, "InstanceNumber": number,
-                        "Modality": "XC"})
-                    clip = work.clip
-                    row = Photo(upload_uuid=upload_uuid, session_id=session.id, sha256=digest,
-                                size=len(data), media_type=clip.media_type,
-                                passthrough=clip.as_recorded, width=clip.width,
-                                height=clip.height,
-                                acquired_at=as_utc(clip.recorded) if clip.recorded else None,
-                                instance_number=number, sop_uid=instance.sop_uid)
-                    db.add(row)
-                    self.outbox.enqueue_photo(db, session, instance)
-                row.instance = instance
-            except (IntegrityError, ArchiveConflictError):
-                known = self._known_photo(upload_uuid, digest, session.id)
-                if known is None:
-                    raise
-                self._restore([(*self._video_instance(work, session, upload_uuid,
-                                                      known.instance_number), 0)])
-                return known, False
+            clip = work.clip
+            if work.needs_reencode:
+                return self.stage_clip(session, upload_uuid, data, digest, clip, number)
+            return self._store_video(session, work, Photo(
+                upload_uuid=upload_uuid, session_id=session.id, sha256=digest, size=len(data),
+                media_type=clip.media_type, passthrough=clip.as_recorded, width=clip.width,
+                height=clip.height, acquired_at=as_utc(clip.recorded) if clip.recorded else None,
+                instance_number=number, sop_uid=uid_from_uuid(upload_uuid,
+                                                              self.settings.uid_prefix)))
+
+    def _store_video(self, session: CaptureSession, work: VideoWork, row: Photo, *,
+                     staged: bool = False) -> tuple[Photo, bool]:
+        """Wrap ``work``'s MP4 as the instance ``row`` names, archive and index it, add
+        ``row`` and queue its deliveries in one transaction (deleting its staged clip's row in
+        it too when ``staged``); return (photo, created). A racer that stored the same upload
+        first wins: its row is returned and its archived file put back."""
+        key, dicom = self._video_instance(work, session, row.upload_uuid, row.instance_number)
+        try:
+            with self.db.session() as db:
+                instance = self.archive.store(db, key, dicom, {
+                    "SeriesNumber": VIDEO_SERIES_NUMBER, "InstanceNumber": row.instance_number,
+                    "Modality": "XC"})
+                db.add(row)
+                self.outbox.enqueue_photo(db, session, instance)
+                if staged:
+                    db.execute(delete(StagedClip)
+                               .where(StagedClip.upload_uuid == row.upload_uuid))
+            row.instance = instance
+        except (IntegrityError, ArchiveConflictError):
+            known = self._known_photo(row.upload_uuid, row.sha256, session.id)
+            if known is None:
+                raise
+            self._restore([(*self._video_instance(work, session, row.upload_uuid,
+                                                  known.instance_number), 0)])
+            return known, False
         return row, True
+
+    # --- clips staged for re-encoding ------------------------------------------------------
+
+    def staged_path(self, upload_uuid: str, digest: str) -> Path:
+        """Where the bytes of a clip staged for re-encoding wait, named by upload and content
+        (so a racing upload of other bytes under the same UUID never overwrites them)."""
+        return self.settings.data_dir / STAGED_CLIPS_DIR / f"{upload_uuid}.{digest}"
+
+    def stage_clip(self, session: CaptureSession, upload_uuid: str, data: bytes, digest: str,
+                   clip: ClipInfo, number: int) -> tuple[StagedClip | Photo, bool]:
+        """Keep a checked clip that needs re-encoding for the worker; return (row, created).
+
+        Guarantees: when this returns, the bytes are durably in :meth:`staged_path` (fsync'd,
+        atomic rename) and the :class:`StagedClip` row and its job (a ``video`` row of
+        :data:`REENCODE_QUEUE`) are committed in one transaction. A racer that staged or
+        stored the same upload first wins (its row, ``created=False``); one with other bytes
+        is :class:`Conflict`, and this call's file is removed."""
+        path = self.staged_path(upload_uuid, digest)
+        write_durably(path, data)
+        row = StagedClip(upload_uuid=upload_uuid, session_id=session.id, sha256=digest,
+                         size=len(data), media_type=clip.media_type, width=clip.width,
+                         height=clip.height,
+                         acquired_at=as_utc(clip.recorded) if clip.recorded else None,
+                         sop_uid=uid_from_uuid(upload_uuid, self.settings.uid_prefix),
+                         instance_number=number)
+        try:
+            with self.db.session() as db:
+                db.add(row)
+                self.outbox.enqueue_reencode(db, session.study_uid, row.sop_uid)
+        except IntegrityError:
+            try:
+                known = self._known_upload(upload_uuid, digest, session.id)
+            except Conflict:
+                path.unlink(missing_ok=True)
+                raise
+            if known is None:
+                raise
+            return known, False
+        return row, True
+
+    def sweep_staged_clips(self) -> int:
+        """Remove the staged files no staged clip names any more (a worker died between
+        storing the clip and deleting its file); how many. Only files older than
+        :data:`~app.durable.STALE_AFTER_S` go, so a clip being staged right now (its file
+        written, its row not yet committed) is never taken; temporary files are left to
+        :func:`~app.durable.sweep_temp_files`. Run when a worker starts."""
+        folder = self.settings.data_dir / STAGED_CLIPS_DIR
+        if not folder.is_dir():
+            return 0
+        with self.db.session() as db:
+            kept = {f"{upload}.{digest}" for upload, digest in db.execute(
+                select(StagedClip.upload_uuid, StagedClip.sha256))}
+        now, removed = time.time(), 0
+        for path in folder.iterdir():
+            if path.name.startswith(TEMP_PREFIX) or path.name in kept:
+                continue
+            try:
+                if now - path.stat().st_mtime > STALE_AFTER_S:
+                    path.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        if removed:
+            log.info("removed %d staged clip file(s) already stored", removed)
+        return removed
+
+    def reencode_lease_seconds(self) -> float:
+        """How long a worker may hold a re-encode job: enough for the longest clip allowed
+        (``EBIW_MAX_VIDEO_SECONDS``) at :data:`REENCODE_SECONDS_PER_CLIP_SECOND`, plus a
+        minute to store it. A crashed worker's job waits this long before it is retried."""
+        return REENCODE_SECONDS_PER_CLIP_SECOND * self.settings.max_video_seconds + 60.0
+
+    def reencode_job(self, claim: Claim) -> Results:
+        """The worker's job for :data:`REENCODE_QUEUE` (``DeliveryWorker(jobs=...)``): each
+        claimed row's staged clip re-encoded and stored (:meth:`reencode_staged`). A clip that
+        cannot be re-encoded is a :class:`PermanentError` (the row becomes dead and the staged
+        clip shows the failure); anything unexpected (logged by type only) a transient one,
+        retried later."""
+        results: Results = {}
+        for row in claim.rows:
+            try:
+                results[row.id] = self.reencode_staged(row.sop_uid)
+            except Exception as exc:
+                log.error("re-encoding a clip: unexpected %s", type(exc).__name__)
+                results[row.id] = TransientError(f"unexpected {type(exc).__name__}")
+        return results
+
+    def reencode_staged(self, sop_uid: str) -> GatewayError | None:
+        """Re-encode the clip staged to become ``sop_uid`` to H.264 and store it as an H.264
+        upload is stored (:meth:`_store_video`: same builder, video series, index and
+        deliveries, the staged row deleted in the same transaction), then delete the staged
+        file; None when done (also when an earlier attempt had stored it).
+
+        Guarantees: the instance is stored whole or not at all (a crash mid-way leaves the
+        staged clip and its job, to be claimed again when the lease ends; the half-written
+        re-encode is a temporary file the start-up sweep removes). A clip that cannot be
+        re-encoded, or whose staged bytes are missing or damaged, answers a
+        :class:`PermanentError` and keeps its staged file, with ``failure`` set on its row."""
+        with self.db.session() as db:
+            staged = db.scalars(select(StagedClip).where(StagedClip.sop_uid == sop_uid)).first()
+            stored = db.scalar(select(Photo.upload_uuid).where(Photo.sop_uid == sop_uid))
+        if staged is None:
+            return None if stored else PermanentError("the staged clip is gone")
+        source = self.staged_path(staged.upload_uuid, staged.sha256)
+        try:
+            if not _has_digest(source, staged.sha256):
+                raise UnreadableVideoError("the staged clip is missing or damaged")
+            with self._pixel_slots:
+                self._reencode_and_store(staged, source)
+        except UnreadableVideoError as exc:
+            with self.db.session() as db:
+                if db.scalar(select(Photo.upload_uuid).where(Photo.sop_uid == sop_uid)):
+                    return None  # a worker that took over an expired lease stored it first
+                db.execute(update(StagedClip).where(StagedClip.sop_uid == sop_uid)
+                           .values(failure=str(exc)[:200]))
+            return PermanentError(str(exc))
+        source.unlink(missing_ok=True)
+        fsync_dir(source.parent)
+        return None
+
+    def _reencode_and_store(self, staged: StagedClip, source: Path) -> None:
+        """Re-encode ``source`` into a temporary file beside it, check it is H.264 DICOM takes,
+        and store it as ``staged``'s photo; the temporary file is removed whatever happens
+        (but a kill -9, whose leftover the start-up sweep removes)."""
+        fd, name = temp_file(source.parent)
+        os.close(fd)
+        target = Path(name)
+        try:
+            reencode_h264(source, target)
+            clip = probe(target)
+            if clip.transfer_syntax is None:
+                raise UnreadableVideoError("the re-encoded clip is not H.264 that DICOM takes")
+            clip = replace(clip, recorded=staged.acquired_at)
+            session = self.get_session(staged.session_id, photos=False)
+            self._store_video(session, VideoWork(clip, target), Photo(
+                upload_uuid=staged.upload_uuid, session_id=staged.session_id,
+                sha256=staged.sha256, size=staged.size, media_type=staged.media_type,
+                passthrough=False, width=clip.width, height=clip.height,
+                acquired_at=staged.acquired_at, instance_number=staged.instance_number,
+                sop_uid=staged.sop_uid), staged=True)
+        finally:
+            target.unlink(missing_ok=True)
 
     def _video_instance(self, work: VideoWork, session: CaptureSession, upload_uuid: str,
                         number: int) -> tuple[InstanceKey, bytes]:
@@ -724,14 +910,28 @@ class Intake:
                 if row is not None and hashlib.sha256(dicom).hexdigest() == row.sha256:
                     self.archive.restore(row, dicom)
 
-    def _known_photo(self, upload_uuid: str, digest: str, session_id: str) -> Photo | None:
+    def _known_upload(self, upload_uuid: str, digest: str,
+                      session_id: str) -> Photo | StagedClip | None:
+        """What was already taken under ``upload_uuid`` with these bytes in this session: the
+        stored photo (with its instance) or the clip staged for re-encoding; None when the
+        UUID is new. :class:`Conflict` when it holds other bytes or another session's."""
         with self.db.session() as db:
-            row = db.get(Photo, upload_uuid, options=[selectinload(Photo.instance)])
+            row: Photo | StagedClip | None = db.get(
+                Photo, upload_uuid, options=[selectinload(Photo.instance)]) \
+                or db.get(StagedClip, upload_uuid)
             if row is None:
                 return None
             if row.session_id != session_id or row.sha256 != digest:
                 raise Conflict("this upload id was already used for a different photo")
             return row
+
+    def _known_photo(self, upload_uuid: str, digest: str, session_id: str) -> Photo | None:
+        """As :meth:`_known_upload`, for a photo: a staged clip under the UUID is a
+        :class:`Conflict` (the same bytes cannot be both)."""
+        known = self._known_upload(upload_uuid, digest, session_id)
+        if isinstance(known, StagedClip):
+            raise Conflict("this upload id was already used for a different photo")
+        return known
 
     def reserve_instance_numbers(self, session_id: str, count: int) -> list[int]:
         """Atomically take the session's next ``count`` instance numbers, in order (a number

@@ -12,6 +12,7 @@ from app.gateways.archive import Archive, build_archive
 from app.gateways.patients import build_directories
 from app.gateways.registry import Registry, build_registry
 from app.settings import Settings
+from app.workflow.delivery import REENCODE_QUEUE, Job
 from app.workflow.dicom_intake import DicomIntake
 from app.workflow.intake import Intake
 
@@ -26,6 +27,13 @@ class Services:
     registry: Registry
     intake: Intake
     dicom_intake: DicomIntake
+
+    def worker_jobs(self) -> dict[str, Job]:
+        """The jobs ``ebiw worker`` does beside delivering, by outbox queue: re-encoding the
+        clips staged by uploads (:meth:`Intake.reencode_job`), leased for
+        :meth:`Intake.reencode_lease_seconds` (at least the deliveries' lease)."""
+        return {REENCODE_QUEUE: Job(self.intake.reencode_job, max(
+            self.registry.lease_seconds, self.intake.reencode_lease_seconds()))}
 
 
 def build_services(settings: Settings) -> Services:

@@ -878,7 +878,10 @@ function wireUploader() {
   uploader.addEventListener("stored", ({ detail }) => {
     const draft = draftOf(detail.sessionId);
     if (draft) {
-      draft.results.set(detail.uuid, { state: "stored", photo: detail.photo });
+      // 202: a clip the server re-encodes in the background before storing it
+      const processing = detail.photo && detail.photo.status === "processing";
+      draft.results.set(detail.uuid, { state: processing ? "processing" : "stored",
+        photo: detail.photo });
       renderReview(draft);
     } else if (!byId("screen-home").hidden && state.me) {
       refreshHome();

@@ -54,6 +54,7 @@ function retakePrompt(verdict, uuid, n) {
 function resultText(result) {
   if (!result) return "Not sent yet";
   if (result.state === "stored") return "Stored";
+  if (result.state === "processing") return "Received — being converted on the server";
   if (result.state === "failed") return `Refused: ${result.error}`;
   if (result.total && result.loaded >= result.total) return "Sent — processing on the server…";
   if (result.total) return `Sending… ${Math.round((100 * result.loaded) / result.total)} %`;

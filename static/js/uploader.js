@@ -3,7 +3,8 @@
  *
  * For each queued session: open it with its client-made id (POST /api/v1/sessions, idempotent),
  * PUT each photo under its capture-time UUID (idempotent), delete the photo from the device as
- * soon as the server answers 201 or 200, then complete the session. Network trouble and 5xx
+ * soon as the server answers 201 or 200 (or 202: a clip it keeps durably and re-encodes in the
+ * background), then complete the session. Network trouble and 5xx
  * answers are retried with exponential backoff (and at once when the browser comes back
  * online); a refusal (4xx) marks the photo or session failed for the user to see.
  * @module uploader

@@ -13,7 +13,7 @@ from typing import Any
 from flask import Blueprint, Response, g, jsonify, request
 from sqlalchemy import func, select
 
-from app.db.models import CaptureSession, DeliveryKind, Photo, as_utc
+from app.db.models import CaptureSession, DeliveryKind, Photo, StagedClip, as_utc
 from app.pipeline.decode import UnreadablePhotoError, sniff
 from app.pipeline.dicom.codes import body_site, body_sites
 from app.pipeline.fhir import viewer_url
@@ -74,8 +74,26 @@ def photo_json(photo: Photo, deliveries: Sequence[DeliveryState] = ()) -> dict[s
         "quality": photo.quality,
         "normalized_sop_instance_uid": photo.normalized_sop_uid,
         "viewer_url": viewer_url(services().settings.public_url, photo.instance.study_uid),
-        "deliveries": [d.status_json() for d in deliveries
-                       if d.sop_uid in (photo.sop_uid, photo.normalized_sop_uid)],
+        "deliveries": [d.status_json() for d in deliveries if d.kind == DeliveryKind.PACS
+                       and d.sop_uid in (photo.sop_uid, photo.normalized_sop_uid)],
+    }
+
+
+def staged_json(clip: StagedClip) -> dict[str, Any]:
+    """What a client learns about a clip waiting for its re-encode (no PHI): ``status``
+    ``processing``, or ``failed`` with the ``reason`` (it will not be stored unless an admin
+    retries its job). Once stored, the upload is shown as a photo (:func:`photo_json`)."""
+    return {
+        "upload_uuid": clip.upload_uuid,
+        "sop_instance_uid": clip.sop_uid,
+        "instance_number": clip.instance_number,
+        "sha256": clip.sha256,
+        "size": clip.size,
+        "media_type": clip.media_type,
+        "width": clip.width,
+        "height": clip.height,
+        "status": "failed" if clip.failure else "processing",
+        "reason": clip.failure,
     }
 
 
@@ -109,8 +127,11 @@ def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, A
     }
     if photos:
         deliveries = study_deliveries(services().db, session.study_uid)
-        body["photos"] = [photo_json(p, deliveries) for p in session.photos]
-        body["photo_count"] = len(session.photos)
+        uploads: list[Photo | StagedClip] = sorted([*session.photos, *session.staged_clips],
+                                                   key=lambda u: u.instance_number)
+        body["photos"] = [photo_json(u, deliveries) if isinstance(u, Photo) else staged_json(u)
+                          for u in uploads]
+        body["photo_count"] = len(uploads)
         body["notifications"] = [d.status_json() for d in deliveries if d.kind == DeliveryKind.EMR]
     return body
 
@@ -118,7 +139,8 @@ def session_json(session: CaptureSession, *, photos: bool = True) -> dict[str, A
 def study_progress(photos: int, deliveries: Sequence[DeliveryState]) -> dict[str, Any]:
     """Where a study's photos have got to, for the user who took them.
 
-    ``state``: ``processing`` (no photo stored yet), ``failed`` (a delivery failed for good),
+    ``state``: ``failed`` (a delivery, or a clip's re-encode, failed for good),
+    ``processing`` (no photo stored yet, or a clip is waiting for its re-encode),
     ``in_emr`` (every delivery done and the EMR notified), ``in_pacs`` (every PACS delivery
     done, the EMR not notified yet or not configured), else ``stored`` (in the archive).
     ``reason`` (free of PHI): why a delivery failed for good, else why one is being retried,
@@ -133,10 +155,12 @@ def study_progress(photos: int, deliveries: Sequence[DeliveryState]) -> dict[str
     done = {kind: c["total"] > 0 and c["sent"] == c["total"] for kind, c in counts.items()}
     dead = [d for d in deliveries if d.state == ShownState.DEAD]
     trouble = dead or [d for d in deliveries if d.state == ShownState.FAILED]
-    if photos == 0:
-        state = "processing"
-    elif dead:
+    reencoding = any(d.kind == DeliveryKind.VIDEO and d.state != ShownState.SENT
+                     for d in deliveries)
+    if dead:
         state = "failed"
+    elif photos == 0 or reencoding:
+        state = "processing"
     elif done[emr] and (done[pacs] or counts[pacs]["total"] == 0):
         state = "in_emr"
     elif done[pacs]:
@@ -235,6 +259,9 @@ def put_photo(session_id: str, upload_uuid: str) -> tuple[Response, int]:
     svc = services()
     accept = svc.intake.accept_video if video else svc.intake.accept_photo
     photo, created = accept(session_id, upload_uuid, data)
+    if isinstance(photo, StagedClip):  # re-encoded and stored later by the worker
+        _audit_session(svc.intake.get_session(photo.session_id, photos=False), photo.sop_uid)
+        return jsonify(staged_json(photo)), 202
     _audit_session(svc.intake.get_session(photo.session_id, photos=False), photo.sop_uid,
                    photo.normalized_sop_uid or "")
     deliveries = instance_deliveries(

@@ -44,6 +44,7 @@ from app.workflow.intake import (
     InvalidRequest,
     PhotoWork,
     UnreadablePhoto,
+    UnsupportedVideo,
     checked_clip,
 )
 
@@ -137,6 +138,10 @@ class Staging:
         if sniff_video(data[:12]) is not None:
             with checked_clip(data, self.settings) as checked:
                 clip = checked.clip
+                if checked.needs_reencode:
+                    raise UnsupportedVideo("a batch takes clips DICOM stores as recorded (H.264 "
+                                           "or HEVC in MP4/QuickTime); upload this one from "
+                                           "the app, which has it re-encoded")
             return _Analysis(clip.media_type, clip.width, clip.height, clip.recorded, (), None,
                              ItemRole.CLINICAL, None)
         prepared = self.intake.process(data, color=False).prepared

@@ -5,8 +5,9 @@ By concern and by destination kind:
 - :mod:`.outbox` queues rows in the transaction that accepts a photo, so an acknowledged photo
   always has its deliveries queued.
 - :mod:`.worker` claims due rows under leases (exactly one worker holds a row at a time, across
-  nodes), hands each claim to the sender of its kind and records the outcomes under the
-  claim's token: sent, retried after a capped exponential backoff with full jitter, or dead.
+  nodes), hands each claim to the sender of its kind (or to the worker's own job, for a queue
+  such as :data:`REENCODE_QUEUE`) and records the outcomes under the claim's token: sent,
+  retried after a capped exponential backoff with full jitter, or dead.
 - :mod:`.pacs` sends a claim's archived, checked instances to a PACS destination in one batch.
 - :mod:`.emr` notifies the EMR of a study (the current version always ends there).
 - :mod:`.states` is what users and admins see of the rows, and the admin's retries.
@@ -14,8 +15,8 @@ By concern and by destination kind:
 Every name other modules use is importable from here.
 """
 
-from app.workflow.delivery.claims import Claim, ClaimedRow
-from app.workflow.delivery.outbox import Outbox, utcnow
+from app.workflow.delivery.claims import Claim, ClaimedRow, Job, Results
+from app.workflow.delivery.outbox import REENCODE_QUEUE, Outbox, utcnow
 from app.workflow.delivery.states import (
     STATES,
     DeliveryState,
@@ -41,15 +42,18 @@ from app.workflow.delivery.worker import (
 __all__ = [
     "ERROR_PAUSE_SECONDS",
     "IDLE_SECONDS",
+    "REENCODE_QUEUE",
     "STATES",
     "BackgroundDelivery",
     "Claim",
     "ClaimedRow",
     "DeliveryState",
     "DeliveryWorker",
+    "Job",
     "NotRetryable",
     "Outbox",
     "Outcome",
+    "Results",
     "ShownState",
     "deliveries_by_study",
     "delivery_counts",

@@ -7,6 +7,7 @@ attempted (``None``: sent; a :class:`GatewayError`: why not). They never write o
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from app.gateways.errors import GatewayError
@@ -34,3 +35,13 @@ class Claim:
 Results = dict[int, GatewayError | None]
 """Per claimed row id, what sending it did: ``None`` (sent) or the error; a row absent was not
 attempted."""
+
+@dataclass(frozen=True)
+class Job:
+    """A worker's own job (re-encoding a staged clip, say): ``run`` does the claimed rows'
+    work and answers one :data:`Results` entry per row, as a sender does; its claims are
+    leased for ``lease_seconds`` (longer than the work may take, or a second worker takes it
+    over meanwhile)."""
+
+    run: Callable[[Claim], Results]
+    lease_seconds: float

@@ -22,6 +22,11 @@ from app.db.models import CaptureSession, Delivery, DeliveryKind, DeliveryStatus
 from app.db.session import affected_rows
 from app.gateways.registry import Registry
 
+REENCODE_QUEUE = "@reencode"
+"""The outbox "destination" of clips staged for re-encoding: a name no configured destination
+can have (``@`` is not allowed in one), served by the worker's own job
+(``DeliveryWorker(jobs=...)``)."""
+
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
@@ -92,3 +97,12 @@ class Outbox:
                    Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.DEAD)))
             .values(status=DeliveryStatus.CANCELLED, last_error=reason, updated_at=now)
             .execution_options(synchronize_session=False)))
+
+    def enqueue_reencode(self, db: Session, study_uid: str, sop_uid: str) -> None:
+        """In ``db``'s transaction: the job that re-encodes the clip staged to become
+        ``sop_uid`` (a pending ``video`` row of :data:`REENCODE_QUEUE`, due now)."""
+        now = utcnow()
+        db.add(Delivery(destination=REENCODE_QUEUE, kind=DeliveryKind.VIDEO,
+                        study_uid=study_uid, sop_uid=sop_uid, status=DeliveryStatus.PENDING,
+                        version=1, attempts=0, next_attempt_at=now, created_at=now,
+                        updated_at=now))

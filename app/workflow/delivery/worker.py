@@ -15,6 +15,10 @@ the outcomes, with retries and dead letters.
   version leaves the row pending, so the EMR always ends with the current study.
 - Transient failures are retried after a capped exponential backoff with full jitter; a
   permanent failure makes the row dead, with a reason free of PHI, until an admin retries it.
+- The worker's own jobs (``jobs``: re-encoding staged clips, the rows of
+  :data:`~.outbox.REENCODE_QUEUE`) are claimed, leased (for the job's own lease), retried
+  and recorded the same way, one row per claim, with the registry's retry policy; only a
+  worker given the job claims its rows.
 
 :class:`BackgroundDelivery` runs workers in threads of a process; :func:`drain` delivers until
 nothing is due.
@@ -27,7 +31,7 @@ import logging
 import random
 import threading
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timedelta
 from enum import StrEnum
@@ -42,7 +46,7 @@ from app.gateways.errors import GatewayError, PermanentError, TransientError
 from app.gateways.registry import Registry, RetryPolicy
 from app.workflow import audit
 from app.workflow.delivery import emr, pacs
-from app.workflow.delivery.claims import Claim, ClaimedRow, Results
+from app.workflow.delivery.claims import Claim, ClaimedRow, Job, Results
 from app.workflow.delivery.outbox import utcnow
 
 log = logging.getLogger(__name__)
@@ -79,23 +83,26 @@ class DeliveryWorker:
     """Sends what the outbox holds for this node's destinations and notifiers.
 
     Rows for a destination this node does not know stay pending (another node, or a later
-    configuration, may deliver them). Thread-safe: several workers may share one registry and
+    configuration, may deliver them), and so do the rows of a job (``jobs``, by queue name)
+    this worker was not given. Thread-safe: several workers may share one registry and
     database, in one process or many.
     """
 
     def __init__(self, db: Database, archive: Archive, registry: Registry, *,
-                 uniform: Callable[[float, float], float] = random.uniform) -> None:
+                 uniform: Callable[[float, float], float] = random.uniform,
+                 jobs: Mapping[str, Job] | None = None) -> None:
         self.db = db
         self.archive = archive
         self.registry = registry
         self.uniform = uniform
+        self.jobs = dict(jobs or {})
         self.handled = 0  # rows this worker handled (sent, failed or dead)
 
     def claim(self) -> Claim | None:
         """Lease the due rows of the oldest due (destination, study), up to the destination's
         batch size (one row for a notifier); None when nothing is due. Losing a race for the
         rows to another worker is not "nothing due": the next due group is tried."""
-        names = self.registry.names
+        names = (*self.registry.names, *self.jobs)
         if not names:
             return None
         while True:
@@ -118,7 +125,9 @@ class DeliveryWorker:
                     .where(due, Delivery.destination == lead.destination,
                            Delivery.study_uid == lead.study_uid)
                     .order_by(Delivery.id).limit(batch).with_for_update(skip_locked=True)))
-                lease = now + timedelta(seconds=self.registry.lease_seconds)
+                job = self.jobs.get(lead.destination)
+                lease = now + timedelta(seconds=job.lease_seconds if job is not None
+                                        else self.registry.lease_seconds)
                 rows = db.execute(
                     update(Delivery).where(Delivery.id.in_(ids), due)
                     .values(claim_token=token, claimed_until=lease)
@@ -136,9 +145,12 @@ class DeliveryWorker:
         if claim is None:
             return 0
         destination = self.registry.destination(claim.destination)
-        if destination is not None:  # a PACS destination, else an EMR notifier
+        if destination is not None:  # a PACS destination, else a job or an EMR notifier
             outcomes = pacs.deliver(self.db, self.archive, destination, claim)
             policy = destination.retry
+        elif claim.destination in self.jobs:
+            outcomes = self.jobs[claim.destination].run(claim)
+            policy = self.registry.retry
         else:
             notifier = self.registry.notifier(claim.destination)
             outcomes = {claim.rows[0].id: emr.notify(self.db, notifier, claim.study_uid)}
@@ -235,9 +247,10 @@ class BackgroundDelivery:
     a recycled web worker finishes its batch instead of leaving it to the lease."""
 
     def __init__(self, db: Database, archive: Archive, registry: Registry,
-                 count: int = 1) -> None:
+                 count: int = 1, jobs: Mapping[str, Job] | None = None) -> None:
         self._stop = threading.Event()
-        self._workers = [DeliveryWorker(db, archive, registry) for _ in range(count)]
+        self._workers = [DeliveryWorker(db, archive, registry, jobs=jobs)
+                         for _ in range(count)]
         self._threads = [threading.Thread(target=worker.run, args=(self._stop,),
                                           name=f"ebiw-delivery-{number}", daemon=True)
                          for number, worker in enumerate(self._workers)]
@@ -268,8 +281,10 @@ class BackgroundDelivery:
             pass
 
 
-def drain(db: Database, archive: Archive, registry: Registry, threads: int = 1) -> int:
-    """Deliver with ``threads`` workers until nothing is due; return the rows handled."""
-    workers = [DeliveryWorker(db, archive, registry) for _ in range(threads)]
+def drain(db: Database, archive: Archive, registry: Registry, threads: int = 1,
+          jobs: Mapping[str, Job] | None = None) -> int:
+    """Deliver (and do ``jobs``) with ``threads`` workers until nothing is due; return the
+    rows handled."""
+    workers = [DeliveryWorker(db, archive, registry, jobs=jobs) for _ in range(threads)]
     with ThreadPoolExecutor(threads) as pool:
         return sum(pool.map(DeliveryWorker.drain, workers))
