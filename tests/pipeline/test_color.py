@@ -301,7 +301,8 @@ def test_real_chart_with_scrambled_patches_gives_none() -> None:
 @pytest.mark.parametrize("model", MODELS)
 def test_apply_correction_equals_the_fitted_model(model: str) -> None:
     rng = np.random.default_rng(11)
-    img = rng.integers(0, 256, (7, 300, 3), dtype=np.uint8)
+    # 130 rows of 300 pixels: strips of 54 rows, the last one shorter.
+    img = rng.integers(0, 256, (130, 300, 3), dtype=np.uint8)
     n = _features(model, np.zeros((1, 3))).shape[1]
     coeffs = np.eye(n, 3) * 0.9 + rng.normal(0, 0.05, (n, 3))
     for linearization in ("srgb", "linear"):
