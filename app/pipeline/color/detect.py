@@ -229,7 +229,9 @@ def _nodes(cands: tuple[np.ndarray, np.ndarray, np.ndarray]) -> _Nodes:
         members = free & (d2 < (0.25 * sizes[i]) ** 2) & (sizes > 0.67 * sizes[i])
         free &= ~members
         rep = np.flatnonzero(members)[members.sum() // 2]  # median-sized member
-        out_c.append(np.median(centers[members], axis=0))
+        # The median centre, as np.median(axis=0) (a few members: sorting them costs a tenth).
+        group = np.sort(centers[members], axis=0)
+        out_c.append((group[(len(group) - 1) // 2] + group[len(group) // 2]) / 2)
         out_s.append(sizes[rep])
         out_q.append(quads[rep])
         out_n.append(int(members.sum()))
