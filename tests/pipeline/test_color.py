@@ -315,6 +315,19 @@ def test_apply_correction_equals_the_fitted_model(model: str) -> None:
         assert np.abs(got.astype(int) - expected).max() <= 1
 
 
+def test_normalize_in_place_writes_the_same_pixels_over_the_input() -> None:
+    name = "jtvd_mini_05.jpg"
+    chart = chart_of(name)
+    assert chart is not None
+    expected, _ = normalize(photo(name), chart)
+    pixels = photo(name).copy()
+    corrected, report = normalize(pixels, chart, in_place=True)
+    assert report.reliable and expected is not None
+    assert corrected is pixels and np.array_equal(pixels, expected)
+    with pytest.raises(ValueError):  # an output the strips cannot be written into
+        apply_correction(pixels, report.model, np.eye(7, 3), "srgb", out=pixels[:, ::2])
+
+
 def test_normalize_corrects_a_phone_photo_end_to_end() -> None:
     name = "jtvd_mini_05.jpg"
     chart = chart_of(name)
