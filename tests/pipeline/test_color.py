@@ -301,7 +301,8 @@ def test_real_chart_with_scrambled_patches_gives_none() -> None:
 @pytest.mark.parametrize("model", MODELS)
 def test_apply_correction_equals_the_fitted_model(model: str) -> None:
     rng = np.random.default_rng(11)
-    img = rng.integers(0, 256, (7, 300, 3), dtype=np.uint8)
+    # 130 rows of 300 pixels: strips of 54 rows, the last one shorter.
+    img = rng.integers(0, 256, (130, 300, 3), dtype=np.uint8)
     n = _features(model, np.zeros((1, 3))).shape[1]
     coeffs = np.eye(n, 3) * 0.9 + rng.normal(0, 0.05, (n, 3))
     for linearization in ("srgb", "linear"):
@@ -312,6 +313,19 @@ def test_apply_correction_equals_the_fitted_model(model: str) -> None:
         got = apply_correction(img, model, coeffs, linearization)
         assert got.dtype == np.uint8 and got.shape == img.shape
         assert np.abs(got.astype(int) - expected).max() <= 1
+
+
+def test_normalize_in_place_writes_the_same_pixels_over_the_input() -> None:
+    name = "jtvd_mini_05.jpg"
+    chart = chart_of(name)
+    assert chart is not None
+    expected, _ = normalize(photo(name), chart)
+    pixels = photo(name).copy()
+    corrected, report = normalize(pixels, chart, in_place=True)
+    assert report.reliable and expected is not None
+    assert corrected is pixels and np.array_equal(pixels, expected)
+    with pytest.raises(ValueError):  # an output the strips cannot be written into
+        apply_correction(pixels, report.model, np.eye(7, 3), "srgb", out=pixels[:, ::2])
 
 
 def test_normalize_corrects_a_phone_photo_end_to_end() -> None:

@@ -27,8 +27,11 @@ from app.pipeline.color.colorimetry import REFERENCE_LAB_D50, delta_e_2000, line
 from app.pipeline.color.colorimetry import srgb_decode as _srgb_decode
 from app.pipeline.color.reference import NEUTRALS, REFERENCE_LINEAR_SRGB
 
-# Longest side of the reduced image used to find candidates.
+# Longest side of the reduced image used to find candidates: images are halved while their
+# longest side stays at least MIN_WORK_SIDE (a 12 MP photo: 1008 px); an image too small to be
+# halved is brought to WORK_SIDE (see `_reduce`).
 WORK_SIDE = 1280
+MIN_WORK_SIDE = 800
 # A chart is accepted when its patches fit the reference this well (mean CIEDE2000 after a
 # 3 x 3 fit); on the test photos right placements score <= 9, wrong ones >= 16.
 MAX_MATCH_DELTA_E = 12.0
@@ -123,21 +126,26 @@ def find_chart(bgr: np.ndarray) -> Chart | None:
 
 
 def _reduce(bgr: np.ndarray) -> tuple[np.ndarray, float]:
-    """The image reduced to about `WORK_SIDE` (area averaging), and the scale applied.
+    """The image reduced for the candidate search, and the scale applied.
 
-    Large images are reduced by a whole factor after cropping at most factor - 1 pixels from
-    the bottom and right edges, which takes OpenCV's fast path (about 3x faster at 12 MP).
+    The image is halved (2 x 2 area average, after dropping an odd last row or column) while
+    its longest side stays at least `MIN_WORK_SIDE`: a 12 MP photo becomes 1008 x 756. Halving
+    takes OpenCV's vectorized 2 x 2 path, four times faster than one area resize by 3 or 4.
+    Images up to `WORK_SIDE` are used as they are; larger ones that cannot be halved (under
+    2 x `MIN_WORK_SIDE`) are resized to `WORK_SIDE` with area averaging.
     """
     h, w = bgr.shape[:2]
-    factor = round(max(h, w) / WORK_SIDE)
-    if factor >= 2:
-        crop = bgr[: h - h % factor, : w - w % factor]
-        size = (crop.shape[1] // factor, crop.shape[0] // factor)
-        return cv2.resize(crop, size, interpolation=cv2.INTER_AREA), 1.0 / factor
-    if max(h, w) > WORK_SIDE:
+    if max(h, w) <= WORK_SIDE:
+        return bgr, 1.0
+    if max(h, w) < 2 * MIN_WORK_SIDE:
         scale = WORK_SIDE / max(h, w)
         return cv2.resize(bgr, None, fx=scale, fy=scale, interpolation=cv2.INTER_AREA), scale
-    return bgr, 1.0
+    work, factor = bgr, 1
+    while max(work.shape[:2]) >= 2 * MIN_WORK_SIDE:
+        hh, ww = work.shape[0] // 2, work.shape[1] // 2
+        work = cv2.resize(work[: 2 * hh, : 2 * ww], (ww, hh), interpolation=cv2.INTER_AREA)
+        factor *= 2
+    return work, 1.0 / factor
 
 
 # --- candidates -------------------------------------------------------------------------------
@@ -221,7 +229,9 @@ def _nodes(cands: tuple[np.ndarray, np.ndarray, np.ndarray]) -> _Nodes:
         members = free & (d2 < (0.25 * sizes[i]) ** 2) & (sizes > 0.67 * sizes[i])
         free &= ~members
         rep = np.flatnonzero(members)[members.sum() // 2]  # median-sized member
-        out_c.append(np.median(centers[members], axis=0))
+        # The median centre, as np.median(axis=0) (a few members: sorting them costs a tenth).
+        group = np.sort(centers[members], axis=0)
+        out_c.append((group[(len(group) - 1) // 2] + group[len(group) // 2]) / 2)
         out_s.append(sizes[rep])
         out_q.append(quads[rep])
         out_n.append(int(members.sum()))

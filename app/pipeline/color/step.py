@@ -95,6 +95,7 @@ def normalize_photo(data: bytes, *, max_pixels: int = DEFAULT_MAX_PIXELS,
     quality = photo_quality.assess(bgr, chart, photo_width=width * scale)
     if chart is None:
         return ColorOutcome(None, None, None, width, height, scale, quality)
-    corrected, report = normalize(bgr, chart, max_loo_delta_e=max_loo_delta_e)
+    # The pixels are not needed after this: the correction is written over them.
+    corrected, report = normalize(bgr, chart, max_loo_delta_e=max_loo_delta_e, in_place=True)
     jpeg = encode_jpeg(corrected) if corrected is not None else None
     return ColorOutcome(chart, report, jpeg, width, height, scale, quality)
