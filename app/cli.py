@@ -14,7 +14,7 @@ import shutil
 import signal
 import sys
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 
@@ -95,6 +95,17 @@ def cli() -> None:
 
 def _emit(record: dict[str, object]) -> None:
     click.echo(json.dumps(record, ensure_ascii=False))
+
+
+@contextlib.contextmanager
+def _refusals_exit(*errors: type[Exception]) -> Iterator[None]:
+    """Inside, any of ``errors`` prints ``{"error": message}`` and exits 1 (the commands whose
+    refusals change nothing)."""
+    try:
+        yield
+    except errors as exc:
+        _emit({"error": str(exc)})
+        sys.exit(1)
 
 
 def _cli_actor() -> str:
@@ -644,12 +655,9 @@ def correct_reject(sop_uid: str, reason: str) -> None:
     note sent to every PACS; prints {"rejected": [...], "kos_sop_instance_uid", ...}. Any
     error changes nothing and exits 1."""
     services = _ready_services()
-    try:
+    with _refusals_exit(corrections.CorrectionError):
         done = corrections.reject(services, sop_uid, RejectionReason(reason),
                                   actor=_cli_actor())
-    except corrections.CorrectionError as exc:
-        _emit({"error": str(exc)})
-        sys.exit(1)
     _emit(_rejection_json(done))
 
 
@@ -663,12 +671,9 @@ def correct_patient(study_uid: str, patient_id: str, issuer: str, reason: str) -
     copies in a new study, the originals rejected (113037); prints the new and rejected UIDs.
     Any error changes nothing and exits 1."""
     services = _ready_services()
-    try:
+    with _refusals_exit(corrections.CorrectionError):
         moved = corrections.move_to_patient(services, study_uid, patient_id, issuer, reason,
                                             actor=_cli_actor())
-    except corrections.CorrectionError as exc:
-        _emit({"error": str(exc)})
-        sys.exit(1)
     _emit({"old_study_instance_uid": moved.old_study_uid,
            "new_study_instance_uid": moved.new_study_uid, "copies": moved.copies,
            **_rejection_json(moved.rejection)})
@@ -691,11 +696,8 @@ def retention_report() -> None:
     """Dry run, changes nothing: prints {"as_of", "studies", "due": [...], "held": [...],
     "undetermined": [...]}, each entry a study's UID, rule, due date and file count."""
     services = _ready_services()
-    try:
+    with _refusals_exit(retention.RetentionError):
         _emit(retention.report(services).as_json())
-    except retention.RetentionError as exc:
-        _emit({"error": str(exc)})
-        sys.exit(1)
 
 
 @retention_group.command("purge")
@@ -705,11 +707,8 @@ def retention_purge(studies: tuple[str, ...]) -> None:
     """Purge what the report lists as due: a 113039 rejection note to every PACS, the files
     deleted, audited; prints {"purged": [...]}. Legal holds are never purged."""
     services = _ready_services()
-    try:
+    with _refusals_exit(retention.RetentionError):
         done = retention.purge(services, actor=_cli_actor(), studies=list(studies) or None)
-    except retention.RetentionError as exc:
-        _emit({"error": str(exc)})
-        sys.exit(1)
     _emit({"purged": [p.as_json() for p in done]})
 
 
@@ -746,12 +745,9 @@ def _hold_action(action: Callable[[Services, retention.HoldTarget], None],
                  held: bool) -> None:
     """Run a hold or release; prints {"scope", "held", "study_instance_uid"?} or an error."""
     services = _ready_services()
-    try:
+    with _refusals_exit(retention.RetentionError):
         target = retention.HoldTarget(study_uid, issuer, patient_id)
         action(services, target)
-    except retention.RetentionError as exc:
-        _emit({"error": str(exc)})
-        sys.exit(1)
     _emit({"scope": target.scope, "held": held,
            **({"study_instance_uid": study_uid} if study_uid else {})})
 
@@ -822,11 +818,8 @@ def patients_merge_replaced() -> None:
     exits 1 when a study could not be moved (run it again to finish)."""
     from app.workflow.merge import MergeError, merge_replaced
 
-    try:
+    with _refusals_exit(MergeError):
         report = merge_replaced(_ready_services())
-    except MergeError as exc:
-        _emit({"error": str(exc)})
-        sys.exit(1)
     _emit(dataclasses.asdict(report))
 
 
