@@ -37,6 +37,7 @@ from app.db.models import (
     CaptureSession,
     Instance,
     LegalHold,
+    as_utc,
     utcnow,
 )
 from app.gateways.registry import read_config
@@ -273,9 +274,7 @@ def assess(db: Session, rules: Rules, today: date) -> Report:
 
 def _local_date(session: CaptureSession) -> date:
     """The study's date where it was captured."""
-    created = session.created_at
-    created = created.replace(tzinfo=UTC) if created.tzinfo is None else created
-    return (created + timedelta(minutes=session.utc_offset_minutes)).date()
+    return (as_utc(session.created_at) + timedelta(minutes=session.utc_offset_minutes)).date()
 
 
 # --- the purge --------------------------------------------------------------------------------
