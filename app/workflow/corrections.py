@@ -8,9 +8,9 @@ audit), their PACS deliveries not sent yet are cancelled (a PACS that has them a
 of the rejection from the note), the note is queued to every PACS destination and the study's
 EMR notices re-queued
 (the ImagingStudy then lists the study without them, or is ``entered-in-error`` when nothing
-is left), and the rejection is audited. :func:`reject` and :func:`move_to_patient` call it;
-a retention purge (`app.workflow.retention`) calls it with 113039, and a patient merge
-would call it with its own reason.
+is left), and the rejection is audited. :func:`reject`, :func:`withdraw_report` and
+:func:`move_to_patient` call it, a retention purge (`app.workflow.retention`) with 113039; a
+patient merge (`app.workflow.merge`) moves studies through :func:`move_to_patient`.
 
 Each correction is one database transaction: the files it writes (the note, the corrected
 copies) are written durably before the commit, as the intake does, so a crash leaves either
