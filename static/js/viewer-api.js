@@ -87,16 +87,15 @@ export class DicomWeb {
   }
 }
 
-/** What a refusal says: the message of its JSON error body (which names no PHI), else its
- * status. */
+/** The message of a JSON error body (which names no PHI), else `fallback`. */
+function errorMessage(body, fallback) {
+  return body && body.error && body.error.message ? body.error.message : fallback;
+}
+
+/** What an archive's refusal says: its error body's message, else its status. */
 async function refusal(response) {
-  try {
-    const body = await response.json();
-    if (body && body.error && body.error.message) return body.error.message;
-  } catch {
-    // not JSON: the status says enough
-  }
-  return `the archive answered ${response.status}`;
+  const body = await response.json().catch(() => null);
+  return errorMessage(body, `the archive answered ${response.status}`);
 }
 
 /** Query string of QIDO-RS parameters; repeated keys for arrays. */
@@ -110,8 +109,7 @@ export function query(params) {
 
 export class ApiError extends Error {
   constructor(status, body) {
-    const detail = body && body.error ? body.error.message : `the server answered ${status}`;
-    super(detail);
+    super(errorMessage(body, `the server answered ${status}`));
     this.name = "ApiError";
     this.status = status;
   }
