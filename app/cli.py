@@ -169,6 +169,18 @@ def worker(threads: int, drain: bool) -> None:
     _emit({"handled": background.handled, "counts": delivery.delivery_counts(svc.db)})
 
 
+def _listener_services(configured: Callable[[Settings], bool], missing: str) -> Services:
+    """The services of a long-running listener, with INFO logging, the schema created and
+    interrupted writes swept; a usage error saying ``missing`` unless ``configured``."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    svc = build_services(Settings.from_env())
+    if not configured(svc.settings):
+        raise click.UsageError(missing)
+    svc.db.create_schema()
+    sweep_interrupted_writes(svc.settings)
+    return svc
+
+
 @cli.command("dicom-scp", with_appcontext=False)
 @click.option("--host", default=None, help="Address to listen on [EBIW_DICOM_SCP_HOST, "
               "default 127.0.0.1].")
@@ -180,13 +192,9 @@ def dicom_scp(host: str | None, port: int | None) -> None:
     directory, stored and delivered like a photo. Runs until stopped."""
     from app.workflow import dicom_scp as scp
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    svc = build_services(Settings.from_env())
-    if not svc.settings.dicom_scp_allowed_aet_list:
-        raise click.UsageError("set EBIW_DICOM_SCP_ALLOWED_AETS to the calling AE titles of the "
-                               "devices allowed to store")
-    svc.db.create_schema()
-    sweep_interrupted_writes(svc.settings)
+    svc = _listener_services(lambda s: bool(s.dicom_scp_allowed_aet_list),
+                             "set EBIW_DICOM_SCP_ALLOWED_AETS to the calling AE titles of the "
+                             "devices allowed to store")
     scp.start(svc.settings, svc.dicom_intake, host or svc.settings.dicom_scp_host,
               port or svc.settings.dicom_scp_port)
 
@@ -204,13 +212,9 @@ def adt_listener(host: str | None, port: int | None) -> None:
     from app.gateways.emr.adt import MllpListener
     from app.workflow.merge import AdtMerge
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    svc = build_services(Settings.from_env())
-    if not svc.settings.adt_allowed_sender_list:
-        raise click.UsageError("set EBIW_ADT_ALLOWED_SENDERS to the sending applications (MSH-3) "
-                               "allowed to send ADT messages")
-    svc.db.create_schema()
-    sweep_interrupted_writes(svc.settings)
+    svc = _listener_services(lambda s: bool(s.adt_allowed_sender_list),
+                             "set EBIW_ADT_ALLOWED_SENDERS to the sending applications (MSH-3) "
+                             "allowed to send ADT messages")
     address = (host or svc.settings.adt_listener_host, port or svc.settings.adt_listener_port)
     listener = MllpListener(address, AdtMerge(svc).answer, svc.settings.adt_allowed_network_list)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))

@@ -144,3 +144,20 @@ def test_cli_normalize_keeps_the_reliability_limit_intake_keeps(tmp_path: Path) 
     report = json.loads(proc.stdout)
     assert report["chart"]["type"] == "classic24"
     assert report["output"] is None and not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(("command", "setting"), [
+    ("dicom-scp", "EBIW_DICOM_SCP_ALLOWED_AETS"),
+    ("adt-listener", "EBIW_ADT_ALLOWED_SENDERS"),
+])
+def test_a_listener_without_its_allow_list_does_not_start(command: str, setting: str,
+                                                          tmp_path: Path) -> None:
+    """A listener open to every caller is refused at start-up: usage error (exit 2) naming the
+    setting, and no database is created."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("EBIW_")}
+    env["EBIW_DATA_DIR"] = str(tmp_path)
+    done = subprocess.run([sys.executable, "-m", "app.cli", command], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    assert setting in done.stderr
+    assert not (tmp_path / "ebiw.sqlite3").exists()
