@@ -151,6 +151,19 @@ class ClipTooLong(IntakeError):
     status, code = 413, "clip_too_long"
 
 
+class BodySiteRequired(IntakeError):
+    """A video clip for a session without a body site. PS3.3 C.8.12.1 (VL Image Module)
+    requires the Anatomic Region Sequence, with a code, in every multi-frame VL image that
+    is not of a specimen, and no DICOM context group of anatomic regions has a code for an
+    unknown one: such a clip would be an invalid object, so it is refused, nothing stored."""
+
+    status, code = 422, "body_site_required"
+
+
+CLIP_NEEDS_SITE = ("a video clip needs the capture's body site (DICOM requires the anatomic "
+                   "region of a video): choose the body site, then send the clip again")
+
+
 @dataclass(frozen=True)
 class VideoWork:
     """A checked clip: what it is and the file that holds its bit stream, an MP4 ready to
@@ -663,8 +676,9 @@ class Intake:
         stores it later (:meth:`reencode_job`). Either way: idempotent by UUID (same bytes:
         the first result, the stored photo once the staged clip is stored; other bytes:
         :class:`Conflict`); a clip we cannot take raises (see :func:`checked_clip`) and stores
-        nothing. Memory: the upload's bytes and its DICOM object (the archive takes bytes);
-        probing and remuxing read the clip from a temporary file one packet at a time.
+        nothing, and so does a session without a body site (:class:`BodySiteRequired`).
+        Memory: the upload's bytes and its DICOM object (the archive takes bytes); probing
+        and remuxing read the clip from a temporary file one packet at a time.
         """
         upload_uuid = uuid_field(upload_uuid, "upload id")
         digest = hashlib.sha256(data).hexdigest()
@@ -672,6 +686,8 @@ class Intake:
         known = self._known_upload(upload_uuid, digest, session.id)
         if known is not None:
             return known, False
+        if session.body_site is None:
+            raise BodySiteRequired(CLIP_NEEDS_SITE)
         with self._pixel_slots, checked_clip(data, self.settings) as work:
             if number is None:
                 [number] = self.reserve_instance_numbers(session.id, 1)
@@ -807,8 +823,9 @@ class Intake:
         Guarantees: the instance is stored whole or not at all (a crash mid-way leaves the
         staged clip and its job, to be claimed again when the lease ends; the half-written
         re-encode is a temporary file the start-up sweep removes). A clip that cannot be
-        re-encoded, or whose staged bytes are missing or damaged, answers a
-        :class:`PermanentError` and keeps its staged file, with ``failure`` set on its row."""
+        re-encoded, or whose staged bytes are missing or damaged, or whose session has no body
+        site (a clip staged before uploads checked it), answers a :class:`PermanentError` and
+        keeps its staged file, with ``failure`` set on its row."""
         with self.db.session() as db:
             staged = db.scalars(select(StagedClip).where(StagedClip.sop_uid == sop_uid)).first()
             stored = db.scalar(select(Photo.upload_uuid).where(Photo.sop_uid == sop_uid))
@@ -820,7 +837,7 @@ class Intake:
                 raise UnreadableVideoError("the staged clip is missing or damaged")
             with self._pixel_slots:
                 self._reencode_and_store(staged, source)
-        except UnreadableVideoError as exc:
+        except (UnreadableVideoError, BodySiteRequired) as exc:
             with self.db.session() as db:
                 if db.scalar(select(Photo.upload_uuid).where(Photo.sop_uid == sop_uid)):
                     return None  # a worker that took over an expired lease stored it first
@@ -834,7 +851,11 @@ class Intake:
     def _reencode_and_store(self, staged: StagedClip, source: Path) -> None:
         """Re-encode ``source`` into a temporary file beside it, check it is H.264 DICOM takes,
         and store it as ``staged``'s photo; the temporary file is removed whatever happens
-        (but a kill -9, whose leftover the start-up sweep removes)."""
+        (but a kill -9, whose leftover the start-up sweep removes). A session without a body
+        site is :class:`BodySiteRequired` before any work."""
+        session = self.get_session(staged.session_id, photos=False)
+        if session.body_site is None:
+            raise BodySiteRequired(CLIP_NEEDS_SITE)
         fd, name = temp_file(source.parent)
         os.close(fd)
         target = Path(name)
@@ -844,7 +865,6 @@ class Intake:
             if clip.transfer_syntax is None:
                 raise UnreadableVideoError("the re-encoded clip is not H.264 that DICOM takes")
             clip = replace(clip, recorded=staged.acquired_at)
-            session = self.get_session(staged.session_id, photos=False)
             self._store_video(session, VideoWork(clip, target), Photo(
                 upload_uuid=staged.upload_uuid, session_id=staged.session_id,
                 sha256=staged.sha256, size=staged.size, media_type=staged.media_type,

@@ -98,7 +98,7 @@ function itemCard(item, batch, local, handlers) {
   return card;
 }
 
-function confirmControls(group, handlers) {
+function confirmControls(group, items, handlers) {
   const lookup = group.lookup || { status: "pending", patients: [] };
   const held = group.counts.held;
   const box = h("div", { class: "row" });
@@ -121,7 +121,8 @@ function confirmControls(group, handlers) {
     }
     box.append(fieldset);
   }
-  const details = group.status === "confirmed" ? null : siteControls(group, handlers);
+  const details = group.status === "confirmed" ? null
+    : siteControls(group, handlers, holdsClip(group, items));
   if (details) box.append(details.element);
   const button = h("button", { type: "button", class: "primary confirm", disabled: !chosen },
     group.status === "confirmed" ? `Store ${held} more` : `Confirm and store ${held}`);
@@ -141,19 +142,36 @@ function confirmControls(group, handlers) {
 const SIDES = [["R", "Right"], ["L", "Left"], ["B", "Both"]];
 
 /**
- * The body site (optional: a list to pick from) and, for a paired site, its side, of a group
- * about to be confirmed. What is entered survives redraws (`handlers.details`).
+ * Whether the group holds a video clip it will store: DICOM requires a video's anatomic
+ * region, so the server refuses such a group without a body site (422 `body_site_required`).
+ * @param {object} group
+ * @param {Map<string, object>} items the batch's items by upload UUID
+ * @returns {boolean}
+ */
+function holdsClip(group, items) {
+  return group.items.some((uuid) => {
+    const item = items.get(uuid);
+    return item && item.status === "held" && !item.dropped && item.media_type.startsWith("video/");
+  });
+}
+
+/**
+ * The body site (a list to pick from; optional unless the group holds a clip) and, for a
+ * paired site, its side, of a group about to be confirmed. What is entered survives redraws
+ * (`handlers.details`).
  * @param {object} group
  * @param {Handlers} handlers
+ * @param {boolean} required whether the group holds a clip, which needs a body site
  * @returns {{element: HTMLElement, body: () => object|string}} the controls, and what they add
  *   to the confirmation (`body_site`, `laterality`), or why it cannot be sent
  */
-function siteControls(group, handlers) {
+function siteControls(group, handlers, required) {
   const entered = handlers.details.get(group.id) || { site: "", side: "" };
   handlers.details.set(group.id, entered);
   const siteOf = () => handlers.sites.find((s) => s.meaning === entered.site.trim()) || null;
   const input = h("input", { class: "site", list: "batch-sites", value: entered.site,
-    placeholder: "Body site (optional)", "aria-label": `Body site, ${groupTitle(group)}`,
+    placeholder: required ? "Body site (needed for the clip)" : "Body site (optional)",
+    "aria-label": `Body site, ${groupTitle(group)}`, required,
     autocomplete: "off" });
   const sides = h("fieldset", { class: "sides", hidden: !(siteOf() && siteOf().paired) },
     h("legend", {}, "Side"), ...SIDES.map(([value, text]) => {
@@ -171,7 +189,10 @@ function siteControls(group, handlers) {
     element: h("div", { class: "batch-site" }, input, sides),
     body() {
       const site = siteOf();
-      if (!site) return entered.site.trim() ? "Choose the body site from the list." : {};
+      if (!site) {
+        return entered.site.trim() ? "Choose the body site from the list."
+          : required ? "Choose the body site: a video clip needs one (or drop the clip)." : {};
+      }
       if (!site.paired) return { body_site: site.code };
       return entered.side ? { body_site: site.code, laterality: entered.side }
         : "Choose the side (right, left or both).";
@@ -198,7 +219,7 @@ export function renderReview(container, batch, local, handlers) {
       ? `Confirmed — study ${group.study_instance_uid}` : "Not confirmed: nothing stored yet"),
     h("ul", { class: "batch-items" },
       ...group.items.map((uuid) => itemCard(items.get(uuid), batch, local, handlers))),
-    confirmControls(group, handlers)));
+    confirmControls(group, items, handlers)));
   }
   if (batch.unsorted.length) {
     sections.push(h("section", { class: "card batch-group unsorted", "data-group-id": "unsorted" },

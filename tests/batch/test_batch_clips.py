@@ -2,8 +2,9 @@
 ``.mov``, made in the test (tests/clips.py), are held with the photos, sorted into the group of
 the label before them (they have no capture time: file order), stored at confirmation as Video
 Photographic Images in the group's study (series 6, numbered in capture order, queued for the
-PACS), never twice; a VP8 WebM is refused on arrival and nothing is held; ``ebiw import``'s
-code takes a clip from a folder."""
+PACS), never twice, and only with a body site (DICOM requires a video's anatomic region); a VP8
+WebM is refused on arrival and nothing is held; ``ebiw import``'s code takes a clip from a
+folder and holds its group for a body site."""
 
 from __future__ import annotations
 
@@ -26,9 +27,10 @@ from app.workflow.intake import VIDEO_SERIES_NUMBER
 from tests.batch.conftest import ISSUER, import_patients, label, lesion, upload_uuid_for
 from tests.batch.test_api import app_overrides, groups_by_mrn, rows  # noqa: F401 (fixture)
 from tests.clips import make_clip
-from tests.conftest import services
+from tests.conftest import dicom_validate, services
 
 PATIENT_A = "15182881"
+FOREARM = "14975008"
 
 
 def _put(client: FlaskClient, headers: dict[str, str], batch_id: str, data: bytes,
@@ -75,8 +77,15 @@ def test_clips_are_held_sorted_and_stored_as_clips_of_their_group(
     assert as_label.status_code == 422 and "clip" in as_label.get_json()["error"]["message"]
 
     group_id = next(g["id"] for g in batch["groups"] if g["identifier"]["mrn"] == PATIENT_A)
+    before = (rows(app, Photo), rows(app, Instance), rows(app, Delivery))
+    no_site = client.post(f"/api/v1/batches/{batch_id}/groups/{group_id}/confirm",
+                          json={}, headers=capture)  # a clip's Anatomic Region is required
+    assert no_site.status_code == 422, no_site.get_json()
+    assert no_site.get_json()["error"]["code"] == "body_site_required"
+    assert "holds a video clip" in no_site.get_json()["error"]["message"]
+    assert (rows(app, Photo), rows(app, Instance), rows(app, Delivery)) == before
     confirmed = client.post(f"/api/v1/batches/{batch_id}/groups/{group_id}/confirm",
-                            json={}, headers=capture)
+                            json={"body_site": FOREARM, "laterality": "L"}, headers=capture)
     assert confirmed.status_code == 200, confirmed.get_json()
     group = confirmed.get_json()
     assert group["counts"] == {"held": 0, "stored": 4, "skipped": 0, "dropped": 0}
@@ -86,8 +95,8 @@ def test_clips_are_held_sorted_and_stored_as_clips_of_their_group(
         photos = {p.upload_uuid: p for p in db.scalars(select(Photo))}
         clips = [db.get(Instance, photos[u].sop_uid) for u in uploads[2:]]
         pacs = {d.sop_uid for d in db.scalars(select(Delivery)) if d.kind == "pacs"}
-        headers = [pydicom.dcmread(io.BytesIO(archive.read(row)), stop_before_pixels=True)
-                   for row in clips if row is not None]
+        stored = [archive.read(row) for row in clips if row is not None]
+    headers = [pydicom.dcmread(io.BytesIO(data), stop_before_pixels=True) for data in stored]
     assert [photos[u].instance_number for u in uploads] == sorted(
         photos[u].instance_number for u in uploads)  # numbered in capture order
     assert [(ds.SOPClassUID, int(ds.SeriesNumber), ds.file_meta.TransferSyntaxUID,
@@ -96,6 +105,12 @@ def test_clips_are_held_sorted_and_stored_as_clips_of_their_group(
          group["study_instance_uid"]),
         (VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE, VIDEO_SERIES_NUMBER, HEVC_MAIN_51, 30, PATIENT_A,
          group["study_instance_uid"])]
+    assert [(ds.AnatomicRegionSequence[0].CodeValue, ds.ImageLaterality)
+            for ds in headers] == [(FOREARM, "L")] * 2
+    (tmp_path / "android.dcm").write_bytes(stored[0])
+    errors, _, out = dicom_validate(tmp_path / "android.dcm", iod="VideoPhotographicImage",
+                                    decode=False)
+    assert errors == 0, out
     assert [photos[u].media_type for u in uploads[2:]] == ["video/mp4", "video/quicktime"]
     assert {ds.SOPInstanceUID for ds in headers} <= pacs  # queued for the PACS
 
@@ -121,10 +136,19 @@ def test_the_import_command_takes_clips_from_a_folder(app: Flask, tmp_path: Path
 
     report = import_files(batches, files, user="importer", patient=(PATIENT_A, ISSUER))
     status = {Path(f["file"]).name: f["status"] for f in report.files}
-    assert status == {"01-lesion.jpg": ImportStatus.STORED, "02-depth.mp4": ImportStatus.STORED,
-                      "03-gait.mov": ImportStatus.STORED, "04-broken.mp4": ImportStatus.FAILED}
+    assert status == {"01-lesion.jpg": ImportStatus.UNSORTED,
+                      "02-depth.mp4": ImportStatus.UNSORTED, "03-gait.mov": ImportStatus.UNSORTED,
+                      "04-broken.mp4": ImportStatus.FAILED}
     broken = next(f for f in report.files if f["file"].endswith("04-broken.mp4"))
     assert "video" in broken["reason"] or "clip" in broken["reason"], broken
+    # The import gives no body site, which a clip needs: its group waits, held, for the
+    # batch review, the reason in the report; nothing is stored.
+    held = next(f for f in report.files if f["file"].endswith("02-depth.mp4"))
+    assert "holds a video clip, which needs a body site" in held["reason"], held
+    assert rows(app, Instance) == 0
+    [group] = [g for g in batches.view(report.batch_id, owner=None).groups if g.held]
+    batches.confirm(report.batch_id, group.row.id, {"body_site": FOREARM, "laterality": "R"},
+                    user="reviewer", owner=None)
     with svc.db.session() as db:
         clips = [row for row in db.scalars(select(Instance))
                  if row.sop_class_uid == VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE]
@@ -132,5 +156,6 @@ def test_the_import_command_takes_clips_from_a_folder(app: Flask, tmp_path: Path
 
     before = (rows(app, Photo), rows(app, Instance), rows(app, Delivery))
     again = import_files(batches, files, user="importer", patient=(PATIENT_A, ISSUER))
-    assert [f["status"] for f in again.files] == [f["status"] for f in report.files]
+    assert [f["status"] for f in again.files] == [ImportStatus.STORED] * 3 + [
+        ImportStatus.FAILED]
     assert (rows(app, Photo), rows(app, Instance), rows(app, Delivery)) == before

@@ -5,24 +5,30 @@ the archive; a reload with the same files sends nothing again. Strict CSP, no pa
 from __future__ import annotations
 
 import hashlib
+import io
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pydicom
 import pytest
 from flask import Flask
 from sqlalchemy import select
 
 from app.db.models import CaptureSession, Delivery, Instance, Photo
 from app.factory import create_app
+from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.workflow.accounts import create_user
 from tests.batch.conftest import (
     ISSUER,
     UNKNOWN_MRN,
     Shot,
     import_patients,
+    label,
     upload_uuid_for,
 )
+from tests.batch.test_batch_clips import PATIENT_A
+from tests.clips import make_clip
 from tests.conftest import (
     ARTIFACTS,
     CHROMIUM,
@@ -170,4 +176,41 @@ def test_batch_page_uploads_sorts_moves_and_confirms(
     page.wait_for_function(f"() => document.querySelectorAll("
                            f"'#file-list li[data-state=done]').length === {len(paths)}")
     assert len(page.puts) == puts
+    assert page.errors == []
+
+
+def test_a_group_holding_a_clip_asks_for_its_body_site(
+        live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path) -> None:
+    """DICOM requires a video's anatomic region: the group's site field says it is needed,
+    confirming without one shows why and stores nothing, and with one the clip is stored
+    with it."""
+    app = live[0]
+    folder = tmp_path / "visit"
+    folder.mkdir()
+    (folder / "01-label.jpg").write_bytes(label("zx_code128-2_05.png", 1, PATIENT_A).data)
+    clip = make_clip(folder / "02-depth.mp4")
+    login = page.request.post("/login", data={"username": USER, "password": PASSWORD})
+    assert login.ok, login.text()
+    page.goto("/batch")
+    page.wait_for_selector("#batch:not([hidden])")
+    page.set_input_files("#files", [str(folder / "01-label.jpg"), str(clip)])
+    page.wait_for_function("() => document.querySelectorAll('.batch-item').length === 2")
+    group = page.locator(".batch-group:not(.unsorted)")
+    site = group.locator("input.site")
+    assert site.get_attribute("placeholder") == "Body site (needed for the clip)"
+    group.locator("button.confirm").click()
+    page.wait_for_selector("#batch-error:not([hidden])")
+    assert "a video clip needs one" in page.locator("#batch-error").inner_text()
+    with services(app).db.session() as db:
+        assert db.scalar(select(Photo.upload_uuid)) is None
+    site.fill("Forearm")
+    group.locator("input[type=radio][value=R]").check()
+    group.locator("button.confirm").click()
+    page.wait_for_selector(".batch-group.confirmed")
+    with services(app).db.session() as db:
+        [instance] = [i for i in db.scalars(select(Instance))
+                      if i.sop_class_uid == VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE]
+    ds = pydicom.dcmread(io.BytesIO(services(app).archive.read(instance)),
+                         stop_before_pixels=True)
+    assert (ds.AnatomicRegionSequence[0].CodeValue, ds.ImageLaterality) == ("14975008", "R")
     assert page.errors == []

@@ -50,7 +50,7 @@ def test_rejecting_a_clip(deploy: Callable[..., Deployment], orthancs: Callable[
                           tmp_path: Path) -> None:
     pacs = orthancs().start()
     d = deploy([{"name": "pacs", "type": "stow-rs", "url": pacs.dicomweb}])
-    session = d.open_session()
+    session = d.open_session(body_site="14975008", laterality="L")  # a clip needs its site
     study = session["study_instance_uid"]
     clip = d.upload(session, make_clip(tmp_path / "clip.mp4"))["sop_instance_uid"]
     d.worker().drain()

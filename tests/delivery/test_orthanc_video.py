@@ -23,7 +23,7 @@ def test_a_clip_lands_once_over_stow_and_cstore(
     d = deploy([{"name": "pacs-a", "type": "stow-rs", "url": a.dicomweb},
                 {"name": "pacs-b", "type": "c-store", "host": "127.0.0.1", "port": b.dicom,
                  "called_aet": "ORTHANC", "calling_aet": "EBIW-TEST"}])
-    session = d.open_session()
+    session = d.open_session(body_site="14975008", laterality="L")  # a clip needs its site
     clip = d.upload(session, make_clip(tmp_path / "clip.mp4", audio=True))
     sop, study = clip["sop_instance_uid"], session["study_instance_uid"]
     assert d.worker().drain() == 2
@@ -49,7 +49,7 @@ def test_a_reencoded_webm_clip_lands_once_over_stow(
         tmp_path: Path) -> None:
     a = orthancs().start()
     d = deploy([{"name": "pacs-a", "type": "stow-rs", "url": a.dicomweb}])
-    session = d.open_session()
+    session = d.open_session(body_site="14975008", laterality="L")  # a clip needs its site
     upload = str(uuid.uuid4())
     response = d.client.put(
         f"/api/v1/sessions/{session['id']}/photos/{upload}",

@@ -20,12 +20,12 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
-from app.db.models import Delivery, StagedClip, as_utc
+from app.db.models import CaptureSession, Delivery, StagedClip, as_utc
 from app.durable import STALE_AFTER_S
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.pipeline.video import H264_HIGH_41, probe
 from app.workflow.delivery import REENCODE_QUEUE, DeliveryWorker, utcnow
-from app.workflow.intake import VIDEO_SERIES_NUMBER
+from app.workflow.intake import CLIP_NEEDS_SITE, VIDEO_SERIES_NUMBER
 from tests.clips import make_clip
 from tests.conftest import REPO, dicom_validate, services
 from tests.web.test_api import counts, open_session
@@ -184,6 +184,25 @@ def test_a_clip_that_cannot_be_reencoded_is_a_visible_failure(
     assert _staged_files(app) == [staged]  # kept, not silently lost
     with services(app).db.session() as db:
         assert db.scalar(select(func.count()).select_from(StagedClip)) == 1
+
+
+def test_a_clip_staged_for_a_session_without_a_body_site_fails_visibly_before_any_work(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        webm: bytes) -> None:
+    """A clip staged before uploads checked the body site (the session's site is cleared here
+    to make one): the worker refuses it as a permanent, visible failure, staged file kept."""
+    capture = auth["capture"]
+    session = open_session(client, capture)["id"]
+    assert _put(client, capture, session, str(uuid.uuid4()), webm)[0] == 202
+    with services(app).db.session() as db:
+        row = db.get(CaptureSession, session)
+        assert row is not None
+        row.body_site, row.laterality = None, None
+    assert _worker(app).drain() >= 1
+    assert counts(app) == (0, 0, 0) and _reencode_jobs(app) == [("dead", 1)]
+    [shown] = _listed(client, capture, session)
+    assert (shown["status"], shown["reason"]) == ("failed", CLIP_NEEDS_SITE)
+    assert len(_staged_files(app)) == 1
 
 
 @pytest.mark.parametrize(("limits", "message"), [

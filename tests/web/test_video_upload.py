@@ -17,9 +17,9 @@ from flask import Flask
 from flask.testing import FlaskClient
 from PIL import Image
 from pydicom.encaps import generate_fragments
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from app.db.models import AuditEvent
+from app.db.models import AuditEvent, StagedClip
 from app.gateways.emr.local import LocalFhirStore
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.pipeline.video import H264_HIGH_41, HEVC_MAIN_51
@@ -27,6 +27,7 @@ from app.workflow.intake import VIDEO_SERIES_NUMBER
 from tests.clips import PHOTO, make_clip, upright_frame
 from tests.conftest import dicom_validate, services
 from tests.emr.conftest import notify
+from tests.web.test_api import PHOTO as PHOTO_JPEG
 from tests.web.test_api import counts, open_session
 
 VIDEO_SOP_CLASS = f"urn:oid:{VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE}"
@@ -104,6 +105,29 @@ def test_what_we_cannot_take_is_4xx_and_stores_nothing(
         got, body = _put(client, auth["capture"], session, data, content_type)
         assert (got, body["error"]["code"]) == (status, code), (content_type, body)
     assert counts(app) == (0, 0, 0)
+
+
+def test_a_clip_for_a_session_without_a_body_site_is_422_and_its_photo_is_stored(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    """DICOM requires a video's anatomic region (PS3.3 C.8.12.1) and has no code for an
+    unknown one: the clip is refused with the reason (the PWA keeps it on the phone and shows
+    it), nothing stored or staged; a still photo of the same session is stored and valid."""
+    session = open_session(client, auth["capture"], body_site=None, laterality=None)["id"]
+    for name, content_type in (("clip.mp4", "video/mp4"), ("clip.webm", "video/webm")):
+        data = make_clip(tmp_path / name).read_bytes()
+        status, body = _put(client, auth["capture"], session, data, content_type)
+        assert (status, body["error"]["code"]) == (422, "body_site_required"), body
+        assert "needs the capture's body site" in body["error"]["message"]
+    with services(app).db.session() as db:
+        assert db.scalar(select(func.count()).select_from(StagedClip)) == 0
+    assert not (services(app).settings.data_dir / "staged-clips").exists() or not any(
+        (services(app).settings.data_dir / "staged-clips").iterdir())
+    assert counts(app) == (0, 0, 0)
+    status, photo = _put(client, auth["capture"], session, PHOTO_JPEG, "image/jpeg")
+    assert status == 201, photo
+    errors, warnings, out = dicom_validate(_stored(app, photo["sop_instance_uid"]))
+    assert (errors, warnings) == (0, 0), out
 
 
 @pytest.mark.parametrize(("limits", "status", "message"), [

@@ -264,12 +264,21 @@ def acquisition_context_module(ds: Dataset) -> None:
 def vl_image_module(ds: Dataset, series: SeriesInfo, instance: InstanceInfo) -> None:
     """VL Image Module (PS3.3 C.8.12.1): ORIGINAL or DERIVED, lossy, the body site and its
     laterality (U when none was given: intake requires R, L or B for paired sites), and the
-    pixel spacing at the chart plane when the colour chart gave it."""
+    pixel spacing at the chart plane when the colour chart gave it.
+
+    The Anatomic Region Sequence is Type 1C, required when Number of Frames is present and
+    Specimen Description Sequence absent: a still photo may go without a body site, a video
+    may not, and no anatomic-region context group has a code for an unknown one. Called
+    after the Multi-frame Module, this raises ValueError for a multi-frame image whose series
+    has no body site rather than write an invalid object."""
     ds.ImageType = ["DERIVED" if instance.derivation else "ORIGINAL", "PRIMARY"]
     ds.LossyImageCompression = "01"
     if series.body_site is not None:
         site = series.body_site
         ds.AnatomicRegionSequence = Sequence([code_item(site.code, SNOMED, site.meaning)])
+    elif "NumberOfFrames" in ds and "SpecimenDescriptionSequence" not in ds:
+        raise ValueError("a multi-frame VL image needs its anatomic region (PS3.3 C.8.12.1): "
+                         "the series has no body site")
     ds.ImageLaterality = series.laterality or Laterality.UNPAIRED
     if instance.pixel_spacing_mm:
         spacing = f"{instance.pixel_spacing_mm:.6g}"

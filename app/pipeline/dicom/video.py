@@ -111,9 +111,10 @@ def write_video_photo(clip: ClipInfo, payload: Path, out: BinaryIO, patient: Pat
 
     Guarantees: the modules of the Video Photographic Image IOD (PS3.3 A.32.7) that we fill,
     each by one function; ``clip.transfer_syntax`` as Transfer Syntax (ValueError when the
-    clip has none: re-encode it first); the MP4 as the single fragment after an empty Basic
-    Offset Table, byte for byte; deterministic output for the same inputs. Memory: the
-    header and ``COPY_CHUNK_BYTES`` of the clip at a time.
+    clip has none: re-encode it first); the series' body site as Anatomic Region (ValueError
+    when it has none, see :func:`vl_image_module`: nothing is written then); the MP4 as the
+    single fragment after an empty Basic Offset Table, byte for byte; deterministic output
+    for the same inputs. Memory: the header and ``COPY_CHUNK_BYTES`` of the clip at a time.
     """
     if clip.transfer_syntax is None:
         raise ValueError("the clip's bit stream has no DICOM Transfer Syntax: re-encode it")

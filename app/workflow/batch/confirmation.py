@@ -19,6 +19,7 @@ from app.workflow.batch.staging import Staging
 from app.workflow.batch.views import GroupView
 from app.workflow.identification import LookupStatus
 from app.workflow.intake import (
+    BodySiteRequired,
     Conflict,
     IdentificationMethod,
     Intake,
@@ -31,6 +32,9 @@ STORE_THREADS = 3
 """Photos of one confirmed group stored at once (their fsyncs overlap; the pixel work was
 done when they arrived)."""
 _CONFIRM_FIELDS = ("encounter", "body_site", "laterality", "description", "consent")
+GROUP_CLIP_NEEDS_SITE = ("this group holds a video clip, which needs a body site (DICOM "
+                         "requires the anatomic region of a video): choose the body site, or "
+                         "drop the clip")
 
 
 class Confirmation:
@@ -55,7 +59,9 @@ class Confirmation:
         ``description``, ``consent``). Guarantees: the session's id is derived from the batch
         and group, so confirming again (after new photos were moved in, or after an
         interruption) adds to the same study and stores nothing twice; a held photo whose label
-        names another patient is refused (:class:`Conflict`, nothing stored); dropped photos and,
+        names another patient is refused (:class:`Conflict`, nothing stored), and so is a
+        group holding a clip without a body site (:class:`BodySiteRequired`: given in
+        ``body``, or the session's when the group was confirmed before); dropped photos and,
         with ``EBIW_BATCH_LABEL_PHOTOS=drop``, label photos are skipped and their staged bytes
         deleted; each stored photo's staged bytes are deleted once it is marked stored.
         """
@@ -88,6 +94,11 @@ class Confirmation:
             "identification": {"method": method, "evidence": evidence},
             **{k: body[k] for k in _CONFIRM_FIELDS if k in body and k != "encounter"},
         }, self.settings.default_issuer)
+        site = request.body_site if group.row.session_id is None else self.intake.get_session(
+            group.row.session_id, photos=False).body_site
+        if site is None and any(is_clip(item.row) and not item.row.dropped
+                                for item in group.held):
+            raise BodySiteRequired(GROUP_CLIP_NEEDS_SITE)
         session, _ = self.intake.open_session(request, user)
         with self.db.session() as db:
             row = db.get(BatchGroup, group.row.id)

@@ -18,6 +18,7 @@ from app.workflow.batch.common import NAMESPACE, ImportStatus
 from app.workflow.batch.views import GroupView, ItemView
 from app.workflow.identification import LookupStatus
 from app.workflow.intake import (
+    BodySiteRequired,
     ClipTooLong,
     Conflict,
     UnreadablePhoto,
@@ -68,7 +69,9 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
                  progress: Callable[[dict[str, Any]], None] = lambda _record: None,
                  ) -> ImportReport:
     """Import files as a batch: held, sorted by labels (unless ``patient`` is given), and each
-    group whose identifier the directories resolve to exactly one patient confirmed.
+    group whose identifier the directories resolve to exactly one patient confirmed, but a
+    group holding a video clip, which needs a body site the import does not give: it stays
+    held for the batch review, its files ``unsorted`` with that reason.
 
     The batch id is derived from the target and the set of file contents, and each upload UUID
     from the target and the file's content (:func:`import_uuid`): re-running on the same files
@@ -123,12 +126,16 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
     held_before = {i.row.upload_uuid for i in view.items if i.row.status == ItemStatus.HELD}
     for group in view.groups:
         status = (group.row.lookup or {}).get("status")
+        held_why = None
         if group.held and (status == LookupStatus.MATCHED or (group.row.source == GroupSource.GIVEN
                                                    and status == LookupStatus.NOT_FOUND)):
-            group = batches.confirm(batch_id, group.row.id, {}, user=user, owner=None)
+            try:
+                group = batches.confirm(batch_id, group.row.id, {}, user=user, owner=None)
+            except BodySiteRequired as exc:  # held for the batch review, where a site is chosen
+                held_why = exc.message
         for item in group.items:
             if item.row.upload_uuid in records:
-                outcome = _item_outcome(item, group)
+                outcome = _item_outcome(item, group, held_why)
                 if outcome["status"] == ImportStatus.STORED:  # in this run, or by an earlier one
                     outcome["new"] = item.row.upload_uuid in held_before
                 records[item.row.upload_uuid].update(outcome)
@@ -159,8 +166,10 @@ def _stored_elsewhere(db: Database, upload_uuid: str) -> dict[str, Any]:
                 "normalized_sop_instance_uid": photo.normalized_sop_uid}
 
 
-def _item_outcome(item: ItemView, group: GroupView) -> dict[str, Any]:
-    """A file's outcome in the import report: by MRN and issuer, never a name."""
+def _item_outcome(item: ItemView, group: GroupView,
+                  held_why: str | None = None) -> dict[str, Any]:
+    """A file's outcome in the import report: by MRN and issuer, never a name. ``held_why``:
+    why the group's confirmation was refused, if it was."""
     row = item.row
     answer = group.row.lookup or {}
     session = group.session
@@ -171,7 +180,8 @@ def _item_outcome(item: ItemView, group: GroupView) -> dict[str, Any]:
                    LookupStatus.AMBIGUOUS: "the label's identifier matched several patients",
                    LookupStatus.UNAVAILABLE: "the patient directory did not answer"}
         return {"status": ImportStatus.UNSORTED, "role": row.role, "label": label,
-                "reason": reasons.get(answer.get("status", ""), "the group is not confirmed")}
+                "reason": held_why or reasons.get(answer.get("status", ""),
+                                                  "the group is not confirmed")}
     if row.status == ItemStatus.SKIPPED:
         return {"status": ImportStatus.SKIPPED, "role": row.role, "patient": patient,
                 "reason": "dropped" if row.dropped else "label photo (EBIW_BATCH_LABEL_PHOTOS"
