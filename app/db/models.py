@@ -19,6 +19,7 @@ from sqlalchemy import (
     UniqueConstraint,
     and_,
     select,
+    text,
     true,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
@@ -277,7 +278,9 @@ class WoundMeasurement(Base):
     The SR in the archive is the record; these rows are written in the same transaction and
     serve the viewer, the EMR's Observations and the healing trajectory without re-reading
     files. A region (line or polygon, numbered from 1 in the SR's order) with several values
-    has one row per value, each with the region's pixel points on the photo.
+    has one row per value, each with the region's pixel points on the photo, and the codes of
+    the warnings that value carries (``app.pipeline.geometry.WARNINGS``; the SR holds them as
+    qualitative evaluations of the region). Rows indexed before warnings were kept have none.
     """
 
     __tablename__ = "wound_measurement"
@@ -299,6 +302,7 @@ class WoundMeasurement(Base):
     taken_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))  # the photo's time
     measured_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     observer: Mapped[str] = mapped_column(String(64))
+    warnings: Mapped[list] = mapped_column(JSON, default=list, server_default=text("'[]'"))
 
     @classmethod
     def shown(cls) -> ColumnElement[bool]:

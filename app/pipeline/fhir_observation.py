@@ -15,6 +15,10 @@ from R4). What the tests check with the FHIR peer's validator:
 - ``identifier``: ``urn:ietf:rfc:3986`` | ``urn:oid:2.25.<n>``, derived from (SR SOP Instance
   UID, region, quantity): the same value always has the same identifier, which the notifiers
   use for conditional creates (exactly once);
+- ``note``: one Annotation per warning the value carries (``app.pipeline.geometry.WARNINGS``:
+  measured far from the colour chart, chart seen at an extreme tilt), its text the warning's
+  message: R4 has no coded element for a caveat on how a value was measured (``interpretation``
+  is about the value against a reference range), and the SR has the same warnings coded;
 - ``status``: ``final``, or ``entered-in-error`` once the SR or the measured photo was rejected
   (IHE IOCM: a rejected photo, or a study moved to another patient, whose copies are new SRs
   with new identifiers).
@@ -27,6 +31,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from decimal import Decimal
 
+from fhir.resources.R4B.annotation import Annotation
 from fhir.resources.R4B.bodystructure import BodyStructure
 from fhir.resources.R4B.codeableconcept import CodeableConcept
 from fhir.resources.R4B.coding import Coding
@@ -39,6 +44,7 @@ from fhir.resources.R4B.reference import Reference
 from app.pipeline.dicom.codes import LATERALITY_SNOMED, SNOMED_FHIR_SYSTEM, BodySite
 from app.pipeline.dicom.uids import uid_from_uuid
 from app.pipeline.fhir import DCM_SYSTEM, DICOM_UID_SYSTEM, URI_SYSTEM
+from app.pipeline.geometry import WARNINGS
 
 LOINC_SYSTEM = "http://loinc.org"
 UCUM_SYSTEM = "http://unitsofmeasure.org"
@@ -90,6 +96,7 @@ class MeasuredValue:
     tracking_uid: str
     wound_label: str
     status: str = FINAL  # or ENTERED_IN_ERROR
+    warnings: tuple[str, ...] = ()  # codes of app.pipeline.geometry.WARNINGS
 
 
 def _value_uuid(report_uid: str, region: int, quantity: str) -> uuid.UUID:
@@ -127,8 +134,8 @@ def wound_observation(value: MeasuredValue, subject: Reference, encounter: Refer
                       laterality: str | None, resource_id: str | None = None) -> Observation:
     """The ``exam`` Observation of ``value`` (status ``value.status``: final, or
     entered-in-error), derived from the study's ImagingStudy and (by identifier) the SR;
-    ``effectiveDateTime`` is the photo's time, ``issued`` when it was measured. Raises
-    KeyError for a quantity not in QUANTITY_CODES."""
+    ``effectiveDateTime`` is the photo's time, ``issued`` when it was measured, ``note`` its
+    warnings' messages. Raises KeyError for a quantity or warning code that is not known."""
     coded = QUANTITY_CODES[value.quantity]
     codings = [Coding(system=LOINC_SYSTEM, code=coded.loinc[0], display=coded.loinc[1])] \
         if coded.loinc else []
@@ -150,6 +157,7 @@ def wound_observation(value: MeasuredValue, subject: Reference, encounter: Refer
         effectiveDateTime=value.taken_at.replace(microsecond=0),
         issued=value.measured_at.replace(microsecond=0),
         valueQuantity=quantity,
+        note=[Annotation(text=WARNINGS[code]) for code in value.warnings] or None,
         bodySite=CodeableConcept(
             extension=[Extension(url=BODY_SITE_EXTENSION,
                                  valueReference=Reference(reference=f"#{WOUND_ID}"))],

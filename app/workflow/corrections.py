@@ -457,6 +457,6 @@ def _copy_index_rows(db: Session, old: CaptureSession, new: CaptureSession,
             study_uid=new.study_uid, tracking_uid=uids[m.tracking_uid],
             wound_label=m.wound_label, region=m.region, quantity=m.quantity, value=m.value,
             uncertainty=m.uncertainty, unit=m.unit, points=m.points, taken_at=m.taken_at,
-            measured_at=m.measured_at, observer=m.observer))
+            measured_at=m.measured_at, observer=m.observer, warnings=list(m.warnings)))
     db.flush()
     return len(photos)

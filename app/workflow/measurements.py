@@ -301,24 +301,24 @@ def _index_rows(session: CaptureSession, photo_sop_uid: str, report_sop_uid: str
                 polygons: Sequence[MeasuredPolygon], *, taken: datetime, observer: str
                 ) -> list[WoundMeasurement]:
     """The ``wound_measurement`` rows of one report: regions numbered as the SR orders them
-    (lines, then polygons). ``taken_at`` is stored in UTC: SQLite keeps an aware time's wall
-    clock without its offset, and every reader takes a stored naive time as UTC."""
-    def row(region: int, quantity: Quantity, unit: str, value: float, uncertainty: float,
+    (lines, then polygons), each value with its warning codes. ``taken_at`` is stored in
+    UTC: SQLite keeps an aware time's wall clock without its offset, and every reader takes
+    a stored naive time as UTC."""
+    def row(region: int, quantity: Quantity, unit: str, measured: Measurement,
             points: Sequence[tuple[float, float]]) -> WoundMeasurement:
         return WoundMeasurement(
             report_sop_uid=report_sop_uid, photo_sop_uid=photo_sop_uid, session_id=session.id,
             study_uid=session.study_uid, tracking_uid=tracking, wound_label=label,
-            region=region, quantity=quantity.value, unit=unit, value=value,
-            uncertainty=uncertainty, points=[[float(x), float(y)] for x, y in points],
+            region=region, quantity=quantity.value, unit=unit, value=measured.value,
+            uncertainty=measured.uncertainty, warnings=list(measured.warnings),
+            points=[[float(x), float(y)] for x, y in points],
             taken_at=taken.astimezone(UTC), observer=observer[:64])
 
-    rows = [row(n, Quantity(line.quantity), "mm", line.length.value, line.length.uncertainty,
-                line.points) for n, line in enumerate(lines, start=1)]
+    rows = [row(n, Quantity(line.quantity), "mm", line.length, line.points)
+            for n, line in enumerate(lines, start=1)]
     for n, poly in enumerate(polygons, start=len(lines) + 1):
-        rows.append(row(n, Quantity.AREA, "mm2", poly.area.value, poly.area.uncertainty,
-                        poly.points))
-        rows.append(row(n, Quantity.PERIMETER, "mm", poly.perimeter.value,
-                        poly.perimeter.uncertainty, poly.points))
+        rows.append(row(n, Quantity.AREA, "mm2", poly.area, poly.points))
+        rows.append(row(n, Quantity.PERIMETER, "mm", poly.perimeter, poly.points))
     return rows
 
 
@@ -326,7 +326,8 @@ def study_measurements(services: Services, study_uid: str) -> list[dict[str, obj
     """The measurements stored in ``study_uid`` as the viewer draws them back: one item per
     region of each report (oldest report first, regions in the SR's order), with its kind
     (``length``, ``width`` or ``polygon``), its points on the photo, its values by quantity
-    (value, standard uncertainty, unit), the wound, its tracking UID, observer and times.
+    (value, standard uncertainty, unit), its warnings (``code`` and ``message``: those of any
+    of its values, each once), the wound, its tracking UID, observer and times.
     Reports withdrawn or rejected, and those on rejected photos, are left out."""
     with services.db.session() as db:
         rows = db.scalars(select(WoundMeasurement)
@@ -336,10 +337,11 @@ def study_measurements(services: Services, study_uid: str) -> list[dict[str, obj
                                     WoundMeasurement.region, WoundMeasurement.id)).all()
     regions: dict[tuple[str, int], dict[str, object]] = {}
     values: dict[tuple[str, int], dict[str, dict[str, object]]] = {}
+    warnings: dict[tuple[str, int], dict[str, None]] = {}
     for row in rows:
         key = (row.report_sop_uid, row.region)
         if key not in regions:
-            values[key] = {}
+            values[key], warnings[key] = {}, {}
             regions[key] = {
                 "report_sop_instance_uid": row.report_sop_uid,
                 "photo_sop_instance_uid": row.photo_sop_uid, "region": row.region,
@@ -351,4 +353,8 @@ def study_measurements(services: Services, study_uid: str) -> list[dict[str, obj
                 "measured_at": as_utc(row.measured_at).isoformat()}
         values[key][row.quantity] = {"value": row.value, "uncertainty": row.uncertainty,
                                      "unit": row.unit}
+        warnings[key].update(dict.fromkeys(row.warnings))
+    for key, region in regions.items():
+        region["warnings"] = [{"code": code, "message": WARNINGS[code]}
+                              for code in warnings[key]]
     return list(regions.values())

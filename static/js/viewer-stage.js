@@ -476,7 +476,8 @@ export class Stage {
         const perimeter = m.saved.values.perimeter;
         let text = `${formatMeasurement(m.kind, v.value, true)} ± ${v.uncertainty.toFixed(1)} ${m.kind === "area" ? "mm²" : "mm"}`;
         if (perimeter) text += `, perimeter ${perimeter.value.toFixed(1)} ± ${perimeter.uncertainty.toFixed(1)} mm`;
-        return { ...result, value: v.value, perimeter: perimeter ? perimeter.value : null, text, label: `${tag} ${formatMeasurement(m.kind, v.value, true).split(" (")[0]}` };
+        const warned = m.saved.warnings.length ? " ⚠" : ""; // the list says which
+        return { ...result, value: v.value, perimeter: perimeter ? perimeter.value : null, text, label: `${tag} ${formatMeasurement(m.kind, v.value, true).split(" (")[0]}${warned}` };
       }
       const value = m.kind === "area" ? areaOf(m.points, this.spacing) : lengthOf(m.points[0], m.points[1], this.spacing);
       const perimeter = m.kind === "area" ? perimeterOf(m.points, this.spacing) : null;

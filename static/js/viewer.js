@@ -268,6 +268,15 @@ function renderMeasurements() {
       const text = document.createElement("span");
       text.textContent = `${prefix ? `${prefix} · ` : ""}${result.name}: ${result.text || "drawn"}`;
       if (result.saved) text.textContent += ` · saved, ${result.saved.wound}`;
+      const warnings = result.saved ? result.saved.warnings : [];
+      if (warnings.length) {
+        // kept with the report (the SR and its index), so said again after every reload
+        item.dataset.warnings = warnings.map((w) => w.code).join(" ");
+        const note = document.createElement("span");
+        note.className = "measure-warning";
+        note.textContent = `Warning: ${warnings.map((w) => w.message).join("; ")}`;
+        text.append(note);
+      }
       item.append(text);
       const remove = document.createElement("button");
       remove.type = "button";

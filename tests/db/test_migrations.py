@@ -20,7 +20,7 @@ from sqlalchemy.exc import DBAPIError
 from app.cli import cli
 from app.db import migrate
 from app.db.migrate import MIGRATIONS, alembic_config, upgrade_transaction
-from app.db.models import ApiToken, Base, Encounter, Patient
+from app.db.models import ApiToken, Base, Encounter, Patient, WoundMeasurement
 from app.db.session import Database
 from tests.conftest import REPO
 
@@ -293,3 +293,38 @@ def test_0005_adds_the_rejection_columns_to_the_instance_index_and_keeps_its_row
     with upgrade_transaction(db.engine) as conn:  # and back
         command.downgrade(alembic_config(conn), "0004_wound_measurement")
     assert not REJECTION_COLUMNS & {c["name"] for c in inspect(db.engine).get_columns("instance")}
+
+
+def test_0010_adds_measurement_warnings_as_an_empty_list_to_the_rows_there(
+        db: Database) -> None:
+    with upgrade_transaction(db.engine) as conn:
+        command.upgrade(alembic_config(conn), "0009_staged_clip")
+        conn.execute(text("INSERT INTO capture_session (id, study_uid, patient_id, issuer,"
+                          " source, created_by, created_at, utc_offset_minutes, status,"
+                          " photo_count, accession_number, patient_verified, sensitive) VALUES"
+                          " ('s1', '1.2', 'M1', 'HOSP', 'capture', 'nurse', CURRENT_TIMESTAMP,"
+                          " 0, 'open', 0, '', true, false)"))
+        conn.execute(text("INSERT INTO instance (sop_uid, study_uid, series_uid, sop_class_uid,"
+                          " path, sha256, size, attributes, stored_at) VALUES ('1.2.3', '1.2',"
+                          " '1.2.1', '1.2.840.10008.5.1.4.1.1.88.34', 'a.dcm', 'x', 1, '{}',"
+                          " CURRENT_TIMESTAMP)"))
+        conn.execute(text("INSERT INTO wound_measurement (report_sop_uid, photo_sop_uid,"
+                          " session_id, study_uid, tracking_uid, wound_label, region, quantity,"
+                          " value, uncertainty, unit, points, taken_at, measured_at, observer)"
+                          " VALUES ('1.2.3', '1.2.4', 's1', '1.2', '2.25.1', 'wound 1', 1,"
+                          " 'length', 12.5, 0.3, 'mm', '[[0, 0], [1, 1]]', CURRENT_TIMESTAMP,"
+                          " CURRENT_TIMESTAMP, 'nurse')"))
+    assert "warnings" not in {c["name"] for c in inspect(db.engine).get_columns(
+        "wound_measurement")}
+    assert db.create_schema().after == HEAD
+    assert db.schema_differences() == []
+    with db.session() as s:
+        [row] = s.scalars(select(WoundMeasurement)).all()
+        assert (row.value, row.warnings) == (12.5, [])
+        row.warnings = ["far_from_chart"]
+    with db.session() as s:
+        assert s.scalars(select(WoundMeasurement.warnings)).all() == [["far_from_chart"]]
+    with upgrade_transaction(db.engine) as conn:  # and back
+        command.downgrade(alembic_config(conn), "0009_staged_clip")
+    assert "warnings" not in {c["name"] for c in inspect(db.engine).get_columns(
+        "wound_measurement")}

@@ -41,9 +41,10 @@ from app.gateways.emr.remote import RemoteFhirNotifier
 from app.gateways.errors import TransientError
 from app.pipeline.dicom.kos import RejectionReason
 from app.pipeline.fhir_observation import observation_uid
+from app.pipeline.geometry import FAR_FROM_CHART, WARNINGS
 from app.workflow import audit, corrections
 from app.workflow.delivery.worker import drain
-from tests.conftest import FhirPeer, services
+from tests.conftest import CHARTS, FhirPeer, services
 from tests.emr.conftest import ENCOUNTER_SYSTEM, FaultProxy, fhir_validate, notify
 from tests.mllp_peer import mllp_receiver
 from tests.test_measure_instance import LINE, PHOTO, SQUARE, measure, stored_photo
@@ -399,3 +400,55 @@ def test_a_moved_study_s_observations_in_error_and_new_ones_for_the_right_patien
     assert len(everyone.get("entry", [])) == 6
     reports = fhir_validate(tmp_path, [*in_error, *right])
     assert [r["errors"] for r in reports] == [[]] * 6, reports
+
+
+WARNED_PHOTO = CHARTS / "jtvd_mini_01.jpg"  # a Mini chart in the middle of a 1530 x 2040 photo
+WARNED_LINE = "100,100,700,100"  # along the top edge: more than 2 chart diagonals away
+
+
+def test_a_value_s_warnings_reach_the_emr_and_survive_a_move(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    """A line far from the chart: its row keeps the warning, its Observation has it as a
+    note (valid), its OBX is followed by an NTE with it; a moved study's copies keep it."""
+    photo_uid = stored_photo(client, auth["capture"], WARNED_PHOTO, id="MRN0001",
+                             issuer="1.2.3.4.5.6")
+    result = measure(app, "--instance", photo_uid, "--line", WARNED_LINE, "--line", LINE)
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    assert [w["code"] for w in record["warnings"]] == [FAR_FROM_CHART]
+    study_uid = record["study_instance_uid"]
+    values = rows(app, study_uid)
+    assert [(r.region, r.warnings) for r in values] == [(1, [FAR_FROM_CHART]), (2, [])]
+
+    store = LocalFhirStore(services(app).settings)
+    notify(app, store, study_uid)
+    with services(app).db.session() as db:
+        observations = list(db.scalars(select(FhirResource.body).where(
+            FhirResource.resource_type == "Observation")))
+    notes = {o["valueQuantity"]["value"]: o.get("note") for o in observations}
+    assert notes == {round(values[0].value, 2): [{"text": WARNINGS[FAR_FROM_CHART]}],
+                     round(values[1].value, 2): None}
+    reports = fhir_validate(tmp_path, observations)
+    assert [r["errors"] for r in reports] == [[], []], reports
+
+    with mllp_receiver() as receiver:
+        settings = replace(services(app).settings, emr_notifiers="hl7v2",
+                           emr_mllp_address=receiver.address, emr_timeout_seconds=1).checked()
+        [notifier] = build_notifiers(settings)
+        notify(app, notifier, study_uid)  # hl7apy's strict parse in the receiver passed
+    [raw] = receiver.raw
+    segments = [s for s in hl7.parse(raw) if str(s[0]) in ("OBX", "NTE")]
+    after = [(str(s[0]), str(s[3][0][0]) if str(s[0]) == "OBX" else str(s[3]))
+             for s in segments[3:]]  # after the study UID, instance count and viewer OBX
+    assert after == [("OBX", "39126-8"), ("NTE", WARNINGS[FAR_FROM_CHART]),
+                     ("OBX", "39126-8")]
+    [nte] = [s for s in segments if str(s[0]) == "NTE"]
+    assert (str(nte[1]), str(nte[2])) == ("1", "L")
+
+    with services(app).db.session() as db:
+        db.add(PatientRow(mrn="MRN0002", issuer="1.2.3.4.5.6", family="TEST", given="BOB"))
+    moved = corrections.move_to_patient(services(app), study_uid, "MRN0002", "1.2.3.4.5.6",
+                                        "wrong wristband", actor="admin-user")
+    assert [(r.region, r.warnings) for r in rows(app, moved.new_study_uid)] == \
+        [(1, [FAR_FROM_CHART]), (2, [])]

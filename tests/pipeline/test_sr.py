@@ -16,7 +16,10 @@ from pydicom.sr.codedict import codes
 
 from app.pipeline.dicom.sr import (
     ALGORITHM_NAME,
+    LOCAL_SCHEME,
+    MEASUREMENT_WARNING,
     SR_SOP_CLASS_UID,
+    WARNING_CODES,
     WOUND,
     MeasuredLine,
     MeasuredPolygon,
@@ -24,7 +27,13 @@ from app.pipeline.dicom.sr import (
     build_measurement_report,
 )
 from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID
-from app.pipeline.geometry import Point, calibrate_photo
+from app.pipeline.geometry import (
+    EXTREME_TILT,
+    FAR_FROM_CHART,
+    WARNINGS,
+    Point,
+    calibrate_photo,
+)
 from tests.conftest import PEERS
 from tests.pipeline.test_dicom import build
 
@@ -126,3 +135,33 @@ def test_same_inputs_same_bytes_and_refusals(
     for label in ("", "  ", "x" * 65, "tab\there"):
         with pytest.raises(ValueError, match="wound label"):
             build_measurement_report(source, lines, [], replace(INFO, wound_label=label))
+
+
+def test_each_group_carries_its_values_warnings_as_coded_qualitative_evaluations(
+        measured: tuple[pydicom.Dataset, list[MeasuredLine], list[MeasuredPolygon]],
+        tmp_path: Path) -> None:
+    """A region's warnings (those of any of its values, once each, in order) are CODE items
+    of its group that highdicom reads back; the local scheme is declared; dciodvfy finds no
+    error (it warns only that it does not know the private "99" designator)."""
+    source, lines, polygons = measured
+    tilted = replace(lines[0], length=replace(lines[0].length, warnings=(EXTREME_TILT,)))
+    far = replace(polygons[0], area=replace(polygons[0].area, warnings=(FAR_FROM_CHART,)),
+                  perimeter=replace(polygons[0].perimeter,
+                                    warnings=(EXTREME_TILT, FAR_FROM_CHART)))
+    data = build_measurement_report(source, [tilted, lines[0]], [far], INFO)
+    groups = hd.sr.srread(io.BytesIO(data)).content.get_planar_roi_measurement_groups()
+    found = [[(e.name, e.value) for e in g.get_qualitative_evaluations()] for g in groups]
+    assert found == [[(MEASUREMENT_WARNING, WARNING_CODES[EXTREME_TILT])], [],
+                     [(MEASUREMENT_WARNING, WARNING_CODES[FAR_FROM_CHART]),
+                      (MEASUREMENT_WARNING, WARNING_CODES[EXTREME_TILT])]]
+    assert {c.value for c in WARNING_CODES.values()} == set(WARNINGS)  # codes map back as is
+    ds = pydicom.dcmread(io.BytesIO(data))
+    assert [(s.CodingSchemeDesignator, s.CodingSchemeName)
+            for s in ds.CodingSchemeIdentificationSequence] == [
+        (LOCAL_SCHEME, "ebiw-capture measurement codes")]
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(data)
+    proc = subprocess.run(["bash", str(PEERS / "dicom_validate.sh"), "--iod",
+                           "Comprehensive3DSR", str(path)], capture_output=True, text=True,
+                          check=False)
+    assert "TOTAL errors=0 " in proc.stdout, proc.stdout + proc.stderr

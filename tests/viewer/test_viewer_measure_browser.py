@@ -16,6 +16,7 @@ from flask.testing import FlaskClient
 from sqlalchemy import select
 
 from app.db.models import Instance, WoundMeasurement
+from app.pipeline.geometry import FAR_FROM_CHART, WARNINGS
 from tests.conftest import ARTIFACTS, AXE_RUN, PHONE, TAP_TARGETS, WOUNDS, Browser, services
 from tests.viewer.conftest import photo, upload_study
 
@@ -222,3 +223,65 @@ def test_shapes_are_edited_by_their_handles_and_deleted_on_a_desktop(
         (row,) = db.scalars(select(WoundMeasurement)).all()
     assert row.quantity == "length"
     assert np.allclose(row.points, [LENGTH[0], moved], atol=8)
+
+
+WARNED_PHOTO = "jtvd_mini_01.jpg"  # a Mini chart in the middle of a 1530 x 2040 photo
+FAR_LENGTH = [(80, 70), (680, 70)]  # along the top: more than 2 chart diagonals away
+
+
+def test_a_saved_measurement_s_warning_is_still_shown_after_a_reload_on_a_phone(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
+        chromium: Browser, axe_script: Path) -> None:
+    """A length drawn far from the chart is saved with the server's warning; after a reload
+    (drawn back from the SR's index) its list item still says the warning, readable at
+    390 px, axe-clean, every control at least 44 px, and its label on the image is marked."""
+    study = upload_study(client, auth["capture"], [photo(WARNED_PHOTO)])
+    token = auth["view"]["Authorization"].removeprefix("Bearer ")
+    problems: list[str] = []
+
+    def scenario(browser: Any) -> dict[str, Any]:
+        context = browser.new_context(**PHONE, bypass_csp=True)
+        context.add_init_script(f"sessionStorage.setItem('ebiw.token', {token!r})")
+        page = context.new_page()
+        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: problems.append(str(e)))
+        page.goto(f"{live_server}/studies/{study.study_uid}")
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        page.tap("[data-tool=length]")
+        drag(page, *FAR_LENGTH)
+        page.tap("#save")
+        wait_until(page, "document.querySelectorAll('#measurements li[data-saved]').length === 1")
+        out: dict[str, Any] = {"status": page.text_content("#measure-status")}
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        wait_until(page, "document.querySelectorAll('#measurements li[data-saved]').length === 1")
+        out["reloaded"] = listed(page)
+        out["warning"] = page.eval_on_selector(
+            "#measurements li[data-saved] .measure-warning", """w => {
+              const box = w.getBoundingClientRect();
+              return {text: w.innerText, left: box.left, right: box.right,
+                      color: getComputedStyle(w).color, font: getComputedStyle(w).fontSize};
+            }""")
+        out["label"] = page.text_content("#stage-main .overlay g.m-saved text")
+        page.locator("#measurements").scroll_into_view_if_needed()
+        out["audit"] = audit(page, axe_script)
+        page.screenshot(path=str(ARTIFACTS / "viewer-measure-warning-reloaded-390x844.png"),
+                        full_page=True)
+        context.close()
+        return out
+
+    seen = chromium.run(scenario)
+    assert problems == []
+    message = WARNINGS[FAR_FROM_CHART]
+    assert message in seen["status"]  # said when saving, as before
+    [item] = seen["reloaded"]
+    assert item["warnings"] == FAR_FROM_CHART and f"Warning: {message}" in item["text"]
+    assert seen["warning"]["text"] == f"Warning: {message}"
+    assert 0 <= seen["warning"]["left"] < seen["warning"]["right"] <= PHONE["viewport"]["width"]
+    assert float(seen["warning"]["font"].removesuffix("px")) >= 14
+    assert seen["label"].endswith("⚠")
+    assert seen["audit"]["axe"] == [] and seen["audit"]["small"] == []
+    assert seen["audit"]["width"] <= PHONE["viewport"]["width"]
+    with services(app).db.session() as db:
+        (row,) = db.scalars(select(WoundMeasurement)).all()
+    assert row.warnings == [FAR_FROM_CHART]

@@ -20,9 +20,10 @@ from pydicom.sr.codedict import codes
 from sqlalchemy import select
 
 from app.db.models import AuditEvent, WoundMeasurement
-from app.pipeline.geometry import calibrate_photo
+from app.pipeline.dicom.sr import LOCAL_SCHEME, MEASUREMENT_WARNING, WARNING_CODES
+from app.pipeline.geometry import FAR_FROM_CHART, WARNINGS, calibrate_photo
 from app.pipeline.outline import outline_photo
-from tests.conftest import PEERS, WOUNDS, log_in, services
+from tests.conftest import CHARTS, PEERS, WOUNDS, log_in, services
 from tests.test_measure_instance import NO_CHART, PHOTO, read_sr, state, stored_photo
 
 LENGTH = [[200, 300], [1300, 1800]]
@@ -260,3 +261,50 @@ def test_a_stored_report_is_withdrawn_by_its_author_or_an_admin_as_an_iocm_rejec
         actions = db.scalars(select(AuditEvent.action).where(
             AuditEvent.action.in_(("measurement.withdraw", "correction.reject")))).all()
     assert actions.count("correction.reject") == 2 and actions.count("measurement.withdraw") == 7
+
+
+def test_warnings_are_kept_in_the_sr_and_the_index_and_listed_back(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    """A line and an outline far from a Mini chart, a line beside it: the far regions' SR
+    groups carry the warning as a coded qualitative evaluation (local scheme declared), their
+    rows keep it and the list the viewer reads after a reload says it; dciodvfy: no error."""
+    photo_uid = stored_photo(client, auth["capture"], CHARTS / "jtvd_mini_01.jpg")
+    study = study_of(app, photo_uid)
+    far, near = [[100, 100], [700, 100]], [[100, 1900], [700, 1900]]
+    corner = [[0, 0], [600, 0], [600, 600], [0, 600]]
+    body = post(client, auth["view"], study, {
+        "instance": photo_uid, "lines": [{"points": far}, {"points": near}],
+        "polygons": [{"points": corner}]}).get_json()
+    assert [line["length"]["warnings"] for line in body["lines"]] == [[FAR_FROM_CHART], []]
+    assert body["polygons"][0]["area"]["warnings"] == [FAR_FROM_CHART]
+
+    data = read_sr(app, body["sr_sop_instance_uid"])[1]
+    groups = hd.sr.srread(io.BytesIO(data)).content.get_planar_roi_measurement_groups()
+    evaluations = [[(e.name, e.value) for e in g.get_qualitative_evaluations()]
+                   for g in groups]
+    assert evaluations == [[(MEASUREMENT_WARNING, WARNING_CODES[FAR_FROM_CHART])], [],
+                           [(MEASUREMENT_WARNING, WARNING_CODES[FAR_FROM_CHART])]]
+    assert WARNING_CODES[FAR_FROM_CHART].value == FAR_FROM_CHART
+    [scheme] = pydicom.dcmread(io.BytesIO(data)).CodingSchemeIdentificationSequence
+    assert scheme.CodingSchemeDesignator == LOCAL_SCHEME == "99EBIW"
+    path = tmp_path / "sr.dcm"
+    path.write_bytes(data)
+    proc = subprocess.run(["bash", str(PEERS / "dicom_validate.sh"), "--iod",
+                           "Comprehensive3DSR", str(path)], capture_output=True, text=True,
+                          check=False)
+    assert "TOTAL errors=0 " in proc.stdout, proc.stdout + proc.stderr
+    # Its only warnings: dciodvfy knows no private ("99") coding scheme designator.
+    assert {line.split(" - ")[-1] for line in proc.stdout.splitlines()
+            if line.strip().startswith("Warning")} == {"Unrecognized defined term = <99EBIW>"}
+
+    with services(app).db.session() as db:
+        rows = db.scalars(select(WoundMeasurement).order_by(
+            WoundMeasurement.region, WoundMeasurement.quantity)).all()
+        assert [(r.region, r.quantity, r.warnings) for r in rows] == [
+            (1, "length", [FAR_FROM_CHART]), (2, "length", []),
+            (3, "area", [FAR_FROM_CHART]), (3, "perimeter", [FAR_FROM_CHART])]
+    items = client.get(f"/api/v1/studies/{study}/measurements",
+                       headers=auth["view"]).get_json()["measurements"]
+    message = {"code": FAR_FROM_CHART, "message": WARNINGS[FAR_FROM_CHART]}
+    assert [i["warnings"] for i in items] == [[message], [], [message]]

@@ -12,7 +12,10 @@ The state is ``StudyFacts.state``, which grows with every addition and rejection
 rejected). Each measured wound value is a numeric OBX (type NM): LOINC and SNOMED CT code as in
 the FHIR Observation, UCUM units, OBX-11 W for a value whose SR or photo was rejected, OBX-4
 grouping the values of one wound's region, OBX-14 the photo's time, OBX-19 when it was
-measured (v2.5.1's OBX ends there: the body site, OBX-20 from v2.6 on, is not sent).
+measured (v2.5.1's OBX ends there: the body site, OBX-20 from v2.6 on, is not sent). Each
+warning a value carries (far from the colour chart, extreme tilt) follows its OBX as an NTE
+(the observation group's comment segment): NTE-2 L, the filler is its source (table 0105),
+NTE-3 the warning's message.
 
 Acknowledgements (original mode, HL7 table 0008):
 ``AA``/``CA`` accepted; ``AR`` — rejected for reasons unrelated to the content (the receiver
@@ -42,6 +45,7 @@ from app.gateways.emr.study import StudyRecord, load_study
 from app.gateways.errors import PermanentError, TransientError
 from app.pipeline.fhir import viewer_url
 from app.pipeline.fhir_observation import ENTERED_IN_ERROR, QUANTITY_CODES, MeasuredValue
+from app.pipeline.geometry import WARNINGS
 from app.settings import Settings
 
 VERSION = "2.5.1"
@@ -150,7 +154,8 @@ def build_oru(record: StudyRecord, settings: Settings, message_id: str, *,
     for number, (sub_id, measured) in enumerate(_grouped(record.measurements),
                                              start=len(observations) + 1):
         coded = QUANTITY_CODES[measured.quantity]
-        obx = order.add_group("ORU_R01_OBSERVATION").obx
+        group = order.add_group("ORU_R01_OBSERVATION")
+        obx = group.obx
         obx.obx_1 = str(number)
         obx.obx_2 = "NM"
         obx.obx_3 = "^".join((*coded.loinc, "LN", *coded.snomed, "SCT") if coded.loinc
@@ -161,6 +166,11 @@ def build_oru(record: StudyRecord, settings: Settings, message_id: str, *,
         obx.obx_11 = "W" if wrong or measured.status == ENTERED_IN_ERROR else obr.obr_25.value
         obx.obx_14 = _ts(measured.taken_at)
         obx.obx_19 = _ts(measured.measured_at)
+        for n, warning in enumerate(measured.warnings, start=1):
+            nte = group.add_segment("NTE")
+            nte.nte_1 = str(n)
+            nte.nte_2 = "L"
+            nte.nte_3 = _st(WARNINGS[warning], "FT")
     if not msg.validate():
         raise PermanentError("the ORU^R01 failed HL7 v2.5.1 structure validation")
     return msg.to_er7()

@@ -106,6 +106,6 @@ def _measurements(db: Session, study_uid: str, zone: timezone) -> tuple[Measured
         report_uid=r.report_sop_uid, region=r.region, quantity=r.quantity, value=r.value,
         uncertainty=r.uncertainty, unit=r.unit, taken_at=as_utc(r.taken_at).astimezone(zone),
         measured_at=as_utc(r.measured_at).astimezone(zone), tracking_uid=r.tracking_uid,
-        wound_label=r.wound_label,
+        wound_label=r.wound_label, warnings=tuple(r.warnings),
         status=ENTERED_IN_ERROR if {r.report_sop_uid, r.photo_sop_uid} & rejected else FINAL)
         for r in rows)

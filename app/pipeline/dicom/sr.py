@@ -17,6 +17,13 @@ here) per measuring run, in its own series of the photo's study, built with high
 - the uncertainty as TID 310 Upper / Lower Measurement Uncertainty (one standard uncertainty);
 - the method as TID 4019 Algorithm Identification (no standard code names a chart-plane
   homography): name `ALGORITHM_NAME`, the calibration's figures as its parameters;
+- each warning a value of the region carries (`app.pipeline.geometry.WARNINGS`: far from the
+  chart, extreme tilt) as a TID 1410 qualitative evaluation of its group, a CODE item
+  `MEASUREMENT_WARNING` = `WARNING_CODES[code]`. No DICOM or SNOMED CT concept says "measured
+  off the calibration plane", so both are local codes of the private coding scheme
+  `LOCAL_SCHEME` (a "99" designator, PS3.16 section 8), declared in the Coding Scheme
+  Identification Sequence of an SR that uses it; the code values are the warning codes
+  themselves, so a reader maps them back unchanged;
 - observer context: the person who measured and this software as the device.
 
 Patient and study modules are copied from the source image by highdicom (evidence), so the SR
@@ -32,6 +39,7 @@ from datetime import datetime
 
 import highdicom as hd
 import numpy as np
+from highdicom.coding_schemes import CodingSchemeIdentificationItem
 from pydicom import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.sr.coding import Code
@@ -40,7 +48,7 @@ from pydicom.valuerep import DA, DT, TM
 from app.pipeline.dicom.builder import SOFTWARE_VERSION, file_meta
 from app.pipeline.dicom.codes import LATERALITY_SNOMED, SNOMED
 from app.pipeline.dicom.values import da, dt, tm
-from app.pipeline.geometry import Measurement, Point
+from app.pipeline.geometry import EXTREME_TILT, FAR_FROM_CHART, Measurement, Point
 
 SR_SOP_CLASS_UID = "1.2.840.10008.5.1.4.1.1.88.34"  # Comprehensive 3D SR Storage
 MANUFACTURER = "ebiw-capture"
@@ -50,6 +58,16 @@ WOUND = Code("416462003", SNOMED, "Wound")
 PHOTOGRAPHIC_IMAGE = Code("72170-4", "LN", "Photographic image")
 DEFAULT_WOUND_LABEL = "wound 1"
 MAX_LABEL_LENGTH = 64  # Tracking Identifier is a TEXT item; kept short for display
+
+
+LOCAL_SCHEME = "99EBIW"
+LOCAL_SCHEME_NAME = "ebiw-capture measurement codes"
+MEASUREMENT_WARNING = Code("warning", LOCAL_SCHEME, "Measurement warning")
+WARNING_CODES = {
+    FAR_FROM_CHART: Code(FAR_FROM_CHART, LOCAL_SCHEME, "Region far from the colour chart"),
+    EXTREME_TILT: Code(EXTREME_TILT, LOCAL_SCHEME, "Colour chart seen at an extreme tilt"),
+}
+"""The qualitative evaluation value of each warning code, by code (the code value itself)."""
 
 
 LINE_QUANTITIES = {"length": codes.SCT.Length, "width": codes.SCT.Width}
@@ -109,9 +127,10 @@ def build_measurement_report(source: Dataset, lines: Sequence[MeasuredLine],
     """The Comprehensive 3D SR Part 10 bytes holding ``lines`` and ``polygons`` measured on
     ``source`` (a VL Photographic Image header; its pixel data is not needed).
 
-    Guarantees: one measurement group per line, then per polygon, in the order given; the
-    same inputs give the same bytes. Raises ValueError for no region, a bad label or a line
-    quantity not in `LINE_QUANTITIES`.
+    Guarantees: one measurement group per line, then per polygon, in the order given, each
+    with the warnings of its values as qualitative evaluations; the same inputs give the same
+    bytes. Raises ValueError for no region, a bad label or a line quantity not in
+    `LINE_QUANTITIES`.
     """
     if not lines and not polygons:
         raise ValueError("nothing measured: give at least one line or polygon")
@@ -134,20 +153,26 @@ def build_measurement_report(source: Dataset, lines: Sequence[MeasuredLine],
                 upper_measurement_uncertainty=round(value.uncertainty, 4),
                 lower_measurement_uncertainty=round(value.uncertainty, 4)))
 
-    def group(points: Sequence[Point], measurements: list[hd.sr.Measurement]
+    def group(points: Sequence[Point], measurements: list[hd.sr.Measurement],
+              values: Sequence[Measurement]
               ) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
         region = hd.sr.ImageRegion(hd.sr.GraphicTypeValues.POLYLINE,
                                    np.asarray(points, dtype=np.float64), image)
         return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
             tracking_identifier=tracking, referenced_region=region, finding_type=WOUND,
-            finding_sites=sites, measurements=measurements)
+            finding_sites=sites, measurements=measurements,
+            qualitative_evaluations=[
+                hd.sr.QualitativeEvaluation(MEASUREMENT_WARNING, WARNING_CODES[code])
+                for code in _region_warnings(values)])
 
     groups = [group(line.points, [measurement(LINE_QUANTITIES[line.quantity],
-                                              codes.UCUM.Millimeter, line.length)])
+                                              codes.UCUM.Millimeter, line.length)],
+                    [line.length])
               for line in lines]
     groups += [group([*poly.points, poly.points[0]],
                      [measurement(codes.SCT.Area, codes.UCUM.SquareMillimeter, poly.area),
-                      measurement(codes.SCT.Perimeter, codes.UCUM.Millimeter, poly.perimeter)])
+                      measurement(codes.SCT.Perimeter, codes.UCUM.Millimeter, poly.perimeter)],
+                     [poly.area, poly.perimeter])
                for poly in polygons]
     report = hd.sr.MeasurementReport(
         observation_context=_observation_context(info),
@@ -158,7 +183,10 @@ def build_measurement_report(source: Dataset, lines: Sequence[MeasuredLine],
         series_number=info.series_number, sop_instance_uid=info.sop_uid,
         instance_number=info.instance_number, manufacturer=MANUFACTURER, is_complete=True,
         institution_name=source.get("InstitutionName") or None,
-        institutional_department_name=source.get("InstitutionalDepartmentName") or None)
+        institutional_department_name=source.get("InstitutionalDepartmentName") or None,
+        coding_schemes=[CodingSchemeIdentificationItem(
+            LOCAL_SCHEME, name=LOCAL_SCHEME_NAME, responsible_organization=MANUFACTURER)]
+        if any(g.get_qualitative_evaluations() for g in groups) else None)
     sr.SeriesDescription = "Wound measurements"
     sr.SoftwareVersions = SOFTWARE_VERSION
     stamp = info.content_datetime
@@ -174,6 +202,12 @@ def build_measurement_report(source: Dataset, lines: Sequence[MeasuredLine],
     buf = io.BytesIO()
     sr.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
+
+
+def _region_warnings(values: Sequence[Measurement]) -> list[str]:
+    """The warning codes of a region: those of any of its values, each once, in the order
+    they first appear."""
+    return list(dict.fromkeys(code for value in values for code in value.warnings))
 
 
 def _finding_sites(source: Dataset) -> list[hd.sr.FindingSite]:
