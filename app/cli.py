@@ -583,8 +583,9 @@ def measure(photos: tuple[str, ...], lines: list[tuple[Point, Point]],
     non-zero exit status.
 
     With --instance, the photo is an archived instance (its stored pixels) and the
-    measurements are stored as a TID 1500 SR in a new series of its study; the JSON adds
-    sr_sop_instance_uid, tracking_uid and wound. Any error stores nothing.
+    measurements are stored as a TID 1500 SR in a new series of its study, with a colour
+    presentation state drawing them in another; the JSON adds sr_sop_instance_uid,
+    pr_sop_instance_uid, tracking_uid and wound. Any error stores nothing.
     """
     if sop_uid is not None:
         if photos:
@@ -639,6 +640,7 @@ def _measure_instance(sop_uid: str, lines: list[tuple[Point, Point]],
         sys.exit(1)
     _emit({**record, "wound": wound_label, "tracking_uid": stored.tracking_uid,
            "sr_sop_instance_uid": stored.sop_uid, "sr_series_instance_uid": stored.series_uid,
+           "pr_sop_instance_uid": stored.presentation_sop_uid,
            "study_instance_uid": stored.study_uid})
 
 

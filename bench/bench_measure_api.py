@@ -115,7 +115,7 @@ def main() -> None:
         return f"{float(np.percentile(values, 95)) * 1000:.0f}"
 
     print(table(["what", "photos", "p50 ms", "p95 ms", "max ms"], [
-        ["POST /measurements (2 lines + 1 polygon, SR stored)", len(api),
+        ["POST /measurements (2 lines + 1 polygon, SR + PR stored)", len(api),
          f"{median_ms(api):.0f}", p95(api), f"{max(api) * 1000:.0f}"],
         ["  peer: calibrate_photo alone on the stored JPEG", len(calibrate),
          f"{median_ms(calibrate):.0f}", p95(calibrate), f"{max(calibrate) * 1000:.0f}"],

@@ -1,6 +1,6 @@
 """``ebiw measure --instance``: a photo stored by the intake is measured on its stored pixels,
-the result stored as a TID 1500 SR in its study, indexed, found by QIDO, queued for the PACS,
-audited; bad input stores nothing."""
+the result stored as a TID 1500 SR in its study with a colour presentation state drawing the
+regions, indexed, found by QIDO, queued for the PACS, audited; bad input stores nothing."""
 
 from __future__ import annotations
 
@@ -31,10 +31,13 @@ from app.db.models import (
     WoundMeasurement,
     as_utc,
 )
+from app.pipeline.dicom.kos import RejectionReason
+from app.pipeline.dicom.pr import PR_SOP_CLASS_UID
 from app.pipeline.dicom.sr import SR_SOP_CLASS_UID
 from app.pipeline.geometry import calibrate_photo
-from app.workflow.intake import MEASUREMENT_SERIES_NUMBER
-from tests.conftest import CHARTS, PEERS, services
+from app.workflow.corrections import reject
+from app.workflow.intake import MEASUREMENT_SERIES_NUMBER, PRESENTATION_SERIES_NUMBER
+from tests.conftest import CHARTS, PEERS, dicom_validate, services
 
 PHOTO = CHARTS / "jtvd_classic_02.jpg"  # a tilted Classic chart, 1530 x 2040
 NO_CHART = CHARTS / "karnehen_cam2_nochart.jpg"
@@ -189,6 +192,85 @@ def test_dciodvfy_finds_no_error_or_warning(app: Flask, client: FlaskClient,
     both = subprocess.run(["bash", str(PEERS / "dicom_validate.sh"), "--any-iod", str(photo),
                            str(path)], capture_output=True, text=True, check=False)
     assert both.returncode == 0 and "TOTAL errors=0 warnings=0" in both.stdout, both.stdout
+
+
+def test_a_presentation_state_draws_the_regions_on_the_photo(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        tmp_path: Path) -> None:
+    source_uid = stored_photo(client, auth["capture"], PHOTO)
+    result = measure(app, "--instance", source_uid, "--line", LINE, "--polygon", SQUARE,
+                     "--wound", "Heel ulcer", "--observer", "NURSE^JANE")
+    assert result.exit_code == 0, result.output
+    record = json.loads(result.output)
+    row, data = read_sr(app, record["pr_sop_instance_uid"])
+    pr = pydicom.dcmread(io.BytesIO(data))
+    source = pydicom.dcmread(io.BytesIO(read_sr(app, source_uid)[1]))
+    assert pr.SOPClassUID == PR_SOP_CLASS_UID == row.sop_class_uid
+    assert (pr.Modality, pr.SeriesNumber) == ("PR", PRESENTATION_SERIES_NUMBER)
+    assert row.attributes["Modality"] == "PR"
+    assert pr.StudyInstanceUID == source.StudyInstanceUID
+    assert pr.SeriesInstanceUID not in (source.SeriesInstanceUID, record["sr_series_instance_uid"])
+    [series] = pr.ReferencedSeriesSequence
+    assert series.SeriesInstanceUID == source.SeriesInstanceUID
+    assert series.ReferencedImageSequence[0].ReferencedSOPInstanceUID == source_uid
+
+    # The graphics are the drawn points (the stored photo's pixels, as the SR's SCOORD), the
+    # polygon closed, each with its value and unit, on the wound's tracking identifiers.
+    line, area = pr.GraphicAnnotationSequence
+    assert [a.ReferencedImageSequence[0].ReferencedSOPInstanceUID for a in (line, area)] == [
+        source_uid, source_uid]
+    report = hd.sr.srread(io.BytesIO(read_sr(app, record["sr_sop_instance_uid"])[1]))
+    for annotation, group in zip((line, area),
+                                 report.content.get_planar_roi_measurement_groups(), strict=True):
+        [graphic] = annotation.GraphicObjectSequence
+        assert (graphic.GraphicType, graphic.GraphicAnnotationUnits) == ("POLYLINE", "PIXEL")
+        assert group.roi is not None
+        assert graphic.GraphicData == group.roi.value.ravel().tolist()
+        assert (graphic.TrackingID, graphic.TrackingUID) == ("Heel ulcer", record["tracking_uid"])
+    assert line.GraphicObjectSequence[0].GraphicData == [200, 300, 1300, 1800]
+    assert area.GraphicObjectSequence[0].GraphicData == [
+        300, 400, 900, 420, 880, 1000, 320, 980, 300, 400]
+    assert line.TextObjectSequence[0].UnformattedTextValue == f"L {record['lines_mm'][0]:.1f} mm"
+    assert area.TextObjectSequence[0].UnformattedTextValue == (
+        f"A {record['areas_mm2'][0]:.1f} mm\N{SUPERSCRIPT TWO} / "
+        f"P {record['perimeters_mm'][0]:.1f} mm")
+    assert pr.ContentCreatorName == "NURSE^JANE"
+    # The photo's sRGB profile as an Input Device profile (PS3.3 C.11.15.1.1): class alone.
+    assert pr.ICCProfile[12:16] == b"scnr" and source.ICCProfile[12:16] == b"mntr"
+    assert pr.ICCProfile[:12] + pr.ICCProfile[16:] == source.ICCProfile[:12] + \
+        source.ICCProfile[16:]
+
+    path = tmp_path / "pr.dcm"
+    path.write_bytes(data)
+    errors, warnings, output = dicom_validate(path, iod="ColorSoftcopyPresentationState",
+                                              decode=False)
+    assert (errors, warnings) == (0, 0), output
+
+    view = auth["view"]
+    found = client.get(f"/dicomweb/studies/{pr.StudyInstanceUID}/series?Modality=PR",
+                       headers=view).get_json()
+    assert [s["0020000E"]["Value"][0] for s in found] == [pr.SeriesInstanceUID]
+    with services(app).db.session() as db:
+        queued = db.scalars(select(Delivery).where(Delivery.sop_uid == pr.SOPInstanceUID)).all()
+        assert [(d.destination, d.status) for d in queued] == [("pacs", "pending")]
+        event = db.scalars(select(AuditEvent).where(
+            AuditEvent.action == "measurement.store")).one()
+        assert f"instance:{pr.SOPInstanceUID}" in event.entities
+
+
+def test_rejecting_a_report_rejects_its_presentation_state(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]]) -> None:
+    source_uid = stored_photo(client, auth["capture"], PHOTO)
+    kept, rejected = (json.loads(measure(app, "--instance", source_uid, "--line", LINE).output)
+                      for _ in range(2))
+    rejection = reject(services(app), rejected["sr_sop_instance_uid"], RejectionReason.QUALITY,
+                       actor="admin")
+    assert rejection.rejected == (rejected["sr_sop_instance_uid"],
+                                  rejected["pr_sop_instance_uid"])
+    rows = {uid: read_sr(app, uid)[0] for record in (kept, rejected)
+            for uid in (record["sr_sop_instance_uid"], record["pr_sop_instance_uid"])}
+    assert {uid for uid, row in rows.items() if row.rejected_at is not None} == {
+        rejected["sr_sop_instance_uid"], rejected["pr_sop_instance_uid"]}
 
 
 def test_the_same_wound_keeps_its_tracking_uid_across_visits(

@@ -55,12 +55,12 @@ from app.pipeline.dicom.sr import SR_SOP_CLASS_UID
 from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID, derived_uuid, uid_from_uuid
 from app.workflow import audit
 from app.workflow.intake import REJECTION_SERIES_NUMBER
-from app.workflow.measurements import tracking_uid
+from app.workflow.measurements import presentation_rows, presentation_uid, tracking_uid
 from app.workflow.services import Services
 
 T = TypeVar("T")
 SERIES_ROLES = ("series:original", "series:normalized", "series:labels", "series:measurements",
-                "series:video")
+                "series:presentations", "series:video")
 """The roles whose series UIDs the intake derives from a session id; a corrected copy keeps
 its series' role in the new session."""
 CORRECTION_METHOD = "correction"  # SessionIdentification.method of a corrected copy's session
@@ -113,7 +113,8 @@ def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: 
     """Reject the stored instance ``sop_uid`` for ``reason``.
 
     A photo and its colour-normalized version are one photo: naming either rejects both
-    (those not rejected yet). Guarantees: on return one rejection note is stored, indexed and
+    (those not rejected yet); a measurement report is rejected with the presentation state
+    that draws it. Guarantees: on return one rejection note is stored, indexed and
     queued, the instances are marked and the rejection audited, in one transaction. Raises
     :class:`CorrectionError`, changing nothing, for an unknown UID, an instance already
     rejected, or a rejection note itself. With ``own_within`` (a clinician, not an admin)
@@ -136,15 +137,18 @@ def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: 
             {u for u in (pair.sop_uid, pair.normalized_sop_uid) if u}
         rows = db.scalars(select(Instance).where(Instance.sop_uid.in_(uids), Instance.shown())
                           .order_by(Instance.stored_at, Instance.sop_uid)).all()
-        return reject_rows(services, db, session, rows, reason, actor=actor)
+        return reject_rows(services, db, session, [
+            *rows, *presentation_rows(db, rows, services.settings.uid_prefix)], reason,
+            actor=actor)
 
 
 def withdraw_report(services: Services, study_uid: str, sop_uid: str, *, actor: str,
                     admin: bool) -> Rejection:
-    """Withdraw the measurement report (SR) ``sop_uid`` of ``study_uid``: rejected for quality
-    reasons through the one rejection path, so its values leave the viewer, the healing
-    trajectory and the EMR (their Observations ``entered-in-error``), and every PACS gets the
-    rejection note. An admin may withdraw any report; anyone else only those they stored.
+    """Withdraw the measurement report (SR) ``sop_uid`` of ``study_uid``: rejected, with the
+    presentation state drawing it, for quality reasons through the one rejection path, so its
+    values leave the viewer, the healing trajectory and the EMR (their Observations
+    ``entered-in-error``), and every PACS gets the rejection note. An admin may withdraw any
+    report; anyone else only those they stored.
 
     Raises, changing nothing, :class:`UnknownInstance` when ``sop_uid`` is no measurement
     report of ``study_uid``, :class:`CorrectionError` when it was withdrawn already, and
@@ -161,7 +165,8 @@ def withdraw_report(services: Services, study_uid: str, sop_uid: str, *, actor: 
         if not admin and observers != {actor}:
             raise NotAllowed("only an admin or the user who saved a measurement report may "
                              "withdraw it")
-        return reject_rows(services, db, _session(db, study_uid), [row],
+        rows = [row, *presentation_rows(db, [row], services.settings.uid_prefix)]
+        return reject_rows(services, db, _session(db, study_uid), rows,
                            RejectionReason.QUALITY, actor=actor,
                            detail={"withdrawn_report": sop_uid})
 
@@ -418,14 +423,18 @@ def _copied_session(old: CaptureSession, target: PatientRecord, prefix: str, act
 def _uid_map(db: Session, old: CaptureSession, new: CaptureSession, rows: Sequence[Instance],
              prefix: str) -> dict[str, str]:
     """Old UID → new UID for the study, every series (by intake role when it has one), every
-    instance and every wound tracking UID of the moved study."""
+    instance (a report's presentation state to the one derived from the copied report's UID)
+    and every wound tracking UID of the moved study."""
     uids = {old.study_uid: new.study_uid}
     roles = {uid_from_uuid(derived_uuid(old.id, role), prefix):
              uid_from_uuid(derived_uuid(new.id, role), prefix) for role in SERIES_ROLES}
     for row in rows:
         uids.setdefault(row.series_uid, roles.get(row.series_uid) or uid_from_uuid(
             derived_uuid(new.id, f"series:copy:{row.series_uid}"), prefix))
-        uids[row.sop_uid] = uid_from_uuid(uuid.uuid4(), prefix)
+        uids.setdefault(row.sop_uid, uid_from_uuid(uuid.uuid4(), prefix))
+        if row.sop_class_uid == SR_SOP_CLASS_UID:
+            uids[presentation_uid(row.sop_uid, prefix)] = presentation_uid(uids[row.sop_uid],
+                                                                           prefix)
     for old_tracking, label in db.execute(
             select(WoundMeasurement.tracking_uid, WoundMeasurement.wound_label)
             .where(WoundMeasurement.study_uid == old.study_uid).distinct()):

@@ -84,6 +84,7 @@ LABEL_SERIES_NUMBER = 3
 MEASUREMENT_SERIES_NUMBER = 4  # wound measurement reports (app/workflow/measurements.py)
 REJECTION_SERIES_NUMBER = 5  # IOCM rejection notes (app/workflow/corrections.py)
 VIDEO_SERIES_NUMBER = 6  # video clips (app/pipeline/video.py)
+PRESENTATION_SERIES_NUMBER = 7  # measurement graphics (app/workflow/measurements.py)
 STAGED_CLIPS_DIR = "staged-clips"  # under the data dir: clips waiting for their re-encode
 REENCODE_SECONDS_PER_CLIP_SECOND = 10
 """What a re-encode's lease allows per second of the longest clip: twice the 4.7 s that

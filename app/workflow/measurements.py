@@ -3,10 +3,15 @@
 :func:`archived_photo` reads a stored photo instance (its header and its JPEG, the pixels
 as stored: upright, no EXIF); :func:`calibrate_archived` and :func:`measure_regions` measure on
 them (`app.pipeline.geometry`), for ``ebiw measure --instance`` and the API alike;
-:func:`store_report` builds the TID 1500 report (`app.pipeline.dicom.sr`), stores and indexes
-it like any instance, queues its deliveries to every PACS destination and audits the write,
-all in one transaction. :func:`study_measurements` reads the index back for the viewer, and
-:func:`outline_archived` proposes a wound's outline on a stored photo.
+:func:`store_report` builds the TID 1500 report (`app.pipeline.dicom.sr`) and the Color
+Softcopy Presentation State drawing the same regions (`app.pipeline.dicom.pr`), stores and
+indexes both like any instance, queues their deliveries to every PACS destination and audits
+the write, all in one transaction. :func:`study_measurements` reads the index back for the
+viewer, and :func:`outline_archived` proposes a wound's outline on a stored photo.
+
+The presentation state of a report is derived, not looked up either: its SOP Instance UID is a
+UUID-5 of the report's (:func:`presentation_uid`), so a withdrawal or rejection of the report
+finds it, and a patient move maps it to the copied report's.
 
 The tracking UID of a wound is derived, not looked up: a UUID-5 of the patient (issuer and
 ID) and the wound's label (case and surrounding space ignored), so the same label on the same
@@ -17,7 +22,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta, timezone
 from functools import partial
 from typing import NamedTuple
@@ -25,6 +30,7 @@ from typing import NamedTuple
 from pydicom import Dataset
 from pydicom.valuerep import DT
 from sqlalchemy import func, or_, select
+from sqlalchemy.orm import Session
 
 from app.db.models import (
     CaptureSession,
@@ -35,6 +41,7 @@ from app.db.models import (
     as_utc,
 )
 from app.gateways.archive import InstanceKey
+from app.pipeline.dicom.pr import PR_SOP_CLASS_UID, build_presentation_state
 from app.pipeline.dicom.read import UnreadableDicomError, read_part10
 from app.pipeline.dicom.sr import (
     SR_SOP_CLASS_UID,
@@ -55,7 +62,7 @@ from app.pipeline.geometry import (
 from app.pipeline.outline import Polygon, SeedOutsideImageError, outline_photo
 from app.pipeline.render import stored_frame
 from app.workflow import audit
-from app.workflow.intake import MEASUREMENT_SERIES_NUMBER
+from app.workflow.intake import MEASUREMENT_SERIES_NUMBER, PRESENTATION_SERIES_NUMBER
 from app.workflow.services import Services
 
 TRACKING_NAMESPACE = uuid.UUID("3c1f9d52-7a0e-4b8e-9f43-2d6a51c0b7e4")
@@ -231,51 +238,101 @@ class StoredReport:
     series_uid: str
     study_uid: str
     tracking_uid: str
+    presentation_sop_uid: str
+
+
+def presentation_uid(report_sop_uid: str, root: str) -> str:
+    """The SOP Instance UID, under ``root``, of the presentation state stored with the report
+    ``report_sop_uid``: the same for the same report, distinct for distinct reports (the
+    report's UID is an OID, its UUID-5 in the OID namespace the parent of the derivation)."""
+    return uid_from_uuid(derived_uuid(uuid.uuid5(uuid.NAMESPACE_OID, report_sop_uid),
+                                      "presentation"), root)
+
+
+def presentation_rows(db: Session, reports: Sequence[Instance], root: str) -> list[Instance]:
+    """The presentation states not rejected yet that were stored with those of ``reports``
+    that are measurement reports, their UIDs derived under ``root`` (the UID prefix)."""
+    uids = [presentation_uid(r.sop_uid, root) for r in reports
+            if r.sop_class_uid == SR_SOP_CLASS_UID]
+    return list(db.scalars(select(Instance).where(
+        Instance.sop_uid.in_(uids), Instance.sop_class_uid == PR_SOP_CLASS_UID,
+        Instance.shown()).order_by(Instance.sop_uid))) if uids else []
 
 
 def store_report(services: Services, photo: ArchivedPhoto, lines: Sequence[MeasuredLine],
                  polygons: Sequence[MeasuredPolygon], *, calibration: Calibration,
                  wound_label: str, observer: str, actor: str) -> StoredReport:
-    """Store the measurement report of ``lines`` and ``polygons`` measured on ``photo``.
+    """Store the measurement report of ``lines`` and ``polygons`` measured on ``photo``, and
+    the presentation state drawing them.
 
-    Guarantees: on return the SR is in the archive and indexed (Modality SR, series number
-    `MEASUREMENT_SERIES_NUMBER`, one series per session), its values are in
-    ``wound_measurement`` (one row per value), one delivery is queued per PACS destination
-    that takes the study, and a ``measurement.store`` audit record is written, in one
-    transaction. Each call stores a new SR instance. Raises ValueError (from the builder)
-    for nothing measured or a bad label, before anything is stored.
+    Guarantees: on return the SR (Modality SR, series number `MEASUREMENT_SERIES_NUMBER`) and
+    its presentation state (Modality PR, series number `PRESENTATION_SERIES_NUMBER`, SOP
+    Instance UID :func:`presentation_uid` of the SR's), each in one series per session, are in
+    the archive and indexed, the values are in ``wound_measurement`` (one row per value), one
+    delivery per instance is queued per PACS destination that takes the study, and a
+    ``measurement.store`` audit record is written, in one transaction. Each call stores new
+    instances. Raises ValueError (from the builders) for nothing measured or a bad label,
+    before anything is stored.
     """
     prefix = services.settings.uid_prefix
     with services.db.session() as db:
         session = db.get(CaptureSession, photo.session_id)
         if session is None:  # a photo row always has its session (foreign key)
             raise MeasurementError("the photo's capture session is gone")
-        series_uid = uid_from_uuid(derived_uuid(session.id, "series:measurements"), prefix)
-        number = 1 + (db.scalar(select(func.count()).select_from(Instance)
-                                .where(Instance.series_uid == series_uid)) or 0)
+        offset = timezone(timedelta(minutes=session.utc_offset_minutes))
         tracking = tracking_uid(session.issuer, session.patient_id, wound_label, prefix)
         sop_uid = uid_from_uuid(uuid.uuid4(), prefix)
-        offset = timezone(timedelta(minutes=session.utc_offset_minutes))
-        data = build_measurement_report(photo.header, lines, polygons, ReportInfo(
-            series_uid=series_uid, series_number=MEASUREMENT_SERIES_NUMBER, sop_uid=sop_uid,
-            instance_number=number, wound_label=wound_label, tracking_uid=tracking,
-            observer=observer, device_uid=IMPLEMENTATION_CLASS_UID,
+        report = _next_in_series(db, session, "series:measurements",
+                                 MEASUREMENT_SERIES_NUMBER, sop_uid, prefix)
+        info = ReportInfo(
+            series_uid=report.series_uid, series_number=report.series_number,
+            sop_uid=sop_uid, instance_number=report.instance_number, wound_label=wound_label,
+            tracking_uid=tracking, observer=observer, device_uid=IMPLEMENTATION_CLASS_UID,
             content_datetime=datetime.now(offset),
-            method_parameters=method_parameters(calibration)))
-        key = InstanceKey(session.study_uid, series_uid, sop_uid, SR_SOP_CLASS_UID)
-        instance = services.archive.store(db, key, data, {
-            "SeriesNumber": MEASUREMENT_SERIES_NUMBER, "InstanceNumber": number,
-            "Modality": "SR"})
-        services.intake.outbox.enqueue_photo(db, session, instance)
+            method_parameters=method_parameters(calibration))
+        graphics = _next_in_series(db, session, "series:presentations",
+                                   PRESENTATION_SERIES_NUMBER,
+                                   presentation_uid(sop_uid, prefix), prefix)
+        built = [(report, SR_SOP_CLASS_UID, "SR",
+                  build_measurement_report(photo.header, lines, polygons, info)),
+                 (graphics, PR_SOP_CLASS_UID, "PR", build_presentation_state(
+                     photo.header, lines, polygons, replace(info, **graphics._asdict())))]
+        for place, sop_class, modality, data in built:
+            instance = services.archive.store(
+                db, InstanceKey(session.study_uid, place.series_uid, place.sop_uid, sop_class),
+                data, {"SeriesNumber": place.series_number,
+                       "InstanceNumber": place.instance_number, "Modality": modality})
+            services.intake.outbox.enqueue_photo(db, session, instance)
         taken = taken_at(photo.header, offset) or datetime.now(offset)
         db.add_all(_index_rows(session, photo.sop_uid, sop_uid, tracking, wound_label.strip(),
                                lines, polygons, taken=taken, observer=observer))
         audit.record(db, actor, "measurement.store",
                      audit.patient_ref(session.patient_id, session.issuer),
                      audit.study_ref(session.study_uid), audit.instance_ref(photo.sop_uid),
-                     audit.instance_ref(sop_uid), outcome=audit.SUCCESS,
-                     node=services.settings.node)
-        return StoredReport(sop_uid, series_uid, session.study_uid, tracking)
+                     audit.instance_ref(sop_uid), audit.instance_ref(graphics.sop_uid),
+                     outcome=audit.SUCCESS, node=services.settings.node)
+        return StoredReport(sop_uid, report.series_uid, session.study_uid, tracking,
+                            graphics.sop_uid)
+
+
+class _Place(NamedTuple):
+    """Where a new instance goes: its series (UID and number) and its own UID and number;
+    the field names are those of `ReportInfo`."""
+
+    series_uid: str
+    series_number: int
+    sop_uid: str
+    instance_number: int
+
+
+def _next_in_series(db: Session, session: CaptureSession, role: str, series_number: int,
+                    sop_uid: str, prefix: str) -> _Place:
+    """The place of instance ``sop_uid`` in ``session``'s series of ``role`` (its UID derived
+    from the session's id): the instance number after those stored in it."""
+    series_uid = uid_from_uuid(derived_uuid(session.id, role), prefix)
+    number = 1 + (db.scalar(select(func.count()).select_from(Instance)
+                            .where(Instance.series_uid == series_uid)) or 0)
+    return _Place(series_uid, series_number, sop_uid, number)
 
 
 def taken_at(header: Dataset, offset: timezone) -> datetime | None:

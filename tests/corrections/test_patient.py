@@ -15,6 +15,7 @@ from sqlalchemy import select
 
 from app.db.models import AuditEvent, Delivery, Patient, Photo, WoundMeasurement
 from app.pipeline.dicom.kos import KOS_SOP_CLASS_UID, referenced_instances
+from app.workflow.measurements import presentation_uid, tracking_uid
 from tests.conftest import dicom_validate
 from tests.corrections.conftest import add_patient, archived, ebiw, snapshot
 from tests.corrections.test_reject import PACS, emr_only, imaging_study
@@ -41,8 +42,9 @@ def test_move_copies_to_the_right_patient_and_rejects_the_originals(
     measured = measure(d.app, "--instance", photo, "--line", LINE, "--wound", "heel")
     assert measured.exit_code == 0, measured.output
     sr_uid = json.loads(measured.output)["sr_sop_instance_uid"]
+    pr_uid = json.loads(measured.output)["pr_sop_instance_uid"]
     originals = d.instances(old_study)
-    assert len(originals) == 4  # photo, its normalized version, the other photo, the SR
+    assert len(originals) == 5  # photo, its normalized version, the other photo, the SR, PR
     emr_only(d)
 
     result = ebiw(d, "correct", "patient", "--study", old_study, "--patient-id", RIGHT[0],
@@ -82,6 +84,15 @@ def test_move_copies_to_the_right_patient_and_rejects_the_originals(
                   sr_copy.CurrentRequestedProcedureEvidenceSequence[0]
                   .ReferencedSeriesSequence[0].ReferencedSOPSequence}
     assert referenced == {copies[photo]}
+    # The presentation state's copy is the copied report's (withdrawing that finds it), and
+    # draws on the copied photo with the wound's new tracking UID.
+    prefix = d.services.settings.uid_prefix
+    assert copies[pr_uid] == presentation_uid(copies[sr_uid], prefix)
+    _, pr_copy = archived(d, copies[pr_uid])
+    [annotation] = pr_copy.GraphicAnnotationSequence
+    assert annotation.ReferencedImageSequence[0].ReferencedSOPInstanceUID == copies[photo]
+    assert annotation.GraphicObjectSequence[0].TrackingUID == \
+        tracking_uid(RIGHT[1], RIGHT[0], "heel", prefix)
 
     # The originals: rejected by one note in the old study.
     _, kos = archived(d, out["kos_sop_instance_uid"])
@@ -127,7 +138,7 @@ def test_move_copies_to_the_right_patient_and_rejects_the_originals(
     right = imaging_study(d, new_study)
     assert (right["status"], right["subject"]) == \
         ("available", {"reference": f"Patient/{right_id}"})
-    assert right["numberOfInstances"] == 4
+    assert right["numberOfInstances"] == 5
     messages = [hl7.parse(raw) for raw in receiver.raw]
     by_study = {str(m.segment("OBX")[5]): m for m in messages[1:]}
     wrong, fresh = by_study[old_study], by_study[new_study]

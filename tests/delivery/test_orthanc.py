@@ -17,6 +17,7 @@ from app.db.models import Instance
 from app.gateways.archive.pacs import OutgoingInstance, PacsDestination
 from app.gateways.errors import GatewayError
 from app.gateways.registry import Registry
+from app.pipeline.dicom.pr import PR_SOP_CLASS_UID
 from app.pipeline.dicom.sr import SR_SOP_CLASS_UID
 from tests.delivery.conftest import PHOTOS, SMALL, Deployment, Orthanc, wait_for
 from tests.test_measure_instance import LINE, measure
@@ -141,7 +142,7 @@ def test_pacs_down_while_30_photos_are_accepted(deploy: Callable[..., Deployment
     assert sorted(found) == sorted(sops)  # exactly one copy of each
 
 
-def test_a_measurement_sr_is_delivered_like_any_instance(
+def test_a_measurement_sr_and_its_graphics_are_delivered_like_any_instance(
         deploy: Callable[..., Deployment], orthancs: Callable[[], Orthanc]) -> None:
     a, b = orthancs().start(), orthancs().start()
     d = deploy([{"name": "pacs-a", "type": "stow-rs", "url": a.dicomweb},
@@ -153,12 +154,15 @@ def test_a_measurement_sr_is_delivered_like_any_instance(
     result = measure(d.app, "--instance", photo["sop_instance_uid"], "--line", LINE)
     assert result.exit_code == 0, result.output
     sr_uid = json.loads(result.output)["sr_sop_instance_uid"]
-    assert d.worker().drain() == 2  # the SR, to each PACS
+    pr_uid = json.loads(result.output)["pr_sop_instance_uid"]
+    assert d.worker().drain() == 4  # the SR and its presentation state, to each PACS
     study = session["study_instance_uid"]
     for pacs in (a, b):
-        assert sr_uid in pacs.instances(study)
-        tags = pacs.tags(sr_uid)
-        assert (tags["Modality"], tags["SOPClassUID"]) == ("SR", SR_SOP_CLASS_UID)
-        series = requests.get(f"{pacs.dicomweb}/studies/{study}/series",
-                              params={"Modality": "SR"}, timeout=10).json()
-        assert [s["00080060"]["Value"][0] for s in series] == ["SR"]
+        for uid, modality, sop_class in ((sr_uid, "SR", SR_SOP_CLASS_UID),
+                                         (pr_uid, "PR", PR_SOP_CLASS_UID)):
+            assert uid in pacs.instances(study)
+            tags = pacs.tags(uid)
+            assert (tags["Modality"], tags["SOPClassUID"]) == (modality, sop_class)
+            series = requests.get(f"{pacs.dicomweb}/studies/{study}/series",
+                                  params={"Modality": modality}, timeout=10).json()
+            assert [s["00080060"]["Value"][0] for s in series] == [modality]

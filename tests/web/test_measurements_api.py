@@ -227,12 +227,14 @@ def test_a_stored_report_is_withdrawn_by_its_author_or_an_admin_as_an_iocm_rejec
         "instance": photo_uid, "wound": wound, "lines": [{"points": LENGTH}]}).get_json()
         for wound in ("Heel ulcer", "Sacrum")]
     first, second = (body["sr_sop_instance_uid"] for body in saved)
+    graphics = saved[0]["pr_sop_instance_uid"]
     url = f"/api/v1/studies/{study}/measurements/"
 
     # Another user's report, a photo, an unknown UID, another study: refused, nothing changed.
     refused = client.delete(url + first, headers=auth["capture"])
     assert refused.status_code == 403 and refused.get_json()["error"]["code"] == "not_allowed"
     assert client.delete(url + photo_uid, headers=auth["view"]).status_code == 404
+    assert client.delete(url + graphics, headers=auth["view"]).status_code == 404
     assert client.delete(url + "2.25.999", headers=auth["view"]).status_code == 404
     assert client.delete(f"/api/v1/studies/2.25.7/measurements/{first}",
                          headers=auth["view"]).status_code == 404
@@ -242,25 +244,31 @@ def test_a_stored_report_is_withdrawn_by_its_author_or_an_admin_as_an_iocm_rejec
     answer = client.delete(url + first, headers=auth["view"])
     assert answer.status_code == 200, answer.get_json()
     body = answer.get_json()
-    assert body["withdrawn"] == [first] and body["study_instance_uid"] == study
+    assert body["withdrawn"] == [first, graphics] and body["study_instance_uid"] == study
     again = client.delete(url + first, headers=auth["view"])
     assert again.status_code == 409 and again.get_json()["error"]["code"] == "withdrawn"
     assert client.delete(url + second, headers=auth["admin"]).status_code == 200
 
-    # The reports are rejected by a KOS (113001) in the study that references them, and
-    # leave the list the viewer draws.
+    # The reports are rejected, with their presentation states, by a KOS (113001) in the
+    # study that references them, and leave the list the viewer draws and QIDO.
     assert client.get(url[:-1], headers=auth["view"]).get_json()["measurements"] == []
-    row, _ = read_sr(app, first)
-    assert row.rejection_code == "113001" and row.rejected_by_kos == body["kos_sop_instance_uid"]
+    for uid in (first, graphics):
+        row, _ = read_sr(app, uid)
+        assert (row.rejection_code, row.rejected_by_kos) == ("113001",
+                                                             body["kos_sop_instance_uid"])
+    for modality in ("SR", "PR"):
+        assert client.get(f"/dicomweb/studies/{study}/series?Modality={modality}",
+                          headers=auth["view"]).get_json() in ([], None)
     _, note = read_sr(app, body["kos_sop_instance_uid"])
     kos = pydicom.dcmread(io.BytesIO(note))
     assert kos.StudyInstanceUID == study and kos.ConceptNameCodeSequence[0].CodeValue == "113001"
     assert [i.ReferencedSOPInstanceUID for s in kos.CurrentRequestedProcedureEvidenceSequence
-            for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence] == [first]
+            for r in s.ReferencedSeriesSequence for i in r.ReferencedSOPSequence] == [
+                first, graphics]
     with services(app).db.session() as db:
         actions = db.scalars(select(AuditEvent.action).where(
             AuditEvent.action.in_(("measurement.withdraw", "correction.reject")))).all()
-    assert actions.count("correction.reject") == 2 and actions.count("measurement.withdraw") == 7
+    assert actions.count("correction.reject") == 2 and actions.count("measurement.withdraw") == 8
 
 
 def test_warnings_are_kept_in_the_sr_and_the_index_and_listed_back(

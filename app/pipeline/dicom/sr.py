@@ -189,18 +189,27 @@ def build_measurement_report(source: Dataset, lines: Sequence[MeasuredLine],
         if any(g.get_qualitative_evaluations() for g in groups) else None)
     sr.SeriesDescription = "Wound measurements"
     sr.SoftwareVersions = SOFTWARE_VERSION
-    stamp = info.content_datetime
-    sr.ContentDate, sr.ContentTime = DA(da(stamp.date())), TM(tm(stamp))
-    sr.SeriesDate, sr.SeriesTime = sr.ContentDate, sr.ContentTime
-    sr.InstanceCreationDate, sr.InstanceCreationTime = sr.ContentDate, sr.ContentTime
-    for library in sr.get("ContributingEquipmentSequence", []):  # highdicom stamps its clock
+    return encode_derived(sr, info.content_datetime, SR_SOP_CLASS_UID, info.sop_uid)
+
+
+def encode_derived(ds: Dataset, stamp: datetime, sop_class_uid: str, sop_uid: str, *,
+                   dates: Sequence[str] = ("Content", "Series", "InstanceCreation")) -> bytes:
+    """The Part 10 bytes of ``ds``, an object highdicom built from a photo, stamped with
+    ``stamp`` instead of highdicom's clock: each ``<prefix>Date`` and ``<prefix>Time`` of
+    ``dates``, the contributing equipment's time, the UTC offset when ``stamp`` has one;
+    UTF-8 text and our File Meta Information."""
+    date, time = DA(da(stamp.date())), TM(tm(stamp))
+    for prefix in dates:
+        setattr(ds, f"{prefix}Date", date)
+        setattr(ds, f"{prefix}Time", time)
+    for library in ds.get("ContributingEquipmentSequence", []):  # highdicom stamps its clock
         library.ContributionDateTime = DT(dt(stamp))
-    sr.SpecificCharacterSet = "ISO_IR 192"
+    ds.SpecificCharacterSet = "ISO_IR 192"
     if stamp.utcoffset() is not None:
-        sr.TimezoneOffsetFromUTC = stamp.strftime("%z")
-    sr.file_meta = file_meta(SR_SOP_CLASS_UID, info.sop_uid, sr.file_meta.TransferSyntaxUID)
+        ds.TimezoneOffsetFromUTC = stamp.strftime("%z")
+    ds.file_meta = file_meta(sop_class_uid, sop_uid, ds.file_meta.TransferSyntaxUID)
     buf = io.BytesIO()
-    sr.save_as(buf, enforce_file_format=True)
+    ds.save_as(buf, enforce_file_format=True)
     return buf.getvalue()
 
 

@@ -2,7 +2,8 @@
 
 - ``POST /studies/<study>/measurements``: lines (a wound's length or width) and polygons drawn
   on one photo of the study are measured on the chart's plane (``app.pipeline.geometry``) and
-  stored as a TID 1500 SR in the study (``app.workflow.measurements.store_report``); the
+  stored as a TID 1500 SR in the study, with a presentation state drawing them
+  (``app.workflow.measurements.store_report``); the
   answer holds the server's values with their uncertainties and warnings. Any bad input is
   refused with a 4xx whose message starts with the field at fault, and nothing is stored.
 - ``GET /studies/<study>/measurements``: what the study's SRs hold, for the viewer to draw.
@@ -189,7 +190,9 @@ def save_measurements(study_uid: str) -> tuple[Response, int]:
     return jsonify({
         "study_instance_uid": stored.study_uid, "instance": sop_uid, "wound": wound.strip(),
         "tracking_uid": stored.tracking_uid, "sr_sop_instance_uid": stored.sop_uid,
-        "sr_series_instance_uid": stored.series_uid, "calibration": calibration.as_json(),
+        "sr_series_instance_uid": stored.series_uid,
+        "pr_sop_instance_uid": stored.presentation_sop_uid,
+        "calibration": calibration.as_json(),
         "lines": [{"kind": line.quantity, "points": [list(p) for p in line.points],
                    "length": _value(line.length, "mm")} for line in measured.lines],
         "polygons": [_polygon_json(poly) for poly in measured.polygons],
