@@ -31,10 +31,12 @@ from sqlalchemy.orm import Session
 
 from app.db.models import (
     CaptureSession,
+    Delivery,
     Instance,
     Photo,
     SessionIdentification,
     SessionStatus,
+    StagedClip,
     WoundMeasurement,
     as_utc,
     utcnow,
@@ -54,6 +56,7 @@ from app.pipeline.dicom.relabel import corrected_copy
 from app.pipeline.dicom.sr import SR_SOP_CLASS_UID
 from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID, derived_uuid, uid_from_uuid
 from app.workflow import audit
+from app.workflow.delivery import REENCODE_QUEUE
 from app.workflow.intake import REJECTION_SERIES_NUMBER
 from app.workflow.measurements import presentation_rows, presentation_uid, tracking_uid
 from app.workflow.services import Services
@@ -223,6 +226,7 @@ def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer:
                 copy, attributes)
             services.intake.outbox.enqueue_photo(db, new, stored)
         new.photo_count = _copy_index_rows(db, old, new, uids)
+        staged = _take_staged_clips(db, old, new)
         rejection = reject_rows(services, db, old, rows, RejectionReason.PATIENT_SAFETY,
                             actor=actor, detail={"moved_to_study": new.study_uid})
         copies = {r.sop_uid: uids[r.sop_uid] for r in rows}
@@ -234,13 +238,29 @@ def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer:
                      outcome=audit.SUCCESS, node=services.settings.node,
                      detail={"reason": reason.strip(), "copies": copies,
                              "kos": rejection.kos_sop_uid, "new_session": new.id,
-                             **(detail or {})})
+                             "staged_clips": staged, **(detail or {})})
         audit.record(db, actor, "correction.notice", f"user:{old.created_by}", *entities,
                      outcome=audit.SUCCESS, node=services.settings.node,
                      detail={"to": old.created_by, "kos": rejection.kos_sop_uid,
                              "message": "photos you captured were moved to another patient"})
         return PatientMove(old_study_uid=study_uid, new_study_uid=new.study_uid,
                            new_session_id=new.id, copies=copies, rejection=rejection)
+
+
+def _take_staged_clips(db: Session, old: CaptureSession, new: CaptureSession) -> list[str]:
+    """Clips of ``old`` accepted but still waiting for their re-encode now belong to ``new``,
+    and their jobs name its study: the worker stores them in the right patient's study, never
+    in the wrong one (a worker re-encoding one right now finds it moved and retries). The SOP
+    Instance UIDs they will have."""
+    uids = list(db.scalars(select(StagedClip.sop_uid).where(StagedClip.session_id == old.id)
+                           .order_by(StagedClip.sop_uid)))
+    if uids:
+        db.execute(update(StagedClip).where(StagedClip.sop_uid.in_(uids))
+                   .values(session_id=new.id))
+        db.execute(update(Delivery).where(Delivery.destination == REENCODE_QUEUE,
+                                          Delivery.sop_uid.in_(uids))
+                   .values(study_uid=new.study_uid))
+    return uids
 
 
 def rejected_photos(db: Session, study_uids: Sequence[str]) -> dict[str, list[dict[str, Any]]]:

@@ -161,6 +161,11 @@ class BodySiteRequired(IntakeError):
     status, code = 422, "body_site_required"
 
 
+class ClipMoved(Exception):
+    """A staged clip's study moved to another patient while the clip was being re-encoded:
+    the re-encode is retried, then stored in the session the clip now belongs to."""
+
+
 CLIP_NEEDS_SITE = ("a video clip needs the capture's body site (DICOM requires the anatomic "
                    "region of a video): choose the body site, then send the clip again")
 
@@ -707,10 +712,18 @@ class Intake:
         """Wrap ``work``'s MP4 as the instance ``row`` names, archive and index it, add
         ``row`` and queue its deliveries in one transaction (deleting its staged clip's row in
         it too when ``staged``); return (photo, created). A racer that stored the same upload
-        first wins: its row is returned and its archived file put back."""
+        first wins: its row is returned and its archived file put back. A staged clip that a
+        patient move took to another session meanwhile raises :class:`ClipMoved`, nothing
+        stored."""
         key, dicom = self._video_instance(work, session, row.upload_uuid, row.instance_number)
         try:
             with self.db.session() as db:
+                if staged:
+                    now_in = db.scalar(select(StagedClip.session_id)
+                                       .where(StagedClip.upload_uuid == row.upload_uuid))
+                    if now_in not in (None, session.id):
+                        raise ClipMoved("the clip's study moved to another patient while it "
+                                        "was re-encoded: it is stored there on the next try")
                 instance = self.archive.store(db, key, dicom, {
                     "SeriesNumber": VIDEO_SERIES_NUMBER, "InstanceNumber": row.instance_number,
                     "Modality": "XC"})
@@ -826,7 +839,10 @@ class Intake:
         re-encode is a temporary file the start-up sweep removes). A clip that cannot be
         re-encoded, or whose staged bytes are missing or damaged, or whose session has no body
         site (a clip staged before uploads checked it), answers a :class:`PermanentError` and
-        keeps its staged file, with ``failure`` set on its row."""
+        keeps its staged file, with ``failure`` set on its row. A clip whose study moved to
+        another patient during the re-encode answers a :class:`TransientError`: retried, it
+        is stored in the right patient's study (``corrections.move_to_patient`` takes the
+        staged clip along)."""
         with self.db.session() as db:
             staged = db.scalars(select(StagedClip).where(StagedClip.sop_uid == sop_uid)).first()
             stored = db.scalar(select(Photo.upload_uuid).where(Photo.sop_uid == sop_uid))
@@ -838,6 +854,8 @@ class Intake:
                 raise UnreadableVideoError("the staged clip is missing or damaged")
             with self._pixel_slots:
                 self._reencode_and_store(staged, source)
+        except ClipMoved as exc:
+            return TransientError(str(exc))
         except (UnreadableVideoError, BodySiteRequired) as exc:
             with self.db.session() as db:
                 if db.scalar(select(Photo.upload_uuid).where(Photo.sop_uid == sop_uid)):

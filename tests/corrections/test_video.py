@@ -6,16 +6,21 @@ byte, which the PACS (Orthanc) receives."""
 from __future__ import annotations
 
 import json
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
 from pydicom import Dataset
 from pydicom.encaps import generate_frames
-from sqlalchemy import select
+from sqlalchemy import func, select
 
-from app.db.models import CaptureSession
+from app.db.models import CaptureSession, Delivery, Instance, Photo, StagedClip
 from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
+from app.workflow import intake
+from app.workflow.corrections import move_to_patient
+from app.workflow.delivery import REENCODE_QUEUE, DeliveryWorker, utcnow
 from tests.clips import make_clip
 from tests.conftest import dicom_validate
 from tests.corrections.conftest import add_patient, archived, ebiw, validate_kos
@@ -122,3 +127,90 @@ def test_moving_a_study_holding_a_clip(deploy: Callable[..., Deployment],
     assert copy in pacs.instances(new_study)
     assert pacs.tags(copy)["PatientID"] == RIGHT[0]
     assert pacs.frame(copy) == mp4(after)
+
+
+def test_a_clip_still_waiting_for_its_reencode_follows_the_moved_study(
+        deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    """A VP8 WebM accepted (202, staged) before its study moves to another patient is stored,
+    once the worker re-encodes it, in the new patient's study and never in the wrong one."""
+    d = deploy([])
+    add_patient(d, *RIGHT, "RIGHT", "BOB")
+    session = d.open_session(body_site="14975008", laterality="L")
+    old_study = session["study_instance_uid"]
+    d.upload(session, NOCHART)
+    webm = make_clip(tmp_path / "clip.webm", frames=15).read_bytes()
+    response = d.client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
+                            data=webm, headers={**d.headers["capture"],
+                                                "Content-Type": "video/webm"})
+    assert response.status_code == 202, response.get_json()
+    clip = response.get_json()["sop_instance_uid"]
+
+    result = ebiw(d, "correct", "patient", "--study", old_study, "--patient-id", RIGHT[0],
+                  "--issuer", RIGHT[1], "--reason", "wrong wristband")
+    assert result.exit_code == 0, result.output
+    new_study = json.loads(result.output)["new_study_instance_uid"]
+    worker = DeliveryWorker(d.services.db, d.services.archive, d.registry,
+                            jobs=d.services.worker_jobs())
+    worker.drain()
+
+    row, stored = archived(d, clip)
+    assert (row.study_uid, stored.StudyInstanceUID) == (new_study, new_study)
+    assert (stored.PatientID, stored.IssuerOfPatientID, str(stored.PatientName)) == \
+        (*RIGHT, "RIGHT^BOB")
+    with d.services.db.session() as db:
+        new_session = db.scalar(select(CaptureSession).where(
+            CaptureSession.study_uid == new_study))
+        assert new_session is not None
+        photo = db.scalar(select(Photo).where(Photo.sop_uid == clip))
+        assert photo is not None and photo.session_id == new_session.id
+        assert db.scalar(select(func.count()).select_from(StagedClip)) == 0
+        assert not db.scalars(select(Delivery).where(Delivery.destination == REENCODE_QUEUE,
+                                                     Delivery.study_uid == old_study)).all()
+    video_series = uid_from_uuid(derived_uuid(new_session.id, "series:video"),
+                                 d.services.settings.uid_prefix)
+    assert stored.SeriesInstanceUID == video_series
+    assert clip not in d.instances(old_study)
+    assert valid_video(d, clip, tmp_path / "clip.dcm")[0] == 0
+
+
+def test_a_clip_whose_study_moves_during_its_reencode_is_stored_with_the_move(
+        deploy: Callable[..., Deployment], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study moves while the worker re-encodes its clip: that attempt stores nothing (no
+    instance, no file in the wrong patient's study) and the retry stores it in the new one."""
+    d = deploy([])
+    add_patient(d, *RIGHT, "RIGHT", "BOB")
+    session = d.open_session(body_site="14975008", laterality="L")
+    old_study = session["study_instance_uid"]
+    d.upload(session, NOCHART)
+    webm = make_clip(tmp_path / "clip.webm", frames=15).read_bytes()
+    response = d.client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
+                            data=webm, headers={**d.headers["capture"],
+                                                "Content-Type": "video/webm"})
+    assert response.status_code == 202, response.get_json()
+    clip = response.get_json()["sop_instance_uid"]
+    real = intake.reencode_h264
+    moved: list[str] = []
+
+    def moved_meanwhile(source: Path, target: Path) -> None:
+        real(source, target)
+        moved.append(move_to_patient(d.services, old_study, *RIGHT, "wrong wristband",
+                                     actor="admin").new_study_uid)
+
+    monkeypatch.setattr(intake, "reencode_h264", moved_meanwhile)
+    worker = DeliveryWorker(d.services.db, d.services.archive, d.registry,
+                            jobs=d.services.worker_jobs())
+    worker.run_once()
+    [new_study] = moved
+    with d.services.db.session() as db:
+        assert db.get(Instance, clip) is None
+        [job] = db.scalars(select(Delivery).where(Delivery.destination == REENCODE_QUEUE))
+        assert (job.status, job.study_uid) == ("pending", new_study)
+        job.next_attempt_at = utcnow()  # its retry is due (time moved on, not slept)
+    old_folder = d.services.settings.archive_root / old_study
+    assert not any(p.name.startswith(clip) for p in old_folder.rglob("*"))
+
+    monkeypatch.setattr(intake, "reencode_h264", real)
+    worker.drain()
+    row, stored = archived(d, clip)
+    assert (row.study_uid, stored.PatientID) == (new_study, RIGHT[0])
