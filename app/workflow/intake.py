@@ -28,10 +28,12 @@ from typing import Any
 
 from sqlalchemy import delete, select, update
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import selectinload
+from sqlalchemy.orm import Session, selectinload
 
 from app.db.models import (
     CaptureSession,
+    Delivery,
+    DeliveryStatus,
     Instance,
     Photo,
     SessionIdentification,
@@ -71,7 +73,7 @@ from app.pipeline.video import (
     remux_mp4,
 )
 from app.settings import Settings
-from app.workflow.delivery import Claim, Outbox, Results
+from app.workflow.delivery import REENCODE_QUEUE, Claim, Outbox, Results, utcnow
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +166,11 @@ class BodySiteRequired(IntakeError):
 class ClipMoved(Exception):
     """A staged clip's study moved to another patient while the clip was being re-encoded:
     the re-encode is retried, then stored in the session the clip now belongs to."""
+
+
+class ClipGone(Exception):
+    """A staged clip was stored by another worker, or discarded with its purged study, while
+    it was being re-encoded: there is nothing left to store."""
 
 
 CLIP_NEEDS_SITE = ("a video clip needs the capture's body site (DICOM requires the anatomic "
@@ -713,15 +720,18 @@ class Intake:
         ``row`` and queue its deliveries in one transaction (deleting its staged clip's row in
         it too when ``staged``); return (photo, created). A racer that stored the same upload
         first wins: its row is returned and its archived file put back. A staged clip that a
-        patient move took to another session meanwhile raises :class:`ClipMoved`, nothing
-        stored."""
+        patient move took to another session meanwhile raises :class:`ClipMoved`, one stored
+        by another worker or discarded (its study purged) :class:`ClipGone`: nothing stored."""
         key, dicom = self._video_instance(work, session, row.upload_uuid, row.instance_number)
         try:
             with self.db.session() as db:
                 if staged:
                     now_in = db.scalar(select(StagedClip.session_id)
                                        .where(StagedClip.upload_uuid == row.upload_uuid))
-                    if now_in not in (None, session.id):
+                    if now_in is None:
+                        raise ClipGone("the staged clip was stored by another worker or "
+                                       "discarded meanwhile: nothing to store")
+                    if now_in != session.id:
                         raise ClipMoved("the clip's study moved to another patient while it "
                                         "was re-encoded: it is stored there on the next try")
                 instance = self.archive.store(db, key, dicom, {
@@ -807,6 +817,28 @@ class Intake:
             log.info("removed %d staged clip file(s) already stored", removed)
         return removed
 
+    def discard_staged_clips(self, db: Session, session_id: str) -> list[str]:
+        """In ``db``'s transaction: the clips of ``session_id`` still staged (waiting for
+        their re-encode, or failed) are discarded, their files deleted and their jobs
+        cancelled, so nothing of them is stored or kept (a retention purge). The SOP
+        Instance UIDs they would have had. A worker re-encoding one right now stores nothing
+        (:class:`ClipGone`)."""
+        staged = db.scalars(select(StagedClip).where(StagedClip.session_id == session_id)
+                            .order_by(StagedClip.sop_uid)).all()
+        uids = [clip.sop_uid for clip in staged]
+        if not uids:
+            return uids
+        for clip in staged:
+            self.staged_path(clip.upload_uuid, clip.sha256).unlink(missing_ok=True)
+        fsync_dir(self.settings.data_dir / STAGED_CLIPS_DIR)
+        db.execute(delete(StagedClip).where(StagedClip.sop_uid.in_(uids)))
+        db.execute(update(Delivery).where(
+            Delivery.destination == REENCODE_QUEUE, Delivery.sop_uid.in_(uids),
+            Delivery.status.in_((DeliveryStatus.PENDING, DeliveryStatus.DEAD)))
+            .values(status=DeliveryStatus.CANCELLED, last_error="the study was purged",
+                    updated_at=utcnow()))
+        return uids
+
     def reencode_lease_seconds(self) -> float:
         """How long a worker may hold a re-encode job: enough for the longest clip allowed
         (``EBIW_MAX_VIDEO_SECONDS``) at :data:`REENCODE_SECONDS_PER_CLIP_SECOND`, plus a
@@ -856,6 +888,8 @@ class Intake:
                 self._reencode_and_store(staged, source)
         except ClipMoved as exc:
             return TransientError(str(exc))
+        except ClipGone:
+            return None
         except (UnreadableVideoError, BodySiteRequired) as exc:
             with self.db.session() as db:
                 if db.scalar(select(Photo.upload_uuid).where(Photo.sop_uid == sop_uid)):

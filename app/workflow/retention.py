@@ -17,10 +17,12 @@ path (:func:`app.workflow.corrections.reject_rows`: a 113039 "Data Retention Pol
 stored durably, the instances marked, the note queued to every PACS destination, the EMR
 notices re-queued: ``entered-in-error`` as nothing is left, and the PACS deliveries not sent
 yet cancelled, as for any rejection: their files are about to go); (2) the files of the study's
-instances, the rejection notes excepted, are deleted from the archive (already gone is fine);
-(3) one transaction marks the instances and the study purged (``purged_at``) and audits
-``retention.purge``. A study whose instances a 113039 note rejected but whose files are not
-all purged is *interrupted* and always finished first (unless held), whatever the rules say now.
+instances, the rejection notes excepted, are deleted from the archive (already gone is fine),
+and so are the session's clips still staged for a re-encode (waiting, or failed: their bytes
+would otherwise outlive the study; their jobs cancelled); (3) one transaction marks the
+instances and the study purged (``purged_at``) and audits ``retention.purge``. A study whose
+instances a 113039 note rejected but whose files are not all purged is *interrupted* and
+always finished first (unless held), whatever the rules say now.
 """
 
 from __future__ import annotations
@@ -365,6 +367,7 @@ def _purge_one(services: Services, entry: Assessment, actor: str) -> Purged:
         if session.purged_at is not None:  # another purge finished it meanwhile
             raise RetentionError(f"study {entry.study_uid} was purged already")
         doomed = _unpurged(db, entry.study_uid)
+        discarded = services.intake.discard_staged_clips(db, session.id)
         for row in doomed:
             try:
                 services.archive.delete(row)
@@ -382,7 +385,8 @@ def _purge_one(services: Services, entry: Assessment, actor: str) -> Purged:
                      audit.patient_ref(session.patient_id, session.issuer),
                      audit.study_ref(entry.study_uid), *(audit.instance_ref(u) for u in uids),
                      outcome=audit.SUCCESS, node=services.settings.node,
-                     detail={**detail, "kos": kos, "deleted": uids})
+                     detail={**detail, "kos": kos, "deleted": uids,
+                             "discarded_clips": discarded})
     return Purged(entry.study_uid, entry.rule, entry.due_date, kos,
                   rejection.rejected if rejection else (), len(uids))
 

@@ -16,10 +16,19 @@ from typing import Any
 import pytest
 from sqlalchemy import select, update
 
-from app.db.models import AuditEvent, CaptureSession, Instance, LegalHold
+from app.db.models import (
+    AuditEvent,
+    CaptureSession,
+    Delivery,
+    Instance,
+    LegalHold,
+    StagedClip,
+)
 from app.pipeline.dicom.kos import KOS_SOP_CLASS_UID, referenced_instances
 from app.settings import SettingsError
-from app.workflow import retention
+from app.workflow import intake, retention
+from app.workflow.delivery import REENCODE_QUEUE, DeliveryWorker
+from tests.clips import make_clip
 from tests.corrections.conftest import ebiw, snapshot
 from tests.corrections.test_peers import stored
 from tests.corrections.test_reject import imaging_study
@@ -238,3 +247,74 @@ def test_an_interrupted_purge_is_finished_by_the_rerun(
     assert not any(p.name[:-4] in originals
                    for p in d.services.settings.archive_root.rglob("*.dcm"))
     assert retention.report(d.services).due == []
+
+
+def test_a_purge_discards_the_clips_still_staged_for_a_reencode(
+        deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    """A WebM clip answered 202 and never re-encoded (waiting, or failed) keeps its bytes in
+    the data dir: the study's purge deletes them with the study, cancels the job, and a
+    worker afterwards stores nothing."""
+    d = deploy([], retention_rules_file=rules_file(tmp_path, TEN_YEARS))
+    session = d.open_session(body_site="14975008", laterality="L")
+    study = session["study_instance_uid"]
+    d.upload(session, NOCHART)
+    webm = make_clip(tmp_path / "clip.webm", frames=15).read_bytes()
+    response = d.client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
+                            data=webm, headers={**d.headers["capture"],
+                                                "Content-Type": "video/webm"})
+    assert response.status_code == 202, response.get_json()
+    clip = response.get_json()["sop_instance_uid"]
+    staged_dir = d.services.settings.data_dir / "staged-clips"
+    assert [p.read_bytes() for p in staged_dir.iterdir()] == [webm]
+    with d.services.db.session() as db:
+        db.execute(update(CaptureSession).values(
+            created_at=datetime.now(UTC) - timedelta(days=366 * 11)))
+
+    purged = ebiw(d, "retention", "purge")
+    assert purged.exit_code == 0, purged.output
+    assert [e["study_instance_uid"] for e in json.loads(purged.output)["purged"]] == [study]
+    assert list(staged_dir.iterdir()) == []
+    with d.services.db.session() as db:
+        assert db.scalars(select(StagedClip)).all() == []
+        assert [j.status for j in db.scalars(select(Delivery).where(
+            Delivery.destination == REENCODE_QUEUE))] == ["cancelled"]
+        [event] = db.scalars(select(AuditEvent).where(AuditEvent.action == "retention.purge"))
+        assert event.detail["discarded_clips"] == [clip]
+    DeliveryWorker(d.services.db, d.services.archive, d.registry,
+                   jobs=d.services.worker_jobs()).drain()
+    with d.services.db.session() as db:
+        assert db.get(Instance, clip) is None
+
+
+def test_a_clip_whose_study_is_purged_during_its_reencode_is_not_stored(
+        deploy: Callable[..., Deployment], tmp_path: Path,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The study is purged while the worker re-encodes its clip: the worker stores nothing,
+    no instance and no file."""
+    d = deploy([], retention_rules_file=rules_file(tmp_path, TEN_YEARS))
+    session = d.open_session(body_site="14975008", laterality="L")
+    study = session["study_instance_uid"]
+    d.upload(session, NOCHART)
+    webm = make_clip(tmp_path / "clip.webm", frames=15).read_bytes()
+    response = d.client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
+                            data=webm, headers={**d.headers["capture"],
+                                                "Content-Type": "video/webm"})
+    assert response.status_code == 202, response.get_json()
+    clip = response.get_json()["sop_instance_uid"]
+    with d.services.db.session() as db:
+        db.execute(update(CaptureSession).values(
+            created_at=datetime.now(UTC) - timedelta(days=366 * 11)))
+    real = intake.reencode_h264
+
+    def purged_meanwhile(source: Path, target: Path) -> None:
+        real(source, target)
+        retention.purge(d.services, actor="admin", studies=[study])
+
+    monkeypatch.setattr(intake, "reencode_h264", purged_meanwhile)
+    DeliveryWorker(d.services.db, d.services.archive, d.registry,
+                   jobs=d.services.worker_jobs()).drain()
+    with d.services.db.session() as db:
+        assert db.get(Instance, clip) is None
+        assert db.scalars(select(StagedClip)).all() == []
+    archive = d.services.settings.archive_root
+    assert not any(p.name.startswith(clip) for p in archive.rglob("*"))
