@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import io
 import subprocess
+import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,15 @@ from sqlalchemy import func, select
 
 from app.cli import cli
 from app.db.models import AuditEvent, Delivery, FhirResource, Instance, Patient
+from app.workflow.delivery import DeliveryWorker
+from tests.clips import make_clip
 from tests.conftest import PEERS
-from tests.delivery.conftest import Deployment, deploy, orthancs  # noqa: F401  (fixtures)
+from tests.delivery.conftest import (  # noqa: F401  (fixtures)
+    NOCHART,
+    Deployment,
+    deploy,
+    orthancs,
+)
 from tests.emr.conftest import proxy  # noqa: F401  (fixture)
 from tests.mllp_peer import Receiver, mllp_receiver
 
@@ -27,6 +36,33 @@ from tests.mllp_peer import Receiver, mllp_receiver
 def receiver() -> Iterator[Receiver]:
     with mllp_receiver() as state:
         yield state
+
+
+@dataclass(frozen=True)
+class WaitingClip:
+    """A study holding a photo and a VP8 WebM clip answered 202, waiting for its re-encode."""
+
+    study_uid: str
+    clip_uid: str  # the SOP Instance UID the clip will have
+
+
+def stage_clip(d: Deployment, tmp_path: Path) -> WaitingClip:
+    """Open a session (with the body site a clip needs), store a photo, and upload a short
+    VP8 WebM, which is staged (202) for the worker to re-encode."""
+    session = d.open_session(body_site="14975008", laterality="L")
+    d.upload(session, NOCHART)
+    webm = make_clip(tmp_path / "clip.webm", frames=15).read_bytes()
+    response = d.client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
+                            data=webm, headers={**d.headers["capture"],
+                                                "Content-Type": "video/webm"})
+    assert response.status_code == 202, response.get_json()
+    return WaitingClip(session["study_instance_uid"], response.get_json()["sop_instance_uid"])
+
+
+def job_worker(d: Deployment) -> DeliveryWorker:
+    """A worker that also does the deployment's jobs (clip re-encoding)."""
+    return DeliveryWorker(d.services.db, d.services.archive, d.registry,
+                          jobs=d.services.worker_jobs())
 
 
 def cli_env(d: Deployment) -> dict[str, str]:

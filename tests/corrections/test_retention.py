@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import uuid
 from collections.abc import Callable
+from dataclasses import astuple
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -27,9 +28,8 @@ from app.db.models import (
 from app.pipeline.dicom.kos import KOS_SOP_CLASS_UID, referenced_instances
 from app.settings import SettingsError
 from app.workflow import intake, retention
-from app.workflow.delivery import REENCODE_QUEUE, DeliveryWorker
-from tests.clips import make_clip
-from tests.corrections.conftest import ebiw, snapshot
+from app.workflow.delivery import REENCODE_QUEUE
+from tests.corrections.conftest import ebiw, job_worker, snapshot, stage_clip
 from tests.corrections.test_peers import stored
 from tests.corrections.test_reject import imaging_study
 from tests.delivery.conftest import NOCHART, SMALL, Deployment, Orthanc
@@ -255,17 +255,9 @@ def test_a_purge_discards_the_clips_still_staged_for_a_reencode(
     the data dir: the study's purge deletes them with the study, cancels the job, and a
     worker afterwards stores nothing."""
     d = deploy([], retention_rules_file=rules_file(tmp_path, TEN_YEARS))
-    session = d.open_session(body_site="14975008", laterality="L")
-    study = session["study_instance_uid"]
-    d.upload(session, NOCHART)
-    webm = make_clip(tmp_path / "clip.webm", frames=15).read_bytes()
-    response = d.client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
-                            data=webm, headers={**d.headers["capture"],
-                                                "Content-Type": "video/webm"})
-    assert response.status_code == 202, response.get_json()
-    clip = response.get_json()["sop_instance_uid"]
+    study, clip = astuple(stage_clip(d, tmp_path))
     staged_dir = d.services.settings.data_dir / "staged-clips"
-    assert [p.read_bytes() for p in staged_dir.iterdir()] == [webm]
+    assert len(list(staged_dir.iterdir())) == 1
     with d.services.db.session() as db:
         db.execute(update(CaptureSession).values(
             created_at=datetime.now(UTC) - timedelta(days=366 * 11)))
@@ -280,8 +272,7 @@ def test_a_purge_discards_the_clips_still_staged_for_a_reencode(
             Delivery.destination == REENCODE_QUEUE))] == ["cancelled"]
         [event] = db.scalars(select(AuditEvent).where(AuditEvent.action == "retention.purge"))
         assert event.detail["discarded_clips"] == [clip]
-    DeliveryWorker(d.services.db, d.services.archive, d.registry,
-                   jobs=d.services.worker_jobs()).drain()
+    job_worker(d).drain()
     with d.services.db.session() as db:
         assert db.get(Instance, clip) is None
 
@@ -292,15 +283,7 @@ def test_a_clip_whose_study_is_purged_during_its_reencode_is_not_stored(
     """The study is purged while the worker re-encodes its clip: the worker stores nothing,
     no instance and no file."""
     d = deploy([], retention_rules_file=rules_file(tmp_path, TEN_YEARS))
-    session = d.open_session(body_site="14975008", laterality="L")
-    study = session["study_instance_uid"]
-    d.upload(session, NOCHART)
-    webm = make_clip(tmp_path / "clip.webm", frames=15).read_bytes()
-    response = d.client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
-                            data=webm, headers={**d.headers["capture"],
-                                                "Content-Type": "video/webm"})
-    assert response.status_code == 202, response.get_json()
-    clip = response.get_json()["sop_instance_uid"]
+    study, clip = astuple(stage_clip(d, tmp_path))
     with d.services.db.session() as db:
         db.execute(update(CaptureSession).values(
             created_at=datetime.now(UTC) - timedelta(days=366 * 11)))
@@ -311,8 +294,7 @@ def test_a_clip_whose_study_is_purged_during_its_reencode_is_not_stored(
         retention.purge(d.services, actor="admin", studies=[study])
 
     monkeypatch.setattr(intake, "reencode_h264", purged_meanwhile)
-    DeliveryWorker(d.services.db, d.services.archive, d.registry,
-                   jobs=d.services.worker_jobs()).drain()
+    job_worker(d).drain()
     with d.services.db.session() as db:
         assert db.get(Instance, clip) is None
         assert db.scalars(select(StagedClip)).all() == []

@@ -6,8 +6,8 @@ byte, which the PACS (Orthanc) receives."""
 from __future__ import annotations
 
 import json
-import uuid
 from collections.abc import Callable
+from dataclasses import astuple
 from pathlib import Path
 
 import pytest
@@ -20,10 +20,17 @@ from app.pipeline.dicom.uids import derived_uuid, uid_from_uuid
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.workflow import intake
 from app.workflow.corrections import move_to_patient
-from app.workflow.delivery import REENCODE_QUEUE, DeliveryWorker, utcnow
+from app.workflow.delivery import REENCODE_QUEUE, utcnow
 from tests.clips import make_clip
 from tests.conftest import dicom_validate
-from tests.corrections.conftest import add_patient, archived, ebiw, validate_kos
+from tests.corrections.conftest import (
+    add_patient,
+    archived,
+    ebiw,
+    job_worker,
+    stage_clip,
+    validate_kos,
+)
 from tests.delivery.conftest import NOCHART, Deployment, Orthanc
 
 RIGHT = ("00234567", "HOSP-A")
@@ -135,22 +142,13 @@ def test_a_clip_still_waiting_for_its_reencode_follows_the_moved_study(
     once the worker re-encodes it, in the new patient's study and never in the wrong one."""
     d = deploy([])
     add_patient(d, *RIGHT, "RIGHT", "BOB")
-    session = d.open_session(body_site="14975008", laterality="L")
-    old_study = session["study_instance_uid"]
-    d.upload(session, NOCHART)
-    webm = make_clip(tmp_path / "clip.webm", frames=15).read_bytes()
-    response = d.client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
-                            data=webm, headers={**d.headers["capture"],
-                                                "Content-Type": "video/webm"})
-    assert response.status_code == 202, response.get_json()
-    clip = response.get_json()["sop_instance_uid"]
+    old_study, clip = astuple(stage_clip(d, tmp_path))
 
     result = ebiw(d, "correct", "patient", "--study", old_study, "--patient-id", RIGHT[0],
                   "--issuer", RIGHT[1], "--reason", "wrong wristband")
     assert result.exit_code == 0, result.output
     new_study = json.loads(result.output)["new_study_instance_uid"]
-    worker = DeliveryWorker(d.services.db, d.services.archive, d.registry,
-                            jobs=d.services.worker_jobs())
+    worker = job_worker(d)
     worker.drain()
 
     row, stored = archived(d, clip)
@@ -180,15 +178,7 @@ def test_a_clip_whose_study_moves_during_its_reencode_is_stored_with_the_move(
     instance, no file in the wrong patient's study) and the retry stores it in the new one."""
     d = deploy([])
     add_patient(d, *RIGHT, "RIGHT", "BOB")
-    session = d.open_session(body_site="14975008", laterality="L")
-    old_study = session["study_instance_uid"]
-    d.upload(session, NOCHART)
-    webm = make_clip(tmp_path / "clip.webm", frames=15).read_bytes()
-    response = d.client.put(f"/api/v1/sessions/{session['id']}/photos/{uuid.uuid4()}",
-                            data=webm, headers={**d.headers["capture"],
-                                                "Content-Type": "video/webm"})
-    assert response.status_code == 202, response.get_json()
-    clip = response.get_json()["sop_instance_uid"]
+    old_study, clip = astuple(stage_clip(d, tmp_path))
     real = intake.reencode_h264
     moved: list[str] = []
 
@@ -198,8 +188,7 @@ def test_a_clip_whose_study_moves_during_its_reencode_is_stored_with_the_move(
                                      actor="admin").new_study_uid)
 
     monkeypatch.setattr(intake, "reencode_h264", moved_meanwhile)
-    worker = DeliveryWorker(d.services.db, d.services.archive, d.registry,
-                            jobs=d.services.worker_jobs())
+    worker = job_worker(d)
     worker.run_once()
     [new_study] = moved
     with d.services.db.session() as db:

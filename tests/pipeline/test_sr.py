@@ -34,7 +34,7 @@ from app.pipeline.geometry import (
     Point,
     calibrate_photo,
 )
-from tests.conftest import PEERS
+from tests.conftest import PEERS, dicom_validate
 from tests.pipeline.test_dicom import build
 
 SQUARE: list[Point] = [(300, 400), (900, 420), (880, 1000), (320, 980)]
@@ -161,7 +161,5 @@ def test_each_group_carries_its_values_warnings_as_coded_qualitative_evaluations
         (LOCAL_SCHEME, "ebiw-capture measurement codes")]
     path = tmp_path / "sr.dcm"
     path.write_bytes(data)
-    proc = subprocess.run(["bash", str(PEERS / "dicom_validate.sh"), "--iod",
-                           "Comprehensive3DSR", str(path)], capture_output=True, text=True,
-                          check=False)
-    assert "TOTAL errors=0 " in proc.stdout, proc.stdout + proc.stderr
+    errors, _, report = dicom_validate(path, iod="Comprehensive3DSR", decode=False)
+    assert errors == 0, report

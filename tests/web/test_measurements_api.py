@@ -23,7 +23,7 @@ from app.db.models import AuditEvent, WoundMeasurement
 from app.pipeline.dicom.sr import LOCAL_SCHEME, MEASUREMENT_WARNING, WARNING_CODES
 from app.pipeline.geometry import FAR_FROM_CHART, WARNINGS, calibrate_photo
 from app.pipeline.outline import outline_photo
-from tests.conftest import CHARTS, PEERS, WOUNDS, log_in, services
+from tests.conftest import CHARTS, PEERS, WOUNDS, dicom_validate, log_in, services
 from tests.test_measure_instance import NO_CHART, PHOTO, read_sr, state, stored_photo
 
 LENGTH = [[200, 300], [1300, 1800]]
@@ -298,12 +298,10 @@ def test_warnings_are_kept_in_the_sr_and_the_index_and_listed_back(
     assert scheme.CodingSchemeDesignator == LOCAL_SCHEME == "99EBIW"
     path = tmp_path / "sr.dcm"
     path.write_bytes(data)
-    proc = subprocess.run(["bash", str(PEERS / "dicom_validate.sh"), "--iod",
-                           "Comprehensive3DSR", str(path)], capture_output=True, text=True,
-                          check=False)
-    assert "TOTAL errors=0 " in proc.stdout, proc.stdout + proc.stderr
+    errors, _, report = dicom_validate(path, iod="Comprehensive3DSR", decode=False)
+    assert errors == 0, report
     # Its only warnings: dciodvfy knows no private ("99") coding scheme designator.
-    assert {line.split(" - ")[-1] for line in proc.stdout.splitlines()
+    assert {line.split(" - ")[-1] for line in report.splitlines()
             if line.strip().startswith("Warning")} == {"Unrecognized defined term = <99EBIW>"}
 
     with services(app).db.session() as db:
