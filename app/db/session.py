@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sqlite3
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -20,6 +22,8 @@ CONNECT_TIMEOUT_SECONDS = 3
 """How long a new PostgreSQL connection may take before the request fails (libpq's own)."""
 POOL_TIMEOUT_SECONDS = 10
 """How long a request waits for a free pooled connection."""
+SQLITE_BUSY_SECONDS = 30
+"""How long an SQLite connection waits for another's write lock before "database is locked"."""
 
 
 class Database:
@@ -36,7 +40,7 @@ class Database:
         # (503, app.web.errors) instead of hanging, and the next one after a restart works.
         self.engine: Engine = create_engine(
             url, pool_pre_ping=not sqlite, pool_timeout=POOL_TIMEOUT_SECONDS,
-            connect_args={"timeout": 30} if sqlite
+            connect_args={"timeout": SQLITE_BUSY_SECONDS} if sqlite
             else {"connect_timeout": CONNECT_TIMEOUT_SECONDS})
         if sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
@@ -84,8 +88,24 @@ def affected_rows(result: Result[Any]) -> int:
 
 def _sqlite_pragmas(connection: DBAPIConnection, _record: ConnectionPoolEntry) -> None:
     cursor = connection.cursor()
-    cursor.execute("PRAGMA journal_mode=WAL")  # readers never block the one writer
+    cursor.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_SECONDS * 1000}")
+    _write_ahead_log(cursor)  # readers never block the one writer
     cursor.execute("PRAGMA synchronous=FULL")  # a committed upload survives power loss
     cursor.execute("PRAGMA foreign_keys=ON")
-    cursor.execute("PRAGMA busy_timeout=30000")
     cursor.close()
+
+
+def _write_ahead_log(cursor: Any) -> None:
+    """Put the database in WAL mode. Switching a new database needs its exclusive lock, and
+    SQLite answers "database is locked" at once, without waiting its busy timeout, while
+    another connection holds a lock on the file (another node creating the schema at the
+    same time): retried until `SQLITE_BUSY_SECONDS`."""
+    deadline = time.monotonic() + SQLITE_BUSY_SECONDS
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.02)
