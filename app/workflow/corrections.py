@@ -140,9 +140,7 @@ def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: 
             {u for u in (pair.sop_uid, pair.normalized_sop_uid) if u}
         rows = db.scalars(select(Instance).where(Instance.sop_uid.in_(uids), Instance.shown())
                           .order_by(Instance.stored_at, Instance.sop_uid)).all()
-        return reject_rows(services, db, session, [
-            *rows, *presentation_rows(db, rows, services.settings.uid_prefix)], reason,
-            actor=actor)
+        return reject_rows(services, db, session, rows, reason, actor=actor)
 
 
 def withdraw_report(services: Services, study_uid: str, sop_uid: str, *, actor: str,
@@ -168,8 +166,7 @@ def withdraw_report(services: Services, study_uid: str, sop_uid: str, *, actor: 
         if not admin and observers != {actor}:
             raise NotAllowed("only an admin or the user who saved a measurement report may "
                              "withdraw it")
-        rows = [row, *presentation_rows(db, [row], services.settings.uid_prefix)]
-        return reject_rows(services, db, _session(db, study_uid), rows,
+        return reject_rows(services, db, _session(db, study_uid), [row],
                            RejectionReason.QUALITY, actor=actor,
                            detail={"withdrawn_report": sop_uid})
 
@@ -328,17 +325,19 @@ def reject_rows(services: Services, db: Session, session: CaptureSession,
                 rows: Sequence[Instance], reason: RejectionReason, *, actor: str,
                 detail: dict[str, object] | None = None) -> Rejection:
     """In ``db``'s transaction: store the rejection note of ``rows`` (instances of
-    ``session``'s study), mark them, cancel their PACS deliveries not sent yet, queue the note
-    and the study's EMR notices, audit.
+    ``session``'s study) and of the presentation states drawing the measurement reports among
+    them (each instance once), mark them, cancel their PACS deliveries not sent yet, queue the
+    note and the study's EMR notices, audit.
 
     Raises :class:`CorrectionError` when another transaction rejected one of them meanwhile
     (the caller's transaction then rolls back).
     """
     if not rows:
         raise CorrectionError("nothing to reject")
+    prefix = services.settings.uid_prefix
+    rows = list({r.sop_uid: r for r in [*rows, *presentation_rows(db, rows, prefix)]}.values())
     headers = [_from_archive(services, r, partial(read_part10, stop_before_pixels=True))
                for r in rows]
-    prefix = services.settings.uid_prefix
     kos_uid = uid_from_uuid(uuid.uuid4(), prefix)
     series_uid = uid_from_uuid(uuid.uuid4(), prefix)
     now = datetime.now(timezone(timedelta(minutes=session.utc_offset_minutes)))
