@@ -68,6 +68,21 @@ def audit(page: Any, axe: Path) -> dict[str, Any]:
             "width": page.evaluate("document.documentElement.scrollWidth")}
 
 
+def open_viewer(browser: Any, url: str, token: str, problems: list[str],
+                device: dict[str, Any]) -> Any:
+    """A page of ``browser`` (as ``device``, CSP bypassed for axe) signed in with ``token``
+    that has opened the viewer at ``url`` and is ready; console errors and page errors are
+    appended to ``problems``."""
+    context = browser.new_context(**device, bypass_csp=True)
+    context.add_init_script(f"sessionStorage.setItem('ebiw.token', {token!r})")
+    page = context.new_page()
+    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: problems.append(str(e)))
+    page.goto(url)
+    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+    return page
+
+
 def test_measure_save_reload_and_outline_on_a_phone(
         app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
         chromium: Browser, axe_script: Path) -> None:
@@ -80,14 +95,8 @@ def test_measure_save_reload_and_outline_on_a_phone(
     problems: list[str] = []
 
     def scenario(browser: Any) -> dict[str, Any]:
-        context = browser.new_context(**PHONE, bypass_csp=True)
-        context.add_init_script(f"sessionStorage.setItem('ebiw.token', {token!r})")
-        page = context.new_page()
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        url = f"{live_server}/studies/{study.study_uid}"
-        page.goto(url)
-        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", token,
+                           problems, PHONE)
         out: dict[str, Any] = {}
         page.tap("[data-tool=length]")
         drag(page, *LENGTH)
@@ -133,7 +142,7 @@ def test_measure_save_reload_and_outline_on_a_phone(
         out["outline_status"] = page.text_content("#measure-status")
         out["outline_audit"] = audit(page, axe_script)
         page.screenshot(path=str(ARTIFACTS / "viewer-measure-outline-390x844.png"))
-        context.close()
+        page.context.close()
         return out
 
     seen = chromium.run(scenario)
@@ -188,11 +197,8 @@ def test_shapes_are_edited_by_their_handles_and_deleted_on_a_desktop(
     problems: list[str] = []
 
     def scenario(browser: Any) -> dict[str, Any]:
-        page = browser.new_page(viewport={"width": 1280, "height": 800})
-        page.add_init_script(f"sessionStorage.setItem('ebiw.token', {token!r})")
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.goto(f"{live_server}/studies/{study.study_uid}")
-        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", token,
+                           problems, {"viewport": {"width": 1280, "height": 800}})
         page.click("[data-tool=length]")
         drag(page, *LENGTH)
         page.click("[data-tool=pan]")
@@ -240,13 +246,8 @@ def test_a_saved_measurement_s_warning_is_still_shown_after_a_reload_on_a_phone(
     problems: list[str] = []
 
     def scenario(browser: Any) -> dict[str, Any]:
-        context = browser.new_context(**PHONE, bypass_csp=True)
-        context.add_init_script(f"sessionStorage.setItem('ebiw.token', {token!r})")
-        page = context.new_page()
-        page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: problems.append(str(e)))
-        page.goto(f"{live_server}/studies/{study.study_uid}")
-        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", token,
+                           problems, PHONE)
         page.tap("[data-tool=length]")
         drag(page, *FAR_LENGTH)
         page.tap("#save")
@@ -267,7 +268,7 @@ def test_a_saved_measurement_s_warning_is_still_shown_after_a_reload_on_a_phone(
         out["audit"] = audit(page, axe_script)
         page.screenshot(path=str(ARTIFACTS / "viewer-measure-warning-reloaded-390x844.png"),
                         full_page=True)
-        context.close()
+        page.context.close()
         return out
 
     seen = chromium.run(scenario)
