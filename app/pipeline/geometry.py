@@ -68,6 +68,10 @@ WARNINGS = {
 }
 
 
+MAX_PIXELS = 65535
+"""The most pixels an image has each way (DICOM's Rows and Columns are 16-bit)."""
+
+
 class GeometryError(ValueError):
     """The input cannot be measured: no usable chart, a point outside the image or beyond the
     plane's horizon, or a degenerate polygon. The message says which."""
@@ -272,11 +276,15 @@ def calibrate(chart: Chart, image_size: tuple[int, int]) -> Calibration:
 def check_polygon(polygon: Sequence[Point]) -> None:
     """Raise `GeometryError` unless ``polygon`` is a simple polygon: at least 3 vertices, no
     vertex repeated, non-zero area, and no two edges crossing. It is closed implicitly (do not
-    repeat the first vertex). A homography keeps all of this, so checking pixels suffices."""
+    repeat the first vertex). A homography keeps all of this, so checking pixels suffices.
+    A vertex no image can hold (a coordinate beyond ±`MAX_PIXELS`, or not a number) is
+    refused first, so the tests below never overflow."""
     pts = np.asarray(polygon, dtype=np.float64).reshape(-1, 2)
     n = len(pts)
     if n < 3:
         raise GeometryError(f"a polygon needs at least 3 vertices, got {n}")
+    if not np.all(np.abs(pts) <= MAX_PIXELS):
+        raise GeometryError(f"a vertex lies beyond any image (coordinates within ±{MAX_PIXELS})")
     if len({(float(x), float(y)) for x, y in pts}) < n:
         raise GeometryError("the polygon repeats a vertex")
     for i in range(n):

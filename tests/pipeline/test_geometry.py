@@ -138,8 +138,11 @@ def test_points_outside_the_image_are_refused() -> None:
         ([(0, 0), (10, 10), (20, 20)], "no area"),
         ([(0, 0), (10, 0), (10, 0), (0, 10)], "repeats a vertex"),
         ([(0, 0), (10, 10), (10, 0), (0, 10)], "edges 1 and 3 cross"),  # a bow tie
+        ([(0, 0), (1e200, 0), (0, 1e200)], "beyond any image"),  # overflowed the cross test
+        ([(0, 0), (float("nan"), 0), (0, 10)], "beyond any image"),
     ],
 )
+@pytest.mark.filterwarnings("error")
 def test_degenerate_polygons_are_refused(polygon: list[tuple[float, float]], message: str) -> None:
     with pytest.raises(GeometryError, match=message):
         check_polygon(polygon)
