@@ -172,6 +172,8 @@ CATALOGUE: dict[str, EventCode] = {
     "delivery.dead": _TRANSFERRED,
     "notice.sent": _EXPORT,
     "notice.dead": _EXPORT,
+    "reencode.stored": _INSTANCES_CREATED,  # a staged clip re-encoded and stored by the worker
+    "reencode.dead": _INSTANCES_CREATED,  # ... or given up (it cannot be re-encoded)
     "export.deid": _EXPORT,
     "token.create": _SECURITY_ATTRIBUTES,
     "token.revoke": _SECURITY_ATTRIBUTES,

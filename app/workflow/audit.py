@@ -150,18 +150,28 @@ def append(database: Database, actor: str, action: str, *entities: str, outcome:
         return record(db, actor, action, *entities, outcome=outcome, **context).seq
 
 
+_DELIVERY_ACTIONS = {
+    DeliveryKind.PACS: ("delivery.sent", "delivery.dead"),
+    DeliveryKind.EMR: ("notice.sent", "notice.dead"),
+    DeliveryKind.VIDEO: ("reencode.stored", "reencode.dead"),
+}
+"""The audit actions of a delivery row's outcome (sent, dead) by its kind."""
+
+
 def record_delivery(db: Session, *, destination: str, kind: str, study_uid: str,
                     sop_uids: Sequence[str], sent: bool, reason: str | None = None,
                     node: str | None = None) -> AuditEvent:
     """For the delivery worker, in the transaction that records the outcome: one event per
     delivered (or given-up) batch — ``delivery.sent``/``delivery.dead`` for a PACS
-    (``kind="pacs"``), ``notice.sent``/``notice.dead`` for an EMR notice. ``reason`` must hold
-    no PHI (the outbox's ``last_error`` does not)."""
+    (``kind="pacs"``), ``notice.sent``/``notice.dead`` for an EMR notice,
+    ``reencode.stored``/``reencode.dead`` for the worker's own job of re-encoding a staged
+    clip into a stored instance. ``reason`` must hold no PHI (the outbox's ``last_error``
+    does not)."""
     session = db.scalar(select(CaptureSession).where(CaptureSession.study_uid == study_uid))
     entities = [patient_ref(session.patient_id, session.issuer)] if session else []
     entities += [study_ref(study_uid), *(instance_ref(uid) for uid in sop_uids if uid)]
-    family = "delivery" if kind == DeliveryKind.PACS else "notice"
-    return record(db, DELIVERY_ACTOR, f"{family}.{'sent' if sent else 'dead'}", *entities,
+    done, dead = _DELIVERY_ACTIONS[DeliveryKind(kind)]
+    return record(db, DELIVERY_ACTOR, done if sent else dead, *entities,
                   outcome=SUCCESS if sent else ERROR, node=node,
                   detail={"destination": destination, **({"reason": reason} if reason else {})})
 

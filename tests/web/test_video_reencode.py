@@ -20,10 +20,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import func, select, update
 
-from app.db.models import CaptureSession, Delivery, StagedClip, as_utc
+from app.db.models import AuditEvent, CaptureSession, Delivery, StagedClip, as_utc
 from app.durable import STALE_AFTER_S
 from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
 from app.pipeline.video import H264_HIGH_41, probe
+from app.workflow import audit
 from app.workflow.delivery import REENCODE_QUEUE, DeliveryWorker, utcnow
 from app.workflow.intake import CLIP_NEEDS_SITE, VIDEO_SERIES_NUMBER
 from tests.clips import make_clip
@@ -99,6 +100,12 @@ def test_a_vp8_clip_is_202_then_reencoded_by_the_worker_and_stored(
     assert _reencode_jobs(app) == [("sent", 1)]
     assert _staged_files(app) == []
     assert counts(app) == (1, 1, 1)
+    with services(app).db.session() as db:  # the job audited as a stored instance, no notice
+        jobs = [(e.action, e.outcome, e.entities) for e in db.scalars(select(AuditEvent).where(
+            AuditEvent.actor == audit.DELIVERY_ACTOR)) if e.detail["destination"] == REENCODE_QUEUE]
+    assert [(action, outcome) for action, outcome, _ in jobs] == [
+        ("reencode.stored", audit.SUCCESS)]
+    assert f"instance:{body['sop_instance_uid']}" in jobs[0][2]
     [stored] = _listed(client, capture, session)
     assert stored["status"] == "stored" and stored["upload_uuid"] == upload
     assert (stored["sop_instance_uid"], stored["instance_number"], stored["sha256"]) == (
