@@ -520,23 +520,62 @@ export class Stage {
       }
       const radius = shape.saved ? 3 : shape.points.length > 12 ? 4 : 6; // an outline has many
       for (const p of shape.points) group.append(svg("circle", { cx: p.x, cy: p.y, r: radius * unit }));
-      if (shape.label) {
-        const n = shape.points.length;
-        const anchor = shape.points.reduce((s, p) => ({ x: s.x + p.x / n, y: s.y + p.y / n }), { x: 0, y: 0 });
-        const line = shape.kind !== "area";
-        const below = shape.kind === "width"; // a width crosses its length's label otherwise
-        const label = svg("text", {
-          x: anchor.x,
-          y: anchor.y + (line ? (below ? 12 : -12) * unit : 0),
-          "font-size": 15 * unit,
-          "stroke-width": 3 * unit,
-          "text-anchor": "middle",
-          "dominant-baseline": line ? (below ? "hanging" : "auto") : "middle",
-        });
-        label.textContent = shape.label;
-        group.append(label);
-      }
       overlay.append(group);
+      if (shape.label) this.drawLabel(group, shape, unit);
     }
+  }
+
+  /**
+   * The part of the image shown, in image pixels: inside the stage, which clips the frame
+   * (at the toolbar above it, and around).
+   */
+  visibleArea() {
+    return {
+      left: Math.max(0, -this.tx / this.scale),
+      top: Math.max(0, -this.ty / this.scale),
+      right: Math.min(this.image.columns, (this.root.clientWidth - this.tx) / this.scale),
+      bottom: Math.min(this.image.rows, (this.root.clientHeight - this.ty) / this.scale),
+    };
+  }
+
+  /**
+   * Append `shape`'s label to `group` (in the overlay), 15 screen pixels high: a width's
+   * below its middle (not across its length's label), an area's centred on it, any other
+   * shape's above its middle or point. When its shape's middle is in `visibleArea()`, the
+   * label is guaranteed to lie wholly inside that area (as far as it fits), below the
+   * stage's label and calibration chips: put on the other side of its point when it sticks
+   * out above or below, then moved inside.
+   */
+  drawLabel(group, shape, unit) {
+    const n = shape.points.length;
+    const anchor = shape.points.reduce((s, p) => ({ x: s.x + p.x / n, y: s.y + p.y / n }), { x: 0, y: 0 });
+    const label = svg("text", { x: anchor.x, "font-size": 15 * unit, "stroke-width": 3 * unit, "text-anchor": "middle" });
+    label.textContent = shape.label;
+    group.append(label);
+    const place = (side) => {
+      label.setAttribute("y", anchor.y + { above: -12, below: 12, middle: 0 }[side] * unit);
+      label.setAttribute("dominant-baseline", { above: "auto", below: "hanging", middle: "middle" }[side]);
+      return label.getBBox();
+    };
+    const side = shape.kind === "area" ? "middle" : shape.kind === "width" ? "below" : "above";
+    let box = place(side);
+    const seen = this.visibleArea();
+    if (anchor.x < seen.left || anchor.x > seen.right || anchor.y < seen.top || anchor.y > seen.bottom) return;
+    // the chips share one row along the stage's top (same offset, font and padding)
+    const chips = this.label.offsetParent ? this.label.offsetTop + this.label.offsetHeight : 0;
+    const margin = 2 * unit; // the text's outline, drawn outside its box
+    const area = {
+      left: seen.left + margin,
+      top: Math.max(seen.top, (chips - this.ty) / this.scale) + margin,
+      right: seen.right - margin,
+      bottom: seen.bottom - margin,
+    };
+    if (side !== "middle" && (box.y < area.top || box.y + box.height > area.bottom)) {
+      box = place(side === "above" ? "below" : "above");
+    }
+    // moved inside; one too large for the area starts at its left or top
+    const into = (start, size, low, high) => Math.max(low - start, Math.min(0, high - start - size));
+    label.setAttribute("x", anchor.x + into(box.x, box.width, area.left, area.right));
+    label.setAttribute("y", Number(label.getAttribute("y")) + into(box.y, box.height, area.top, area.bottom));
   }
 }

@@ -1,7 +1,8 @@
 """Measuring in the viewer at phone size (390×844, touch): a length, a width snapped across
 it and a traced polygon, saved (the values then shown are the server's, with their
 uncertainty), drawn back after a reload from the stored SR's index; the assisted outline from
-one tap; axe-core clean and every control at least 44 px. Screenshots in tests/.artifacts/."""
+one tap; labels at the photo's top edge readable (not under the toolbar); axe-core clean and
+every control at least 44 px. Screenshots in tests/.artifacts/."""
 
 from __future__ import annotations
 
@@ -286,3 +287,69 @@ def test_a_saved_measurement_s_warning_is_still_shown_after_a_reload_on_a_phone(
     with services(app).db.session() as db:
         (row,) = db.scalars(select(WoundMeasurement)).all()
     assert row.warnings == [FAR_FROM_CHART]
+
+
+TOP_NOTE = (1200, 5)  # a note's point on the photo's top edge, right of FAR_LENGTH's label
+LABEL_BOXES = """() => {
+  const box = (el) => {
+    const r = el.getBoundingClientRect();
+    return {left: r.left, top: r.top, right: r.right, bottom: r.bottom};
+  };
+  const image = box(document.querySelector("#stage-main .image"));
+  const stage = box(document.querySelector("#stage-main"));
+  return {
+    toolbar: box(document.querySelector(".viewer .toolbar")),
+    chip: box(document.querySelector("#stage-main .stage-label")),
+    visible: {left: Math.max(image.left, stage.left), top: Math.max(image.top, stage.top),
+              right: Math.min(image.right, stage.right),
+              bottom: Math.min(image.bottom, stage.bottom)},
+    labels: [...document.querySelectorAll("#stage-main .overlay text")]
+      .map((t) => ({text: t.textContent, ...box(t)})),
+  };
+}"""
+
+
+def test_labels_at_the_photo_s_top_edge_stay_readable_on_a_phone(
+        client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
+        chromium: Browser, axe_script: Path) -> None:
+    """A length drawn along the photo's top edge has its label below the line, and a note
+    on that edge has its label moved down: both wholly inside the visible part of the image
+    and the viewport, none under the toolbar or the stage's date chip; axe-clean, every
+    control at least 44 px."""
+    study = upload_study(client, auth["capture"], [photo(CHART_PHOTO)])
+    token = auth["view"]["Authorization"].removeprefix("Bearer ")
+    problems: list[str] = []
+
+    def scenario(browser: Any) -> dict[str, Any]:
+        page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", token,
+                           problems, PHONE)
+        page.fill("#note-text", "slough")
+        page.evaluate("window.scrollTo(0, 0)")  # back from the note's text field
+        page.tap("[data-tool=length]")
+        drag(page, *FAR_LENGTH)
+        page.tap("[data-tool=note]")
+        # a click: a tap this close to the toolbar is taken by Chromium's touch adjustment
+        # for the Clear button above it
+        page.mouse.click(*screen(page, TOP_NOTE, SIZE))
+        out: dict[str, Any] = {"boxes": page.evaluate(LABEL_BOXES),
+                               "line_y": screen(page, FAR_LENGTH[0], SIZE)[1]}
+        page.screenshot(path=str(ARTIFACTS / "viewer-measure-top-labels-390x844.png"))
+        out["audit"] = audit(page, axe_script)
+        page.context.close()
+        return out
+
+    seen = chromium.run(scenario)
+    assert problems == []
+    boxes = seen["boxes"]
+    toolbar, visible, chip = boxes["toolbar"], boxes["visible"], boxes["chip"]
+    assert [label["text"].split(" ")[0] for label in boxes["labels"]] == ["L1", "slough"]
+    for label in boxes["labels"]:
+        assert label["top"] >= toolbar["bottom"], label  # not under the toolbar
+        assert visible["left"] <= label["left"] < label["right"] <= visible["right"], label
+        assert visible["top"] <= label["top"] < label["bottom"] <= visible["bottom"], label
+        assert 0 <= label["left"] < label["right"] <= PHONE["viewport"]["width"], label
+        assert 0 <= label["top"] < label["bottom"] <= PHONE["viewport"]["height"], label
+        assert label["top"] >= chip["bottom"] or label["left"] >= chip["right"], label
+    assert boxes["labels"][0]["top"] > seen["line_y"]  # put below its line
+    assert seen["audit"]["axe"] == [] and seen["audit"]["small"] == []
+    assert seen["audit"]["width"] <= PHONE["viewport"]["width"]
