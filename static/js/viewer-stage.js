@@ -235,9 +235,18 @@ export class Stage {
     this.draw();
   }
 
+  /** Remove every shape drawn and not saved; returns them, for `restore`. */
   clear() {
+    const removed = this.measurements;
     this.measurements = [];
     this.draft = null;
+    this.changed();
+    return removed;
+  }
+
+  /** Put back shapes that `clear` removed, after those drawn since. */
+  restore(shapes) {
+    this.measurements = [...shapes, ...this.measurements];
     this.changed();
   }
 

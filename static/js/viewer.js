@@ -20,6 +20,10 @@ const TIMELINE_FIELDS = ["AnatomicRegionSequence", "ImageLaterality", "ImageType
   "PixelSpacing", "DerivationDescription", "SeriesDescription"];
 
 const state = { study: null, view: null, variant: "original", tool: "pan", compare: null, stored: [] };
+/** What the last Clear removed, [[stage, shapes]], while "Undo clear" can put it back: until
+ * anything is drawn again or another view is chosen. A stray tap near the toolbar must not
+ * lose a clinician's unsaved tracing. */
+let cleared = null;
 
 function markOnce(name) {
   let done = false;
@@ -196,6 +200,7 @@ function showFrameNumber(index, frames) {
 async function selectClip(view) {
   showPlayer(true);
   main.clear(); // drawings are of the photo left, and are not kept across views
+  forgetCleared();
   main.setStored([]);
   const note = $("calibration");
   note.textContent = "A clip is not measured: choose a photo to measure.";
@@ -302,6 +307,34 @@ function renderMeasurements() {
     note.textContent = `L×W ellipse (π/4·L·W): ${formatMeasurement("area", estimate.ellipse, estimate.calibrated)}${traced}`;
   }
   $("save").disabled = !main.unsaved().length;
+  if (stages.some(([stage]) => stage.measurements.length)) forgetCleared();
+}
+
+function clearOrUndo() {
+  if (cleared) {
+    const removed = cleared;
+    forgetCleared();
+    for (const [stage, shapes] of removed) stage.restore(shapes);
+    measureStatus("Drawings put back.");
+    return;
+  }
+  const removed = stages().map((stage) => [stage, stage.clear()]).filter(([, shapes]) => shapes.length);
+  if (!removed.length) return;
+  cleared = removed;
+  const count = removed.reduce((sum, [, shapes]) => sum + shapes.length, 0);
+  const button = $("clear");
+  button.textContent = "Undo clear";
+  button.title = "Put back the drawings just removed";
+  measureStatus(`Removed ${count} unsaved drawing${count === 1 ? "" : "s"}. Tap “Undo clear” to put ${count === 1 ? "it" : "them"} back.`);
+}
+
+function forgetCleared() {
+  if (!cleared) return;
+  cleared = null;
+  const button = $("clear");
+  button.textContent = "Clear";
+  button.title = "Remove all measurements";
+  measureStatus("");
 }
 
 function measureStatus(text, warning = false) {
@@ -476,7 +509,7 @@ function wireToolbar() {
   for (const button of document.querySelectorAll("[data-zoom]")) {
     button.addEventListener("click", () => stages().forEach(zoom[button.dataset.zoom]));
   }
-  $("clear").addEventListener("click", () => stages().forEach((s) => s.clear()));
+  $("clear").addEventListener("click", clearOrUndo);
   $("save").addEventListener("click", saveMeasurements);
   $("close-compare").addEventListener("click", closeCompare);
   for (const button of document.querySelectorAll("[data-step]")) {

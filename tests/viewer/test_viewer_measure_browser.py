@@ -232,6 +232,62 @@ def test_shapes_are_edited_by_their_handles_and_deleted_on_a_desktop(
     assert np.allclose(row.points, [LENGTH[0], moved], atol=8)
 
 
+def test_clear_can_be_undone_until_something_is_drawn_again_on_a_phone(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
+        chromium: Browser, axe_script: Path) -> None:
+    """Clear removes the unsaved drawings and turns into "Undo clear", which puts them back
+    (a stray tap next to the photo must not lose a tracing); once something is drawn again
+    the removed ones are gone for good and Clear clears only the new one. Nothing is saved."""
+    study = upload_study(client, auth["capture"], [photo(CHART_PHOTO)])
+    token = auth["view"]["Authorization"].removeprefix("Bearer ")
+    problems: list[str] = []
+
+    def state(page: Any) -> dict[str, Any]:
+        return {"kinds": [m["kind"] for m in listed(page)],
+                "button": page.text_content("#clear"),
+                "status": page.eval_on_selector(
+                    "#measure-status", "s => s.hidden ? null : s.textContent")}
+
+    def scenario(browser: Any) -> dict[str, Any]:
+        page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", token,
+                           problems, PHONE)
+        page.tap("[data-tool=length]")
+        drag(page, *LENGTH)
+        page.tap("[data-tool=width]")
+        drag(page, WIDTH_FROM, WIDTH_TOWARDS)
+        out: dict[str, Any] = {"drawn": state(page)}
+        page.tap("#clear")
+        out["cleared"] = state(page)
+        out["audit"] = audit(page, axe_script)
+        page.screenshot(path=str(ARTIFACTS / "viewer-measure-undo-clear-390x844.png"))
+        page.tap("#clear")
+        out["undone"] = state(page)
+        page.tap("#clear")
+        page.tap("[data-tool=length]")
+        drag(page, *LENGTH)
+        out["drawn_again"] = state(page)
+        page.tap("#clear")
+        out["cleared_again"] = state(page)
+        page.context.close()
+        return out
+
+    seen = chromium.run(scenario)
+    assert problems == []
+    assert seen["drawn"] == {"kinds": ["length", "width"], "button": "Clear", "status": None}
+    assert seen["cleared"] == {"kinds": [], "button": "Undo clear", "status":
+                               "Removed 2 unsaved drawings. Tap “Undo clear” to put them back."}
+    assert seen["audit"]["axe"] == [] and seen["audit"]["small"] == []
+    assert seen["audit"]["width"] <= PHONE["viewport"]["width"]
+    assert seen["undone"] == {"kinds": ["length", "width"], "button": "Clear",
+                              "status": "Drawings put back."}
+    assert seen["drawn_again"] == {"kinds": ["length"], "button": "Clear", "status": None}
+    assert seen["cleared_again"]["kinds"] == []
+    assert seen["cleared_again"]["status"] == (
+        "Removed 1 unsaved drawing. Tap “Undo clear” to put it back.")
+    with services(app).db.session() as db:
+        assert db.scalars(select(WoundMeasurement)).all() == []
+
+
 WARNED_PHOTO = "jtvd_mini_01.jpg"  # a Mini chart in the middle of a 1530 x 2040 photo
 FAR_LENGTH = [(80, 70), (680, 70)]  # along the top: more than 2 chart diagonals away
 
