@@ -67,6 +67,11 @@ export function formatMeasurement(kind, value, calibrated) {
   return value >= 100 ? `${Math.round(value)} mm² (${(value / 100).toFixed(1)} cm²)` : `${value.toFixed(1)} mm²`;
 }
 
+/** The shapes with their points multiplied by `ratio` (onto another rendering's pixel grid). */
+function scaled(shapes, ratio) {
+  return shapes.map((m) => ({ ...m, points: m.points.map((p) => ({ x: p.x * ratio, y: p.y * ratio })) }));
+}
+
 function svg(name, attributes = {}) {
   const node = document.createElementNS(SVG_NS, name);
   for (const [key, value] of Object.entries(attributes)) node.setAttribute(key, value);
@@ -136,9 +141,7 @@ export class Stage {
     const ratio = keepMeasurements ? gridRatio(this.image, image) : null;
     this.image = image;
     this.spacing = spacing;
-    this.measurements = ratio === null ? [] : this.measurements.map((m) => ({
-      ...m, points: m.points.map((p) => ({ x: p.x * ratio, y: p.y * ratio })),
-    }));
+    this.measurements = ratio === null ? [] : scaled(this.measurements, ratio);
     this.stored = [];
     this.draft = null;
     this.frame.style.width = `${image.columns}px`;
@@ -244,9 +247,14 @@ export class Stage {
     return removed;
   }
 
-  /** Put back shapes that `clear` removed, after those drawn since. */
-  restore(shapes) {
-    this.measurements = [...shapes, ...this.measurements];
+  /**
+   * Put back shapes that `clear` removed (or that were drawn on `from`, an earlier rendering of
+   * the image now shown, moved onto its pixel grid), before those drawn since.
+   */
+  restore(shapes, from = this.image) {
+    const ratio = gridRatio(from, this.image);
+    if (ratio === null) return;
+    this.measurements = [...scaled(shapes, ratio), ...this.measurements];
     this.changed();
   }
 

@@ -10,7 +10,7 @@ import { AuthError, DicomWeb, JsonApi, query } from "./viewer-api.js";
 import { ClipPlayer } from "./viewer-clip.js";
 import { gridRatio, lateralityLabel, studyOf, timelineOf } from "./viewer-dicom.js";
 import { ellipseEstimate, saveRequest, storedOn } from "./viewer-measure.js";
-import { formatMeasurement, Stage } from "./viewer-stage.js";
+import { formatMeasurement, MEASURED, Stage } from "./viewer-stage.js";
 
 const body = document.body;
 const api = new DicomWeb(body.dataset.dicomweb);
@@ -24,6 +24,9 @@ const state = { study: null, view: null, variant: "original", tool: "pan", compa
  * anything is drawn again or another view is chosen. A stray tap near the toolbar must not
  * lose a clinician's unsaved tracing. */
 let cleared = null;
+/** The unsaved drawings of the photos not shown, by view ({image, shapes}): back when the photo
+ * is chosen again, and the page asks before it is left with any (see `unsavedDrawings`). */
+const drafts = new Map();
 
 function markOnce(name) {
   let done = false;
@@ -165,6 +168,7 @@ function calibrationText(found) {
 }
 
 async function showIn(stage, view, keep) {
+  forgetCleared(); // what Clear removed was drawn on the image about to be replaced
   const image = shown(view);
   const found = calibration(view, image);
   stage.root.classList.toggle("uncalibrated", !found.spacing);
@@ -199,8 +203,8 @@ function showFrameNumber(index, frames) {
 
 async function selectClip(view) {
   showPlayer(true);
-  main.clear(); // drawings are of the photo left, and are not kept across views
   forgetCleared();
+  main.clear(); // the photo's drawings were kept by selectView
   main.setStored([]);
   const note = $("calibration");
   note.textContent = "A clip is not measured: choose a photo to measure.";
@@ -215,6 +219,9 @@ async function selectClip(view) {
 
 async function selectView(view) {
   const keep = state.view === view;
+  if (!keep && state.view && main.measurements.length) {
+    drafts.set(state.view, { image: main.image, shapes: main.measurements });
+  }
   state.view = view;
   if (view.original.video && state.compare) closeCompare(); // photos are compared, not clips
   markCurrent();
@@ -234,6 +241,12 @@ async function selectView(view) {
     await showIn(main, view, keep);
   } catch (error) {
     fail(error);
+    return;
+  }
+  const kept = keep ? null : drafts.get(view);
+  if (kept) {
+    drafts.delete(view);
+    main.restore(kept.shapes, kept.image);
   }
 }
 
@@ -326,6 +339,12 @@ function clearOrUndo() {
   button.textContent = "Undo clear";
   button.title = "Put back the drawings just removed";
   measureStatus(`Removed ${count} unsaved drawing${count === 1 ? "" : "s"}. Tap “Undo clear” to put ${count === 1 ? "it" : "them"} back.`);
+}
+
+/** How many measured shapes (lengths, widths, areas) are drawn and not saved, on any photo. */
+function unsavedDrawings() {
+  const measured = (shapes) => shapes.filter((m) => MEASURED.has(m.kind)).length;
+  return main.unsaved().length + [...drafts.values()].reduce((sum, kept) => sum + measured(kept.shapes), 0);
 }
 
 function forgetCleared() {
@@ -473,6 +492,7 @@ function closeCompare() {
     compare = null;
   }
   $("close-compare").hidden = true;
+  forgetCleared();
   for (const button of document.querySelectorAll(".timeline-item")) button.setAttribute("aria-pressed", "false");
   main.setLabel(stageLabel());
   requestAnimationFrame(() => main.fit());
@@ -510,6 +530,9 @@ function wireToolbar() {
     button.addEventListener("click", () => stages().forEach(zoom[button.dataset.zoom]));
   }
   $("clear").addEventListener("click", clearOrUndo);
+  window.addEventListener("beforeunload", (event) => {
+    if (unsavedDrawings()) event.preventDefault();
+  });
   $("save").addEventListener("click", saveMeasurements);
   $("close-compare").addEventListener("click", closeCompare);
   for (const button of document.querySelectorAll("[data-step]")) {

@@ -409,3 +409,52 @@ def test_labels_at_the_photo_s_top_edge_stay_readable_on_a_phone(
     assert boxes["labels"][0]["top"] > seen["line_y"]  # put below its line
     assert seen["audit"]["axe"] == [] and seen["audit"]["small"] == []
     assert seen["audit"]["width"] <= PHONE["viewport"]["width"]
+
+
+def test_unsaved_drawings_follow_their_photo_and_leaving_asks_first_on_a_phone(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
+        chromium: Browser) -> None:
+    """A length drawn and not saved is kept when another photo is chosen and is back, at the
+    same place, when its photo is chosen again; leaving the page with it unsaved asks first
+    (beforeunload), leaving with only an arrow (never saved) does not."""
+    study = upload_study(client, auth["capture"], [photo(CHART_PHOTO), photo(WARNED_PHOTO)])
+    token = auth["view"]["Authorization"].removeprefix("Bearer ")
+    url = f"{live_server}/studies/{study.study_uid}"
+    problems: list[str] = []
+
+    def leave(page: Any) -> list[str]:
+        """The dialogs shown while ``page`` is closed as a user leaving it would."""
+        asked: list[str] = []
+        page.on("dialog", lambda d: (asked.append(d.type), d.accept()))
+        page.close(run_before_unload=True)
+        page.wait_for_event("close")
+        return asked
+
+    def scenario(browser: Any) -> dict[str, Any]:
+        page = open_viewer(browser, url, token, problems, PHONE)
+        page.tap("[data-tool=length]")
+        drag(page, *LENGTH)
+        out: dict[str, Any] = {"drawn": listed(page)}
+        page.tap(f".thumb[data-sop='{study.originals[1]}']")
+        wait_until(page, "document.querySelectorAll('#measurements li').length === 0")
+        out["other"] = listed(page)
+        page.tap(f".thumb[data-sop='{study.originals[0]}']")
+        wait_until(page, "document.querySelectorAll('#measurements li').length === 1")
+        out["back"] = listed(page)
+        page.tap(f".thumb[data-sop='{study.originals[1]}']")
+        out["asked"] = leave(page)
+        page = open_viewer(browser, url, token, problems, PHONE)
+        page.tap("[data-tool=arrow]")
+        drag(page, *LENGTH)
+        out["arrow_only"] = leave(page)
+        return out
+
+    seen = chromium.run(scenario)
+    assert problems == []
+    assert [m["kind"] for m in seen["drawn"]] == ["length"]
+    assert seen["other"] == []
+    assert seen["back"] == seen["drawn"]  # the same length, value and label
+    assert seen["asked"] == ["beforeunload"]
+    assert seen["arrow_only"] == []
+    with services(app).db.session() as db:
+        assert db.scalars(select(WoundMeasurement)).all() == []
