@@ -63,7 +63,13 @@ from app.workflow.identification import (
     import_patient_file,
     read_wristband,
 )
-from app.workflow.intake import ORIGINAL_SERIES_NUMBER, IntakeError, color_step
+from app.workflow.intake import (
+    ORIGINAL_SERIES_NUMBER,
+    IntakeError,
+    InvalidRequest,
+    color_step,
+    site_and_side,
+)
 from app.workflow.measurements import (
     LineInput,
     MeasurementError,
@@ -855,28 +861,39 @@ def _import_inputs(paths: tuple[str, ...]) -> list[Path]:
 @click.option("--issuer", callback=_ID_OPTION, help="Issuer of Patient ID of --patient-id.")
 @click.option("--department", callback=_LO_OPTION,
               help="Institutional Department Name of the studies.")
+@click.option("--body-site", "site_code", callback=_site,
+              help="SNOMED CT code of the photos' body site (GET /api/v1/body-sites).")
+@click.option("--laterality", type=click.Choice(list(LATERALITY)),
+              help="Side of the body site; R, L or B for a paired one.")
 @click.option("--report", "report_file", type=click.Path(dir_okay=False),
               help="Write a JSON report of every file here.")
 def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str | None,
-                   department: str | None, report_file: str | None) -> None:
+                   department: str | None, site_code: str | None, laterality: str | None,
+                   report_file: str | None) -> None:
     """Import photos (files, or folders) as one batch, like the batch page does.
 
     Without --patient-id, photos are sorted by their label frames (slip sheets, wristbands)
     in capture order; a group whose label the patient directory resolves to exactly one
-    patient is stored as one study, the others are reported unsorted. Running again on the
-    same files stores nothing twice and finishes an interrupted import. Standard output: one
-    JSON line per file (status, patient by MRN, SOP Instance UIDs, or why not); standard
-    error: one line per file as it is held.
+    patient is stored as one study, the others are reported unsorted. --body-site and
+    --laterality are each study's, as the batch page confirms a group; without a body site,
+    a group holding a video clip (DICOM requires a video's anatomic region) is held for the
+    batch review. Running again on the same files stores nothing twice and finishes an
+    interrupted import. Standard output: one JSON line per file (status, patient by MRN,
+    SOP Instance UIDs, or why not); standard error: one line per file as it is held.
     """
     if (patient_id is None) != (issuer is None):
         raise click.UsageError("give --patient-id and --issuer together")
+    try:  # the options checked the code and the side; the API's rule left is a paired site's side
+        site_and_side({"body_site": site_code, "laterality": laterality})
+    except InvalidRequest as exc:
+        raise click.BadParameter(exc.message, param_hint="'--laterality'") from exc
     services = _ready_services()
     batches = build_batches(services.db, services.settings, services.intake)
     try:
         report = import_files(
             batches, _import_inputs(paths), user=_cli_actor(),
             patient=(patient_id, issuer) if patient_id and issuer else None,
-            department=department,
+            department=department, body_site=site_code, laterality=laterality,
             progress=lambda record: click.echo(json.dumps(record, ensure_ascii=False), err=True))
     except IntakeError as exc:
         raise click.ClickException(exc.message) from exc

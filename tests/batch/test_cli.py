@@ -1,5 +1,6 @@
 """``ebiw import`` on a folder of real photos: sorting, the report, re-runs that store nothing
-twice, and an import killed mid-way (twice) that the next run finishes with exact counts."""
+twice, a body site for every study (and so its clips), and an import killed mid-way (twice)
+that the next run finishes with exact counts."""
 
 from __future__ import annotations
 
@@ -17,8 +18,18 @@ import pytest
 from sqlalchemy import create_engine, func, select, text
 from sqlalchemy.orm import Session
 
-from app.db.models import CaptureSession, Delivery, Instance, Photo
-from tests.batch.conftest import ISSUER, PATIENTS, UNKNOWN_MRN, Shot, slip_sheet_batch
+from app.db.models import Batch, CaptureSession, Delivery, Instance, Photo
+from app.pipeline.dicom.video import VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
+from tests.batch.conftest import (
+    ISSUER,
+    PATIENTS,
+    UNKNOWN_MRN,
+    Shot,
+    label,
+    lesion,
+    slip_sheet_batch,
+)
+from tests.clips import make_clip
 from tests.conftest import REPO
 
 EBIW = [sys.executable, "-m", "app.cli"]
@@ -62,12 +73,14 @@ def database(environ: dict[str, str]) -> str:
 
 
 def counts(environ: dict[str, str]) -> dict[str, int]:
-    """Rows (photos, instances, sessions, deliveries) and DICOM files in the archive."""
+    """Rows (batches, photos, instances, sessions, deliveries) and DICOM files in the
+    archive."""
     engine = create_engine(database(environ))
     try:
         with Session(engine) as db:
             out = {name: db.scalar(select(func.count()).select_from(model)) or 0
-                   for name, model in (("photos", Photo), ("instances", Instance),
+                   for name, model in (("batches", Batch), ("photos", Photo),
+                                       ("instances", Instance),
                                        ("sessions", CaptureSession),
                                        ("deliveries", Delivery))}
             out["distinct_sops"] = db.scalar(text(
@@ -130,7 +143,7 @@ def test_import_sorts_by_labels_reports_and_reruns(env: dict[str, str],
             if r["status"] == "stored"} == {
         Path(p).name: ("stored", r["sop_instance_uid"]) for p, r in out.items()
         if r["status"] == "stored" and p != skipped}
-    assert counts(env) == after_first
+    assert counts(env) == {**after_first, "batches": after_first["batches"] + 1}
 
 
 def test_import_for_one_patient_and_dropping_labels(env: dict[str, str],
@@ -149,6 +162,68 @@ def test_import_for_one_patient_and_dropping_labels(env: dict[str, str],
     out = records(dropped)
     assert {p: out[p]["status"] for p in labels} == {
         p: "skipped" if s.role == "label" else "stored" for p, s in labels.items()}
+
+
+FOREARM = "14975008"  # paired: the API wants its side
+
+
+def test_import_with_a_body_site_codes_the_photos_and_stores_a_clip(
+        env: dict[str, str], tmp_path: Path) -> None:
+    """Without --body-site, a group holding a clip stays held (unsorted, the reason given);
+    the same folder again with --body-site and --laterality stores it, and every clinical
+    instance carries that Anatomic Region and Image Laterality (the label photo none, as on
+    the batch page)."""
+    folder = tmp_path / "visit"
+    write_folder(folder, (label("zx_code128-2_05.png", 1, "15182881"),
+                          lesion(2, 2, "15182881")))
+    clip = make_clip(folder / "02-wound.mp4")
+    first = run(env, "import", str(folder))
+    assert first.returncode == 1
+    held = records(first)
+    assert {r["status"] for r in held.values()} == {"unsorted"}
+    assert "holds a video clip, which needs a body site" in held[str(clip)]["reason"]
+    assert counts(env)["photos"] == 0
+
+    report_file = tmp_path / "report.json"
+    proc = run(env, "import", str(folder), "--body-site", FOREARM, "--laterality", "L",
+               "--report", str(report_file))
+    assert proc.returncode == 0, proc.stdout + proc.stderr[-2000:]
+    out = records(proc)
+    assert {(r["status"], r["new"], r["patient"]["mrn"]) for r in out.values()} == {
+        ("stored", True, "15182881")}
+    assert json.loads(report_file.read_text())["counts"] == {"stored": 3}
+    archive = Path(env["EBIW_DATA_DIR"], "archive")
+    stored = {ds.SOPInstanceUID: ds for ds in (
+        pydicom.dcmread(path, stop_before_pixels=True) for path in archive.rglob("*.dcm"))}
+    assert stored[out[str(clip)]["sop_instance_uid"]].SOPClassUID == \
+        VIDEO_PHOTOGRAPHIC_IMAGE_STORAGE
+    labels = {r["sop_instance_uid"] for r in out.values() if r["role"] == "label"}
+    assert len(labels) == 1 and len(stored) == 4  # label, lesion (and its normalized copy), clip
+    assert {uid: ("AnatomicRegionSequence" in ds, ds.ImageLaterality)
+            for uid, ds in stored.items() if uid in labels} == {uid: (False, "U")
+                                                                for uid in labels}
+    assert {(ds.AnatomicRegionSequence[0].CodeValue,
+             ds.AnatomicRegionSequence[0].CodingSchemeDesignator,
+             ds.AnatomicRegionSequence[0].CodeMeaning, ds.ImageLaterality)
+            for uid, ds in stored.items() if uid not in labels} == {
+        (FOREARM, "SCT", "Forearm", "L")}
+
+
+@pytest.mark.parametrize(("args", "option"), [
+    (("--body-site", "123456"), "--body-site"),  # not in the body-site table
+    (("--body-site", FOREARM), "--laterality"),  # a paired site without its side
+    (("--body-site", FOREARM, "--laterality", "U"), "--laterality"),
+    (("--body-site", FOREARM, "--laterality", "X"), "--laterality"),
+])
+def test_import_refuses_a_bad_body_site_before_holding_anything(
+        env: dict[str, str], tmp_path: Path, args: tuple[str, ...], option: str) -> None:
+    write_folder(tmp_path / "photos", (lesion(2, 2, None),))
+    before = counts(env)
+    proc = run(env, "import", str(tmp_path / "photos"), "--patient-id", "42094043",
+               "--issuer", ISSUER, *args, check=False)
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    assert f"Invalid value for '{option}'" in proc.stderr and proc.stdout == ""
+    assert counts(env) == before == {**before, "batches": 0, "photos": 0}
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:

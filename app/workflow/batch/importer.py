@@ -66,12 +66,16 @@ def import_uuid(target: str, sha256: str) -> str:
 
 def import_files(batches: Batches, files: Sequence[Path], *, user: str,
                  patient: tuple[str, str] | None = None, department: str | None = None,
+                 body_site: str | None = None, laterality: str | None = None,
                  progress: Callable[[dict[str, Any]], None] = lambda _record: None,
                  ) -> ImportReport:
     """Import files as a batch: held, sorted by labels (unless ``patient`` is given), and each
-    group whose identifier the directories resolve to exactly one patient confirmed, but a
-    group holding a video clip, which needs a body site the import does not give: it stays
-    held for the batch review, its files ``unsorted`` with that reason.
+    group whose identifier the directories resolve to exactly one patient confirmed, with
+    ``body_site`` and ``laterality`` as the batch review confirms a group (valid as
+    :func:`app.workflow.intake.site_and_side` takes them, or the first confirmation raises
+    :class:`app.workflow.intake.InvalidRequest`, nothing stored). Without a body site, a group
+    holding a video clip, which needs one, stays held for the batch review, its files
+    ``unsorted`` with that reason. A group confirmed by an earlier run keeps that run's site.
 
     The batch id is derived from the target and the set of file contents, and each upload UUID
     from the target and the file's content (:func:`import_uuid`): re-running on the same files
@@ -87,6 +91,8 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
             entries.append((path, hashlib.sha256(path.read_bytes()).hexdigest(), None))
         except OSError as exc:
             entries.append((path, None, f"cannot read the file ({exc.strerror})"))
+    fields = {key: value for key, value in (("body_site", body_site),
+                                            ("laterality", laterality)) if value}
     digests = sorted({d for _, d, _ in entries if d})
     batch_id = str(uuid.uuid5(NAMESPACE, f"import:{target}:" + ",".join(digests)))
     batches.open_batch(batch_id, user, department=department, patient=patient)
@@ -130,7 +136,7 @@ def import_files(batches: Batches, files: Sequence[Path], *, user: str,
         if group.held and (status == LookupStatus.MATCHED or (group.row.source == GroupSource.GIVEN
                                                    and status == LookupStatus.NOT_FOUND)):
             try:
-                group = batches.confirm(batch_id, group.row.id, {}, user=user, owner=None)
+                group = batches.confirm(batch_id, group.row.id, fields, user=user, owner=None)
             except BodySiteRequired as exc:  # held for the batch review, where a site is chosen
                 held_why = exc.message
         for item in group.items:
