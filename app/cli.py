@@ -458,6 +458,15 @@ def _site(_ctx: click.Context, _param: click.Parameter, value: str | None) -> st
     return value
 
 
+def _check_side(site_code: str | None, laterality: str | None) -> None:
+    """The API's rule (`site_and_side`) for --body-site and --laterality, whose options checked
+    the code and the value: a paired site needs R, L or B (`click.BadParameter` otherwise)."""
+    try:
+        site_and_side({"body_site": site_code, "laterality": laterality})
+    except InvalidRequest as exc:
+        raise click.BadParameter(exc.message, param_hint="'--laterality'") from exc
+
+
 @cli.command(with_appcontext=False)
 @click.argument("photos", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--patient-id", required=True, callback=_ID_OPTION)
@@ -472,6 +481,7 @@ def dicomize(photos: tuple[str, ...], patient_id: str, issuer: str, name: str | 
              birth_date: date | None, sex: str | None, site_code: str | None,
              laterality: str | None, out_dir: str) -> None:
     """Wrap photos as DICOM VL Photographic images (one study per run) into --out."""
+    _check_side(site_code, laterality)
     settings = Settings.from_env()
     session = uuid.uuid4()
     patient = PatientInfo(patient_id, issuer, name, birth_date, sex)
@@ -883,10 +893,7 @@ def import_command(paths: tuple[str, ...], patient_id: str | None, issuer: str |
     """
     if (patient_id is None) != (issuer is None):
         raise click.UsageError("give --patient-id and --issuer together")
-    try:  # the options checked the code and the side; the API's rule left is a paired site's side
-        site_and_side({"body_site": site_code, "laterality": laterality})
-    except InvalidRequest as exc:
-        raise click.BadParameter(exc.message, param_hint="'--laterality'") from exc
+    _check_side(site_code, laterality)
     services = _ready_services()
     batches = build_batches(services.db, services.settings, services.intake)
     try:

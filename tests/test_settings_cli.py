@@ -111,6 +111,19 @@ def test_cli_refuses_values_dicom_cannot_hold_naming_the_option(
     assert not (tmp_path / "o").exists()
 
 
+def test_dicomize_refuses_a_paired_site_without_its_side_as_the_api_does(
+        tmp_path: Path) -> None:
+    """Forearm (14975008) is paired: R, L or B, as an upload requires (it used to write a
+    forearm of no side)."""
+    for side in ((), ("--laterality", "U")):
+        proc = ebiw("dicomize", "x.jpg", "--patient-id", "1", "--issuer", "HOSP", "--out", "o",
+                    "--body-site", "14975008", *side, data_dir=tmp_path)
+        assert proc.returncode == 2, proc.stderr
+        assert ("Invalid value for '--laterality': laterality (R, L or B) is required for this "
+                "body site") in proc.stderr
+        assert not (tmp_path / "o").exists()
+
+
 def test_cli_token_demo_and_db(tmp_path: Path) -> None:
     assert ebiw("db", "upgrade", data_dir=tmp_path).returncode == 0
     demo = ebiw("demo", data_dir=tmp_path)
