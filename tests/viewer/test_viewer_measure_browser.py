@@ -7,6 +7,7 @@ every control at least 44 px. Screenshots in tests/.artifacts/."""
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -69,19 +70,35 @@ def audit(page: Any, axe: Path) -> dict[str, Any]:
             "width": page.evaluate("document.documentElement.scrollWidth")}
 
 
-def open_viewer(browser: Any, url: str, token: str, problems: list[str],
-                device: dict[str, Any]) -> Any:
-    """A page of ``browser`` (as ``device``, CSP bypassed for axe) signed in with ``token``
-    that has opened the viewer at ``url`` and is ready; console errors and page errors are
-    appended to ``problems``."""
-    context = browser.new_context(**device, bypass_csp=True)
-    context.add_init_script(f"sessionStorage.setItem('ebiw.token', {token!r})")
-    page = context.new_page()
-    page.on("console", lambda m: problems.append(m.text) if m.type == "error" else None)
-    page.on("pageerror", lambda e: problems.append(str(e)))
-    page.goto(url)
-    page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-    return page
+@dataclass
+class Viewing:
+    """A study uploaded by the capture user for the view user to open in the viewer; the
+    console and page errors of every page opened are collected in ``problems``."""
+
+    study: Any  # tests.viewer.conftest.upload_study's answer
+    url: str
+    token: str
+    problems: list[str] = field(default_factory=list)
+
+    def open(self, browser: Any, device: dict[str, Any]) -> Any:
+        """A page of ``browser`` (as ``device``, CSP bypassed for axe), signed in, that has
+        opened the study in the viewer and is ready."""
+        context = browser.new_context(**device, bypass_csp=True)
+        context.add_init_script(f"sessionStorage.setItem('ebiw.token', {self.token!r})")
+        page = context.new_page()
+        page.on("console", lambda m: self.problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.problems.append(str(e)))
+        page.goto(self.url)
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        return page
+
+
+def viewing(client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
+            photos: list[bytes]) -> Viewing:
+    """``photos`` uploaded as one study, to be opened from ``live_server``."""
+    study = upload_study(client, auth["capture"], photos)
+    return Viewing(study, f"{live_server}/studies/{study.study_uid}",
+                   auth["view"]["Authorization"].removeprefix("Bearer "))
 
 
 def test_measure_save_reload_and_outline_on_a_phone(
@@ -91,13 +108,11 @@ def test_measure_save_reload_and_outline_on_a_phone(
     seed = innermost(WOUNDS / "labels" / wound.name)
     # sent as a phone sends it, a JPEG (a PNG instance's thumbnail answers 406: not ours here)
     as_jpeg = cv2.imencode(".jpg", cv2.imread(str(wound)), [cv2.IMWRITE_JPEG_QUALITY, 95])[1]
-    study = upload_study(client, auth["capture"], [photo(CHART_PHOTO), as_jpeg.tobytes()])
-    token = auth["view"]["Authorization"].removeprefix("Bearer ")
-    problems: list[str] = []
+    viewer = viewing(client, auth, live_server, [photo(CHART_PHOTO), as_jpeg.tobytes()])
+    study = viewer.study
 
     def scenario(browser: Any) -> dict[str, Any]:
-        page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", token,
-                           problems, PHONE)
+        page = viewer.open(browser, PHONE)
         out: dict[str, Any] = {}
         page.tap("[data-tool=length]")
         drag(page, *LENGTH)
@@ -147,7 +162,7 @@ def test_measure_save_reload_and_outline_on_a_phone(
         return out
 
     seen = chromium.run(scenario)
-    assert problems == []
+    assert viewer.problems == []
     assert [m["kind"] for m in seen["drawn"]] == ["length", "width", "area"]
     assert all(m.get("saved") is None for m in seen["drawn"])
     assert seen["ellipse"].startswith("L×W ellipse (π/4·L·W): ")
@@ -192,14 +207,11 @@ def test_shapes_are_edited_by_their_handles_and_deleted_on_a_desktop(
         chromium: Browser) -> None:
     """A length's end dragged to a new place is saved there; an arrow is deleted from the
     list; a note stays on the page only (arrows and notes are never sent)."""
-    study = upload_study(client, auth["capture"], [photo(CHART_PHOTO)])
-    token = auth["view"]["Authorization"].removeprefix("Bearer ")
+    viewer = viewing(client, auth, live_server, [photo(CHART_PHOTO)])
     moved = (1200, 1700)
-    problems: list[str] = []
 
     def scenario(browser: Any) -> dict[str, Any]:
-        page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", token,
-                           problems, {"viewport": {"width": 1280, "height": 800}})
+        page = viewer.open(browser, {"viewport": {"width": 1280, "height": 800}})
         page.click("[data-tool=length]")
         drag(page, *LENGTH)
         page.click("[data-tool=pan]")
@@ -220,7 +232,7 @@ def test_shapes_are_edited_by_their_handles_and_deleted_on_a_desktop(
         return out
 
     seen = chromium.run(scenario)
-    assert problems == []
+    assert viewer.problems == []
     assert [m["kind"] for m in seen["before"]] == ["length", "arrow", "note"]
     assert seen["before"][2]["text"].endswith("Note 1: slough at 3 o'clock")
     assert [m["kind"] for m in seen["after_delete"]] == ["length", "note"]
@@ -238,9 +250,7 @@ def test_clear_can_be_undone_until_something_is_drawn_again_on_a_phone(
     """Clear removes the unsaved drawings and turns into "Undo clear", which puts them back
     (a stray tap next to the photo must not lose a tracing); once something is drawn again
     the removed ones are gone for good and Clear clears only the new one. Nothing is saved."""
-    study = upload_study(client, auth["capture"], [photo(CHART_PHOTO)])
-    token = auth["view"]["Authorization"].removeprefix("Bearer ")
-    problems: list[str] = []
+    viewer = viewing(client, auth, live_server, [photo(CHART_PHOTO)])
 
     def state(page: Any) -> dict[str, Any]:
         return {"kinds": [m["kind"] for m in listed(page)],
@@ -249,8 +259,7 @@ def test_clear_can_be_undone_until_something_is_drawn_again_on_a_phone(
                     "#measure-status", "s => s.hidden ? null : s.textContent")}
 
     def scenario(browser: Any) -> dict[str, Any]:
-        page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", token,
-                           problems, PHONE)
+        page = viewer.open(browser, PHONE)
         page.tap("[data-tool=length]")
         drag(page, *LENGTH)
         page.tap("[data-tool=width]")
@@ -272,7 +281,7 @@ def test_clear_can_be_undone_until_something_is_drawn_again_on_a_phone(
         return out
 
     seen = chromium.run(scenario)
-    assert problems == []
+    assert viewer.problems == []
     assert seen["drawn"] == {"kinds": ["length", "width"], "button": "Clear", "status": None}
     assert seen["cleared"] == {"kinds": [], "button": "Undo clear", "status":
                                "Removed 2 unsaved drawings. Tap “Undo clear” to put them back."}
@@ -298,13 +307,10 @@ def test_a_saved_measurement_s_warning_is_still_shown_after_a_reload_on_a_phone(
     """A length drawn far from the chart is saved with the server's warning; after a reload
     (drawn back from the SR's index) its list item still says the warning, readable at
     390 px, axe-clean, every control at least 44 px, and its label on the image is marked."""
-    study = upload_study(client, auth["capture"], [photo(WARNED_PHOTO)])
-    token = auth["view"]["Authorization"].removeprefix("Bearer ")
-    problems: list[str] = []
+    viewer = viewing(client, auth, live_server, [photo(WARNED_PHOTO)])
 
     def scenario(browser: Any) -> dict[str, Any]:
-        page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", token,
-                           problems, PHONE)
+        page = viewer.open(browser, PHONE)
         page.tap("[data-tool=length]")
         drag(page, *FAR_LENGTH)
         page.tap("#save")
@@ -329,7 +335,7 @@ def test_a_saved_measurement_s_warning_is_still_shown_after_a_reload_on_a_phone(
         return out
 
     seen = chromium.run(scenario)
-    assert problems == []
+    assert viewer.problems == []
     message = WARNINGS[FAR_FROM_CHART]
     assert message in seen["status"]  # said when saving, as before
     [item] = seen["reloaded"]
@@ -372,13 +378,10 @@ def test_labels_at_the_photo_s_top_edge_stay_readable_on_a_phone(
     on that edge has its label moved down: both wholly inside the visible part of the image
     and the viewport, none under the toolbar or the stage's date chip; axe-clean, every
     control at least 44 px."""
-    study = upload_study(client, auth["capture"], [photo(CHART_PHOTO)])
-    token = auth["view"]["Authorization"].removeprefix("Bearer ")
-    problems: list[str] = []
+    viewer = viewing(client, auth, live_server, [photo(CHART_PHOTO)])
 
     def scenario(browser: Any) -> dict[str, Any]:
-        page = open_viewer(browser, f"{live_server}/studies/{study.study_uid}", token,
-                           problems, PHONE)
+        page = viewer.open(browser, PHONE)
         page.fill("#note-text", "slough")
         page.evaluate("window.scrollTo(0, 0)")  # back from the note's text field
         page.tap("[data-tool=length]")
@@ -395,7 +398,7 @@ def test_labels_at_the_photo_s_top_edge_stay_readable_on_a_phone(
         return out
 
     seen = chromium.run(scenario)
-    assert problems == []
+    assert viewer.problems == []
     boxes = seen["boxes"]
     toolbar, visible, chip = boxes["toolbar"], boxes["visible"], boxes["chip"]
     assert [label["text"].split(" ")[0] for label in boxes["labels"]] == ["L1", "slough"]
@@ -417,10 +420,8 @@ def test_unsaved_drawings_follow_their_photo_and_leaving_asks_first_on_a_phone(
     """A length drawn and not saved is kept when another photo is chosen and is back, at the
     same place, when its photo is chosen again; leaving the page with it unsaved asks first
     (beforeunload), leaving with only an arrow (never saved) does not."""
-    study = upload_study(client, auth["capture"], [photo(CHART_PHOTO), photo(WARNED_PHOTO)])
-    token = auth["view"]["Authorization"].removeprefix("Bearer ")
-    url = f"{live_server}/studies/{study.study_uid}"
-    problems: list[str] = []
+    viewer = viewing(client, auth, live_server, [photo(CHART_PHOTO), photo(WARNED_PHOTO)])
+    study = viewer.study
 
     def leave(page: Any) -> list[str]:
         """The dialogs shown while ``page`` is closed as a user leaving it would."""
@@ -431,7 +432,7 @@ def test_unsaved_drawings_follow_their_photo_and_leaving_asks_first_on_a_phone(
         return asked
 
     def scenario(browser: Any) -> dict[str, Any]:
-        page = open_viewer(browser, url, token, problems, PHONE)
+        page = viewer.open(browser, PHONE)
         page.tap("[data-tool=length]")
         drag(page, *LENGTH)
         out: dict[str, Any] = {"drawn": listed(page)}
@@ -443,14 +444,14 @@ def test_unsaved_drawings_follow_their_photo_and_leaving_asks_first_on_a_phone(
         out["back"] = listed(page)
         page.tap(f".thumb[data-sop='{study.originals[1]}']")
         out["asked"] = leave(page)
-        page = open_viewer(browser, url, token, problems, PHONE)
+        page = viewer.open(browser, PHONE)
         page.tap("[data-tool=arrow]")
         drag(page, *LENGTH)
         out["arrow_only"] = leave(page)
         return out
 
     seen = chromium.run(scenario)
-    assert problems == []
+    assert viewer.problems == []
     assert [m["kind"] for m in seen["drawn"]] == ["length"]
     assert seen["other"] == []
     assert seen["back"] == seen["drawn"]  # the same length, value and label
