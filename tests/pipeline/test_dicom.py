@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import uuid
 from datetime import date, datetime, timedelta, timezone
 from pathlib import Path
 
+import highdicom as hd
 import numpy as np
 import pydicom
 import pytest
-from PIL import Image
+from PIL import Image, ImageCms
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, JPEGBaseline8Bit
 
 from app.pipeline.decode import prepare_for_dicom
@@ -24,12 +26,15 @@ from app.pipeline.dicom.builder import (
     StudyInfo,
     build_vl_photo,
     encapsulated_pixel_data,
+    input_profile,
     srgb_profile,
 )
 from app.pipeline.dicom.codes import body_site, body_sites
 from app.pipeline.dicom.deid import Pseudonyms, deidentify
 from app.pipeline.dicom.uids import IMPLEMENTATION_CLASS_UID, derived_uuid, uid_from_uuid
 from tests.conftest import CHARTS, dicom_validate
+
+HIGHDICOM_SRGB = Path(hd.__file__).parent / "_icc_profiles" / "sRGB_v4_ICC_preference.icc"
 
 PHOTOS = ["oycq_data_iphone.jpg", "jarrelscy_203438.jpg", "oycq_data_xiaomi.jpg",
           "karnehen_cam2_cc.jpg", "luimoli_d65.jpg", "qiu_passport.jpg", "qiu_digitalsg.png"]
@@ -101,17 +106,21 @@ def test_attributes_dciodvfy_does_not_check() -> None:
     assert ds.AcquisitionDateTime.startswith("20251014185550.786")
     assert ds.AcquisitionDateTime.endswith("+0800")
     assert ds.ContentDate == "20251014"
-    assert ds.ICCProfile == prepare_for_dicom((CHARTS / "oycq_data_xiaomi.jpg").read_bytes()
-                                              ).info.icc_profile
+    # The camera's profile, as the Input Device profile PS3.3 C.11.15.1.1 requires.
+    camera = prepare_for_dicom((CHARTS / "oycq_data_xiaomi.jpg").read_bytes()).info.icc_profile
+    assert camera is not None and device_class(camera) == "mntr"
+    assert ds.ICCProfile == input_profile(camera) != camera
+    assert device_class(ds.ICCProfile) == "scnr"
 
 
 def test_device_from_exif_and_icc_fallback() -> None:
     data, _ = build("jarrelscy_203438.jpg")
     ds = pydicom.dcmread(io.BytesIO(data))
     assert (ds.Manufacturer, ds.ManufacturerModelName) == ("Samsung", "GT-I9100")
-    assert ds.ICCProfile == srgb_profile()  # the photo has none: sRGB
+    assert ds.ICCProfile == input_profile(srgb_profile())  # the photo has none: sRGB
     iphone = pydicom.dcmread(io.BytesIO(build("oycq_data_iphone.jpg")[0]))
     assert b"Display P3" in bytes(iphone.ICCProfile).replace(b"\x00", b"")
+    assert device_class(iphone.ICCProfile) == "scnr"
 
 
 def test_pixels_decode_to_the_photo() -> None:
@@ -204,3 +213,40 @@ def test_builder_and_deidentification_write_one_file_meta_naming_ebiw_capture() 
         assert meta.ImplementationClassUID == IMPLEMENTATION_CLASS_UID != \
             PYDICOM_IMPLEMENTATION_UID
         assert meta.ImplementationVersionName == IMPLEMENTATION_VERSION_NAME
+
+
+def profile_id(profile: bytes) -> bytes:
+    """The Profile ID as ICC.1:2010 7.2.18 defines it: MD5 of the profile with the flags,
+    rendering intent and ID fields zeroed."""
+    blank = bytearray(profile)
+    blank[44:48], blank[64:68], blank[84:100] = bytes(4), bytes(4), bytes(16)
+    return hashlib.md5(bytes(blank), usedforsecurity=False).digest()
+
+
+def device_class(profile: bytes) -> str:
+    return str(ImageCms.ImageCmsProfile(io.BytesIO(profile)).profile.device_class).strip()
+
+
+def test_a_display_or_colour_space_profile_becomes_an_input_profile_of_the_same_transform(
+) -> None:
+    display = srgb_profile()  # littleCMS's sRGB: class mntr, no Profile ID
+    assert device_class(display) == "mntr"
+    relabelled = input_profile(display)
+    assert device_class(relabelled) == "scnr"
+    assert relabelled[:12] + relabelled[16:] == display[:12] + display[16:]
+
+    # The ICC's own sRGB v4 (class spac) carries a Profile ID: recomputed after relabelling.
+    reference = HIGHDICOM_SRGB.read_bytes()
+    assert reference[84:100] == profile_id(reference) != bytes(16)
+    relabelled = input_profile(reference)
+    assert device_class(relabelled) == "scnr"
+    assert relabelled[84:100] == profile_id(relabelled) != reference[84:100]
+    assert relabelled[:12] + relabelled[16:84] == reference[:12] + reference[16:84]
+    assert input_profile(relabelled) == relabelled  # an Input profile stays as it is
+
+
+@pytest.mark.parametrize("profile", [
+    None, b"not a profile",
+    ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()])
+def test_a_profile_that_cannot_describe_rgb_pixels_gives_srgb(profile: bytes | None) -> None:
+    assert input_profile(profile) == input_profile(srgb_profile())

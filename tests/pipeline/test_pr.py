@@ -1,63 +1,22 @@
 """The Color Softcopy Presentation State drawing the measured regions, built from a real
 photo's VL Photographic header: graphics, what dciodvfy says, determinism; the ICC profile
-given as an Input Device profile (PS3.3 C.11.15.1.1)."""
+an Input Device profile (PS3.3 C.11.15.1.1), even from a photo stored with a Display one."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 
-import highdicom as hd
 import pydicom
 import pytest
 from PIL import ImageCms
 
-from app.pipeline.dicom.builder import srgb_profile
-from app.pipeline.dicom.pr import PR_SOP_CLASS_UID, build_presentation_state, input_profile
+from app.pipeline.dicom.pr import PR_SOP_CLASS_UID, build_presentation_state
 from app.pipeline.dicom.sr import MeasuredLine, MeasuredPolygon
 from tests.conftest import dicom_validate
 from tests.pipeline.test_sr import INFO, SQUARE, measured  # noqa: F401  (the fixture)
 
-HIGHDICOM_SRGB = Path(hd.__file__).parent / "_icc_profiles" / "sRGB_v4_ICC_preference.icc"
 Measured = tuple[pydicom.Dataset, list[MeasuredLine], list[MeasuredPolygon]]
-
-
-def profile_id(profile: bytes) -> bytes:
-    """The Profile ID as ICC.1:2010 7.2.18 defines it: MD5 of the profile with the flags,
-    rendering intent and ID fields zeroed."""
-    blank = bytearray(profile)
-    blank[44:48], blank[64:68], blank[84:100] = bytes(4), bytes(4), bytes(16)
-    return hashlib.md5(bytes(blank), usedforsecurity=False).digest()
-
-
-def device_class(profile: bytes) -> str:
-    return str(ImageCms.ImageCmsProfile(io.BytesIO(profile)).profile.device_class).strip()
-
-
-def test_a_display_or_colour_space_profile_becomes_an_input_profile_of_the_same_transform(
-) -> None:
-    display = srgb_profile()  # littleCMS's sRGB: class mntr, no Profile ID
-    assert device_class(display) == "mntr"
-    relabelled = input_profile(display)
-    assert device_class(relabelled) == "scnr"
-    assert relabelled[:12] + relabelled[16:] == display[:12] + display[16:]
-
-    # The ICC's own sRGB v4 (class spac) carries a Profile ID: recomputed after relabelling.
-    reference = HIGHDICOM_SRGB.read_bytes()
-    assert reference[84:100] == profile_id(reference) != bytes(16)
-    relabelled = input_profile(reference)
-    assert device_class(relabelled) == "scnr"
-    assert relabelled[84:100] == profile_id(relabelled) != reference[84:100]
-    assert relabelled[:12] + relabelled[16:84] == reference[:12] + reference[16:84]
-    assert input_profile(relabelled) == relabelled  # an Input profile stays as it is
-
-
-@pytest.mark.parametrize("profile", [
-    None, b"not a profile",
-    ImageCms.ImageCmsProfile(ImageCms.createProfile("LAB")).tobytes()])
-def test_a_profile_that_cannot_describe_rgb_pixels_gives_srgb(profile: bytes | None) -> None:
-    assert input_profile(profile) == input_profile(srgb_profile())
 
 
 def test_one_annotation_per_region_in_the_photos_pixels_and_dciodvfy_is_clean(

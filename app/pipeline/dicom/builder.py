@@ -7,6 +7,7 @@ randomness, so a retried upload rebuilds the very same bytes.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import re
 import struct
@@ -101,6 +102,49 @@ class InstanceInfo:
 def srgb_profile() -> bytes:
     """An sRGB ICC profile (littleCMS built-in), for photos that carry none."""
     return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+
+
+_INPUT_CLASS = b"scnr"
+_RELABELLED_CLASSES = (b"scnr", b"mntr", b"spac")
+"""Matrix/TRC or AToB0-based RGB profiles whose tags make a valid Input profile as they are
+(ICC.1:2010 8.3 and 8.4 require the same tags of a three-component Input and Display
+profile; a ColorSpace profile has AToB0 and BToA0, more than an Input profile needs)."""
+
+
+def input_profile(profile: bytes | None) -> bytes:
+    """``profile`` (an image's ICC profile) as an ICC Input Device profile of the same colour
+    transform, as PS3.3 C.11.15.1.1 requires of a presentation state's profile.
+
+    Guarantees: an RGB profile of the Input, Display or ColorSpace class with an XYZ or Lab
+    connection space comes back with its class signature (header bytes 12-15) ``scnr`` and,
+    when it had one, its Profile ID (bytes 84-99, ICC.1:2010 7.2.18) recomputed; any other
+    profile, unreadable bytes, or none give littleCMS's sRGB so relabelled (what a viewer
+    assumes for such pixels).
+    """
+    if profile is not None:
+        try:
+            parsed = ImageCms.ImageCmsProfile(io.BytesIO(profile)).profile
+        except (OSError, ValueError):
+            parsed = None
+        if (parsed is not None and parsed.xcolor_space.strip() == "RGB"
+                and parsed.connection_space.strip() in ("XYZ", "Lab")
+                and profile[12:16] in _RELABELLED_CLASSES):
+            return _relabelled(profile)
+    return _relabelled(srgb_profile())
+
+
+def _relabelled(profile: bytes) -> bytes:
+    """``profile`` with the Input class signature and, if it carried one, its Profile ID
+    recomputed (MD5 of the profile with flags, rendering intent and ID zeroed)."""
+    data = bytearray(profile)
+    data[12:16] = _INPUT_CLASS
+    if any(data[84:100]):
+        blank = bytearray(data)
+        blank[44:48] = bytes(4)
+        blank[64:68] = bytes(4)
+        blank[84:100] = bytes(16)
+        data[84:100] = hashlib.md5(bytes(blank), usedforsecurity=False).digest()
+    return bytes(data)
 
 
 def code_item(code: str, scheme: str, meaning: str) -> Dataset:
@@ -286,8 +330,9 @@ def vl_image_module(ds: Dataset, series: SeriesInfo, instance: InstanceInfo) -> 
 
 
 def _icc_profile_module(ds: Dataset, info: PhotoInfo) -> None:
-    """ICC Profile Module (PS3.3 C.11.15): the photo's own profile, else sRGB."""
-    ds.ICCProfile = info.icc_profile or srgb_profile()
+    """ICC Profile Module (PS3.3 C.11.15): the photo's own profile, else sRGB, as the Input
+    Device profile C.11.15.1.1 requires (:func:`input_profile`)."""
+    ds.ICCProfile = input_profile(info.icc_profile)
 
 
 def sop_common_module(ds: Dataset, study: StudyInfo, instance: InstanceInfo,

@@ -14,26 +14,21 @@ layer:
   corner of the top-left pixel (PS3.3 C.10.5.1.2), the frame of the report's SCOORD, so the
   points are the report's, unchanged.
 
-The ICC Profile of a presentation state shall be an Input Device profile, header class
-``scnr`` (PS3.3 C.11.15.1.1); highdicom checks the class (``scnr`` or ``spac``), the RGB colour
-space and the XYZ/Lab connection space. Our photos carry their camera's profile or littleCMS's
-sRGB, both of the Display class (``mntr``), which highdicom rightly refuses;
-:func:`input_profile` gives the same colour transform as an Input profile. Pure: no clock
-(``content_datetime`` is given), no randomness.
+The ICC Profile is the photo's, an Input Device profile as PS3.3 C.11.15.1.1 requires (and
+highdicom checks: class ``scnr`` or ``spac``, RGB, an XYZ/Lab connection space), passed
+through `app.pipeline.dicom.builder.input_profile` again for photos stored before theirs
+were. Pure: no clock (``content_datetime`` is given), no randomness.
 """
 
 from __future__ import annotations
 
-import hashlib
-import io
 from collections.abc import Sequence
 
 import highdicom as hd
 import numpy as np
-from PIL import ImageCms
 from pydicom import Dataset
 
-from app.pipeline.dicom.builder import SOFTWARE_VERSION, srgb_profile
+from app.pipeline.dicom.builder import SOFTWARE_VERSION, input_profile
 from app.pipeline.dicom.sr import (
     ALGORITHM_NAME,
     MANUFACTURER,
@@ -49,49 +44,6 @@ CONTENT_LABEL = "WOUND_MEASURES"
 LAYER = hd.pr.GraphicLayer("MEASUREMENTS", order=1, description="Wound measurements")
 LINE_TEXT = {"length": "L", "width": "W"}
 """The text's prefix per line quantity (the keys of `app.pipeline.dicom.sr.LINE_QUANTITIES`)."""
-
-_INPUT_CLASS = b"scnr"
-_RELABELLED_CLASSES = (b"scnr", b"mntr", b"spac")
-"""Matrix/TRC or AToB0-based RGB profiles whose tags make a valid Input profile as they are
-(ICC.1:2010 8.3 and 8.4 require the same tags of a three-component Input and Display
-profile; a ColorSpace profile has AToB0 and BToA0, more than an Input profile needs)."""
-
-
-def input_profile(profile: bytes | None) -> bytes:
-    """``profile`` (an image's ICC profile) as an ICC Input Device profile of the same colour
-    transform, as PS3.3 C.11.15.1.1 requires of a presentation state's profile.
-
-    Guarantees: an RGB profile of the Input, Display or ColorSpace class with an XYZ or Lab
-    connection space comes back with its class signature (header bytes 12-15) ``scnr`` and,
-    when it had one, its Profile ID (bytes 84-99, ICC.1:2010 7.2.18) recomputed; any other
-    profile, unreadable bytes, or none give littleCMS's sRGB so relabelled (what a viewer
-    assumes for such pixels).
-    """
-    if profile is not None:
-        try:
-            parsed = ImageCms.ImageCmsProfile(io.BytesIO(profile)).profile
-        except (OSError, ValueError):
-            parsed = None
-        if (parsed is not None and parsed.xcolor_space.strip() == "RGB"
-                and parsed.connection_space.strip() in ("XYZ", "Lab")
-                and profile[12:16] in _RELABELLED_CLASSES):
-            return _relabelled(profile)
-    return _relabelled(srgb_profile())
-
-
-def _relabelled(profile: bytes) -> bytes:
-    """``profile`` with the Input class signature and, if it carried one, its Profile ID
-    recomputed (MD5 of the profile with flags, rendering intent and ID zeroed)."""
-    data = bytearray(profile)
-    data[12:16] = _INPUT_CLASS
-    if any(data[84:100]):
-        blank = bytearray(data)
-        blank[44:48] = bytes(4)
-        blank[64:68] = bytes(4)
-        blank[84:100] = bytes(16)
-        data[84:100] = hashlib.md5(bytes(blank), usedforsecurity=False).digest()
-    return bytes(data)
-
 
 def _text(anchor: Point, text: str, info: ReportInfo) -> hd.pr.TextObject:
     return hd.pr.TextObject(text, hd.pr.AnnotationUnitsValues.PIXEL,
