@@ -32,6 +32,16 @@ export const TAG = {
   rows: "00280010",
   columns: "00280011",
   pixelSpacing: "00280030",
+  modality: "00080060",
+  conceptName: "0040A043",
+};
+
+/** What a rejection note (IHE IOCM KOS) says of the images it took away, by its title's code. */
+const REJECTED = {
+  113037: "The photos of this study were moved to another patient or withdrawn for patient safety: look for them from the right patient's record.",
+  113038: "The photos of this study were withdrawn: they were taken for the wrong worklist entry.",
+  113001: "The photos of this study were rejected for quality reasons.",
+  113039: "The photos of this study were deleted under the retention policy.",
 };
 
 /** Video Photographic Image Storage: a clip, shown in a <video>, never measured. */
@@ -153,9 +163,25 @@ export function pairViews(images) {
 }
 
 /** The study as the banner, the series list and the views need it, from its metadata. */
+/** The instances with pixels to show: not a measurement report, presentation state or note. */
+export function imagesOf(instances) {
+  return instances.filter((ds) => Number(first(ds, TAG.rows) || 0) > 0);
+}
+
+/**
+ * Why a study with no images left shows nothing, in words: from the title of its rejection
+ * note (a patient move, a quality rejection, the retention policy...), else that it has none.
+ */
+export function whyNoImages(instances) {
+  for (const ds of instances) {
+    const code = first(first(ds, TAG.conceptName), TAG.codeValue);
+    if (first(ds, TAG.modality) === "KO" && REJECTED[code]) return REJECTED[code];
+  }
+  return "This study has no images.";
+}
+
 export function studyOf(instances) {
-  // images only: a measurement report (SR) of the study has no pixels to show
-  const metadata = instances.filter((ds) => Number(first(ds, TAG.rows) || 0) > 0);
+  const metadata = imagesOf(instances);
   const images = metadata.map(imageOf);
   const head = metadata.find((ds) => values(ds, TAG.imageType)[0] !== "DERIVED") || metadata[0];
   const series = new Map();

@@ -8,7 +8,7 @@
 
 import { AuthError, DicomWeb, JsonApi, query } from "./viewer-api.js";
 import { ClipPlayer } from "./viewer-clip.js";
-import { gridRatio, lateralityLabel, studyOf, timelineOf } from "./viewer-dicom.js";
+import { gridRatio, imagesOf, lateralityLabel, studyOf, timelineOf, whyNoImages } from "./viewer-dicom.js";
 import { ellipseEstimate, saveRequest, storedOn } from "./viewer-measure.js";
 import { formatMeasurement, MEASURED, Stage } from "./viewer-stage.js";
 
@@ -555,8 +555,10 @@ async function start() {
   setTool("pan");
   try {
     const metadata = await api.json(`/studies/${encodeURIComponent(body.dataset.study)}/metadata`);
-    if (!metadata.length) {
-      message("This study has no images.");
+    if (!imagesOf(metadata).length) {
+      $("patient-name").textContent = "No photos to show";
+      for (const part of document.querySelectorAll(".banner dl, .layout > *")) part.hidden = true;
+      message(whyNoImages(metadata));
       return;
     }
     state.study = studyOf(metadata);

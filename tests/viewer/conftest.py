@@ -13,9 +13,10 @@ import io
 import json
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from functools import cache
+from typing import Any
 
 import cv2
 import numpy as np
@@ -244,3 +245,35 @@ def app_overrides() -> dict[str, object]:
     """These tests count instances per upload and build their own derived instances: the
     colour step (which adds a normalized instance per chart photo) is tested elsewhere."""
     return {"color_normalization": False}
+
+
+@dataclass
+class Viewing:
+    """A study uploaded by the capture user for the view user to open in the viewer; the
+    console and page errors of every page opened are collected in ``problems``."""
+
+    study: StoredStudy
+    url: str
+    token: str
+    problems: list[str] = field(default_factory=list)
+
+    def open(self, browser: Any, device: dict[str, Any],
+             ready: str = "body[data-ready=true]") -> Any:
+        """A page of ``browser`` (as ``device``, CSP bypassed for axe), signed in, that has
+        opened the study in the viewer and shows ``ready`` (by default: its main image)."""
+        context = browser.new_context(**device, bypass_csp=True)
+        context.add_init_script(f"sessionStorage.setItem('ebiw.token', {self.token!r})")
+        page = context.new_page()
+        page.on("console", lambda m: self.problems.append(m.text) if m.type == "error" else None)
+        page.on("pageerror", lambda e: self.problems.append(str(e)))
+        page.goto(self.url)
+        page.wait_for_selector(ready, timeout=30_000)
+        return page
+
+
+def viewing(client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
+            photos: list[bytes]) -> Viewing:
+    """``photos`` uploaded as one study, to be opened from ``live_server``."""
+    study = upload_study(client, auth["capture"], photos)
+    return Viewing(study, f"{live_server}/studies/{study.study_uid}",
+                   auth["view"]["Authorization"].removeprefix("Bearer "))

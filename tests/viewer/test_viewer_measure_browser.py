@@ -7,7 +7,6 @@ every control at least 44 px. Screenshots in tests/.artifacts/."""
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from sqlalchemy import select
 from app.db.models import Instance, WoundMeasurement
 from app.pipeline.geometry import FAR_FROM_CHART, WARNINGS
 from tests.conftest import ARTIFACTS, AXE_RUN, PHONE, TAP_TARGETS, WOUNDS, Browser, services
-from tests.viewer.conftest import photo, upload_study
+from tests.viewer.conftest import photo, viewing
 
 CHART_PHOTO = "jtvd_classic_02.jpg"  # a tilted Classic chart, 1530 x 2040
 SIZE = (1530, 2040)
@@ -68,37 +67,6 @@ def audit(page: Any, axe: Path) -> dict[str, Any]:
     page.add_script_tag(path=str(axe))
     return {"small": page.evaluate(TAP_TARGETS), "axe": page.evaluate(AXE_RUN),
             "width": page.evaluate("document.documentElement.scrollWidth")}
-
-
-@dataclass
-class Viewing:
-    """A study uploaded by the capture user for the view user to open in the viewer; the
-    console and page errors of every page opened are collected in ``problems``."""
-
-    study: Any  # tests.viewer.conftest.upload_study's answer
-    url: str
-    token: str
-    problems: list[str] = field(default_factory=list)
-
-    def open(self, browser: Any, device: dict[str, Any]) -> Any:
-        """A page of ``browser`` (as ``device``, CSP bypassed for axe), signed in, that has
-        opened the study in the viewer and is ready."""
-        context = browser.new_context(**device, bypass_csp=True)
-        context.add_init_script(f"sessionStorage.setItem('ebiw.token', {self.token!r})")
-        page = context.new_page()
-        page.on("console", lambda m: self.problems.append(m.text) if m.type == "error" else None)
-        page.on("pageerror", lambda e: self.problems.append(str(e)))
-        page.goto(self.url)
-        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
-        return page
-
-
-def viewing(client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
-            photos: list[bytes]) -> Viewing:
-    """``photos`` uploaded as one study, to be opened from ``live_server``."""
-    study = upload_study(client, auth["capture"], photos)
-    return Viewing(study, f"{live_server}/studies/{study.study_uid}",
-                   auth["view"]["Authorization"].removeprefix("Bearer "))
 
 
 def test_measure_save_reload_and_outline_on_a_phone(
