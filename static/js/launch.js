@@ -62,8 +62,9 @@ function studyItem(ds) {
 }
 
 async function main() {
+  let context = null;
   try {
-    const context = await launchContext();
+    context = await launchContext();
     renderBanner(context.patient);
     document.title = `${$("patient-name").textContent} · ebiw-capture`;
     const studies = await api.json(`/studies?${query({ includefield: STUDY_DESCRIPTION })}`);
@@ -71,6 +72,10 @@ async function main() {
     $("empty").hidden = studies.length > 0;
     api.setQueueLimit(3);
   } catch (error) {
+    if (!context) {  // no patient: no empty banner, list of studies or link to photograph them
+      $("patient-name").textContent = "No patient open";
+      for (const part of document.querySelectorAll(".banner dl, .studies-page")) part.hidden = true;
+    }
     message(error instanceof AuthError ? "Your session has ended: open the app again from " +
       "the patient's chart in the EMR." : `The studies could not be loaded: ${error.message}.`);
   }

@@ -178,6 +178,7 @@ def test_the_trajectory_follows_the_rules_and_the_csv_and_page_give_its_figures(
         assert f'href="/studies/{study}"' in html
         assert f'data-area="{area:.2f}"' in html
     assert f"{four.percent:.0f} %" in html and "Sheehan" in html
+    assert '<a class="back" href="/">← Home</a>' in html  # a way back, as from the viewer
     assert "<script>" not in html and "style=" not in html
 
     with services(app).db.session() as db:

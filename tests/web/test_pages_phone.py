@@ -253,6 +253,9 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     assert "Purge 1 study" in retention and "Patient 00999999 (HOSP-A): pending claim" in retention
     assert light["login"]["nav"] == [] and light["capture-login"]["nav"] == []
     assert light["viewer"]["back"] == "/"
+    # opened without an EMR launch: no patient, so nothing to list or photograph
+    assert "No patient open" in light["launch-patient"]["text"]
+    assert "Take photos of this patient" not in light["launch-patient"]["text"]
     # the photo's quality line, its failing check marked (a lab photo: 2.9 px/mm is too far)
     assert re.search(r"Photo 1: Sharp · exposure ok · chart found · tilt \d+° · ✗ failed: "
                      r"2\.9 px/mm", re.sub(r"\s+", " ", light["viewer"]["text"]))
