@@ -23,8 +23,8 @@ import { Guidance } from "./guidance.js";
 import { renderHome, renderQueue } from "./home.js";
 import { openPrior, releasePrior } from "./prior.js";
 import {
-  identifyTyped, identifyTypedOffline, identifyWristband, patientOf, recentIdentification,
-  rememberPatient,
+  identifyScannedOffline, identifyTyped, identifyTypedOffline, identifyWristband, patientOf,
+  readWristband, recentIdentification, rememberPatient,
 } from "./identify.js";
 import { PhotoView } from "./photo-view.js";
 import { photoChecks } from "./quality.js";
@@ -382,7 +382,8 @@ async function startIdentify() {
 
 /**
  * Identify the patient with the server (`online`) or, offline, among the patients this user
- * confirmed before on this device (`offline`); then show them for confirmation.
+ * confirmed before on this device (`offline`); then show them for confirmation. A failure
+ * (`offline` throws when it cannot identify that way) is said on the identify screen.
  * @param {() => Promise<object>} online
  * @param {() => Promise<object>} offline
  */
@@ -392,13 +393,13 @@ async function identified(online, offline) {
   if (state.offline) await reconnect();
   if (!state.me) return;  // the login ended meanwhile: the login screen shows
   try {
-    state.identification = state.offline ? await offline() : await online();
+    state.identification = await (state.offline ? offline() : online().catch((error) => {
+      if (error instanceof NetworkError) return offline();
+      throw error;
+    }));
   } catch (error) {
-    if (!(error instanceof NetworkError)) {
-      report(error, status);
-      return;
-    }
-    state.identification = await offline();
+    report(error, status);
+    return;
   }
   say(status);
   stopCameras();
@@ -410,8 +411,7 @@ function renderPatients() {
   const { read, patients, incomplete, offline } = state.identification;
   say(byId("patient-read"), read ? `Read: ${read}` : "");
   const warning = offline
-    ? `Offline: only the patients you confirmed before on this device are listed.${
-      patients.length ? " Check the name and birth date." : " Use “Capture now, identify later”."}`
+    ? offlineWarning(state.identification)
     : patients.length === 0
       ? "No patient found. Check the wristband or the MRN and try again."
       : patients.length > 1 ? "Several patients match: check the name and birth date." : "";
@@ -442,6 +442,27 @@ function renderPatients() {
       h("button", { type: "button", class: "primary big", "data-confirm": index },
         "Confirm this patient"));
   }));
+}
+
+/**
+ * What the patient screen says offline: a wristband or a typed MRN matched among the patients
+ * confirmed before, or that this patient cannot be identified offline (never anyone else).
+ * @param {import("./identify.js").Identification} identification found offline
+ * @returns {string}
+ */
+function offlineWarning({ how, patients }) {
+  const later = "To take the photos now, use “Capture now, identify later”.";
+  if (patients.length) {
+    return how === "list"
+      ? "Offline: only the patients you confirmed before on this device are listed. Check the " +
+        "name and birth date."
+      : "Offline: found among the patients you confirmed before on this device. Check the name " +
+        "and birth date.";
+  }
+  if (how === "list") return `Offline: no patient was confirmed on this device before. ${later}`;
+  const what = how === "scanned" ? "this wristband" : "this MRN";
+  return `Offline: no patient you confirmed before on this device has ${what}. This patient ` +
+    `cannot be identified offline: type or scan again when you are back online. ${later}`;
 }
 
 function option(name, value, checked, text) {
@@ -923,8 +944,12 @@ function wire() {
     startCapture();
   });
   byId("screen-home").addEventListener("click", onHomeClick);
-  byId("scan").addEventListener("click", () => identified(
-    () => identifyWristband(byId("scan-video")), () => recentIdentification(state.me.user)));
+  byId("scan").addEventListener("click", async () => {
+    const video = byId("scan-video");
+    const barcode = await readWristband(video);  // decoded on the phone, if it can: offline too
+    identified(() => identifyWristband(video, barcode),
+      () => identifyScannedOffline(state.me.user, barcode));
+  });
   byId("recent-patients").addEventListener("click", () => identified(
     () => recentIdentification(state.me.user), () => recentIdentification(state.me.user)));
   byId("mrn-form").addEventListener("submit", (event) => {
