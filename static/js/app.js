@@ -248,13 +248,20 @@ async function onLogin(event) {
   }
 }
 
+/**
+ * Log out, once the user agreed to lose their photos not sent yet: those are deleted from the
+ * device with the rest of what this user left here; other users' photos stay for them.
+ */
 async function onLogout() {
-  const waiting = (await store.listPhotos()).length;
+  const { user } = state.me;
+  const photos = await store.listPhotos();
+  const waiting = photos.filter((p) => p.user === user).length;
   if (waiting) {
     const dialog = byId("logout-dialog");
-    byId("logout-warning").textContent = `${count(waiting)} on this device ${
+    byId("logout-warning").textContent = `${count(waiting)} you took on this device ${
       waiting === 1 ? "has" : "have"} not been sent. Logging out deletes ${
-      waiting === 1 ? "it" : "them"} for good.`;
+      waiting === 1 ? "it" : "them"} for good.${photos.length > waiting
+      ? " Other users' photos stay here for them." : ""}`;
     dialog.returnValue = "";
     dialog.showModal();
     const choice = await new Promise((resolve) =>
@@ -267,7 +274,7 @@ async function onLogout() {
   } catch {
     // offline: the server session times out by itself; the device is purged all the same
   }
-  await store.purgeAll();
+  await store.purgeUser(user);
   state.sent = [];
   sessionEnded("");
   await refreshQueue();
