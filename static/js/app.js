@@ -116,6 +116,18 @@ function newDraft() {
 const LOGIN_ENDED = "Your login has ended. Log in again";
 
 /**
+ * A message as the screens show it: a sentence with a capital and a full stop (the server's
+ * messages are lower-case phrases).
+ * @param {string} message
+ * @returns {string}
+ */
+function sentence(message) {
+  const text = message.trim();
+  return text && `${text.charAt(0).toUpperCase()}${text.slice(1)}${
+    /[.!?…]$/.test(text) ? "" : "."}`;
+}
+
+/**
  * Say what went wrong in `element`; a login the server no longer knows sends the user to the
  * login screen, saying it ended.
  * @param {unknown} error
@@ -127,7 +139,7 @@ function report(error, element) {
   } else if (error instanceof NetworkError) {
     say(element, "No connection to the server. Try again when you are back online.");
   } else {
-    say(element, error instanceof Error ? error.message : String(error));
+    say(element, sentence(error instanceof Error ? error.message : String(error)));
   }
 }
 
@@ -229,8 +241,7 @@ function loginRefusal(failure) {
   if (failure instanceof NetworkError) {
     return "No connection to the server. Try again when you are back online.";
   }
-  const message = failure instanceof Error ? failure.message : String(failure);
-  return `${message.charAt(0).toUpperCase()}${message.slice(1)}.`;
+  return sentence(failure instanceof Error ? failure.message : String(failure));
 }
 
 async function onLogin(event) {
@@ -372,10 +383,17 @@ function stopCameras() {
   stopCamera(byId("camera-video"));
 }
 
-async function startIdentify() {
+/**
+ * The identify screen with its camera on.
+ * @param {string} [mrn] put back in the MRN field, selected for correcting (a typed MRN that
+ *   found nobody)
+ */
+async function startIdentify(mrn = "") {
   byId("mrn-form").reset();
+  byId("mrn").value = mrn;
   say(byId("scan-status"));
   showScreen("identify");
+  if (mrn) byId("mrn").select();
   if (!cameraSupported()) {
     say(byId("scan-status"), "No camera here: type the MRN.");
     return;
@@ -415,14 +433,12 @@ async function identified(online, offline) {
 }
 
 function renderPatients() {
-  const { read, patients, incomplete, offline } = state.identification;
-  say(byId("patient-read"), read ? `Read: ${read}` : "");
-  const warning = offline
-    ? offlineWarning(state.identification)
-    : patients.length === 0
-      ? "No patient found. Check the wristband or the MRN and try again."
-      : patients.length > 1 ? "Several patients match: check the name and birth date." : "";
-  say(byId("patient-warning"), [warning, incomplete
+  const { read, how, patients, incomplete } = state.identification;
+  byId("patient-title").textContent = patients.length ? "Confirm the patient" : "No patient found";
+  document.querySelector("#screen-patient [data-action=identify-again]").textContent =
+    patients.length ? "Not this patient — identify again" : "Try again";
+  say(byId("patient-read"), read && how === "scanned" ? `Read: ${read}` : "");
+  say(byId("patient-warning"), [patientWarning(state.identification), incomplete
     ? "A patient directory did not answer: the list may be incomplete." : ""]
     .filter(Boolean).join(" "));
   const list = byId("patient-list");
@@ -452,12 +468,20 @@ function renderPatients() {
 }
 
 /**
- * What the patient screen says offline: a wristband or a typed MRN matched among the patients
- * confirmed before, or that this patient cannot be identified offline (never anyone else).
- * @param {import("./identify.js").Identification} identification found offline
+ * What the patient screen says above the patients found: that nobody has the typed MRN or the
+ * wristband, or that several match; offline, that the patients listed are those confirmed
+ * before, or that this patient cannot be identified offline (never anyone else).
+ * @param {import("./identify.js").Identification} identification
  * @returns {string}
  */
-function offlineWarning({ how, patients }) {
+function patientWarning({ read, how, patients, offline }) {
+  if (!offline) {
+    if (patients.length) {
+      return patients.length > 1 ? "Several patients match: check the name and birth date." : "";
+    }
+    return how === "typed" ? `No patient with MRN ${read} found. Check the MRN and try again.`
+      : "No patient found for this wristband. Check it and try again, or type the MRN.";
+  }
   const later = "To take the photos now, use “Capture now, identify later”.";
   if (patients.length) {
     return how === "list"
@@ -470,6 +494,12 @@ function offlineWarning({ how, patients }) {
   const what = how === "scanned" ? "this wristband" : "this MRN";
   return `Offline: no patient you confirmed before on this device has ${what}. This patient ` +
     `cannot be identified offline: type or scan again when you are back online. ${later}`;
+}
+
+/** @returns {string} the MRN just typed if it found nobody (to correct it), else "" */
+function typedNotFound() {
+  const found = state.identification;
+  return found && found.how === "typed" && !found.patients.length ? found.read : "";
 }
 
 function option(name, value, checked, text) {
@@ -996,7 +1026,7 @@ function wire() {
     });
   }
   for (const button of document.querySelectorAll("[data-action=identify-again]")) {
-    button.addEventListener("click", startIdentify);
+    button.addEventListener("click", () => startIdentify(typedNotFound()));
   }
 }
 

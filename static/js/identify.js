@@ -83,7 +83,8 @@ export async function identifyWristband(video, barcode) {
  * @returns {Promise<Identification>}
  */
 export async function identifyTyped(mrn) {
-  return lookUp("/api/v1/patients/search", { mrn: mrn.trim() }, "typed");
+  const found = await lookUp("/api/v1/patients/search", { mrn: mrn.trim() }, "typed");
+  return { ...found, read: found.read || mrn.trim() };
 }
 
 /**

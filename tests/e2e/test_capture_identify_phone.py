@@ -1,6 +1,7 @@
 """Identifying the patient in the capture app at phone size (390×844, light): a wristband
 scanned offline is matched only against the patients confirmed before on the phone, never
-listing the others. Every screen shown is audited (axe-core, 44 px tap targets), so these
+listing the others; an MRN nobody has is said so and can be corrected; the server's messages
+read as sentences. Every screen shown is audited (axe-core, 44 px tap targets), so these
 contexts bypass the CSP to inject axe."""
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ PHONE_DECODER = """((payload) => {
 
 
 def audited(phone_audit: Callable[[str, str, str], PhoneAudit], prefix: str,
-            decoder: bool = False) -> tuple[PhoneAudit, Any]:
-    """A phone with the wristband in front of its camera, logged in; every URL it asks for is
-    recorded in ``page.urls``."""
-    audit = phone_audit("wristband", "light", prefix)
+            decoder: bool = False, camera: str = "wristband") -> tuple[PhoneAudit, Any]:
+    """A phone with the wristband (or another ``camera``) in front of its camera, logged in;
+    every URL it asks for is recorded in ``page.urls``."""
+    audit = phone_audit(camera, "light", prefix)
     page = audit.page
     page.urls = []
     page.on("request", lambda request: page.urls.append(request.url))
@@ -90,6 +91,7 @@ def test_offline_a_scanned_wristband_matches_only_that_patient(
     page.click("#start")
     scan(page)
     screen(page, "patient")
+    assert page.inner_text("#patient-title") == "No patient found"
     assert page.inner_text("#patient-read") == f"Read: {WRISTBAND_MRN}"
     assert patient_cards(page) == []
     assert page.inner_text("#patient-warning") == (
@@ -118,3 +120,37 @@ def test_offline_a_scanned_wristband_matches_only_that_patient(
     audit.check("match")
     assert not [url for url in page.urls if WRISTBAND_MRN in url]
     audit.assert_clean("no-match", "match")
+
+
+def test_an_mrn_nobody_has_is_said_and_kept_for_correcting(
+        phone_audit: Callable[[str, str, str], PhoneAudit]) -> None:
+    audit, page = audited(phone_audit, "identify-unknown", camera="chart")
+    page.click("#start")
+    scan(page)  # a colour chart, no wristband: the server's message, as a sentence
+    page.wait_for_selector("#scan-status >> text=barcode")
+    message = page.inner_text("#scan-status")
+    assert message.startswith("No barcode was found in the photo") and message.endswith(".")
+    audit.check("scan-failed")
+
+    identify_typed(page, "99999999")
+    assert page.inner_text("#patient-title") == "No patient found"
+    assert page.inner_text("#patient-warning") \
+        == "No patient with MRN 99999999 found. Check the MRN and try again."
+    assert patient_cards(page) == []
+    again = page.locator("#screen-patient [data-action=identify-again]")
+    assert again.inner_text() == "Try again"
+    audit.check("not-found")
+    again.click()
+    screen(page, "identify")
+    assert page.input_value("#mrn") == "99999999"
+    assert page.evaluate("() => document.activeElement.id") == "mrn"
+
+    identify_typed(page, "00123456")  # corrected
+    assert page.inner_text("#patient-title") == "Confirm the patient"
+    assert patient_cards(page) == ["DEMO, Alice"]
+    assert again.inner_text() == "Not this patient — identify again"
+    again.click()  # another patient: the field starts empty
+    screen(page, "identify")
+    assert page.input_value("#mrn") == ""
+    assert not [url for url in page.urls if "99999999" in url or "00123456" in url]
+    audit.assert_clean("scan-failed", "not-found")
