@@ -23,8 +23,8 @@ import { Guidance } from "./guidance.js";
 import { renderHome, renderQueue } from "./home.js";
 import { openPrior, releasePrior } from "./prior.js";
 import {
-  identifyTyped, identifyTypedOffline, identifyWristband, patientOf, recentIdentification,
-  rememberPatient,
+  identifyScannedOffline, identifyTyped, identifyTypedOffline, identifyWristband, patientOf,
+  readWristband, recentIdentification, rememberPatient,
 } from "./identify.js";
 import { PhotoView } from "./photo-view.js";
 import { photoChecks } from "./quality.js";
@@ -116,6 +116,18 @@ function newDraft() {
 const LOGIN_ENDED = "Your login has ended. Log in again";
 
 /**
+ * A message as the screens show it: a sentence with a capital and a full stop (the server's
+ * messages are lower-case phrases).
+ * @param {string} message
+ * @returns {string}
+ */
+function sentence(message) {
+  const text = message.trim();
+  return text && `${text.charAt(0).toUpperCase()}${text.slice(1)}${
+    /[.!?…]$/.test(text) ? "" : "."}`;
+}
+
+/**
  * Say what went wrong in `element`; a login the server no longer knows sends the user to the
  * login screen, saying it ended.
  * @param {unknown} error
@@ -127,7 +139,7 @@ function report(error, element) {
   } else if (error instanceof NetworkError) {
     say(element, "No connection to the server. Try again when you are back online.");
   } else {
-    say(element, error instanceof Error ? error.message : String(error));
+    say(element, sentence(error instanceof Error ? error.message : String(error)));
   }
 }
 
@@ -229,8 +241,7 @@ function loginRefusal(failure) {
   if (failure instanceof NetworkError) {
     return "No connection to the server. Try again when you are back online.";
   }
-  const message = failure instanceof Error ? failure.message : String(failure);
-  return `${message.charAt(0).toUpperCase()}${message.slice(1)}.`;
+  return sentence(failure instanceof Error ? failure.message : String(failure));
 }
 
 async function onLogin(event) {
@@ -248,13 +259,20 @@ async function onLogin(event) {
   }
 }
 
+/**
+ * Log out, once the user agreed to lose their photos not sent yet: those are deleted from the
+ * device with the rest of what this user left here; other users' photos stay for them.
+ */
 async function onLogout() {
-  const waiting = (await store.listPhotos()).length;
+  const { user } = state.me;
+  const photos = await store.listPhotos();
+  const waiting = photos.filter((p) => p.user === user).length;
   if (waiting) {
     const dialog = byId("logout-dialog");
-    byId("logout-warning").textContent = `${count(waiting)} on this device ${
+    byId("logout-warning").textContent = `${count(waiting)} you took on this device ${
       waiting === 1 ? "has" : "have"} not been sent. Logging out deletes ${
-      waiting === 1 ? "it" : "them"} for good.`;
+      waiting === 1 ? "it" : "them"} for good.${photos.length > waiting
+      ? " Other users' photos stay here for them." : ""}`;
     dialog.returnValue = "";
     dialog.showModal();
     const choice = await new Promise((resolve) =>
@@ -267,7 +285,7 @@ async function onLogout() {
   } catch {
     // offline: the server session times out by itself; the device is purged all the same
   }
-  await store.purgeAll();
+  await store.purgeUser(user);
   state.sent = [];
   sessionEnded("");
   await refreshQueue();
@@ -365,10 +383,17 @@ function stopCameras() {
   stopCamera(byId("camera-video"));
 }
 
-async function startIdentify() {
+/**
+ * The identify screen with its camera on.
+ * @param {string} [mrn] put back in the MRN field, selected for correcting (a typed MRN that
+ *   found nobody)
+ */
+async function startIdentify(mrn = "") {
   byId("mrn-form").reset();
+  byId("mrn").value = mrn;
   say(byId("scan-status"));
   showScreen("identify");
+  if (mrn) byId("mrn").select();
   if (!cameraSupported()) {
     say(byId("scan-status"), "No camera here: type the MRN.");
     return;
@@ -382,7 +407,8 @@ async function startIdentify() {
 
 /**
  * Identify the patient with the server (`online`) or, offline, among the patients this user
- * confirmed before on this device (`offline`); then show them for confirmation.
+ * confirmed before on this device (`offline`); then show them for confirmation. A failure
+ * (`offline` throws when it cannot identify that way) is said on the identify screen.
  * @param {() => Promise<object>} online
  * @param {() => Promise<object>} offline
  */
@@ -392,13 +418,13 @@ async function identified(online, offline) {
   if (state.offline) await reconnect();
   if (!state.me) return;  // the login ended meanwhile: the login screen shows
   try {
-    state.identification = state.offline ? await offline() : await online();
+    state.identification = await (state.offline ? offline() : online().catch((error) => {
+      if (error instanceof NetworkError) return offline();
+      throw error;
+    }));
   } catch (error) {
-    if (!(error instanceof NetworkError)) {
-      report(error, status);
-      return;
-    }
-    state.identification = await offline();
+    report(error, status);
+    return;
   }
   say(status);
   stopCameras();
@@ -407,15 +433,12 @@ async function identified(online, offline) {
 }
 
 function renderPatients() {
-  const { read, patients, incomplete, offline } = state.identification;
-  say(byId("patient-read"), read ? `Read: ${read}` : "");
-  const warning = offline
-    ? `Offline: only the patients you confirmed before on this device are listed.${
-      patients.length ? " Check the name and birth date." : " Use “Capture now, identify later”."}`
-    : patients.length === 0
-      ? "No patient found. Check the wristband or the MRN and try again."
-      : patients.length > 1 ? "Several patients match: check the name and birth date." : "";
-  say(byId("patient-warning"), [warning, incomplete
+  const { read, how, patients, incomplete } = state.identification;
+  byId("patient-title").textContent = patients.length ? "Confirm the patient" : "No patient found";
+  document.querySelector("#screen-patient [data-action=identify-again]").textContent =
+    patients.length ? "Not this patient — identify again" : "Try again";
+  say(byId("patient-read"), read && how === "scanned" ? `Read: ${read}` : "");
+  say(byId("patient-warning"), [patientWarning(state.identification), incomplete
     ? "A patient directory did not answer: the list may be incomplete." : ""]
     .filter(Boolean).join(" "));
   const list = byId("patient-list");
@@ -442,6 +465,41 @@ function renderPatients() {
       h("button", { type: "button", class: "primary big", "data-confirm": index },
         "Confirm this patient"));
   }));
+}
+
+/**
+ * What the patient screen says above the patients found: that nobody has the typed MRN or the
+ * wristband, or that several match; offline, that the patients listed are those confirmed
+ * before, or that this patient cannot be identified offline (never anyone else).
+ * @param {import("./identify.js").Identification} identification
+ * @returns {string}
+ */
+function patientWarning({ read, how, patients, offline }) {
+  if (!offline) {
+    if (patients.length) {
+      return patients.length > 1 ? "Several patients match: check the name and birth date." : "";
+    }
+    return how === "typed" ? `No patient with MRN ${read} found. Check the MRN and try again.`
+      : "No patient found for this wristband. Check it and try again, or type the MRN.";
+  }
+  const later = "To take the photos now, use “Capture now, identify later”.";
+  if (patients.length) {
+    return how === "list"
+      ? "Offline: only the patients you confirmed before on this device are listed. Check the " +
+        "name and birth date."
+      : "Offline: found among the patients you confirmed before on this device. Check the name " +
+        "and birth date.";
+  }
+  if (how === "list") return `Offline: no patient was confirmed on this device before. ${later}`;
+  const what = how === "scanned" ? "this wristband" : "this MRN";
+  return `Offline: no patient you confirmed before on this device has ${what}. This patient ` +
+    `cannot be identified offline: type or scan again when you are back online. ${later}`;
+}
+
+/** @returns {string} the MRN just typed if it found nobody (to correct it), else "" */
+function typedNotFound() {
+  const found = state.identification;
+  return found && found.how === "typed" && !found.patients.length ? found.read : "";
 }
 
 function option(name, value, checked, text) {
@@ -923,8 +981,12 @@ function wire() {
     startCapture();
   });
   byId("screen-home").addEventListener("click", onHomeClick);
-  byId("scan").addEventListener("click", () => identified(
-    () => identifyWristband(byId("scan-video")), () => recentIdentification(state.me.user)));
+  byId("scan").addEventListener("click", async () => {
+    const video = byId("scan-video");
+    const barcode = await readWristband(video);  // decoded on the phone, if it can: offline too
+    identified(() => identifyWristband(video, barcode),
+      () => identifyScannedOffline(state.me.user, barcode));
+  });
   byId("recent-patients").addEventListener("click", () => identified(
     () => recentIdentification(state.me.user), () => recentIdentification(state.me.user)));
   byId("mrn-form").addEventListener("submit", (event) => {
@@ -964,7 +1026,7 @@ function wire() {
     });
   }
   for (const button of document.querySelectorAll("[data-action=identify-again]")) {
-    button.addEventListener("click", startIdentify);
+    button.addEventListener("click", () => startIdentify(typedNotFound()));
   }
 }
 

@@ -4,7 +4,8 @@
  * by hand (POST /api/v1/patients/search). Identifiers travel in request bodies, never in URLs.
  *
  * Offline, the patients this user confirmed before on this device (kept encrypted by store.js,
- * purged at logout) can be chosen from a list or matched by the typed MRN.
+ * purged at logout) can be chosen from a list, or matched by the typed MRN or by the wristband
+ * decoded on the device.
  * @module identify
  */
 
@@ -32,31 +33,48 @@ async function detectOnDevice(video) {
   }
 }
 
-async function lookUp(path, body) {
+async function lookUp(path, body, how) {
   try {
-    return identification((await call("POST", path, body)).body);
+    return identification((await call("POST", path, body)).body, how);
   } catch (error) {
     // 404 carries the same answer (nobody matches, and what was read): not a failure here
     if (error instanceof ApiError && error.status === 404 && error.body &&
         Array.isArray(error.body.patients)) {
-      return identification(error.body);
+      return identification(error.body, how);
     }
     throw error;
   }
 }
 
 /**
- * Identify from the wristband in front of the camera.
+ * @typedef {object} Barcode a barcode decoded on the device
+ * @property {string} payload what it carries (PHI: never in a URL or a log)
+ * @property {string} symbology in the API's names (Code128, QRCode…)
+ */
+
+/**
+ * Read the wristband in front of the camera on the device, which works offline too.
  * @param {HTMLVideoElement} video the live camera
+ * @returns {Promise<Barcode|null>} null when the browser decodes no barcodes (no
+ *   BarcodeDetector) or found none: then only the server can read the frame
+ */
+export async function readWristband(video) {
+  const barcode = await detectOnDevice(video);
+  return barcode ? { payload: barcode.rawValue, symbology: SYMBOLOGIES[barcode.format] } : null;
+}
+
+/**
+ * Identify from the wristband with the server: the barcode read on the device, else the
+ * camera's frame for the server to read.
+ * @param {HTMLVideoElement} video the live camera
+ * @param {Barcode|null} barcode what `readWristband` read
  * @returns {Promise<Identification>}
  */
-export async function identifyWristband(video) {
-  const barcode = await detectOnDevice(video);
-  if (barcode) {
-    return lookUp("/api/v1/identify", { barcode: barcode.rawValue, method: "scanned",
-      symbology: SYMBOLOGIES[barcode.format] });
-  }
-  return lookUp("/api/v1/identify", await toJpeg(grabFrame(video), 0.9));
+export async function identifyWristband(video, barcode) {
+  const body = barcode
+    ? { barcode: barcode.payload, method: "scanned", symbology: barcode.symbology }
+    : await toJpeg(grabFrame(video), 0.9);
+  return lookUp("/api/v1/identify", body, "scanned");
 }
 
 /**
@@ -65,7 +83,8 @@ export async function identifyWristband(video) {
  * @returns {Promise<Identification>}
  */
 export async function identifyTyped(mrn) {
-  return lookUp("/api/v1/patients/search", { mrn: mrn.trim() });
+  const found = await lookUp("/api/v1/patients/search", { mrn: mrn.trim() }, "typed");
+  return { ...found, read: found.read || mrn.trim() };
 }
 
 /**
@@ -87,7 +106,9 @@ export async function identifyTyped(mrn) {
  * @property {object|null} identification how the patient was identified, for POST /sessions
  *
  * @typedef {object} Identification
- * @property {string|null} read the identifier that was read, for the user to compare
+ * @property {string|null} read the identifier that was read (or typed), for the user to compare
+ * @property {"scanned"|"typed"|"list"} how from the wristband, a typed MRN, or the list of the
+ *   patients confirmed before
  * @property {Patient[]} patients the matching patients (possibly none, possibly several)
  * @property {boolean} incomplete some patient directory did not answer
  * @property {boolean} [offline] found offline, among the patients confirmed before
@@ -96,14 +117,16 @@ export async function identifyTyped(mrn) {
 /**
  * The identify answer in the shape the screens use.
  * @param {object} body the JSON answer of /api/v1/identify or /api/v1/patients/search
+ * @param {"scanned"|"typed"} how
  * @returns {Identification}
  */
-function identification(body) {
+function identification(body, how) {
   const patients = (Array.isArray(body.patients) ? body.patients : []).map(patientOf)
     .filter((p) => p.mrn);
   const first = Array.isArray(body.identifiers) && body.identifiers[0];
   return {
     read: first ? first.mrn : null,
+    how,
     patients,
     incomplete: Boolean(body.unavailable && Object.keys(body.unavailable).length),
   };
@@ -148,7 +171,8 @@ export async function rememberPatient(user, patient) {
  * A kept patient, as identified offline: the encounters and worklist of the last lookup, the
  * identification saying how it was done here.
  * @param {Patient} patient
- * @param {string} method "typed" (the MRN matched) or "manual" (chosen from the list)
+ * @param {string} method "typed" (the MRN matched), "scanned" (the wristband matched) or
+ *   "manual" (chosen from the list)
  * @returns {Patient}
  */
 function offline(patient, method) {
@@ -161,8 +185,23 @@ function offline(patient, method) {
  * @returns {Promise<Identification>}
  */
 export async function recentIdentification(user) {
-  return { read: null, patients: (await keptPatients(user)).map((p) => offline(p, "manual")),
+  return { read: null, how: "list",
+    patients: (await keptPatients(user)).map((p) => offline(p, "manual")),
     incomplete: false, offline: true };
+}
+
+/**
+ * The patients `user` confirmed before whose MRN `matches`, as identified offline.
+ * @param {string} user
+ * @param {(mrn: string) => boolean} matches given a kept MRN in capitals
+ * @param {string} read what was typed or read, shown for the user to compare
+ * @param {"scanned"|"typed"} how also the identification method sent with the session
+ * @returns {Promise<Identification>}
+ */
+async function identifyOffline(user, matches, read, how) {
+  const patients = (await keptPatients(user)).filter((p) => matches(p.mrn.toUpperCase()));
+  return { read, how, patients: patients.map((p) => offline(p, how)), incomplete: false,
+    offline: true };
 }
 
 /**
@@ -173,7 +212,24 @@ export async function recentIdentification(user) {
  */
 export async function identifyTypedOffline(user, mrn) {
   const wanted = mrn.trim().toUpperCase();
-  const patients = (await keptPatients(user)).filter((p) => p.mrn.toUpperCase() === wanted);
-  return { read: mrn.trim(), patients: patients.map((p) => offline(p, "typed")),
-    incomplete: false, offline: true };
+  return identifyOffline(user, (kept) => kept === wanted, mrn.trim(), "typed");
+}
+
+/**
+ * Identify offline from a wristband decoded on the device: the patients `user` confirmed before
+ * whose MRN is the whole payload or one of its runs of letters and digits (`00123456`,
+ * `MRN:00123456`, `00123456^^^HOSP^MR`). Payloads only the server's rules can parse (a GS1
+ * element string) match nobody: that patient cannot be identified offline. Never the other
+ * patients confirmed before: a wristband names one patient.
+ * @param {string} user
+ * @param {Barcode|null} barcode what `readWristband` read
+ * @returns {Promise<Identification>}
+ * @throws {Error} when nothing was decoded on the device (only the server could read it)
+ */
+export async function identifyScannedOffline(user, barcode) {
+  if (!barcode) throw new Error("Scanning needs a connection — type the MRN.");
+  const payload = barcode.payload.trim();
+  const tokens = new Set([payload, ...payload.split(/[^\p{L}\p{N}]+/u)]
+    .map((token) => token.toUpperCase()));
+  return identifyOffline(user, (kept) => tokens.has(kept), payload, "scanned");
 }

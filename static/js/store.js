@@ -1,8 +1,9 @@
 /**
  * What the app keeps on the device: photos not yet acknowledged by the server and the capture
  * sessions they belong to, in IndexedDB, encrypted with AES-GCM under a non-extractable key
- * that lives in the same database. Nothing is kept once the server has it, and everything
- * (the key too) is deleted at logout.
+ * that lives in the same database. Nothing is kept once the server has it. Logging out deletes
+ * what that user left here; other users' photos stay (a shared phone) until they log in and
+ * send them, and once nothing of anyone is left the key goes too.
  *
  * Stores: `keys` (the CryptoKey), `sessions` (id, owner, state, encrypted request body),
  * `photos` (uuid, owner, draft, session, state: metadata only), `blobs` (uuid → encrypted
@@ -19,7 +20,7 @@ const KEY_ID = "photo-key";
 const LOGIN_ID = "login";
 const SITES_ID = "body-sites";
 
-/** Names of every object store (logout empties them all). */
+/** Names of every object store (emptied, the key too, when the last user's data goes). */
 const STORES = ["keys", "sessions", "photos", "blobs", "patients", "meta"];
 
 let dbPromise = null;
@@ -280,10 +281,31 @@ export async function keptSites() {
   return (await transaction(["meta"], "readonly", (s) => promised(s.meta.get(SITES_ID)))) || null;
 }
 
-/** Empty every store, the key included (logout). */
-export async function purgeAll() {
-  await transaction(STORES, "readwrite", (s) => {
-    for (const name of STORES) s[name].clear();
+/**
+ * Delete what `user` left on this device (logout): their photos and clips with their bytes,
+ * their sessions, the patients they confirmed and the last-known login. Other users' photos,
+ * sessions and patients stay untouched, encrypted under the same key; when none are left, every
+ * store is emptied, the key and the body-site table included.
+ * @param {string} user
+ */
+export async function purgeUser(user) {
+  const emptied = await transaction(STORES, "readwrite", async (s) => {
+    const photos = await promised(s.photos.getAll());
+    const sessions = await promised(s.sessions.getAll());
+    const mine = photos.filter((p) => p.user === user);
+    for (const photo of mine) {
+      s.photos.delete(photo.uuid);
+      s.blobs.delete(photo.uuid);
+    }
+    for (const session of sessions.filter((x) => x.user === user)) s.sessions.delete(session.id);
+    s.patients.delete(user);
+    s.meta.delete(LOGIN_ID);
+    const othersLeft = photos.length > mine.length || sessions.some((x) => x.user !== user) ||
+      (await promised(s.patients.count())) > 0;
+    if (!othersLeft) {
+      for (const name of STORES) s[name].clear();
+    }
+    return !othersLeft;
   });
-  keyPromise = null;
+  if (emptied) keyPromise = null;
 }
