@@ -34,6 +34,11 @@ _MESSAGES = {
     413: "the upload is too large",
     429: "too many requests: wait a moment and try again",
 }
+_PAGE_MESSAGES = {
+    401: "please log in to see this page",
+    403: "your role cannot open this page",
+}
+"""What the error page tells a browser instead (the page adds the Log in or home link)."""
 _JSON_PREFIXES = ("/api/", "/dicomweb", "/fhir", "/admin/api/")
 RETRY_AFTER_SECONDS = 10
 """``Retry-After`` of a 503 or 507: a fault of ours that a retry of the same request outlives."""
@@ -96,7 +101,9 @@ def register_error_handlers(app: Flask) -> None:
     def http_error(exc: HTTPException) -> tuple[Response, int]:
         status = exc.code or 500
         code = (exc.name or "error").lower().replace(" ", "_")
-        return error_response(status, code, _MESSAGES.get(status, exc.name or "error"))
+        message = (_PAGE_MESSAGES.get(status) if wants_html() else None) \
+            or _MESSAGES.get(status, exc.name or "error")
+        return error_response(status, code, message)
 
 
 def fault_response(exc: BaseException) -> tuple[Response, int] | None:

@@ -1,7 +1,7 @@
 """Logging in, in Debian's Chromium at phone size (Playwright, :data:`PHONE`): the plain
-``/login`` form (an admin then reaches ``/admin``), another site's form post refused, and what
-the login screens say: wrong credentials, a lock with its minutes, a login that really ended,
-nothing at a first visit.
+``/login`` form (an admin sent there by the 401 page of ``/admin/deliveries`` is back on it),
+another site's form post refused, and what the login screens say: wrong credentials, a lock
+with its minutes, a login that really ended, nothing at a first visit.
 
 The app runs under the Content-Security-Policy a deployment adds (``form-action 'self'``).
 """
@@ -17,7 +17,15 @@ from flask import Flask
 from sqlalchemy import delete
 
 from app.db.models import WebSession
-from tests.conftest import ARTIFACTS, PASSWORD, PHONE, Browser, served_as_deployed, services
+from tests.conftest import (
+    ARTIFACTS,
+    PASSWORD,
+    PHONE,
+    TAP_TARGETS,
+    Browser,
+    served_as_deployed,
+    services,
+)
 
 WRONG = "wrong password!!"
 ENDED = "Your login has ended"
@@ -87,18 +95,19 @@ def test_the_login_form_logs_in_and_lands_in_the_app(chromium: Browser, url: str
     assert problems == []
 
 
-def test_an_admin_logs_in_through_the_form_and_opens_the_deliveries(
+def test_an_admin_logs_in_from_the_401_page_and_is_back_on_the_deliveries(
         chromium: Browser, url: str, users: dict[str, str]) -> None:
     def run(browser: Any) -> dict[str, Any]:
         page = phone_page(browser, [])
-        refused = page.goto(f"{url}/admin/deliveries")
-        before = refused.status if refused else None
-        page.click("a[href='/login']")  # the 401 page's link
+        refused = page.goto(f"{url}/admin/deliveries?state=dead")
+        before = (refused.status if refused else None, page.text_content("main p"),
+                  page.evaluate(TAP_TARGETS))
+        page.click("a:has-text('Log in')")  # the 401 page's link
         page.wait_for_selector("#plain-username")
-        submit_form(page, url, users["admin"], PASSWORD)
-        page.wait_for_url(f"{url}/")
-        opened = page.goto(f"{url}/admin/deliveries")
-        seen = {"before": before, "status": opened.status if opened else None,
+        form = (page.url, page.evaluate(TAP_TARGETS))
+        answer = submit_form(page, url, users["admin"], PASSWORD)
+        page.wait_for_url(f"{url}/admin/deliveries")
+        seen = {"before": before, "form": form, "status": answer.status,
                 "title": page.text_content("h1")}
         page.screenshot(path=str(ARTIFACTS / "login-form-admin-deliveries.png"))
         # the page's own forms post too (as its "Retry all dead" form, shown only with dead
@@ -120,8 +129,10 @@ def test_an_admin_logs_in_through_the_form_and_opens_the_deliveries(
         page.context.close()
         return seen
 
-    assert chromium.run(run) == {"before": 401, "status": 200, "title": "Deliveries",
-                                 "retry": (303, url)}
+    assert chromium.run(run) == {
+        "before": (401, "Please log in to see this page.", []),
+        "form": (f"{url}/login?next=/admin/deliveries", []), "status": 303,
+        "title": "Deliveries", "retry": (303, url)}
 
 
 def test_another_sites_form_post_is_refused(chromium: Browser, url: str,

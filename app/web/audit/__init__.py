@@ -7,12 +7,18 @@ named in ``g.audit_entities``, extra facts in ``g.audit_detail``; a view may als
 If the record cannot be written, the answer is withheld (503): no audit, no PHI. Endpoints not
 listed here serve no PHI (health, the app shell, the viewer page shell).
 
-Admin views (admin role): ``GET /admin/audit`` (HTML), ``GET /admin/api/audit`` (JSON),
-``GET /admin/api/audit/fhir`` (FHIR R4 AuditEvent Bundle) with the same filters — ``actor``,
+Admin views (admin role): ``/admin/audit`` (HTML), ``/admin/api/audit`` (JSON),
+``/admin/api/audit/fhir`` (FHIR R4 AuditEvent Bundle) with the same filters — ``actor``,
 ``action`` (exact, or a family such as ``dicomweb.``), ``outcome``, ``patient_id`` +
 ``issuer``, ``study``, ``entity``, ``since``/``until`` (ISO 8601), ``before`` (seq, paging),
 ``limit`` — and ``GET /admin/api/audit/verify`` (the hash chain check). Reading the trail is
 itself audited (``audit.read``, ``audit.verify``).
+
+Each takes its filters from the query of a GET or the form body of a POST (a cookie session's
+POST carries the CSRF token). Patient IDs never go in a URL: the page's forms (filter, older
+records, the FHIR export) all post, and a GET of the page naming a patient (``patient_id``,
+``issuer`` or a ``patient:`` entity) is refused with 400. The JSON and FHIR APIs still take
+them in a GET's query for bearer-token clients.
 """
 
 from __future__ import annotations
@@ -23,10 +29,11 @@ from datetime import UTC, datetime
 from typing import Any
 
 from flask import Blueprint, Flask, Response, g, jsonify, render_template, request
+from werkzeug.datastructures import MultiDict
 
 from app.pipeline.audit import AuditFacts
 from app.web import services
-from app.web.auth import SAFE_METHODS, current_caller, require
+from app.web.auth import SAFE_METHODS, current_caller, current_login, require
 from app.web.errors import error_response, fault_response
 from app.workflow import audit
 
@@ -138,8 +145,13 @@ def _bad_filter(exc: _BadFilter) -> tuple[Response, int]:
     return error_response(400, "invalid_filter", str(exc))
 
 
-def _time(name: str) -> datetime | None:
-    raw = request.args.get(name)
+def _query() -> MultiDict[str, str]:
+    """The request's filters: the form body of a POST, else the URL's query."""
+    return request.form if request.method == "POST" else request.args
+
+
+def _time(query: MultiDict[str, str], name: str) -> datetime | None:
+    raw = query.get(name)
     if not raw:
         return None
     try:
@@ -149,8 +161,8 @@ def _time(name: str) -> datetime | None:
     return value.replace(tzinfo=UTC) if value.tzinfo is None else value
 
 
-def _int(name: str) -> int | None:
-    raw = request.args.get(name)
+def _int(query: MultiDict[str, str], name: str) -> int | None:
+    raw = query.get(name)
     if not raw:
         return None
     if not raw.isdigit():
@@ -158,26 +170,42 @@ def _int(name: str) -> int | None:
     return int(raw)
 
 
-def _filters() -> audit.Filters:
-    """The query's filters; a patient is ``patient_id`` with ``issuer``."""
-    args = request.args
-    entity = args.get("entity") or None
-    if args.get("patient_id"):
-        if not args.get("issuer"):
+FILTERS = ("actor", "action", "outcome", "patient_id", "issuer", "study", "entity", "since",
+           "until", "before", "limit")
+"""The filter fields, in the order the page carries them."""
+_PATIENT_FILTERS = ("patient_id", "issuer", "entity")
+"""Filters that may name a patient: kept out of the audit record's detail (its entity names the
+patient)."""
+
+
+def _names_patient(query: MultiDict[str, str]) -> bool:
+    """Whether ``query`` filters by a patient (``patient_id``, ``issuer``, a patient entity)."""
+    return bool(query.get("patient_id") or query.get("issuer")
+                or query.get("entity", "").startswith("patient:"))
+
+
+def _filters(query: MultiDict[str, str]) -> audit.Filters:
+    """The filters of ``query``; a patient is ``patient_id`` with ``issuer``. Sets the
+    request's audit entity (the patient or study filtered on) and detail (the other filters,
+    nothing else the request carried)."""
+    entity = query.get("entity") or None
+    if query.get("patient_id"):
+        if not query.get("issuer"):
             raise _BadFilter("patient_id needs issuer")
-        entity = audit.patient_ref(args["patient_id"], args["issuer"])
-    elif args.get("study"):
-        entity = audit.study_ref(args["study"])
-    outcome = args.get("outcome") or None
+        entity = audit.patient_ref(query["patient_id"], query["issuer"])
+    elif query.get("study"):
+        entity = audit.study_ref(query["study"])
+    outcome = query.get("outcome") or None
     if outcome is not None and outcome not in (audit.SUCCESS, audit.DENIED, audit.FAILED,
                                                 audit.ERROR):
         raise _BadFilter("outcome must be success, denied, failed or error")
-    filters = audit.Filters(actor=args.get("actor") or None, action=args.get("action") or None,
-                            outcome=outcome, entity=entity, since=_time("since"),
-                            until=_time("until"), before_seq=_int("before"))
+    filters = audit.Filters(actor=query.get("actor") or None,
+                            action=query.get("action") or None, outcome=outcome,
+                            entity=entity, since=_time(query, "since"),
+                            until=_time(query, "until"), before_seq=_int(query, "before"))
     g.audit_entities = [entity] if entity else []
-    g.audit_detail = {k: v for k, v in args.items() if k not in ("patient_id", "issuer")
-                      and k != "entity"}
+    g.audit_detail = {k: query[k] for k in FILTERS
+                      if query.get(k) and k not in _PATIENT_FILTERS}
     return filters
 
 
@@ -188,9 +216,9 @@ def _record_json(facts: AuditFacts) -> dict[str, Any]:
             "detail": dict(facts.detail), "outcome": facts.outcome}
 
 
-def _page() -> dict[str, Any]:
-    filters = _filters()
-    limit = _int("limit") or 100
+def _page(query: MultiDict[str, str]) -> dict[str, Any]:
+    filters = _filters(query)
+    limit = _int(query, "limit") or 100
     records = audit.search(services().db, filters, limit)
     return {"records": [_record_json(r) for r in records],
             "next_before": records[-1].seq if len(records) == min(limit, audit.MAX_PAGE)
@@ -202,26 +230,36 @@ def _no_store(response: Response) -> Response:
     return response
 
 
-@bp.get("/audit")
+@bp.route("/audit", methods=["GET", "POST"])
 @require("admin")
 def audit_page() -> Response:
-    """The audit trail, newest first, with the filter form."""
-    page = _page()
-    return _no_store(Response(render_template("audit/events.html", args=request.args,
-                                              **page)))
+    """The audit trail, newest first, with the filter form; a POST answers the filtered page.
+
+    Guarantees: no URL on the page holds a filter that may name a patient (its forms post
+    them); a GET naming a patient is refused with 400, before anything is read.
+    """
+    query = _query()
+    if request.method == "GET" and _names_patient(query):
+        raise _BadFilter("a patient ID never goes in a URL: filter by patient with the form "
+                         "of the audit page, which posts it")
+    page = _page(query)
+    login = current_login()
+    return _no_store(Response(render_template(
+        "audit/events.html", filters={k: query[k] for k in FILTERS if query.get(k)},
+        csrf_token=login.csrf_token if login else "", **page)))
 
 
-@bp.get("/api/audit")
+@bp.route("/api/audit", methods=["GET", "POST"])
 @require("admin")
 def audit_json() -> Response:
-    return _no_store(jsonify(_page()))
+    return _no_store(jsonify(_page(_query())))
 
 
-@bp.get("/api/audit/fhir")
+@bp.route("/api/audit/fhir", methods=["GET", "POST"])
 @require("admin")
 def audit_fhir() -> Response:
     """Matching records as FHIR R4 AuditEvents (a ``collection`` Bundle, chain order)."""
-    filters = _filters()
+    filters = _filters(_query())
     bundle = audit.fhir_bundle(services().db, filters,
                                systems=services().settings.issuer_systems)
     return _no_store(Response(json.dumps(bundle), mimetype="application/fhir+json"))

@@ -18,6 +18,10 @@ policy, a sandboxed frame, a redirect) passes only with ``Sec-Fetch-Site: same-o
 login form's token: ``GET /login`` puts a random token in the form and in the ``ebiw_login``
 cookie (``__Host-`` over HTTPS, HttpOnly, ``SameSite=Strict``), and the post must carry both,
 equal (a double submit: another site can neither read the cookie nor get it sent).
+
+``GET /login?next=/a/page`` (the error page's and the viewer's Log in links) puts ``next`` in
+the form, and the form's login ends on that page: only a path of this site, never another
+site's address (:func:`local_path`).
 """
 
 from __future__ import annotations
@@ -194,19 +198,41 @@ def _minutes(seconds: int) -> str:
     return f"{minutes} minute" if minutes == 1 else f"{minutes} minutes"
 
 
+def local_path(value: str | None) -> str | None:
+    """``value`` as a page of this site to go to after logging in, or None when it is not one.
+
+    Guarantees: a result starts with a single "/" and holds no scheme, host, backslash, space
+    or control character, so no browser reads it as another site; its query and fragment are
+    dropped (a query may hold PHI).
+    """
+    if not value or not value.startswith("/") or value.startswith("//"):
+        return None
+    if "\\" in value or any(ord(c) <= 0x20 or ord(c) == 0x7F for c in value):
+        return None
+    parts = urlsplit(value)
+    return parts.path if not (parts.scheme or parts.netloc) else None
+
+
+def _next_path() -> str | None:
+    """The checked ``next`` of this request (the login form's field or the URL's query)."""
+    return local_path(request.values.get("next"))
+
+
 def _login_page(message: str = "", status: int = 200) -> Response:
     """The plain login form, with ``message`` as its alert; never cached.
 
     Guarantees: the form's ``login_token`` equals the login form cookie set on the answer
     (the browser's own token when it sent a well-formed one, so the page is the same for the
-    same browser and message; else a new random one).
+    same browser and message; else a new random one); the form carries the request's ``next``
+    only when it is a local path (:func:`local_path`).
     """
     token = request.cookies.get(login_form_cookie(), "")
     if not _LOGIN_TOKEN.fullmatch(token):
         token = secrets.token_urlsafe(32)
     settings = services().settings
     response = Response(render_template("auth/login.html", message=message, login_token=token,
-                                        oidc=settings.oidc_enabled), status=status)
+                                        next=_next_path(), oidc=settings.oidc_enabled),
+                        status=status)
     response.set_cookie(login_form_cookie(), token, path="/", httponly=True, samesite="Strict",
                         secure=request.is_secure or settings.secure_cookies)
     return _no_store(response)
@@ -222,6 +248,8 @@ def login_form() -> Response:
 @rate_limited("login")
 def login() -> BaseResponse | tuple[Response, int]:
     """Log in with JSON ``{"username", "password"}`` or a form; set a fresh session cookie.
+    A form is then sent to its ``next`` field when that is a local path (:func:`local_path`),
+    else to ``/``.
 
     Refused: from another site (403), over the rate limit (429), for a locked username (401
     ``account_locked`` with ``Retry-After``, alike for unknown names), wrong credentials (401,
@@ -256,7 +284,8 @@ def login() -> BaseResponse | tuple[Response, int]:
             return error_response(401, "login_failed", "wrong username or password")
         return _login_page("Wrong username or password.", 401)
     session_id, web_login = result
-    done = jsonify(login_json(web_login)) if _wants_json() else redirect("/", 303)
+    done = jsonify(login_json(web_login)) if _wants_json() \
+        else redirect(_next_path() or "/", 303)
     set_session_cookie(done, session_id)
     return _no_store(done)
 
