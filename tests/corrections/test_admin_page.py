@@ -47,7 +47,7 @@ def test_admin_rejects_and_moves_by_form(deploy: Callable[..., Deployment]) -> N
     refused = browser.post("/admin/corrections/reject", data={
         "csrf_token": csrf, "instance": "1.2.3.4", "reason": "quality"})
     assert refused.status_code == 422
-    assert "no archived instance has SOP Instance UID 1.2.3.4" in refused.get_data(as_text=True)
+    assert "No archived instance has SOP Instance UID 1.2.3.4." in refused.get_data(as_text=True)
     same = browser.post("/admin/corrections/patient", data={
         "csrf_token": csrf, "study": study, "patient_id": "00123456", "issuer": "HOSP-A",
         "reason": "test"})
