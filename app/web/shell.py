@@ -1,5 +1,6 @@
 """The shell every HTML page shares: the header's navigation by role, the user's name and the
-log-out form (``templates/partials/header.html``), and the ``when`` filter for times.
+log-out form (``templates/partials/header.html``), the ``when`` filter for times and the
+``sentence`` filter for messages shown on a page.
 
 Templates call ``app_shell()`` (a context processor puts it in every template) only where they
 show the header, so that rendering ``sw.js`` or a page without a header looks nobody up. The
@@ -96,3 +97,14 @@ def when(value: datetime | str | None) -> Markup:
     moment = moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
     return Markup('<time datetime="{}">{}</time>').format(
         moment.isoformat(timespec="seconds"), f"{moment.day} {moment:%b %Y, %H:%M} UTC")
+
+
+@bp.app_template_filter("sentence")
+def sentence(message: str) -> str:
+    """``message`` as a sentence: its first letter capitalised and a full stop at its end
+    unless it ends with one already. The workflow's messages are clauses, lower case and
+    without a stop, as the API and the CLI give them; a page shows them as sentences."""
+    text = message.strip()
+    if not text:
+        return text
+    return text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")

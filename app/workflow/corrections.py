@@ -12,6 +12,9 @@ is left), and the rejection is audited. :func:`reject`, :func:`withdraw_report` 
 :func:`move_to_patient` call it, a retention purge (`app.workflow.retention`) with 113039; a
 patient merge (`app.workflow.merge`) moves studies through :func:`move_to_patient`.
 
+:func:`plan_reject` and :func:`plan_move` say what :func:`reject` and :func:`move_to_patient`
+would do, checked as they check, changing nothing: what a person confirms before correcting.
+
 Each correction is one database transaction: the files it writes (the note, the corrected
 copies) are written durably before the commit, as the intake does, so a crash leaves either
 nothing (unreferenced files at most) or everything indexed and queued.
@@ -22,7 +25,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime, timedelta, timezone
+from datetime import date, datetime, timedelta, timezone
 from functools import partial
 from typing import Any, TypeVar
 
@@ -111,6 +114,52 @@ class PatientMove:
     rejection: Rejection
 
 
+@dataclass(frozen=True)
+class PatientSummary:
+    """A patient as whoever confirms a correction recognises them."""
+
+    name: str
+    """Patient's Name as a DICOM PN (``FAMILY^GIVEN``), empty when unknown."""
+    patient_id: str
+    issuer: str
+    birth_date: date | None
+
+    @property
+    def readable_name(self) -> str:
+        """The name as a person reads it, ``FAMILY, GIVEN``; empty when unknown."""
+        return ", ".join(part for part in self.name.split("^")[:2] if part)
+
+
+@dataclass(frozen=True)
+class MovePlan:
+    """What :func:`move_to_patient` would move now, from whom to whom."""
+
+    study_uid: str
+    captured_at: datetime
+    photos: int
+    instances: int
+    """The DICOM instances copied: the photos, their normalized versions, measurements."""
+    source: PatientSummary
+    target: PatientSummary
+
+
+@dataclass(frozen=True)
+class RejectPlan:
+    """What :func:`reject` would reject now: the instance named, of whom."""
+
+    study_uid: str
+    series_uid: str
+    sop_uid: str
+    photo_number: int | None
+    """The photo's number in its study; None when the instance is no photo."""
+    series_number: int | None
+    instances: int
+    """The DICOM instances the rejection note would reject (a photo with its normalized
+    version, a measurement report with the presentation state that draws it)."""
+    captured_at: datetime
+    patient: PatientSummary
+
+
 def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: str,
            own_within: timedelta | None = None) -> Rejection:
     """Reject the stored instance ``sop_uid`` for ``reason``.
@@ -124,23 +173,45 @@ def reject(services: Services, sop_uid: str, reason: RejectionReason, *, actor: 
     ``actor`` must have captured the study no longer ago than that (:class:`NotAllowed`).
     """
     with services.db.session() as db:
-        row = db.get(Instance, sop_uid)
-        if row is None:
-            raise CorrectionError(f"no archived instance has SOP Instance UID {sop_uid}")
-        if row.rejected_at is not None:
-            raise CorrectionError(f"instance {sop_uid} was already rejected "
-                                  f"(rejection note {row.rejected_by_kos})")
-        if row.sop_class_uid == KOS_SOP_CLASS_UID:
-            raise CorrectionError("a rejection note cannot be rejected")
-        session = _session(db, row.study_uid)
-        _check_allowed(session, actor, own_within)
-        pair = db.scalar(select(Photo).where(
-            or_(Photo.sop_uid == sop_uid, Photo.normalized_sop_uid == sop_uid)))
-        uids = {sop_uid} if pair is None else \
-            {u for u in (pair.sop_uid, pair.normalized_sop_uid) if u}
-        rows = db.scalars(select(Instance).where(Instance.sop_uid.in_(uids), Instance.shown())
-                          .order_by(Instance.stored_at, Instance.sop_uid)).all()
+        session, _, _, rows = _rejectable(db, sop_uid, actor, own_within)
         return reject_rows(services, db, session, rows, reason, actor=actor)
+
+
+def plan_reject(services: Services, sop_uid: str, *, actor: str,
+                own_within: timedelta | None = None) -> RejectPlan:
+    """What :func:`reject` of ``sop_uid`` by ``actor`` would reject now. Raises what it would
+    raise, before anything is done; changes nothing."""
+    with services.db.session() as db:
+        session, row, photo, rows = _rejectable(db, sop_uid, actor, own_within)
+        return RejectPlan(
+            study_uid=row.study_uid, series_uid=row.series_uid, sop_uid=row.sop_uid,
+            photo_number=photo.instance_number if photo else None,
+            series_number=(row.attributes or {}).get("SeriesNumber"),
+            instances=len(_with_presentations(db, rows, services.settings.uid_prefix)),
+            captured_at=as_utc(session.created_at), patient=_summary(session))
+
+
+def _rejectable(db: Session, sop_uid: str, actor: str, own_within: timedelta | None
+                ) -> tuple[CaptureSession, Instance, Photo | None, list[Instance]]:
+    """(the session of ``sop_uid``'s study, its row, the photo it is or is a version of, the
+    rows :func:`reject` rejects with it), checked as :func:`reject` documents."""
+    row = db.get(Instance, sop_uid)
+    if row is None:
+        raise CorrectionError(f"no archived instance has SOP Instance UID {sop_uid}")
+    if row.rejected_at is not None:
+        raise CorrectionError(f"instance {sop_uid} was already rejected "
+                              f"(rejection note {row.rejected_by_kos})")
+    if row.sop_class_uid == KOS_SOP_CLASS_UID:
+        raise CorrectionError("a rejection note cannot be rejected")
+    session = _session(db, row.study_uid)
+    _check_allowed(session, actor, own_within)
+    pair = db.scalar(select(Photo).where(
+        or_(Photo.sop_uid == sop_uid, Photo.normalized_sop_uid == sop_uid)))
+    uids = {sop_uid} if pair is None else \
+        {u for u in (pair.sop_uid, pair.normalized_sop_uid) if u}
+    rows = db.scalars(select(Instance).where(Instance.sop_uid.in_(uids), Instance.shown())
+                      .order_by(Instance.stored_at, Instance.sop_uid)).all()
+    return session, row, pair, list(rows)
 
 
 def withdraw_report(services: Services, study_uid: str, sop_uid: str, *, actor: str,
@@ -189,23 +260,11 @@ def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer:
     ``own_within`` as for :func:`reject`; ``detail`` is added to the ``correction.patient``
     audit record (a patient merge's message control ID, say).
     """
-    if not reason.strip():
-        raise CorrectionError("give the reason of the correction")
-    with services.db.session() as db:
-        old = _session(db, study_uid)
-        _check_allowed(old, actor, own_within)
-        if (old.issuer, old.patient_id) == (issuer, patient_id):
-            raise CorrectionError("the study already belongs to this patient")
-    target = directory_patient(services, patient_id, issuer)
+    target = _move_target(services, study_uid, patient_id, issuer, reason, actor, own_within)
     prefix = services.settings.uid_prefix
     with services.db.session() as db:
         old = _session(db, study_uid)
-        rows = db.scalars(select(Instance).where(
-            Instance.study_uid == study_uid, Instance.shown(),
-            Instance.sop_class_uid != KOS_SOP_CLASS_UID)
-            .order_by(Instance.stored_at, Instance.sop_uid)).all()
-        if not rows:
-            raise CorrectionError("the study has no instance left to move")
+        rows = _movable(db, study_uid)
         new = _copied_session(old, target, prefix, actor)
         db.add(new)
         uids = _uid_map(db, old, new, rows, prefix)
@@ -242,6 +301,55 @@ def move_to_patient(services: Services, study_uid: str, patient_id: str, issuer:
                              "message": "photos you captured were moved to another patient"})
         return PatientMove(old_study_uid=study_uid, new_study_uid=new.study_uid,
                            new_session_id=new.id, copies=copies, rejection=rejection)
+
+
+def plan_move(services: Services, study_uid: str, patient_id: str, issuer: str, reason: str,
+              *, actor: str, own_within: timedelta | None = None) -> MovePlan:
+    """What :func:`move_to_patient` with these arguments would move now, and from whom to
+    whom (the directory's record of the target). Raises what it would raise, before anything
+    is done; changes nothing."""
+    target = _move_target(services, study_uid, patient_id, issuer, reason, actor, own_within)
+    with services.db.session() as db:
+        old = _session(db, study_uid)
+        uids = [row.sop_uid for row in _movable(db, study_uid)]
+        photos = db.scalar(select(func.count()).select_from(Photo).where(
+            Photo.session_id == old.id, Photo.sop_uid.in_(uids))) or 0
+        return MovePlan(study_uid=study_uid, captured_at=as_utc(old.created_at),
+                        photos=photos, instances=len(uids), source=_summary(old),
+                        target=PatientSummary(target.dicom_name, target.mrn, target.issuer,
+                                              target.birth_date))
+
+
+def study_patient(services: Services, study_uid: str) -> PatientSummary:
+    """The patient ``study_uid`` belongs to; :class:`CorrectionError` for an unknown study."""
+    with services.db.session() as db:
+        return _summary(_session(db, study_uid))
+
+
+def _move_target(services: Services, study_uid: str, patient_id: str, issuer: str,
+                 reason: str, actor: str, own_within: timedelta | None) -> PatientRecord:
+    """The directory's record of the patient a move of ``study_uid`` goes to, after the
+    checks :func:`move_to_patient` documents but that of something left to move."""
+    if not reason.strip():
+        raise CorrectionError("give the reason of the correction")
+    with services.db.session() as db:
+        old = _session(db, study_uid)
+        _check_allowed(old, actor, own_within)
+        if (old.issuer, old.patient_id) == (issuer, patient_id):
+            raise CorrectionError("the study already belongs to this patient")
+    return directory_patient(services, patient_id, issuer)
+
+
+def _movable(db: Session, study_uid: str) -> list[Instance]:
+    """The instances a move of ``study_uid`` copies: those shown, but rejection notes;
+    :class:`CorrectionError` when there is none."""
+    rows = db.scalars(select(Instance).where(
+        Instance.study_uid == study_uid, Instance.shown(),
+        Instance.sop_class_uid != KOS_SOP_CLASS_UID)
+        .order_by(Instance.stored_at, Instance.sop_uid)).all()
+    if not rows:
+        raise CorrectionError("the study has no instance left to move")
+    return list(rows)
 
 
 def _take_staged_clips(db: Session, old: CaptureSession, new: CaptureSession) -> list[str]:
@@ -335,7 +443,7 @@ def reject_rows(services: Services, db: Session, session: CaptureSession,
     if not rows:
         raise CorrectionError("nothing to reject")
     prefix = services.settings.uid_prefix
-    rows = list({r.sop_uid: r for r in [*rows, *presentation_rows(db, rows, prefix)]}.values())
+    rows = _with_presentations(db, rows, prefix)
     headers = [_from_archive(services, r, partial(read_part10, stop_before_pixels=True))
                for r in rows]
     kos_uid = uid_from_uuid(uuid.uuid4(), prefix)
@@ -370,6 +478,18 @@ def reject_rows(services: Services, db: Session, session: CaptureSession,
 
 
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _with_presentations(db: Session, rows: Sequence[Instance], prefix: str) -> list[Instance]:
+    """``rows`` and the presentation states drawing the measurement reports among them, each
+    instance once."""
+    return list({r.sop_uid: r for r in [*rows, *presentation_rows(db, rows, prefix)]}.values())
+
+
+def _summary(session: CaptureSession) -> PatientSummary:
+    """The patient of ``session``, as it names them."""
+    return PatientSummary(session.patient_name or "", session.patient_id, session.issuer,
+                          session.birth_date)
 
 
 def _may_correct(session: CaptureSession, actor: str, own_within: timedelta) -> bool:

@@ -1,5 +1,6 @@
 """The admin page /admin/corrections: the same two corrections as the CLI, by form, with the
-session's CSRF token, for admins only; a refused one answers 422 and changes nothing."""
+session's CSRF token, for admins only; the first post of each only previews it, naming the
+patients, and changes nothing; a refused one answers 422 and changes nothing."""
 
 from __future__ import annotations
 
@@ -47,7 +48,7 @@ def test_admin_rejects_and_moves_by_form(deploy: Callable[..., Deployment]) -> N
     refused = browser.post("/admin/corrections/reject", data={
         "csrf_token": csrf, "instance": "1.2.3.4", "reason": "quality"})
     assert refused.status_code == 422
-    assert "no archived instance has SOP Instance UID 1.2.3.4" in refused.get_data(as_text=True)
+    assert "No archived instance has SOP Instance UID 1.2.3.4." in refused.get_data(as_text=True)
     same = browser.post("/admin/corrections/patient", data={
         "csrf_token": csrf, "study": study, "patient_id": "00123456", "issuer": "HOSP-A",
         "reason": "test"})
@@ -55,8 +56,22 @@ def test_admin_rejects_and_moves_by_form(deploy: Callable[..., Deployment]) -> N
     assert "already belongs to this patient" in same.get_data(as_text=True)
     assert snapshot(d) == before
 
-    done = browser.post("/admin/corrections/reject", data={
+    preview = browser.post("/admin/corrections/reject", data={
         "csrf_token": csrf, "instance": first, "reason": "quality"})
+    assert preview.status_code == 200, preview.get_data(as_text=True)
+    shown = preview.get_data(as_text=True)
+    assert "Reject this photo?" in shown and "00123456 (HOSP-A)" in shown
+    assert '<input type="hidden" name="confirmed" value="yes">' in shown
+    moving = browser.post("/admin/corrections/patient", data={
+        "csrf_token": csrf, "study": study, "patient_id": RIGHT[0], "issuer": RIGHT[1],
+        "reason": "wrong wristband"})
+    assert moving.status_code == 200, moving.get_data(as_text=True)
+    shown = moving.get_data(as_text=True)
+    assert "RIGHT, BOB" in shown and "00234567 (HOSP-A)" in shown and "2 photos" in shown
+    assert snapshot(d)["instances"] == before["instances"]  # a preview changes nothing
+
+    done = browser.post("/admin/corrections/reject", data={
+        "csrf_token": csrf, "instance": first, "reason": "quality", "confirmed": "yes"})
     assert done.status_code == 200, done.get_data(as_text=True)
     text = done.get_data(as_text=True)
     kos = archived(d, first)[0].rejected_by_kos
@@ -64,7 +79,7 @@ def test_admin_rejects_and_moves_by_form(deploy: Callable[..., Deployment]) -> N
 
     moved = browser.post("/admin/corrections/patient", data={
         "csrf_token": csrf, "study": study, "patient_id": RIGHT[0], "issuer": RIGHT[1],
-        "reason": "wrong wristband"})
+        "reason": "wrong wristband", "confirmed": "yes"})
     assert moved.status_code == 200, moved.get_data(as_text=True)
     link = re.search(r'href="/studies/([0-9.]+)"', moved.get_data(as_text=True))
     assert link is not None and link[1] != study
@@ -73,7 +88,7 @@ def test_admin_rejects_and_moves_by_form(deploy: Callable[..., Deployment]) -> N
         actors = {e.action: e.actor for e in db.scalars(select(AuditEvent).where(
             AuditEvent.action.like("correction.%")))}
     assert actors == {"correction.reject": "ada", "correction.patient": "ada",
-                      "correction.notice": "ada"}
+                      "correction.notice": "ada", "correction.preview": "ada"}
 
 
 def test_the_capturing_clinician_may_correct_within_the_window(
@@ -101,10 +116,12 @@ def test_the_capturing_clinician_may_correct_within_the_window(
     cal = d.app.test_client()
     csrf = log_in(cal, "cal")
     assert cal.post("/admin/corrections/reject", data={
-        "csrf_token": csrf, "instance": mine, "reason": "quality"}).status_code == 200
+        "csrf_token": csrf, "instance": mine, "reason": "quality",
+        "confirmed": "yes"}).status_code == 200
     assert archived(d, mine)[0].rejection_code == "113001"
     with d.services.db.session() as db:  # the window has passed
         db.get(CaptureSession, session["id"]).created_at = utcnow() - timedelta(minutes=31)
     assert cal.post("/admin/corrections/reject", data={
-        "csrf_token": csrf, "instance": late, "reason": "quality"}).status_code == 403
+        "csrf_token": csrf, "instance": late, "reason": "quality",
+        "confirmed": "yes"}).status_code == 403
     assert archived(d, late)[0].rejected_at is None

@@ -145,7 +145,11 @@ def test_a_clinician_corrects_their_own_recent_studies_from_the_page(app: Flask)
     assert len(thumbnails) == 2
     assert all(cal.get(src).status_code == 200 for src in thumbnails)
 
-    done = cal.post("/admin/corrections/reject", data=rejects[0])
+    preview = cal.post("/admin/corrections/reject", data=rejects[0])
+    assert preview.status_code == 200 and "DEMO, ALICE" in preview.get_data(as_text=True)
+    confirm = parsed(preview.get_data(as_text=True)).forms[-1]
+    assert confirm == {**rejects[0], "confirmed": "yes"}
+    done = cal.post("/admin/corrections/reject", data=confirm)
     assert done.status_code == 200 and "Rejected" in done.get_data(as_text=True)
     with services(app).db.session() as db:
         row = db.get(Instance, first)

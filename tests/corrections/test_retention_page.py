@@ -49,11 +49,11 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
         "study": study, "confirm": "yes"}).status_code == 403  # no CSRF token
     unconfirmed = browser.post("/admin/retention/purge", data=form)
     assert unconfirmed.status_code == 422
-    assert "tick the box to confirm" in unconfirmed.get_data(as_text=True)
+    assert "Tick the box to confirm" in unconfirmed.get_data(as_text=True)
     unknown = browser.post("/admin/retention/hold", data={
         "csrf_token": csrf, "study": "1.2.3.4", "reason": "court"})
     assert unknown.status_code == 422
-    assert "no study of ours has Study Instance UID 1.2.3.4" in unknown.get_data(as_text=True)
+    assert "No study of ours has Study Instance UID 1.2.3.4." in unknown.get_data(as_text=True)
     assert browser.post("/admin/retention/hold", data={**form, "reason": " "}).status_code \
         == 422
     assert snapshot(d) == before
@@ -65,7 +65,7 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
     assert "due: 0; due but held: 1;" in text
     refused = browser.post("/admin/retention/purge", data={**form, "confirm": "yes"})
     assert refused.status_code == 422
-    assert f"study {study} is on legal hold" in refused.get_data(as_text=True)
+    assert f"Study {study} is on legal hold" in refused.get_data(as_text=True)
     assert browser.post("/admin/retention/release", data=form).status_code == 200
     with d.services.db.session() as db:
         assert db.scalars(select(LegalHold)).all() == []
@@ -77,7 +77,7 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
     assert len(list(d.services.settings.archive_root.glob(f"{study}/*/*.dcm"))) == 1
     twice = browser.post("/admin/retention/purge", data={**form, "confirm": "yes"})
     assert twice.status_code == 422
-    assert f"study {study} was purged already" in twice.get_data(as_text=True)
+    assert f"Study {study} was purged already" in twice.get_data(as_text=True)
     with d.services.db.session() as db:
         events = {e.action: (e.actor, e.detail) for e in db.scalars(select(AuditEvent).where(
             AuditEvent.action.like("retention.%")))}

@@ -1,9 +1,16 @@
 """Corrections (IHE IOCM), an admin action: the form at ``GET /admin/corrections`` posts to
 ``/admin/corrections/reject`` (reject an instance, with a reason) and
 ``/admin/corrections/patient`` (move a study to the right patient). Form posts carry the
-session's CSRF token; the patient's ID goes in the form body, never in a URL. The workflow
-(``app.workflow.corrections``) audits each correction with the logged-in user as the actor;
-a refused one answers 422 with the reason (no PHI) and changes nothing.
+session's CSRF token; the patient's ID goes in the form body, never in a URL.
+
+Each correction takes two posts, as nothing undoes it: the first changes nothing and answers
+the page with what would be done (the study's patient and, for a move, the directory's record
+of the new one; the photo to reject, its study and patient), a form carrying the same values
+in hidden fields with ``confirmed=yes`` and a Cancel link; only that second post corrects,
+checked again from scratch. The preview, which shows patients, is audited
+(``correction.preview``); the workflow (``app.workflow.corrections``) audits each correction
+with the logged-in user as the actor. A refused step answers 422 (403 when not allowed) with
+the reason (no PHI) and changes nothing.
 
 Admins correct any study, named by its UIDs. With ``EBIW_CORRECTION_WINDOW_MINUTES`` above 0 a
 ``capture`` user may too, for the studies they captured, that long after capturing them (403
@@ -23,7 +30,7 @@ from flask import Blueprint, Response, abort, g, render_template, request
 from app.pipeline.dicom.kos import RejectionReason
 from app.web import services
 from app.web.auth import current_login, require
-from app.workflow import corrections
+from app.workflow import audit, corrections
 
 bp = Blueprint("corrections", __name__, url_prefix="/admin")
 REASONS = (RejectionReason.QUALITY, RejectionReason.PATIENT_SAFETY, RejectionReason.WORKLIST)
@@ -41,7 +48,7 @@ def _page(status: int = 200, **context: Any) -> tuple[Response, int]:
     response = Response(render_template(
         "corrections/index.html", csrf_token=login.csrf_token if login else "",
         reasons=REASONS, own=own, minutes=minutes,
-        **{"result": None, "error": None, **context}))
+        **{"result": None, "error": None, "preview": None, **context}))
     response.headers["Cache-Control"] = "no-store"
     return response, status
 
@@ -62,6 +69,22 @@ def _refused(exc: corrections.CorrectionError) -> tuple[Response, int]:
     return _page(403 if isinstance(exc, corrections.NotAllowed) else 422, error=str(exc))
 
 
+def _confirmed() -> bool:
+    """Whether this post is the confirmation of a preview, not the first step."""
+    return request.form.get("confirmed") == "yes"
+
+
+def _preview(kind: str, plan: corrections.RejectPlan | corrections.MovePlan,
+             *patients: corrections.PatientSummary, **fields: str) -> tuple[Response, int]:
+    """The page asking to confirm ``plan`` (``kind``: reject or move), with ``fields`` to post
+    back; audited as ``correction.preview``, naming the patients it shows and the study."""
+    g.audit_action = "correction.preview"
+    g.audit_entities = [*(audit.patient_ref(p.patient_id, p.issuer) for p in patients),
+                        audit.study_ref(plan.study_uid)]
+    g.audit_detail = {"correction": kind}
+    return _page(preview={"kind": kind, "plan": plan, "fields": fields})
+
+
 @bp.get("/corrections")
 @require("admin", "capture")
 def corrections_form() -> tuple[Response, int]:
@@ -76,9 +99,14 @@ def reject_submit() -> tuple[Response, int]:
     reason = request.form.get("reason", "")
     if reason not in {r.value for r in REASONS}:
         return _page(422, error="choose the reason of the rejection")
+    instance = request.form.get("instance", "").strip()
     try:
-        done = corrections.reject(services(), request.form.get("instance", "").strip(),
-                                  RejectionReason(reason), actor=actor, own_within=own_within)
+        if not _confirmed():
+            plan = corrections.plan_reject(services(), instance, actor=actor,
+                                           own_within=own_within)
+            return _preview("reject", plan, plan.patient, instance=instance, reason=reason)
+        done = corrections.reject(services(), instance, RejectionReason(reason), actor=actor,
+                                  own_within=own_within)
     except corrections.CorrectionError as exc:
         return _refused(exc)
     return _page(result={"title": "Rejected", "rejection": done, "new_study": None})
@@ -88,13 +116,19 @@ def reject_submit() -> tuple[Response, int]:
 @require("admin", "capture")
 def patient_submit() -> tuple[Response, int]:
     actor, own_within = _allowed()
-    form = request.form
+    fields = {name: request.form.get(name, "").strip()
+              for name in ("study", "patient_id", "issuer", "reason")}
+    args = (fields["study"], fields["patient_id"], fields["issuer"], fields["reason"])
     try:
-        moved = corrections.move_to_patient(
-            services(), form.get("study", "").strip(), form.get("patient_id", "").strip(),
-            form.get("issuer", "").strip(), form.get("reason", ""), actor=actor,
-            own_within=own_within)
+        if not _confirmed():
+            plan = corrections.plan_move(services(), *args, actor=actor,
+                                         own_within=own_within)
+            return _preview("move", plan, plan.source, plan.target, **fields)
+        moved = corrections.move_to_patient(services(), *args, actor=actor,
+                                            own_within=own_within)
+        patients = {"from": corrections.study_patient(services(), moved.old_study_uid),
+                    "to": corrections.study_patient(services(), moved.new_study_uid)}
     except corrections.CorrectionError as exc:
         return _refused(exc)
-    return _page(result={"title": "Moved to the right patient",
+    return _page(result={"title": "Moved to the right patient", "moved": patients,
                          "rejection": moved.rejection, "new_study": moved.new_study_uid})
