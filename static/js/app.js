@@ -731,12 +731,13 @@ async function onRetake() {
   say(byId("camera-status"), "Last photo deleted: take it again.");
 }
 
+/** On to the review once there is a photo; without one, the camera keeps running and says so. */
 function onCameraDone() {
-  stopCameras();
   if (!state.draft.photos.length) {
-    say(byId("camera-status"), "Take at least one photo.");
+    say(byId("camera-status"), "Take at least one photo first.");
     return;
   }
+  stopCameras();
   showReview();
 }
 

@@ -1,0 +1,40 @@
+"""The end of a capture on a phone (390×844, Debian's Chromium, fake camera): Done on the camera
+screen, the review screen's Send and the moves away from it. Each test replays a defect a
+usability review found, and checks what the app does instead, in the browser and on the
+server."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from tests.e2e.conftest import LiveApp
+from tests.e2e.test_capture_app import fill_details, identify_typed, log_in, screen, shoot
+
+CAMERA_LIVE = """() => {
+  const stream = document.querySelector("#camera-video").srcObject;
+  return Boolean(stream) && stream.getVideoTracks().every((t) => t.readyState === "live");
+}"""
+
+
+def to_camera(page: Any) -> None:
+    """Log in and open the camera for DEMO, Alice's right forearm, consent given."""
+    log_in(page)
+    page.click("#start")
+    identify_typed(page, "00123456")
+    page.click("[data-confirm='0']")
+    fill_details(page, "forearm", "Forearm", "R")
+    page.click("#details-form button[type=submit]")
+    screen(page, "camera")
+    page.wait_for_function("() => document.querySelector('#camera-video').videoWidth > 0")
+
+
+def test_done_without_a_photo_keeps_the_camera_running(live: LiveApp, page_for: Any) -> None:
+    page = page_for("chart", live)
+    to_camera(page)
+    page.click("#camera-done")
+    page.wait_for_selector("#camera-status:has-text('Take at least one photo')")
+    assert page.evaluate(CAMERA_LIVE)  # the viewfinder still shows the wound
+    assert page.inner_text("#camera-status") == "Take at least one photo first."
+    shoot(page, 1)  # and the shutter works
+    assert page.is_visible("#screen-camera")
+    assert page.errors == []
