@@ -811,18 +811,26 @@ function sessionRequest(draft) {
   };
 }
 
+/**
+ * Queue the draft as one session for the uploader. Once per draft: a second tap while it is
+ * queued, or after, does nothing (its sessionId is set before the first await).
+ */
 async function onSend() {
   const draft = state.draft;
+  if (draft.sessionId) return;
   if (!draft.patient || !draft.details) {
     startIdentify();
     return;
   }
+  const send = byId("send");
+  send.disabled = true;
   draft.sessionId = crypto.randomUUID();
   try {
     await store.queueSession({ id: draft.sessionId, user: draft.user, draftId: draft.id,
       body: sessionRequest(draft) });
   } catch (error) {
     draft.sessionId = null;
+    send.disabled = false;
     report(error, byId("review-error"));
     return;
   }

@@ -38,3 +38,20 @@ def test_done_without_a_photo_keeps_the_camera_running(live: LiveApp, page_for: 
     shoot(page, 1)  # and the shutter works
     assert page.is_visible("#screen-camera")
     assert page.errors == []
+
+
+def test_two_taps_on_send_send_one_study(live: LiveApp, page_for: Any) -> None:
+    page = page_for("chart", live)
+    to_camera(page)
+    shoot(page, 2)
+    page.click("#camera-done")
+    screen(page, "review")
+    page.evaluate("() => { const send = document.querySelector('#send'); send.click(); "
+                  "send.click(); }")  # both in one tick, as a quick double tap may
+    page.wait_for_function("() => document.querySelector('#finish').textContent === 'Finish'",
+                           timeout=60000)
+    page.wait_for_selector("#queue", state="hidden", timeout=60000)  # nothing else to send
+    assert [(s.status, s.photo_count) for s in live.sessions()] == [("complete", 2)]
+    assert page.inner_text("#review-summary") == "All 2 photos stored."
+    assert page.locator("#review-list .state", has_text="Stored").count() == 2
+    assert page.errors == []
