@@ -836,6 +836,7 @@ async function onSend() {
   }
   for (const uuid of draft.photos) draft.results.set(uuid, { state: "queued" });
   renderReview(state.draft);
+  byId("finish").focus();  // Send is hidden now: focus would fall to the page
   uploader.kick();
 }
 

@@ -8,12 +8,20 @@ from __future__ import annotations
 from typing import Any
 
 from tests.e2e.conftest import LiveApp
-from tests.e2e.test_capture_app import fill_details, identify_typed, log_in, screen, shoot
+from tests.e2e.test_capture_app import (
+    fill_details,
+    identify_typed,
+    log_in,
+    screen,
+    shoot,
+)
 
 CAMERA_LIVE = """() => {
   const stream = document.querySelector("#camera-video").srcObject;
   return Boolean(stream) && stream.getVideoTracks().every((t) => t.readyState === "live");
 }"""
+
+FINISHED = "() => document.querySelector('#finish').textContent === 'Finish'"
 
 
 def to_camera(page: Any) -> None:
@@ -48,10 +56,24 @@ def test_two_taps_on_send_send_one_study(live: LiveApp, page_for: Any) -> None:
     screen(page, "review")
     page.evaluate("() => { const send = document.querySelector('#send'); send.click(); "
                   "send.click(); }")  # both in one tick, as a quick double tap may
-    page.wait_for_function("() => document.querySelector('#finish').textContent === 'Finish'",
-                           timeout=60000)
+    page.wait_for_function(FINISHED, timeout=60000)
     page.wait_for_selector("#queue", state="hidden", timeout=60000)  # nothing else to send
     assert [(s.status, s.photo_count) for s in live.sessions()] == [("complete", 2)]
     assert page.inner_text("#review-summary") == "All 2 photos stored."
     assert page.locator("#review-list .state", has_text="Stored").count() == 2
+    assert page.errors == []
+
+
+def test_after_send_the_focus_is_on_finish(live: LiveApp, page_for: Any) -> None:
+    page = page_for("chart", live)
+    to_camera(page)
+    shoot(page, 1)
+    page.click("#camera-done")
+    screen(page, "review")
+    page.focus("#send")  # as a keyboard or screen reader user reaches it
+    page.keyboard.press("Enter")
+    page.wait_for_selector("#finish:not([hidden])")
+    assert page.evaluate("() => document.activeElement.id") == "finish"
+    page.wait_for_function(FINISHED, timeout=60000)  # the button's words change: the focus stays
+    assert page.evaluate("() => document.activeElement.id") == "finish"
     assert page.errors == []
