@@ -34,7 +34,8 @@ import { showUser } from "./shell.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
 import * as store from "./store.js";
 import {
-  byId, count, displayDate, displayName, h, paintBitmap, patientLine, say, sexText, showScreen,
+  ask, byId, count, displayDate, displayName, h, paintBitmap, patientLine, say, sexText,
+  showScreen,
 } from "./ui.js";
 import { Uploader } from "./uploader.js";
 
@@ -138,6 +139,7 @@ function clearPatientViews() {
   for (const element of document.querySelectorAll("[data-patient-line]")) element.textContent = "";
   byId("mrn-form").reset();
   byId("details-form").reset();
+  byId("discard-dialog").close();  // it names the patient
 }
 
 /** Show the login screen, forgetting the user and the patient (their photos stay queued). */
@@ -856,8 +858,34 @@ function onFinish() {
   }
 }
 
+/**
+ * What discarding `draft` deletes, in words: "2 photos of DEMO, Alice", "1 photo and 1 clip".
+ * @param {Draft} draft
+ * @returns {string}
+ */
+function draftContents(draft) {
+  const clips = draft.clips.size;
+  const photos = draft.photos.length - clips;
+  const items = [photos ? count(photos) : "", clips ? count(clips, "clip") : ""]
+    .filter(Boolean).join(" and ");
+  return draft.patient ? `${items} of ${displayName(draft.patient)}` : items;
+}
+
+/**
+ * Drop the draft and go home. Photos not sent are deleted from the device only once the user
+ * confirmed it (Keep, the default, and Escape change nothing); a draft without photos goes
+ * without asking.
+ */
 async function discardDraft() {
-  for (const uuid of state.draft.photos) await store.deletePhoto(uuid);
+  const draft = state.draft;
+  if (draft.photos.length) {
+    const title = byId("discard-dialog-title");
+    title.textContent = `Delete ${draftContents(draft)}?`;
+    const choice = await ask(byId("discard-dialog"));
+    title.textContent = "";
+    if (choice !== "discard" || state.draft !== draft) return;
+  }
+  for (const uuid of draft.photos) await store.deletePhoto(uuid);
   state.draft = null;
   await refreshQueue();
   goHome();

@@ -5,11 +5,13 @@ server."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
-from tests.e2e.conftest import LiveApp
+from tests.e2e.conftest import LiveApp, PhoneAudit
 from tests.e2e.test_capture_app import (
     fill_details,
+    idb,
     identify_typed,
     log_in,
     screen,
@@ -76,4 +78,61 @@ def test_after_send_the_focus_is_on_finish(live: LiveApp, page_for: Any) -> None
     assert page.evaluate("() => document.activeElement.id") == "finish"
     page.wait_for_function(FINISHED, timeout=60000)  # the button's words change: the focus stays
     assert page.evaluate("() => document.activeElement.id") == "finish"
+    assert page.errors == []
+
+
+def held_photos(page: Any) -> int:
+    """How many photos the device keeps."""
+    return idb(page)["ebiw-capture"]["photos"]
+
+
+def test_discarding_photos_asks_first_and_keeps_them_unless_confirmed(
+        phone_audit: Callable[[str, str, str], PhoneAudit]) -> None:
+    audit = phone_audit("chart", "light", "discard")
+    page = audit.page
+    page.goto("/")
+    to_camera(page)
+    shoot(page, 2)
+    page.click("#camera-done")
+    screen(page, "review")
+    for dismiss in ("Escape", "Keep them"):
+        page.click("#screen-review [data-action=discard]")
+        page.wait_for_selector("#discard-dialog[open]")
+        assert page.inner_text("#discard-dialog-title") == "Delete 2 photos of DEMO, Alice?"
+        assert page.inner_text("#discard-warning") \
+            == "They have not been sent and cannot be recovered."
+        assert page.evaluate("() => document.activeElement.textContent") == "Keep them"
+        if dismiss == "Escape":
+            audit.check("discard-dialog")
+            page.keyboard.press("Escape")
+        else:
+            page.click(f"#discard-dialog button >> text='{dismiss}'")
+        page.wait_for_selector("#discard-dialog", state="hidden")
+        assert page.is_visible("#screen-review")
+        assert page.locator("#review-list li").count() == 2
+        assert held_photos(page) == 2
+    audit.assert_clean("discard-dialog")
+
+
+def test_discarding_on_the_details_screen_deletes_once_confirmed(live: LiveApp,
+                                                                 page_for: Any) -> None:
+    page = page_for("chart", live)
+    log_in(page)
+    page.click("#start-emergency")
+    shoot(page, 1)
+    page.click("#camera-done")
+    screen(page, "review")
+    page.click("#send")  # "Identify the patient to send"
+    identify_typed(page, "00123456")
+    page.click("[data-confirm='0']")
+    screen(page, "details")
+    page.click("#screen-details [data-action=discard]")  # "Discard photos and start again"
+    page.wait_for_selector("#discard-dialog[open]")
+    assert page.inner_text("#discard-dialog-title") == "Delete 1 photo of DEMO, Alice?"
+    assert held_photos(page) == 1
+    page.click("#discard-dialog button[value=discard]")
+    screen(page, "home")
+    assert held_photos(page) == 0
+    assert page.inner_text("#discard-dialog-title") == ""  # no patient left on the page
+    assert live.counts() == (0, 0, 0)
     assert page.errors == []
