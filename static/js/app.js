@@ -81,6 +81,7 @@ const state = {
  * @property {string|null} encounter
  * @property {object|null} worklistItem the chosen worklist item, if any
  * @property {object|null} details body site, laterality, consent…
+ * @property {import("./sites.js").BodySite|null} site the body site of `details`
  * @property {string[]} photos upload UUIDs (photos and clips), in capture order
  * @property {Set<string>} clips which of them are video clips
  * @property {Map<string, ImageBitmap>} thumbs
@@ -108,8 +109,8 @@ async function refreshHome() {
 
 function newDraft() {
   return { id: crypto.randomUUID(), user: state.me.user, patient: null, encounter: null,
-    worklistItem: null, details: null, photos: [], clips: new Set(), thumbs: new Map(), checks: new Map(),
-    results: new Map(), sessionId: null };
+    worklistItem: null, details: null, site: null, photos: [], clips: new Set(), thumbs: new Map(),
+    checks: new Map(), results: new Map(), sessionId: null };
 }
 
 // --- errors and the login ---------------------------------------------------------------------
@@ -551,6 +552,7 @@ function onDetails(event) {
     return;
   }
   say(error);
+  const before = state.draft.details;
   state.draft.details = {
     body_site: site.code,
     laterality: site.paired ? laterality : null,
@@ -560,7 +562,11 @@ function onDetails(event) {
     source: form.source.value || "provider",
     department: form.department.value.trim() || null,
   };
+  state.draft.site = site;
   rememberSite(site.code);
+  const moved = before && (before.body_site !== site.code
+    || before.laterality !== state.draft.details.laterality);
+  if (moved) releasePrior();  // the earlier photo held was of the other site or side
   if (state.draft.photos.length) showReview();
   else startCapture();
 }
@@ -986,6 +992,7 @@ function wire() {
   byId("file-input").addEventListener("change", onFilePicked);
   byId("review-list").addEventListener("click", onReviewClick);
   byId("more-photos").addEventListener("click", startCapture);
+  byId("change-details").addEventListener("click", () => startDetails(null));
   byId("send").addEventListener("click", onSend);
   byId("finish").addEventListener("click", onFinish);
   byId("new-capture").addEventListener("click", startNew);

@@ -5,9 +5,15 @@ server."""
 
 from __future__ import annotations
 
+import io
 from collections.abc import Callable
 from typing import Any
 
+import pydicom
+from sqlalchemy import select
+
+from app.db.models import Instance, Photo
+from tests.conftest import services
 from tests.e2e.conftest import LiveApp, PhoneAudit
 from tests.e2e.test_capture_app import (
     fill_details,
@@ -136,3 +142,47 @@ def test_discarding_on_the_details_screen_deletes_once_confirmed(live: LiveApp,
     assert page.inner_text("#discard-dialog-title") == ""  # no patient left on the page
     assert live.counts() == (0, 0, 0)
     assert page.errors == []
+
+
+def stored_sites(live: LiveApp) -> set[tuple[str, str, str]]:
+    """(code, meaning, laterality) of the anatomic region of every photo in the archive."""
+    svc = services(live.flask)
+    with svc.db.session() as db:
+        files = [svc.archive.read(db.get(Instance, photo.sop_uid))
+                 for photo in db.scalars(select(Photo))]
+    found = set()
+    for data in files:
+        ds = pydicom.dcmread(io.BytesIO(data))
+        [region] = ds.AnatomicRegionSequence
+        found.add((region.CodeValue, region.CodeMeaning, ds.ImageLaterality))
+    return found
+
+
+def test_the_site_can_be_changed_on_the_review_and_the_change_is_sent(
+        live: LiveApp, phone_audit: Callable[[str, str, str], PhoneAudit]) -> None:
+    audit = phone_audit("chart", "light", "change-details")
+    page = audit.page
+    page.goto("/")
+    to_camera(page)  # the right forearm: the wrong site
+    shoot(page, 2)
+    page.click("#camera-done")
+    screen(page, "review")
+    assert page.inner_text("#review-site") == "Forearm, right · consent given"
+    audit.check("review")
+    page.click("#change-details")
+    screen(page, "details")  # as it was filled in
+    assert page.is_checked("#site-list input[value='14975008']")
+    assert page.is_checked("input[name=laterality][value=R]")
+    fill_details(page, "heel", "Skin of heel", "L", consent="not-required")
+    page.click("#details-form button[type=submit]")
+    screen(page, "review")
+    assert page.locator("#review-list li").count() == 2  # the photos are kept
+    assert page.inner_text("#review-site") == "Skin of heel, left · consent not required"
+    page.click("#send")
+    page.wait_for_function(FINISHED, timeout=60000)
+    assert page.is_hidden("#change-details")  # sent: nothing to change any more
+    [session] = live.sessions()
+    assert (session.body_site, session.laterality, session.consent, session.photo_count) \
+        == ("84607009", "L", "not-required", 2)
+    assert stored_sites(live) == {("84607009", "Skin of heel", "L")}
+    audit.assert_clean("review")
