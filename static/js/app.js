@@ -34,7 +34,8 @@ import { showUser } from "./shell.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
 import * as store from "./store.js";
 import {
-  byId, count, displayDate, displayName, h, paintBitmap, patientLine, say, sexText, showScreen,
+  ask, byId, count, displayDate, displayName, h, paintBitmap, patientLine, say, sexText,
+  showScreen,
 } from "./ui.js";
 import { Uploader } from "./uploader.js";
 
@@ -80,6 +81,7 @@ const state = {
  * @property {string|null} encounter
  * @property {object|null} worklistItem the chosen worklist item, if any
  * @property {object|null} details body site, laterality, consent…
+ * @property {import("./sites.js").BodySite|null} site the body site of `details`
  * @property {string[]} photos upload UUIDs (photos and clips), in capture order
  * @property {Set<string>} clips which of them are video clips
  * @property {Map<string, ImageBitmap>} thumbs
@@ -107,8 +109,8 @@ async function refreshHome() {
 
 function newDraft() {
   return { id: crypto.randomUUID(), user: state.me.user, patient: null, encounter: null,
-    worklistItem: null, details: null, photos: [], clips: new Set(), thumbs: new Map(), checks: new Map(),
-    results: new Map(), sessionId: null };
+    worklistItem: null, details: null, site: null, photos: [], clips: new Set(), thumbs: new Map(),
+    checks: new Map(), results: new Map(), sessionId: null };
 }
 
 // --- errors and the login ---------------------------------------------------------------------
@@ -150,6 +152,7 @@ function clearPatientViews() {
   for (const element of document.querySelectorAll("[data-patient-line]")) element.textContent = "";
   byId("mrn-form").reset();
   byId("details-form").reset();
+  byId("discard-dialog").close();  // it names the patient
 }
 
 /** Show the login screen, forgetting the user and the patient (their photos stay queued). */
@@ -607,6 +610,7 @@ function onDetails(event) {
     return;
   }
   say(error);
+  const before = state.draft.details;
   state.draft.details = {
     body_site: site.code,
     laterality: site.paired ? laterality : null,
@@ -616,7 +620,11 @@ function onDetails(event) {
     source: form.source.value || "provider",
     department: form.department.value.trim() || null,
   };
+  state.draft.site = site;
   rememberSite(site.code);
+  const moved = before && (before.body_site !== site.code
+    || before.laterality !== state.draft.details.laterality);
+  if (moved) releasePrior();  // the earlier photo held was of the other site or side
   if (state.draft.photos.length) showReview();
   else startCapture();
 }
@@ -789,12 +797,13 @@ async function onRetake() {
   say(byId("camera-status"), "Last photo deleted: take it again.");
 }
 
+/** On to the review once there is a photo; without one, the camera keeps running and says so. */
 function onCameraDone() {
-  stopCameras();
   if (!state.draft.photos.length) {
-    say(byId("camera-status"), "Take at least one photo.");
+    say(byId("camera-status"), "Take at least one photo first.");
     return;
   }
+  stopCameras();
   showReview();
 }
 
@@ -868,23 +877,32 @@ function sessionRequest(draft) {
   };
 }
 
+/**
+ * Queue the draft as one session for the uploader. Once per draft: a second tap while it is
+ * queued, or after, does nothing (its sessionId is set before the first await).
+ */
 async function onSend() {
   const draft = state.draft;
+  if (draft.sessionId) return;
   if (!draft.patient || !draft.details) {
     startIdentify();
     return;
   }
+  const send = byId("send");
+  send.disabled = true;
   draft.sessionId = crypto.randomUUID();
   try {
     await store.queueSession({ id: draft.sessionId, user: draft.user, draftId: draft.id,
       body: sessionRequest(draft) });
   } catch (error) {
     draft.sessionId = null;
+    send.disabled = false;
     report(error, byId("review-error"));
     return;
   }
   for (const uuid of draft.photos) draft.results.set(uuid, { state: "queued" });
   renderReview(state.draft);
+  byId("finish").focus();  // Send is hidden now: focus would fall to the page
   uploader.kick();
 }
 
@@ -904,8 +922,34 @@ function onFinish() {
   }
 }
 
+/**
+ * What discarding `draft` deletes, in words: "2 photos of DEMO, Alice", "1 photo and 1 clip".
+ * @param {Draft} draft
+ * @returns {string}
+ */
+function draftContents(draft) {
+  const clips = draft.clips.size;
+  const photos = draft.photos.length - clips;
+  const items = [photos ? count(photos) : "", clips ? count(clips, "clip") : ""]
+    .filter(Boolean).join(" and ");
+  return draft.patient ? `${items} of ${displayName(draft.patient)}` : items;
+}
+
+/**
+ * Drop the draft and go home. Photos not sent are deleted from the device only once the user
+ * confirmed it (Keep, the default, and Escape change nothing); a draft without photos goes
+ * without asking.
+ */
 async function discardDraft() {
-  for (const uuid of state.draft.photos) await store.deletePhoto(uuid);
+  const draft = state.draft;
+  if (draft.photos.length) {
+    const title = byId("discard-dialog-title");
+    title.textContent = `Delete ${draftContents(draft)}?`;
+    const choice = await ask(byId("discard-dialog"));
+    title.textContent = "";
+    if (choice !== "discard" || state.draft !== draft) return;
+  }
+  for (const uuid of draft.photos) await store.deletePhoto(uuid);
   state.draft = null;
   await refreshQueue();
   goHome();
@@ -1010,6 +1054,7 @@ function wire() {
   byId("file-input").addEventListener("change", onFilePicked);
   byId("review-list").addEventListener("click", onReviewClick);
   byId("more-photos").addEventListener("click", startCapture);
+  byId("change-details").addEventListener("click", () => startDetails(null));
   byId("send").addEventListener("click", onSend);
   byId("finish").addEventListener("click", onFinish);
   byId("new-capture").addEventListener("click", startNew);

@@ -61,10 +61,28 @@ function resultText(result) {
   return "Waiting to be sent";
 }
 
+const SIDES = { R: "right", L: "left", B: "both sides" };
+const CONSENT = { given: "consent given", declined: "consent declined",
+  "not-required": "consent not required" };
+
 /**
- * The review screen for a draft: every photo with its thumbnail (a button to view it full
- * screen), upload progress, state, colour chart result and quality, and the buttons that fit
- * (send, take more, finish).
+ * The draft's capture details in one line ("Forearm, right · close-up · consent given"), or ""
+ * before they are chosen.
+ * @param {import("./app.js").Draft} draft
+ */
+function detailsLine(draft) {
+  const { details, site } = draft;
+  if (!details || !site) return "";
+  return [`${site.meaning}${details.laterality ? `, ${SIDES[details.laterality]}` : ""}`,
+    details.description, CONSENT[details.consent], details.sensitive ? "sensitive" : null]
+    .filter(Boolean).join(" · ");
+}
+
+/**
+ * The review screen for a draft: its body site and details (with a button to change them
+ * before it is sent), every photo with its thumbnail (a button to view it full screen), upload
+ * progress, state, colour chart result and quality, and the buttons that fit (send, take more,
+ * finish).
  * @param {import("./app.js").Draft} draft
  */
 export function renderReview(draft) {
@@ -103,6 +121,10 @@ export function renderReview(draft) {
   send.textContent = draft.patient && draft.details
     ? `Send ${count(draft.photos.length)}` : "Identify the patient to send";
   send.disabled = draft.photos.length === 0;
+  const line = detailsLine(draft);
+  say(byId("review-site"), line);
+  byId("review-details").hidden = !line;
+  byId("change-details").hidden = sent;
   byId("more-photos").hidden = sent;
   byId("finish").hidden = !sent;
   byId("finish").textContent = finished ? "Finish" : "Continue in the background";

@@ -62,6 +62,19 @@ export function showScreen(name) {
 }
 
 /**
+ * Ask with a modal `<dialog>` whose `<form method="dialog">` has one button per answer.
+ * @param {HTMLDialogElement} dialog
+ * @returns {Promise<string>} the value of the button pressed; "" when the dialog was dismissed
+ *   (Escape) or closed by the app
+ */
+export function ask(dialog) {
+  dialog.returnValue = "";
+  dialog.showModal();
+  return new Promise((resolve) =>
+    dialog.addEventListener("close", () => resolve(dialog.returnValue), { once: true }));
+}
+
+/**
  * A DICOM-style name for people: "FAMILY, Given".
  * @param {{family: string, given: string}} patient
  * @returns {string}

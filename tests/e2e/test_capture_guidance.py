@@ -313,7 +313,8 @@ def test_controls_apply_torch_zoom_and_tap_to_focus(live: LiveApp, page_for: Any
     assert focus == {"focusMode": "single-shot", "exposureMode": "continuous"}
     # the 4:3 picture fills the 4:3 viewfinder: the tap's place is the point of interest
     assert abs(point["x"] - 0.25) < 0.02 and abs(point["y"] - 0.75) < 0.02, point
-    page.click("#camera-done")  # no photo yet: the camera stops, the controls go
+    shoot(page, 1)
+    page.click("#camera-done")  # on to the review: the camera stops, the controls go
     page.wait_for_selector("#torch[hidden]", state="attached")
     assert page.errors == []
 
