@@ -10,6 +10,7 @@ session's CSRF token; the JSON endpoints take a bearer token or the cookie + ``X
 from __future__ import annotations
 
 from typing import Any
+from urllib.parse import urlencode
 
 from flask import Blueprint, Response, jsonify, redirect, render_template, request
 from werkzeug.wrappers import Response as BaseResponse
@@ -36,6 +37,13 @@ def _filters() -> tuple[str | None, str | None]:
     """The ``state`` and ``destination`` query parameters (an unknown state is ignored)."""
     state = request.args.get("state") or None
     return (state if state in STATES else None), (request.args.get("destination") or None)
+
+
+def page_url(state: str | None = None, destination: str | None = None) -> str:
+    """The deliveries page showing ``state`` and ``destination`` (None: any); its query holds
+    only those names, never PHI."""
+    query = {k: v for k, v in (("destination", destination), ("state", state)) if v}
+    return "/admin/deliveries" + (f"?{urlencode(query)}" if query else "")
 
 
 def _destinations() -> list[dict[str, Any]]:
@@ -65,8 +73,8 @@ def _overview() -> dict[str, Any]:
 def deliveries_page() -> Response:
     login = current_login()
     response = Response(render_template(
-        "admin/deliveries.html", states=STATES, csrf_token=login.csrf_token if login else "",
-        **_overview()))
+        "admin/deliveries.html", states=STATES, page_url=page_url,
+        csrf_token=login.csrf_token if login else "", **_overview()))
     response.headers["Cache-Control"] = "no-store"
     return response
 

@@ -1,0 +1,150 @@
+"""The admin deliveries page driven on a phone (a Pixel 7, 390×844) in Debian's Chromium: its
+filters, its retries and what it says after each. Every screen is checked for taps targets of
+at least 44×44 px and for axe-core finding no serious or critical violation. Screenshots go
+to tests/.artifacts/phone-deliveries-<step>.png."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+from sqlalchemy import select, update
+
+from app.db.models import Delivery, DeliveryStatus
+from tests.batch.conftest import import_patients
+from tests.conftest import (
+    ARTIFACTS,
+    AXE_RUN,
+    PASSWORD,
+    PHONE,
+    TAP_TARGETS,
+    Browser,
+    served_as_deployed,
+    services,
+)
+from tests.viewer.conftest import CHART, photo, upload_study
+
+REFUSED = "HTTP 409 from the PACS: refused"
+
+
+@pytest.fixture
+def app_overrides(tmp_path: Path) -> dict[str, object]:
+    """Two PACS destinations, never reached (no worker runs: the rows change only as the
+    tests set them); no EMR; no colour step."""
+    config = tmp_path / "destinations.json"
+    config.write_text(json.dumps({"destinations": [
+        {"name": name, "type": "stow-rs", "url": "http://127.0.0.1:9/dicomweb"}
+        for name in ("pacs-a", "pacs-b")]}))
+    return {"color_normalization": False, "destinations_file": config, "emr_notifiers": ""}
+
+
+@dataclass(frozen=True)
+class Outbox:
+    """The served app, the admin's browser state and the delivery ids by destination and
+    state as seeded."""
+
+    app: Flask
+    url: str
+    admin: dict[str, Any]
+    ids: dict[tuple[str, str], list[int]]
+
+
+@pytest.fixture
+def outbox(app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+           users: dict[str, str], chromium: Browser, tmp_path: Path) -> Iterator[Outbox]:
+    """Three photos, so three deliveries to each destination: to pacs-a two dead (refused
+    by the PACS, 8 attempts) and one failed (3 attempts); to pacs-b one dead, one failed and
+    one queued."""
+    import_patients(app, tmp_path)
+    with served_as_deployed(app) as (url, _):
+        upload_study(client, auth["capture"], [photo(CHART)] * 3)
+        ids: dict[tuple[str, str], list[int]] = {}
+        with services(app).db.session() as db:
+            for name, states in (("pacs-a", ("dead", "dead", "failed")),
+                                 ("pacs-b", ("dead", "failed", "queued"))):
+                rows = db.scalars(select(Delivery.id).where(Delivery.destination == name)
+                                  .order_by(Delivery.id)).all()
+                assert len(rows) == 3
+                for row, state in zip(rows, states, strict=True):
+                    ids.setdefault((name, state), []).append(row)
+            db.execute(update(Delivery).where(Delivery.id.in_(
+                ids["pacs-a", "dead"] + ids["pacs-b", "dead"])).values(
+                status=DeliveryStatus.DEAD, attempts=8, last_error=REFUSED))
+            db.execute(update(Delivery).where(Delivery.id.in_(
+                ids["pacs-a", "failed"] + ids["pacs-b", "failed"])).values(
+                attempts=3, last_error="connection refused"))
+
+        def log_in(browser: Any) -> dict[str, Any]:
+            context = browser.new_context(**PHONE)
+            assert context.request.post(f"{url}/login", data={
+                "username": users["admin"], "password": PASSWORD}).ok
+            state = context.storage_state()
+            context.close()
+            return state
+
+        yield Outbox(app, url, chromium.run(log_in), ids)
+
+
+def look(page: Any, axe: Path, step: str) -> dict[str, Any]:
+    """What the screen shows (its URL, text and table rows), its tap targets under 44 px and
+    axe's serious or critical violations; a screenshot."""
+    page.wait_for_load_state()
+    seen = {"url": page.url, "text": page.locator("main").inner_text(),
+            "status": page.locator("main [role=status]").all_inner_texts(),
+            "rows": page.evaluate("""() => [...[...document.querySelectorAll(".table-wrap")]
+              .at(-1).querySelectorAll("tbody tr")].map((tr) => Object.fromEntries([...tr.cells]
+              .filter((td) => td.dataset.label)
+              .map((td) => [td.dataset.label, td.innerText.trim()])))"""),
+            "small": page.evaluate(TAP_TARGETS)}
+    page.screenshot(path=str(ARTIFACTS / f"phone-deliveries-{step}.png"), full_page=True)
+    page.add_script_tag(path=str(axe))
+    seen["axe"] = page.evaluate(AXE_RUN)
+    return seen
+
+
+def problems(seen: dict[str, dict[str, Any]]) -> list[str]:
+    """The tap targets under 44 px and the axe violations of every screen seen."""
+    return [f"{step}: {problem}" for step, screen in seen.items()
+            for problem in screen["small"] + screen["axe"]]
+
+
+def test_the_state_chips_keep_the_destination_shown(outbox: Outbox, chromium: Browser,
+                                                     axe_script: Path) -> None:
+    def scenario(browser: Any) -> dict[str, dict[str, Any]]:
+        context = browser.new_context(**PHONE, storage_state=outbox.admin, bypass_csp=True)
+        page = context.new_page()
+        seen = {}
+        page.goto(f"{outbox.url}/admin/deliveries")
+        page.click("a[aria-label^='Dead deliveries to pacs-a']")
+        seen["dead-a"] = look(page, axe_script, "dead-pacs-a")
+        page.click("nav.chips a:has-text('Failed')")
+        seen["failed-a"] = look(page, axe_script, "failed-pacs-a")
+        page.click("nav.chips a:has-text('All')")
+        seen["all-a"] = look(page, axe_script, "all-pacs-a")
+        page.click("nav.chips a:has-text('Every destination')")
+        seen["all"] = look(page, axe_script, "all")
+        context.close()
+        return seen
+
+    seen = chromium.run(scenario)
+    assert problems(seen) == []
+    ids = outbox.ids
+
+    def shown(step: str) -> list[tuple[str, str, int]]:
+        return sorted((r["Destination"], r["State"], int(r["#"])) for r in seen[step]["rows"])
+
+    assert shown("dead-a") == [("pacs-a", "dead", i) for i in ids["pacs-a", "dead"]]
+    assert seen["failed-a"]["url"].endswith("/admin/deliveries?destination=pacs-a&state=failed")
+    assert "Failed deliveries to pacs-a" in seen["failed-a"]["text"]
+    assert shown("failed-a") == [("pacs-a", "failed", i) for i in ids["pacs-a", "failed"]]
+    assert seen["all-a"]["url"].endswith("/admin/deliveries?destination=pacs-a")
+    assert {r["Destination"] for r in seen["all-a"]["rows"]} == {"pacs-a"}
+    assert len(seen["all-a"]["rows"]) == 3
+    assert seen["all"]["url"].endswith("/admin/deliveries")
+    assert len(seen["all"]["rows"]) == 6
