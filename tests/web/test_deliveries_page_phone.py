@@ -148,3 +148,36 @@ def test_the_state_chips_keep_the_destination_shown(outbox: Outbox, chromium: Br
     assert len(seen["all-a"]["rows"]) == 3
     assert seen["all"]["url"].endswith("/admin/deliveries")
     assert len(seen["all"]["rows"]) == 6
+
+
+def test_retry_all_dead_asks_with_the_count_then_says_how_many_were_queued_again(
+        outbox: Outbox, chromium: Browser, axe_script: Path) -> None:
+    def scenario(browser: Any) -> dict[str, dict[str, Any]]:
+        context = browser.new_context(**PHONE, storage_state=outbox.admin, bypass_csp=True)
+        page = context.new_page()
+        seen = {}
+        page.goto(f"{outbox.url}/admin/deliveries?destination=pacs-a")
+        page.click("summary[aria-label='Retry all dead deliveries to pacs-a']")
+        seen["asked"] = look(page, axe_script, "retry-all-asked")
+        seen["asked"]["question"] = page.locator("details[open] form").inner_text()
+        page.click("details[open] button[type=submit]")
+        seen["retried"] = look(page, axe_script, "retry-all-done")
+        context.close()
+        return seen
+
+    seen = chromium.run(scenario)
+    assert problems(seen) == []
+    assert "Retry 2 dead deliveries to pacs-a?" in seen["asked"]["question"]
+    assert "Retry 2" in seen["asked"]["question"]
+    retried = seen["retried"]
+    assert retried["url"].endswith("/admin/deliveries?destination=pacs-a&retried=2")
+    assert retried["status"] == ["2 deliveries queued again."]
+    ids = outbox.ids
+    rows = {int(r["#"]): r for r in retried["rows"]}
+    for i in ids["pacs-a", "dead"]:
+        assert (rows[i]["State"], rows[i]["Attempts"], rows[i]["Reason"]) == \
+            ("queued", "0", f"Before the retry: {REFUSED}")
+    with services(outbox.app).db.session() as db:
+        status = {i: s for i, s in db.execute(select(Delivery.id, Delivery.status))}
+    assert {status[i] for i in ids["pacs-a", "dead"]} == {DeliveryStatus.PENDING}
+    assert {status[i] for i in ids["pacs-b", "dead"]} == {DeliveryStatus.DEAD}

@@ -5,6 +5,8 @@ destination and state (queued, failed, sent, dead) with the reason of failures (
 ``POST …/deliveries/<id>/retry`` makes a dead or failed one due now and ``POST …/deliveries/retry``
 does so for every dead one (optionally of one destination). The HTML forms post with the
 session's CSRF token; the JSON endpoints take a bearer token or the cookie + ``X-CSRF-Token``.
+A form's action carries the filters of the page it is on, and its answer redirects back to that
+page with a status parameter (a count, never PHI) that the page turns into its status line.
 """
 
 from __future__ import annotations
@@ -39,11 +41,24 @@ def _filters() -> tuple[str | None, str | None]:
     return (state if state in STATES else None), (request.args.get("destination") or None)
 
 
-def page_url(state: str | None = None, destination: str | None = None) -> str:
-    """The deliveries page showing ``state`` and ``destination`` (None: any); its query holds
-    only those names, never PHI."""
+def page_url(state: str | None = None, destination: str | None = None, path: str = "",
+             **status: int) -> str:
+    """The deliveries page showing ``state`` and ``destination`` (None: any), or its form
+    under ``path`` posted from there, with ``status`` parameters (see :func:`_status_line`);
+    its query holds only those names and numbers, never PHI."""
     query = {k: v for k, v in (("destination", destination), ("state", state)) if v}
-    return "/admin/deliveries" + (f"?{urlencode(query)}" if query else "")
+    query |= {k: str(v) for k, v in status.items()}
+    return f"/admin/deliveries{path}" + (f"?{urlencode(query)}" if query else "")
+
+
+def _status_line() -> str | None:
+    """What the page says of the retry that redirected to it (its ``retried`` count), if any."""
+    retried = request.args.get("retried", type=int)
+    if retried is None:
+        return None
+    if retried == 0:
+        return "No delivery was dead: nothing was done."
+    return f"{retried} {'delivery' if retried == 1 else 'deliveries'} queued again."
 
 
 def _destinations() -> list[dict[str, Any]]:
@@ -73,7 +88,7 @@ def _overview() -> dict[str, Any]:
 def deliveries_page() -> Response:
     login = current_login()
     response = Response(render_template(
-        "admin/deliveries.html", states=STATES, page_url=page_url,
+        "admin/deliveries.html", states=STATES, page_url=page_url, status=_status_line(),
         csrf_token=login.csrf_token if login else "", **_overview()))
     response.headers["Cache-Control"] = "no-store"
     return response
@@ -121,5 +136,5 @@ def retry_form(delivery_id: int) -> BaseResponse | tuple[Response, int]:
 @bp.post("/deliveries/retry")
 @require("admin")
 def retry_all_form() -> BaseResponse:
-    retry_dead(services().db, request.form.get("destination") or None)
-    return redirect("/admin/deliveries", 303)
+    retried = retry_dead(services().db, request.form.get("destination") or None)
+    return redirect(page_url(*_filters(), retried=retried), 303)
