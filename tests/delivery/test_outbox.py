@@ -195,7 +195,8 @@ def test_session_api_and_admin_show_states_and_admin_retries(
         assert (state()["state"], state()["reason"]) == ("dead", "HTTP 400 from the PACS")
         form = d.client.post(f"/admin/deliveries/{dead['id']}/retry",
                              headers=d.headers["admin"])  # the page's form (bearer here)
-        assert form.status_code == 303 and form.headers["Location"] == "/admin/deliveries"
+        assert form.status_code == 303 \
+            and form.headers["Location"] == "/admin/deliveries?retried=1"
         worker.run_once()  # 400 again
         assert d.client.post("/admin/api/deliveries/retry", json={"destination": "pacs"},
                              headers=d.headers["admin"]).get_json() == {"retried": 1}

@@ -97,8 +97,8 @@ def look(page: Any, axe: Path, step: str) -> dict[str, Any]:
     page.wait_for_load_state()
     seen = {"url": page.url, "text": page.locator("main").inner_text(),
             "status": page.locator("main [role=status]").all_inner_texts(),
-            "rows": page.evaluate("""() => [...[...document.querySelectorAll(".table-wrap")]
-              .at(-1).querySelectorAll("tbody tr")].map((tr) => Object.fromEntries([...tr.cells]
+            "rows": page.evaluate("""() => [...[...document.querySelectorAll(
+              ".table-wrap tbody")].at(-1)?.rows ?? []].map((tr) => Object.fromEntries([...tr.cells]
               .filter((td) => td.dataset.label)
               .map((td) => [td.dataset.label, td.innerText.trim()])))"""),
             "small": page.evaluate(TAP_TARGETS)}
@@ -181,3 +181,55 @@ def test_retry_all_dead_asks_with_the_count_then_says_how_many_were_queued_again
         status = {i: s for i, s in db.execute(select(Delivery.id, Delivery.status))}
     assert {status[i] for i in ids["pacs-a", "dead"]} == {DeliveryStatus.PENDING}
     assert {status[i] for i in ids["pacs-b", "dead"]} == {DeliveryStatus.DEAD}
+
+
+def test_retrying_a_row_sent_meanwhile_goes_back_to_the_page_saying_so(
+        outbox: Outbox, chromium: Browser, axe_script: Path) -> None:
+    [sent] = outbox.ids["pacs-b", "failed"]
+    [cancelled] = outbox.ids["pacs-b", "dead"]
+    [failed] = outbox.ids["pacs-a", "failed"]
+
+    def change_meanwhile() -> None:
+        """What the worker and a rejection do after the page was shown."""
+        with services(outbox.app).db.session() as db:
+            db.execute(update(Delivery).where(Delivery.id == sent).values(
+                status=DeliveryStatus.SENT, attempts=4, last_error=None))
+            db.execute(update(Delivery).where(Delivery.id == cancelled).values(
+                status=DeliveryStatus.CANCELLED, last_error="the instance was rejected"))
+
+    def scenario(browser: Any) -> dict[str, dict[str, Any]]:
+        context = browser.new_context(**PHONE, storage_state=outbox.admin, bypass_csp=True)
+        page = context.new_page()
+        seen = {}
+        page.goto(f"{outbox.url}/admin/deliveries?destination=pacs-b&state=failed")
+        other = context.new_page()
+        other.goto(f"{outbox.url}/admin/deliveries?state=dead")
+        change_meanwhile()
+        with page.expect_navigation() as answer:
+            page.click(f"form[action*='/{sent}/retry'] button")
+        seen["stale"] = look(page, axe_script, "retry-sent")
+        seen["stale"]["code"] = answer.value.status
+        other.click(f"form[action*='/{cancelled}/retry'] button")
+        seen["cancelled"] = look(other, axe_script, "retry-cancelled")
+        page.goto(f"{outbox.url}/admin/deliveries?destination=pacs-a&state=failed")
+        page.click(f"form[action*='/{failed}/retry'] button")
+        seen["retried"] = look(page, axe_script, "retry-one")
+        context.close()
+        return seen
+
+    seen = chromium.run(scenario)
+    assert problems(seen) == []
+    stale = seen["stale"]
+    assert stale["code"] == 200
+    assert stale["url"].endswith(
+        f"/admin/deliveries?destination=pacs-b&state=failed&not_retried={sent}&was=sent")
+    assert stale["status"] == [f"Delivery {sent} was already sent: nothing was done."]
+    assert "Failed deliveries to pacs-b" in stale["text"]
+    with services(outbox.app).db.session() as db:
+        row = db.get(Delivery, sent)
+        assert row is not None and (row.status, row.attempts) == (DeliveryStatus.SENT, 4)
+    assert seen["cancelled"]["status"] == [
+        f"Delivery {cancelled} was cancelled (its instance was rejected): nothing was done."]
+    retried = seen["retried"]
+    assert retried["url"].endswith("/admin/deliveries?destination=pacs-a&state=failed&retried=1")
+    assert retried["status"] == ["1 delivery queued again."]

@@ -25,6 +25,7 @@ from app.web.errors import error_response
 from app.workflow.delivery import (
     STATES,
     NotRetryable,
+    ShownState,
     delivery_counts,
     list_deliveries,
     retry_dead,
@@ -42,7 +43,7 @@ def _filters() -> tuple[str | None, str | None]:
 
 
 def page_url(state: str | None = None, destination: str | None = None, path: str = "",
-             **status: int) -> str:
+             **status: int | str) -> str:
     """The deliveries page showing ``state`` and ``destination`` (None: any), or its form
     under ``path`` posted from there, with ``status`` parameters (see :func:`_status_line`);
     its query holds only those names and numbers, never PHI."""
@@ -51,8 +52,17 @@ def page_url(state: str | None = None, destination: str | None = None, path: str
     return f"/admin/deliveries{path}" + (f"?{urlencode(query)}" if query else "")
 
 
+_NOT_RETRIED = {ShownState.SENT: "was already sent",
+                ShownState.CANCELLED: "was cancelled (its instance was rejected)"}
+"""Why a delivery was not retried, by its ``was`` status parameter."""
+
+
 def _status_line() -> str | None:
-    """What the page says of the retry that redirected to it (its ``retried`` count), if any."""
+    """What the page says of the retry that redirected to it, if any: its ``retried`` count,
+    or the delivery it did not retry (``not_retried``, an id) and why (``was``)."""
+    not_retried, was = request.args.get("not_retried", type=int), request.args.get("was")
+    if not_retried is not None and was in _NOT_RETRIED:
+        return f"Delivery {not_retried} {_NOT_RETRIED[ShownState(was)]}: nothing was done."
     retried = request.args.get("retried", type=int)
     if retried is None:
         return None
@@ -102,7 +112,9 @@ def deliveries_json() -> Response:
     return response
 
 
-def _retry_one(delivery_id: int) -> tuple[Response, int]:
+@bp.post("/api/deliveries/<int:delivery_id>/retry")
+@require("admin")
+def retry_json(delivery_id: int) -> tuple[Response, int]:
     try:
         state = retry_delivery(services().db, delivery_id)
     except NotRetryable as exc:
@@ -110,12 +122,6 @@ def _retry_one(delivery_id: int) -> tuple[Response, int]:
     if state is None:
         return error_response(404, "not_found", "no such delivery")
     return jsonify(state.as_json()), 200
-
-
-@bp.post("/api/deliveries/<int:delivery_id>/retry")
-@require("admin")
-def retry_json(delivery_id: int) -> tuple[Response, int]:
-    return _retry_one(delivery_id)
 
 
 @bp.post("/api/deliveries/retry")
@@ -129,8 +135,15 @@ def retry_all_json() -> Response:
 @bp.post("/deliveries/<int:delivery_id>/retry")
 @require("admin")
 def retry_form(delivery_id: int) -> BaseResponse | tuple[Response, int]:
-    response, status = _retry_one(delivery_id)
-    return redirect("/admin/deliveries", 303) if status == 200 else (response, status)
+    """Back to the page posted from, saying what was done; a delivery already sent or
+    cancelled (a stale page, another admin) is left as it is, and the page says so."""
+    try:
+        state = retry_delivery(services().db, delivery_id)
+    except NotRetryable as exc:
+        return redirect(page_url(*_filters(), not_retried=delivery_id, was=exc.state), 303)
+    if state is None:
+        return error_response(404, "not_found", "no such delivery")
+    return redirect(page_url(*_filters(), retried=1), 303)
 
 
 @bp.post("/deliveries/retry")

@@ -166,7 +166,12 @@ def delivery_counts(db: Database) -> dict[str, dict[str, int]]:
 
 
 class NotRetryable(Exception):
-    """The delivery was already sent, or cancelled; there is nothing to retry."""
+    """The delivery was already sent, or cancelled; there is nothing to retry. ``state`` says
+    which (:attr:`ShownState.SENT` or :attr:`ShownState.CANCELLED`)."""
+
+    def __init__(self, state: ShownState, message: str) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 def retry_delivery(db: Database, delivery_id: int) -> DeliveryState | None:
@@ -179,9 +184,10 @@ def retry_delivery(db: Database, delivery_id: int) -> DeliveryState | None:
         if row is None:
             return None
         if row.status == DeliveryStatus.SENT:
-            raise NotRetryable("this delivery was already sent")
+            raise NotRetryable(ShownState.SENT, "this delivery was already sent")
         if row.status == DeliveryStatus.CANCELLED:
-            raise NotRetryable("this delivery was cancelled: its instance was rejected")
+            raise NotRetryable(ShownState.CANCELLED,
+                               "this delivery was cancelled: its instance was rejected")
         if DeliveryState.of(row).state in (ShownState.DEAD, ShownState.FAILED):
             row.status, row.attempts = DeliveryStatus.PENDING, 0
             row.next_attempt_at, row.updated_at = now, now
