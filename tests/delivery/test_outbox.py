@@ -179,11 +179,24 @@ def test_session_api_and_admin_show_states_and_admin_retries(
 
         retried = d.client.post(f"/admin/api/deliveries/{dead['id']}/retry",
                                 headers=d.headers["admin"])
-        assert retried.status_code == 200 and retried.get_json()["state"] == "queued"
+        assert retried.status_code == 200
+        # queued again, showing the last failure until the next attempt replaces it
+        assert (state()["state"], state()["attempts"], state()["reason"]) == \
+            ("queued", 0, "HTTP 409 from the PACS")
+        queued = d.client.get("/admin/api/deliveries?state=queued",
+                              headers=d.headers["admin"]).get_json()
+        assert queued["counts"]["pacs"] == {"queued": 1, "failed": 0, "sent": 0, "dead": 0,
+                                            "cancelled": 0}
+        assert [(x["id"], x["reason"]) for x in queued["deliveries"]] == \
+            [(dead["id"], "HTTP 409 from the PACS")]
+        page = d.client.get("/admin/deliveries", headers=d.headers["admin"])
+        assert b"Before the retry: HTTP 409 from the PACS" in page.data
         worker.run_once()  # 400 this time: dead again
+        assert (state()["state"], state()["reason"]) == ("dead", "HTTP 400 from the PACS")
         form = d.client.post(f"/admin/deliveries/{dead['id']}/retry",
                              headers=d.headers["admin"])  # the page's form (bearer here)
-        assert form.status_code == 303 and form.headers["Location"] == "/admin/deliveries"
+        assert form.status_code == 303 \
+            and form.headers["Location"] == "/admin/deliveries?retried=1"
         worker.run_once()  # 400 again
         assert d.client.post("/admin/api/deliveries/retry", json={"destination": "pacs"},
                              headers=d.headers["admin"]).get_json() == {"retried": 1}

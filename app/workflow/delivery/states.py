@@ -4,7 +4,8 @@
 transient failure, with the reason), ``sent`` or ``dead`` (with the reason); the queries here
 read rows and never lease them. A row whose instance was rejected before it was sent is
 ``cancelled`` (with the reason). A retry makes a dead or failed row pending and due now with a
-fresh backoff (``attempts`` 0, no error); a sent row is never retried (:class:`NotRetryable`),
+fresh backoff (``attempts`` 0): it shows ``queued`` again, keeping the reason of its last
+failure until the next attempt replaces it; a sent row is never retried (:class:`NotRetryable`),
 so a retry cannot send an instance twice, nor is a cancelled one (its instance is rejected),
 and a queued one is left as it is. Retrying every
 dead row also releases any lease it held.
@@ -41,18 +42,24 @@ STATES = tuple(ShownState)
 """The shown states in display order (a tuple: ``in`` also takes any string)."""
 
 
-def _public_state(status: str, has_error: bool) -> ShownState:
-    """The shown state of a row with this ``status``; pending is failed after an error."""
+def _public_state(status: str, failed: bool) -> ShownState:
+    """The shown state of a row with this ``status``; pending is failed after a failed
+    attempt (see :data:`_FAILED`)."""
     if status == DeliveryStatus.PENDING:
-        return ShownState.FAILED if has_error else ShownState.QUEUED
+        return ShownState.FAILED if failed else ShownState.QUEUED
     return ShownState(status)
+
+
+_FAILED = and_(Delivery.last_error.is_not(None), Delivery.attempts > 0)
+"""Whether a pending row's last attempt failed: it has an error and attempts since it was
+queued (a retried row keeps the error of its last failure, with ``attempts`` back to 0)."""
 
 
 @dataclass(frozen=True)
 class DeliveryState:
-    """What users and admins see of one row (no PHI): ``state`` is queued, sent, failed
-    (pending after a transient failure; ``reason`` says why), dead (``reason``) or cancelled
-    (``reason``)."""
+    """What users and admins see of one row (no PHI): ``state`` is queued (``reason``: the
+    last failure before an admin's retry, if any), sent, failed (pending after a transient
+    failure; ``reason`` says why), dead (``reason``) or cancelled (``reason``)."""
 
     id: int
     destination: str
@@ -69,7 +76,7 @@ class DeliveryState:
     @classmethod
     def of(cls, row: Delivery) -> DeliveryState:
         return cls(row.id, row.destination, row.kind, row.study_uid, row.sop_uid,
-                   _public_state(row.status, bool(row.last_error)),
+                   _public_state(row.status, bool(row.last_error) and row.attempts > 0),
                    row.last_error, row.attempts,
                    as_utc(row.next_attempt_at) if row.status == DeliveryStatus.PENDING else None,
                    as_utc(row.updated_at), as_utc(row.sent_at))
@@ -91,8 +98,8 @@ class DeliveryState:
 def _state_filter(state: str) -> Any:
     """The WHERE clause of the rows shown in ``state`` (one of :data:`STATES`)."""
     pending = Delivery.status == DeliveryStatus.PENDING
-    return {ShownState.QUEUED: and_(pending, Delivery.last_error.is_(None)),
-            ShownState.FAILED: and_(pending, Delivery.last_error.is_not(None)),
+    return {ShownState.QUEUED: and_(pending, ~_FAILED),
+            ShownState.FAILED: and_(pending, _FAILED),
             ShownState.SENT: Delivery.status == DeliveryStatus.SENT,
             ShownState.DEAD: Delivery.status == DeliveryStatus.DEAD,
             ShownState.CANCELLED: Delivery.status == DeliveryStatus.CANCELLED,
@@ -148,48 +155,54 @@ def list_deliveries(db: Database, state: str | None = None, destination: str | N
 
 def delivery_counts(db: Database) -> dict[str, dict[str, int]]:
     """Per destination, how many deliveries are queued, failed, sent, dead and cancelled."""
-    failed = Delivery.last_error.is_not(None)
-    query = (select(Delivery.destination, Delivery.status, failed, func.count())
-             .group_by(Delivery.destination, Delivery.status, failed))
+    query = (select(Delivery.destination, Delivery.status, _FAILED, func.count())
+             .group_by(Delivery.destination, Delivery.status, _FAILED))
     counts: dict[str, dict[str, int]] = {}
     with db.session() as session:
-        for name, status, has_error, number in session.execute(query):
+        for name, status, failed, number in session.execute(query):
             by_state = counts.setdefault(name, dict.fromkeys(STATES, 0))
-            by_state[_public_state(status, has_error)] += number
+            by_state[_public_state(status, bool(failed))] += number
     return counts
 
 
 class NotRetryable(Exception):
-    """The delivery was already sent, or cancelled; there is nothing to retry."""
+    """The delivery was already sent, or cancelled; there is nothing to retry. ``state`` says
+    which (:attr:`ShownState.SENT` or :attr:`ShownState.CANCELLED`)."""
+
+    def __init__(self, state: ShownState, message: str) -> None:
+        super().__init__(message)
+        self.state = state
 
 
 def retry_delivery(db: Database, delivery_id: int) -> DeliveryState | None:
-    """Make a dead or failed delivery due now with a fresh backoff; None when it does not
-    exist, :class:`NotRetryable` when it was already sent or was cancelled (its instance is
-    rejected). A queued one is left as it is."""
+    """Make a dead or failed delivery due now with a fresh backoff, keeping the reason of its
+    last failure; None when it does not exist, :class:`NotRetryable` when it was already sent
+    or was cancelled (its instance is rejected). A queued one is left as it is."""
     now = utcnow()
     with db.session() as session:
         row = session.get(Delivery, delivery_id, with_for_update=True)
         if row is None:
             return None
         if row.status == DeliveryStatus.SENT:
-            raise NotRetryable("this delivery was already sent")
+            raise NotRetryable(ShownState.SENT, "this delivery was already sent")
         if row.status == DeliveryStatus.CANCELLED:
-            raise NotRetryable("this delivery was cancelled: its instance was rejected")
-        if row.status == DeliveryStatus.DEAD or row.last_error:
-            row.status, row.attempts, row.last_error = DeliveryStatus.PENDING, 0, None
+            raise NotRetryable(ShownState.CANCELLED,
+                               "this delivery was cancelled: its instance was rejected")
+        if DeliveryState.of(row).state in (ShownState.DEAD, ShownState.FAILED):
+            row.status, row.attempts = DeliveryStatus.PENDING, 0
             row.next_attempt_at, row.updated_at = now, now
         return DeliveryState.of(row)
 
 
 def retry_dead(db: Database, destination: str | None = None) -> int:
-    """Make every dead delivery (of one destination, if given) due now; return how many."""
+    """Make every dead delivery (of one destination, if given) due now, keeping the reason of
+    its last failure; return how many."""
     now = utcnow()
     query = update(Delivery).where(Delivery.status == DeliveryStatus.DEAD)
     if destination is not None:
         query = query.where(Delivery.destination == destination)
     with db.session() as session:
         return affected_rows(session.execute(query.values(
-            status=DeliveryStatus.PENDING, attempts=0, last_error=None, next_attempt_at=now,
+            status=DeliveryStatus.PENDING, attempts=0, next_attempt_at=now,
             updated_at=now, claim_token=None, claimed_until=None)
             .execution_options(synchronize_session=False)))
