@@ -386,8 +386,8 @@ def rejected_photos(db: Session, study_uids: Sequence[str]) -> dict[str, list[di
 
 
 @dataclass(frozen=True)
-class OwnPhoto:
-    """A photo of a study its clinician may still correct: where to find its thumbnail."""
+class CorrectablePhoto:
+    """A photo of a study that may still be corrected: where to find its thumbnail."""
 
     number: int
     series_uid: str
@@ -395,35 +395,44 @@ class OwnPhoto:
 
 
 @dataclass(frozen=True)
-class OwnStudy:
-    """A study ``actor`` captured and may still correct, until ``until`` (UTC)."""
+class CorrectableStudy:
+    """A study and its photos not rejected yet, correctable until ``until`` (UTC; None for an
+    admin, who may correct any study at any time)."""
 
     study_uid: str
     captured_at: datetime
-    until: datetime
-    photos: tuple[OwnPhoto, ...]
+    until: datetime | None
+    photos: tuple[CorrectablePhoto, ...]
+    patient: PatientSummary
 
 
-def own_correctable(db: Session, actor: str, own_within: timedelta) -> list[OwnStudy]:
+def own_correctable(db: Session, actor: str, own_within: timedelta) -> list[CorrectableStudy]:
     """The studies ``actor`` captured no longer ago than ``own_within``, newest first, each
     with its photos not rejected yet (originals, by instance number): exactly the studies
     :func:`reject` and :func:`move_to_patient` let this clinician correct now."""
     since = utcnow() - own_within
-    studies = []
-    for session in db.scalars(select(CaptureSession).where(
-            CaptureSession.created_by == actor, CaptureSession.created_at >= since)
-            .order_by(CaptureSession.created_at.desc())):
-        if not _may_correct(session, actor, own_within):
-            continue
-        photos = tuple(OwnPhoto(photo.instance_number, instance.series_uid, instance.sop_uid)
-                       for photo, instance in db.execute(
-                           select(Photo, Instance).join(Instance, Photo.sop_uid
-                                                        == Instance.sop_uid)
-                           .where(Photo.session_id == session.id, Instance.shown())
-                           .order_by(Photo.instance_number)))
-        captured = as_utc(session.created_at)
-        studies.append(OwnStudy(session.study_uid, captured, captured + own_within, photos))
-    return studies
+    return [_correctable(db, session, as_utc(session.created_at) + own_within)
+            for session in db.scalars(select(CaptureSession).where(
+                CaptureSession.created_by == actor, CaptureSession.created_at >= since)
+                .order_by(CaptureSession.created_at.desc()))
+            if _may_correct(session, actor, own_within)]
+
+
+def study_correctable(db: Session, study_uid: str) -> CorrectableStudy:
+    """The study ``study_uid`` as an admin corrects it (no time limit), with its photos not
+    rejected yet; :class:`CorrectionError` for a study that is not ours."""
+    return _correctable(db, _session(db, study_uid), None)
+
+
+def _correctable(db: Session, session: CaptureSession,
+                 until: datetime | None) -> CorrectableStudy:
+    photos = tuple(CorrectablePhoto(photo.instance_number, instance.series_uid, instance.sop_uid)
+                   for photo, instance in db.execute(
+                       select(Photo, Instance).join(Instance, Photo.sop_uid == Instance.sop_uid)
+                       .where(Photo.session_id == session.id, Instance.shown())
+                       .order_by(Photo.instance_number)))
+    return CorrectableStudy(session.study_uid, as_utc(session.created_at), until, photos,
+                            _summary(session))
 
 
 # --- the one rejection path ------------------------------------------------------------------

@@ -16,7 +16,7 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select
 
-from app.db.models import Instance, Patient
+from app.db.models import AuditEvent, Instance, Patient
 from tests.conftest import (
     ARTIFACTS,
     AXE_RUN,
@@ -175,3 +175,68 @@ def test_a_move_and_a_rejection_show_whom_they_concern_and_wait_for_confirm(
     # no patient's name or ID in the log
     for phi in ("00234567", "RIGHT", "ALICE", "00123456", "1972"):
         assert phi not in caplog.text, phi
+
+
+def test_an_admin_corrects_a_study_from_the_viewer_without_typing_a_uid(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
+        users: dict[str, str], chromium: Browser, axe_script: Path) -> None:
+    """The viewer's "Correct this study" (admins only) opens the corrections page with the
+    study's patient and photos listed: a photo is rejected by its thumbnail's button (preview,
+    then Confirm) and the move form only asks for the right patient's MRN; no UID is typed."""
+
+    def scenario(browser: Any, url: str) -> dict[str, Any]:
+        seen: dict[str, Any] = {}
+        page = phone_page(browser, url, users["admin"])
+        page.goto(f"{url}/studies/{study.study_uid}")
+        page.wait_for_selector("body[data-ready=true]")
+        page.click("text=Correct this study")
+        page.wait_for_selector(".own-study")
+        page.wait_for_function(
+            "[...document.querySelectorAll('.own-study img')].every(i => i.naturalWidth > 0)")
+        seen["url"] = page.url
+        seen["listed"] = measured(page, axe_script, "corrections-study-from-viewer")
+        seen["move_fields"] = page.eval_on_selector_all(
+            ".own-study form[action$='/patient'] input:not([type=hidden]), "
+            ".own-study form[action$='/patient'] textarea", "f => f.map(e => e.name)")
+        page.select_option("#reason-1-2", "quality")
+        page.click("button:has-text('Reject photo 2')")
+        page.wait_for_selector(".confirm")
+        seen["preview_codes"] = rejection_codes(app, study.study_uid)
+        page.click(".confirm button:has-text('Confirm reject')")
+        page.wait_for_selector(".correction-result")
+        seen["codes"] = rejection_codes(app, study.study_uid)
+        page.context.close()
+        return seen
+
+    with served_as_deployed(app) as (url, _):
+        study = upload_study(client, auth["capture"], [NOCHART.read_bytes()] * 2)
+        seen = chromium.run(lambda browser: scenario(browser, url))
+
+    assert seen["url"] == f"{url}/admin/corrections?study={study.study_uid}"
+    listed = seen["listed"]
+    assert listed["width"] <= 390 and listed["small"] == [] and listed["axe"] == []
+    assert "DEMO, ALICE, MRN 00123456 (HOSP-A)" in " ".join(listed["text"].split())
+    assert "Reject photo 1" in listed["text"] and "Reject photo 2" in listed["text"]
+    assert seen["move_fields"] == ["patient_id", "issuer", "reason"]  # the study is given
+    assert set(seen["preview_codes"].values()) == {None}
+    assert [seen["codes"][uid] for uid in study.originals] == [None, "113001"]
+
+
+def test_a_study_named_in_the_url_is_listed_for_admins_only(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]]) -> None:
+    """An admin naming an unknown study is told so; a clinician's page ignores the study
+    (they see only their own captures); the viewer links the page for admins only."""
+    study = upload_study(client, auth["capture"], [NOCHART.read_bytes()])
+    html = {"Accept": "text/html"}
+    named = client.get(f"/admin/corrections?study={study.study_uid}",
+                       headers={**auth["admin"], **html})
+    assert named.status_code == 200 and "Reject photo 1" in named.get_data(as_text=True)
+    unknown = client.get("/admin/corrections?study=1.2.3", headers={**auth["admin"], **html})
+    assert unknown.status_code == 422
+    assert "No study of ours has Study Instance UID 1.2.3." in unknown.get_data(as_text=True)
+    with services(app).db.session() as db:
+        [event] = db.scalars(select(AuditEvent).where(
+            AuditEvent.action == "correction.preview")).all()
+        assert {"patient:HOSP-A|00123456", f"study:{study.study_uid}"} <= set(event.entities)
+    viewer = client.get(f"/studies/{study.study_uid}", headers={**auth["view"], **html})
+    assert "Correct this study" not in viewer.get_data(as_text=True)

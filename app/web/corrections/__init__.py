@@ -38,17 +38,19 @@ REASONS = (RejectionReason.QUALITY, RejectionReason.PATIENT_SAFETY, RejectionRea
 
 
 def _page(status: int = 200, **context: Any) -> tuple[Response, int]:
-    """The page for this caller: the UID forms for an admin, their own studies still
-    correctable for a clinician."""
+    """The page for this caller: the UID forms for an admin (and the study named, when one
+    is), their own studies still correctable for a clinician. The patients of the studies
+    listed are shown, so the page is audited as reading them (``correction.preview``)."""
     login = current_login()
     own, minutes = None, services().settings.correction_window_minutes
     if g.caller.role != "admin" and minutes > 0:
         with services().db.session() as db:
             own = corrections.own_correctable(db, g.caller.user, timedelta(minutes=minutes))
+        _audit_shown(own)
     response = Response(render_template(
         "corrections/index.html", csrf_token=login.csrf_token if login else "",
         reasons=REASONS, own=own, minutes=minutes,
-        **{"result": None, "error": None, "preview": None, **context}))
+        **{"result": None, "error": None, "preview": None, "study": None, **context}))
     response.headers["Cache-Control"] = "no-store"
     return response, status
 
@@ -85,11 +87,32 @@ def _preview(kind: str, plan: corrections.RejectPlan | corrections.MovePlan,
     return _page(preview={"kind": kind, "plan": plan, "fields": fields})
 
 
+def _audit_shown(studies: list[corrections.CorrectableStudy]) -> None:
+    """Audit the page as showing the patients of ``studies`` (none: not audited)."""
+    if studies and "audit_action" not in g:
+        g.audit_action = "correction.preview"
+        g.audit_entities = sorted({*(audit.patient_ref(s.patient.patient_id, s.patient.issuer)
+                                     for s in studies),
+                                   *(audit.study_ref(s.study_uid) for s in studies)})
+        g.audit_detail = {"correction": "list"}
+
+
 @bp.get("/corrections")
 @require("admin", "capture")
 def corrections_form() -> tuple[Response, int]:
+    """The page; an admin may name a study (``?study=UID``, as the viewer's "Correct this
+    study" does) to have its photos listed for rejection and its move form filled in."""
     _allowed()
-    return _page()
+    uid = request.args.get("study", "").strip()
+    if not uid or g.caller.role != "admin":
+        return _page()
+    try:
+        with services().db.session() as db:
+            study = corrections.study_correctable(db, uid)
+    except corrections.CorrectionError as exc:
+        return _refused(exc)
+    _audit_shown([study])
+    return _page(study=study)
 
 
 @bp.post("/corrections/reject")
