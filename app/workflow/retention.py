@@ -329,7 +329,7 @@ def purge(services: Services, *, actor: str, studies: Sequence[str] | None = Non
 
 def _why_not(db: Session, found: Report, study_uid: str) -> str:
     """Why ``study_uid`` is not due, without PHI."""
-    session = db.scalar(select(CaptureSession).where(CaptureSession.study_uid == study_uid))
+    session = _study_session(db, study_uid)
     if session is None:
         return f"no study of ours has Study Instance UID {study_uid}"
     if session.purged_at is not None:
@@ -436,15 +436,17 @@ def set_hold(services: Services, target: HoldTarget, reason: str, *, actor: str)
 
 
 def release_hold(services: Services, target: HoldTarget, *, actor: str) -> None:
-    """Release the legal hold of ``target``, audited; :class:`RetentionError`, changing
-    nothing, when it is not held."""
+    """Release the legal hold of ``target``, found by its own key (the study's UID, or the
+    patient's ID and issuer), audited, whether or not a study of ours is still of that
+    patient: every hold listed can be released. :class:`RetentionError`, changing nothing,
+    when it is not held."""
     with services.db.session() as db:
-        session = _held_session(db, target)
         row = _hold(db, target)
         if row is None:
             raise RetentionError(f"this {target.scope} is not on legal hold")
         db.delete(row)
-        _audit_hold(services, db, "retention.release", actor, target, session,
+        _audit_hold(services, db, "retention.release", actor, target,
+                    _study_session(db, target.study_uid) if target.study_uid else None,
                     {"held_since": row.set_at.isoformat(), "held_by": row.set_by})
 
 
@@ -479,9 +481,18 @@ def _hold(db: Session, target: HoldTarget) -> LegalHold | None:
                                              LegalHold.patient_id == target.patient_id))
 
 
+def _study_session(db: Session, study_uid: str) -> CaptureSession | None:
+    """Our study ``study_uid``, or None."""
+    return db.scalar(select(CaptureSession).where(CaptureSession.study_uid == study_uid))
+
+
 def _audit_hold(services: Services, db: Session, action: str, actor: str, target: HoldTarget,
-                session: CaptureSession, detail: dict[str, object]) -> None:
-    entities: Iterable[str] = (audit.patient_ref(session.patient_id, session.issuer),
+                session: CaptureSession | None, detail: dict[str, object]) -> None:
+    """Audit ``action`` on the hold of ``target``, naming the patient (the held patient, or
+    ``session``'s when we have it) and the held study."""
+    patient = (target.patient_id, target.issuer) if target.patient_id and target.issuer \
+        else (session.patient_id, session.issuer) if session else None
+    entities: Iterable[str] = (*((audit.patient_ref(*patient),) if patient else ()),
                                *((audit.study_ref(target.study_uid),) if target.study_uid
                                  else ()))
     audit.record(db, actor, action, *entities, outcome=audit.SUCCESS,

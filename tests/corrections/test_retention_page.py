@@ -5,6 +5,7 @@ CSRF token, for admins only; a refused action answers 422 and changes nothing.""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -84,3 +85,26 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
     assert {a: actor for a, (actor, _) in events.items()} == {
         "retention.hold": "ada", "retention.release": "ada", "retention.purge": "ada"}
     assert json.dumps(events["retention.hold"][1]).count("court order 7") == 1
+
+
+def test_a_hold_listed_is_released_by_the_page_even_without_a_study_of_the_patient(
+        deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    rules = tmp_path / "retention.toml"
+    rules.write_text("[default]\nyears_after_last_study = 10\n")
+    d = deploy([], retention_rules_file=rules)
+    create_user(d.services.db, "ada", PASSWORD, "admin")
+    with d.services.db.session() as db:
+        db.add(LegalHold(issuer="HOSP-A", patient_id="00999999", reason="pending claim",
+                         set_by="ada"))
+    browser = d.app.test_client()
+    csrf = log_in(browser, "ada")
+    listed = re.sub(r"\s+", " ", browser.get("/admin/retention").get_data(as_text=True))
+    assert "Patient 00999999 (HOSP-A): pending claim" in listed
+
+    released = browser.post("/admin/retention/release", data={
+        "csrf_token": csrf, "patient_id": "00999999", "issuer": "HOSP-A"})
+    assert released.status_code == 200, released.get_data(as_text=True)
+    text = released.get_data(as_text=True)
+    assert "The patient&#39;s legal hold is released." in text and "No legal hold." in text
+    with d.services.db.session() as db:
+        assert db.scalars(select(LegalHold)).all() == []
