@@ -39,14 +39,21 @@ from app.db.models import (
     CaptureSession,
     Instance,
     LegalHold,
+    Photo,
     as_utc,
     utcnow,
 )
 from app.gateways.registry import read_config
+from app.pipeline.dicom.codes import LATERALITY_SNOMED, body_sites
 from app.pipeline.dicom.kos import KOS_SOP_CLASS_UID, RejectionReason
 from app.settings import Settings, SettingsError
 from app.workflow import audit
-from app.workflow.corrections import CorrectionError, reject_rows
+from app.workflow.corrections import (
+    CorrectionError,
+    PatientSummary,
+    patient_summary,
+    reject_rows,
+)
 from app.workflow.services import Services
 
 RULES_VARIABLE = "EBIW_RETENTION_RULES_FILE"
@@ -272,6 +279,46 @@ def assess(db: Session, rules: Rules, today: date) -> Report:
             (held if hold else due).append(entry)
     due.sort(key=lambda a: (not a.interrupted, a.due_date or date.min, a.study_uid))
     return Report(as_of=today, due=due, held=held, undetermined=undetermined, studies=count)
+
+
+@dataclass(frozen=True)
+class StudyFacts:
+    """A study as an admin recognises it before its files go for good: its patient, its date
+    where it was taken, its department and body site (None: not recorded) and its photos.
+    It names a patient: for the admin page only, never the report's JSON or a log."""
+
+    patient: PatientSummary
+    taken: date
+    department: str | None
+    body_site: str | None
+    """The site's meaning (the code when it is not in our table), with its side if any."""
+    photos: int
+    """The photos captured in the study (originals; the files also hold derived images)."""
+
+
+def study_facts(services: Services, study_uids: Iterable[str]) -> dict[str, StudyFacts]:
+    """The facts of each of ``study_uids`` that is a study of ours, by UID; reads only."""
+    uids = list(dict.fromkeys(study_uids))
+    if not uids:
+        return {}
+    with services.db.session() as db:
+        sessions = db.scalars(select(CaptureSession)
+                              .where(CaptureSession.study_uid.in_(uids))).all()
+        photos: dict[str, int] = {session_id: count for session_id, count in db.execute(
+            select(Photo.session_id, func.count()).where(
+                Photo.session_id.in_([s.id for s in sessions])).group_by(Photo.session_id))}
+        return {s.study_uid: StudyFacts(patient_summary(s), _local_date(s), s.department,
+                                        _site_name(s), photos.get(s.id, 0)) for s in sessions}
+
+
+def _site_name(session: CaptureSession) -> str | None:
+    """The body site as a person reads it, with its side: ``Heel, left``."""
+    if not session.body_site:
+        return None
+    site = body_sites().get(session.body_site)
+    name = site.meaning if site else session.body_site
+    side = LATERALITY_SNOMED.get(session.laterality or "")
+    return f"{name}, {side[1].lower()}" if side else name
 
 
 def _local_date(session: CaptureSession) -> date:

@@ -10,6 +10,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from app.db.models import AuditEvent, CaptureSession, LegalHold
@@ -57,7 +58,12 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
     assert "No study of ours has Study Instance UID 1.2.3.4." in unknown.get_data(as_text=True)
     assert browser.post("/admin/retention/hold", data={**form, "reason": " "}).status_code \
         == 422
-    assert snapshot(d) == before
+    # each refusal changed nothing; the page it answered with, naming the patient, is audited
+    after = snapshot(d)
+    assert {**after, "audits": 0} == {**before, "audits": 0}
+    with d.services.db.session() as db:
+        assert [e.action for e in db.scalars(select(AuditEvent).order_by(AuditEvent.seq))][
+            before["audits"]:] == ["retention.read"] * (after["audits"] - before["audits"])
 
     held = browser.post("/admin/retention/hold", data={**form, "reason": "court order 7"})
     assert held.status_code == 200, held.get_data(as_text=True)
@@ -81,23 +87,30 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
     assert f"Study {study} was purged already" in twice.get_data(as_text=True)
     with d.services.db.session() as db:
         events = {e.action: (e.actor, e.detail) for e in db.scalars(select(AuditEvent).where(
-            AuditEvent.action.like("retention.%")))}
+            AuditEvent.action.like("retention.%"), AuditEvent.action != "retention.read"))}
     assert {a: actor for a, (actor, _) in events.items()} == {
         "retention.hold": "ada", "retention.release": "ada", "retention.purge": "ada"}
     assert json.dumps(events["retention.hold"][1]).count("court order 7") == 1
 
 
-def test_a_hold_listed_is_released_by_the_page_even_without_a_study_of_the_patient(
-        deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+def with_patient_hold(deploy: Callable[..., Deployment], tmp_path: Path,
+                      issuer: str) -> tuple[Deployment, FlaskClient, str]:
+    """A deployment keeping studies 10 years, a legal hold on patient 00999999 of ``issuer``
+    (no study of theirs here) and the admin ada logged in: (it, ada's client, her CSRF)."""
     rules = tmp_path / "retention.toml"
     rules.write_text("[default]\nyears_after_last_study = 10\n")
     d = deploy([], retention_rules_file=rules)
     create_user(d.services.db, "ada", PASSWORD, "admin")
     with d.services.db.session() as db:
-        db.add(LegalHold(issuer="HOSP-A", patient_id="00999999", reason="pending claim",
+        db.add(LegalHold(issuer=issuer, patient_id="00999999", reason="pending claim",
                          set_by="ada"))
     browser = d.app.test_client()
-    csrf = log_in(browser, "ada")
+    return d, browser, log_in(browser, "ada")
+
+
+def test_a_hold_listed_is_released_by_the_page_even_without_a_study_of_the_patient(
+        deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    d, browser, csrf = with_patient_hold(deploy, tmp_path, "HOSP-A")
     listed = re.sub(r"\s+", " ", browser.get("/admin/retention").get_data(as_text=True))
     assert "Patient 00999999 (HOSP-A): pending claim" in listed
 
@@ -108,3 +121,28 @@ def test_a_hold_listed_is_released_by_the_page_even_without_a_study_of_the_patie
     assert "The patient&#39;s legal hold is released." in text and "No legal hold." in text
     with d.services.db.session() as db:
         assert db.scalars(select(LegalHold)).all() == []
+
+
+def test_each_due_study_names_its_patient_date_site_and_photos_and_the_read_is_audited(
+        deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    d, browser, _ = with_patient_hold(deploy, tmp_path, "HOSP-B")
+    session = d.open_session(department="Burns unit", body_site="84607009", laterality="L")
+    d.upload(session, NOCHART)
+    d.upload(session, NOCHART)
+    study = session["study_instance_uid"]
+    with d.services.db.session() as db:
+        db.execute(update(CaptureSession).values(
+            created_at=datetime(2001, 6, 7, 12, tzinfo=UTC), utc_offset_minutes=0))
+
+    page = browser.get("/admin/retention")
+    assert page.status_code == 200
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.get_data(as_text=True)))
+    assert "DEMO, ALICE, MRN 00123456 (HOSP-A)" in text
+    assert "Study date 7 Jun 2001 Department Burns unit Body site Skin of heel, left " \
+        "Photos 2 (2 files to delete)" in text
+    assert f"Study Instance UID {study}" in text
+    with d.services.db.session() as db:
+        read = db.scalars(select(AuditEvent).where(AuditEvent.action == "retention.read")).one()
+    assert (read.actor, read.outcome) == ("ada", "success")
+    assert read.entities == ["patient:HOSP-A|00123456", f"study:{study}",
+                             "patient:HOSP-B|00999999"]

@@ -249,7 +249,10 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     assert "No archived instance has SOP Instance UID 1.2.3.4." in \
         light["corrections-refused"]["text"]
     retention = re.sub(r"\s+", " ", light["retention"]["text"])
-    assert f"{site.study_uid} Rule default, due since" in retention
+    assert re.search(r"DEMO, ALICE, MRN 00123456 \(HOSP-A\) Study date \d+ \w{3} 20\d\d "
+                     r"Department Wound care Body site [^,]+, left Photos 1 \(\d+ files? to "
+                     r"delete\) Rule default, due since", retention)
+    assert f"Study Instance UID {site.study_uid}" in retention
     assert "Purge 1 study" in retention and "Patient 00999999 (HOSP-A): pending claim" in retention
     assert light["login"]["nav"] == [] and light["capture-login"]["nav"] == []
     assert light["viewer"]["back"] == "/"

@@ -1,8 +1,11 @@
 """Retention, an admin page: ``GET /admin/retention`` shows the dry-run report (studies due,
-held, undetermined) and the legal holds; ``POST /admin/retention/purge`` purges the studies the
+held, undetermined) and the legal holds, each due study named by its patient (name, MRN with
+issuer), date, department, body site and photos, its UID below for reference, so that an
+admin recognises what a purge deletes; ``POST /admin/retention/purge`` purges the studies the
 page listed (each still due, and the confirmation box ticked), ``POST /admin/retention/hold``
 and ``/admin/retention/release`` set and release a legal hold on a study or a patient. Forms
-carry the session's CSRF token; a patient's ID goes in the form body, never in a URL. The
+carry the session's CSRF token; a patient's ID goes in the form body, never in a URL. Every
+answer that shows the page is audited as ``retention.read``, naming the patients shown; the
 workflow (``app.workflow.retention``) audits each action with the logged-in admin as the actor;
 a refused one answers 422 with the reason (no PHI) and changes nothing.
 """
@@ -15,21 +18,32 @@ from flask import Blueprint, Response, g, render_template, request
 
 from app.web import services
 from app.web.auth import current_login, require
-from app.workflow import retention
+from app.workflow import audit, retention
 
 bp = Blueprint("retention", __name__, url_prefix="/admin")
 
 
 def _page(status: int = 200, **context: Any) -> tuple[Response, int]:
-    """The page with the report as of now (or why there is none) and the holds."""
+    """The page with the report as of now (or why there is none), each due study with its
+    patient, date, department, body site and photos, and the holds. It names patients: every
+    answer is audited (``retention.read``) with the patients and studies it shows."""
     login = current_login()
     try:
         report, report_error = retention.report(services()), None
     except retention.RetentionError as exc:
         report, report_error = None, str(exc)
+    facts = retention.study_facts(services(), [a.study_uid for a in report.due]) \
+        if report else {}
+    holds = retention.holds(services())
+    g.audit_action = "retention.read"
+    g.audit_entities = list(dict.fromkeys([
+        *(ref for uid, f in facts.items() for ref in (
+            audit.patient_ref(f.patient.patient_id, f.patient.issuer), audit.study_ref(uid))),
+        *(audit.patient_ref(h.patient_id, h.issuer) for h in holds
+          if h.patient_id and h.issuer)]))
     response = Response(render_template(
         "retention/index.html", csrf_token=login.csrf_token if login else "", report=report,
-        report_error=report_error, holds=retention.holds(services()),
+        report_error=report_error, facts=facts, holds=holds,
         **{"purged": None, "done": None, "error": None, **context}))
     response.headers["Cache-Control"] = "no-store"
     return response, status
