@@ -302,13 +302,18 @@ def study_facts(services: Services, study_uids: Iterable[str]) -> dict[str, Stud
     if not uids:
         return {}
     with services.db.session() as db:
-        sessions = db.scalars(select(CaptureSession)
-                              .where(CaptureSession.study_uid.in_(uids))).all()
-        photos: dict[str, int] = {session_id: count for session_id, count in db.execute(
-            select(Photo.session_id, func.count()).where(
-                Photo.session_id.in_([s.id for s in sessions])).group_by(Photo.session_id))}
-        return {s.study_uid: StudyFacts(patient_summary(s), _local_date(s), s.department,
-                                        _site_name(s), photos.get(s.id, 0)) for s in sessions}
+        return _facts(db, uids)
+
+
+def _facts(db: Session, study_uids: Sequence[str]) -> dict[str, StudyFacts]:
+    """:func:`study_facts` in ``db``."""
+    sessions = db.scalars(select(CaptureSession)
+                          .where(CaptureSession.study_uid.in_(study_uids))).all()
+    photos: dict[str, int] = {session_id: count for session_id, count in db.execute(
+        select(Photo.session_id, func.count()).where(
+            Photo.session_id.in_([s.id for s in sessions])).group_by(Photo.session_id))}
+    return {s.study_uid: StudyFacts(patient_summary(s), _local_date(s), s.department,
+                                    _site_name(s), photos.get(s.id, 0)) for s in sessions}
 
 
 def _site_name(session: CaptureSession) -> str | None:
@@ -497,6 +502,42 @@ def release_hold(services: Services, target: HoldTarget, *, actor: str) -> None:
                     {"held_since": row.set_at.isoformat(), "held_by": row.set_by})
 
 
+@dataclass(frozen=True)
+class ReleasePlan:
+    """What releasing a hold gives back to the purge, for an admin to confirm it: the hold's
+    reason, who set it and when; its patient (the held study's, or the held patient as their
+    latest study here names them: only the ID and issuer when none is left); the held study's
+    facts (None for a patient hold); and how many studies of ours with files left (those a
+    purge could delete) it covers."""
+
+    target: HoldTarget
+    reason: str
+    set_by: str
+    set_at: datetime
+    patient: PatientSummary
+    study: StudyFacts | None
+    studies: int
+
+
+def plan_release(services: Services, target: HoldTarget) -> ReleasePlan:
+    """What :func:`release_hold` of ``target`` would release now; raises what it would raise
+    (:class:`RetentionError` when ``target`` is not held). Reads only."""
+    with services.db.session() as db:
+        row = _hold(db, target)
+        if row is None:
+            raise RetentionError(f"this {target.scope} is not on legal hold")
+        sessions = _covered(db, target)
+        patient = patient_summary(sessions[0]) if sessions else \
+            PatientSummary("", target.patient_id or "", target.issuer or "", None)
+        study = _facts(db, [target.study_uid]).get(target.study_uid) if target.study_uid \
+            else None
+        with_files = db.scalar(select(func.count(Instance.study_uid.distinct())).where(
+            Instance.study_uid.in_([s.study_uid for s in sessions]),
+            Instance.purged_at.is_(None), Instance.sop_class_uid != KOS_SOP_CLASS_UID))
+        return ReleasePlan(target, row.reason, row.set_by, as_utc(row.set_at), patient, study,
+                           with_files or 0)
+
+
 def holds(services: Services) -> list[LegalHold]:
     """Every legal hold, oldest first (detached rows)."""
     with services.db.session() as db:
@@ -506,19 +547,26 @@ def holds(services: Services) -> list[LegalHold]:
 
 
 def _held_session(db: Session, target: HoldTarget) -> CaptureSession:
-    """A study of ``target`` (the study itself, or the patient's latest)."""
+    """A study of ``target`` (the study itself, or the patient's latest);
+    :class:`RetentionError` when it has none."""
+    session = next(iter(_covered(db, target)), None)
+    if session is None:
+        raise RetentionError(
+            f"no study of ours has Study Instance UID {target.study_uid}" if target.study_uid
+            else "no study of ours is of a patient with this ID and issuer")
+    return session
+
+
+def _covered(db: Session, target: HoldTarget) -> Sequence[CaptureSession]:
+    """The studies of ours a hold on ``target`` covers (the study, or every study of the
+    patient), latest first."""
     if target.study_uid:
         where = CaptureSession.study_uid == target.study_uid
-        missing = f"no study of ours has Study Instance UID {target.study_uid}"
     else:
         where = (CaptureSession.issuer == target.issuer) & \
             (CaptureSession.patient_id == target.patient_id)
-        missing = "no study of ours is of a patient with this ID and issuer"
-    session = db.scalars(select(CaptureSession).where(where)
-                         .order_by(CaptureSession.created_at.desc())).first()
-    if session is None:
-        raise RetentionError(missing)
-    return session
+    return db.scalars(select(CaptureSession).where(where)
+                      .order_by(CaptureSession.created_at.desc())).all()
 
 
 def _hold(db: Session, target: HoldTarget) -> LegalHold | None:

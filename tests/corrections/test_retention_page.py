@@ -73,7 +73,17 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
     refused = browser.post("/admin/retention/purge", data={**form, "confirm": "yes"})
     assert refused.status_code == 422
     assert f"Study {study} is on legal hold" in refused.get_data(as_text=True)
-    assert browser.post("/admin/retention/release", data=form).status_code == 200
+    # the first post of a release asks to confirm it, naming the study, its patient, the reason
+    asked = browser.post("/admin/retention/release", data=form)
+    assert asked.status_code == 200
+    preview = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", asked.get_data(as_text=True)))
+    assert "Release this legal hold?" in preview and "for: court order 7" in preview
+    assert "Name DEMO, ALICE MRN 00123456 (HOSP-A) Study date" in preview
+    assert f"Study Instance UID {study}" in preview
+    with d.services.db.session() as db:
+        assert len(db.scalars(select(LegalHold)).all()) == 1
+    assert browser.post("/admin/retention/release", data={
+        **form, "confirmed": "yes"}).status_code == 200
     with d.services.db.session() as db:
         assert db.scalars(select(LegalHold)).all() == []
 
@@ -89,7 +99,8 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
         events = {e.action: (e.actor, e.detail) for e in db.scalars(select(AuditEvent).where(
             AuditEvent.action.like("retention.%"), AuditEvent.action != "retention.read"))}
     assert {a: actor for a, (actor, _) in events.items()} == {
-        "retention.hold": "ada", "retention.release": "ada", "retention.purge": "ada"}
+        "retention.hold": "ada", "retention.preview": "ada", "retention.release": "ada",
+        "retention.purge": "ada"}
     assert json.dumps(events["retention.hold"][1]).count("court order 7") == 1
 
 
@@ -114,8 +125,13 @@ def test_a_hold_listed_is_released_by_the_page_even_without_a_study_of_the_patie
     listed = re.sub(r"\s+", " ", browser.get("/admin/retention").get_data(as_text=True))
     assert "Patient 00999999 (HOSP-A): pending claim" in listed
 
-    released = browser.post("/admin/retention/release", data={
-        "csrf_token": csrf, "patient_id": "00999999", "issuer": "HOSP-A"})
+    form = {"csrf_token": csrf, "patient_id": "00999999", "issuer": "HOSP-A"}
+    asked = browser.post("/admin/retention/release", data=form)
+    assert asked.status_code == 200, asked.get_data(as_text=True)
+    preview = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", asked.get_data(as_text=True)))
+    assert "Every study of the patient Name not recorded MRN 00999999 (HOSP-A)" in preview
+    assert "for: pending claim" in preview and "Nothing it covers is left here" in preview
+    released = browser.post("/admin/retention/release", data={**form, "confirmed": "yes"})
     assert released.status_code == 200, released.get_data(as_text=True)
     text = released.get_data(as_text=True)
     assert "The patient&#39;s legal hold is released." in text and "No legal hold." in text
@@ -146,3 +162,44 @@ def test_each_due_study_names_its_patient_date_site_and_photos_and_the_read_is_a
     assert (read.actor, read.outcome) == ("ada", "success")
     assert read.entities == ["patient:HOSP-A|00123456", f"study:{study}",
                              "patient:HOSP-B|00999999"]
+
+
+def test_a_release_asks_first_and_cancel_or_a_hold_gone_changes_nothing(
+        deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    d, browser, csrf = with_patient_hold(deploy, tmp_path, "HOSP-A")
+    d.open_session()  # of 00123456 too, without a photo: nothing to purge
+    d.upload(d.open_session(), NOCHART)
+    with d.services.db.session() as db:
+        db.add(LegalHold(issuer="HOSP-A", patient_id="00123456", reason="claim 42",
+                         set_by="bob"))
+    form = {"csrf_token": csrf, "patient_id": "00123456", "issuer": "HOSP-A"}
+    before = snapshot(d)
+
+    asked = browser.post("/admin/retention/release", data=form)
+    assert asked.status_code == 200 and asked.headers["Cache-Control"] == "no-store"
+    html = asked.get_data(as_text=True)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    assert "Release this legal hold?" in text and "by bob, for: claim 42" in text
+    assert "Every study of the patient Name DEMO, ALICE MRN 00123456 (HOSP-A)" in text
+    assert "the patient's 1 study here can be purged" in text
+    assert '<input type="hidden" name="confirmed" value="yes">' in html
+    assert '<input type="hidden" name="patient_id" value="00123456">' in html
+    assert '<a class="button secondary" href="/admin/retention">Cancel</a>' in html
+    assert "00999999" not in html  # the preview alone, not the page with the other holds
+    cancelled = browser.get("/admin/retention")  # Cancel
+    assert "claim 42" in cancelled.get_data(as_text=True)
+    after = snapshot(d)
+    assert {**after, "audits": 0} == {**before, "audits": 0}
+    with d.services.db.session() as db:
+        assert len(db.scalars(select(LegalHold)).all()) == 2
+        preview, read = db.scalars(select(AuditEvent).where(
+            AuditEvent.seq > before["audits"]).order_by(AuditEvent.seq)).all()
+    assert (preview.action, preview.actor, preview.entities, preview.detail) == (
+        "retention.preview", "ada", ["patient:HOSP-A|00123456"], {"release": "patient"})
+    assert read.action == "retention.read"
+
+    unknown = browser.post("/admin/retention/release", data={**form, "patient_id": "00000001"})
+    assert unknown.status_code == 422
+    assert "This patient is not on legal hold." in unknown.get_data(as_text=True)
+    with d.services.db.session() as db:
+        assert len(db.scalars(select(LegalHold)).all()) == 2
