@@ -152,6 +152,8 @@ CATALOGUE: dict[str, EventCode] = {
     "correction.patient": _INSTANCES_CORRECTED,  # a study moved to the right patient
     "correction.notice": _INSTANCES_CORRECTED,  # the capturing clinician's notice of it
     "correction.preview": _RECORD_READ,  # the patients a correction concerns, to confirm it
+    "retention.read": _RECORD_READ,  # the retention page: the patients of the studies due
+    "retention.preview": _RECORD_READ,  # the hold a release concerns, to confirm it
     "retention.purge": _INSTANCES_REJECTED,  # a study's files deleted (app/workflow/retention)
     "retention.hold": _RECORD_UPDATE,  # a legal hold set on a study or a patient
     "retention.release": _RECORD_UPDATE,  # ... and released

@@ -188,7 +188,7 @@ def plan_reject(services: Services, sop_uid: str, *, actor: str,
             photo_number=photo.instance_number if photo else None,
             series_number=(row.attributes or {}).get("SeriesNumber"),
             instances=len(_with_presentations(db, rows, services.settings.uid_prefix)),
-            captured_at=as_utc(session.created_at), patient=_summary(session))
+            captured_at=as_utc(session.created_at), patient=patient_summary(session))
 
 
 def _rejectable(db: Session, sop_uid: str, actor: str, own_within: timedelta | None
@@ -315,7 +315,7 @@ def plan_move(services: Services, study_uid: str, patient_id: str, issuer: str, 
         photos = db.scalar(select(func.count()).select_from(Photo).where(
             Photo.session_id == old.id, Photo.sop_uid.in_(uids))) or 0
         return MovePlan(study_uid=study_uid, captured_at=as_utc(old.created_at),
-                        photos=photos, instances=len(uids), source=_summary(old),
+                        photos=photos, instances=len(uids), source=patient_summary(old),
                         target=PatientSummary(target.dicom_name, target.mrn, target.issuer,
                                               target.birth_date))
 
@@ -323,7 +323,7 @@ def plan_move(services: Services, study_uid: str, patient_id: str, issuer: str, 
 def study_patient(services: Services, study_uid: str) -> PatientSummary:
     """The patient ``study_uid`` belongs to; :class:`CorrectionError` for an unknown study."""
     with services.db.session() as db:
-        return _summary(_session(db, study_uid))
+        return patient_summary(_session(db, study_uid))
 
 
 def _move_target(services: Services, study_uid: str, patient_id: str, issuer: str,
@@ -495,8 +495,8 @@ def _with_presentations(db: Session, rows: Sequence[Instance], prefix: str) -> l
     return list({r.sop_uid: r for r in [*rows, *presentation_rows(db, rows, prefix)]}.values())
 
 
-def _summary(session: CaptureSession) -> PatientSummary:
-    """The patient of ``session``, as it names them."""
+def patient_summary(session: CaptureSession) -> PatientSummary:
+    """The patient of ``session``, as it names them (PHI: for a page, never a log)."""
     return PatientSummary(session.patient_name or "", session.patient_id, session.issuer,
                           session.birth_date)
 

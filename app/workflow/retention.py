@@ -39,14 +39,21 @@ from app.db.models import (
     CaptureSession,
     Instance,
     LegalHold,
+    Photo,
     as_utc,
     utcnow,
 )
 from app.gateways.registry import read_config
+from app.pipeline.dicom.codes import LATERALITY_SNOMED, body_sites
 from app.pipeline.dicom.kos import KOS_SOP_CLASS_UID, RejectionReason
 from app.settings import Settings, SettingsError
 from app.workflow import audit
-from app.workflow.corrections import CorrectionError, reject_rows
+from app.workflow.corrections import (
+    CorrectionError,
+    PatientSummary,
+    patient_summary,
+    reject_rows,
+)
 from app.workflow.services import Services
 
 RULES_VARIABLE = "EBIW_RETENTION_RULES_FILE"
@@ -274,6 +281,51 @@ def assess(db: Session, rules: Rules, today: date) -> Report:
     return Report(as_of=today, due=due, held=held, undetermined=undetermined, studies=count)
 
 
+@dataclass(frozen=True)
+class StudyFacts:
+    """A study as an admin recognises it before its files go for good: its patient, its date
+    where it was taken, its department and body site (None: not recorded) and its photos.
+    It names a patient: for the admin page only, never the report's JSON or a log."""
+
+    patient: PatientSummary
+    taken: date
+    department: str | None
+    body_site: str | None
+    """The site's meaning (the code when it is not in our table), with its side if any."""
+    photos: int
+    """The photos captured in the study (originals; the files also hold derived images)."""
+
+
+def study_facts(services: Services, study_uids: Iterable[str]) -> dict[str, StudyFacts]:
+    """The facts of each of ``study_uids`` that is a study of ours, by UID; reads only."""
+    uids = list(dict.fromkeys(study_uids))
+    if not uids:
+        return {}
+    with services.db.session() as db:
+        return _facts(db, uids)
+
+
+def _facts(db: Session, study_uids: Sequence[str]) -> dict[str, StudyFacts]:
+    """:func:`study_facts` in ``db``."""
+    sessions = db.scalars(select(CaptureSession)
+                          .where(CaptureSession.study_uid.in_(study_uids))).all()
+    photos: dict[str, int] = {session_id: count for session_id, count in db.execute(
+        select(Photo.session_id, func.count()).where(
+            Photo.session_id.in_([s.id for s in sessions])).group_by(Photo.session_id))}
+    return {s.study_uid: StudyFacts(patient_summary(s), _local_date(s), s.department,
+                                    _site_name(s), photos.get(s.id, 0)) for s in sessions}
+
+
+def _site_name(session: CaptureSession) -> str | None:
+    """The body site as a person reads it, with its side: ``Heel, left``."""
+    if not session.body_site:
+        return None
+    site = body_sites().get(session.body_site)
+    name = site.meaning if site else session.body_site
+    side = LATERALITY_SNOMED.get(session.laterality or "")
+    return f"{name}, {side[1].lower()}" if side else name
+
+
 def _local_date(session: CaptureSession) -> date:
     """The study's date where it was captured."""
     return (as_utc(session.created_at) + timedelta(minutes=session.utc_offset_minutes)).date()
@@ -329,7 +381,7 @@ def purge(services: Services, *, actor: str, studies: Sequence[str] | None = Non
 
 def _why_not(db: Session, found: Report, study_uid: str) -> str:
     """Why ``study_uid`` is not due, without PHI."""
-    session = db.scalar(select(CaptureSession).where(CaptureSession.study_uid == study_uid))
+    session = _study_session(db, study_uid)
     if session is None:
         return f"no study of ours has Study Instance UID {study_uid}"
     if session.purged_at is not None:
@@ -436,16 +488,54 @@ def set_hold(services: Services, target: HoldTarget, reason: str, *, actor: str)
 
 
 def release_hold(services: Services, target: HoldTarget, *, actor: str) -> None:
-    """Release the legal hold of ``target``, audited; :class:`RetentionError`, changing
-    nothing, when it is not held."""
+    """Release the legal hold of ``target``, found by its own key (the study's UID, or the
+    patient's ID and issuer), audited, whether or not a study of ours is still of that
+    patient: every hold listed can be released. :class:`RetentionError`, changing nothing,
+    when it is not held."""
     with services.db.session() as db:
-        session = _held_session(db, target)
         row = _hold(db, target)
         if row is None:
             raise RetentionError(f"this {target.scope} is not on legal hold")
         db.delete(row)
-        _audit_hold(services, db, "retention.release", actor, target, session,
+        _audit_hold(services, db, "retention.release", actor, target,
+                    _study_session(db, target.study_uid) if target.study_uid else None,
                     {"held_since": row.set_at.isoformat(), "held_by": row.set_by})
+
+
+@dataclass(frozen=True)
+class ReleasePlan:
+    """What releasing a hold gives back to the purge, for an admin to confirm it: the hold's
+    reason, who set it and when; its patient (the held study's, or the held patient as their
+    latest study here names them: only the ID and issuer when none is left); the held study's
+    facts (None for a patient hold); and how many studies of ours with files left (those a
+    purge could delete) it covers."""
+
+    target: HoldTarget
+    reason: str
+    set_by: str
+    set_at: datetime
+    patient: PatientSummary
+    study: StudyFacts | None
+    studies: int
+
+
+def plan_release(services: Services, target: HoldTarget) -> ReleasePlan:
+    """What :func:`release_hold` of ``target`` would release now; raises what it would raise
+    (:class:`RetentionError` when ``target`` is not held). Reads only."""
+    with services.db.session() as db:
+        row = _hold(db, target)
+        if row is None:
+            raise RetentionError(f"this {target.scope} is not on legal hold")
+        sessions = _covered(db, target)
+        patient = patient_summary(sessions[0]) if sessions else \
+            PatientSummary("", target.patient_id or "", target.issuer or "", None)
+        study = _facts(db, [target.study_uid]).get(target.study_uid) if target.study_uid \
+            else None
+        with_files = db.scalar(select(func.count(Instance.study_uid.distinct())).where(
+            Instance.study_uid.in_([s.study_uid for s in sessions]),
+            Instance.purged_at.is_(None), Instance.sop_class_uid != KOS_SOP_CLASS_UID))
+        return ReleasePlan(target, row.reason, row.set_by, as_utc(row.set_at), patient, study,
+                           with_files or 0)
 
 
 def holds(services: Services) -> list[LegalHold]:
@@ -457,19 +547,26 @@ def holds(services: Services) -> list[LegalHold]:
 
 
 def _held_session(db: Session, target: HoldTarget) -> CaptureSession:
-    """A study of ``target`` (the study itself, or the patient's latest)."""
+    """A study of ``target`` (the study itself, or the patient's latest);
+    :class:`RetentionError` when it has none."""
+    session = next(iter(_covered(db, target)), None)
+    if session is None:
+        raise RetentionError(
+            f"no study of ours has Study Instance UID {target.study_uid}" if target.study_uid
+            else "no study of ours is of a patient with this ID and issuer")
+    return session
+
+
+def _covered(db: Session, target: HoldTarget) -> Sequence[CaptureSession]:
+    """The studies of ours a hold on ``target`` covers (the study, or every study of the
+    patient), latest first."""
     if target.study_uid:
         where = CaptureSession.study_uid == target.study_uid
-        missing = f"no study of ours has Study Instance UID {target.study_uid}"
     else:
         where = (CaptureSession.issuer == target.issuer) & \
             (CaptureSession.patient_id == target.patient_id)
-        missing = "no study of ours is of a patient with this ID and issuer"
-    session = db.scalars(select(CaptureSession).where(where)
-                         .order_by(CaptureSession.created_at.desc())).first()
-    if session is None:
-        raise RetentionError(missing)
-    return session
+    return db.scalars(select(CaptureSession).where(where)
+                      .order_by(CaptureSession.created_at.desc())).all()
 
 
 def _hold(db: Session, target: HoldTarget) -> LegalHold | None:
@@ -479,9 +576,18 @@ def _hold(db: Session, target: HoldTarget) -> LegalHold | None:
                                              LegalHold.patient_id == target.patient_id))
 
 
+def _study_session(db: Session, study_uid: str) -> CaptureSession | None:
+    """Our study ``study_uid``, or None."""
+    return db.scalar(select(CaptureSession).where(CaptureSession.study_uid == study_uid))
+
+
 def _audit_hold(services: Services, db: Session, action: str, actor: str, target: HoldTarget,
-                session: CaptureSession, detail: dict[str, object]) -> None:
-    entities: Iterable[str] = (audit.patient_ref(session.patient_id, session.issuer),
+                session: CaptureSession | None, detail: dict[str, object]) -> None:
+    """Audit ``action`` on the hold of ``target``, naming the patient (the held patient, or
+    ``session``'s when we have it) and the held study."""
+    patient = (target.patient_id, target.issuer) if target.patient_id and target.issuer \
+        else (session.patient_id, session.issuer) if session else None
+    entities: Iterable[str] = (*((audit.patient_ref(*patient),) if patient else ()),
                                *((audit.study_ref(target.study_uid),) if target.study_uid
                                  else ()))
     audit.record(db, actor, action, *entities, outcome=audit.SUCCESS,

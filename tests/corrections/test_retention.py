@@ -104,6 +104,28 @@ def test_rules_decide_by_department_body_site_age_and_hold(
     assert minor_kept in later and burns not in later
 
 
+def test_a_hold_on_a_patient_without_any_study_of_ours_is_released(
+        deploy: Callable[..., Deployment]) -> None:
+    d = deploy([])
+    add_study(d, "A1", date(2001, 1, 1))  # another patient's study: not the held one's
+    with d.services.db.session() as db:
+        db.add(LegalHold(issuer="HOSP-A", patient_id="00999999", reason="pending claim",
+                         set_by="ada"))
+    target = retention.HoldTarget(issuer="HOSP-A", patient_id="00999999")
+
+    retention.release_hold(d.services, target, actor="bob")
+    with d.services.db.session() as db:
+        assert db.scalars(select(LegalHold)).all() == []
+        event = db.scalars(select(AuditEvent).where(
+            AuditEvent.action == "retention.release")).one()
+        assert (event.actor, event.entities) == ("bob", ["patient:HOSP-A|00999999"])
+        assert event.detail["scope"] == "patient" and event.detail["held_by"] == "ada"
+    before = snapshot(d)
+    with pytest.raises(retention.RetentionError, match=r"^this patient is not on legal hold$"):
+        retention.release_hold(d.services, target, actor="bob")
+    assert snapshot(d) == before
+
+
 def test_rules_refuse_bad_files(tmp_path: Path) -> None:
     for bad, message in (({"rules": []}, "a \\[default\\] rule is required"),
                          ({"default": {"years_after_last_study": -1}}, "whole number"),

@@ -5,10 +5,12 @@ CSRF token, for admins only; a refused action answers 422 and changes nothing.""
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
 from app.db.models import AuditEvent, CaptureSession, LegalHold
@@ -56,7 +58,12 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
     assert "No study of ours has Study Instance UID 1.2.3.4." in unknown.get_data(as_text=True)
     assert browser.post("/admin/retention/hold", data={**form, "reason": " "}).status_code \
         == 422
-    assert snapshot(d) == before
+    # each refusal changed nothing; the page it answered with, naming the patient, is audited
+    after = snapshot(d)
+    assert {**after, "audits": 0} == {**before, "audits": 0}
+    with d.services.db.session() as db:
+        assert [e.action for e in db.scalars(select(AuditEvent).order_by(AuditEvent.seq))][
+            before["audits"]:] == ["retention.read"] * (after["audits"] - before["audits"])
 
     held = browser.post("/admin/retention/hold", data={**form, "reason": "court order 7"})
     assert held.status_code == 200, held.get_data(as_text=True)
@@ -66,7 +73,17 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
     refused = browser.post("/admin/retention/purge", data={**form, "confirm": "yes"})
     assert refused.status_code == 422
     assert f"Study {study} is on legal hold" in refused.get_data(as_text=True)
-    assert browser.post("/admin/retention/release", data=form).status_code == 200
+    # the first post of a release asks to confirm it, naming the study, its patient, the reason
+    asked = browser.post("/admin/retention/release", data=form)
+    assert asked.status_code == 200
+    preview = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", asked.get_data(as_text=True)))
+    assert "Release this legal hold?" in preview and "for: court order 7" in preview
+    assert "Name DEMO, ALICE MRN 00123456 (HOSP-A) Study date" in preview
+    assert f"Study Instance UID {study}" in preview
+    with d.services.db.session() as db:
+        assert len(db.scalars(select(LegalHold)).all()) == 1
+    assert browser.post("/admin/retention/release", data={
+        **form, "confirmed": "yes"}).status_code == 200
     with d.services.db.session() as db:
         assert db.scalars(select(LegalHold)).all() == []
 
@@ -80,7 +97,109 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
     assert f"Study {study} was purged already" in twice.get_data(as_text=True)
     with d.services.db.session() as db:
         events = {e.action: (e.actor, e.detail) for e in db.scalars(select(AuditEvent).where(
-            AuditEvent.action.like("retention.%")))}
+            AuditEvent.action.like("retention.%"), AuditEvent.action != "retention.read"))}
     assert {a: actor for a, (actor, _) in events.items()} == {
-        "retention.hold": "ada", "retention.release": "ada", "retention.purge": "ada"}
+        "retention.hold": "ada", "retention.preview": "ada", "retention.release": "ada",
+        "retention.purge": "ada"}
     assert json.dumps(events["retention.hold"][1]).count("court order 7") == 1
+
+
+def with_patient_hold(deploy: Callable[..., Deployment], tmp_path: Path,
+                      issuer: str) -> tuple[Deployment, FlaskClient, str]:
+    """A deployment keeping studies 10 years, a legal hold on patient 00999999 of ``issuer``
+    (no study of theirs here) and the admin ada logged in: (it, ada's client, her CSRF)."""
+    rules = tmp_path / "retention.toml"
+    rules.write_text("[default]\nyears_after_last_study = 10\n")
+    d = deploy([], retention_rules_file=rules)
+    create_user(d.services.db, "ada", PASSWORD, "admin")
+    with d.services.db.session() as db:
+        db.add(LegalHold(issuer=issuer, patient_id="00999999", reason="pending claim",
+                         set_by="ada"))
+    browser = d.app.test_client()
+    return d, browser, log_in(browser, "ada")
+
+
+def test_a_hold_listed_is_released_by_the_page_even_without_a_study_of_the_patient(
+        deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    d, browser, csrf = with_patient_hold(deploy, tmp_path, "HOSP-A")
+    listed = re.sub(r"\s+", " ", browser.get("/admin/retention").get_data(as_text=True))
+    assert "Patient 00999999 (HOSP-A): pending claim" in listed
+
+    form = {"csrf_token": csrf, "patient_id": "00999999", "issuer": "HOSP-A"}
+    asked = browser.post("/admin/retention/release", data=form)
+    assert asked.status_code == 200, asked.get_data(as_text=True)
+    preview = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", asked.get_data(as_text=True)))
+    assert "Every study of the patient Name not recorded MRN 00999999 (HOSP-A)" in preview
+    assert "for: pending claim" in preview and "Nothing it covers is left here" in preview
+    released = browser.post("/admin/retention/release", data={**form, "confirmed": "yes"})
+    assert released.status_code == 200, released.get_data(as_text=True)
+    text = released.get_data(as_text=True)
+    assert "The patient&#39;s legal hold is released." in text and "No legal hold." in text
+    with d.services.db.session() as db:
+        assert db.scalars(select(LegalHold)).all() == []
+
+
+def test_each_due_study_names_its_patient_date_site_and_photos_and_the_read_is_audited(
+        deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    d, browser, _ = with_patient_hold(deploy, tmp_path, "HOSP-B")
+    session = d.open_session(department="Burns unit", body_site="84607009", laterality="L")
+    d.upload(session, NOCHART)
+    d.upload(session, NOCHART)
+    study = session["study_instance_uid"]
+    with d.services.db.session() as db:
+        db.execute(update(CaptureSession).values(
+            created_at=datetime(2001, 6, 7, 12, tzinfo=UTC), utc_offset_minutes=0))
+
+    page = browser.get("/admin/retention")
+    assert page.status_code == 200
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.get_data(as_text=True)))
+    assert "DEMO, ALICE, MRN 00123456 (HOSP-A)" in text
+    assert "Study date 7 Jun 2001 Department Burns unit Body site Skin of heel, left " \
+        "Photos 2 (2 files to delete)" in text
+    assert f"Study Instance UID {study}" in text
+    with d.services.db.session() as db:
+        read = db.scalars(select(AuditEvent).where(AuditEvent.action == "retention.read")).one()
+    assert (read.actor, read.outcome) == ("ada", "success")
+    assert read.entities == ["patient:HOSP-A|00123456", f"study:{study}",
+                             "patient:HOSP-B|00999999"]
+
+
+def test_a_release_asks_first_and_cancel_or_a_hold_gone_changes_nothing(
+        deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    d, browser, csrf = with_patient_hold(deploy, tmp_path, "HOSP-A")
+    d.open_session()  # of 00123456 too, without a photo: nothing to purge
+    d.upload(d.open_session(), NOCHART)
+    with d.services.db.session() as db:
+        db.add(LegalHold(issuer="HOSP-A", patient_id="00123456", reason="claim 42",
+                         set_by="bob"))
+    form = {"csrf_token": csrf, "patient_id": "00123456", "issuer": "HOSP-A"}
+    before = snapshot(d)
+
+    asked = browser.post("/admin/retention/release", data=form)
+    assert asked.status_code == 200 and asked.headers["Cache-Control"] == "no-store"
+    html = asked.get_data(as_text=True)
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", html))
+    assert "Release this legal hold?" in text and "by bob, for: claim 42" in text
+    assert "Every study of the patient Name DEMO, ALICE MRN 00123456 (HOSP-A)" in text
+    assert "the patient's 1 study here can be purged" in text
+    assert '<input type="hidden" name="confirmed" value="yes">' in html
+    assert '<input type="hidden" name="patient_id" value="00123456">' in html
+    assert '<a class="button secondary" href="/admin/retention">Cancel</a>' in html
+    assert "00999999" not in html  # the preview alone, not the page with the other holds
+    cancelled = browser.get("/admin/retention")  # Cancel
+    assert "claim 42" in cancelled.get_data(as_text=True)
+    after = snapshot(d)
+    assert {**after, "audits": 0} == {**before, "audits": 0}
+    with d.services.db.session() as db:
+        assert len(db.scalars(select(LegalHold)).all()) == 2
+        preview, read = db.scalars(select(AuditEvent).where(
+            AuditEvent.seq > before["audits"]).order_by(AuditEvent.seq)).all()
+    assert (preview.action, preview.actor, preview.entities, preview.detail) == (
+        "retention.preview", "ada", ["patient:HOSP-A|00123456"], {"release": "patient"})
+    assert read.action == "retention.read"
+
+    unknown = browser.post("/admin/retention/release", data={**form, "patient_id": "00000001"})
+    assert unknown.status_code == 422
+    assert "This patient is not on legal hold." in unknown.get_data(as_text=True)
+    with d.services.db.session() as db:
+        assert len(db.scalars(select(LegalHold)).all()) == 2

@@ -20,7 +20,7 @@ import cv2
 import pytest
 from flask import Flask
 from flask.testing import FlaskClient
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from app.db.models import LegalHold, Photo
 from app.pipeline import quality
@@ -80,6 +80,12 @@ def _refused_rejection(page: Any) -> None:
     page.fill("#instance", "1.2.3.4")
     page.click("form[action$='/reject'] button[type=submit]")
     page.wait_for_selector("p.alert[role=alert]")
+
+
+def _ask_to_release(page: Any) -> None:
+    """Tap Release on the legal hold: the page asks to confirm it."""
+    page.click("form[action$='/release'] button")
+    page.wait_for_selector("#confirm-title")
 
 
 @pytest.fixture
@@ -142,6 +148,8 @@ def pages(site: Site) -> list[PageSpec]:
         PageSpec("corrections-refused", "/admin/corrections", "admin", "main h1",
                  _refused_rejection),
         PageSpec("retention", "/admin/retention", "admin", "main h1"),
+        PageSpec("retention-release", "/admin/retention", "admin", "main h1",
+                 _ask_to_release),
         PageSpec("error-404", "/no/such/page", "admin", "main h1"),
         PageSpec("error-401", "/admin/audit", None, "main h1"),
     ]
@@ -249,8 +257,14 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     assert "No archived instance has SOP Instance UID 1.2.3.4." in \
         light["corrections-refused"]["text"]
     retention = re.sub(r"\s+", " ", light["retention"]["text"])
-    assert f"{site.study_uid} Rule default, due since" in retention
+    assert re.search(r"DEMO, ALICE, MRN 00123456 \(HOSP-A\) Study date \d+ \w{3} 20\d\d "
+                     r"Department Wound care Body site [^,]+, left Photos 1 \(\d+ files? to "
+                     r"delete\) Rule default, due since", retention)
+    assert f"Study Instance UID {site.study_uid}" in retention
     assert "Purge 1 study" in retention and "Patient 00999999 (HOSP-A): pending claim" in retention
+    release = re.sub(r"\s+", " ", light["retention-release"]["text"])
+    assert "Release this legal hold? Held since" in release and "by ada, for: pending claim" \
+        in release and "MRN 00999999 (HOSP-A)" in release
     assert light["login"]["nav"] == [] and light["capture-login"]["nav"] == []
     assert light["viewer"]["back"] == "/"
     # opened without an EMR launch: no patient, so nothing to list or photograph
@@ -266,6 +280,42 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     # the "add a patient by MRN" row: labels, fields and Add stacked, all edges aligned
     assert len(light["batch"]["manual"]) == 5
     assert len({tuple(edges) for edges in light["batch"]["manual"]}) == 1
+
+
+def test_a_legal_hold_is_released_on_confirm_only_and_cancel_keeps_it(
+        app: Flask, site: Site, chromium: Browser) -> None:
+    def scenario(browser: Any) -> tuple[list[str], list[str]]:
+        context = browser.new_context(**PHONE, storage_state=_log_in(
+            browser, site.url, site.users["admin"]))
+        page = context.new_page()
+        dialogs: list[str] = []
+        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+        page.goto(f"{site.url}/admin/retention")
+        seen = []
+        for answer in ("Cancel", "Release the hold"):
+            _ask_to_release(page)
+            seen.append(page.locator("main").inner_text())
+            page.click(f"#confirm-title ~ form :text-is('{answer}')")
+            page.wait_for_selector("#holds-title")
+            seen.append(page.locator("main").inner_text())
+            seen.append(page.url)
+        context.close()
+        return seen, dialogs
+
+    seen, dialogs = chromium.run(scenario)
+    asked, cancelled, cancel_url, _, released, release_url = seen
+    assert dialogs == []  # the page asks, not a native dialog
+    asked = re.sub(r"\s+", " ", asked)
+    assert "Release this legal hold?" in asked and "for: pending claim" in asked
+    assert "Name not recorded MRN 00999999 (HOSP-A)" in asked
+    assert "Nothing it covers is left here to purge." in asked
+    assert "Legal holds" not in asked  # only the question, nothing else to tap
+    assert re.search(r"Patient 00999999 \(HOSP-A\):\s+pending claim", cancelled)
+    assert cancel_url == f"{site.url}/admin/retention"
+    assert "legal hold is released" in released and "No legal hold." in released
+    assert release_url == f"{site.url}/admin/retention/release"  # the ID in the body only
+    with services(app).db.session() as db:
+        assert db.scalars(select(LegalHold)).all() == []
 
 
 def test_log_out_from_the_app_bar_of_a_server_page(site: Site, chromium: Browser) -> None:

@@ -1,8 +1,15 @@
 """Retention, an admin page: ``GET /admin/retention`` shows the dry-run report (studies due,
-held, undetermined) and the legal holds; ``POST /admin/retention/purge`` purges the studies the
+held, undetermined) and the legal holds, each due study named by its patient (name, MRN with
+issuer), date, department, body site and photos, its UID below for reference, so that an
+admin recognises what a purge deletes; ``POST /admin/retention/purge`` purges the studies the
 page listed (each still due, and the confirmation box ticked), ``POST /admin/retention/hold``
-and ``/admin/retention/release`` set and release a legal hold on a study or a patient. Forms
-carry the session's CSRF token; a patient's ID goes in the form body, never in a URL. The
+and ``/admin/retention/release`` set and release a legal hold on a study or a patient. A
+release takes two posts, as it gives the studies back to the purge: the first changes nothing
+and answers with what it would release (the patient or study, the hold's reason, who set it
+and when; audited as ``retention.preview``), a form posting the same target back with
+``confirmed=yes`` and a Cancel link; only that second post releases, checked again. Forms
+carry the session's CSRF token; a patient's ID goes in the form body, never in a URL. Every
+answer that shows the report is audited as ``retention.read``, naming the patients shown; the
 workflow (``app.workflow.retention``) audits each action with the logged-in admin as the actor;
 a refused one answers 422 with the reason (no PHI) and changes nothing.
 """
@@ -15,24 +22,43 @@ from flask import Blueprint, Response, g, render_template, request
 
 from app.web import services
 from app.web.auth import current_login, require
-from app.workflow import retention
+from app.workflow import audit, retention
 
 bp = Blueprint("retention", __name__, url_prefix="/admin")
 
 
 def _page(status: int = 200, **context: Any) -> tuple[Response, int]:
-    """The page with the report as of now (or why there is none) and the holds."""
+    """The page: the confirmation of ``preview`` (a :class:`retention.ReleasePlan`) alone, or
+    else the report as of now (or why there is none), each due study with its patient, date,
+    department, body site and photos, and the holds, audited as ``retention.read`` with the
+    patients and studies it shows."""
     login = current_login()
+    context = {"purged": None, "done": None, "error": None, "preview": None, **context}
+    if context["preview"] is None:
+        context.update(_report())
+    response = Response(render_template(
+        "retention/index.html", csrf_token=login.csrf_token if login else "", **context))
+    response.headers["Cache-Control"] = "no-store"
+    return response, status
+
+
+def _report() -> dict[str, Any]:
+    """The report, the facts of its due studies and the holds, for the page; names the
+    patients it shows in this request's audit record (``retention.read``)."""
     try:
         report, report_error = retention.report(services()), None
     except retention.RetentionError as exc:
         report, report_error = None, str(exc)
-    response = Response(render_template(
-        "retention/index.html", csrf_token=login.csrf_token if login else "", report=report,
-        report_error=report_error, holds=retention.holds(services()),
-        **{"purged": None, "done": None, "error": None, **context}))
-    response.headers["Cache-Control"] = "no-store"
-    return response, status
+    facts = retention.study_facts(services(), [a.study_uid for a in report.due]) \
+        if report else {}
+    holds = retention.holds(services())
+    g.audit_action = "retention.read"
+    g.audit_entities = list(dict.fromkeys([
+        *(ref for uid, f in facts.items() for ref in (
+            audit.patient_ref(f.patient.patient_id, f.patient.issuer), audit.study_ref(uid))),
+        *(audit.patient_ref(h.patient_id, h.issuer) for h in holds
+          if h.patient_id and h.issuer)]))
+    return {"report": report, "report_error": report_error, "facts": facts, "holds": holds}
 
 
 def _target() -> retention.HoldTarget:
@@ -80,7 +106,20 @@ def hold_submit() -> tuple[Response, int]:
 def release_submit() -> tuple[Response, int]:
     try:
         target = _target()
+        if request.form.get("confirmed") != "yes":
+            return _release_preview(retention.plan_release(services(), target))
         retention.release_hold(services(), target, actor=g.caller.user)
     except retention.RetentionError as exc:
         return _page(422, error=str(exc))
     return _page(done=f"The {target.scope}'s legal hold is released.")
+
+
+def _release_preview(plan: retention.ReleasePlan) -> tuple[Response, int]:
+    """The page asking to confirm the release of ``plan``'s hold, with its target to post
+    back; audited as ``retention.preview``, naming its patient and study."""
+    g.audit_action = "retention.preview"
+    g.audit_entities = [audit.patient_ref(plan.patient.patient_id, plan.patient.issuer),
+                        *((audit.study_ref(plan.target.study_uid),) if plan.target.study_uid
+                          else ())]
+    g.audit_detail = {"release": plan.target.scope}
+    return _page(preview=plan)
