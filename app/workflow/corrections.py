@@ -432,7 +432,7 @@ def _correctable(db: Session, session: CaptureSession,
                        .where(Photo.session_id == session.id, Instance.shown())
                        .order_by(Photo.instance_number)))
     return CorrectableStudy(session.study_uid, as_utc(session.created_at), until, photos,
-                            _summary(session))
+                            patient_summary(session))
 
 
 # --- the one rejection path ------------------------------------------------------------------
