@@ -805,7 +805,9 @@ function showRecording(recording) {
   const record = byId("record");
   record.setAttribute("aria-pressed", String(recording));
   record.setAttribute("aria-label", recording ? "Stop recording" : "Record clip");
-  for (const id of ["shutter", "camera-done", "file-input"]) byId(id).disabled = recording;
+  for (const id of ["shutter", "camera-done", "camera-back", "file-input"]) {
+    byId(id).disabled = recording;
+  }
   byId("retake").disabled = recording || state.draft.photos.length === 0;
   byId("record-countdown").hidden = !recording;
 }
@@ -892,6 +894,23 @@ function onCameraDone() {
   }
   stopCameras();
   showReview();
+}
+
+/**
+ * Leave the camera without taking more: to the review when the draft has photos, else to its
+ * details (a draft with neither patient nor details, captured before identifying: home).
+ */
+function onCameraBack() {
+  const draft = state.draft;
+  stopCameras();
+  if (draft.photos.length) {
+    showReview();
+  } else if (draft.patient || draft.details) {
+    startDetails(draft.patient ? departmentOf(draft) : null);
+  } else {
+    state.draft = null;
+    goHome();
+  }
 }
 
 // --- review and send --------------------------------------------------------------------------
@@ -1141,6 +1160,7 @@ function wire() {
   byId("record").addEventListener("click", onRecord);
   byId("retake").addEventListener("click", onRetake);
   byId("camera-done").addEventListener("click", onCameraDone);
+  byId("camera-back").addEventListener("click", onCameraBack);
   byId("file-input").addEventListener("change", onFilePicked);
   byId("review-list").addEventListener("click", onReviewClick);
   byId("more-photos").addEventListener("click", startCapture);

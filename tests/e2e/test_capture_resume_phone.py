@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from tests.conftest import PHONE
 from tests.e2e.conftest import PhoneAudit
 from tests.e2e.test_capture_app import (
     fill_details,
@@ -129,3 +130,43 @@ def test_a_draft_without_photos_resumes_at_the_camera_and_logout_purges_it(
     assert idb(page)["ebiw-capture"] == {"blobs": 0, "keys": 0, "photos": 0, "sessions": 0,
                                          "patients": 0, "drafts": 0, "meta": 0}
     assert page.errors == []
+
+
+BOXES = """() => Object.fromEntries(["camera-back", "shutter", "camera-done", "retake", "record"]
+  .map((id) => [id, document.getElementById(id).getBoundingClientRect().toJSON()])
+  .concat([["viewfinder", document.querySelector("#screen-camera .viewfinder")
+    .getBoundingClientRect().toJSON()]]))"""
+
+
+def overlap(a: dict[str, float], b: dict[str, float]) -> bool:
+    return (a["left"] < b["right"] and b["left"] < a["right"] and a["top"] < b["bottom"]
+            and b["top"] < a["bottom"])
+
+
+def test_the_camera_has_a_back_button_to_the_details_or_the_review(
+        phone_audit: Callable[[str, str, str], PhoneAudit]) -> None:
+    audit = phone_audit("chart", "light", "camera-back")
+    page = audit.page
+    page.goto("/")
+    start_capture(page)
+    page.wait_for_function("() => document.querySelector('#camera-video').videoWidth > 0")
+    boxes = page.evaluate(BOXES)
+    back = boxes.pop("camera-back")
+    assert back["width"] >= 44 and back["height"] >= 44
+    size = PHONE["viewport"]
+    assert back["left"] >= 0 and back["right"] <= size["width"]
+    assert back["bottom"] <= size["height"]  # in sight without scrolling
+    for name, box in boxes.items():
+        assert not overlap(back, box), name
+    audit.check("camera")
+    page.click("#camera-back")  # no photo yet: back to the details, as they were chosen
+    screen(page, "details")
+    assert page.is_checked("input[name=laterality][value=R]")
+    assert page.is_checked("input[name=consent][value=given]")
+    page.click("#details-form button[type=submit]")
+    shoot(page, 1)
+    page.click("#camera-back")  # with a photo: to the review
+    screen(page, "review")
+    assert page.locator("#review-list [data-view]").count() == 1
+    assert page.evaluate("() => document.querySelector('#camera-video').srcObject") is None
+    audit.assert_clean("camera")
