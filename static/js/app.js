@@ -34,8 +34,8 @@ import { showUser } from "./shell.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
 import * as store from "./store.js";
 import {
-  ask, byId, count, displayDate, displayName, h, paintBitmap, patientLine, say, sexText,
-  showScreen,
+  ask, byId, count, displayDate, displayName, h, keepBackInApp, paintBitmap, patientLine, say,
+  sexText, showScreen,
 } from "./ui.js";
 import { Uploader } from "./uploader.js";
 
@@ -1123,6 +1123,60 @@ function wireUploader() {
   window.addEventListener("offline", () => refreshQueue());
 }
 
+/** Cancel identifying: back to the review when the draft has photos, else home without it. */
+function onCancel() {
+  if (state.draft && state.draft.photos.length) {
+    showReview();
+  } else {
+    if (state.draft) forgetDraft(state.draft.id);
+    state.draft = null;
+    goHome();
+  }
+}
+
+/**
+ * The phone's Back button (popstate, once keepBackInApp's entry is gone): one screen back in
+ * the app, a dialog open is closed, a clip recording stops; from home or the login screen it
+ * leaves the app. A draft left for home stays on the device, to continue from there.
+ */
+function onBack() {
+  const dialog = document.querySelector("dialog[open]");
+  const screen = [...document.querySelectorAll(".screen")].find((s) => !s.hidden);
+  const name = screen ? screen.id.replace("screen-", "") : "login";
+  if (name === "home" || name === "login") {
+    history.back();
+    return;
+  }
+  keepBackInApp();  // still in the app: the next Back comes here too
+  const draft = state.draft;
+  if (dialog) {
+    dialog.close();
+  } else if (state.recording) {
+    state.recording.stop();
+  } else if (name === "identify") {
+    onCancel();
+  } else if (name === "patient") {
+    startIdentify(typedNotFound());
+  } else if (name === "details") {
+    if (draft.photos.length && draft.details) showReview();
+    else if (state.launch || !draft.patient) leaveDraft();
+    else startIdentify();
+  } else if (name === "camera") {
+    onCameraBack();
+  } else if (name === "review") {
+    if (draft.sessionId) onFinish();
+    else leaveDraft();
+  } else {
+    goHome();
+  }
+}
+
+/** Home, the draft staying on the device to continue from there. */
+function leaveDraft() {
+  state.draft = null;
+  goHome();
+}
+
 // --- start ------------------------------------------------------------------------------------
 
 function wire() {
@@ -1172,15 +1226,9 @@ function wire() {
     button.addEventListener("click", discardDraft);
   }
   for (const button of document.querySelectorAll("[data-action=cancel]")) {
-    button.addEventListener("click", () => {
-      if (state.draft && state.draft.photos.length) showReview();
-      else {
-        if (state.draft) forgetDraft(state.draft.id);
-        state.draft = null;
-        goHome();
-      }
-    });
+    button.addEventListener("click", onCancel);
   }
+  window.addEventListener("popstate", onBack);
   for (const button of document.querySelectorAll("[data-action=identify-again]")) {
     button.addEventListener("click", () => startIdentify(typedNotFound()));
   }

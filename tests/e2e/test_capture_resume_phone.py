@@ -170,3 +170,37 @@ def test_the_camera_has_a_back_button_to_the_details_or_the_review(
     assert page.locator("#review-list [data-view]").count() == 1
     assert page.evaluate("() => document.querySelector('#camera-video').srcObject") is None
     audit.assert_clean("camera")
+
+
+def test_the_phone_back_button_goes_back_through_the_screens(live: Any, page_for: Any) -> None:
+    page = page_for("chart", live)
+    home = page.url
+    log_in(page)
+    page.click("#start")
+    identify_typed(page, MRN)
+    page.go_back()  # the patient found: identify again
+    screen(page, "identify")
+    identify_typed(page, MRN)
+    page.click("[data-confirm='0']")
+    fill_details(page, "forearm", "Forearm", "R")
+    page.click("#details-form button[type=submit]")
+    screen(page, "camera")
+    page.go_back()  # no photo: the details, as chosen
+    screen(page, "details")
+    assert page.is_checked("input[name=laterality][value=R]")
+    page.click("#details-form button[type=submit]")
+    shoot(page, 1)
+    page.go_back()
+    screen(page, "review")
+    page.go_back()  # home, the draft kept to continue
+    screen(page, "home")
+    page.wait_for_selector("#device-list [data-resume]")
+    assert "DEMO, Alice" in page.inner_text("#device-list")
+    assert page.url == home and page.evaluate("() => history.state") == {"inApp": True}
+    page.click("[data-resume]")
+    screen(page, "review")
+    page.go_back()
+    screen(page, "home")
+    page.go_back()  # from home, Back leaves the app
+    page.wait_for_url("about:blank")
+    assert page.errors == []
