@@ -34,8 +34,8 @@ import { showUser } from "./shell.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
 import * as store from "./store.js";
 import {
-  ask, byId, count, displayDate, displayName, h, paintBitmap, patientLine, say, sexText,
-  showScreen,
+  ask, byId, count, displayDate, displayName, h, keepBackInApp, paintBitmap, patientLine, say,
+  sexText, showScreen,
 } from "./ui.js";
 import { Uploader } from "./uploader.js";
 
@@ -50,6 +50,9 @@ const MAX_CLIP_SECONDS = Number(byId("main").dataset.maxVideoSeconds) || 60;
 
 /** How often to ask the server again while the app runs on the last-known login. */
 const RECONNECT_EVERY_MS = 20000;
+
+/** The last draft being kept on the device (each waits for the one before: the latest wins). */
+let keepingDraft = Promise.resolve();
 
 /** The reconnection under way, if any (one at a time). */
 let reconnecting = null;
@@ -111,6 +114,42 @@ function newDraft() {
   return { id: crypto.randomUUID(), user: state.me.user, patient: null, encounter: null,
     worklistItem: null, details: null, site: null, photos: [], clips: new Set(), thumbs: new Map(),
     checks: new Map(), results: new Map(), sessionId: null };
+}
+
+/**
+ * Keep, encrypted on the device, what a draft with a confirmed patient holds besides its photos
+ * (those are kept as taken): a reload or leaving the app resumes it with the patient and the
+ * details. A draft without a patient keeps only its photos. Not kept (the storage failed):
+ * the draft goes on in memory, its photos are safe all the same.
+ * @param {Draft} draft
+ * @returns {Promise<void>} settled once it is kept (never rejects)
+ */
+function keepDraft(draft) {
+  if (!draft.patient) return keepingDraft;
+  const { patient, encounter, worklistItem, details, site } = draft;
+  const kept = { id: draft.id, user: draft.user, contents: { patient, encounter, worklistItem,
+    details, site, checks: Object.fromEntries(draft.checks) } };
+  keepingDraft = keepingDraft.then(() => store.keepDraft(kept)).catch(() => {});
+  return keepingDraft;
+}
+
+/**
+ * Forget what `keepDraft` kept for a draft, after any keeping of it still under way.
+ * @param {string} draftId
+ * @returns {Promise<void>} settled once forgotten (never rejects)
+ */
+function forgetDraft(draftId) {
+  keepingDraft = keepingDraft.then(() => store.forgetDraft(draftId)).catch(() => {});
+  return keepingDraft;
+}
+
+/** Delete a draft from the device: its held photos and what `keepDraft` kept. */
+async function deleteDraftFromDevice(draftId) {
+  const photos = await store.listPhotos();
+  for (const p of photos.filter((x) => x.draftId === draftId && x.state === "held")) {
+    await store.deletePhoto(p.uuid);
+  }
+  await forgetDraft(draftId);
 }
 
 // --- errors and the login ---------------------------------------------------------------------
@@ -288,6 +327,7 @@ async function onLogout() {
   } catch {
     // offline: the server session times out by itself; the device is purged all the same
   }
+  await keepingDraft;  // a draft still being kept goes with the rest
   await store.purgeUser(user);
   state.sent = [];
   sessionEnded("");
@@ -321,17 +361,10 @@ async function onHomeClick(event) {
   if (!target) return;
   const photos = await store.listPhotos();
   if (target.dataset.resume) {
-    const draft = newDraft();
-    draft.id = target.dataset.resume;
-    draft.photos = photos.filter((p) => p.draftId === draft.id && p.state === "held")
-      .map((p) => p.uuid);
-    state.draft = draft;
-    await loadThumbnails(draft, photos);
-    startIdentify();
+    await resumeDraft(target.dataset.resume, photos);
+    return;
   } else if (target.dataset.discard) {
-    for (const p of photos.filter((x) => x.draftId === target.dataset.discard && x.state === "held")) {
-      await store.deletePhoto(p.uuid);
-    }
+    await deleteDraftFromDevice(target.dataset.discard);
   } else if (target.dataset.drop) {
     await store.deletePhoto(target.dataset.drop);
     uploader.kick();
@@ -343,6 +376,31 @@ async function onHomeClick(event) {
   }
   await refreshHome();
   await refreshQueue();
+}
+
+/**
+ * Go on with a draft left on the device where it was: identify the patient when it has none,
+ * else the details when they are missing, else the review when it has photos, else the camera.
+ * @param {string} draftId
+ * @param {object[]} photos every photo's metadata (store.listPhotos)
+ */
+async function resumeDraft(draftId, photos) {
+  const draft = newDraft();
+  draft.id = draftId;
+  draft.photos = photos.filter((p) => p.draftId === draftId && p.state === "held")
+    .map((p) => p.uuid);
+  const kept = await store.keptDraft(draftId).catch(() => null);
+  if (kept) {
+    Object.assign(draft, { patient: kept.patient, encounter: kept.encounter,
+      worklistItem: kept.worklistItem, details: kept.details, site: kept.site,
+      checks: new Map(Object.entries(kept.checks || {})) });
+  }
+  state.draft = draft;
+  await loadThumbnails(draft, photos);
+  if (!draft.patient) startIdentify();
+  else if (!draft.details) startDetails(departmentOf(draft));
+  else if (draft.photos.length) showReview();
+  else startCapture();
 }
 
 async function loadThumbnails(draft, photos) {
@@ -375,6 +433,7 @@ function startLaunched() {
   state.draft = newDraft();
   state.draft.patient = patient;
   state.draft.encounter = encounter ? encounter.id : null;
+  keepDraft(state.draft);
   startDetails(encounter ? encounter.department : null);
 }
 
@@ -522,8 +581,14 @@ function onConfirmPatient(event) {
   state.draft.worklistItem = item && item.value ? patient.worklist[Number(item.value)] : null;
   state.identification = null;
   rememberPatient(state.me.user, patient).catch(() => {});  // for identifying offline later
-  const encounter = patient.encounters.find((e) => e.id === state.draft.encounter);
-  startDetails(encounter ? encounter.department : null);
+  keepDraft(state.draft);
+  startDetails(departmentOf(state.draft));
+}
+
+/** @returns {string|null} the department of the draft's encounter, if known */
+function departmentOf(draft) {
+  const encounter = draft.patient.encounters.find((e) => e.id === draft.encounter);
+  return encounter ? encounter.department : null;
 }
 
 // --- body site and capture details ------------------------------------------------------------
@@ -539,7 +604,9 @@ function renderPatientLines() {
 async function startDetails(department) {
   const form = byId("details-form");
   const previous = state.draft.details;
-  if (!previous) {
+  if (previous) {
+    fillDetails(previous, state.draft.site);
+  } else {
     form.reset();
     byId("consent-group").removeAttribute("aria-invalid");
     state.site = null;
@@ -557,6 +624,24 @@ async function startDetails(department) {
   }
   renderSites();
   renderSiteChoice();
+}
+
+/**
+ * Put a draft's details back in the form (a resumed draft: the page was reloaded since).
+ * @param {object} details
+ * @param {import("./sites.js").BodySite} site
+ */
+function fillDetails(details, site) {
+  const form = byId("details-form");
+  state.site = site;
+  form.reset();
+  if (details.laterality) form.laterality.value = details.laterality;
+  form.view.value = details.description || "";
+  form.consent.value = details.consent;
+  byId("sensitive").checked = details.sensitive;
+  form.source.value = details.source;
+  form.department.value = details.department || "";
+  onConsentChanged();
 }
 
 function renderSites() {
@@ -625,6 +710,7 @@ function onDetails(event) {
   const moved = before && (before.body_site !== site.code
     || before.laterality !== state.draft.details.laterality);
   if (moved) releasePrior();  // the earlier photo held was of the other site or side
+  keepDraft(state.draft);
   if (state.draft.photos.length) showReview();
   else startCapture();
 }
@@ -671,6 +757,7 @@ async function keepPhoto(uuid, blob, thumb, verdict) {
   draft.photos.push(uuid);
   draft.thumbs.set(uuid, thumb);
   draft.checks.set(uuid, verdict);
+  keepDraft(draft);
   renderStrip();
   await refreshQueue();
 }
@@ -718,7 +805,9 @@ function showRecording(recording) {
   const record = byId("record");
   record.setAttribute("aria-pressed", String(recording));
   record.setAttribute("aria-label", recording ? "Stop recording" : "Record clip");
-  for (const id of ["shutter", "camera-done", "file-input"]) byId(id).disabled = recording;
+  for (const id of ["shutter", "camera-done", "camera-back", "file-input"]) {
+    byId(id).disabled = recording;
+  }
   byId("retake").disabled = recording || state.draft.photos.length === 0;
   byId("record-countdown").hidden = !recording;
 }
@@ -807,6 +896,23 @@ function onCameraDone() {
   showReview();
 }
 
+/**
+ * Leave the camera without taking more: to the review when the draft has photos, else to its
+ * details (a draft with neither patient nor details, captured before identifying: home).
+ */
+function onCameraBack() {
+  const draft = state.draft;
+  stopCameras();
+  if (draft.photos.length) {
+    showReview();
+  } else if (draft.patient || draft.details) {
+    startDetails(draft.patient ? departmentOf(draft) : null);
+  } else {
+    state.draft = null;
+    goHome();
+  }
+}
+
 // --- review and send --------------------------------------------------------------------------
 
 function showReview() {
@@ -854,6 +960,7 @@ async function onReviewClick(event) {
     await viewPhoto(view);
   } else if (keep) {
     state.draft.checks.get(keep).kept = true;
+    keepDraft(state.draft);
     renderReview(state.draft);
     document.querySelector(`#review-list [data-view="${keep}"]`).focus();
   } else if (remove || retake) {
@@ -892,6 +999,7 @@ async function onSend() {
   send.disabled = true;
   draft.sessionId = crypto.randomUUID();
   try {
+    await keepingDraft;  // queueing forgets the kept draft: nothing may keep it again after
     await store.queueSession({ id: draft.sessionId, user: draft.user, draftId: draft.id,
       body: sessionRequest(draft) });
   } catch (error) {
@@ -950,6 +1058,7 @@ async function discardDraft() {
     if (choice !== "discard" || state.draft !== draft) return;
   }
   for (const uuid of draft.photos) await store.deletePhoto(uuid);
+  await forgetDraft(draft.id);
   state.draft = null;
   await refreshQueue();
   goHome();
@@ -1014,6 +1123,60 @@ function wireUploader() {
   window.addEventListener("offline", () => refreshQueue());
 }
 
+/** Cancel identifying: back to the review when the draft has photos, else home without it. */
+function onCancel() {
+  if (state.draft && state.draft.photos.length) {
+    showReview();
+  } else {
+    if (state.draft) forgetDraft(state.draft.id);
+    state.draft = null;
+    goHome();
+  }
+}
+
+/**
+ * The phone's Back button (popstate, once keepBackInApp's entry is gone): one screen back in
+ * the app, a dialog open is closed, a clip recording stops; from home or the login screen it
+ * leaves the app. A draft left for home stays on the device, to continue from there.
+ */
+function onBack() {
+  const dialog = document.querySelector("dialog[open]");
+  const screen = [...document.querySelectorAll(".screen")].find((s) => !s.hidden);
+  const name = screen ? screen.id.replace("screen-", "") : "login";
+  if (name === "home" || name === "login") {
+    history.back();
+    return;
+  }
+  keepBackInApp();  // still in the app: the next Back comes here too
+  const draft = state.draft;
+  if (dialog) {
+    dialog.close();
+  } else if (state.recording) {
+    state.recording.stop();
+  } else if (name === "identify") {
+    onCancel();
+  } else if (name === "patient") {
+    startIdentify(typedNotFound());
+  } else if (name === "details") {
+    if (draft.photos.length && draft.details) showReview();
+    else if (state.launch || !draft.patient) leaveDraft();
+    else startIdentify();
+  } else if (name === "camera") {
+    onCameraBack();
+  } else if (name === "review") {
+    if (draft.sessionId) onFinish();
+    else leaveDraft();
+  } else {
+    goHome();
+  }
+}
+
+/** Home, the draft staying on the device to continue from there. */
+function leaveDraft() {
+  state.draft = null;
+  goHome();
+}
+
 // --- start ------------------------------------------------------------------------------------
 
 function wire() {
@@ -1051,6 +1214,7 @@ function wire() {
   byId("record").addEventListener("click", onRecord);
   byId("retake").addEventListener("click", onRetake);
   byId("camera-done").addEventListener("click", onCameraDone);
+  byId("camera-back").addEventListener("click", onCameraBack);
   byId("file-input").addEventListener("change", onFilePicked);
   byId("review-list").addEventListener("click", onReviewClick);
   byId("more-photos").addEventListener("click", startCapture);
@@ -1062,14 +1226,9 @@ function wire() {
     button.addEventListener("click", discardDraft);
   }
   for (const button of document.querySelectorAll("[data-action=cancel]")) {
-    button.addEventListener("click", () => {
-      if (state.draft && state.draft.photos.length) showReview();
-      else {
-        state.draft = null;
-        goHome();
-      }
-    });
+    button.addEventListener("click", onCancel);
   }
+  window.addEventListener("popstate", onBack);
   for (const button of document.querySelectorAll("[data-action=identify-again]")) {
     button.addEventListener("click", () => startIdentify(typedNotFound()));
   }

@@ -79,6 +79,26 @@ function recentCard(study, waiting) {
 }
 
 /**
+ * One card of a capture not sent yet: its photos, its patient (or that none is identified yet)
+ * and the buttons to go on with it or discard it.
+ * @param {string} draftId
+ * @param {object[]} held its photos on the device
+ * @param {object|null} patient its confirmed patient
+ * @param {number} started when its first photo was taken, else when it was started
+ */
+function draftCard(draftId, held, patient, started) {
+  const what = held.length ? `${count(held.length)} taken at ${displayTime(started)}`
+    : `Started at ${displayTime(started)}, no photo yet`;
+  return h("li", { class: "card", "data-draft": draftId },
+    h("p", {}, `${what}, `, h("strong", {}, patient ? `of ${displayName(patient)}`
+      : "patient not identified")),
+    h("div", { class: "row" },
+      h("button", { type: "button", class: "primary", "data-resume": draftId },
+        patient ? "Continue" : "Identify patient"),
+      h("button", { type: "button", class: "quiet danger", "data-discard": draftId }, "Discard")));
+}
+
+/**
  * The status line of what waits on this device (all users' when nobody is logged in).
  * @param {string|null} user the logged-in user
  * @param {import("./uploader.js").Uploader} uploader
@@ -127,14 +147,17 @@ export async function renderHome(user, currentDraft, recent, sent) {
   for (const photo of mine.filter((p) => p.state === "held")) {
     drafts.set(photo.draftId, [...(drafts.get(photo.draftId) || []), photo]);
   }
+  const kept = new Map();
+  for (const draft of (await store.listDrafts()).filter((d) => d.user === user)) {
+    kept.set(draft.id, draft);
+    if (!drafts.has(draft.id)) drafts.set(draft.id, []);
+  }
   for (const [draftId, held] of drafts) {
     if (draftId === currentDraft) continue;
-    list.append(h("li", { class: "card" },
-      h("p", {}, `${count(held.length)} taken at ${displayTime(held[0].createdAt)}, `,
-        h("strong", {}, "patient not identified")),
-      h("div", { class: "row" },
-        h("button", { type: "button", class: "primary", "data-resume": draftId }, "Identify patient"),
-        h("button", { type: "button", class: "quiet danger", "data-discard": draftId }, "Discard"))));
+    const draft = kept.get(draftId);
+    const contents = draft ? await store.keptDraft(draftId).catch(() => null) : null;
+    list.append(draftCard(draftId, held, contents && contents.patient,
+      held.length ? held[0].createdAt : draft.createdAt));
   }
   for (const session of sessions.filter((s) => s.user === user)) {
     const of = mine.filter((p) => p.sessionId === session.id);

@@ -8,20 +8,21 @@
  * Stores: `keys` (the CryptoKey), `sessions` (id, owner, state, encrypted request body),
  * `photos` (uuid, owner, draft, session, state: metadata only), `blobs` (uuid → encrypted
  * bytes, kept apart so that listing the queue never copies photos), `patients` (user → the
- * encrypted list of patients that user identified, for identifying offline) and `meta` (the
- * last-known login, encrypted, for starting offline; the body-site table, which is no
- * patient's data).
+ * encrypted list of patients that user identified, for identifying offline), `drafts` (id,
+ * owner, and encrypted what a capture not sent yet holds besides its photos: the confirmed
+ * patient, the capture details) and `meta` (the last-known login, encrypted, for starting
+ * offline; the body-site table, which is no patient's data).
  * @module store
  */
 
 const DB_NAME = "ebiw-capture";
-const DB_VERSION = 2;
+const DB_VERSION = 3;
 const KEY_ID = "photo-key";
 const LOGIN_ID = "login";
 const SITES_ID = "body-sites";
 
 /** Names of every object store (emptied, the key too, when the last user's data goes). */
-const STORES = ["keys", "sessions", "photos", "blobs", "patients", "meta"];
+const STORES = ["keys", "sessions", "photos", "blobs", "patients", "drafts", "meta"];
 
 let dbPromise = null;
 let keyPromise = null;
@@ -48,6 +49,7 @@ function openDb() {
         db.createObjectStore("patients");
         db.createObjectStore("meta");
       }
+      if (event.oldVersion < 3) db.createObjectStore("drafts", { keyPath: "id" });
     };
     dbPromise = promised(request).then((db) => {
       db.onversionchange = () => db.close();  // a newer app in another tab upgrades the schema
@@ -178,12 +180,13 @@ export async function deletePhoto(uuid) {
 
 /**
  * Keep a capture session to open on the server and give it the draft's held photos, in one
- * transaction: from then on the uploader sends them.
+ * transaction (the draft kept by `keepDraft` goes): from then on the uploader sends them.
  * @param {{id: string, user: string, draftId: string, body: object}} session
  */
 export async function queueSession({ id, user, draftId, body }) {
   const sealed = await encrypt(new TextEncoder().encode(JSON.stringify(body)), id);
-  await transaction(["sessions", "photos"], "readwrite", async (s) => {
+  await transaction(["sessions", "photos", "drafts"], "readwrite", async (s) => {
+    s.drafts.delete(draftId);  // the session holds it all from now on
     s.sessions.add({ id, user, draftId, state: "new", studyUid: null, error: null,
       sealed, createdAt: Date.now() });
     const photos = await promised(s.photos.getAll());
@@ -225,6 +228,41 @@ export async function updateSession(id, changes) {
 /** @param {string} id session to forget (once the server completed it) */
 export async function deleteSession(id) {
   await transaction(["sessions"], "readwrite", (s) => s.sessions.delete(id));
+}
+
+/**
+ * Keep what a draft holds besides its photos (whatever `contents` the app gives: the confirmed
+ * patient, the capture details…), encrypted, in place of what was kept for it before; so that
+ * a reload or leaving the app loses none of it.
+ * @param {{id: string, user: string, contents: object}} draft
+ */
+export async function keepDraft({ id, user, contents }) {
+  const sealed = await encrypt(new TextEncoder().encode(JSON.stringify(contents)), `draft:${id}`);
+  await transaction(["drafts"], "readwrite", async (s) => {
+    const kept = await promised(s.drafts.get(id));
+    s.drafts.put({ id, user, createdAt: kept ? kept.createdAt : Date.now(), sealed });
+  });
+}
+
+/** @returns {Promise<object[]>} every kept draft ({id, user, createdAt}, contents sealed) */
+export async function listDrafts() {
+  return transaction(["drafts"], "readonly", (s) => promised(s.drafts.getAll()));
+}
+
+/**
+ * What `keepDraft` kept for a draft, decrypted; null when nothing is kept for it.
+ * @param {string} id
+ * @returns {Promise<object|null>}
+ */
+export async function keptDraft(id) {
+  const record = await transaction(["drafts"], "readonly", (s) => promised(s.drafts.get(id)));
+  if (!record) return null;
+  return JSON.parse(new TextDecoder().decode(await decrypt(record.sealed, `draft:${id}`)));
+}
+
+/** @param {string} id the draft to forget (sent or discarded) */
+export async function forgetDraft(id) {
+  await transaction(["drafts"], "readwrite", (s) => s.drafts.delete(id));
 }
 
 /**
@@ -283,8 +321,8 @@ export async function keptSites() {
 
 /**
  * Delete what `user` left on this device (logout): their photos and clips with their bytes,
- * their sessions, the patients they confirmed and the last-known login. Other users' photos,
- * sessions and patients stay untouched, encrypted under the same key; when none are left, every
+ * their sessions, their drafts, the patients they confirmed and the last-known login. Other
+ * users' photos, sessions, drafts and patients stay untouched, encrypted under the same key; when none are left, every
  * store is emptied, the key and the body-site table included.
  * @param {string} user
  */
@@ -298,9 +336,12 @@ export async function purgeUser(user) {
       s.blobs.delete(photo.uuid);
     }
     for (const session of sessions.filter((x) => x.user === user)) s.sessions.delete(session.id);
+    const drafts = await promised(s.drafts.getAll());
+    for (const draft of drafts.filter((x) => x.user === user)) s.drafts.delete(draft.id);
     s.patients.delete(user);
     s.meta.delete(LOGIN_ID);
     const othersLeft = photos.length > mine.length || sessions.some((x) => x.user !== user) ||
+      drafts.some((x) => x.user !== user) ||
       (await promised(s.patients.count())) > 0;
     if (!othersLeft) {
       for (const name of STORES) s[name].clear();

@@ -44,14 +44,28 @@ export function say(element, message = "") {
   element.hidden = !message;
 }
 
+/** The screens the phone's Back button leaves the app from; on the others it stays in it. */
+const OUTER_SCREENS = ["home", "login"];
+
 /**
- * Show one screen (`<section id="screen-NAME">`), hide the others and move focus to its title.
+ * Make sure the phone's Back button stays in the app: one history entry of this page (the same
+ * URL, a state that says nothing but that) stands between the app and the page before it; Back
+ * takes it off, and the app's popstate handler goes one screen back.
+ */
+export function keepBackInApp() {
+  if (!(history.state && history.state.inApp)) history.pushState({ inApp: true }, "");
+}
+
+/**
+ * Show one screen (`<section id="screen-NAME">`), hide the others and move focus to its title;
+ * on a screen inside the flow, the phone's Back button stays in the app (keepBackInApp).
  * @param {string} name
  */
 export function showScreen(name) {
   for (const section of document.querySelectorAll(".screen")) {
     section.hidden = section.id !== `screen-${name}`;
   }
+  if (!OUTER_SCREENS.includes(name)) keepBackInApp();
   byId("booting").hidden = true;
   const title = document.querySelector(`#screen-${name} h1`);
   if (title) {

@@ -276,7 +276,7 @@ def test_offline_mid_upload_loses_nothing_and_duplicates_nothing(live: LiveApp,
     screen(page, "home")  # the cookie session is still valid: the app resumes by itself
     page.wait_for_function("() => document.querySelector('#queue').hidden", timeout=60000)
     assert idb(page)["ebiw-capture"] == {"blobs": 0, "keys": 1, "photos": 0, "sessions": 0,
-                                         "patients": 1, "meta": 2}  # login, body sites
+                                         "patients": 1, "drafts": 0, "meta": 2}  # login, body sites
     assert live.counts() == (3, 6, 6)  # each chart photo + its colour-normalized instance
     [session] = live.sessions()
     assert session.status == "complete" and session.photo_count >= 3
@@ -324,7 +324,7 @@ def test_capture_now_identify_later_then_logout_purges_the_device(live: LiveApp,
     page.click("#logout-dialog button[value=logout]")
     screen(page, "login")
     assert idb(page)["ebiw-capture"] == {"blobs": 0, "keys": 0, "photos": 0, "sessions": 0,
-                                         "patients": 0, "meta": 0}
+                                         "patients": 0, "drafts": 0, "meta": 0}
     with services(live.flask).db.session() as db:
         assert db.scalars(select(WebSession)).all() == []
     assert page.request.get("/api/v1/me").status == 401

@@ -165,7 +165,7 @@ def test_overlay_for_a_repeat_patient_and_site_and_none_for_a_new_one(
     # the image was only in memory: no cache, no IndexedDB store holds it; no URL names anyone
     assert not [p for p in page.evaluate(CACHED_PATHS) if p.startswith("/api/")]
     assert set(page.evaluate(IDB_COUNTS)["ebiw-capture"]) == {
-        "keys", "sessions", "photos", "blobs", "patients", "meta"}
+        "keys", "sessions", "photos", "blobs", "patients", "drafts", "meta"}
     assert [u for u in page.urls if "/api/v1/prior" in u] == [f"{live.url}/api/v1/prior"]
     assert not [u for u in page.urls if ALICE in u or "DEMO" in u]
 
