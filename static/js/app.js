@@ -364,7 +364,14 @@ async function onHomeClick(event) {
     await resumeDraft(target.dataset.resume, photos);
     return;
   } else if (target.dataset.discard) {
-    await deleteDraftFromDevice(target.dataset.discard);
+    const draftId = target.dataset.discard;
+    const held = photos.filter((p) => p.draftId === draftId && p.state === "held").length;
+    if (held) {  // as from the review: photos not sent are deleted only once confirmed
+      const kept = await store.keptDraft(draftId).catch(() => null);
+      const patient = kept && kept.patient;
+      if (!(await askDiscard(patient ? `${count(held)} of ${displayName(patient)}` : count(held)))) return;
+    }
+    await deleteDraftFromDevice(draftId);
   } else if (target.dataset.drop) {
     await store.deletePhoto(target.dataset.drop);
     uploader.kick();
@@ -1051,17 +1058,28 @@ function draftContents(draft) {
 async function discardDraft() {
   const draft = state.draft;
   if (draft.photos.length) {
-    const title = byId("discard-dialog-title");
-    title.textContent = `Delete ${draftContents(draft)}?`;
-    const choice = await ask(byId("discard-dialog"));
-    title.textContent = "";
-    if (choice !== "discard" || state.draft !== draft) return;
+    const confirmed = await askDiscard(draftContents(draft));
+    if (!confirmed || state.draft !== draft) return;
   }
   for (const uuid of draft.photos) await store.deletePhoto(uuid);
   await forgetDraft(draft.id);
   state.draft = null;
   await refreshQueue();
   goHome();
+}
+
+/**
+ * Whether the user confirms deleting `what` ("2 photos of DEMO, Alice"), not sent yet, in the
+ * discard dialog (it names the patient: its title is emptied once answered).
+ * @param {string} what
+ * @returns {Promise<boolean>}
+ */
+async function askDiscard(what) {
+  const title = byId("discard-dialog-title");
+  title.textContent = `Delete ${what}?`;
+  const choice = await ask(byId("discard-dialog"));
+  title.textContent = "";
+  return choice === "discard";
 }
 
 async function goHome() {

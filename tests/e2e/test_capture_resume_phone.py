@@ -204,3 +204,32 @@ def test_the_phone_back_button_goes_back_through_the_screens(live: Any, page_for
     page.go_back()  # from home, Back leaves the app
     page.wait_for_url("about:blank")
     assert page.errors == []
+
+
+def test_discarding_a_kept_capture_from_home_asks_first(
+        phone_audit: Callable[[str, str, str], PhoneAudit], live: Any) -> None:
+    """Home's Discard on a capture with photos not sent asks, naming them and the patient, as
+    the review's does: Keep (the default) changes nothing; Delete removes them and the card."""
+    audit = phone_audit("chart", "light", "home-discard")
+    page = audit.page
+    page.goto("/")
+    start_capture(page)
+    shoot(page, 2)
+    page.click("nav.appnav a >> text=Capture")
+    screen(page, "home")
+    page.wait_for_selector("#device-list [data-discard]")
+    page.click("#device-list [data-discard]")
+    page.wait_for_selector("#discard-dialog[open]")
+    assert page.inner_text("#discard-dialog-title") == "Delete 2 photos of DEMO, Alice?"
+    audit.check("home discard dialog")
+    page.click("#discard-dialog button[value=keep]")
+    page.wait_for_selector("#discard-dialog[open]", state="detached")
+    assert idb(page)["ebiw-capture"]["photos"] == 2
+    assert page.locator("#device-list [data-draft]").count() == 1
+    page.click("#device-list [data-discard]")
+    page.click("#discard-dialog button[value=discard]")
+    page.wait_for_selector("#device-list [data-draft]", state="detached")
+    assert idb(page)["ebiw-capture"]["photos"] == 0
+    assert idb(page)["ebiw-capture"]["drafts"] == 0
+    assert live.sessions() == []
+    audit.assert_clean("home discard dialog")
