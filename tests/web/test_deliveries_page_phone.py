@@ -91,6 +91,14 @@ def outbox(app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
         yield Outbox(app, url, chromium.run(log_in), ids)
 
 
+def admin_page(browser: Any, outbox: Outbox, path: str) -> Any:
+    """A phone-sized page of the admin's session (CSP bypassed, for axe) that opened
+    ``path``."""
+    page = browser.new_context(**PHONE, storage_state=outbox.admin, bypass_csp=True).new_page()
+    page.goto(f"{outbox.url}{path}")
+    return page
+
+
 def look(page: Any, axe: Path, step: str) -> dict[str, Any]:
     """What the screen shows (its URL, text and table rows), its tap targets under 44 px and
     axe's serious or critical violations; a screenshot."""
@@ -117,10 +125,8 @@ def problems(seen: dict[str, dict[str, Any]]) -> list[str]:
 def test_the_state_chips_keep_the_destination_shown(outbox: Outbox, chromium: Browser,
                                                      axe_script: Path) -> None:
     def scenario(browser: Any) -> dict[str, dict[str, Any]]:
-        context = browser.new_context(**PHONE, storage_state=outbox.admin, bypass_csp=True)
-        page = context.new_page()
+        page = admin_page(browser, outbox, "/admin/deliveries")
         seen = {}
-        page.goto(f"{outbox.url}/admin/deliveries")
         page.click("a[aria-label^='Dead deliveries to pacs-a']")
         seen["dead-a"] = look(page, axe_script, "dead-pacs-a")
         page.click("nav.chips a:has-text('Failed')")
@@ -129,7 +135,7 @@ def test_the_state_chips_keep_the_destination_shown(outbox: Outbox, chromium: Br
         seen["all-a"] = look(page, axe_script, "all-pacs-a")
         page.click("nav.chips a:has-text('Every destination')")
         seen["all"] = look(page, axe_script, "all")
-        context.close()
+        page.context.close()
         return seen
 
     seen = chromium.run(scenario)
@@ -153,16 +159,14 @@ def test_the_state_chips_keep_the_destination_shown(outbox: Outbox, chromium: Br
 def test_retry_all_dead_asks_with_the_count_then_says_how_many_were_queued_again(
         outbox: Outbox, chromium: Browser, axe_script: Path) -> None:
     def scenario(browser: Any) -> dict[str, dict[str, Any]]:
-        context = browser.new_context(**PHONE, storage_state=outbox.admin, bypass_csp=True)
-        page = context.new_page()
+        page = admin_page(browser, outbox, "/admin/deliveries?destination=pacs-a")
         seen = {}
-        page.goto(f"{outbox.url}/admin/deliveries?destination=pacs-a")
         page.click("summary[aria-label='Retry all dead deliveries to pacs-a']")
         seen["asked"] = look(page, axe_script, "retry-all-asked")
         seen["asked"]["question"] = page.locator("details[open] form").inner_text()
         page.click("details[open] button[type=submit]")
         seen["retried"] = look(page, axe_script, "retry-all-done")
-        context.close()
+        page.context.close()
         return seen
 
     seen = chromium.run(scenario)
@@ -198,11 +202,9 @@ def test_retrying_a_row_sent_meanwhile_goes_back_to_the_page_saying_so(
                 status=DeliveryStatus.CANCELLED, last_error="the instance was rejected"))
 
     def scenario(browser: Any) -> dict[str, dict[str, Any]]:
-        context = browser.new_context(**PHONE, storage_state=outbox.admin, bypass_csp=True)
-        page = context.new_page()
+        page = admin_page(browser, outbox, "/admin/deliveries?destination=pacs-b&state=failed")
         seen = {}
-        page.goto(f"{outbox.url}/admin/deliveries?destination=pacs-b&state=failed")
-        other = context.new_page()
+        other = page.context.new_page()
         other.goto(f"{outbox.url}/admin/deliveries?state=dead")
         change_meanwhile()
         with page.expect_navigation() as answer:
@@ -214,7 +216,7 @@ def test_retrying_a_row_sent_meanwhile_goes_back_to_the_page_saying_so(
         page.goto(f"{outbox.url}/admin/deliveries?destination=pacs-a&state=failed")
         page.click(f"form[action*='/{failed}/retry'] button")
         seen["retried"] = look(page, axe_script, "retry-one")
-        context.close()
+        page.context.close()
         return seen
 
     seen = chromium.run(scenario)
