@@ -117,5 +117,6 @@ def test_html_routes_answer_401_with_a_page_that_leads_to_the_login(
         app: Flask, study: Study) -> None:
     response = app.test_client().get("/admin/deliveries", headers={"Accept": "text/html"})
     assert response.status_code == 401
-    assert response.mimetype == "text/html" and b'href="/login"' in response.data
+    assert response.mimetype == "text/html"
+    assert b'href="/login?next=/admin/deliveries"' in response.data  # and back there after
     assert b"<script" not in response.data
