@@ -207,14 +207,18 @@ def _attempt(http: requests.Session, url: str, headers: dict[str, str],
     sent = time.perf_counter()
     try:
         response = http.put(url, data=upload.data, headers=headers, timeout=REQUEST_TIMEOUT)
+        answer = response.json() if response.status_code in (200, 201) else None
     except requests.Timeout:
         upload.failures.append("timeout")
         return False
-    except requests.ConnectionError:
+    except (requests.RequestException, ValueError):
+        # refused or reset, or an answer cut off by a kill (ChunkedEncodingError, a truncated
+        # JSON body): no answer either; before, it killed the clinic's thread, whose uploads
+        # left were then never sent
         upload.failures.append("connection")
         return False
-    if response.status_code in (200, 201):
-        upload.ack, upload.status = response.json(), response.status_code
+    if answer is not None:
+        upload.ack, upload.status = answer, response.status_code
         upload.client_ms = (time.perf_counter() - sent) * 1000
         upload.server_ms = _server_ms(response)
         return True
