@@ -310,16 +310,11 @@ async function onLogout() {
   const photos = await store.listPhotos();
   const waiting = photos.filter((p) => p.user === user).length;
   if (waiting) {
-    const dialog = byId("logout-dialog");
     byId("logout-warning").textContent = `${count(waiting)} you took on this device ${
       waiting === 1 ? "has" : "have"} not been sent. Logging out deletes ${
       waiting === 1 ? "it" : "them"} for good.${photos.length > waiting
       ? " Other users' photos stay here for them." : ""}`;
-    dialog.returnValue = "";
-    dialog.showModal();
-    const choice = await new Promise((resolve) =>
-      dialog.addEventListener("close", () => resolve(dialog.returnValue), { once: true }));
-    if (choice !== "logout") return;
+    if (await ask(byId("logout-dialog")) !== "logout") return;
   }
   uploader.setUser(null);
   try {
