@@ -91,6 +91,7 @@ def shoot(page: Any, photos: int) -> None:
         page.click("#shutter")
         page.wait_for_function("(n) => document.querySelectorAll('#shots canvas').length > n",
                                arg=before)
+        page.wait_for_selector("#shutter:not([disabled])")  # the shot's status line is said
         assert page.locator("#shots canvas").count() == before + 1, n
 
 
