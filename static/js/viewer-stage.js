@@ -78,6 +78,48 @@ function svg(name, attributes = {}) {
   return node;
 }
 
+/** The mean of points: a line's middle, a note's point, an area's centre. */
+function middleOf(points) {
+  return points.reduce((s, p) => ({ x: s.x + p.x / points.length, y: s.y + p.y / points.length }), { x: 0, y: 0 });
+}
+
+const LABEL_CLEARANCE = 8; // screen pixels between a line's label and the point it is beside
+const LABEL_ALONG = [0.5, 0.25, 0.75]; // where along a line its label goes, in that order
+
+/**
+ * Where `shape`'s label may go (its text's x and y, the text centred on x), nearest the usual
+ * place first, `size` being the text's box around (0, 0): for a line, beside its middle (above
+ * a length, below a width), then the other side, then beside points a quarter from its ends,
+ * then one label's height (plus `gap`) further out; for an area, centred on its middle, then a
+ * label's height above and below it, then two; for a note, above then below its point, then
+ * further out. All lie within two labels' height of the shape.
+ */
+function labelPlaces(shape, size, unit, gap) {
+  const [a, b] = shape.points;
+  const points = TWO_POINTS.has(shape.kind)
+    ? LABEL_ALONG.map((t) => ({ x: a.x + (b.x - a.x) * t, y: a.y + (b.y - a.y) * t }))
+    : [middleOf(shape.points)];
+  const step = size.height + gap;
+  let rows;
+  if (shape.kind === "area") {
+    const centred = -(size.y + size.height / 2);
+    rows = [[centred], [centred - step, centred + step], [centred - 2 * step, centred + 2 * step]];
+  } else {
+    const above = -LABEL_CLEARANCE * unit - (size.y + size.height);
+    const below = LABEL_CLEARANCE * unit - size.y;
+    rows = [[above, below], [above - step, below + step]];
+    if (shape.kind === "width") rows = rows.map((row) => [...row].reverse());
+  }
+  return rows.flatMap((row) => points.flatMap((p) => row.map((dy) => ({ x: p.x, y: p.y + dy }))));
+}
+
+/** The area in which boxes `a` and `b` ({x, y, width, height}) overlap, each widened by `gap`. */
+function overlapOf(a, b, gap) {
+  const across = Math.min(a.x + a.width, b.x + b.width) - Math.max(a.x, b.x) + gap;
+  const down = Math.min(a.y + a.height, b.y + b.height) - Math.max(a.y, b.y) + gap;
+  return across > 0 && down > 0 ? across * down : 0;
+}
+
 export class Stage {
   /**
    * @param {HTMLElement} root an empty element that the stage fills
@@ -517,6 +559,8 @@ export class Stage {
     overlay.replaceChildren();
     if (!this.image) return;
     const unit = 1 / this.scale; // one screen pixel in image pixels
+    const room = this.labelRoom(unit);
+    const placed = []; // the boxes of the labels drawn so far
     const shapes = this.results().map((r) => ({ ...r, draft: false }));
     if (this.draft) shapes.push({ kind: this.draft.kind, points: this.draft.points, draft: true, label: "" });
     for (const shape of shapes) {
@@ -538,7 +582,7 @@ export class Stage {
       const radius = shape.saved ? 3 : shape.points.length > 12 ? 4 : 6; // an outline has many
       for (const p of shape.points) group.append(svg("circle", { cx: p.x, cy: p.y, r: radius * unit }));
       overlay.append(group);
-      if (shape.label) this.drawLabel(group, shape, unit);
+      if (shape.label) this.drawLabel(group, shape, unit, room, placed);
     }
   }
 
@@ -556,28 +600,11 @@ export class Stage {
   }
 
   /**
-   * Append `shape`'s label to `group` (in the overlay), 15 screen pixels high: a width's
-   * below its middle (not across its length's label), an area's centred on it, any other
-   * shape's above its middle or point. When its shape's middle is in `visibleArea()`, the
-   * label is guaranteed to lie wholly inside that area (as far as it fits), below the
-   * stage's label and calibration chips: put on the other side of its point when it sticks
-   * out above or below, then moved inside.
+   * Where labels go, in image pixels: `seen`, the visible area, and `area`, the part of it
+   * below the stage's label and calibration chips, less the labels' outline.
    */
-  drawLabel(group, shape, unit) {
-    const n = shape.points.length;
-    const anchor = shape.points.reduce((s, p) => ({ x: s.x + p.x / n, y: s.y + p.y / n }), { x: 0, y: 0 });
-    const label = svg("text", { x: anchor.x, "font-size": 15 * unit, "stroke-width": 3 * unit, "text-anchor": "middle" });
-    label.textContent = shape.label;
-    group.append(label);
-    const place = (side) => {
-      label.setAttribute("y", anchor.y + { above: -12, below: 12, middle: 0 }[side] * unit);
-      label.setAttribute("dominant-baseline", { above: "auto", below: "hanging", middle: "middle" }[side]);
-      return label.getBBox();
-    };
-    const side = shape.kind === "area" ? "middle" : shape.kind === "width" ? "below" : "above";
-    let box = place(side);
+  labelRoom(unit) {
     const seen = this.visibleArea();
-    if (anchor.x < seen.left || anchor.x > seen.right || anchor.y < seen.top || anchor.y > seen.bottom) return;
     // the chips share one row along the stage's top (same offset, font and padding)
     const chips = this.label.offsetParent ? this.label.offsetTop + this.label.offsetHeight : 0;
     const margin = 2 * unit; // the text's outline, drawn outside its box
@@ -587,12 +614,45 @@ export class Stage {
       right: seen.right - margin,
       bottom: seen.bottom - margin,
     };
-    if (side !== "middle" && (box.y < area.top || box.y + box.height > area.bottom)) {
-      box = place(side === "above" ? "below" : "above");
-    }
+    return { seen, area };
+  }
+
+  /**
+   * Append `shape`'s label to `group` (in the overlay), 15 screen pixels high, at one of its
+   * places (`labelPlaces`, near the shape): the first that overlaps no label in `placed` (with
+   * a gap for their outlines) and need not be moved up or down into `room.area`; else the
+   * first overlapping none; else the one overlapping least. When its shape's middle is in
+   * `room.seen`, the label is guaranteed to lie wholly inside `room.area` (as far as it fits):
+   * a place sticking out is moved inside; otherwise it is at its usual place. Adds the label's
+   * box to `placed`, so the same shapes in the same view are always labelled alike.
+   */
+  drawLabel(group, shape, unit, room, placed) {
+    const label = svg("text", {
+      x: 0, y: 0, "font-size": 15 * unit, "stroke-width": 3 * unit, "text-anchor": "middle", "dominant-baseline": "middle",
+    });
+    label.textContent = shape.label;
+    group.append(label);
+    const size = label.getBBox(); // around (0, 0)
+    const gap = 4 * unit; // two labels' outlines, drawn outside their boxes
+    const { seen, area } = room;
+    const middle = middleOf(shape.points);
+    const inView = middle.x >= seen.left && middle.x <= seen.right && middle.y >= seen.top && middle.y <= seen.bottom;
     // moved inside; one too large for the area starts at its left or top
-    const into = (start, size, low, high) => Math.max(low - start, Math.min(0, high - start - size));
-    label.setAttribute("x", anchor.x + into(box.x, box.width, area.left, area.right));
-    label.setAttribute("y", Number(label.getAttribute("y")) + into(box.y, box.height, area.top, area.bottom));
+    const into = (start, extent, low, high) => (inView ? Math.max(low - start, Math.min(0, high - start - extent)) : 0);
+    let best = null;
+    for (const place of labelPlaces(shape, size, unit, gap)) {
+      const x = place.x + into(place.x + size.x, size.width, area.left, area.right);
+      const y = place.y + into(place.y + size.y, size.height, area.top, area.bottom);
+      const box = { x: x + size.x, y: y + size.y, width: size.width, height: size.height };
+      const overlap = placed.reduce((sum, other) => sum + overlapOf(box, other, gap), 0);
+      const moved = y !== place.y;
+      if (!best || overlap < best.overlap || (overlap === best.overlap && best.moved && !moved)) {
+        best = { x, y, box, overlap, moved };
+      }
+      if (!inView || (overlap === 0 && !moved)) break;
+    }
+    label.setAttribute("x", best.x);
+    label.setAttribute("y", best.y);
+    placed.push(best.box);
   }
 }

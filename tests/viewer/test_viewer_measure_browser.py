@@ -334,7 +334,7 @@ LABEL_BOXES = """() => {
               right: Math.min(image.right, stage.right),
               bottom: Math.min(image.bottom, stage.bottom)},
     labels: [...document.querySelectorAll("#stage-main .overlay text")]
-      .map((t) => ({text: t.textContent, ...box(t)})),
+      .map((t) => ({text: t.textContent, ...box(t), shape: box(t.parentNode.firstElementChild)})),
   };
 }"""
 
@@ -427,3 +427,60 @@ def test_unsaved_drawings_follow_their_photo_and_leaving_asks_first_on_a_phone(
     assert seen["arrow_only"] == []
     with services(app).db.session() as db:
         assert db.scalars(select(WoundMeasurement)).all() == []
+
+
+PARALLEL = [[(300, 1000), (1200, 1000)], [(450, 1030), (1050, 1030)]]  # ~8 screen px apart
+ACROSS = [(750, 1000), (750, 760)]  # a width from the first length's middle, up to an edge
+CLOSE_TO_SHAPE_PX = 40
+
+
+def gap_between(a: dict[str, float], b: dict[str, float]) -> float:
+    """The distance between two client rects (0 when they touch or overlap)."""
+    return float(np.hypot(max(0.0, a["left"] - b["right"], b["left"] - a["right"]),
+                          max(0.0, a["top"] - b["bottom"], b["top"] - a["bottom"])))
+
+
+def test_labels_of_nearby_measurements_do_not_overlap_on_a_phone(
+        client: FlaskClient, auth: dict[str, dict[str, str]], live_server: str,
+        chromium: Browser) -> None:
+    """Two parallel lengths a few pixels apart and a width from the middle of the first, whose
+    labels would lie on one another at their usual places (above a length's middle, below a
+    width's): no two labels intersect, each lies inside the visible part of the photo, below
+    the toolbar and near its own line; the same once saved and drawn back from the SR's index
+    after a reload."""
+    viewer = viewing(client, auth, live_server, [photo(CHART_PHOTO)])
+
+    def scenario(browser: Any) -> dict[str, Any]:
+        page = viewer.open(browser, PHONE)
+        page.tap("[data-tool=length]")
+        for line in PARALLEL:
+            drag(page, *line)
+        page.tap("[data-tool=width]")
+        drag(page, *ACROSS)
+        out: dict[str, Any] = {"drawn": page.evaluate(LABEL_BOXES)}
+        page.screenshot(path=str(ARTIFACTS / "viewer-measure-nearby-labels-390x844.png"))
+        page.tap("#save")
+        wait_until(page, "document.querySelectorAll('#measurements li[data-saved]').length === 3")
+        page.reload()
+        page.wait_for_selector("body[data-ready=true]", timeout=30_000)
+        wait_until(page, "document.querySelectorAll('#stage-main .overlay g.m-saved text')"
+                         ".length === 3")
+        out["reloaded"] = page.evaluate(LABEL_BOXES)
+        page.screenshot(path=str(ARTIFACTS / "viewer-measure-nearby-labels-reloaded-390x844.png"))
+        page.context.close()
+        return out
+
+    seen = chromium.run(scenario)
+    assert viewer.problems == []
+    for boxes in (seen["drawn"], seen["reloaded"]):
+        labels, visible = boxes["labels"], boxes["visible"]
+        assert [label["text"].split(" ")[0] for label in labels] == ["L1", "L2", "W1"]
+        for i, label in enumerate(labels):
+            assert label["top"] >= boxes["toolbar"]["bottom"], label
+            assert visible["left"] <= label["left"] < label["right"] <= visible["right"], label
+            assert visible["top"] <= label["top"] < label["bottom"] <= visible["bottom"], label
+            assert gap_between(label, label["shape"]) <= CLOSE_TO_SHAPE_PX, label
+            for other in labels[i + 1:]:
+                assert (label["right"] <= other["left"] or other["right"] <= label["left"]
+                        or label["bottom"] <= other["top"]
+                        or other["bottom"] <= label["top"]), (label, other)
