@@ -216,18 +216,11 @@ def _check(browser: Any, site: Site, spec: PageSpec, state: dict[str, Any] | Non
     return seen
 
 
-def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
-        site: Site, chromium: Browser, axe_script: Path) -> None:
-    specs = pages(site)
-
-    def scenario(browser: Any) -> dict[tuple[str, str], dict[str, Any]]:
-        states = {role: _log_in(browser, site.url, user) for role, user in site.users.items()}
-        return {(spec.name, scheme): _check(browser, site, spec,
-                                            states[spec.role] if spec.role else None, scheme,
-                                            axe_script)
-                for scheme in SCHEMES for spec in specs}
-
-    seen = chromium.run(scenario)
+def _problems(site: Site, specs: list[PageSpec],
+              seen: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """What :func:`_check` saw wrong on each of ``specs`` in each scheme: wider than the
+    phone, tap targets too small, axe violations, page errors, the background not of the
+    scheme, the app bar not naming the page's user (or Log out without a login)."""
     problems = []
     for (name, scheme), page in seen.items():
         spec = next(s for s in specs if s.name == name)
@@ -246,7 +239,22 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
                                 f"log out {page['logout']}")
         elif page["logout"]:
             problems.append(f"{where}: Log out shown without a login")
-    assert problems == []
+    return problems
+
+
+def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
+        site: Site, chromium: Browser, axe_script: Path) -> None:
+    specs = pages(site)
+
+    def scenario(browser: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        states = {role: _log_in(browser, site.url, user) for role, user in site.users.items()}
+        return {(spec.name, scheme): _check(browser, site, spec,
+                                            states[spec.role] if spec.role else None, scheme,
+                                            axe_script)
+                for scheme in SCHEMES for spec in specs}
+
+    seen = chromium.run(scenario)
+    assert _problems(site, specs, seen) == []
 
     light = {name: page for (name, scheme), page in seen.items() if scheme == "light"}
     assert light["capture-home"]["nav"] == ["Capture", "Batch"]
