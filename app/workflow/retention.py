@@ -546,6 +546,22 @@ def holds(services: Services) -> list[LegalHold]:
         return list(rows)
 
 
+def held_patients(services: Services, holds: Iterable[LegalHold]) -> dict[int, PatientSummary]:
+    """The patient of each patient hold of ``holds`` that has a study of ours, by the hold's
+    id, as their latest study here names them (as :func:`plan_release` does); a hold on a
+    patient without any study here, like a study hold, is not in it. Reads only; names
+    patients: for the admin page only, never a log."""
+    named: dict[int, PatientSummary] = {}
+    with services.db.session() as db:
+        for h in holds:
+            if h.patient_id and h.issuer:
+                target = HoldTarget(issuer=h.issuer, patient_id=h.patient_id)
+                latest = next(iter(_covered(db, target)), None)
+                if latest is not None:
+                    named[h.id] = patient_summary(latest)
+    return named
+
+
 def _held_session(db: Session, target: HoldTarget) -> CaptureSession:
     """A study of ``target`` (the study itself, or the patient's latest);
     :class:`RetentionError` when it has none."""

@@ -20,6 +20,8 @@ from tests.corrections.conftest import snapshot
 from tests.corrections.test_reject import PACS
 from tests.delivery.conftest import NOCHART, Deployment
 
+TEN_YEARS = "[default]\nyears_after_last_study = 10\n"
+
 
 def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment],
                                                  tmp_path: Path) -> None:
@@ -104,12 +106,13 @@ def test_admin_reports_holds_and_purges_by_form(deploy: Callable[..., Deployment
     assert json.dumps(events["retention.hold"][1]).count("court order 7") == 1
 
 
-def with_patient_hold(deploy: Callable[..., Deployment], tmp_path: Path,
-                      issuer: str) -> tuple[Deployment, FlaskClient, str]:
-    """A deployment keeping studies 10 years, a legal hold on patient 00999999 of ``issuer``
-    (no study of theirs here) and the admin ada logged in: (it, ada's client, her CSRF)."""
+def with_patient_hold(deploy: Callable[..., Deployment], tmp_path: Path, issuer: str,
+                      rules_toml: str = TEN_YEARS) -> tuple[Deployment, FlaskClient, str]:
+    """A deployment under ``rules_toml`` (by default keeping studies 10 years), a legal hold
+    on patient 00999999 of ``issuer`` (no study of theirs here) and the admin ada logged in:
+    (it, ada's client, her CSRF)."""
     rules = tmp_path / "retention.toml"
-    rules.write_text("[default]\nyears_after_last_study = 10\n")
+    rules.write_text(rules_toml)
     d = deploy([], retention_rules_file=rules)
     create_user(d.services.db, "ada", PASSWORD, "admin")
     with d.services.db.session() as db:
@@ -122,8 +125,10 @@ def with_patient_hold(deploy: Callable[..., Deployment], tmp_path: Path,
 def test_a_hold_listed_is_released_by_the_page_even_without_a_study_of_the_patient(
         deploy: Callable[..., Deployment], tmp_path: Path) -> None:
     d, browser, csrf = with_patient_hold(deploy, tmp_path, "HOSP-A")
-    listed = re.sub(r"\s+", " ", browser.get("/admin/retention").get_data(as_text=True))
-    assert "Patient 00999999 (HOSP-A): pending claim" in listed
+    listed = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", browser.get(
+        "/admin/retention").get_data(as_text=True)))
+    assert "MRN 00999999 (HOSP-A) No study of this patient is here, so no name to show. " \
+        "Every study of the patient on hold: pending claim — ada" in listed
 
     form = {"csrf_token": csrf, "patient_id": "00999999", "issuer": "HOSP-A"}
     asked = browser.post("/admin/retention/release", data=form)
@@ -162,6 +167,60 @@ def test_each_due_study_names_its_patient_date_site_and_photos_and_the_read_is_a
     assert (read.actor, read.outcome) == ("ada", "success")
     assert read.entities == ["patient:HOSP-A|00123456", f"study:{study}",
                              "patient:HOSP-B|00999999"]
+
+
+def test_the_held_and_undetermined_studies_and_the_holds_name_their_patients_audited(
+        deploy: Callable[..., Deployment], tmp_path: Path) -> None:
+    minors_in_burns = f"{TEN_YEARS}[[rules]]\nname = \"burns\"\ndepartment = \"Burns unit\"\n" \
+        "years_after_last_study = 10\nminor_age = 18\n"
+    d, browser, _ = with_patient_hold(deploy, tmp_path, "HOSP-B", minors_in_burns)
+    studies = {}
+    for day, (mrn, name, department) in enumerate((
+            ("00123456", "DEMO^ALICE", "Wound care"),  # held: a hold on the study
+            ("00333333", "DEMO^CAROL", None),  # held: a hold on the patient
+            ("00222222", "DEMO^BOB", "Burns unit")), start=7):  # no birth date: undetermined
+        session = d.open_session(patient={"id": mrn, "issuer": "HOSP-A", "name": name},
+                                 **({"department": department} if department else {}))
+        d.upload(session, NOCHART)
+        studies[name] = uid = session["study_instance_uid"]
+        with d.services.db.session() as db:
+            db.execute(update(CaptureSession).where(CaptureSession.study_uid == uid).values(
+                created_at=datetime(2001, 6, day, 12, tzinfo=UTC), utc_offset_minutes=0))
+    with d.services.db.session() as db:
+        db.add_all([LegalHold(study_uid=studies["DEMO^ALICE"], reason="court order 7",
+                              set_by="ada"),
+                    LegalHold(issuer="HOSP-A", patient_id="00333333", reason="claim 42",
+                              set_by="bob")])
+
+    page = browser.get("/admin/retention")
+    assert page.status_code == 200
+    text = re.sub(r"\s+", " ", re.sub(r"<[^>]+>", " ", page.get_data(as_text=True)))
+    held = text[text.index("Due but on legal hold"):text.index("Undetermined (")]
+    assert "DEMO, ALICE, MRN 00123456 (HOSP-A) Study date 7 Jun 2001 Department Wound care " \
+        "Photos 1 Rule default, due since 2011-06-07; on legal hold (the study) Study " \
+        f"Instance UID {studies['DEMO^ALICE']}" in held
+    assert "DEMO, CAROL, MRN 00333333 (HOSP-A) Study date 8 Jun 2001 Photos 1 Rule default, " \
+        "due since 2011-06-08; on legal hold (every study of the patient) Study Instance UID " \
+        f"{studies['DEMO^CAROL']}" in held
+    undetermined = text[text.index("Undetermined ("):text.index("Legal holds")]
+    assert "DEMO, BOB, MRN 00222222 (HOSP-A) Study date 9 Jun 2001 Department Burns unit " \
+        f"Photos 1 Rule burns Study Instance UID {studies['DEMO^BOB']}" in undetermined
+    holds = text[text.index("Legal holds"):text.index("Put on legal hold")]
+    assert "MRN 00999999 (HOSP-B) No study of this patient is here, so no name to show. " \
+        "Every study of the patient on hold: pending claim — ada" in holds
+    assert "DEMO, ALICE, MRN 00123456 (HOSP-A) Study date 7 Jun 2001 Department Wound care " \
+        "Photos 1 Study on hold: court order 7 — ada" in holds
+    assert f"Study Instance UID {studies['DEMO^ALICE']} Release" in holds
+    assert "DEMO, CAROL, MRN 00333333 (HOSP-A) Every study of the patient on hold: claim 42 " \
+        "— bob" in holds
+    # no UID bare: each one the page shows is under its patient's study
+    assert text.count("2.25.") == text.count("Study Instance UID 2.25.") == 4
+    with d.services.db.session() as db:
+        read = db.scalars(select(AuditEvent).where(AuditEvent.action == "retention.read")).one()
+    assert read.entities == [
+        "patient:HOSP-A|00123456", f"study:{studies['DEMO^ALICE']}",
+        "patient:HOSP-A|00333333", f"study:{studies['DEMO^CAROL']}",
+        "patient:HOSP-A|00222222", f"study:{studies['DEMO^BOB']}", "patient:HOSP-B|00999999"]
 
 
 def test_a_release_asks_first_and_cancel_or_a_hold_gone_changes_nothing(

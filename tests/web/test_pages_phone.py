@@ -40,6 +40,7 @@ from tests.conftest import (
 from tests.viewer.conftest import CHART, photo, upload_study
 
 SCHEMES = ("light", "dark")
+HEEL = "84607009"  # skin of heel
 
 
 BACKGROUND_LUMINANCE = """() => {
@@ -92,13 +93,15 @@ def _ask_to_release(page: Any) -> None:
 def app_overrides(tmp_path: Path) -> dict[str, object]:
     """A PACS destination (never reached: deliveries stay queued for the admin page to list);
     an EMR allowed to launch the app (never asked: the launch page is shown unlaunched); no
-    colour step (the photos are only shown); a retention rule under which every study is due
-    (the retention page lists the stored one)."""
+    colour step (the photos are only shown); retention rules under which every study is due
+    (the retention page lists the stored one) but a heel's of a patient without a birth date
+    (a minor clause: undetermined)."""
     config = tmp_path / "destinations.json"
     config.write_text(json.dumps({"destinations": [
         {"name": "pacs", "type": "stow-rs", "url": "http://127.0.0.1:9/dicomweb"}]}))
     rules = tmp_path / "retention.json"
-    rules.write_text(json.dumps({"default": {"years_after_last_study": 0}}))
+    rules.write_text(json.dumps({"default": {"years_after_last_study": 0}, "rules": [
+        {"name": "heel", "body_site": HEEL, "years_after_last_study": 0, "minor_age": 18}]}))
     return {"color_normalization": False, "destinations_file": config, "emr_notifiers": "",
             "retention_rules_file": rules,
             "smart_issuers": json.dumps({"http://127.0.0.1:9/fhir": {"client_id": "ebiw"}})}
@@ -216,18 +219,11 @@ def _check(browser: Any, site: Site, spec: PageSpec, state: dict[str, Any] | Non
     return seen
 
 
-def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
-        site: Site, chromium: Browser, axe_script: Path) -> None:
-    specs = pages(site)
-
-    def scenario(browser: Any) -> dict[tuple[str, str], dict[str, Any]]:
-        states = {role: _log_in(browser, site.url, user) for role, user in site.users.items()}
-        return {(spec.name, scheme): _check(browser, site, spec,
-                                            states[spec.role] if spec.role else None, scheme,
-                                            axe_script)
-                for scheme in SCHEMES for spec in specs}
-
-    seen = chromium.run(scenario)
+def _problems(site: Site, specs: list[PageSpec],
+              seen: dict[tuple[str, str], dict[str, Any]]) -> list[str]:
+    """What :func:`_check` saw wrong on each of ``specs`` in each scheme: wider than the
+    phone, tap targets too small, axe violations, page errors, the background not of the
+    scheme, the app bar not naming the page's user (or Log out without a login)."""
     problems = []
     for (name, scheme), page in seen.items():
         spec = next(s for s in specs if s.name == name)
@@ -246,7 +242,22 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
                                 f"log out {page['logout']}")
         elif page["logout"]:
             problems.append(f"{where}: Log out shown without a login")
-    assert problems == []
+    return problems
+
+
+def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
+        site: Site, chromium: Browser, axe_script: Path) -> None:
+    specs = pages(site)
+
+    def scenario(browser: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        states = {role: _log_in(browser, site.url, user) for role, user in site.users.items()}
+        return {(spec.name, scheme): _check(browser, site, spec,
+                                            states[spec.role] if spec.role else None, scheme,
+                                            axe_script)
+                for scheme in SCHEMES for spec in specs}
+
+    seen = chromium.run(scenario)
+    assert _problems(site, specs, seen) == []
 
     light = {name: page for (name, scheme), page in seen.items() if scheme == "light"}
     assert light["capture-home"]["nav"] == ["Capture", "Batch"]
@@ -261,7 +272,8 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
                      r"Department Wound care Body site [^,]+, left Photos 1 \(\d+ files? to "
                      r"delete\) Rule default, due since", retention)
     assert f"Study Instance UID {site.study_uid}" in retention
-    assert "Purge 1 study" in retention and "Patient 00999999 (HOSP-A): pending claim" in retention
+    assert "Purge 1 study" in retention and "MRN 00999999 (HOSP-A) No study of this patient is " \
+        "here, so no name to show. Every study of the patient on hold: pending claim" in retention
     release = re.sub(r"\s+", " ", light["retention-release"]["text"])
     assert "Release this legal hold? Held since" in release and "by ada, for: pending claim" \
         in release and "MRN 00999999 (HOSP-A)" in release
@@ -310,12 +322,43 @@ def test_a_legal_hold_is_released_on_confirm_only_and_cancel_keeps_it(
     assert "Name not recorded MRN 00999999 (HOSP-A)" in asked
     assert "Nothing it covers is left here to purge." in asked
     assert "Legal holds" not in asked  # only the question, nothing else to tap
-    assert re.search(r"Patient 00999999 \(HOSP-A\):\s+pending claim", cancelled)
+    assert re.search(r"MRN 00999999 \(HOSP-A\)\s+No study of this patient is here, so no name "
+                     r"to show\.\s+Every study of the patient on hold: pending claim", cancelled)
     assert cancel_url == f"{site.url}/admin/retention"
     assert "legal hold is released" in released and "No legal hold." in released
     assert release_url == f"{site.url}/admin/retention/release"  # the ID in the body only
     with services(app).db.session() as db:
         assert db.scalars(select(LegalHold)).all() == []
+
+
+def test_the_retention_lists_name_each_patient_and_fit_a_phone(
+        app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]], site: Site,
+        chromium: Browser, axe_script: Path) -> None:
+    undated = upload_study(client, auth["capture"], [photo(CHART)], site=HEEL,
+                           patient={"id": "00444444", "issuer": "HOSP-A", "name": "DEMO^DAN"})
+    with services(app).db.session() as db:
+        db.add(LegalHold(study_uid=site.study_uid, reason="court order 7", set_by="ada"))
+    spec = PageSpec("retention-lists", "/admin/retention", "admin", "main h1")
+
+    def scenario(browser: Any) -> dict[tuple[str, str], dict[str, Any]]:
+        state = _log_in(browser, site.url, site.users["admin"])
+        return {(spec.name, scheme): _check(browser, site, spec, state, scheme, axe_script)
+                for scheme in SCHEMES}
+
+    seen = chromium.run(scenario)
+    assert _problems(site, [spec], seen) == []
+    text = re.sub(r"\s+", " ", seen[(spec.name, "light")]["text"])
+    alice = r"DEMO, ALICE, MRN 00123456 \(HOSP-A\) Study date \d+ \w{3} 20\d\d Department " \
+        r"Wound care Body site [^,]+, left Photos 1 "
+    uid = re.escape(f"Study Instance UID {site.study_uid}")
+    assert re.search(rf"Due but on legal hold {alice}Rule default, due since [\d-]+; on legal "
+                     rf"hold \(the study\) {uid} Undetermined \(birth date unknown\) DEMO, DAN, "
+                     r"MRN 00444444 \(HOSP-A\) Study date \d+ \w{3} 20\d\d Department Wound "
+                     r"care Body site Skin of heel, left Photos 1 Rule heel Study Instance UID "
+                     rf"{re.escape(undated.study_uid)} Legal holds", text)
+    assert "MRN 00999999 (HOSP-A) No study of this patient is here, so no name to show. Every " \
+        "study of the patient on hold: pending claim" in text
+    assert re.search(rf"{alice}Study on hold: court order 7 — ada, [^.]+ {uid} Release", text)
 
 
 def test_log_out_from_the_app_bar_of_a_server_page(site: Site, chromium: Browser) -> None:

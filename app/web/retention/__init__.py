@@ -1,17 +1,19 @@
 """Retention, an admin page: ``GET /admin/retention`` shows the dry-run report (studies due,
-held, undetermined) and the legal holds, each due study named by its patient (name, MRN with
+held, undetermined) and the legal holds, each study named by its patient (name, MRN with
 issuer), date, department, body site and photos, its UID below for reference, so that an
-admin recognises what a purge deletes; ``POST /admin/retention/purge`` purges the studies the
-page listed (each still due, and the confirmation box ticked), ``POST /admin/retention/hold``
-and ``/admin/retention/release`` set and release a legal hold on a study or a patient. A
-release takes two posts, as it gives the studies back to the purge: the first changes nothing
-and answers with what it would release (the patient or study, the hold's reason, who set it
-and when; audited as ``retention.preview``), a form posting the same target back with
-``confirmed=yes`` and a Cancel link; only that second post releases, checked again. Forms
-carry the session's CSRF token; a patient's ID goes in the form body, never in a URL. Every
-answer that shows the report is audited as ``retention.read``, naming the patients shown; the
-workflow (``app.workflow.retention``) audits each action with the logged-in admin as the actor;
-a refused one answers 422 with the reason (no PHI) and changes nothing.
+admin recognises what a purge deletes or a hold keeps; a held patient is named as their
+latest study here names them, or by the hold's own ID and issuer when no study of theirs is
+here. ``POST /admin/retention/purge`` purges the studies the page listed (each still due, and
+the confirmation box ticked), ``POST /admin/retention/hold`` and ``/admin/retention/release``
+set and release a legal hold on a study or a patient. A release takes two posts, as it gives
+the studies back to the purge: the first changes nothing and answers with what it would
+release (the patient or study, the hold's reason, who set it and when; audited as
+``retention.preview``), a form posting the same target back with ``confirmed=yes`` and a
+Cancel link; only that second post releases, checked again. Forms carry the session's CSRF
+token; a patient's ID goes in the form body, never in a URL. Every answer that shows the
+report is audited as ``retention.read``, naming the patients shown; the workflow
+(``app.workflow.retention``) audits each action with the logged-in admin as the actor; a
+refused one answers 422 with the reason (no PHI) and changes nothing.
 """
 
 from __future__ import annotations
@@ -29,9 +31,9 @@ bp = Blueprint("retention", __name__, url_prefix="/admin")
 
 def _page(status: int = 200, **context: Any) -> tuple[Response, int]:
     """The page: the confirmation of ``preview`` (a :class:`retention.ReleasePlan`) alone, or
-    else the report as of now (or why there is none), each due study with its patient, date,
-    department, body site and photos, and the holds, audited as ``retention.read`` with the
-    patients and studies it shows."""
+    else the report as of now (or why there is none) and the holds, each study with its
+    patient, date, department, body site and photos, each held patient named, audited as
+    ``retention.read`` with the patients and studies it shows."""
     login = current_login()
     context = {"purged": None, "done": None, "error": None, "preview": None, **context}
     if context["preview"] is None:
@@ -43,22 +45,29 @@ def _page(status: int = 200, **context: Any) -> tuple[Response, int]:
 
 
 def _report() -> dict[str, Any]:
-    """The report, the facts of its due studies and the holds, for the page; names the
-    patients it shows in this request's audit record (``retention.read``)."""
+    """The report, the facts of every study it lists (due, held, undetermined) and of every
+    held study, the holds and the patients of the patient holds, for the page; names the
+    patients and studies it shows (the studies' first, as listed) in this request's audit
+    record (``retention.read``)."""
     try:
         report, report_error = retention.report(services()), None
     except retention.RetentionError as exc:
         report, report_error = None, str(exc)
-    facts = retention.study_facts(services(), [a.study_uid for a in report.due]) \
-        if report else {}
     holds = retention.holds(services())
+    listed = [a.study_uid for a in (*report.due, *report.held, *report.undetermined)] \
+        if report else []
+    shown = [*listed, *(h.study_uid for h in holds if h.study_uid)]
+    facts = retention.study_facts(services(), shown)
+    held_patients = retention.held_patients(services(), holds)
     g.audit_action = "retention.read"
     g.audit_entities = list(dict.fromkeys([
-        *(ref for uid, f in facts.items() for ref in (
-            audit.patient_ref(f.patient.patient_id, f.patient.issuer), audit.study_ref(uid))),
+        *(ref for uid in shown if uid in facts for ref in (
+            audit.patient_ref(facts[uid].patient.patient_id, facts[uid].patient.issuer),
+            audit.study_ref(uid))),
         *(audit.patient_ref(h.patient_id, h.issuer) for h in holds
           if h.patient_id and h.issuer)]))
-    return {"report": report, "report_error": report_error, "facts": facts, "holds": holds}
+    return {"report": report, "report_error": report_error, "facts": facts, "holds": holds,
+            "held_patients": held_patients}
 
 
 def _target() -> retention.HoldTarget:
