@@ -72,8 +72,9 @@ def test_full_flow_is_audited_once_per_event(audit_app: Flask, tmp_path: Path) -
 
     listed = client.get("/admin/api/audit?action=photo.store", headers=admin).get_json()
     assert [r["seq"] for r in listed["records"]] == [6, 5]
-    by_patient = client.get(f"/admin/api/audit?patient_id={PATIENT['id']}"
-                            f"&issuer={PATIENT['issuer']}", headers=admin).get_json()
+    by_patient = client.post("/admin/api/audit", data={"patient_id": PATIENT["id"],
+                                                       "issuer": PATIENT["issuer"]},
+                             headers=admin).get_json()
     assert [r["seq"] for r in by_patient["records"]] == [8, 7, 6, 5, 4, 3]
     assert client.get("/admin/api/audit", headers=bearer(audit_app, "v", "view")) \
         .status_code == 403

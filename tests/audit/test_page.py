@@ -1,14 +1,18 @@
 """The audit page filters by patient without a patient ID in any URL: its forms post (filter,
 older records, the FHIR export), a GET naming a patient is refused with 400; in Chromium at
 phone size the filtered page's address and links hold no ID, axe-clean, tap targets >= 44 px.
-The APIs keep their GET query filters for bearer-token clients."""
+The JSON and FHIR APIs alike: bearer-token clients POST a patient filter in the body, a GET
+naming a patient is refused with 400 and leaves the ID in no log or audit record; filters
+naming no patient still work in a GET."""
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
+import pytest
 from flask import Flask
 from sqlalchemy import select
 
@@ -86,10 +90,10 @@ def test_the_page_filters_by_patient_by_post_and_refuses_a_patient_in_the_url(
     bundle = client.post("/admin/api/audit/fhir", data={"csrf_token": csrf, **patient})
     assert bundle.mimetype == "application/fhir+json"
     by_post = [e["resource"]["id"] for e in bundle.get_json()["entry"]]
-    admin = bearer(audit_app, "machine", "admin")
-    by_get = client.get(f"/admin/api/audit/fhir?patient_id={PATIENT_ID}&issuer={ISSUER}",
-                        headers=admin)
-    assert [e["resource"]["id"] for e in by_get.get_json()["entry"]][:len(by_post)] == by_post
+    by_bearer = client.post("/admin/api/audit/fhir", data=patient,
+                            headers=bearer(audit_app, "machine", "admin"))
+    assert [e["resource"]["id"] for e in by_bearer.get_json()["entry"]][:len(by_post)] \
+        == by_post
     assert by_post[:3] == [str(s) for s in seqs]
 
     with services(audit_app).db.session() as s:
@@ -99,6 +103,37 @@ def test_the_page_filters_by_patient_by_post_and_refuses_a_patient_in_the_url(
         (ADMIN, [audit.patient_ref(PATIENT_ID, ISSUER)], {"limit": "2"}, "success"),
         (ADMIN, [audit.patient_ref(PATIENT_ID, ISSUER)], {"limit": "2", "before": str(seqs[1])},
          "success")]
+
+
+@pytest.mark.parametrize("api", ["/admin/api/audit", "/admin/api/audit/fhir"])
+def test_the_apis_take_a_patient_by_post_and_refuse_it_in_the_url(
+        audit_app: Flask, caplog: pytest.LogCaptureFixture, api: str) -> None:
+    caplog.set_level(logging.DEBUG)
+    seqs = _seed(audit_app)
+    client = audit_app.test_client()
+    admin = bearer(audit_app, "machine", "admin")
+    for query in (f"patient_id={PATIENT_ID}&issuer={ISSUER}", f"patient_id={PATIENT_ID}",
+                  f"entity=patient:{ISSUER}|{PATIENT_ID}"):
+        refused = client.get(f"{api}?{query}", headers=admin)
+        assert refused.status_code == 400, query
+        assert refused.get_json()["error"] == {
+            "code": "patient_in_url",
+            "message": "a patient ID never goes in a URL: POST the filters in the request "
+                       "body (a form: application/x-www-form-urlencoded), not in the query"}
+    with services(audit_app).db.session() as s:
+        reads = s.scalars(select(AuditEvent).where(AuditEvent.action == "audit.read")).all()
+    assert [(r.entities, r.detail, r.outcome) for r in reads] == [([], {}, "failed")] * 3
+    assert PATIENT_ID not in caplog.text
+
+    by_post = client.post(api, data={"patient_id": PATIENT_ID, "issuer": ISSUER},
+                          headers=admin)
+    assert by_post.status_code == 200
+    body = by_post.get_json()
+    found = [r["seq"] for r in body["records"]] if "records" in body \
+        else [int(e["resource"]["id"]) for e in body["entry"]]
+    assert sorted(found) == seqs
+    by_action = client.get(f"{api}?action=session.read&since=2000-01-01", headers=admin)
+    assert by_action.status_code == 200
 
 
 def test_filtering_by_patient_at_phone_size_puts_no_id_in_any_url(

@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import html
 import json
+import re
 import secrets
 import time
 from collections.abc import Iterator
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
 import pytest
@@ -29,6 +31,7 @@ from jwt.algorithms import RSAAlgorithm
 
 from app.factory import create_app
 from app.workflow.accounts import create_user, list_users, set_disabled
+from tests.auth.test_login_next import ATTACKS
 from tests.conftest import StubHandler, services, serving
 
 CLIENT_ID, CLIENT_SECRET = "ebiw-capture", "stub-client-secret"
@@ -128,9 +131,11 @@ def oidc_app(tmp_path: Path, database_url: str, provider: Provider,
     services(app).db.engine.dispose()
 
 
-def sign_in(client: FlaskClient, *, tamper_state: bool = False) -> Any:
-    """Follow the flow as a browser would; return the app's answer to the callback."""
-    start = client.get("/login/oidc")
+def sign_in(client: FlaskClient, *, tamper_state: bool = False, start_at: str = "/login/oidc") \
+        -> Any:
+    """Follow the flow as a browser would from ``start_at``; return the app's answer to the
+    callback."""
+    start = client.get(start_at)
     assert start.status_code == 302, start.data
     assert start.headers["Cache-Control"] == "no-store"
     state_cookie = start.headers["Set-Cookie"]
@@ -170,6 +175,40 @@ def test_sign_in_with_code_flow_and_pkce(oidc_app: Flask, provider: Provider) ->
     # an OIDC account has no password to log in with
     assert client.post("/login", json={"username": "j.smith", "password": ""}) \
         .status_code == 401
+
+
+def _hospital_sign_in_link(client: FlaskClient, target: str) -> str:
+    """The href of the login page's hospital sign-in at ``/login?next=target``."""
+    page = client.get("/login", query_string={"next": target}).get_data(as_text=True)
+    found = re.search(r'href="(/login/oidc[^"]*)"', page)
+    assert found, page
+    return html.unescape(found.group(1))
+
+
+def test_sign_in_returns_to_the_page_asked_for(oidc_app: Flask, provider: Provider) -> None:
+    provider.claims = {"roles": ["ebiw-admins"]}
+    client = oidc_app.test_client()
+    link = _hospital_sign_in_link(client, "/admin/deliveries")
+    to_provider = client.get(link).headers["Location"]
+    assert "next" not in parse_qs(urlsplit(to_provider).query)
+    assert "deliveries" not in to_provider  # the page waits here, not at the provider
+    answer = sign_in(client, start_at=link)
+    assert answer.status_code == 303 and answer.headers["Location"] == "/admin/deliveries"
+    assert client.get("/admin/deliveries").status_code == 200
+    # a query may hold PHI: only the path comes back
+    link = _hospital_sign_in_link(client, "/admin/audit?patient_id=00123456")
+    assert "00123456" not in link
+    answer = sign_in(oidc_app.test_client(), start_at=link)
+    assert answer.headers["Location"] == "/admin/audit"
+
+
+@pytest.mark.parametrize("target", ATTACKS)
+def test_another_sites_address_in_next_lands_on_the_default_page(
+        oidc_app: Flask, provider: Provider, target: str) -> None:
+    client = oidc_app.test_client()
+    assert _hospital_sign_in_link(client, target) == "/login/oidc"
+    answer = sign_in(client, start_at=f"/login/oidc?{urlencode({'next': target})}")
+    assert answer.status_code == 303 and answer.headers["Location"] == "/"
 
 
 def test_roles_follow_the_provider_at_every_sign_in(oidc_app: Flask,

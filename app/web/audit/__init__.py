@@ -15,10 +15,11 @@ Admin views (admin role): ``/admin/audit`` (HTML), ``/admin/api/audit`` (JSON),
 itself audited (``audit.read``, ``audit.verify``).
 
 Each takes its filters from the query of a GET or the form body of a POST (a cookie session's
-POST carries the CSRF token). Patient IDs never go in a URL: the page's forms (filter, older
-records, the FHIR export) all post, and a GET of the page naming a patient (``patient_id``,
-``issuer`` or a ``patient:`` entity) is refused with 400. The JSON and FHIR APIs still take
-them in a GET's query for bearer-token clients.
+POST carries the CSRF token). Patient IDs never go in a URL (proxy logs, browser history): the
+page's forms (filter, older records, the FHIR export) all post, and a GET of the page or of
+either API naming a patient (``patient_id``, ``issuer`` or a ``patient:`` entity) is refused
+with 400 ``patient_in_url`` before anything is read; bearer-token clients POST those filters
+in a form body. Filters naming no patient (dates, action, actor, ...) still work in a GET.
 """
 
 from __future__ import annotations
@@ -137,12 +138,16 @@ def _audit_response(response: Response) -> Response:
 
 
 class _BadFilter(ValueError):
-    pass
+    code = "invalid_filter"
+
+
+class _PatientInUrl(_BadFilter):
+    code = "patient_in_url"
 
 
 @bp.errorhandler(_BadFilter)
 def _bad_filter(exc: _BadFilter) -> tuple[Response, int]:
-    return error_response(400, "invalid_filter", str(exc))
+    return error_response(400, exc.code, str(exc))
 
 
 def _query() -> MultiDict[str, str]:
@@ -182,6 +187,19 @@ def _names_patient(query: MultiDict[str, str]) -> bool:
     """Whether ``query`` filters by a patient (``patient_id``, ``issuer``, a patient entity)."""
     return bool(query.get("patient_id") or query.get("issuer")
                 or query.get("entity", "").startswith("patient:"))
+
+
+def _filter_query(how_to_post: str) -> MultiDict[str, str]:
+    """The request's filters (:func:`_query`).
+
+    Guarantees: a GET whose query names a patient (:func:`_names_patient`) is refused with 400
+    ``patient_in_url``, telling ``how_to_post`` the filters instead, before anything is read
+    and before the filters reach the request's audit record.
+    """
+    query = _query()
+    if request.method == "GET" and _names_patient(query):
+        raise _PatientInUrl(f"a patient ID never goes in a URL: {how_to_post}")
+    return query
 
 
 def _filters(query: MultiDict[str, str]) -> audit.Filters:
@@ -238,10 +256,7 @@ def audit_page() -> Response:
     Guarantees: no URL on the page holds a filter that may name a patient (its forms post
     them); a GET naming a patient is refused with 400, before anything is read.
     """
-    query = _query()
-    if request.method == "GET" and _names_patient(query):
-        raise _BadFilter("a patient ID never goes in a URL: filter by patient with the form "
-                         "of the audit page, which posts it")
+    query = _filter_query("filter by patient with the form of the audit page, which posts it")
     page = _page(query)
     login = current_login()
     return _no_store(Response(render_template(
@@ -249,17 +264,25 @@ def audit_page() -> Response:
         csrf_token=login.csrf_token if login else "", **page)))
 
 
+_POST_THE_PATIENT = ("POST the filters in the request body (a form: "
+                     "application/x-www-form-urlencoded), not in the query")
+"""How an API client filters by patient instead of a GET's query."""
+
+
 @bp.route("/api/audit", methods=["GET", "POST"])
 @require("admin")
 def audit_json() -> Response:
-    return _no_store(jsonify(_page(_query())))
+    """Matching records as JSON, newest first: ``{"records", "next_before"}`` (a GET naming a
+    patient is refused, see :func:`_filter_query`)."""
+    return _no_store(jsonify(_page(_filter_query(_POST_THE_PATIENT))))
 
 
 @bp.route("/api/audit/fhir", methods=["GET", "POST"])
 @require("admin")
 def audit_fhir() -> Response:
-    """Matching records as FHIR R4 AuditEvents (a ``collection`` Bundle, chain order)."""
-    filters = _filters(_query())
+    """Matching records as FHIR R4 AuditEvents (a ``collection`` Bundle, chain order; a GET
+    naming a patient is refused, see :func:`_filter_query`)."""
+    filters = _filters(_filter_query(_POST_THE_PATIENT))
     bundle = audit.fhir_bundle(services().db, filters,
                                systems=services().settings.issuer_systems)
     return _no_store(Response(json.dumps(bundle), mimetype="application/fhir+json"))

@@ -20,8 +20,8 @@ cookie (``__Host-`` over HTTPS, HttpOnly, ``SameSite=Strict``), and the post mus
 equal (a double submit: another site can neither read the cookie nor get it sent).
 
 ``GET /login?next=/a/page`` (the error page's and the viewer's Log in links) puts ``next`` in
-the form, and the form's login ends on that page: only a path of this site, never another
-site's address (:func:`local_path`).
+the form and in the hospital sign-in's link (:mod:`app.web.auth.oidc`), and either login ends on
+that page: only a path of this site, never another site's address (:func:`local_path`).
 """
 
 from __future__ import annotations

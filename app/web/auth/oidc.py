@@ -8,6 +8,11 @@ login. Between the two requests ``state``, ``nonce`` and the PKCE verifier wait 
 signed session cookie (``SameSite=Lax`` so it comes back on the provider's redirect; HttpOnly;
 ``__Host-`` and Secure over HTTPS), which is cleared once the sign-in ends.
 
+``GET /login/oidc?next=/a/page`` (the login page's link carries its own ``next``) ends the
+sign-in on that page, as a password login does: only a path of this site
+(:func:`app.web.auth.local_path`), else ``/``. The path waits in the same session cookie, never
+in what is sent to the provider.
+
 Only registered when ``EBIW_OIDC_ISSUER`` is set. Failures are answered with a fixed message and
 logged by exception type only.
 """
@@ -17,11 +22,11 @@ from __future__ import annotations
 import logging
 
 from authlib.integrations.flask_client import FlaskOAuth2App, OAuth
-from flask import Blueprint, Flask, Response, current_app, g, redirect, session
+from flask import Blueprint, Flask, Response, current_app, g, redirect, request, session
 from werkzeug.wrappers import Response as BaseResponse
 
 from app.web import services
-from app.web.auth import set_session_cookie
+from app.web.auth import local_path, set_session_cookie
 from app.web.errors import error_response
 from app.web.limits import rate_limited
 from app.workflow import accounts
@@ -32,6 +37,8 @@ bp = Blueprint("oidc", __name__)
 EXTENSION = "ebiw.oidc"
 CALLBACK = "/login/oidc/callback"
 STATE_COOKIE, SECURE_STATE_COOKIE = "ebiw_oidc", "__Host-ebiw_oidc"
+NEXT_KEY = "ebiw_next"
+"""The session key of the page to end the sign-in on (a checked local path)."""
 
 
 def init_app(app: Flask) -> None:
@@ -65,8 +72,15 @@ def _client() -> FlaskOAuth2App:
 @bp.get("/login/oidc")
 @rate_limited("login")
 def start() -> BaseResponse:
-    """Redirect to the provider's authorization endpoint (state, nonce, PKCE challenge)."""
+    """Redirect to the provider's authorization endpoint (state, nonce, PKCE challenge).
+
+    Guarantees: the request's ``next``, when it is a local path (:func:`local_path`, its query
+    dropped), is kept in the session for the callback and not sent to the provider.
+    """
     session.clear()
+    next_path = local_path(request.args.get("next"))
+    if next_path:
+        session[NEXT_KEY] = next_path
     redirect_uri = services().settings.public_url.rstrip("/") + CALLBACK
     response = _client().authorize_redirect(redirect_uri)
     response.headers["Cache-Control"] = "no-store"
@@ -76,7 +90,9 @@ def start() -> BaseResponse:
 @bp.get(CALLBACK)
 @rate_limited("login")
 def callback() -> BaseResponse | tuple[Response, int]:
-    """Finish the sign-in: exchange the code, validate the ID token, open a web session."""
+    """Finish the sign-in: exchange the code, validate the ID token, open a web session, and
+    send the browser to the ``next`` page kept by :func:`start` (checked again), else ``/``."""
+    next_path = local_path(session.get(NEXT_KEY))
     try:
         token = _client().authorize_access_token()
         claims = token.get("userinfo")
@@ -97,7 +113,7 @@ def callback() -> BaseResponse | tuple[Response, int]:
         return error_response(401, "oidc_failed", "the sign-in with the hospital account "
                                                   "failed: start again")
     session.clear()
-    response = redirect("/", 303)
+    response = redirect(next_path or "/", 303)
     set_session_cookie(response, session_id)
     response.headers["Cache-Control"] = "no-store"
     return response
