@@ -119,19 +119,31 @@ def test_the_apis_take_a_patient_by_post_and_refuse_it_in_the_url(
         assert refused.get_json()["error"] == {
             "code": "patient_in_url",
             "message": "a patient ID never goes in a URL: POST the filters in the request "
-                       "body (a form: application/x-www-form-urlencoded), not in the query"}
+                       "body (a form: application/x-www-form-urlencoded, or a JSON object), "
+                       "not in the query"}
     with services(audit_app).db.session() as s:
         reads = s.scalars(select(AuditEvent).where(AuditEvent.action == "audit.read")).all()
     assert [(r.entities, r.detail, r.outcome) for r in reads] == [([], {}, "failed")] * 3
     assert PATIENT_ID not in caplog.text
 
-    by_post = client.post(api, data={"patient_id": PATIENT_ID, "issuer": ISSUER},
-                          headers=admin)
-    assert by_post.status_code == 200
-    body = by_post.get_json()
-    found = [r["seq"] for r in body["records"]] if "records" in body \
-        else [int(e["resource"]["id"]) for e in body["entry"]]
-    assert sorted(found) == seqs
+    for body_of in ("data", "json"):  # a form, then a JSON object
+        by_post = client.post(api, headers=admin,
+                              **{body_of: {"patient_id": PATIENT_ID, "issuer": ISSUER}})
+        assert by_post.status_code == 200
+        body = by_post.get_json()
+        found = [r["seq"] for r in body["records"]] if "records" in body \
+            else [int(e["resource"]["id"]) for e in body["entry"]]
+        assert sorted(found) == seqs, body_of
+        with services(audit_app).db.session() as s:  # each read of the patient is one more
+            seqs += s.scalars(select(AuditEvent.seq).where(
+                AuditEvent.action == "audit.read", AuditEvent.outcome == "success")
+                .order_by(AuditEvent.seq.desc()).limit(1)).all()
+    # a body the filters cannot be read from is refused, never answered with the whole trail
+    for unreadable in (dict(json={"patient_id": 123, "issuer": ISSUER}), dict(json=[PATIENT_ID]),
+                       dict(data=f"patient_id={PATIENT_ID}", content_type="text/plain")):
+        refused = client.post(api, headers=admin, **unreadable)
+        assert refused.status_code == 400, unreadable
+        assert refused.get_json()["error"]["code"] == "invalid_filter"
     by_action = client.get(f"{api}?action=session.read&since=2000-01-01", headers=admin)
     assert by_action.status_code == 200
 

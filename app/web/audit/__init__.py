@@ -151,8 +151,25 @@ def _bad_filter(exc: _BadFilter) -> tuple[Response, int]:
 
 
 def _query() -> MultiDict[str, str]:
-    """The request's filters: the form body of a POST, else the URL's query."""
-    return request.form if request.method == "POST" else request.args
+    """The request's filters: the body of a POST (a form, or a JSON object of strings), else
+    the URL's query.
+
+    Guarantees: a POST body the filters cannot be read from (another type, JSON that is not an
+    object of strings) is refused with 400 ``invalid_filter``, never read as no filter, which
+    would answer with the whole trail instead of the patient asked for.
+    """
+    if request.method != "POST":
+        return request.args
+    if request.is_json:
+        body = request.get_json(silent=True)
+        if not isinstance(body, dict) or not all(
+                isinstance(value, str) for value in body.values()):
+            raise _BadFilter("the JSON body must be an object of strings")
+        return MultiDict(body)
+    if request.content_length and not request.form:
+        raise _BadFilter("POST the filters as a form (application/x-www-form-urlencoded) "
+                         "or a JSON object")
+    return request.form
 
 
 def _time(query: MultiDict[str, str], name: str) -> datetime | None:
@@ -265,7 +282,7 @@ def audit_page() -> Response:
 
 
 _POST_THE_PATIENT = ("POST the filters in the request body (a form: "
-                     "application/x-www-form-urlencoded), not in the query")
+                     "application/x-www-form-urlencoded, or a JSON object), not in the query")
 """How an API client filters by patient instead of a GET's query."""
 
 
