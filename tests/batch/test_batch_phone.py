@@ -1,5 +1,6 @@
 """The batch page on a phone (a Pixel 7, 390×844) in Debian's Chromium, as a clinic assistant
-uses it: a confirmed group still fits the screen."""
+uses it: a confirmed group still fits the screen, and a file the server or a proxy refuses
+says why in words with its name readable."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from flask import Flask
 from tests.batch.conftest import Shot, label, lesion
 from tests.batch.test_batch_clips import PATIENT_A
 from tests.batch.test_batch_page import PASSWORD, USER, live, page
-from tests.conftest import PHONE, TAP_TARGETS, HoldPuts
+from tests.conftest import ARTIFACTS, PHONE, TAP_TARGETS, HoldPuts
 
 __all__ = ["live", "page"]  # the fixtures, for pytest
 
@@ -47,4 +48,38 @@ def test_a_confirmed_group_fits_the_phone(
     assert "Confirmed — study 2.25." in page.inner_text(".batch-group.confirmed")
     assert page.evaluate("document.documentElement.scrollWidth") == 390
     assert page.evaluate(TAP_TARGETS) == []
+
+
+def test_a_refused_file_says_why_in_words_with_its_name_readable(
+        live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path) -> None:
+    """The app refuses a file that is no image (its JSON message); a proxy in front of it
+    refuses a large one with an HTML page of its own (413): the row says so in words, not
+    "the server answered 413", and the file's name keeps its line beside Retry."""
+    big = lesion(3, 3, PATIENT_A)
+    page.route("**/items/*?order=1", lambda route: route.fulfill(
+        status=413, content_type="text/html",
+        body="<html><body><h1>413 Request Entity Too Large</h1></body></html>"))
+    broken = Shot("camera-roll-broken.jpg", b"not a JPEG at all" * 20, None, None, "clinical")
+    open_with(page, tmp_path / "photos", [broken, big])
+    page.wait_for_function("() => document.querySelectorAll("
+                           "'#file-list li[data-state=failed]').length === 2")
+    rows = page.evaluate("""() => [...document.querySelectorAll('#file-list li')].map((li) => {
+      const name = li.querySelector('.batch-name').getBoundingClientRect();
+      const retry = li.querySelector('button.retry').getBoundingClientRect();
+      return {name: li.querySelector('.batch-name').textContent,
+              state: li.querySelector('.batch-state').textContent,
+              nameWidth: name.width, nameHeight: name.height,
+              lineHeight: parseFloat(getComputedStyle(li).lineHeight),
+              retry: [retry.width, retry.height]}; })""")
+    assert [(r["name"], r["state"]) for r in rows] == [
+        ("camera-roll-broken.jpg",
+         "not a supported image (expected JPEG, PNG, HEIC, TIFF or WebP)"),
+        ("lesion-03.jpg", "the file is too large for the server (error 413)")]
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(ARTIFACTS / "phone-batch-refused.png"), full_page=True)
+    for row in rows:
+        assert row["nameHeight"] < 2 * row["lineHeight"], row  # one line, not a letter a line
+        assert row["nameWidth"] > 150, row
+        assert min(row["retry"]) >= 44, row
+    assert page.evaluate("document.documentElement.scrollWidth") == 390
 
