@@ -1,6 +1,7 @@
 """The batch page on a phone (a Pixel 7, 390×844) in Debian's Chromium, as a clinic assistant
-uses it: a confirmed group still fits the screen, and a file the server or a proxy refuses
-says why in words with its name readable."""
+uses it: a confirmed group still fits the screen, a file the server or a proxy refuses says
+why in words with its name readable, and "New batch" asks before it leaves photos that are
+not stored yet (and discards them on the server only when told to)."""
 
 from __future__ import annotations
 
@@ -9,11 +10,13 @@ from typing import Any
 
 import pytest
 from flask import Flask
+from sqlalchemy import select
 
+from app.db.models import Batch, BatchItem, BatchStatus
 from tests.batch.conftest import Shot, label, lesion
 from tests.batch.test_batch_clips import PATIENT_A
 from tests.batch.test_batch_page import PASSWORD, USER, live, page
-from tests.conftest import ARTIFACTS, PHONE, TAP_TARGETS, HoldPuts
+from tests.conftest import ARTIFACTS, PHONE, TAP_TARGETS, HoldPuts, services
 
 __all__ = ["live", "page"]  # the fixtures, for pytest
 
@@ -83,3 +86,47 @@ def test_a_refused_file_says_why_in_words_with_its_name_readable(
         assert min(row["retry"]) >= 44, row
     assert page.evaluate("document.documentElement.scrollWidth") == 390
 
+
+def held(app: Flask, batch_id: str) -> tuple[str, int]:
+    """The batch's status and how many of its photos it holds."""
+    with services(app).db.session() as db:
+        batch = db.get(Batch, batch_id)
+        assert batch is not None
+        return batch.status, len(db.scalars(select(BatchItem).where(
+            BatchItem.batch_id == batch_id, BatchItem.status == "held")).all())
+
+
+def test_new_batch_asks_before_leaving_photos_not_stored(
+        live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path) -> None:
+    app = live[0]
+    dialogs: list[str] = []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    open_with(page, tmp_path / "photos", visit())
+    page.wait_for_function("() => document.querySelectorAll('.batch-item').length === 2")
+    first = page.evaluate("location.hash.slice(1)")
+
+    page.click("#new-batch")
+    question = page.locator("#new-batch-dialog")
+    assert question.is_visible()
+    assert " ".join(question.inner_text().split()) == (
+        "Start a new batch? 2 photos of this batch are not stored yet: a new batch discards "
+        "them for good. Keep this batch Discard them and start a new batch")
+    page.click("#new-batch-dialog button[value=keep]")
+    assert question.is_hidden()
+    assert page.evaluate("location.hash.slice(1)") == first
+    assert page.locator(".batch-item").count() == 2
+    assert held(app, first) == (BatchStatus.OPEN, 2)
+    assert page.evaluate("document.activeElement.id") == "new-batch"
+
+    page.click("#new-batch")
+    page.click("#new-batch-dialog button[value=discard]")
+    page.wait_for_function(f"() => location.hash.slice(1) !== '{first}'")
+    page.wait_for_selector("#review[hidden]", state="attached")
+    assert held(app, first) == (BatchStatus.DISCARDED, 0)
+    second = page.evaluate("location.hash.slice(1)")
+    assert held(app, second) == (BatchStatus.OPEN, 0)
+
+    page.click("#new-batch")  # nothing to lose: no question
+    page.wait_for_function(f"() => location.hash.slice(1) !== '{second}'")
+    assert question.is_hidden()
+    assert dialogs == []
