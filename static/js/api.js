@@ -52,6 +52,20 @@ export function setCsrfToken(token) {
   csrfToken = token;
 }
 
+/**
+ * What to tell the user of an error answer without a message of ours (a proxy's or a
+ * gateway's page, an empty body): what it means, then its status for whoever supports them.
+ * @param {number} status HTTP status
+ * @returns {string}
+ */
+function statusMessage(status) {
+  const meaning = status === 413 ? "the file is too large for the server"
+    : status === 429 ? "the server is busy"
+      : status >= 500 ? "the server could not be reached or had a problem"
+        : "the server refused it";
+  return `${meaning} (error ${status})`;
+}
+
 async function errorOf(response) {
   let body = null;
   try {
@@ -62,7 +76,7 @@ async function errorOf(response) {
   const error = (body && body.error) || {};
   const retryAfter = Number.parseInt(response.headers.get("Retry-After") || "", 10);
   return new ApiError(response.status, error.code || "error",
-    error.message || `the server answered ${response.status}`, body,
+    error.message || statusMessage(response.status), body,
     Number.isFinite(retryAfter) ? retryAfter : null);
 }
 
@@ -163,7 +177,7 @@ export function putBlob(path, blob, onProgress, signal) {
       } else {
         const error = xhr.response && xhr.response.error;
         reject(new ApiError(xhr.status, error ? error.code : "error",
-          error ? error.message : `the server answered ${xhr.status}`));
+          error ? error.message : statusMessage(xhr.status)));
       }
     });
     xhr.addEventListener("error", () => reject(new NetworkError()));

@@ -15,7 +15,7 @@ import { BatchQueue } from "./batch-queue.js";
 import { renderReview } from "./batch-review.js";
 import { thumbnailOf } from "./camera.js";
 import { loadSites } from "./sites.js";
-import { byId, count, h, say } from "./ui.js";
+import { ask, byId, count, h, say } from "./ui.js";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const THUMB_TYPES = new Set(["image/jpeg", "image/png", "image/webp"]);
@@ -224,6 +224,55 @@ function renderQueue() {
   renderTotals();
 }
 
+/**
+ * How many photos of this batch are not stored: held on the server in no confirmed group
+ * (and not dropped), or still to be sent from this device.
+ * @returns {number}
+ */
+function unstoredPhotos() {
+  const held = state.batch.items.filter((i) => i.status === "held" && !i.dropped).length;
+  const sending = [...state.queue.entries.values()].filter((e) => e.file &&
+    (e.state === "queued" || e.state === "uploading")).length;
+  return held + sending;
+}
+
+/**
+ * Leave this batch for a new one. Its photos not stored yet would be out of reach (the page
+ * shows one batch, by the id in its fragment): the user is asked first, and on yes they are
+ * discarded on the server, so that nothing of theirs lingers there unseen. The current batch
+ * stays as it was, its uploads going on, when the user keeps it or the discard fails.
+ */
+async function startNewBatch() {
+  const unstored = unstoredPhotos();
+  if (unstored) {
+    byId("new-batch-warning").textContent = `${count(unstored)} of this batch ${
+      unstored === 1 ? "is" : "are"} not stored yet: a new batch discards ${
+      unstored === 1 ? "it" : "them"} for good.`;
+    if (await ask(/** @type {HTMLDialogElement} */ (byId("new-batch-dialog"))) !== "discard") {
+      return;
+    }
+  }
+  problem("");
+  state.queue.pause();
+  if (unstored) {
+    try {
+      await call("DELETE", `/api/v1/batches/${state.batch.id}`);
+    } catch (error) {
+      state.queue.resume();
+      failed(error);
+      return;
+    }
+  }
+  history.replaceState(null, "", location.pathname);
+  state.local = new Map();
+  state.details = new Map();
+  try {
+    useBatch(await openBatch());
+  } catch (error) {
+    failed(error);
+  }
+}
+
 function wireDropZone() {
   const zone = byId("drop");
   const input = /** @type {HTMLInputElement} */ (byId("files"));
@@ -246,17 +295,7 @@ function wireDropZone() {
   byId("pause").addEventListener("click", () => state.queue.pause());
   byId("resume").addEventListener("click", () => state.queue.resume());
   byId("manual-form").addEventListener("submit", addPatient);
-  byId("new-batch").addEventListener("click", async () => {
-    if (state.queue.busy && !window.confirm("Photos are still being sent. Start a new batch?")) return;
-    state.queue.pause();
-    history.replaceState(null, "", location.pathname);
-    state.local = new Map();
-    try {
-      useBatch(await openBatch());
-    } catch (error) {
-      failed(error);
-    }
-  });
+  byId("new-batch").addEventListener("click", startNewBatch);
   window.addEventListener("beforeunload", (event) => {
     if (state.queue && state.queue.busy) event.preventDefault();
   });

@@ -15,6 +15,7 @@ import uuid
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 import pytest
 from flask import Flask
@@ -117,3 +118,11 @@ def import_patients(app: Flask, tmp_path: Path) -> Path:
 @pytest.fixture
 def batch_shots() -> tuple[Shot, ...]:
     return slip_sheet_batch()
+
+
+@pytest.fixture
+def screen() -> dict[str, Any]:
+    """The options of the batch page's browser context (``test_batch_page.page``): a desktop
+    window; a module testing the page at phone size overrides this fixture with
+    :data:`tests.conftest.PHONE`."""
+    return {"viewport": {"width": 1280, "height": 900}}

@@ -58,7 +58,7 @@ def live(tmp_path: Path) -> Iterator[tuple[Flask, str, HoldPuts]]:
 
 
 @pytest.fixture
-def page(live: tuple[Flask, str, HoldPuts]) -> Iterator[Any]:
+def page(live: tuple[Flask, str, HoldPuts], screen: dict[str, Any]) -> Iterator[Any]:
     if not CHROMIUM.exists():
         pytest.skip("the browser test needs Debian's chromium at /usr/bin/chromium")
     from playwright.sync_api import sync_playwright
@@ -66,7 +66,7 @@ def page(live: tuple[Flask, str, HoldPuts]) -> Iterator[Any]:
     with sync_playwright() as playwright:
         browser = playwright.chromium.launch(
             executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
-        context = browser.new_context(base_url=live[1], viewport={"width": 1280, "height": 900})
+        context = browser.new_context(base_url=live[1], **screen)
         context.set_default_timeout(30000)
         tab = context.new_page()
         tab.errors = []
