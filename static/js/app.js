@@ -597,7 +597,8 @@ function departmentOf(draft) {
 function renderPatientLines() {
   const patient = state.draft && state.draft.patient;
   for (const element of document.querySelectorAll("[data-patient-line]")) {
-    element.textContent = patient ? patientLine(patient) : "Patient not identified yet";
+    if (patient) element.replaceChildren(...patientLine(patient));
+    else element.textContent = "Patient not identified yet";
     element.classList.toggle("unidentified", !patient);
   }
 }

@@ -32,11 +32,12 @@ CAMERA_LIVE = """() => {
 FINISHED = "() => document.querySelector('#finish').textContent === 'Finish'"
 
 
-def to_camera(page: Any) -> None:
-    """Log in and open the camera for DEMO, Alice's right forearm, consent given."""
+def to_camera(page: Any, mrn: str = "00123456") -> None:
+    """Log in and open the camera for the patient with ``mrn`` (DEMO, Alice), right forearm,
+    consent given."""
     log_in(page)
     page.click("#start")
-    identify_typed(page, "00123456")
+    identify_typed(page, mrn)
     page.click("[data-confirm='0']")
     fill_details(page, "forearm", "Forearm", "R")
     page.click("#details-form button[type=submit]")
