@@ -29,7 +29,7 @@ import {
 import { PhotoView } from "./photo-view.js";
 import { photoChecks } from "./quality.js";
 import { CLIP_RESOLUTION, ClipRecording, clipType, clock } from "./recorder.js";
-import { renderReview, showProgress } from "./review.js";
+import { itemName, renderReview, showProgress } from "./review.js";
 import { showUser } from "./shell.js";
 import { loadSites, rememberSite, searchSites } from "./sites.js";
 import * as store from "./store.js";
@@ -363,8 +363,7 @@ async function onHomeClick(event) {
     const held = photos.filter((p) => p.draftId === draftId && p.state === "held").length;
     if (held) {  // as from the review: photos not sent are deleted only once confirmed
       const kept = await store.keptDraft(draftId).catch(() => null);
-      const patient = kept && kept.patient;
-      if (!(await askDiscard(patient ? `${count(held)} of ${displayName(patient)}` : count(held)))) return;
+      if (!(await askDiscard(count(held), kept && kept.patient, held > 1))) return;
     }
     await deleteDraftFromDevice(draftId);
   } else if (target.dataset.drop) {
@@ -598,7 +597,8 @@ function departmentOf(draft) {
 function renderPatientLines() {
   const patient = state.draft && state.draft.patient;
   for (const element of document.querySelectorAll("[data-patient-line]")) {
-    element.textContent = patient ? patientLine(patient) : "Patient not identified yet";
+    if (patient) element.replaceChildren(...patientLine(patient));
+    else element.textContent = "Patient not identified yet";
     element.classList.toggle("unidentified", !patient);
   }
 }
@@ -954,6 +954,20 @@ async function viewPhoto(uuid) {
   full.close();
 }
 
+/**
+ * Delete one photo or clip of the draft once the user confirmed it in the discard dialog
+ * ("Delete photo 2 of DEMO, Alice?"), then show the review without it. Keep, the default, and
+ * Escape change nothing, as does an answer that comes after the draft moved on.
+ * @param {string} uuid
+ */
+async function confirmRemove(uuid) {
+  const draft = state.draft;
+  const confirmed = await askDiscard(itemName(draft, uuid).toLowerCase(), draft.patient, false);
+  if (!confirmed || state.draft !== draft || !draft.photos.includes(uuid)) return;
+  await removePhoto(uuid);
+  renderReview(draft);
+}
+
 async function onReviewClick(event) {
   const button = event.target.closest("button");
   if (!button) return;
@@ -965,10 +979,11 @@ async function onReviewClick(event) {
     keepDraft(state.draft);
     renderReview(state.draft);
     document.querySelector(`#review-list [data-view="${keep}"]`).focus();
-  } else if (remove || retake) {
-    await removePhoto(remove || retake);
-    if (retake) startCapture();
-    else renderReview(state.draft);
+  } else if (remove) {
+    await confirmRemove(remove);
+  } else if (retake) {
+    await removePhoto(retake);
+    startCapture();
   }
 }
 
@@ -1033,16 +1048,15 @@ function onFinish() {
 }
 
 /**
- * What discarding `draft` deletes, in words: "2 photos of DEMO, Alice", "1 photo and 1 clip".
+ * What discarding `draft` deletes, in words: "2 photos", "1 photo and 1 clip".
  * @param {Draft} draft
  * @returns {string}
  */
 function draftContents(draft) {
   const clips = draft.clips.size;
   const photos = draft.photos.length - clips;
-  const items = [photos ? count(photos) : "", clips ? count(clips, "clip") : ""]
+  return [photos ? count(photos) : "", clips ? count(clips, "clip") : ""]
     .filter(Boolean).join(" and ");
-  return draft.patient ? `${items} of ${displayName(draft.patient)}` : items;
 }
 
 /**
@@ -1053,7 +1067,8 @@ function draftContents(draft) {
 async function discardDraft() {
   const draft = state.draft;
   if (draft.photos.length) {
-    const confirmed = await askDiscard(draftContents(draft));
+    const confirmed = await askDiscard(draftContents(draft), draft.patient,
+      draft.photos.length > 1);
     if (!confirmed || state.draft !== draft) return;
   }
   for (const uuid of draft.photos) await store.deletePhoto(uuid);
@@ -1064,14 +1079,21 @@ async function discardDraft() {
 }
 
 /**
- * Whether the user confirms deleting `what` ("2 photos of DEMO, Alice"), not sent yet, in the
- * discard dialog (it names the patient: its title is emptied once answered).
+ * Whether the user confirms deleting `what` ("2 photos", "photo 2") of `patient`, if known, not
+ * sent yet, in the discard dialog: "Delete 2 photos of DEMO, Alice?", with the warning and the
+ * Keep button (the default) worded for one item or several. The dialog names the patient: its
+ * title is emptied once answered.
  * @param {string} what
+ * @param {import("./identify.js").Patient|null|undefined} patient
+ * @param {boolean} several whether `what` is more than one item
  * @returns {Promise<boolean>}
  */
-async function askDiscard(what) {
+async function askDiscard(what, patient, several) {
   const title = byId("discard-dialog-title");
-  title.textContent = `Delete ${what}?`;
+  title.textContent = `Delete ${what}${patient ? ` of ${displayName(patient)}` : ""}?`;
+  byId("discard-warning").textContent =
+    `${several ? "They have" : "It has"} not been sent and cannot be recovered.`;
+  byId("discard-keep").textContent = several ? "Keep them" : "Keep it";
   const choice = await ask(byId("discard-dialog"));
   title.textContent = "";
   return choice === "discard";

@@ -79,6 +79,16 @@ function detailsLine(draft) {
 }
 
 /**
+ * How the review names one item of a draft: "Photo 2", "Clip 1" (its place in the draft).
+ * @param {import("./app.js").Draft} draft
+ * @param {string} uuid
+ * @returns {string}
+ */
+export function itemName(draft, uuid) {
+  return `${draft.clips.has(uuid) ? "Clip" : "Photo"} ${draft.photos.indexOf(uuid) + 1}`;
+}
+
+/**
  * The review screen for a draft: its body site and details (with a button to change them
  * before it is sent), every photo with its thumbnail (a button to view it full screen), upload
  * progress, state, colour chart result and quality, and the buttons that fit (send, take more,
@@ -90,7 +100,7 @@ export function renderReview(draft) {
   byId("review-list").replaceChildren(...draft.photos.map((uuid, i) => {
     const result = draft.results.get(uuid);
     const clip = draft.clips.has(uuid);
-    const name = `${clip ? "Clip" : "Photo"} ${i + 1}`;
+    const name = itemName(draft, uuid);
     const canvas = h("canvas", { class: "thumb", "aria-hidden": "true" });
     paintBitmap(canvas, draft.thumbs.get(uuid));
     const view = h("button", { type: "button", class: "thumb-button", "data-view": uuid,

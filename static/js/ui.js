@@ -131,14 +131,22 @@ export function sexText(sex) {
 }
 
 /**
- * One line about a patient: name, birth date, sex, MRN.
+ * One line about a patient, as elements: the name, then the MRN and birth date with the issuer
+ * and sex ("DEMO, Alice · MRN 00123456 (LOCAL) · born Mar 14, 1950 · female"). The name and the
+ * identifiers are elements of their own (`patient-name`, `patient-ids`), and the separator
+ * between them, the issuer and the sex are of class `patient-extra`: a narrow screen may show
+ * the two on lines of their own and keep the extras out of sight (the whole text stays in the
+ * DOM for screen readers).
  * @param {import("./identify.js").Patient} patient
- * @returns {string}
+ * @returns {HTMLElement[]}
  */
 export function patientLine(patient) {
-  const issuer = patient.issuer ? ` (${patient.issuer})` : "";
-  return `${displayName(patient)} · born ${displayDate(patient.birthDate)}` +
-    `${patient.sex ? ` · ${sexText(patient.sex)}` : ""} · MRN ${patient.mrn}${issuer}`;
+  const extra = (text) => h("span", { class: "patient-extra" }, text);
+  return [h("span", { class: "patient-name" }, displayName(patient)), extra(" · "),
+    h("span", { class: "patient-ids" }, `MRN ${patient.mrn}`,
+      patient.issuer ? extra(` (${patient.issuer})`) : null,
+      ` · born ${displayDate(patient.birthDate)}`,
+      patient.sex ? extra(` · ${sexText(patient.sex)}`) : null)];
 }
 
 /**

@@ -32,11 +32,12 @@ CAMERA_LIVE = """() => {
 FINISHED = "() => document.querySelector('#finish').textContent === 'Finish'"
 
 
-def to_camera(page: Any) -> None:
-    """Log in and open the camera for DEMO, Alice's right forearm, consent given."""
+def to_camera(page: Any, mrn: str = "00123456") -> None:
+    """Log in and open the camera for the patient with ``mrn`` (DEMO, Alice), right forearm,
+    consent given."""
     log_in(page)
     page.click("#start")
-    identify_typed(page, "00123456")
+    identify_typed(page, mrn)
     page.click("[data-confirm='0']")
     fill_details(page, "forearm", "Forearm", "R")
     page.click("#details-form button[type=submit]")
@@ -118,6 +119,49 @@ def test_discarding_photos_asks_first_and_keeps_them_unless_confirmed(
         assert page.locator("#review-list li").count() == 2
         assert held_photos(page) == 2
     audit.assert_clean("discard-dialog")
+
+
+def review_uuids(page: Any) -> list[str]:
+    """The photos the review screen lists, in order."""
+    return page.eval_on_selector_all("#review-list li", "(items) => items.map((li) => "
+                                     "li.dataset.uuid)")
+
+
+def test_removing_a_photo_asks_first_and_keeps_it_unless_confirmed(
+        phone_audit: Callable[[str, str, str], PhoneAudit]) -> None:
+    audit = phone_audit("chart", "light", "remove")
+    page = audit.page
+    page.goto("/")
+    to_camera(page)
+    shoot(page, 2)
+    page.click("#camera-done")
+    screen(page, "review")
+    first, second = review_uuids(page)
+    remove = f"#review-list [data-remove='{second}']"
+    for dismiss in ("Escape", "Keep it"):
+        page.click(remove)
+        page.wait_for_selector("#discard-dialog[open]")
+        assert page.inner_text("#discard-dialog-title") == "Delete photo 2 of DEMO, Alice?"
+        assert page.inner_text("#discard-warning") \
+            == "It has not been sent and cannot be recovered."
+        assert page.evaluate("() => document.activeElement.textContent") == "Keep it"
+        if dismiss == "Escape":
+            audit.check("remove-dialog")
+            page.keyboard.press("Escape")
+        else:
+            page.click(f"#discard-dialog button >> text='{dismiss}'")
+        page.wait_for_selector("#discard-dialog", state="hidden")
+        assert review_uuids(page) == [first, second]
+        assert held_photos(page) == 2
+        assert page.evaluate("() => document.activeElement.dataset.remove") == second
+    page.click(remove)
+    page.click("#discard-dialog button[value=discard]")
+    page.wait_for_selector(remove, state="detached")
+    assert review_uuids(page) == [first]
+    assert held_photos(page) == 1
+    assert page.inner_text("#review-summary") == "1 photo ready to send."
+    assert page.inner_text("#discard-dialog-title") == ""  # no patient left in the dialog
+    audit.assert_clean("remove-dialog")
 
 
 def test_discarding_on_the_details_screen_deletes_once_confirmed(live: LiveApp,
