@@ -956,16 +956,20 @@ async function viewPhoto(uuid) {
 
 /**
  * Delete one photo or clip of the draft once the user confirmed it in the discard dialog
- * ("Delete photo 2 of DEMO, Alice?"), then show the review without it. Keep, the default, and
- * Escape change nothing, as does an answer that comes after the draft moved on.
+ * ("Delete photo 2 of DEMO, Alice?"), then show the review without it, the focus on the Remove
+ * of the photo now in its place (else the one before it, else Take more). Keep, the default,
+ * and Escape change nothing, as does an answer that comes after the draft moved on.
  * @param {string} uuid
  */
 async function confirmRemove(uuid) {
   const draft = state.draft;
   const confirmed = await askDiscard(itemName(draft, uuid).toLowerCase(), draft.patient, false);
   if (!confirmed || state.draft !== draft || !draft.photos.includes(uuid)) return;
+  const place = draft.photos.indexOf(uuid);
   await removePhoto(uuid);
   renderReview(draft);
+  const removes = byId("review-list").querySelectorAll("[data-remove]");
+  (removes[Math.min(place, removes.length - 1)] || byId("more-photos")).focus();
 }
 
 async function onReviewClick(event) {

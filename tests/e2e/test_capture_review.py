@@ -161,6 +161,8 @@ def test_removing_a_photo_asks_first_and_keeps_it_unless_confirmed(
     assert held_photos(page) == 1
     assert page.inner_text("#review-summary") == "1 photo ready to send."
     assert page.inner_text("#discard-dialog-title") == ""  # no patient left in the dialog
+    # the focus stays in the list: on the Remove of the photo before, the last one left
+    assert page.evaluate("() => document.activeElement.dataset.remove") == first
     audit.assert_clean("remove-dialog")
 
 
