@@ -102,23 +102,39 @@ def test_discarding_photos_asks_first_and_keeps_them_unless_confirmed(
     shoot(page, 2)
     page.click("#camera-done")
     screen(page, "review")
-    for dismiss in ("Escape", "Keep them"):
-        page.click("#screen-review [data-action=discard]")
+
+    def unchanged() -> None:
+        assert page.is_visible("#screen-review")
+        assert page.locator("#review-list li").count() == 2
+        assert held_photos(page) == 2
+
+    ask_and_keep(audit, "#screen-review [data-action=discard]", "discard-dialog",
+                 ("Delete 2 photos of DEMO, Alice?",
+                  "They have not been sent and cannot be recovered.", "Keep them"), unchanged)
+    audit.assert_clean("discard-dialog")
+
+
+def ask_and_keep(audit: PhoneAudit, opener: str, shot: str, said: tuple[str, str, str],
+                 unchanged: Callable[[], None]) -> None:
+    """Open the discard dialog with ``opener`` and keep, by Escape then by its Keep button.
+
+    Each time the dialog says ``said`` (title, warning, Keep's label), Keep has the focus, and
+    ``unchanged`` holds once it has closed; the open dialog is checked once (``shot``)."""
+    page = audit.page
+    title, warning, keep = said
+    for dismiss in ("Escape", keep):
+        page.click(opener)
         page.wait_for_selector("#discard-dialog[open]")
-        assert page.inner_text("#discard-dialog-title") == "Delete 2 photos of DEMO, Alice?"
-        assert page.inner_text("#discard-warning") \
-            == "They have not been sent and cannot be recovered."
-        assert page.evaluate("() => document.activeElement.textContent") == "Keep them"
+        assert page.inner_text("#discard-dialog-title") == title
+        assert page.inner_text("#discard-warning") == warning
+        assert page.evaluate("() => document.activeElement.textContent") == keep
         if dismiss == "Escape":
-            audit.check("discard-dialog")
+            audit.check(shot)
             page.keyboard.press("Escape")
         else:
             page.click(f"#discard-dialog button >> text='{dismiss}'")
         page.wait_for_selector("#discard-dialog", state="hidden")
-        assert page.is_visible("#screen-review")
-        assert page.locator("#review-list li").count() == 2
-        assert held_photos(page) == 2
-    audit.assert_clean("discard-dialog")
+        unchanged()
 
 
 def review_uuids(page: Any) -> list[str]:
@@ -138,22 +154,15 @@ def test_removing_a_photo_asks_first_and_keeps_it_unless_confirmed(
     screen(page, "review")
     first, second = review_uuids(page)
     remove = f"#review-list [data-remove='{second}']"
-    for dismiss in ("Escape", "Keep it"):
-        page.click(remove)
-        page.wait_for_selector("#discard-dialog[open]")
-        assert page.inner_text("#discard-dialog-title") == "Delete photo 2 of DEMO, Alice?"
-        assert page.inner_text("#discard-warning") \
-            == "It has not been sent and cannot be recovered."
-        assert page.evaluate("() => document.activeElement.textContent") == "Keep it"
-        if dismiss == "Escape":
-            audit.check("remove-dialog")
-            page.keyboard.press("Escape")
-        else:
-            page.click(f"#discard-dialog button >> text='{dismiss}'")
-        page.wait_for_selector("#discard-dialog", state="hidden")
+
+    def unchanged() -> None:
         assert review_uuids(page) == [first, second]
         assert held_photos(page) == 2
         assert page.evaluate("() => document.activeElement.dataset.remove") == second
+
+    ask_and_keep(audit, remove, "remove-dialog",
+                 ("Delete photo 2 of DEMO, Alice?",
+                  "It has not been sent and cannot be recovered.", "Keep it"), unchanged)
     page.click(remove)
     page.click("#discard-dialog button[value=discard]")
     page.wait_for_selector(remove, state="detached")
