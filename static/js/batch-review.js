@@ -53,6 +53,15 @@ function problemAt(problems, place) {
 }
 
 /**
+ * The name and MRN of a patient from the directory: "FAMILY, Given · MRN 123".
+ * @param {object} p the lookup's patient
+ * @returns {string}
+ */
+function nameAndMrn(p) {
+  return `${displayName({ family: p.name.family || "", given: p.name.given || "" })} · MRN ${p.mrn}`;
+}
+
+/**
  * What the review shows of a patient from the directory.
  * @param {object} p the lookup's patient
  * @returns {string}
@@ -86,8 +95,42 @@ function groupTitle(group) {
  */
 function shortName(group) {
   const p = (group.lookup && group.lookup.patients.length === 1) ? group.lookup.patients[0] : null;
-  return p ? `${displayName({ family: p.name.family || "", given: p.name.given || "" })} · MRN ${p.mrn}`
-    : `MRN ${group.identifier.mrn}`;
+  return p ? nameAndMrn(p) : `MRN ${group.identifier.mrn}`;
+}
+
+/**
+ * What adding a patient by MRN found, to say beside the form: the patient (name and MRN, so
+ * that the user can check both) and that photos can now be moved to them, or why not.
+ * @param {object} group the group the server made (or had) for the MRN
+ * @returns {{found: boolean, message: string}} `found`: photos can be moved to the group and
+ *   it can be confirmed
+ */
+export function addedPatient(group) {
+  const lookup = group.lookup || { status: "unavailable", patients: [] };
+  const id = `MRN ${group.identifier.mrn}${group.identifier.issuer ? ` (${group.identifier.issuer})` : ""}`;
+  if (lookup.status === "matched") {
+    const p = lookup.patients[0];
+    return { found: true, message: `Found ${nameAndMrn(p)}${p.issuer ? ` (${p.issuer})` : ""}. ` +
+      "Move their photos to them with “Move to…” on each photo." };
+  }
+  if (lookup.status === "ambiguous") {
+    return { found: true, message: `${id} belongs to ${lookup.patients.length} patients: ` +
+      `move their photos to “${shortName(group)}”, then choose which patient when you confirm.` };
+  }
+  return { found: false, message: lookup.status === "not_found"
+    ? `No patient found for ${id}. Check the number (and the issuer).`
+    : `The patient directory did not answer for ${id}. Try again in a moment.` };
+}
+
+/**
+ * Whether the move menus offer a group: not when it is empty and no patient has its MRN (an
+ * MRN added by hand that "Add a patient" said was not found), as photos moved there could not
+ * be stored.
+ * @param {object} group
+ * @returns {boolean}
+ */
+function takesPhotos(group) {
+  return group.items.length > 0 || !(group.lookup && group.lookup.status === "not_found");
 }
 
 function itemCard(item, batch, local, handlers) {
@@ -115,7 +158,7 @@ function itemCard(item, batch, local, handlers) {
     "data-focus": `move:${item.upload_uuid}` },
     h("option", { value: "" }, "Move to…"));
   for (const group of batch.groups) {
-    if (group.id === item.group_id) continue;
+    if (group.id === item.group_id || !takesPhotos(group)) continue;
     move.append(h("option", { value: group.id }, shortName(group)));
   }
   if (item.group_id) move.append(h("option", { value: "unsorted" }, "Unsorted"));

@@ -12,7 +12,7 @@
 import { ApiError, NetworkError, call, whoAmI } from "./api.js";
 import { acceptable, inFileOrder, sha256Hex, uuidV5 } from "./batch-files.js";
 import { BatchQueue } from "./batch-queue.js";
-import { renderReview } from "./batch-review.js";
+import { addedPatient, renderReview } from "./batch-review.js";
 import { thumbnailOf } from "./camera.js";
 import { loadSites } from "./sites.js";
 import { ask, byId, count, h, rebuildKeepingFocus, say } from "./ui.js";
@@ -40,7 +40,7 @@ const state = {
 /**
  * Say what went wrong with the page as a whole (the files chosen, the batch) at its top,
  * above the drop zone. What goes wrong in the review is said where it happened
- * (`noteProblem`).
+ * (`noteProblem`, `sayAtForm`).
  * @param {string} message "" to clear it
  */
 function problem(message) {
@@ -199,19 +199,47 @@ function refuse(groupId, message) {
   render([noteProblem(`group:${groupId}`, message)]);
 }
 
+/**
+ * Say in the "Add a patient by MRN" form, brought to the middle of the screen, what went
+ * wrong (an alert under the MRN field, which is marked invalid, described by it, and takes
+ * focus to be corrected) or what was found (a status under the form); nothing clears both.
+ * @param {{problem?: string, found?: string}} outcome
+ */
+function sayAtForm({ problem: message = "", found = "" }) {
+  const mrn = byId("manual-mrn");
+  say(byId("manual-error"), message);
+  byId("manual-found").textContent = found;
+  if (message) {
+    mrn.setAttribute("aria-invalid", "true");
+    mrn.focus({ preventScroll: true });
+  } else {
+    mrn.removeAttribute("aria-invalid");
+  }
+  if (message || found) {
+    byId(message ? "manual-error" : "manual-found").scrollIntoView({ block: "center" });
+  }
+}
+
 async function addPatient(event) {
   event.preventDefault();
-  problem("");
+  sayAtForm({});
   const mrn = byId("manual-mrn").value.trim();
   const issuer = byId("manual-issuer").value.trim();
+  if (!mrn) {
+    sayAtForm({ problem: "Type the patient's MRN." });
+    return;
+  }
   try {
     const { body } = await call("POST", `/api/v1/batches/${state.batch.id}/groups`,
       issuer ? { mrn, issuer } : { mrn });
-    byId("manual-form").reset();
     state.batch = body;
     render();
+    const added = addedPatient(body.groups.find((g) => g.id === body.group_id));
+    if (added.found) byId("manual-form").reset();
+    sayAtForm(added.found ? { found: added.message } : { problem: added.message });
   } catch (error) {
-    failed(error);
+    const reason = reasonOf(error);
+    if (reason !== null) sayAtForm({ problem: reason });
   }
 }
 
@@ -337,6 +365,7 @@ async function startNewBatch() {
   state.local = new Map();
   state.details = new Map();
   state.problems = new Map();
+  sayAtForm({});
   try {
     useBatch(await openBatch());
   } catch (error) {

@@ -2,8 +2,8 @@
 uses it: a confirmed group still fits the screen, a file the server or a proxy refuses says
 why in words with its name readable, "New batch" asks before it leaves photos that are
 not stored yet (and discards them on the server only when told to), what goes wrong in the
-review is said (and focused) where the user is, and focus stays on a control, not the page,
-when the lists are drawn again."""
+review is said (and focused) where the user is, "Add a patient by MRN" says what it found,
+and focus stays on a control, not the page, when the lists are drawn again."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from flask import Flask
 from sqlalchemy import select
 
 from app.db.models import Batch, BatchItem, BatchStatus, Instance
-from tests.batch.conftest import Shot, label, lesion
+from tests.batch.conftest import ISSUER, PATIENTS, UNKNOWN_MRN, Shot, label, lesion
 from tests.batch.test_batch_clips import PATIENT_A
 from tests.batch.test_batch_page import PASSWORD, USER, live, page
 from tests.conftest import ARTIFACTS, AXE_RUN, PHONE, TAP_TARGETS, HoldPuts, services
@@ -212,6 +212,56 @@ def test_review_problems_are_said_in_the_group_confirmed(
     seen = result.evaluate(SEEN)
     assert seen["text"].startswith("Confirmed — study 2.25.")
     assert (seen["focused"], seen["onScreen"]) == (True, True)
+    assert page.errors == []
+
+
+def test_adding_a_patient_by_mrn_says_what_it_found(
+        live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path, axe_script: Path) -> None:
+    """Beside the form: a sentence for an MRN of only spaces (nothing sent), the patient found
+    (name and MRN) and that photos can be moved to them, or that no patient has the MRN. The
+    MRNs travel in request bodies only."""
+    urls: list[str] = []
+    page.on("request", lambda request: urls.append(request.url))
+    open_with(page, tmp_path / "photos", visit())
+    painted(page, 2)
+    mrn, add = page.locator("#manual-mrn"), page.locator("#manual-form button[type=submit]")
+    error, found = page.locator("#manual-error"), page.locator("#manual-found")
+
+    mrn.fill("   ")
+    add.click()
+    assert error.evaluate(SEEN) == {"text": "Type the patient's MRN.", "role": "alert",
+                                    "focused": False, "onScreen": True}
+    assert page.evaluate("document.activeElement.id") == "manual-mrn"
+    assert mrn.get_attribute("aria-invalid") == "true"
+    assert found.inner_text() == ""
+    check_phone_page(page, axe_script)
+
+    boris = "42094043"
+    mrn.fill(f" {boris} ")
+    add.click()
+    found.filter(has_text="Found").wait_for()
+    assert found.evaluate(SEEN) == {
+        "text": f"Found BATCH, Boris · MRN {boris} ({ISSUER}). "
+                "Move their photos to them with “Move to…” on each photo.",
+        "role": "status", "focused": False, "onScreen": True}
+    assert error.is_hidden() and mrn.get_attribute("aria-invalid") is None
+    assert mrn.input_value() == ""
+    menu = page.locator(".batch-item select.move").first
+    assert f"BATCH, Boris · MRN {boris}" in menu.inner_text()
+
+    mrn.fill(UNKNOWN_MRN)
+    add.click()
+    error.filter(has_text="No patient").wait_for()
+    assert error.evaluate(SEEN) == {
+        "text": f"No patient found for MRN {UNKNOWN_MRN}. Check the number (and the issuer).",
+        "role": "alert", "focused": False, "onScreen": True}
+    assert page.evaluate("document.activeElement.id") == "manual-mrn"
+    assert mrn.input_value() == UNKNOWN_MRN  # to be corrected
+    assert found.inner_text() == ""
+    assert f"MRN {UNKNOWN_MRN}" not in menu.inner_text()  # photos there could not be stored
+    check_phone_page(page, axe_script)
+
+    assert [u for u in urls if any(m in u for m in (*PATIENTS, UNKNOWN_MRN))] == []
     assert page.errors == []
 
 
