@@ -4,6 +4,12 @@
  * The user moves a photo to another group, drops it, or confirms a group's patient; nothing
  * is stored before a group is confirmed. Everything is rendered from the server's answer
  * (GET /api/v1/batches/{id}); no innerHTML, every text goes in as text.
+ *
+ * What goes wrong with an action is shown where it was taken (a group's confirmation: above
+ * its Confirm button; a photo's move or drop: in the photo's card), not at the top of the
+ * page, thousands of pixels away on a phone. Every control, a group's result line and each
+ * such message carry a `data-focus` key, so that a redraw keeps the user's place
+ * (ui.rebuildKeepingFocus).
  * @module batch-review
  */
 
@@ -11,13 +17,49 @@ import { displayDate, displayName, h, paintBitmap, sexText } from "./ui.js";
 
 /**
  * @typedef {object} Handlers
- * @property {(uuid: string, changes: object) => void} update PATCH an item
+ * @property {(uuid: string, changes: object, control: string) => void} update PATCH an item;
+ *   `control` is the focus key of the control used
  * @property {(groupId: string, body: object) => void} confirm confirm a group
- * @property {(message: string) => void} problem say what stops a confirmation
+ * @property {(groupId: string, message: string) => void} refuse say what stops the group's
+ *   confirmation (see problemAt)
+ * @property {Map<string, Problem>} problems what went wrong, by place (problemAt)
  * @property {import("./sites.js").BodySite[]} sites the body sites to choose from
  * @property {Map<string, {site: string, side: string}>} details per group: the body site (its
  *   meaning, as typed or chosen) and side entered so far, kept across redraws
  */
+
+/**
+ * @typedef {object} Problem what went wrong with the last action at a place
+ * @property {string} message what to tell the user
+ * @property {boolean} fresh not shown yet
+ */
+
+/**
+ * What went wrong at `place` (`group:<id>`: its confirmation, `item:<upload UUID>`: a move or
+ * a drop), as a message to show there; null when nothing did. The first time it is shown it is
+ * an alert, announced by screen readers; redraws show it again without announcing it again.
+ * Its focus key is `error:<place>`.
+ * @param {Map<string, Problem>} problems
+ * @param {string} place
+ * @returns {HTMLElement|null}
+ */
+function problemAt(problems, place) {
+  const problem = problems.get(place);
+  if (!problem) return null;
+  const element = h("p", { class: "alert", role: problem.fresh ? "alert" : null,
+    tabindex: "-1", "data-focus": `error:${place}` }, problem.message);
+  problem.fresh = false;
+  return element;
+}
+
+/**
+ * The name and MRN of a patient from the directory: "FAMILY, Given · MRN 123".
+ * @param {object} p the lookup's patient
+ * @returns {string}
+ */
+function nameAndMrn(p) {
+  return `${displayName({ family: p.name.family || "", given: p.name.given || "" })} · MRN ${p.mrn}`;
+}
 
 /**
  * What the review shows of a patient from the directory.
@@ -53,8 +95,42 @@ function groupTitle(group) {
  */
 function shortName(group) {
   const p = (group.lookup && group.lookup.patients.length === 1) ? group.lookup.patients[0] : null;
-  return p ? `${displayName({ family: p.name.family || "", given: p.name.given || "" })} · MRN ${p.mrn}`
-    : `MRN ${group.identifier.mrn}`;
+  return p ? nameAndMrn(p) : `MRN ${group.identifier.mrn}`;
+}
+
+/**
+ * What adding a patient by MRN found, to say beside the form: the patient (name and MRN, so
+ * that the user can check both) and that photos can now be moved to them, or why not.
+ * @param {object} group the group the server made (or had) for the MRN
+ * @returns {{found: boolean, message: string}} `found`: photos can be moved to the group and
+ *   it can be confirmed
+ */
+export function addedPatient(group) {
+  const lookup = group.lookup || { status: "unavailable", patients: [] };
+  const id = `MRN ${group.identifier.mrn}${group.identifier.issuer ? ` (${group.identifier.issuer})` : ""}`;
+  if (lookup.status === "matched") {
+    const p = lookup.patients[0];
+    return { found: true, message: `Found ${nameAndMrn(p)}${p.issuer ? ` (${p.issuer})` : ""}. ` +
+      "Move their photos to them with “Move to…” on each photo." };
+  }
+  if (lookup.status === "ambiguous") {
+    return { found: true, message: `${id} belongs to ${lookup.patients.length} patients: ` +
+      `move their photos to “${shortName(group)}”, then choose which patient when you confirm.` };
+  }
+  return { found: false, message: lookup.status === "not_found"
+    ? `No patient found for ${id}. Check the number (and the issuer).`
+    : `The patient directory did not answer for ${id}. Try again in a moment.` };
+}
+
+/**
+ * Whether the move menus offer a group: not when it is empty and no patient has its MRN (an
+ * MRN added by hand that "Add a patient" said was not found), as photos moved there could not
+ * be stored.
+ * @param {object} group
+ * @returns {boolean}
+ */
+function takesPhotos(group) {
+  return group.items.length > 0 || !(group.lookup && group.lookup.status === "not_found");
 }
 
 function itemCard(item, batch, local, handlers) {
@@ -72,15 +148,17 @@ function itemCard(item, batch, local, handlers) {
     "data-uuid": item.upload_uuid, "data-status": item.status },
   canvas,
   h("span", { class: "batch-name" }, name),
-  h("span", { class: "muted batch-tags" }, tags.join(" · ")));
+  h("span", { class: "muted batch-tags" }, tags.join(" · ")),
+  problemAt(handlers.problems, `item:${item.upload_uuid}`));
   if (item.status !== "held") {
     card.append(h("span", { class: "batch-state" }, item.status === "stored" ? "stored" : "not stored"));
     return card;
   }
-  const move = h("select", { class: "move", "aria-label": `Move ${name} to` },
+  const move = h("select", { class: "move", "aria-label": `Move ${name} to`,
+    "data-focus": `move:${item.upload_uuid}` },
     h("option", { value: "" }, "Move to…"));
   for (const group of batch.groups) {
-    if (group.id === item.group_id) continue;
+    if (group.id === item.group_id || !takesPhotos(group)) continue;
     move.append(h("option", { value: group.id }, shortName(group)));
   }
   if (item.group_id) move.append(h("option", { value: "unsorted" }, "Unsorted"));
@@ -90,10 +168,12 @@ function itemCard(item, batch, local, handlers) {
     if (!value) return;
     const changes = value === "auto" ? { auto: true }
       : { group_id: value === "unsorted" ? null : value };
-    handlers.update(item.upload_uuid, changes);
+    handlers.update(item.upload_uuid, changes, move.dataset.focus);
   });
-  const drop = h("input", { type: "checkbox", class: "drop", checked: item.dropped });
-  drop.addEventListener("change", () => handlers.update(item.upload_uuid, { dropped: drop.checked }));
+  const drop = h("input", { type: "checkbox", class: "drop", checked: item.dropped,
+    "data-focus": `drop:${item.upload_uuid}` });
+  drop.addEventListener("change", () =>
+    handlers.update(item.upload_uuid, { dropped: drop.checked }, drop.dataset.focus));
   card.append(move, h("label", { class: "check" }, drop, " Drop"));
   return card;
 }
@@ -112,7 +192,8 @@ function confirmControls(group, items, handlers) {
   if (choices.length) {
     const fieldset = h("fieldset", {}, h("legend", {}, "Which patient?"));
     for (const p of choices) {
-      const radio = h("input", { type: "radio", name: `patient-${group.id}` });
+      const radio = h("input", { type: "radio", name: `patient-${group.id}`,
+        "data-focus": `patient:${group.id}:${p.issuer}|${p.mrn}` });
       radio.addEventListener("change", () => {
         chosen = { patient: { mrn: p.mrn, issuer: p.issuer } };
         button.disabled = false;
@@ -124,12 +205,13 @@ function confirmControls(group, items, handlers) {
   const details = group.status === "confirmed" ? null
     : siteControls(group, handlers, holdsClip(group, items));
   if (details) box.append(details.element);
-  const button = h("button", { type: "button", class: "primary confirm", disabled: !chosen },
+  const button = h("button", { type: "button", class: "primary confirm", disabled: !chosen,
+    "data-focus": `confirm:${group.id}` },
     group.status === "confirmed" ? `Store ${held} more` : `Confirm and store ${held}`);
   button.addEventListener("click", () => {
     const site = details ? details.body() : {};
     if (typeof site === "string") {
-      handlers.problem(site);
+      handlers.refuse(group.id, site);
       return;
     }
     button.disabled = true;
@@ -172,11 +254,11 @@ function siteControls(group, handlers, required) {
   const input = h("input", { class: "site", list: "batch-sites", value: entered.site,
     placeholder: required ? "Body site (needed for the clip)" : "Body site (optional)",
     "aria-label": `Body site, ${groupTitle(group)}`, required,
-    autocomplete: "off" });
+    autocomplete: "off", "data-focus": `site:${group.id}` });
   const sides = h("fieldset", { class: "sides", hidden: !(siteOf() && siteOf().paired) },
     h("legend", {}, "Side"), ...SIDES.map(([value, text]) => {
       const radio = h("input", { type: "radio", name: `side-${group.id}`, value,
-        checked: entered.side === value });
+        checked: entered.side === value, "data-focus": `side:${group.id}:${value}` });
       radio.addEventListener("change", () => { entered.side = value; });
       return h("label", { class: "option" }, radio, ` ${text}`);
     }));
@@ -215,10 +297,12 @@ export function renderReview(container, batch, local, handlers) {
     sections.push(h("section", { class: `card batch-group ${group.status}`,
       "data-group-id": group.id, "aria-label": `Group ${groupTitle(group)}` },
     h("h3", {}, groupTitle(group)),
-    h("p", { class: "muted" }, group.status === "confirmed"
-      ? `Confirmed — study ${group.study_instance_uid}` : "Not confirmed: nothing stored yet"),
+    h("p", { class: "muted batch-result", tabindex: "-1", "data-focus": `result:${group.id}` },
+      group.status === "confirmed" ? `Confirmed — study ${group.study_instance_uid}`
+        : "Not confirmed: nothing stored yet"),
     h("ul", { class: "batch-items" },
       ...group.items.map((uuid) => itemCard(items.get(uuid), batch, local, handlers))),
+    problemAt(handlers.problems, `group:${group.id}`),
     confirmControls(group, items, handlers)));
   }
   if (batch.unsorted.length) {

@@ -12,10 +12,10 @@
 import { ApiError, NetworkError, call, whoAmI } from "./api.js";
 import { acceptable, inFileOrder, sha256Hex, uuidV5 } from "./batch-files.js";
 import { BatchQueue } from "./batch-queue.js";
-import { renderReview } from "./batch-review.js";
+import { addedPatient, renderReview } from "./batch-review.js";
 import { thumbnailOf } from "./camera.js";
 import { loadSites } from "./sites.js";
-import { ask, byId, count, h, say } from "./ui.js";
+import { ask, byId, count, h, rebuildKeepingFocus, say } from "./ui.js";
 
 const UUID = /^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$/;
 const THUMB_TYPES = new Set(["image/jpeg", "image/png", "image/webp"]);
@@ -33,19 +33,49 @@ const state = {
   sites: [],
   /** Per group: the body site and side entered for its confirmation. */
   details: new Map(),
+  /** @type {Map<string, import("./batch-review.js").Problem>} what went wrong, by place */
+  problems: new Map(),
 };
 
+/**
+ * Say what went wrong with the page as a whole (the files chosen, the batch) at its top,
+ * above the drop zone. What goes wrong in the review is said where it happened
+ * (`noteProblem`, `sayAtForm`).
+ * @param {string} message "" to clear it
+ */
 function problem(message) {
   say(byId("batch-error"), message);
 }
 
-function failed(error) {
+/**
+ * Why an action failed, in words for the user.
+ * @param {unknown} error
+ * @returns {string|null} null when the session has lapsed: the login is shown instead
+ */
+function reasonOf(error) {
   if (error instanceof ApiError && error.needsLogin) {
     showLogin();
-    return;
+    return null;
   }
-  problem(error instanceof NetworkError || error instanceof ApiError ? error.message
-    : "something went wrong; reload the page");
+  return error instanceof NetworkError || error instanceof ApiError ? error.message
+    : "something went wrong; reload the page";
+}
+
+function failed(error) {
+  const reason = reasonOf(error);
+  if (reason !== null) problem(reason);
+}
+
+/**
+ * Keep what went wrong at a place of the review (batch-review.js problemAt) for the next
+ * drawing, which shows it there, announces it and takes focus to it (`error:<place>`).
+ * @param {string} place `group:<id>` or `item:<upload UUID>`
+ * @param {string} message
+ * @returns {string} the message's focus key
+ */
+function noteProblem(place, message) {
+  state.problems.set(place, { message, fresh: true });
+  return `error:${place}`;
 }
 
 function showLogin() {
@@ -82,7 +112,12 @@ function useBatch(batch) {
   render();
 }
 
-function render() {
+/**
+ * Draw the review from `state.batch`; focus goes to the first of `focus`'s keys drawn, else
+ * stays on what had it (ui.rebuildKeepingFocus).
+ * @param {string[]} [focus]
+ */
+function render(focus = []) {
   const batch = state.batch;
   const items = batch.items.length;
   byId("review").hidden = items === 0;
@@ -90,8 +125,9 @@ function render() {
     `${count(batch.groups.filter((g) => g.items.length).length, "patient")}, ` +
     `${count(batch.unsorted.length)} unsorted` +
     (batch.label_photos === "drop" ? " · label photos are not kept" : "");
-  renderReview(byId("groups"), batch, state.local, { update, confirm, problem,
-    sites: state.sites, details: state.details });
+  rebuildKeepingFocus(byId("groups"), () => renderReview(byId("groups"), batch, state.local,
+    { update, confirm, refuse, problems: state.problems, sites: state.sites,
+      details: state.details }), focus);
 }
 
 function scheduleRefresh() {
@@ -99,52 +135,111 @@ function scheduleRefresh() {
   state.refreshTimer = setTimeout(refresh, REFRESH_MS);
 }
 
-async function refresh() {
+/**
+ * Get the batch again and draw it (as it was, when that fails: the reason goes to the top).
+ * @param {string[]} [focus] see render
+ */
+async function refresh(focus = []) {
   try {
     const { body } = await call("GET", `/api/v1/batches/${state.batch.id}`);
     state.batch = body;
-    render();
   } catch (error) {
     failed(error);
   }
+  render(focus);
 }
 
-async function update(uuid, changes) {
-  problem("");
+/**
+ * Move, drop or keep a photo. Focus stays on the control used (`control`), in the photo's
+ * card wherever it is drawn now; a refusal is said in that card.
+ * @param {string} uuid
+ * @param {object} changes
+ * @param {string} control the control's focus key
+ */
+async function update(uuid, changes, control) {
+  const place = `item:${uuid}`;
+  state.problems.delete(place);
   try {
     const { body } = await call("PATCH", `/api/v1/batches/${state.batch.id}/items/${uuid}`,
       changes);
     state.batch = body;
-    render();
+    render([control]);
   } catch (error) {
-    failed(error);
-    refresh();
+    const reason = reasonOf(error);
+    if (reason !== null) await refresh([noteProblem(place, reason)]);
   }
 }
 
+/**
+ * Confirm a group. Then focus goes to its result line ("Confirmed — study …"), or to what went
+ * wrong, said above its Confirm button.
+ * @param {string} groupId
+ * @param {object} body
+ */
 async function confirm(groupId, body) {
-  problem("");
+  const place = `group:${groupId}`;
+  state.problems.delete(place);
+  let focus = `result:${groupId}`;
   try {
     await call("POST", `/api/v1/batches/${state.batch.id}/groups/${groupId}/confirm`, body);
   } catch (error) {
-    failed(error);
+    const reason = reasonOf(error);
+    if (reason === null) return;
+    focus = noteProblem(place, reason);
   }
-  await refresh();
+  await refresh([focus]);
+}
+
+/**
+ * Say, above the group's Confirm button, what stops its confirmation (nothing is sent).
+ * @param {string} groupId
+ * @param {string} message
+ */
+function refuse(groupId, message) {
+  render([noteProblem(`group:${groupId}`, message)]);
+}
+
+/**
+ * Say in the "Add a patient by MRN" form, brought to the middle of the screen, what went
+ * wrong (an alert under the MRN field, which is marked invalid, described by it, and takes
+ * focus to be corrected) or what was found (a status under the form); nothing clears both.
+ * @param {{problem?: string, found?: string}} outcome
+ */
+function sayAtForm({ problem: message = "", found = "" }) {
+  const mrn = byId("manual-mrn");
+  say(byId("manual-error"), message);
+  byId("manual-found").textContent = found;
+  if (message) {
+    mrn.setAttribute("aria-invalid", "true");
+    mrn.focus({ preventScroll: true });
+  } else {
+    mrn.removeAttribute("aria-invalid");
+  }
+  if (message || found) {
+    byId(message ? "manual-error" : "manual-found").scrollIntoView({ block: "center" });
+  }
 }
 
 async function addPatient(event) {
   event.preventDefault();
-  problem("");
+  sayAtForm({});
   const mrn = byId("manual-mrn").value.trim();
   const issuer = byId("manual-issuer").value.trim();
+  if (!mrn) {
+    sayAtForm({ problem: "Type the patient's MRN." });
+    return;
+  }
   try {
     const { body } = await call("POST", `/api/v1/batches/${state.batch.id}/groups`,
       issuer ? { mrn, issuer } : { mrn });
-    byId("manual-form").reset();
     state.batch = body;
     render();
+    const added = addedPatient(body.groups.find((g) => g.id === body.group_id));
+    if (added.found) byId("manual-form").reset();
+    sayAtForm(added.found ? { found: added.message } : { problem: added.message });
   } catch (error) {
-    failed(error);
+    const reason = reasonOf(error);
+    if (reason !== null) sayAtForm({ problem: reason });
   }
 }
 
@@ -210,17 +305,20 @@ function renderQueue() {
   for (const entry of queue.entries.values()) {
     const progress = h("progress", { max: "1", value: String(entry.size ? entry.loaded / entry.size : 0),
       "aria-label": `${entry.name} sent` });
-    const row = h("li", { "data-uuid": entry.uuid, "data-state": entry.state, class: "batch-file" },
+    const row = h("li", { "data-uuid": entry.uuid, "data-state": entry.state, class: "batch-file",
+      tabindex: "-1", "data-focus": `file:${entry.uuid}` },
       h("span", { class: "batch-name" }, entry.name), progress,
       h("span", { class: "batch-state" }, entry.error || STATE_TEXT[entry.state]));
     if (entry.state === "failed" && entry.file) {
-      const retry = h("button", { type: "button", class: "secondary retry" }, "Retry");
+      const retry = h("button", { type: "button", class: "secondary retry",
+        "data-focus": `retry:${entry.uuid}` }, "Retry");
       retry.addEventListener("click", () => queue.retry(entry.uuid));
       row.append(retry);
     }
     rows.push(row);
   }
-  byId("file-list").replaceChildren(...rows);
+  // Retry gone from its row (the file is being sent), focus stays on the row.
+  rebuildKeepingFocus(byId("file-list"), () => byId("file-list").replaceChildren(...rows));
   renderTotals();
 }
 
@@ -266,6 +364,8 @@ async function startNewBatch() {
   history.replaceState(null, "", location.pathname);
   state.local = new Map();
   state.details = new Map();
+  state.problems = new Map();
+  sayAtForm({});
   try {
     useBatch(await openBatch());
   } catch (error) {

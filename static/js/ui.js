@@ -44,6 +44,38 @@ export function say(element, message = "") {
   element.hidden = !message;
 }
 
+/**
+ * Replace a part of the page (`build` replaces `container`'s children) without dropping the
+ * user's focus to the body. Elements that may hold focus carry a `data-focus` key, the same
+ * in every build. Afterwards focus is on the first element found with one of `wanted`'s keys,
+ * else with the key of the element focused before (a text field keeps its caret), else with
+ * that of its nearest keyed ancestor (a row that stands for a control the new build lacks);
+ * when none is found, focus is left to the browser.
+ * @param {HTMLElement} container
+ * @param {() => void} build
+ * @param {string[]} [wanted] keys to focus, first found wins, before what had focus
+ */
+export function rebuildKeepingFocus(container, build, wanted = []) {
+  const active = document.activeElement;
+  const keys = [...wanted];
+  for (let el = active; el instanceof HTMLElement && el !== container &&
+    container.contains(el); el = el.parentElement) {
+    if (el.dataset.focus) keys.push(el.dataset.focus);
+  }
+  const caret = active instanceof HTMLInputElement && typeof active.selectionStart === "number"
+    ? [active.selectionStart, active.selectionEnd] : null;
+  build();
+  for (const key of keys) {
+    const target = container.querySelector(`[data-focus="${CSS.escape(key)}"]`);
+    if (!(target instanceof HTMLElement)) continue;
+    target.focus();
+    if (caret && target instanceof HTMLInputElement && key === active.dataset.focus) {
+      target.setSelectionRange(caret[0], caret[1]);
+    }
+    return;
+  }
+}
+
 /** The screens the phone's Back button leaves the app from; on the others it stays in it. */
 const OUTER_SCREENS = ["home", "login"];
 

@@ -40,13 +40,15 @@ def test_confirming_with_a_site_and_side_stores_that_laterality(
     group.locator("input.site").fill("Forearm")
     assert sides.is_visible()
     group.locator("button.confirm").click()
-    assert page.inner_text("#batch-error") == "Choose the side (right, left or both)."
+    assert group.locator("p.alert").inner_text() == "Choose the side (right, left or both)."
+    assert page.locator("#batch-error").is_hidden()
     with services(app).db.session() as db:
         assert db.scalar(select(Instance.sop_uid)) is None
 
     group.locator("input[type=radio][value=R]").check()
     group.locator("button.confirm").click()
     page.wait_for_selector(".batch-group.confirmed")
+    assert group.locator("p.alert").count() == 0
     root = services(app).settings.archive_root
     stored = [pydicom.dcmread(path, stop_before_pixels=True) for path in root.rglob("*.dcm")]
     clinical = [ds for ds in stored if "AnatomicRegionSequence" in ds]

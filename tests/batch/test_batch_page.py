@@ -199,8 +199,9 @@ def test_a_group_holding_a_clip_asks_for_its_body_site(
     site = group.locator("input.site")
     assert site.get_attribute("placeholder") == "Body site (needed for the clip)"
     group.locator("button.confirm").click()
-    page.wait_for_selector("#batch-error:not([hidden])")
-    assert "a video clip needs one" in page.locator("#batch-error").inner_text()
+    assert group.locator("p.alert").inner_text() == (
+        "Choose the body site: a video clip needs one (or drop the clip).")
+    assert page.locator("#batch-error").is_hidden()
     with services(app).db.session() as db:
         assert db.scalar(select(Photo.upload_uuid)) is None
     site.fill("Forearm")
