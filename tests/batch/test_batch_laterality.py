@@ -12,7 +12,7 @@ from sqlalchemy import select
 
 from app.db.models import Instance
 from tests.batch.conftest import label, lesion
-from tests.batch.test_batch_page import PASSWORD, USER, live, page
+from tests.batch.test_batch_page import live, open_with, page
 from tests.conftest import HoldPuts, services
 
 __all__ = ["live", "page"]  # the fixtures, for pytest
@@ -23,14 +23,7 @@ def test_confirming_with_a_site_and_side_stores_that_laterality(
     app = live[0]
     shots = [label("zx_code128-2_05.png", 1, "15182881"), lesion(2, 2, "15182881"),
              lesion(3, 3, "15182881")]
-    folder = tmp_path / "photos"
-    folder.mkdir()
-    for shot in shots:
-        (folder / shot.name).write_bytes(shot.data)
-    assert page.request.post("/login", data={"username": USER, "password": PASSWORD}).ok
-    page.goto("/batch")
-    page.wait_for_selector("#batch:not([hidden])")
-    page.set_input_files("#files", [str(folder / shot.name) for shot in shots])
+    open_with(page, tmp_path / "photos", shots)
     page.wait_for_selector(".batch-group:not(.unsorted) button.confirm:not([disabled])")
     group = page.locator(".batch-group:not(.unsorted)")
     sides = group.locator("fieldset.sides")

@@ -83,6 +83,23 @@ def page(live: tuple[Flask, str, HoldPuts], screen: dict[str, Any]) -> Iterator[
             browser.close()
 
 
+def open_batch(page: Any) -> None:
+    """Log in as the batch user and open a new batch on the batch page."""
+    login = page.request.post("/login", data={"username": USER, "password": PASSWORD})
+    assert login.ok, login.text()
+    page.goto("/batch")
+    page.wait_for_selector("#batch:not([hidden])")
+
+
+def open_with(page: Any, folder: Path, shots: list[Shot]) -> None:
+    """`open_batch` and choose ``shots`` (written to ``folder``)."""
+    folder.mkdir(exist_ok=True)
+    for shot in shots:
+        (folder / shot.name).write_bytes(shot.data)
+    open_batch(page)
+    page.set_input_files("#files", [str(folder / shot.name) for shot in shots])
+
+
 def group_items(tab: Any) -> dict[str, list[str]]:
     """Group id (or "unsorted") -> upload UUIDs shown in it, in order."""
     return tab.evaluate("""() => Object.fromEntries([...document.querySelectorAll(
@@ -102,10 +119,7 @@ def test_batch_page_uploads_sorts_moves_and_confirms(
         path.write_bytes(shot.data)
         paths.append(str(path))
 
-    login = page.request.post("/login", data={"username": USER, "password": PASSWORD})
-    assert login.ok, login.text()
-    page.goto("/batch")
-    page.wait_for_selector("#batch:not([hidden])")
+    open_batch(page)
     batch_id = page.evaluate("location.hash.slice(1)")
     uuid_of = {shot.name: upload_uuid_for(batch_id, hashlib.sha256(shot.data).hexdigest())
                for shot in batch_shots}

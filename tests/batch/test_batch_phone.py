@@ -19,7 +19,7 @@ from sqlalchemy import select
 from app.db.models import Batch, BatchItem, BatchStatus, Instance
 from tests.batch.conftest import ISSUER, PATIENTS, UNKNOWN_MRN, Shot, label, lesion
 from tests.batch.test_batch_clips import PATIENT_A
-from tests.batch.test_batch_page import PASSWORD, USER, live, page
+from tests.batch.test_batch_page import live, open_with, page
 from tests.conftest import ARTIFACTS, AXE_RUN, PHONE, TAP_TARGETS, HoldPuts, services
 
 __all__ = ["live", "page"]  # the fixtures, for pytest
@@ -30,17 +30,6 @@ def screen() -> dict[str, Any]:
     """The page at phone size; axe-core is injected inline, so the page's CSP is bypassed here
     (test_batch_page drives the page under it)."""
     return {**PHONE, "bypass_csp": True}
-
-
-def open_with(page: Any, folder: Path, shots: list[Shot]) -> None:
-    """Log in, open the batch page and choose ``shots`` (written to ``folder``)."""
-    folder.mkdir(exist_ok=True)
-    for shot in shots:
-        (folder / shot.name).write_bytes(shot.data)
-    assert page.request.post("/login", data={"username": USER, "password": PASSWORD}).ok
-    page.goto("/batch")
-    page.wait_for_selector("#batch:not([hidden])")
-    page.set_input_files("#files", [str(folder / shot.name) for shot in shots])
 
 
 def visit() -> list[Shot]:

@@ -10,7 +10,7 @@ from typing import Any
 from flask import Flask
 
 from tests.batch.conftest import jpeg
-from tests.batch.test_batch_page import PASSWORD, USER, group_items, live, page
+from tests.batch.test_batch_page import group_items, live, open_batch, page
 from tests.conftest import BARCODES, CHARTS, HoldPuts
 
 __all__ = ["live", "page"]  # the fixtures, for pytest
@@ -34,9 +34,7 @@ def test_photos_without_capture_time_follow_file_time_then_name(
         path.write_bytes(data)
         os.utime(path, (FILE_TIME + offset, FILE_TIME + offset))
 
-    assert page.request.post("/login", data={"username": USER, "password": PASSWORD}).ok
-    page.goto("/batch")
-    page.wait_for_selector("#batch:not([hidden])")
+    open_batch(page)
     assert "without a capture time (no EXIF date) is placed by its file time, then its " \
         "name" in " ".join(page.inner_text("#batch").split())
     page.set_input_files("#files", [str(folder / name) for name, _, _ in files])
