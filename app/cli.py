@@ -119,6 +119,11 @@ def _cli_actor() -> str:
     return f"cli:{getpass.getuser()}"
 
 
+def _cli_by() -> audit.Actor:
+    """The command line as the actor of a change the workflow audits itself."""
+    return audit.Actor(_cli_actor(), node=_services().settings.node)
+
+
 def _audit_admin(action: str, *entities: str, detail: dict[str, object] | None = None) -> None:
     """Record an administrative change made from the command line."""
     services = _services()
@@ -320,7 +325,7 @@ def token_list() -> None:
         _emit({"id": t.id, "user": t.user, "role": t.role,
                "created_at": t.created_at.isoformat(), "revoked_at": when(t.revoked_at),
                "expires_at": when(t.expires_at), "last_used_at": when(t.last_used_at),
-               "expired": t.expires_at is not None and t.expires_at <= now})
+               "expired": t.expired(now)})
 
 
 @token.command("revoke")
@@ -331,11 +336,9 @@ def token_revoke(token_id: int | None, user: str | None) -> None:
     if (token_id is None) == (user is None):
         raise click.UsageError("give --id or --user")
     services = _ready_services()
-    count = revoke_tokens(services.db, token_id=token_id, user=user)
+    count = revoke_tokens(services.db, token_id=token_id, user=user, by=_cli_by())
     if count == 0:
         raise click.ClickException("no live token matched")
-    _audit_admin("token.revoke", *([f"user:{user}"] if user else [f"token:{token_id}"]),
-                 detail={"revoked": count})
     click.echo(f"revoked {count} token(s)")
 
 
@@ -350,22 +353,24 @@ def user() -> None:
 def user_create(username: str, role: str) -> None:
     """Create an account; the password is read from standard input or prompted for."""
     password = _read_password()
-    _change_account("user.create", username,
-                    lambda db: create_user(db, username, password, role),
-                    f"user {username} created ({role})", detail={"role": role})
+    _change_account(lambda db: create_user(db, username, password, role),
+                    f"user {username} created ({role})",
+                    audited=("user.create", username, {"role": role}))
 
 
-def _change_account(action: str, username: str, change: Callable[[Database], object],
-                    done: str, detail: dict[str, object] | None = None) -> None:
+def _change_account(change: Callable[[Database], object], done: str,
+                    audited: tuple[str, str, dict[str, object] | None] | None = None) -> None:
     """Apply ``change`` to the upgraded database; an ``AccountError`` becomes the command's
-    error (exit 1, nothing audited), else ``action`` is audited on the user and ``done``
-    printed."""
+    error (exit 1, nothing audited), else ``done`` is printed. ``audited`` (action, username,
+    detail) is recorded here for a change that does not audit itself."""
     services = _ready_services()
     try:
         change(services.db)
     except AccountError as exc:
         raise click.ClickException(str(exc)) from exc
-    _audit_admin(action, f"user:{username}", detail=detail)
+    if audited is not None:
+        action, username, detail = audited
+        _audit_admin(action, f"user:{username}", detail=detail)
     click.echo(done)
 
 
@@ -381,20 +386,20 @@ def user_password(username: str) -> None:
     """Set a local account's password (standard input or prompt); its sessions end, its
     lockout is lifted."""
     password = _read_password()
-    _change_account("user.password", username,
-                    lambda db: accounts.set_password(db, username, password),
-                    f"password of {username} changed")
+    _change_account(lambda db: accounts.set_password(db, username, password),
+                    f"password of {username} changed",
+                    audited=("user.password", username, None))
 
 
 def _disabled_command(name: str, disabled: bool, help_text: str) -> None:
     """Register ``ebiw user <name> --username U``: the account's disabled flag becomes
-    ``disabled`` (its sessions end when it is disabled), audited as ``user.<name>``."""
+    ``disabled`` (its sessions end when it is disabled), audited as ``user.<name>`` by the
+    workflow."""
 
     @user.command(name, help=help_text)
     @click.option("--username", required=True)
     def command(username: str) -> None:
-        _change_account(f"user.{name}", username,
-                        lambda db: accounts.set_disabled(db, username, disabled),
+        _change_account(lambda db: accounts.set_disabled(db, username, disabled, by=_cli_by()),
                         f"user {username} {name}d")
 
 
@@ -408,8 +413,7 @@ _disabled_command("enable", False, "Enable a disabled account again.")
 def user_unlock(username: str) -> None:
     """Lift a lockout after failed logins."""
     services = _ready_services()
-    found = accounts.unlock(services.db, username)
-    _audit_admin("user.unlock", f"user:{username}", detail={"was_locked": found})
+    found = accounts.unlock(services.db, username, by=_cli_by())
     click.echo(f"user {username} {'unlocked' if found else 'was not locked'}")
 
 

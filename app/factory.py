@@ -11,6 +11,7 @@ from flask import Flask
 from app.logs import install_log_hygiene
 from app.settings import Settings
 from app.web import security
+from app.web.accounts import bp as accounts_bp
 from app.web.admin import bp as admin_bp
 from app.web.api import bp as api_bp
 from app.web.audit import init_app as init_audit
@@ -72,6 +73,7 @@ def create_app(overrides: Mapping[str, Any] | None = None) -> Flask:
     app.register_blueprint(exports_bp)
     app.register_blueprint(corrections_bp)
     app.register_blueprint(retention_bp)
+    app.register_blueprint(accounts_bp)
     init_audit(app)
     init_timing(app, always=settings.server_timing)
     return app

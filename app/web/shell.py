@@ -40,7 +40,8 @@ _NAV = (NavLink("/", "Capture", ("capture", "view")),
         NavLink("/batch", "Batch", ("capture",)),
         NavLink("/admin/deliveries", "Deliveries", ("admin",)),
         NavLink("/admin/audit", "Audit", ("admin",)),
-        NavLink("/admin/exports", "Exports", ("admin",)))
+        NavLink("/admin/exports", "Exports", ("admin",)),
+        NavLink("/admin/accounts", "Accounts", ("admin",)))
 
 
 def nav() -> tuple[NavLink, ...]:

@@ -33,6 +33,7 @@ from sqlalchemy.orm import Session
 from app.db.models import ExternalIdentity, LaunchContext, LoginThrottle, User, WebSession, as_utc
 from app.db.session import Database, affected_rows
 from app.settings import Settings
+from app.workflow import audit
 from app.workflow.tokens import ROLES, Caller
 
 MIN_PASSWORD_LENGTH = 12
@@ -230,12 +231,12 @@ def logout(db: Database, session_id: str) -> None:
         session.execute(delete(WebSession).where(WebSession.id_hash == _digest(session_id)))
 
 
-# --- administration (``ebiw user ...``) --------------------------------------------------------
+# --- administration (``ebiw user ...``, the admin page Accounts) ------------------------------
 
 
 @dataclass(frozen=True)
 class UserInfo:
-    """What ``ebiw user list`` shows about an account (never a hash)."""
+    """What ``ebiw user list`` and the Accounts page show about an account (never a hash)."""
 
     username: str
     role: str
@@ -248,7 +249,7 @@ class UserInfo:
 def _user(session: Session, username: str) -> User:
     user = session.scalar(select(User).where(User.username == username))
     if user is None:
-        raise AccountError("no such user")
+        raise AccountError(f"no such user: {username}")
     return user
 
 
@@ -270,35 +271,88 @@ def set_password(db: Database, username: str, password: str) -> None:
         session.execute(delete(LoginThrottle).where(LoginThrottle.username == username))
 
 
-def set_disabled(db: Database, username: str, disabled: bool) -> None:
-    """Disable (ending every open session at once) or enable an account."""
+def set_disabled(db: Database, username: str, disabled: bool, *, by: audit.Actor) -> bool:
+    """Disable (ending every open session at once) or enable an account; whether its state
+    changed.
+
+    Guarantees: audited by ``by`` as ``user.disable`` or ``user.enable`` (detail
+    ``was_disabled``, and for a disable ``sessions_ended``) in the same transaction; an
+    unknown username, or ``by`` disabling their own account, raises :class:`AccountError` and
+    changes nothing. API tokens are not revoked (:func:`app.workflow.tokens.revoke_tokens`).
+    """
+    if disabled:
+        _refuse_own(username, by)
     with db.session() as session:
         user = _user(session, username)
+        was_disabled = user.disabled_at is not None
+        detail: dict[str, object] = {"was_disabled": was_disabled}
         if disabled:
             user.disabled_at = user.disabled_at or datetime.now(UTC)
-            session.execute(delete(WebSession).where(WebSession.user_id == user.id))
+            detail["sessions_ended"] = affected_rows(session.execute(
+                delete(WebSession).where(WebSession.user_id == user.id))) or 0
         else:
             user.disabled_at = None
+        by.record(session, "user.disable" if disabled else "user.enable", f"user:{username}",
+                  detail=detail)
+        return was_disabled != disabled
 
 
-def unlock(db: Database, username: str) -> bool:
-    """Lift a lockout and forget failed logins; whether there was anything to forget."""
+def _refuse_own(username: str, by: audit.Actor) -> None:
+    """Raise :class:`AccountError` when ``by`` would disable their own account (an admin
+    locking themselves out; on a phone at night there may be no other)."""
+    if by.name == username:
+        raise AccountError("you cannot disable your own account: ask another administrator")
+
+
+def plan_disable(db: Database, username: str, *, by: audit.Actor) -> UserInfo:
+    """The account :func:`set_disabled` would disable for ``by``, checked as it checks it
+    (:class:`AccountError` for an unknown name or ``by``'s own account), or already disabled
+    (:class:`AccountError` too: nothing to do); changes nothing."""
+    _refuse_own(username, by)
+    info = find_user(db, username)
+    if info.disabled:
+        raise AccountError(f"{username} is already disabled: nothing to do")
+    return info
+
+
+def unlock(db: Database, username: str, *, by: audit.Actor) -> bool:
+    """Lift a lockout and forget failed logins; whether there was anything to forget.
+
+    Guarantees: audited by ``by`` as ``user.unlock`` (detail ``was_locked``) in the same
+    transaction, whether or not the username belongs to an account (unknown names lock too).
+    """
     with db.session() as session:
-        return bool(affected_rows(session.execute(delete(LoginThrottle)
-                                                  .where(LoginThrottle.username == username))))
+        found = bool(affected_rows(session.execute(
+            delete(LoginThrottle).where(LoginThrottle.username == username))))
+        by.record(session, "user.unlock", f"user:{username}", detail={"was_locked": found})
+        return found
+
+
+def _infos(session: Session, *where: Any) -> list[UserInfo]:
+    """The accounts matching ``where`` by name, with their kind, state and live lockout."""
+    now = datetime.now(UTC)
+    external = set(session.scalars(select(ExternalIdentity.user_id)))
+    locks = {t.username: until for t in session.scalars(
+        select(LoginThrottle).where(LoginThrottle.locked_until.is_not(None)))
+        if (until := as_utc(t.locked_until)) is not None and until > now}
+    return [UserInfo(u.username, u.role, "oidc" if u.id in external else "local",
+                     u.created_at, u.disabled_at is not None, locks.get(u.username))
+            for u in session.scalars(select(User).where(*where).order_by(User.username))]
 
 
 def list_users(db: Database) -> list[UserInfo]:
     """Every account by name, with its kind, state and lockout."""
-    now = datetime.now(UTC)
     with db.session() as session:
-        external = set(session.scalars(select(ExternalIdentity.user_id)))
-        locks = {t.username: until for t in session.scalars(
-            select(LoginThrottle).where(LoginThrottle.locked_until.is_not(None)))
-            if (until := as_utc(t.locked_until)) is not None and until > now}
-        return [UserInfo(u.username, u.role, "oidc" if u.id in external else "local",
-                         u.created_at, u.disabled_at is not None, locks.get(u.username))
-                for u in session.scalars(select(User).order_by(User.username))]
+        return _infos(session)
+
+
+def find_user(db: Database, username: str) -> UserInfo:
+    """The account named ``username``; :class:`AccountError` when there is none."""
+    with db.session() as session:
+        found = _infos(session, User.username == username)
+    if not found:
+        raise AccountError(f"no such user: {username}")
+    return found[0]
 
 
 # --- OpenID Connect ---------------------------------------------------------------------------

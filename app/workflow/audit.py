@@ -150,6 +150,25 @@ def append(database: Database, actor: str, action: str, *entities: str, outcome:
         return record(db, actor, action, *entities, outcome=outcome, **context).seq
 
 
+@dataclass(frozen=True)
+class Actor:
+    """Who makes a change, as its audit record names them: a user (a web admin) or
+    ``cli:<operating system user>``, with their role and client address when they came over
+    HTTP, and the node that made the change (None: this host's name)."""
+
+    name: str
+    role: str | None = None
+    client: str | None = None
+    node: str | None = None
+
+    def record(self, db: Session, action: str, *entities: str,
+               detail: Mapping[str, Any] | None = None) -> AuditEvent:
+        """:func:`record` the success of ``action`` by this actor in the caller's transaction,
+        so the record commits with the change or not at all."""
+        return record(db, self.name, action, *entities, outcome=SUCCESS, role=self.role,
+                      client=self.client, detail=detail, node=self.node)
+
+
 _DELIVERY_ACTIONS = {
     DeliveryKind.PACS: ("delivery.sent", "delivery.dead"),
     DeliveryKind.EMR: ("notice.sent", "notice.dead"),

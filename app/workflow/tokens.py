@@ -1,10 +1,11 @@
 """API bearer tokens for devices and integrations: random, shown once, stored as SHA-256.
 
 Tokens are listed by number (never their value) and revoked by number or by user; a revoked
-token is refused from the next request on. A token may be given a lifetime: once it has
-expired it is refused (:class:`TokenExpired`, which the web layer answers 401 naming the
-cause). Each token records when it was last used, to the minute: a token used many times a
-minute costs one write a minute, not one per request.
+token is refused from the next request on, and the revocation is audited (``token.revoke``)
+with the change, whoever revokes (``ebiw token revoke``, the admin page Accounts). A token may
+be given a lifetime: once it has expired it is refused (:class:`TokenExpired`, which the web
+layer answers 401 naming the cause). Each token records when it was last used, to the minute:
+a token used many times a minute costs one write a minute, not one per request.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from sqlalchemy import or_, select, update
 
 from app.db.models import ApiToken
 from app.db.session import Database, affected_rows
+from app.workflow import audit
 
 ROLES = ("capture", "view", "admin")
 TOKEN_PREFIX = "ebiw_"
@@ -27,6 +29,10 @@ LAST_USED_RESOLUTION = timedelta(minutes=1)
 
 class TokenExpired(Exception):
     """The token is known and not revoked, but past its expiry."""
+
+
+class TokenError(ValueError):
+    """No live token to act on as asked; the message says why (never a token's value)."""
 
 
 @dataclass(frozen=True)
@@ -114,24 +120,69 @@ class TokenInfo:
     expires_at: datetime | None
     last_used_at: datetime | None
 
+    def expired(self, now: datetime) -> bool:
+        """Whether the token's lifetime has ended by ``now`` (revoked or not)."""
+        return self.expires_at is not None and self.expires_at <= now
+
+
+def _info(row: ApiToken) -> TokenInfo:
+    return TokenInfo(row.id, row.user, row.role, _aware(row.created_at) or row.created_at,
+                     _aware(row.revoked_at), _aware(row.expires_at), _aware(row.last_used_at))
+
 
 def list_tokens(db: Database) -> list[TokenInfo]:
     """Every token ever created, oldest first (revoked and expired ones included, marked);
     times in UTC."""
     with db.session() as session:
-        return [TokenInfo(r.id, r.user, r.role, _aware(r.created_at) or r.created_at,
-                          _aware(r.revoked_at), _aware(r.expires_at), _aware(r.last_used_at))
-                for r in session.scalars(select(ApiToken).order_by(ApiToken.id))]
+        return [_info(r) for r in session.scalars(select(ApiToken).order_by(ApiToken.id))]
 
 
-def revoke_tokens(db: Database, *, token_id: int | None = None,
-                  user: str | None = None) -> int:
+def _find(db: Database, token_id: int) -> TokenInfo | None:
+    """The token numbered ``token_id`` (revoked or expired alike), or None when there is none."""
+    with db.session() as session:
+        row = session.get(ApiToken, token_id)
+        return _info(row) if row is not None else None
+
+
+def _not_live(token_id: int, info: TokenInfo | None) -> TokenError:
+    """Why the token numbered ``token_id`` (``info``: as it is now) cannot be revoked."""
+    if info is None:
+        return TokenError(f"no token is numbered {token_id}")
+    return TokenError(f"token {token_id} is already revoked: nothing to do")
+
+
+def live_token(db: Database, token_id: int) -> TokenInfo:
+    """The token :func:`revoke_token` would revoke (live: not revoked; expired or not);
+    :class:`TokenError` saying why when there is none. Changes nothing."""
+    info = _find(db, token_id)
+    if info is None or info.revoked_at is not None:
+        raise _not_live(token_id, info)
+    return info
+
+
+def revoke_token(db: Database, token_id: int, *, by: audit.Actor) -> None:
+    """Revoke the live token numbered ``token_id`` as :func:`revoke_tokens` does (audited);
+    :class:`TokenError` saying why, and nothing changed, when it is unknown or already
+    revoked."""
+    if not revoke_tokens(db, token_id=token_id, by=by):
+        raise _not_live(token_id, _find(db, token_id))
+
+
+def revoke_tokens(db: Database, *, token_id: int | None = None, user: str | None = None,
+                  by: audit.Actor) -> int:
     """Revoke the token numbered ``token_id`` or every token of ``user``; return how many
-    were live. Guarantees: from the next request on, a revoked token authenticates nobody."""
+    were live. Guarantees: from the next request on, a revoked token authenticates nobody;
+    when any was live, ``token.revoke`` is audited by ``by`` (entity ``token:<id>`` or
+    ``user:<user>``, detail ``revoked``: the count) in the same transaction."""
     if (token_id is None) == (user is None):
         raise ValueError("give a token number or a user")
     where = ApiToken.id == token_id if token_id is not None else ApiToken.user == user
     with db.session() as session:
         result = session.execute(update(ApiToken).where(where, ApiToken.revoked_at.is_(None))
                                  .values(revoked_at=datetime.now(UTC)))
-        return affected_rows(result) or 0
+        count = affected_rows(result) or 0
+        if count:
+            by.record(session, "token.revoke",
+                      f"token:{token_id}" if token_id is not None else f"user:{user}",
+                      detail={"revoked": count})
+        return count

@@ -12,7 +12,8 @@ from sqlalchemy import delete, select, update
 
 from app.db.models import AuditEvent
 from app.workflow import audit
-from tests.audit.conftest import bearer, ebiw, make_app
+from app.workflow.accounts import create_user
+from tests.audit.conftest import NODE, bearer, ebiw, make_app
 from tests.conftest import services
 
 
@@ -121,3 +122,14 @@ def test_admin_changes_from_the_command_line_are_audited(audit_app: Flask) -> No
          "cli:"),
         ("token.create", ("user:ward9",), {"role": "capture", "expires_in_seconds": None},
          "cli:")]
+    # the account changes the admin page Accounts makes too: the same records from either
+    create_user(services(audit_app).db, "ward9", "a long enough password", "capture")
+    for command in ("disable", "enable", "unlock"):
+        assert ebiw(audit_app, "user", command, "--username", "ward9").returncode == 0
+    assert ebiw(audit_app, "user", "disable", "--username", "nobody").returncode == 1
+    records = audit.search(services(audit_app).db, audit.Filters(action="user."))
+    assert [(r.action, r.entities, r.detail, r.actor[:4], r.node) for r in records] == [
+        ("user.unlock", ("user:ward9",), {"was_locked": False}, "cli:", NODE),
+        ("user.enable", ("user:ward9",), {"was_disabled": True}, "cli:", NODE),
+        ("user.disable", ("user:ward9",), {"was_disabled": False, "sessions_ended": 0}, "cli:",
+         NODE)]

@@ -16,9 +16,11 @@ from sqlalchemy import select, update
 
 from app.db.models import ApiToken, LoginThrottle
 from app.factory import create_app
-from app.workflow import accounts
+from app.workflow import accounts, audit
 from app.workflow.tokens import create_token, list_tokens, revoke_tokens
 from tests.conftest import PASSWORD, REPO, log_in, services
+
+ADMIN = audit.Actor("test-admin")
 
 
 def _attempt(client: FlaskClient, username: str, password: str) -> tuple[int, dict, dict]:
@@ -73,7 +75,7 @@ def test_failures_age_out_and_unlock_lifts_the_lock(app: Flask, client: FlaskCli
     for _ in range(5):
         _attempt(client, name, "wrong password!!")
     assert _attempt(client, name, PASSWORD)[1]["error"]["code"] == "account_locked"
-    assert accounts.unlock(db, name) is True
+    assert accounts.unlock(db, name, by=ADMIN) is True
     log_in(client, name)
 
 
@@ -108,15 +110,15 @@ def test_password_change_and_disable_end_sessions(app: Flask, users: dict[str, s
     accounts.set_password(db, users["capture"], "a brand new password")
     assert client.get("/api/v1/me").status_code == 401
     log_in(client, users["capture"], "a brand new password")
-    accounts.set_disabled(db, users["capture"], True)
+    accounts.set_disabled(db, users["capture"], True, by=ADMIN)
     assert client.get("/api/v1/me").status_code == 401
     assert _attempt(client, users["capture"], "a brand new password")[0] == 401
-    accounts.set_disabled(db, users["capture"], False)
+    accounts.set_disabled(db, users["capture"], False, by=ADMIN)
     log_in(client, users["capture"], "a brand new password")
     with pytest.raises(accounts.AccountError, match="at least 12"):
         accounts.set_password(db, users["capture"], "short")
     with pytest.raises(accounts.AccountError, match="no such user"):
-        accounts.set_disabled(db, "nobody", True)
+        accounts.set_disabled(db, "nobody", True, by=ADMIN)
 
 
 def test_tokens_are_listed_without_secrets_and_revocable(
@@ -139,11 +141,11 @@ def test_tokens_are_listed_without_secrets_and_revocable(
             .status_code
 
     assert me(third) == 200
-    assert revoke_tokens(db, token_id=listed[2].id) == 1
+    assert revoke_tokens(db, token_id=listed[2].id, by=ADMIN) == 1
     assert me(third) == 401
-    assert revoke_tokens(db, user="ward7-phone") == 2
+    assert revoke_tokens(db, user="ward7-phone", by=ADMIN) == 2
     assert me(first) == me(second) == 401
-    assert revoke_tokens(db, user="ward7-phone") == 0
+    assert revoke_tokens(db, user="ward7-phone", by=ADMIN) == 0
 
 
 def test_cli_user_and_token_commands(tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from flask.testing import FlaskClient
 from jwt.algorithms import RSAAlgorithm
 
 from app.factory import create_app
+from app.workflow import audit
 from app.workflow.accounts import create_user, list_users, set_disabled
 from tests.auth.test_login_next import ATTACKS
 from tests.conftest import StubHandler, services, serving
@@ -267,7 +268,7 @@ def test_accounts_without_a_role_or_clashing_with_local_ones_are_refused(
 def test_a_disabled_account_cannot_sign_in(oidc_app: Flask, provider: Provider) -> None:
     client = oidc_app.test_client()
     sign_in(client)
-    set_disabled(services(oidc_app).db, "j.smith", True)
+    set_disabled(services(oidc_app).db, "j.smith", True, by=audit.Actor("test-admin"))
     assert client.get("/api/v1/me").status_code == 401
     assert sign_in(oidc_app.test_client()).status_code == 403
 

@@ -21,8 +21,9 @@ from tests.conftest import (
     served_as_deployed,
 )
 
-ADMIN_PAGES = ("/admin/deliveries", "/admin/audit", "/admin/exports", "/admin/corrections")
-LINKS = ["Capture", "Batch", "Deliveries", "Audit", "Exports", "Corrections"]
+ADMIN_PAGES = ("/admin/deliveries", "/admin/audit", "/admin/exports", "/admin/accounts",
+               "/admin/corrections")
+LINKS = ["Capture", "Batch", "Deliveries", "Audit", "Exports", "Accounts", "Corrections"]
 
 LAYOUT = """() => {
   const box = (el) => { const r = el.getBoundingClientRect();

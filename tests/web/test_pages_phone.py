@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ from flask import Flask
 from flask.testing import FlaskClient
 from sqlalchemy import select, update
 
-from app.db.models import LegalHold, Photo
+from app.db.models import ApiToken, AuditEvent, LegalHold, LoginThrottle, Photo
 from app.pipeline import quality
 from app.pipeline.color.detect import find_chart
+from app.workflow import audit
+from app.workflow.accounts import create_user, set_disabled
 from tests.conftest import (
     ARTIFACTS,
     AXE_RUN,
@@ -41,6 +44,8 @@ from tests.viewer.conftest import CHART, photo, upload_study
 
 SCHEMES = ("light", "dark")
 HEEL = "84607009"  # skin of heel
+LOCKED, DISABLED = "night.nurse", "left.nurse"
+"""Accounts for the accounts page: one locked out after failed logins, one disabled."""
 
 
 BACKGROUND_LUMINANCE = """() => {
@@ -89,6 +94,18 @@ def _ask_to_release(page: Any) -> None:
     page.wait_for_selector("#confirm-title")
 
 
+def _ask_to_revoke(page: Any) -> None:
+    """Tap Revoke on the first token: the page asks to confirm it."""
+    page.click("form[action$='/revoke'] button")
+    page.wait_for_selector("#confirm-title")
+
+
+def _ask_to_disable(page: Any) -> None:
+    """Tap Disable on the first account that has it: the page asks to confirm it."""
+    page.click("form[action$='/disable'] button")
+    page.wait_for_selector("#confirm-title")
+
+
 @pytest.fixture
 def app_overrides(tmp_path: Path) -> dict[str, object]:
     """A PACS destination (never reached: deliveries stay queued for the admin page to list);
@@ -121,15 +138,24 @@ def site(app: Flask, client: FlaskClient, auth: dict[str, dict[str, str]],
          users: dict[str, str]) -> Iterator[Site]:
     """The app as deployed, with one study of the chart photo stored, and its quality record
     (measured here: the colour step that would measure it is off) for the viewer's card; a
-    legal hold on another patient for the retention page to list."""
+    legal hold on another patient for the retention page to list; an account locked out
+    after failed logins and a disabled one for the accounts page, besides the role's accounts
+    and their API tokens."""
     bgr = cv2.imread(str(CHARTS / CHART))
     record = quality.assess(bgr, find_chart(bgr)).as_json()
+    db = services(app).db
+    for name in (LOCKED, DISABLED):
+        create_user(db, name, PASSWORD, "capture")
+    set_disabled(db, DISABLED, True, by=audit.Actor("test-admin"))
     with served_as_deployed(app) as (url, _):
         study = upload_study(client, auth["capture"], [photo(CHART)])
-        with services(app).db.session() as db:
-            db.execute(update(Photo).values(quality=record))
-            db.add(LegalHold(issuer="HOSP-A", patient_id="00999999", reason="pending claim",
-                             set_by="ada"))
+        with db.session() as session:
+            session.execute(update(Photo).values(quality=record))
+            session.add(LegalHold(issuer="HOSP-A", patient_id="00999999",
+                                  reason="pending claim", set_by="ada"))
+            session.add(LoginThrottle(username=LOCKED, failures=0,
+                                      last_failure_at=datetime.now(UTC),
+                                      locked_until=datetime.now(UTC) + timedelta(minutes=15)))
         yield Site(url, study.study_uid, users)
 
 
@@ -153,6 +179,9 @@ def pages(site: Site) -> list[PageSpec]:
         PageSpec("retention", "/admin/retention", "admin", "main h1"),
         PageSpec("retention-release", "/admin/retention", "admin", "main h1",
                  _ask_to_release),
+        PageSpec("accounts", "/admin/accounts", "admin", "main h1"),
+        PageSpec("accounts-revoke", "/admin/accounts", "admin", "main h1", _ask_to_revoke),
+        PageSpec("accounts-disable", "/admin/accounts", "admin", "main h1", _ask_to_disable),
         PageSpec("error-404", "/no/such/page", "admin", "main h1"),
         PageSpec("error-401", "/admin/audit", None, "main h1"),
     ]
@@ -170,23 +199,20 @@ def _log_in(browser: Any, url: str, username: str) -> dict[str, Any]:
     return state
 
 
-def _check(browser: Any, site: Site, spec: PageSpec, state: dict[str, Any] | None,
-           scheme: str, axe: Path) -> dict[str, Any]:
-    """Open the page under its CSP and measure it, screenshot it, then run axe on it in a
-    context that bypasses the CSP."""
-    context = browser.new_context(**PHONE, color_scheme=scheme, storage_state=state)
-    page = context.new_page()
+def _errors(page: Any) -> list[str]:
+    """The list the page's script errors and console errors (e.g. a CSP violation) go to."""
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.on("console", lambda message: errors.append(message.text)  # e.g. a CSP violation
+    page.on("console", lambda message: errors.append(message.text)
             if message.type == "error" and "Failed to load resource" not in message.text
             else None)
-    page.goto(f"{site.url}{spec.path}")
-    page.wait_for_selector(spec.ready, timeout=30_000)
-    if spec.act:
-        spec.act(page)
-    page.wait_for_timeout(200)
-    seen = {
+    return errors
+
+
+def _measured(page: Any, errors: list[str]) -> dict[str, Any]:
+    """What the page shows now, as :func:`_problems` checks it (but axe): its width, small tap
+    targets, background, app bar, links, times, text and ``errors``."""
+    return {
         "width": page.evaluate("document.documentElement.scrollWidth"),
         "small": page.evaluate(TAP_TARGETS),
         "luminance": page.evaluate(BACKGROUND_LUMINANCE),
@@ -203,6 +229,21 @@ def _check(browser: Any, site: Site, spec: PageSpec, state: dict[str, Any] | Non
         "text": page.locator("body").inner_text(),
         "errors": errors,
     }
+
+
+def _check(browser: Any, site: Site, spec: PageSpec, state: dict[str, Any] | None,
+           scheme: str, axe: Path) -> dict[str, Any]:
+    """Open the page under its CSP and measure it, screenshot it, then run axe on it in a
+    context that bypasses the CSP."""
+    context = browser.new_context(**PHONE, color_scheme=scheme, storage_state=state)
+    page = context.new_page()
+    errors = _errors(page)
+    page.goto(f"{site.url}{spec.path}")
+    page.wait_for_selector(spec.ready, timeout=30_000)
+    if spec.act:
+        spec.act(page)
+    page.wait_for_timeout(200)
+    seen = _measured(page, errors)
     page.screenshot(path=str(ARTIFACTS / f"phone-{spec.name}-{scheme}.png"), full_page=True)
     context.close()
 
@@ -264,7 +305,7 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     assert light["batch"]["nav"] == ["Capture", "Batch"]
     assert light["viewer"]["nav"] == ["Capture"]
     assert light["deliveries"]["nav"] == ["Capture", "Batch", "Deliveries", "Audit", "Exports",
-                                          "Corrections"]
+                                          "Accounts", "Corrections"]
     assert "No archived instance has SOP Instance UID 1.2.3.4." in \
         light["corrections-refused"]["text"]
     retention = re.sub(r"\s+", " ", light["retention"]["text"])
@@ -285,10 +326,22 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     # the photo's quality line, its failing check marked (a lab photo: 2.9 px/mm is too far)
     assert re.search(r"Photo 1: Sharp · exposure ok · chart found · tilt \d+° · ✗ failed: "
                      r"2\.9 px/mm", re.sub(r"\s+", " ", light["viewer"]["text"]))
-    for name in ("audit", "deliveries", "retention"):
+    for name in ("audit", "deliveries", "retention", "accounts"):
         assert light[name]["times"], name
         assert not re.search(r"\d\d:\d\d:\d\d\.\d{3}", light[name]["text"]), name
         assert all(re.search(r"\b20\d\d\b", t) and "T" not in t for t in light[name]["times"])
+    accounts = re.sub(r"\s+", " ", light["accounts"]["text"])
+    local_time = r"\w{3} \d+, 20\d\d, [\d:]+ [AP]M"  # as local-times.js writes it
+    assert re.search(rf"{LOCKED} capture Password Active; locked until {local_time} Unlock "
+                     rf"{LOCKED} Disable… {LOCKED}", accounts)
+    assert f"{DISABLED} capture Password Disabled Enable {DISABLED}" in accounts
+    assert "admin-nurse (you) admin Password Active capture-nurse" in accounts  # no Disable
+    assert re.search(rf"\b1 capture-user capture {local_time} never {local_time} Live Revoke "
+                     r"token 1…", accounts)
+    assert "Revoke token 1? User capture-user Role capture" in \
+        re.sub(r"\s+", " ", light["accounts-revoke"]["text"])
+    assert "Disable capture-nurse? Role capture" in \
+        re.sub(r"\s+", " ", light["accounts-disable"]["text"])
     # the "add a patient by MRN" row: labels, fields and Add stacked, all edges aligned
     assert len(light["batch"]["manual"]) == 5
     assert len({tuple(edges) for edges in light["batch"]["manual"]}) == 1
@@ -329,6 +382,68 @@ def test_a_legal_hold_is_released_on_confirm_only_and_cancel_keeps_it(
     assert release_url == f"{site.url}/admin/retention/release"  # the ID in the body only
     with services(app).db.session() as db:
         assert db.scalars(select(LegalHold)).all() == []
+
+
+def test_a_token_is_revoked_on_confirm_only_and_cancel_keeps_it(
+        app: Flask, site: Site, chromium: Browser, axe_script: Path) -> None:
+    """The lost phone's token, revoked by an admin on a phone: each screen fits it and is
+    accessible; the first tap only asks, Cancel changes nothing, Confirm revokes (audited)."""
+    with services(app).db.session() as db:
+        token = db.scalars(select(ApiToken).where(ApiToken.user == "capture-user")).one().id
+    steps = ("asked", "cancelled", "asked-again", "revoked")
+    specs = [PageSpec(f"accounts-{step}", "/admin/accounts", "admin", "main h1")
+             for step in steps]
+
+    def scenario(browser: Any) -> tuple[dict[tuple[str, str], dict[str, Any]], list[str]]:
+        context = browser.new_context(**PHONE, color_scheme="light", bypass_csp=True,
+                                      storage_state=_log_in(browser, site.url,
+                                                            site.users["admin"]))
+        page = context.new_page()
+        errors, seen, urls = _errors(page), {}, []
+        page.goto(f"{site.url}/admin/accounts")
+        for step, tap in zip(steps, (f"button:text-is('Revoke token {token}…')",
+                                     "#confirm-title ~ form :text-is('Cancel')",
+                                     f"button:text-is('Revoke token {token}…')",
+                                     f"#confirm-title ~ form :text-is('Revoke token {token}')"),
+                             strict=True):
+            page.click(tap)
+            page.wait_for_selector("main h1")
+            seen[(f"accounts-{step}", "light")] = shown = _measured(page, errors)
+            shown["revoked"] = _revoked(app, token)
+            page.screenshot(path=str(ARTIFACTS / f"phone-accounts-{step}.png"), full_page=True)
+            page.add_script_tag(path=str(axe_script))
+            shown["axe"] = page.evaluate(AXE_RUN)
+            urls.append(page.url)
+        context.close()
+        return seen, urls
+
+    seen, urls = chromium.run(scenario)
+    assert _problems(site, specs, seen) == []
+    text = {step: re.sub(r"\s+", " ", seen[(f"accounts-{step}", "light")]["text"])
+            for step in steps}
+    revoked = {step: seen[(f"accounts-{step}", "light")]["revoked"] for step in steps}
+    assert revoked == {"asked": False, "cancelled": False, "asked-again": False,
+                       "revoked": True}
+    assert f"Revoke token {token}? User capture-user Role capture" in text["asked"]
+    assert "cannot be undone" in text["asked"] and "API tokens of" not in text["asked"]
+    assert urls[1] == f"{site.url}/admin/accounts"  # Cancel: the list again
+    assert f"Revoke token {token}…" in text["cancelled"]
+    assert f"Token {token} is revoked: it is refused from its next request on." \
+        in text["revoked"]
+    assert re.search(rf"\b{token} capture-user capture [^.]+ Revoked \w{{3}} \d+, 20\d\d",
+                     text["revoked"])
+    assert f"Revoke token {token}…" not in text["revoked"]
+    with services(app).db.session() as db:
+        records = [(e.actor, e.role, tuple(e.entities)) for e in db.scalars(
+            select(AuditEvent).where(AuditEvent.action == "token.revoke"))]
+    assert records == [(site.users["admin"], "admin", (f"token:{token}",))]
+
+
+def _revoked(app: Flask, token_id: int) -> bool:
+    """Whether the token numbered ``token_id`` is revoked in the database."""
+    with services(app).db.session() as db:
+        row = db.get(ApiToken, token_id)
+        return row is not None and row.revoked_at is not None
 
 
 def test_the_retention_lists_name_each_patient_and_fit_a_phone(
