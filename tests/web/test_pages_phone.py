@@ -224,7 +224,7 @@ def _measured(page: Any, errors: list[str]) -> dict[str, Any]:
         else None,
         "times": page.locator("time[datetime]").all_text_contents(),
         "manual": page.evaluate("""() => [...document.querySelectorAll(
-          "#manual-form > :not(h3)")].map((e) => { const b = e.getBoundingClientRect();
+          "#manual-form > :not(h3):not(p)")].map((e) => { const b = e.getBoundingClientRect();
           return [Math.round(b.left), Math.round(b.right)]; })"""),
         "text": page.locator("body").inner_text(),
         "errors": errors,
