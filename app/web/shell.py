@@ -51,7 +51,8 @@ def nav() -> tuple[NavLink, ...]:
     clinicians (``capture``) only while ``EBIW_CORRECTION_WINDOW_MINUTES`` is above 0, when
     the page lists the studies they may still correct."""
     clinicians = ("capture",) if services().settings.correction_window_minutes > 0 else ()
-    return (*_NAV, NavLink("/admin/corrections", "Corrections", ("admin", *clinicians)))
+    return (*_NAV, NavLink("/admin/corrections", "Corrections", ("admin", *clinicians)),
+            NavLink("/admin/retention", "Retention", ("admin",)))
 
 
 @dataclass(frozen=True)

@@ -305,7 +305,7 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     assert light["batch"]["nav"] == ["Capture", "Batch"]
     assert light["viewer"]["nav"] == ["Capture"]
     assert light["deliveries"]["nav"] == ["Capture", "Batch", "Deliveries", "Audit", "Exports",
-                                          "Accounts", "Corrections"]
+                                          "Accounts", "Corrections", "Retention"]
     assert "No archived instance has SOP Instance UID 1.2.3.4." in \
         light["corrections-refused"]["text"]
     retention = re.sub(r"\s+", " ", light["retention"]["text"])
