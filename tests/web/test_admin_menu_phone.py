@@ -23,7 +23,8 @@ from tests.conftest import (
 
 ADMIN_PAGES = ("/admin/deliveries", "/admin/audit", "/admin/exports", "/admin/accounts",
                "/admin/corrections")
-LINKS = ["Capture", "Batch", "Deliveries", "Audit", "Exports", "Accounts", "Corrections", "Retention"]
+LINKS = ["Capture", "Batch", "Deliveries", "Audit", "Exports", "Accounts", "Corrections",
+         "Retention"]
 
 LAYOUT = """() => {
   const box = (el) => { const r = el.getBoundingClientRect();

@@ -32,7 +32,8 @@ def test_links_follow_the_role_and_back_leads_to_the_launch_patient(app: Flask) 
     assert _shell_of(app, Caller("v", "view")) == (["Capture"], "/")
     assert _shell_of(app, Caller("c", "capture")) == (["Capture", "Batch"], "/")
     assert _shell_of(app, Caller("a", "admin"))[0] == [
-        "Capture", "Batch", "Deliveries", "Audit", "Exports", "Accounts", "Corrections", "Retention"]
+        "Capture", "Batch", "Deliveries", "Audit", "Exports", "Accounts", "Corrections",
+        "Retention"]
     launched = Caller("c", "capture", patient=("HOSP-A", "00123456"))
     assert _shell_of(app, launched)[1] == "/launch/patient"
     with app.test_request_context("/admin/audit"):
