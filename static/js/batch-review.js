@@ -26,6 +26,8 @@ import { displayDate, displayName, h, paintBitmap, sexText } from "./ui.js";
  * @property {import("./sites.js").BodySite[]} sites the body sites to choose from
  * @property {Map<string, {site: string, side: string}>} details per group: the body site (its
  *   meaning, as typed or chosen) and side entered so far, kept across redraws
+ * @property {Set<string>} confirming the groups whose confirmation is being sent: their
+ *   Confirm button is drawn disabled, saying so
  */
 
 /**
@@ -189,6 +191,7 @@ function confirmControls(group, items, handlers) {
   }
   const choices = lookup.status === "ambiguous" ? lookup.patients : [];
   let chosen = lookup.status === "matched" || group.status === "confirmed" ? {} : null;
+  const sending = handlers.confirming.has(group.id);
   if (choices.length) {
     const fieldset = h("fieldset", {}, h("legend", {}, "Which patient?"));
     for (const p of choices) {
@@ -196,7 +199,7 @@ function confirmControls(group, items, handlers) {
         "data-focus": `patient:${group.id}:${p.issuer}|${p.mrn}` });
       radio.addEventListener("change", () => {
         chosen = { patient: { mrn: p.mrn, issuer: p.issuer } };
-        button.disabled = false;
+        button.disabled = sending;
       });
       fieldset.append(h("label", { class: "option" }, radio, ` ${patientText(p)}`));
     }
@@ -205,16 +208,16 @@ function confirmControls(group, items, handlers) {
   const details = group.status === "confirmed" ? null
     : siteControls(group, handlers, holdsClip(group, items));
   if (details) box.append(details.element);
-  const button = h("button", { type: "button", class: "primary confirm", disabled: !chosen,
-    "data-focus": `confirm:${group.id}` },
-    group.status === "confirmed" ? `Store ${held} more` : `Confirm and store ${held}`);
+  const button = h("button", { type: "button", class: "primary confirm",
+    disabled: !chosen || sending, "data-focus": `confirm:${group.id}` },
+    sending ? "Storing…"
+      : group.status === "confirmed" ? `Store ${held} more` : `Confirm and store ${held}`);
   button.addEventListener("click", () => {
     const site = details ? details.body() : {};
     if (typeof site === "string") {
       handlers.refuse(group.id, site);
       return;
     }
-    button.disabled = true;
     handlers.confirm(group.id, { ...(chosen || {}), ...site });
   });
   box.append(button);

@@ -304,3 +304,34 @@ def test_focus_stays_on_the_control_used_when_the_lists_are_drawn_again(
     assert focused(page) == f"p result:{boris}"
     assert first.name in page.inner_text(".batch-group:not(.confirmed)")
     assert page.errors == []
+
+
+def test_confirm_stays_disabled_until_its_request_is_answered(
+        live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path) -> None:
+    """A photo sent while a group's confirmation is on its way redraws the review: the group's
+    Confirm button stays disabled, saying it is storing, so a second tap sends nothing."""
+    app = live[0]
+    held_confirms: list[Any] = []
+    page.route("**/confirm", lambda route: held_confirms.append(route))  # let through later
+    open_with(page, tmp_path / "photos", visit())
+    group = page.locator(".batch-group:not(.unsorted)")
+    group.locator("button.confirm:not([disabled])").click()
+    page.wait_for_function("() => document.querySelector('.batch-group:not(.unsorted) "
+                           "button.confirm').disabled")
+    assert len(held_confirms) == 1
+
+    early = lesion(1, 0, None)  # before the label: unsorted, the group does not change
+    (tmp_path / "photos" / early.name).write_bytes(early.data)
+    page.set_input_files("#files", str(tmp_path / "photos" / early.name))
+    page.wait_for_selector(".batch-group.unsorted .batch-item")  # drawn again with it
+    button = group.locator("button.confirm")
+    assert (button.is_disabled(), button.inner_text()) == (True, "Storing…")
+    button.click(force=True)  # the second tap
+    assert len(held_confirms) == 1
+    with services(app).db.session() as db:
+        assert db.scalar(select(Instance.sop_uid)) is None
+
+    held_confirms[0].continue_()
+    page.wait_for_selector(".batch-group.confirmed")
+    assert len(held_confirms) == 1
+    assert page.errors == []
