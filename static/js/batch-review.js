@@ -13,7 +13,7 @@
  * @module batch-review
  */
 
-import { displayDate, displayName, h, paintBitmap, sexText } from "./ui.js";
+import { count, displayDate, displayName, h, paintBitmap, sexText } from "./ui.js";
 
 /**
  * @typedef {object} Handlers
@@ -74,11 +74,21 @@ function patientText(p) {
     (p.issuer ? ` (${p.issuer})` : "");
 }
 
+/**
+ * The directory's patient a confirmed group was stored for, when its lookup holds them.
+ * @param {object} group a confirmed group
+ * @returns {object|null} the lookup's patient
+ */
+function confirmedPatient(group) {
+  const patients = group.lookup ? group.lookup.patients : [];
+  return patients.find((p) => p.mrn === group.patient.id &&
+    p.issuer === group.patient.issuer) || null;
+}
+
 function groupTitle(group) {
   const lookup = group.lookup || { status: "pending", patients: [] };
   if (group.status === "confirmed" && group.patient) {
-    const chosen = lookup.patients.find((p) => p.mrn === group.patient.id &&
-      p.issuer === group.patient.issuer);
+    const chosen = confirmedPatient(group);
     return chosen ? patientText(chosen) : `MRN ${group.patient.id} (${group.patient.issuer})`;
   }
   if (lookup.status === "matched") return patientText(lookup.patients[0]);
@@ -286,6 +296,29 @@ function siteControls(group, handlers, required) {
 }
 
 /**
+ * A group's result line (focus key `result:<group id>`): nothing stored yet, or, once
+ * confirmed, how many photos were stored for whom (name and MRN), followed by a link that
+ * opens the study in the viewer (its UID in the path, nothing of the patient in the URL).
+ * @param {object} group
+ * @returns {HTMLElement[]}
+ */
+function groupResult(group) {
+  const attributes = { class: "muted batch-result", tabindex: "-1",
+    "data-focus": `result:${group.id}` };
+  if (group.status !== "confirmed" || !group.patient) {
+    return [h("p", attributes, "Not confirmed: nothing stored yet")];
+  }
+  const chosen = confirmedPatient(group);
+  const stored = group.counts.stored;
+  return [
+    h("p", attributes, `Stored ${count(stored)} for ` +
+      `${chosen ? nameAndMrn(chosen) : `MRN ${group.patient.id}`}.`),
+    stored > 0 && group.study_instance_uid ? h("a", { class: "button secondary batch-open",
+      href: `/studies/${group.study_instance_uid}` }, "Open in viewer") : null,
+  ];
+}
+
+/**
  * Render the review of `batch` into `container`.
  * @param {HTMLElement} container
  * @param {object} batch the API's batch
@@ -300,9 +333,7 @@ export function renderReview(container, batch, local, handlers) {
     sections.push(h("section", { class: `card batch-group ${group.status}`,
       "data-group-id": group.id, "aria-label": `Group ${groupTitle(group)}` },
     h("h3", {}, groupTitle(group)),
-    h("p", { class: "muted batch-result", tabindex: "-1", "data-focus": `result:${group.id}` },
-      group.status === "confirmed" ? `Confirmed — study ${group.study_instance_uid}`
-        : "Not confirmed: nothing stored yet"),
+    ...groupResult(group),
     h("ul", { class: "batch-items" },
       ...group.items.map((uuid) => itemCard(items.get(uuid), batch, local, handlers))),
     problemAt(handlers.problems, `group:${group.id}`),

@@ -1,9 +1,10 @@
 """The batch page on a phone (a Pixel 7, 390×844) in Debian's Chromium, as a clinic assistant
-uses it: a confirmed group still fits the screen, a file the server or a proxy refuses says
-why in words with its name readable, "New batch" asks before it leaves photos that are
-not stored yet (and discards them on the server only when told to), what goes wrong in the
-review is said (and focused) where the user is, "Add a patient by MRN" says what it found,
-and focus stays on a control, not the page, when the lists are drawn again."""
+uses it: a confirmed group says what was stored for whom and fits the screen, and its Confirm
+cannot be tapped twice; a file the server or a proxy refuses says why in words with its name
+readable, "New batch" asks before it leaves photos that are not stored yet (and discards them
+on the server only when told to), what goes wrong in the review is said (and focused) where
+the user is, "Add a patient by MRN" says what it found, and focus stays on a control, not the
+page, when the lists are drawn again."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from app.db.models import Batch, BatchItem, BatchStatus, Instance
+from app.db.models import Batch, BatchItem, BatchStatus, CaptureSession, Instance
 from tests.batch.conftest import ISSUER, PATIENTS, UNKNOWN_MRN, Shot, label, lesion
 from tests.batch.test_batch_clips import PATIENT_A
 from tests.batch.test_batch_page import live, open_with, page
@@ -37,12 +38,22 @@ def visit() -> list[Shot]:
     return [label("zx_code128-2_05.png", 1, PATIENT_A), lesion(2, 2, PATIENT_A)]
 
 
-def test_a_confirmed_group_fits_the_phone(
+def test_a_confirmed_group_says_what_was_stored_for_whom_and_fits_the_phone(
         live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path) -> None:
+    """The result of a confirmation is in the clinic's words: how many photos were stored for
+    which patient (name and MRN), and a link to the study in the viewer whose URL holds
+    nothing of the patient."""
     open_with(page, tmp_path / "photos", visit())
     page.click(".batch-group:not(.unsorted) button.confirm:not([disabled])")
     page.wait_for_selector(".batch-group.confirmed")
-    assert "Confirmed — study 2.25." in page.inner_text(".batch-group.confirmed")
+    with services(live[0]).db.session() as db:
+        [study] = db.scalars(select(CaptureSession.study_uid)).all()
+    group = page.locator(".batch-group.confirmed")
+    assert group.locator(".batch-result").inner_text() == (
+        f"Stored 2 photos for BATCH, Anna · MRN {PATIENT_A}.")
+    link = group.get_by_role("link", name="Open in viewer")
+    assert link.get_attribute("href") == f"/studies/{study}"
+    assert "2.25." not in group.inner_text()
     assert page.evaluate("document.documentElement.scrollWidth") == 390
     assert page.evaluate(TAP_TARGETS) == []
 
@@ -199,7 +210,7 @@ def test_review_problems_are_said_in_the_group_confirmed(
     assert said.count() == 0
     result = group.locator(".batch-result")
     seen = result.evaluate(SEEN)
-    assert seen["text"].startswith("Confirmed — study 2.25.")
+    assert seen["text"] == f"Stored 12 photos for BATCH, Anna · MRN {PATIENT_A}."
     assert (seen["focused"], seen["onScreen"]) == (True, True)
     assert page.errors == []
 
