@@ -280,7 +280,7 @@ async function addFiles(list) {
     const done = known.has(uuid);
     entries.push({ uuid, file: done ? null : file, name: file.name, order: order++,
       size: file.size, loaded: done ? file.size : 0, state: done ? "done" : "queued",
-      error: null });
+      error: null, retryable: false });
   }
   state.queue.add(entries);
   render();
@@ -318,7 +318,7 @@ function renderQueue() {
       tabindex: "-1", "data-focus": `file:${entry.uuid}` },
       h("span", { class: "batch-name" }, entry.name), progress,
       h("span", { class: "batch-state" }, entry.error || STATE_TEXT[entry.state]));
-    if (entry.state === "failed" && entry.file) {
+    if (entry.state === "failed" && entry.file && entry.retryable) {
       const retry = h("button", { type: "button", class: "secondary retry",
         "data-focus": `retry:${entry.uuid}` }, "Retry");
       retry.addEventListener("click", () => queue.retry(entry.uuid));

@@ -58,11 +58,34 @@ def test_a_confirmed_group_says_what_was_stored_for_whom_and_fits_the_phone(
     assert page.evaluate(TAP_TARGETS) == []
 
 
+FILE_ROWS = """() => [...document.querySelectorAll('#file-list li')].map((li) => {
+  const name = li.querySelector('.batch-name').getBoundingClientRect();
+  const retry = li.querySelector('button.retry');
+  const box = retry && retry.getBoundingClientRect();
+  return {name: li.querySelector('.batch-name').textContent,
+          state: li.querySelector('.batch-state').textContent,
+          nameWidth: name.width, nameHeight: name.height,
+          lineHeight: parseFloat(getComputedStyle(li).lineHeight),
+          retry: box && [box.width, box.height]}; })"""
+"""The upload list's rows: each file's name, what its row says, the name's box, and the
+size of its Retry button (null: none)."""
+
+
+def readable(rows: list[dict[str, Any]]) -> None:
+    """Each file's name keeps its line (beside Retry, when there is one), Retry is a tap
+    target, and the list does not widen the page."""
+    for row in rows:
+        assert row["nameHeight"] < 2 * row["lineHeight"], row  # one line, not a letter a line
+        assert row["nameWidth"] > 150, row
+        assert row["retry"] is None or min(row["retry"]) >= 44, row
+
+
 def test_a_refused_file_says_why_in_words_with_its_name_readable(
         live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path) -> None:
     """The app refuses a file that is no image (its JSON message); a proxy in front of it
     refuses a large one with an HTML page of its own (413): the row says so in words, not
-    "the server answered 413", and the file's name keeps its line beside Retry."""
+    "the server answered 413", and the file's name keeps its line. Neither is offered Retry:
+    the same file would be refused again."""
     big = lesion(3, 3, PATIENT_A)
     page.route("**/items/*?order=1", lambda route: route.fulfill(
         status=413, content_type="text/html",
@@ -71,25 +94,47 @@ def test_a_refused_file_says_why_in_words_with_its_name_readable(
     open_with(page, tmp_path / "photos", [broken, big])
     page.wait_for_function("() => document.querySelectorAll("
                            "'#file-list li[data-state=failed]').length === 2")
-    rows = page.evaluate("""() => [...document.querySelectorAll('#file-list li')].map((li) => {
-      const name = li.querySelector('.batch-name').getBoundingClientRect();
-      const retry = li.querySelector('button.retry').getBoundingClientRect();
-      return {name: li.querySelector('.batch-name').textContent,
-              state: li.querySelector('.batch-state').textContent,
-              nameWidth: name.width, nameHeight: name.height,
-              lineHeight: parseFloat(getComputedStyle(li).lineHeight),
-              retry: [retry.width, retry.height]}; })""")
-    assert [(r["name"], r["state"]) for r in rows] == [
+    rows = page.evaluate(FILE_ROWS)
+    assert [(r["name"], r["state"], r["retry"]) for r in rows] == [
         ("camera-roll-broken.jpg",
-         "not a supported image (expected JPEG, PNG, HEIC, TIFF or WebP)"),
-        ("lesion-03.jpg", "the file is too large for the server (error 413)")]
+         "not a supported image (expected JPEG, PNG, HEIC, TIFF or WebP)", None),
+        ("lesion-03.jpg", "the file is too large for the server (error 413)", None)]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "phone-batch-refused.png"), full_page=True)
-    for row in rows:
-        assert row["nameHeight"] < 2 * row["lineHeight"], row  # one line, not a letter a line
-        assert row["nameWidth"] > 150, row
-        assert min(row["retry"]) >= 44, row
+    readable(rows)
     assert page.evaluate("document.documentElement.scrollWidth") == 390
+
+
+def test_retry_is_offered_only_when_sending_again_can_help(
+        live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path) -> None:
+    """A file the server refuses for what it is (not an image) says why, is sent once and is
+    not offered Retry; a file a failing gateway answers 503 for is tried again by itself, then
+    offered Retry, which sends it."""
+    lesion_shot = lesion(2, 2, PATIENT_A)
+    page.route("**/items/*?order=1", lambda route: route.fulfill(
+        status=503, content_type="text/html", body="<html><body>Bad gateway</body></html>"))
+    broken = Shot("a-scanned-letter.jpg", b"%PDF-1.4 a letter, not a photo" * 20, None, None,
+                  "clinical")  # first in file order (by name): sent as order 0
+    open_with(page, tmp_path / "photos", [broken, lesion_shot])
+    page.wait_for_function("""() => [...document.querySelectorAll(
+      '#file-list li[data-state=failed] .batch-state')].filter((s) =>
+      !s.textContent.endsWith('trying again')).length === 2""", timeout=60000)
+    rows = page.evaluate(FILE_ROWS)
+    assert [(r["name"], r["state"], r["retry"] is not None) for r in rows] == [
+        ("a-scanned-letter.jpg",
+         "not a supported image (expected JPEG, PNG, HEIC, TIFF or WebP)", False),
+        ("lesion-02.jpg", "the server could not be reached or had a problem (error 503)",
+         True)]
+    readable(rows)
+    assert len([u for u in page.puts if u.endswith("?order=0")]) == 1
+    assert len([u for u in page.puts if u.endswith("?order=1")]) == 4  # 1 + 3 by itself
+
+    page.unroute("**/items/*?order=1")
+    page.click("#file-list li[data-state=failed] button.retry")
+    page.wait_for_selector("#file-list li[data-state=done] >> text=lesion-02.jpg")
+    assert page.locator("#file-list button.retry").count() == 0
+    assert page.evaluate("document.documentElement.scrollWidth") == 390
+    assert page.errors == []
 
 
 def held(app: Flask, batch_id: str) -> tuple[str, int]:
@@ -280,7 +325,7 @@ def test_focus_stays_on_the_control_used_when_the_lists_are_drawn_again(
     group it went to, and on the confirmed group's result line; never on the page itself."""
     first, second = lesion(2, 2, PATIENT_A), lesion(3, 3, PATIENT_A)
     page.route("**/items/*?order=2", lambda route: route.fulfill(
-        status=413, content_type="text/html", body="<html><body>Too large</body></html>"))
+        status=503, content_type="text/html", body="<html><body>Bad gateway</body></html>"))
     open_with(page, tmp_path / "photos", [*visit(), second])
     retry = page.locator("#file-list li[data-state=failed] button.retry")
     retry.wait_for()
