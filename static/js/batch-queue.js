@@ -1,10 +1,12 @@
 /**
  * The batch page's upload queue: each file PUT to the idempotent item API, a few at a time,
- * with per-file and overall progress, pause/resume and a retry per failed file.
+ * with per-file and overall progress, pause/resume and a retry per file that failed for a
+ * passing reason.
  *
- * Network trouble and 5xx/429 answers are retried by themselves (backoff, up to
- * `AUTO_RETRIES` times); a refusal (4xx) fails the file with the server's message until the
- * user retries it. Pausing aborts the uploads in flight and puts them back in the queue: the
+ * Network trouble, timeouts and 5xx/429 answers are retried by themselves (backoff, up to
+ * `AUTO_RETRIES` times), then the user may retry the file (`retryable`); a refusal of the
+ * file itself (4xx: not an image, too large) fails it with the server's message for good, as
+ * the same bytes sent again can only be refused again. Pausing aborts the uploads in flight and puts them back in the queue: the
  * API is idempotent, so sending a file again is harmless.
  * @module batch-queue
  */
@@ -25,6 +27,8 @@ const FIRST_DELAY_MS = 1000;
  * @property {number} loaded bytes sent so far
  * @property {"queued"|"uploading"|"done"|"failed"} state
  * @property {string|null} error why it failed
+ * @property {boolean} retryable whether sending it again may succeed (it failed for a passing
+ *   reason: the network, a timeout, a busy or failing server)
  */
 
 /**
@@ -81,12 +85,12 @@ export class BatchQueue extends EventTarget {
   }
 
   /**
-   * Send one failed file again.
+   * Send one file again that failed for a passing reason (`retryable`).
    * @param {string} uuid
    */
   retry(uuid) {
     const entry = this.entries.get(uuid);
-    if (!entry || entry.state !== "failed") return;
+    if (!entry || entry.state !== "failed" || !entry.retryable) return;
     Object.assign(entry, { state: "queued", error: null, loaded: 0 });
     this.#attempts.delete(uuid);
     this.#emit("change");
@@ -164,7 +168,7 @@ export class BatchQueue extends EventTarget {
     const attempts = (this.#attempts.get(entry.uuid) || 0) + 1;
     this.#attempts.set(entry.uuid, attempts);
     if (transient && attempts <= AUTO_RETRIES) {
-      entry.state = "failed";
+      Object.assign(entry, { state: "failed", retryable: true });
       entry.error = `${error.message} — trying again`;
       const delay = FIRST_DELAY_MS * 2 ** (attempts - 1) * (0.5 + Math.random() / 2);
       setTimeout(() => {
@@ -175,6 +179,6 @@ export class BatchQueue extends EventTarget {
       }, delay);
       return;
     }
-    Object.assign(entry, { state: "failed", error: error.message });
+    Object.assign(entry, { state: "failed", error: error.message, retryable: transient });
   }
 }

@@ -13,7 +13,7 @@
  * @module batch-review
  */
 
-import { displayDate, displayName, h, paintBitmap, sexText } from "./ui.js";
+import { count, displayDate, displayName, h, paintBitmap, sexText } from "./ui.js";
 
 /**
  * @typedef {object} Handlers
@@ -26,6 +26,8 @@ import { displayDate, displayName, h, paintBitmap, sexText } from "./ui.js";
  * @property {import("./sites.js").BodySite[]} sites the body sites to choose from
  * @property {Map<string, {site: string, side: string}>} details per group: the body site (its
  *   meaning, as typed or chosen) and side entered so far, kept across redraws
+ * @property {Set<string>} confirming the groups whose confirmation is being sent: their
+ *   Confirm button is drawn disabled, saying so
  */
 
 /**
@@ -72,11 +74,21 @@ function patientText(p) {
     (p.issuer ? ` (${p.issuer})` : "");
 }
 
+/**
+ * The directory's patient a confirmed group was stored for, when its lookup holds them.
+ * @param {object} group a confirmed group
+ * @returns {object|null} the lookup's patient
+ */
+function confirmedPatient(group) {
+  const patients = group.lookup ? group.lookup.patients : [];
+  return patients.find((p) => p.mrn === group.patient.id &&
+    p.issuer === group.patient.issuer) || null;
+}
+
 function groupTitle(group) {
   const lookup = group.lookup || { status: "pending", patients: [] };
   if (group.status === "confirmed" && group.patient) {
-    const chosen = lookup.patients.find((p) => p.mrn === group.patient.id &&
-      p.issuer === group.patient.issuer);
+    const chosen = confirmedPatient(group);
     return chosen ? patientText(chosen) : `MRN ${group.patient.id} (${group.patient.issuer})`;
   }
   if (lookup.status === "matched") return patientText(lookup.patients[0]);
@@ -189,6 +201,7 @@ function confirmControls(group, items, handlers) {
   }
   const choices = lookup.status === "ambiguous" ? lookup.patients : [];
   let chosen = lookup.status === "matched" || group.status === "confirmed" ? {} : null;
+  const sending = handlers.confirming.has(group.id);
   if (choices.length) {
     const fieldset = h("fieldset", {}, h("legend", {}, "Which patient?"));
     for (const p of choices) {
@@ -196,7 +209,7 @@ function confirmControls(group, items, handlers) {
         "data-focus": `patient:${group.id}:${p.issuer}|${p.mrn}` });
       radio.addEventListener("change", () => {
         chosen = { patient: { mrn: p.mrn, issuer: p.issuer } };
-        button.disabled = false;
+        button.disabled = sending;
       });
       fieldset.append(h("label", { class: "option" }, radio, ` ${patientText(p)}`));
     }
@@ -205,16 +218,16 @@ function confirmControls(group, items, handlers) {
   const details = group.status === "confirmed" ? null
     : siteControls(group, handlers, holdsClip(group, items));
   if (details) box.append(details.element);
-  const button = h("button", { type: "button", class: "primary confirm", disabled: !chosen,
-    "data-focus": `confirm:${group.id}` },
-    group.status === "confirmed" ? `Store ${held} more` : `Confirm and store ${held}`);
+  const button = h("button", { type: "button", class: "primary confirm",
+    disabled: !chosen || sending, "data-focus": `confirm:${group.id}` },
+    sending ? "Storing…"
+      : group.status === "confirmed" ? `Store ${held} more` : `Confirm and store ${held}`);
   button.addEventListener("click", () => {
     const site = details ? details.body() : {};
     if (typeof site === "string") {
       handlers.refuse(group.id, site);
       return;
     }
-    button.disabled = true;
     handlers.confirm(group.id, { ...(chosen || {}), ...site });
   });
   box.append(button);
@@ -283,6 +296,29 @@ function siteControls(group, handlers, required) {
 }
 
 /**
+ * A group's result line (focus key `result:<group id>`): nothing stored yet, or, once
+ * confirmed, how many photos were stored for whom (name and MRN), followed by a link that
+ * opens the study in the viewer (its UID in the path, nothing of the patient in the URL).
+ * @param {object} group
+ * @returns {HTMLElement[]}
+ */
+function groupResult(group) {
+  const attributes = { class: "muted batch-result", tabindex: "-1",
+    "data-focus": `result:${group.id}` };
+  if (group.status !== "confirmed" || !group.patient) {
+    return [h("p", attributes, "Not confirmed: nothing stored yet")];
+  }
+  const chosen = confirmedPatient(group);
+  const stored = group.counts.stored;
+  return [
+    h("p", attributes, `Stored ${count(stored)} for ` +
+      `${chosen ? nameAndMrn(chosen) : `MRN ${group.patient.id}`}.`),
+    stored > 0 && group.study_instance_uid ? h("a", { class: "button secondary batch-open",
+      href: `/studies/${group.study_instance_uid}` }, "Open in viewer") : null,
+  ];
+}
+
+/**
  * Render the review of `batch` into `container`.
  * @param {HTMLElement} container
  * @param {object} batch the API's batch
@@ -297,9 +333,7 @@ export function renderReview(container, batch, local, handlers) {
     sections.push(h("section", { class: `card batch-group ${group.status}`,
       "data-group-id": group.id, "aria-label": `Group ${groupTitle(group)}` },
     h("h3", {}, groupTitle(group)),
-    h("p", { class: "muted batch-result", tabindex: "-1", "data-focus": `result:${group.id}` },
-      group.status === "confirmed" ? `Confirmed — study ${group.study_instance_uid}`
-        : "Not confirmed: nothing stored yet"),
+    ...groupResult(group),
     h("ul", { class: "batch-items" },
       ...group.items.map((uuid) => itemCard(items.get(uuid), batch, local, handlers))),
     problemAt(handlers.problems, `group:${group.id}`),

@@ -35,6 +35,8 @@ const state = {
   details: new Map(),
   /** @type {Map<string, import("./batch-review.js").Problem>} what went wrong, by place */
   problems: new Map(),
+  /** @type {Set<string>} the groups whose confirmation has not been answered yet */
+  confirming: new Set(),
 };
 
 /**
@@ -127,7 +129,7 @@ function render(focus = []) {
     (batch.label_photos === "drop" ? " · label photos are not kept" : "");
   rebuildKeepingFocus(byId("groups"), () => renderReview(byId("groups"), batch, state.local,
     { update, confirm, refuse, problems: state.problems, sites: state.sites,
-      details: state.details }), focus);
+      details: state.details, confirming: state.confirming }), focus);
 }
 
 function scheduleRefresh() {
@@ -171,14 +173,19 @@ async function update(uuid, changes, control) {
 }
 
 /**
- * Confirm a group. Then focus goes to its result line ("Confirmed — study …"), or to what went
+ * Confirm a group. Until the server has answered, every drawing shows its Confirm button
+ * disabled ("Storing…"), so that a redraw in the meantime (a file sent, a thumbnail made)
+ * cannot offer a second confirmation. Then focus goes to its result line, or to what went
  * wrong, said above its Confirm button.
  * @param {string} groupId
  * @param {object} body
  */
 async function confirm(groupId, body) {
+  if (state.confirming.has(groupId)) return;
   const place = `group:${groupId}`;
   state.problems.delete(place);
+  state.confirming.add(groupId);
+  render();
   let focus = `result:${groupId}`;
   try {
     await call("POST", `/api/v1/batches/${state.batch.id}/groups/${groupId}/confirm`, body);
@@ -186,6 +193,8 @@ async function confirm(groupId, body) {
     const reason = reasonOf(error);
     if (reason === null) return;
     focus = noteProblem(place, reason);
+  } finally {
+    state.confirming.delete(groupId);
   }
   await refresh([focus]);
 }
@@ -271,7 +280,7 @@ async function addFiles(list) {
     const done = known.has(uuid);
     entries.push({ uuid, file: done ? null : file, name: file.name, order: order++,
       size: file.size, loaded: done ? file.size : 0, state: done ? "done" : "queued",
-      error: null });
+      error: null, retryable: false });
   }
   state.queue.add(entries);
   render();
@@ -309,7 +318,7 @@ function renderQueue() {
       tabindex: "-1", "data-focus": `file:${entry.uuid}` },
       h("span", { class: "batch-name" }, entry.name), progress,
       h("span", { class: "batch-state" }, entry.error || STATE_TEXT[entry.state]));
-    if (entry.state === "failed" && entry.file) {
+    if (entry.state === "failed" && entry.file && entry.retryable) {
       const retry = h("button", { type: "button", class: "secondary retry",
         "data-focus": `retry:${entry.uuid}` }, "Retry");
       retry.addEventListener("click", () => queue.retry(entry.uuid));

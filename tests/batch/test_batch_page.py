@@ -72,8 +72,11 @@ def page(live: tuple[Flask, str, HoldPuts], screen: dict[str, Any]) -> Iterator[
         tab.errors = []
         tab.puts = []
         tab.on("pageerror", lambda error: tab.errors.append(str(error)))
+        # The browser logs each error answer; those (a 4xx refusal, a 503 a test routes to
+        # stand for a failing gateway) are what the page must handle, not its errors.
         tab.on("console", lambda message: tab.errors.append(message.text)
-               if message.type == "error" and "status of 4" not in message.text else None)
+               if message.type == "error" and "status of 4" not in message.text
+               and "status of 503" not in message.text else None)
         tab.on("request", lambda request: tab.puts.append(request.url)
                if request.method == "PUT" else None)
         try:

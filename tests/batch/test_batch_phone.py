@@ -1,9 +1,10 @@
 """The batch page on a phone (a Pixel 7, 390×844) in Debian's Chromium, as a clinic assistant
-uses it: a confirmed group still fits the screen, a file the server or a proxy refuses says
-why in words with its name readable, "New batch" asks before it leaves photos that are
-not stored yet (and discards them on the server only when told to), what goes wrong in the
-review is said (and focused) where the user is, "Add a patient by MRN" says what it found,
-and focus stays on a control, not the page, when the lists are drawn again."""
+uses it: a confirmed group says what was stored for whom and fits the screen, and its Confirm
+cannot be tapped twice; a file the server or a proxy refuses says why in words with its name
+readable, "New batch" asks before it leaves photos that are not stored yet (and discards them
+on the server only when told to), what goes wrong in the review is said (and focused) where
+the user is, "Add a patient by MRN" says what it found, and focus stays on a control, not the
+page, when the lists are drawn again."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ import pytest
 from flask import Flask
 from sqlalchemy import select
 
-from app.db.models import Batch, BatchItem, BatchStatus, Instance
+from app.db.models import Batch, BatchItem, BatchStatus, CaptureSession, Instance
 from tests.batch.conftest import ISSUER, PATIENTS, UNKNOWN_MRN, Shot, label, lesion
 from tests.batch.test_batch_clips import PATIENT_A
 from tests.batch.test_batch_page import live, open_with, page
@@ -37,21 +38,54 @@ def visit() -> list[Shot]:
     return [label("zx_code128-2_05.png", 1, PATIENT_A), lesion(2, 2, PATIENT_A)]
 
 
-def test_a_confirmed_group_fits_the_phone(
+def test_a_confirmed_group_says_what_was_stored_for_whom_and_fits_the_phone(
         live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path) -> None:
+    """The result of a confirmation is in the clinic's words: how many photos were stored for
+    which patient (name and MRN), and a link to the study in the viewer whose URL holds
+    nothing of the patient."""
     open_with(page, tmp_path / "photos", visit())
     page.click(".batch-group:not(.unsorted) button.confirm:not([disabled])")
     page.wait_for_selector(".batch-group.confirmed")
-    assert "Confirmed — study 2.25." in page.inner_text(".batch-group.confirmed")
+    with services(live[0]).db.session() as db:
+        [study] = db.scalars(select(CaptureSession.study_uid)).all()
+    group = page.locator(".batch-group.confirmed")
+    assert group.locator(".batch-result").inner_text() == (
+        f"Stored 2 photos for BATCH, Anna · MRN {PATIENT_A}.")
+    link = group.get_by_role("link", name="Open in viewer")
+    assert link.get_attribute("href") == f"/studies/{study}"
+    assert "2.25." not in group.inner_text()
     assert page.evaluate("document.documentElement.scrollWidth") == 390
     assert page.evaluate(TAP_TARGETS) == []
+
+
+FILE_ROWS = """() => [...document.querySelectorAll('#file-list li')].map((li) => {
+  const name = li.querySelector('.batch-name').getBoundingClientRect();
+  const retry = li.querySelector('button.retry');
+  const box = retry && retry.getBoundingClientRect();
+  return {name: li.querySelector('.batch-name').textContent,
+          state: li.querySelector('.batch-state').textContent,
+          nameWidth: name.width, nameHeight: name.height,
+          lineHeight: parseFloat(getComputedStyle(li).lineHeight),
+          retry: box && [box.width, box.height]}; })"""
+"""The upload list's rows: each file's name, what its row says, the name's box, and the
+size of its Retry button (null: none)."""
+
+
+def readable(rows: list[dict[str, Any]]) -> None:
+    """Each file's name keeps its line (beside Retry, when there is one), Retry is a tap
+    target, and the list does not widen the page."""
+    for row in rows:
+        assert row["nameHeight"] < 2 * row["lineHeight"], row  # one line, not a letter a line
+        assert row["nameWidth"] > 150, row
+        assert row["retry"] is None or min(row["retry"]) >= 44, row
 
 
 def test_a_refused_file_says_why_in_words_with_its_name_readable(
         live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path) -> None:
     """The app refuses a file that is no image (its JSON message); a proxy in front of it
     refuses a large one with an HTML page of its own (413): the row says so in words, not
-    "the server answered 413", and the file's name keeps its line beside Retry."""
+    "the server answered 413", and the file's name keeps its line. Neither is offered Retry:
+    the same file would be refused again."""
     big = lesion(3, 3, PATIENT_A)
     page.route("**/items/*?order=1", lambda route: route.fulfill(
         status=413, content_type="text/html",
@@ -60,25 +94,47 @@ def test_a_refused_file_says_why_in_words_with_its_name_readable(
     open_with(page, tmp_path / "photos", [broken, big])
     page.wait_for_function("() => document.querySelectorAll("
                            "'#file-list li[data-state=failed]').length === 2")
-    rows = page.evaluate("""() => [...document.querySelectorAll('#file-list li')].map((li) => {
-      const name = li.querySelector('.batch-name').getBoundingClientRect();
-      const retry = li.querySelector('button.retry').getBoundingClientRect();
-      return {name: li.querySelector('.batch-name').textContent,
-              state: li.querySelector('.batch-state').textContent,
-              nameWidth: name.width, nameHeight: name.height,
-              lineHeight: parseFloat(getComputedStyle(li).lineHeight),
-              retry: [retry.width, retry.height]}; })""")
-    assert [(r["name"], r["state"]) for r in rows] == [
+    rows = page.evaluate(FILE_ROWS)
+    assert [(r["name"], r["state"], r["retry"]) for r in rows] == [
         ("camera-roll-broken.jpg",
-         "not a supported image (expected JPEG, PNG, HEIC, TIFF or WebP)"),
-        ("lesion-03.jpg", "the file is too large for the server (error 413)")]
+         "not a supported image (expected JPEG, PNG, HEIC, TIFF or WebP)", None),
+        ("lesion-03.jpg", "the file is too large for the server (error 413)", None)]
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=str(ARTIFACTS / "phone-batch-refused.png"), full_page=True)
-    for row in rows:
-        assert row["nameHeight"] < 2 * row["lineHeight"], row  # one line, not a letter a line
-        assert row["nameWidth"] > 150, row
-        assert min(row["retry"]) >= 44, row
+    readable(rows)
     assert page.evaluate("document.documentElement.scrollWidth") == 390
+
+
+def test_retry_is_offered_only_when_sending_again_can_help(
+        live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path) -> None:
+    """A file the server refuses for what it is (not an image) says why, is sent once and is
+    not offered Retry; a file a failing gateway answers 503 for is tried again by itself, then
+    offered Retry, which sends it."""
+    lesion_shot = lesion(2, 2, PATIENT_A)
+    page.route("**/items/*?order=1", lambda route: route.fulfill(
+        status=503, content_type="text/html", body="<html><body>Bad gateway</body></html>"))
+    broken = Shot("a-scanned-letter.jpg", b"%PDF-1.4 a letter, not a photo" * 20, None, None,
+                  "clinical")  # first in file order (by name): sent as order 0
+    open_with(page, tmp_path / "photos", [broken, lesion_shot])
+    page.wait_for_function("""() => [...document.querySelectorAll(
+      '#file-list li[data-state=failed] .batch-state')].filter((s) =>
+      !s.textContent.endsWith('trying again')).length === 2""", timeout=60000)
+    rows = page.evaluate(FILE_ROWS)
+    assert [(r["name"], r["state"], r["retry"] is not None) for r in rows] == [
+        ("a-scanned-letter.jpg",
+         "not a supported image (expected JPEG, PNG, HEIC, TIFF or WebP)", False),
+        ("lesion-02.jpg", "the server could not be reached or had a problem (error 503)",
+         True)]
+    readable(rows)
+    assert len([u for u in page.puts if u.endswith("?order=0")]) == 1
+    assert len([u for u in page.puts if u.endswith("?order=1")]) == 4  # 1 + 3 by itself
+
+    page.unroute("**/items/*?order=1")
+    page.click("#file-list li[data-state=failed] button.retry")
+    page.wait_for_selector("#file-list li[data-state=done] >> text=lesion-02.jpg")
+    assert page.locator("#file-list button.retry").count() == 0
+    assert page.evaluate("document.documentElement.scrollWidth") == 390
+    assert page.errors == []
 
 
 def held(app: Flask, batch_id: str) -> tuple[str, int]:
@@ -199,7 +255,7 @@ def test_review_problems_are_said_in_the_group_confirmed(
     assert said.count() == 0
     result = group.locator(".batch-result")
     seen = result.evaluate(SEEN)
-    assert seen["text"].startswith("Confirmed — study 2.25.")
+    assert seen["text"] == f"Stored 12 photos for BATCH, Anna · MRN {PATIENT_A}."
     assert (seen["focused"], seen["onScreen"]) == (True, True)
     assert page.errors == []
 
@@ -269,7 +325,7 @@ def test_focus_stays_on_the_control_used_when_the_lists_are_drawn_again(
     group it went to, and on the confirmed group's result line; never on the page itself."""
     first, second = lesion(2, 2, PATIENT_A), lesion(3, 3, PATIENT_A)
     page.route("**/items/*?order=2", lambda route: route.fulfill(
-        status=413, content_type="text/html", body="<html><body>Too large</body></html>"))
+        status=503, content_type="text/html", body="<html><body>Bad gateway</body></html>"))
     open_with(page, tmp_path / "photos", [*visit(), second])
     retry = page.locator("#file-list li[data-state=failed] button.retry")
     retry.wait_for()
@@ -303,4 +359,35 @@ def test_focus_stays_on_the_control_used_when_the_lists_are_drawn_again(
     page.wait_for_selector(f".batch-group.confirmed[data-group-id='{boris}']")
     assert focused(page) == f"p result:{boris}"
     assert first.name in page.inner_text(".batch-group:not(.confirmed)")
+    assert page.errors == []
+
+
+def test_confirm_stays_disabled_until_its_request_is_answered(
+        live: tuple[Flask, str, HoldPuts], page: Any, tmp_path: Path) -> None:
+    """A photo sent while a group's confirmation is on its way redraws the review: the group's
+    Confirm button stays disabled, saying it is storing, so a second tap sends nothing."""
+    app = live[0]
+    held_confirms: list[Any] = []
+    page.route("**/confirm", lambda route: held_confirms.append(route))  # let through later
+    open_with(page, tmp_path / "photos", visit())
+    group = page.locator(".batch-group:not(.unsorted)")
+    group.locator("button.confirm:not([disabled])").click()
+    page.wait_for_function("() => document.querySelector('.batch-group:not(.unsorted) "
+                           "button.confirm').disabled")
+    assert len(held_confirms) == 1
+
+    early = lesion(1, 0, None)  # before the label: unsorted, the group does not change
+    (tmp_path / "photos" / early.name).write_bytes(early.data)
+    page.set_input_files("#files", str(tmp_path / "photos" / early.name))
+    page.wait_for_selector(".batch-group.unsorted .batch-item")  # drawn again with it
+    button = group.locator("button.confirm")
+    assert (button.is_disabled(), button.inner_text()) == (True, "Storing…")
+    button.click(force=True)  # the second tap
+    assert len(held_confirms) == 1
+    with services(app).db.session() as db:
+        assert db.scalar(select(Instance.sop_uid)) is None
+
+    held_confirms[0].continue_()
+    page.wait_for_selector(".batch-group.confirmed")
+    assert len(held_confirms) == 1
     assert page.errors == []
