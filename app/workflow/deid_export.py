@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.db.models import CaptureSession, Instance
 from app.db.session import Database
@@ -80,12 +80,51 @@ class ExportReport:
         }
 
 
-def _checked(study_uids: Sequence[str], out_dir: Path) -> list[str]:
+@dataclass(frozen=True)
+class ExportPlan:
+    """What an export of the requested studies would take, counted before anything is
+    written: studies asked for and found here, their patients and DICOM instances."""
+
+    studies_requested: int
+    studies_found: int
+    patients: int
+    instances: int
+
+
+def _study_uids(study_uids: Sequence[str]) -> list[str]:
+    """The distinct UIDs in request order; :class:`ExportError` unless each is a UID."""
     uids = list(dict.fromkeys(study_uids))
     if not uids:
         raise ExportError("name at least one study")
-    if not all(len(u) <= 64 and _UID.match(u) for u in uids):
-        raise ExportError("every study must be a Study Instance UID")
+    bad = [n for n, u in enumerate(uids, start=1) if not (len(u) <= 64 and _UID.match(u))]
+    if bad:
+        raise ExportError("every study must be a Study Instance UID (digits and dots); "
+                          f"not one: study {', '.join(map(str, bad))} of the list")
+    return uids
+
+
+def plan_export(database: Database, study_uids: Sequence[str]) -> ExportPlan:
+    """Count what exporting ``study_uids`` would take, reading the index only.
+
+    Raises :class:`ExportError` when a UID is malformed or none of the studies is here, so
+    a plan always has something to export.
+    """
+    uids = _study_uids(study_uids)
+    with database.session() as db:
+        counts = {uid: n for uid, n in db.execute(
+            select(Instance.study_uid, func.count()).where(Instance.study_uid.in_(uids))
+            .group_by(Instance.study_uid))}
+        patients = db.execute(select(CaptureSession.issuer, CaptureSession.patient_id)
+                              .where(CaptureSession.study_uid.in_(list(counts)))
+                              .distinct()).all()
+    if not counts:
+        raise ExportError(f"none of the {len(uids)} studies named is in the archive here"
+                          if len(uids) > 1 else "the study named is not in the archive here")
+    return ExportPlan(len(uids), len(counts), len(patients), sum(counts.values()))
+
+
+def _checked(study_uids: Sequence[str], out_dir: Path) -> list[str]:
+    uids = _study_uids(study_uids)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError("the output directory must be new or empty")
     return uids

@@ -5,6 +5,7 @@ pixel data byte for byte, leaves burned-in images out by default and flags faces
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
@@ -27,18 +28,20 @@ from app.pipeline.dicom.builder import (
 )
 from app.pipeline.dicom.codes import body_site
 from app.pipeline.dicom.uids import uid_from_uuid
+from app.workflow.accounts import create_user
 from tests.audit.conftest import (
     DEPARTMENT,
     ENCOUNTER,
     FOREARM,
     INSTITUTION,
+    PASSWORD,
     PATIENT,
     Captured,
     bearer,
     capture,
     ebiw,
 )
-from tests.conftest import CHARTS, dicom_validate, services
+from tests.conftest import CHARTS, dicom_validate, log_in, services
 
 ACCESSION = "ACCZ9911"
 WORKLIST_STUDY = "1.2.826.0.1.3680043.10.999.48213377.1"
@@ -187,3 +190,49 @@ def test_admin_export_with_full_dates_and_burned_in_images(
     assert first_ids.isdisjoint(second_ids)  # a new secret per export: nothing links them
     bad = client.post("/admin/api/exports/deid", headers=admin, json={"studies": ["x;1"]})
     assert bad.status_code == 422
+
+
+def test_the_page_shows_what_would_be_exported_before_exporting_and_keeps_what_was_typed(
+        audit_app: Flask, two_studies: list[Captured]) -> None:
+    """The first tap writes nothing and says how many studies, images and patients, with
+    which options; the export is made on Confirm only. A refused request (a malformed UID,
+    no study here) answers 422 with the reason, writes nothing and keeps the list typed."""
+    create_user(services(audit_app).db, "ada", PASSWORD, "admin")
+    client = audit_app.test_client()
+    csrf = log_in(client, "ada")
+    exports = services(audit_app).settings.data_dir / "exports"
+
+    def page(**form: str) -> tuple[int, str]:
+        answer = client.post("/admin/exports/deid", data={"csrf_token": csrf, **form})
+        return answer.status_code, answer.get_data(as_text=True)
+
+    def exported() -> list[str]:
+        with services(audit_app).db.session() as db:
+            events = db.scalars(select(AuditEvent).where(AuditEvent.action == "export.deid"))
+            assert [e.outcome for e in events] in ([], ["success"])
+        return sorted(p.name for p in exports.iterdir()) if exports.exists() else []
+
+    typed = f"{two_studies[0].study_uid}\r\n{two_studies[1].study_uid}\r\n1.2.3.4\r\n"
+    status, html = page(studies=typed, retain_dates="on")
+    shown = re.sub(r"\s+", " ", html)
+    images = sum(len(s.instances) for s in two_studies) + 2
+    assert status == 200 and "Export 2 studies, de-identified?" in shown
+    assert f"{images} DICOM images of 1 patient; 1 of the 3 studies named is not here" in shown
+    assert "Dates: kept in full." in shown and "burned-in annotation (wristbands, labels): " \
+        "left out." in shown
+    assert exported() == []
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', html))
+    assert fields["confirmed"] == "yes"
+    status, html = page(**fields)
+    assert status == 200 and len(exported()) == 1
+    assert f"Export {exported()[0]}" in html and "2 of 3 studies. Dates: full." in \
+        re.sub(r"\s+", " ", html)
+
+    status, html = page(studies=f"{two_studies[0].study_uid}\nnot-a-uid", include_burned_in="on")
+    assert status == 422 and "Every study must be a Study Instance UID (digits and dots); not " \
+        "one: study 2 of the list." in html
+    assert f">{two_studies[0].study_uid}\nnot-a-uid</textarea>" in html
+    assert 'name="include_burned_in" checked' in html
+    status, html = page(studies="1.2.3.4")
+    assert status == 422 and "The study named is not in the archive here." in html
+    assert ">1.2.3.4</textarea>" in html and len(exported()) == 1

@@ -1,5 +1,6 @@
 """De-identified research exports, an admin action: ``POST /admin/api/exports/deid`` (JSON) and
-the form at ``GET /admin/exports`` (posting to ``/admin/exports/deid``).
+the form at ``GET /admin/exports`` (posting to ``/admin/exports/deid``: a preview of what
+would be exported first, then the export on confirmation).
 
 The body names the studies (``{"studies": [uid, …], "retain_dates": false,
 "include_burned_in": false}``; the form: one UID per line and two check boxes). The export is
@@ -19,7 +20,7 @@ from flask import Blueprint, Response, jsonify, render_template, request
 from app.web import services
 from app.web.auth import current_caller, current_login, require
 from app.web.errors import error_response
-from app.workflow.deid_export import ExportError, ExportReport, export_deidentified
+from app.workflow.deid_export import ExportError, ExportReport, export_deidentified, plan_export
 
 bp = Blueprint("exports", __name__, url_prefix="/admin")
 
@@ -61,26 +62,37 @@ def export_json() -> tuple[Response, int]:
     return _no_store(jsonify({"export": export_id, **report.as_json()})), 201
 
 
-def _form_page(**context: Any) -> Response:
+def _form_page(status: int = 200, **context: Any) -> tuple[Response, int]:
+    """The page, not cached; ``context`` may hold the ``form`` values to show again, an
+    ``error``, a ``preview`` (an :class:`ExportPlan` to confirm) or a ``result``."""
     login = current_login()
     return _no_store(Response(render_template(
-        "exports/deid.html", csrf_token=login.csrf_token if login else "", **context)))
+        "exports/deid.html", csrf_token=login.csrf_token if login else "",
+        **{"form": None, "error": None, "preview": None, "result": None, **context}))), status
 
 
 @bp.get("/exports")
 @require("admin")
-def export_form() -> Response:
-    return _form_page(result=None, error=None)
+def export_form() -> tuple[Response, int]:
+    return _form_page()
 
 
 @bp.post("/exports/deid")
 @require("admin")
-def export_submit() -> Response:
-    studies = [line.strip() for line in request.form.get("studies", "").splitlines()
-               if line.strip()]
+def export_submit() -> tuple[Response, int]:
+    """Two posts, as an export cannot be taken back: the first writes nothing and answers
+    what would be exported (studies found, patients, DICOM instances, the options) with a
+    form posting the same values with ``confirmed=yes``; only that second post exports. A
+    refused step (422) shows the form again with what was typed and the reason."""
+    studies = request.form.get("studies", "").split()
+    retain_dates, include_burned_in = (request.form.get(name) == "on"
+                                       for name in ("retain_dates", "include_burned_in"))
+    form = {"studies": " ".join(studies), "retain_dates": retain_dates,
+            "include_burned_in": include_burned_in}
     try:
-        export_id, report = _run(studies, request.form.get("retain_dates") == "on",
-                                 request.form.get("include_burned_in") == "on")
+        if request.form.get("confirmed") != "yes":
+            return _form_page(preview=plan_export(services().db, studies), form=form)
+        export_id, report = _run(studies, retain_dates, include_burned_in)
     except ExportError as exc:
-        return _form_page(result=None, error=str(exc))
-    return _form_page(result={"export": export_id, **report.as_json()}, error=None)
+        return _form_page(422, error=str(exc), form=form)
+    return _form_page(result={"export": export_id, **report.as_json()})
