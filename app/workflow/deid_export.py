@@ -139,8 +139,9 @@ def _order(row: Instance) -> tuple[int, int, str]:
 def export_deidentified(database: Database, archive: Archive, study_uids: Sequence[str],
                         out_dir: Path, *, retain_dates: bool, include_burned_in: bool,
                         actor: str, role: str | None = None, client: str | None = None,
-                        node: str | None = None) -> ExportReport:
-    """Export the studies de-identified into ``out_dir`` (new or empty) and audit it.
+                        node: str | None = None, export_id: str | None = None) -> ExportReport:
+    """Export the studies de-identified into ``out_dir`` (new or empty) and audit it (with
+    ``export_id`` when given, so that later downloads of it can be traced to its studies).
 
     Guarantees: no file under ``out_dir`` holds an original patient identifier, name, birth
     date, accession or admission number, institution or original UID; pixel data is copied
@@ -175,7 +176,8 @@ def export_deidentified(database: Database, archive: Archive, study_uids: Sequen
     audit.append(database, actor, "export.deid", *sorted(patients), *entities,
                  outcome=audit.SUCCESS if report.files else audit.FAILED, role=role,
                  client=client, node=node,
-                 detail={"dates": summary["dates"], **summary["instances"]})
+                 detail={"dates": summary["dates"], **summary["instances"],
+                         **({"export": export_id} if export_id else {})})
     return report
 
 

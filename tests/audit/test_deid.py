@@ -4,9 +4,11 @@ pixel data byte for byte, leaves burned-in images out by default and flags faces
 
 from __future__ import annotations
 
+import io
 import json
 import re
 import uuid
+import zipfile
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -236,3 +238,35 @@ def test_the_page_shows_what_would_be_exported_before_exporting_and_keeps_what_w
     status, html = page(studies="1.2.3.4")
     assert status == 422 and "The study named is not in the archive here." in html
     assert ">1.2.3.4</textarea>" in html and len(exported()) == 1
+
+
+def test_a_finished_export_is_downloaded_from_its_page_as_one_audited_zip(
+        audit_app: Flask, two_studies: list[Captured]) -> None:
+    create_user(services(audit_app).db, "ada", PASSWORD, "admin")
+    client = audit_app.test_client()
+    csrf = log_in(client, "ada")
+    page = client.post("/admin/exports/deid", data={
+        "csrf_token": csrf, "studies": two_studies[1].study_uid, "confirmed": "yes"})
+    link = re.search(r'<a class="button primary" href="(/admin/exports/([^"/]+)\.zip)" '
+                     r'download>Download the export \(zip\)</a>', page.get_data(as_text=True))
+    assert link, page.get_data(as_text=True)
+    answer = client.get(link.group(1))
+    assert answer.status_code == 200 and answer.mimetype == "application/zip"
+    assert answer.headers["Cache-Control"] == "no-store"
+    name = f"deid-{link.group(2)}"
+    assert f'filename={name}.zip' in answer.headers["Content-Disposition"]
+    with zipfile.ZipFile(io.BytesIO(answer.data)) as bundle:
+        files = bundle.namelist()
+        report = json.loads(bundle.read(f"{name}/deid-report.json"))
+    assert sorted(files) == sorted([f"{name}/deid-report.json",
+                                    *(f"{name}/{f['file']}" for f in report["files"])])
+    assert len(report["files"]) == len(two_studies[1].instances)
+    for missing in ("20261207T000000Z-00000000", "..%2Fexports"):
+        assert client.get(f"/admin/exports/{missing}.zip").status_code == 404
+    assert audit_app.test_client().get(link.group(1)).status_code in (302, 401)  # no login
+    with services(audit_app).db.session() as db:
+        events = db.scalars(select(AuditEvent).where(AuditEvent.action.in_(
+            ["export.deid", "export.download"])).order_by(AuditEvent.seq)).all()
+    assert [(e.action, e.actor, e.outcome, e.detail.get("export")) for e in events] == [
+        ("export.deid", "ada", "success", link.group(2)),
+        ("export.download", "ada", "success", link.group(2))]

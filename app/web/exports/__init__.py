@@ -10,19 +10,34 @@ is that report with the export id. The export is audited by the workflow (``expo
 
 from __future__ import annotations
 
+import re
 import secrets
+import tempfile
+import zipfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from flask import Blueprint, Response, jsonify, render_template, request
+from flask import Blueprint, Response, g, jsonify, render_template, request, send_file
 
 from app.web import services
 from app.web.auth import current_caller, current_login, require
 from app.web.errors import error_response
-from app.workflow.deid_export import ExportError, ExportReport, export_deidentified, plan_export
+from app.workflow.deid_export import (
+    REPORT_NAME,
+    ExportError,
+    ExportReport,
+    export_deidentified,
+    plan_export,
+)
 
 bp = Blueprint("exports", __name__, url_prefix="/admin")
+_EXPORT_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+
+
+def _folder(export_id: str) -> Path:
+    """The folder of an export made here (by this module) in the data directory."""
+    return Path(services().settings.data_dir) / "exports" / export_id
 
 
 def _run(studies: list[str], retain_dates: bool,
@@ -32,7 +47,7 @@ def _run(studies: list[str], retain_dates: bool,
     export_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
     caller = current_caller()
     report = export_deidentified(
-        svc.db, svc.archive, studies, Path(svc.settings.data_dir) / "exports" / export_id,
+        svc.db, svc.archive, studies, _folder(export_id), export_id=export_id,
         retain_dates=retain_dates, include_burned_in=include_burned_in,
         actor=caller.user if caller else "anonymous", role=caller.role if caller else None,
         client=request.remote_addr, node=svc.settings.node)
@@ -96,3 +111,22 @@ def export_submit() -> tuple[Response, int]:
     except ExportError as exc:
         return _form_page(422, error=str(exc), form=form)
     return _form_page(result={"export": export_id, **report.as_json()})
+
+
+@bp.get("/exports/<export_id>.zip")
+@require("admin")
+def export_download(export_id: str) -> tuple[Response, int] | Response:
+    """A finished export (its report written) as one zip file, audited as
+    ``export.download`` with the export's id; 404 for any other name. The id names no
+    patient, so it may go in the URL."""
+    folder = _folder(export_id)
+    if not (_EXPORT_ID.match(export_id) and (folder / REPORT_NAME).is_file()):
+        return error_response(404, "not_found", "no finished export has this name")
+    g.audit_action, g.audit_detail = "export.download", {"export": export_id}
+    bundle = tempfile.TemporaryFile()  # noqa: SIM115 - send_file closes it
+    with zipfile.ZipFile(bundle, "w") as archive:  # stored: the images are compressed
+        for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+            archive.write(path, Path(f"deid-{export_id}", path.relative_to(folder)))
+    bundle.seek(0)
+    return _no_store(send_file(bundle, mimetype="application/zip", as_attachment=True,
+                               download_name=f"deid-{export_id}.zip"))
