@@ -20,6 +20,7 @@ import hashlib
 import json
 import re
 import secrets
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,39 +147,62 @@ def export_deidentified(database: Database, archive: Archive, study_uids: Sequen
     Guarantees: no file under ``out_dir`` holds an original patient identifier, name, birth
     date, accession or admission number, institution or original UID; pixel data is copied
     byte for byte; the report is written last. Raises :class:`ExportError` before anything is
-    written when the request is unusable.
+    written when the request is unusable. When a write fails (``OSError``: a full disk, a
+    folder that cannot be made) nothing of the export is left in ``out_dir``, the attempt is
+    audited as failed (``"error": "write failed"``) and the error raised.
     """
     uids = _checked(study_uids, out_dir)
     pseudonyms = Pseudonyms(secrets.token_bytes(32))
     report = ExportReport(retain_dates, include_burned_in, len(uids))
     patients: set[str] = set()
     entities: list[str] = []
-    for number, study_uid in enumerate(uids, start=1):
-        with database.session() as db:
-            rows = sorted(db.scalars(select(Instance).where(Instance.study_uid == study_uid)),
-                          key=_order)
-            session = db.scalar(select(CaptureSession)
-                                .where(CaptureSession.study_uid == study_uid))
-        if not rows:
-            report.exclusions.append({"study": number, "reason": "study not found"})
-            continue
-        report.studies_found += 1
-        if session is not None:
-            patients.add(audit.patient_ref(session.patient_id, session.issuer))
-        entities.append(audit.study_ref(study_uid))
-        for row in rows:
-            _export_one(archive, row, number, out_dir, pseudonyms, report)
-    report.patients = len(patients)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_durably(out_dir / REPORT_NAME,
-                              json.dumps(report.as_json(), indent=1).encode())
-    summary = report.as_json()
-    audit.append(database, actor, "export.deid", *sorted(patients), *entities,
-                 outcome=audit.SUCCESS if report.files else audit.FAILED, role=role,
-                 client=client, node=node,
-                 detail={"dates": summary["dates"], **summary["instances"],
-                         **({"export": export_id} if export_id else {})})
+
+    def record(outcome: str, **extra: str) -> None:
+        summary = report.as_json()
+        audit.append(database, actor, "export.deid", *sorted(patients), *entities,
+                     outcome=outcome, role=role, client=client, node=node,
+                     detail={"dates": summary["dates"], **summary["instances"],
+                             **({"export": export_id} if export_id else {}), **extra})
+
+    existed = out_dir.exists()
+    try:
+        for number, study_uid in enumerate(uids, start=1):
+            with database.session() as db:
+                rows = sorted(db.scalars(select(Instance)
+                                         .where(Instance.study_uid == study_uid)), key=_order)
+                session = db.scalar(select(CaptureSession)
+                                    .where(CaptureSession.study_uid == study_uid))
+            if not rows:
+                report.exclusions.append({"study": number, "reason": "study not found"})
+                continue
+            report.studies_found += 1
+            if session is not None:
+                patients.add(audit.patient_ref(session.patient_id, session.issuer))
+            entities.append(audit.study_ref(study_uid))
+            for row in rows:
+                _export_one(archive, row, number, out_dir, pseudonyms, report)
+        report.patients = len(patients)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_durably(out_dir / REPORT_NAME, json.dumps(report.as_json(), indent=1).encode())
+    except OSError:
+        _discard(out_dir, keep_folder=existed)
+        record(audit.FAILED, error="write failed")
+        raise
+    record(audit.SUCCESS if report.files else audit.FAILED)
     return report
+
+
+def _discard(out_dir: Path, *, keep_folder: bool) -> None:
+    """Remove what an export wrote into ``out_dir`` (which was new or empty): its content,
+    and the folder itself unless it was there before."""
+    if not keep_folder:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    elif out_dir.is_dir():
+        for child in out_dir.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
 
 def _export_one(archive: Archive, row: Instance, study_number: int, out_dir: Path,

@@ -44,6 +44,7 @@ from tests.audit.conftest import (
     ebiw,
 )
 from tests.conftest import CHARTS, dicom_validate, log_in, services
+from tests.faults.conftest import fill, small_disk  # noqa: F401 - a fixture used below
 
 ACCESSION = "ACCZ9911"
 WORKLIST_STUDY = "1.2.826.0.1.3680043.10.999.48213377.1"
@@ -270,3 +271,35 @@ def test_a_finished_export_is_downloaded_from_its_page_as_one_audited_zip(
     assert [(e.action, e.actor, e.outcome, e.detail.get("export")) for e in events] == [
         ("export.deid", "ada", "success", link.group(2)),
         ("export.download", "ada", "success", link.group(2))]
+
+
+def test_an_export_the_full_disk_stops_keeps_nothing_is_audited_and_keeps_the_form(
+        audit_app: Flask, two_studies: list[Captured],
+        small_disk: Path) -> None:  # noqa: F811 - the fixture
+    """The exports folder on a disk with room for about half of the images: the export stops
+    part way, leaves no file behind, is audited as failed, and the page says so (507) with
+    the list typed still there to try again."""
+    svc = services(audit_app)
+    (svc.settings.data_dir / "exports").symlink_to(small_disk, target_is_directory=True)
+    with svc.db.session() as db:
+        archived = [svc.archive.path(row).stat().st_size for row in db.scalars(select(
+            Instance).where(Instance.study_uid == two_studies[0].study_uid))]
+    filler = fill(small_disk, leave=sum(archived) // 2)
+    create_user(svc.db, "ada", PASSWORD, "admin")
+    client = audit_app.test_client()
+    answer = client.post("/admin/exports/deid", data={
+        "csrf_token": log_in(client, "ada"), "studies": two_studies[0].study_uid,
+        "confirmed": "yes"})
+    html = re.sub(r"\s+", " ", answer.get_data(as_text=True))
+    assert answer.status_code == 507
+    assert "The server&#39;s storage is full: nothing of the export was kept; try again " \
+        "later." in html
+    assert f">{two_studies[0].study_uid}</textarea>" in html
+    assert [p for p in small_disk.rglob("*") if p.is_file()] == [filler]
+    with svc.db.session() as db:
+        event = db.scalars(select(AuditEvent).where(AuditEvent.action == "export.deid")).one()
+    assert (event.actor, event.outcome, event.detail["error"]) == ("ada", "failed",
+                                                                   "write failed")
+    assert event.entities == [f"patient:{PATIENT['issuer']}|{PATIENT['id']}",
+                              f"study:{two_studies[0].study_uid}"]
+    assert 0 < event.detail["exported"] < len(archived)  # it had written some before

@@ -10,6 +10,7 @@ is that report with the export id. The export is audited by the workflow (``expo
 
 from __future__ import annotations
 
+import logging
 import re
 import secrets
 import tempfile
@@ -20,6 +21,7 @@ from typing import Any
 
 from flask import Blueprint, Response, g, jsonify, render_template, request, send_file
 
+from app.durable import disk_full
 from app.web import services
 from app.web.auth import current_caller, current_login, require
 from app.web.errors import error_response
@@ -31,6 +33,7 @@ from app.workflow.deid_export import (
     plan_export,
 )
 
+log = logging.getLogger(__name__)
 bp = Blueprint("exports", __name__, url_prefix="/admin")
 _EXPORT_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
 
@@ -98,7 +101,8 @@ def export_submit() -> tuple[Response, int]:
     """Two posts, as an export cannot be taken back: the first writes nothing and answers
     what would be exported (studies found, patients, DICOM instances, the options) with a
     form posting the same values with ``confirmed=yes``; only that second post exports. A
-    refused step (422) shows the form again with what was typed and the reason."""
+    refused step (422) shows the form again with what was typed and the reason, and so does
+    an export that could not be written (507 when the disk is full, else 500)."""
     studies = request.form.get("studies", "").split()
     retain_dates, include_burned_in = (request.form.get(name) == "on"
                                        for name in ("retain_dates", "include_burned_in"))
@@ -110,6 +114,13 @@ def export_submit() -> tuple[Response, int]:
         export_id, report = _run(studies, retain_dates, include_burned_in)
     except ExportError as exc:
         return _form_page(422, error=str(exc), form=form)
+    except OSError as exc:  # the workflow kept nothing of it and audited the failure
+        full = disk_full(exc)
+        log.error("de-identified export failed: %s", type(exc).__name__)
+        return _form_page(507 if full else 500, form=form, error=(
+            "the server's storage is full: nothing of the export was kept; try again later"
+            if full else "the export could not be written on the server: nothing of it was "
+                         "kept; ask the system administrator"))
     return _form_page(result={"export": export_id, **report.as_json()})
 
 
