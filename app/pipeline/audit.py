@@ -178,6 +178,7 @@ CATALOGUE: dict[str, EventCode] = {
     "reencode.stored": _INSTANCES_CREATED,  # a staged clip re-encoded and stored by the worker
     "reencode.dead": _INSTANCES_CREATED,  # ... or given up (it cannot be re-encoded)
     "export.deid": _EXPORT,
+    "export.download": _EXPORT,  # a finished de-identified export fetched as a zip (admin page)
     "token.create": _SECURITY_ATTRIBUTES,
     "token.revoke": _SECURITY_ATTRIBUTES,
     "user.create": _SECURITY_ATTRIBUTES,

@@ -20,12 +20,13 @@ import hashlib
 import json
 import re
 import secrets
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from app.db.models import CaptureSession, Instance
 from app.db.session import Database
@@ -80,12 +81,51 @@ class ExportReport:
         }
 
 
-def _checked(study_uids: Sequence[str], out_dir: Path) -> list[str]:
+@dataclass(frozen=True)
+class ExportPlan:
+    """What an export of the requested studies would take, counted before anything is
+    written: studies asked for and found here, their patients and DICOM instances."""
+
+    studies_requested: int
+    studies_found: int
+    patients: int
+    instances: int
+
+
+def _study_uids(study_uids: Sequence[str]) -> list[str]:
+    """The distinct UIDs in request order; :class:`ExportError` unless each is a UID."""
     uids = list(dict.fromkeys(study_uids))
     if not uids:
         raise ExportError("name at least one study")
-    if not all(len(u) <= 64 and _UID.match(u) for u in uids):
-        raise ExportError("every study must be a Study Instance UID")
+    bad = [n for n, u in enumerate(uids, start=1) if not (len(u) <= 64 and _UID.match(u))]
+    if bad:
+        raise ExportError("every study must be a Study Instance UID (digits and dots); "
+                          f"not one: study {', '.join(map(str, bad))} of the list")
+    return uids
+
+
+def plan_export(database: Database, study_uids: Sequence[str]) -> ExportPlan:
+    """Count what exporting ``study_uids`` would take, reading the index only.
+
+    Raises :class:`ExportError` when a UID is malformed or none of the studies is here, so
+    a plan always has something to export.
+    """
+    uids = _study_uids(study_uids)
+    with database.session() as db:
+        counts = {uid: n for uid, n in db.execute(
+            select(Instance.study_uid, func.count()).where(Instance.study_uid.in_(uids))
+            .group_by(Instance.study_uid))}
+        patients = db.execute(select(CaptureSession.issuer, CaptureSession.patient_id)
+                              .where(CaptureSession.study_uid.in_(list(counts)))
+                              .distinct()).all()
+    if not counts:
+        raise ExportError(f"none of the {len(uids)} studies named is in the archive here"
+                          if len(uids) > 1 else "the study named is not in the archive here")
+    return ExportPlan(len(uids), len(counts), len(patients), sum(counts.values()))
+
+
+def _checked(study_uids: Sequence[str], out_dir: Path) -> list[str]:
+    uids = _study_uids(study_uids)
     if out_dir.exists() and (not out_dir.is_dir() or any(out_dir.iterdir())):
         raise ExportError("the output directory must be new or empty")
     return uids
@@ -100,44 +140,69 @@ def _order(row: Instance) -> tuple[int, int, str]:
 def export_deidentified(database: Database, archive: Archive, study_uids: Sequence[str],
                         out_dir: Path, *, retain_dates: bool, include_burned_in: bool,
                         actor: str, role: str | None = None, client: str | None = None,
-                        node: str | None = None) -> ExportReport:
-    """Export the studies de-identified into ``out_dir`` (new or empty) and audit it.
+                        node: str | None = None, export_id: str | None = None) -> ExportReport:
+    """Export the studies de-identified into ``out_dir`` (new or empty) and audit it (with
+    ``export_id`` when given, so that later downloads of it can be traced to its studies).
 
     Guarantees: no file under ``out_dir`` holds an original patient identifier, name, birth
     date, accession or admission number, institution or original UID; pixel data is copied
     byte for byte; the report is written last. Raises :class:`ExportError` before anything is
-    written when the request is unusable.
+    written when the request is unusable. When a write fails (``OSError``: a full disk, a
+    folder that cannot be made) nothing of the export is left in ``out_dir``, the attempt is
+    audited as failed (``"error": "write failed"``) and the error raised.
     """
     uids = _checked(study_uids, out_dir)
     pseudonyms = Pseudonyms(secrets.token_bytes(32))
     report = ExportReport(retain_dates, include_burned_in, len(uids))
     patients: set[str] = set()
     entities: list[str] = []
-    for number, study_uid in enumerate(uids, start=1):
-        with database.session() as db:
-            rows = sorted(db.scalars(select(Instance).where(Instance.study_uid == study_uid)),
-                          key=_order)
-            session = db.scalar(select(CaptureSession)
-                                .where(CaptureSession.study_uid == study_uid))
-        if not rows:
-            report.exclusions.append({"study": number, "reason": "study not found"})
-            continue
-        report.studies_found += 1
-        if session is not None:
-            patients.add(audit.patient_ref(session.patient_id, session.issuer))
-        entities.append(audit.study_ref(study_uid))
-        for row in rows:
-            _export_one(archive, row, number, out_dir, pseudonyms, report)
-    report.patients = len(patients)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    write_durably(out_dir / REPORT_NAME,
-                              json.dumps(report.as_json(), indent=1).encode())
-    summary = report.as_json()
-    audit.append(database, actor, "export.deid", *sorted(patients), *entities,
-                 outcome=audit.SUCCESS if report.files else audit.FAILED, role=role,
-                 client=client, node=node,
-                 detail={"dates": summary["dates"], **summary["instances"]})
+
+    def record(outcome: str, **extra: str) -> None:
+        summary = report.as_json()
+        audit.append(database, actor, "export.deid", *sorted(patients), *entities,
+                     outcome=outcome, role=role, client=client, node=node,
+                     detail={"dates": summary["dates"], **summary["instances"],
+                             **({"export": export_id} if export_id else {}), **extra})
+
+    existed = out_dir.exists()
+    try:
+        for number, study_uid in enumerate(uids, start=1):
+            with database.session() as db:
+                rows = sorted(db.scalars(select(Instance)
+                                         .where(Instance.study_uid == study_uid)), key=_order)
+                session = db.scalar(select(CaptureSession)
+                                    .where(CaptureSession.study_uid == study_uid))
+            if not rows:
+                report.exclusions.append({"study": number, "reason": "study not found"})
+                continue
+            report.studies_found += 1
+            if session is not None:
+                patients.add(audit.patient_ref(session.patient_id, session.issuer))
+            entities.append(audit.study_ref(study_uid))
+            for row in rows:
+                _export_one(archive, row, number, out_dir, pseudonyms, report)
+        report.patients = len(patients)
+        out_dir.mkdir(parents=True, exist_ok=True)
+        write_durably(out_dir / REPORT_NAME, json.dumps(report.as_json(), indent=1).encode())
+    except OSError:
+        _discard(out_dir, keep_folder=existed)
+        record(audit.FAILED, error="write failed")
+        raise
+    record(audit.SUCCESS if report.files else audit.FAILED)
     return report
+
+
+def _discard(out_dir: Path, *, keep_folder: bool) -> None:
+    """Remove what an export wrote into ``out_dir`` (which was new or empty): its content,
+    and the folder itself unless it was there before."""
+    if not keep_folder:
+        shutil.rmtree(out_dir, ignore_errors=True)
+    elif out_dir.is_dir():
+        for child in out_dir.iterdir():
+            if child.is_dir():
+                shutil.rmtree(child, ignore_errors=True)
+            else:
+                child.unlink(missing_ok=True)
 
 
 def _export_one(archive: Archive, row: Instance, study_number: int, out_dir: Path,

@@ -4,8 +4,11 @@ pixel data byte for byte, leaves burned-in images out by default and flags faces
 
 from __future__ import annotations
 
+import io
 import json
+import re
 import uuid
+import zipfile
 from datetime import UTC, datetime, timedelta, timezone
 from pathlib import Path
 
@@ -27,18 +30,21 @@ from app.pipeline.dicom.builder import (
 )
 from app.pipeline.dicom.codes import body_site
 from app.pipeline.dicom.uids import uid_from_uuid
+from app.workflow.accounts import create_user
 from tests.audit.conftest import (
     DEPARTMENT,
     ENCOUNTER,
     FOREARM,
     INSTITUTION,
+    PASSWORD,
     PATIENT,
     Captured,
     bearer,
     capture,
     ebiw,
 )
-from tests.conftest import CHARTS, dicom_validate, services
+from tests.conftest import CHARTS, dicom_validate, log_in, services
+from tests.faults.conftest import fill, small_disk  # noqa: F401 - a fixture used below
 
 ACCESSION = "ACCZ9911"
 WORKLIST_STUDY = "1.2.826.0.1.3680043.10.999.48213377.1"
@@ -187,3 +193,113 @@ def test_admin_export_with_full_dates_and_burned_in_images(
     assert first_ids.isdisjoint(second_ids)  # a new secret per export: nothing links them
     bad = client.post("/admin/api/exports/deid", headers=admin, json={"studies": ["x;1"]})
     assert bad.status_code == 422
+
+
+def test_the_page_shows_what_would_be_exported_before_exporting_and_keeps_what_was_typed(
+        audit_app: Flask, two_studies: list[Captured]) -> None:
+    """The first tap writes nothing and says how many studies, images and patients, with
+    which options; the export is made on Confirm only. A refused request (a malformed UID,
+    no study here) answers 422 with the reason, writes nothing and keeps the list typed."""
+    create_user(services(audit_app).db, "ada", PASSWORD, "admin")
+    client = audit_app.test_client()
+    csrf = log_in(client, "ada")
+    exports = services(audit_app).settings.data_dir / "exports"
+
+    def page(**form: str) -> tuple[int, str]:
+        answer = client.post("/admin/exports/deid", data={"csrf_token": csrf, **form})
+        return answer.status_code, answer.get_data(as_text=True)
+
+    def exported() -> list[str]:
+        with services(audit_app).db.session() as db:
+            events = db.scalars(select(AuditEvent).where(AuditEvent.action == "export.deid"))
+            assert [e.outcome for e in events] in ([], ["success"])
+        return sorted(p.name for p in exports.iterdir()) if exports.exists() else []
+
+    typed = f"{two_studies[0].study_uid}\r\n{two_studies[1].study_uid}\r\n1.2.3.4\r\n"
+    status, html = page(studies=typed, retain_dates="on")
+    shown = re.sub(r"\s+", " ", html)
+    images = sum(len(s.instances) for s in two_studies) + 2
+    assert status == 200 and "Export 2 studies, de-identified?" in shown
+    assert f"{images} DICOM images of 1 patient; 1 of the 3 studies named is not here" in shown
+    assert "Dates: kept in full." in shown and "burned-in annotation (wristbands, labels): " \
+        "left out." in shown
+    assert exported() == []
+    fields = dict(re.findall(r'<input type="hidden" name="(\w+)" value="([^"]*)">', html))
+    assert fields["confirmed"] == "yes"
+    status, html = page(**fields)
+    assert status == 200 and len(exported()) == 1
+    assert f"Export {exported()[0]}" in html and "2 of 3 studies. Dates: full." in \
+        re.sub(r"\s+", " ", html)
+
+    status, html = page(studies=f"{two_studies[0].study_uid}\nnot-a-uid", include_burned_in="on")
+    assert status == 422 and "Every study must be a Study Instance UID (digits and dots); not " \
+        "one: study 2 of the list." in html
+    assert f">{two_studies[0].study_uid}\nnot-a-uid</textarea>" in html
+    assert 'name="include_burned_in" checked' in html
+    status, html = page(studies="1.2.3.4")
+    assert status == 422 and "The study named is not in the archive here." in html
+    assert ">1.2.3.4</textarea>" in html and len(exported()) == 1
+
+
+def test_a_finished_export_is_downloaded_from_its_page_as_one_audited_zip(
+        audit_app: Flask, two_studies: list[Captured]) -> None:
+    create_user(services(audit_app).db, "ada", PASSWORD, "admin")
+    client = audit_app.test_client()
+    csrf = log_in(client, "ada")
+    page = client.post("/admin/exports/deid", data={
+        "csrf_token": csrf, "studies": two_studies[1].study_uid, "confirmed": "yes"})
+    link = re.search(r'<a class="button primary" href="(/admin/exports/([^"/]+)\.zip)" '
+                     r'download>Download the export \(zip\)</a>', page.get_data(as_text=True))
+    assert link, page.get_data(as_text=True)
+    answer = client.get(link.group(1))
+    assert answer.status_code == 200 and answer.mimetype == "application/zip"
+    assert answer.headers["Cache-Control"] == "no-store"
+    name = f"deid-{link.group(2)}"
+    assert f'filename={name}.zip' in answer.headers["Content-Disposition"]
+    with zipfile.ZipFile(io.BytesIO(answer.data)) as bundle:
+        files = bundle.namelist()
+        report = json.loads(bundle.read(f"{name}/deid-report.json"))
+    assert sorted(files) == sorted([f"{name}/deid-report.json",
+                                    *(f"{name}/{f['file']}" for f in report["files"])])
+    assert len(report["files"]) == len(two_studies[1].instances)
+    for missing in ("20261207T000000Z-00000000", "..%2Fexports"):
+        assert client.get(f"/admin/exports/{missing}.zip").status_code == 404
+    assert audit_app.test_client().get(link.group(1)).status_code in (302, 401)  # no login
+    with services(audit_app).db.session() as db:
+        events = db.scalars(select(AuditEvent).where(AuditEvent.action.in_(
+            ["export.deid", "export.download"])).order_by(AuditEvent.seq)).all()
+    assert [(e.action, e.actor, e.outcome, e.detail.get("export")) for e in events] == [
+        ("export.deid", "ada", "success", link.group(2)),
+        ("export.download", "ada", "success", link.group(2))]
+
+
+def test_an_export_the_full_disk_stops_keeps_nothing_is_audited_and_keeps_the_form(
+        audit_app: Flask, two_studies: list[Captured],
+        small_disk: Path) -> None:  # noqa: F811 - the fixture
+    """The exports folder on a disk with room for about half of the images: the export stops
+    part way, leaves no file behind, is audited as failed, and the page says so (507) with
+    the list typed still there to try again."""
+    svc = services(audit_app)
+    (svc.settings.data_dir / "exports").symlink_to(small_disk, target_is_directory=True)
+    with svc.db.session() as db:
+        archived = [svc.archive.path(row).stat().st_size for row in db.scalars(select(
+            Instance).where(Instance.study_uid == two_studies[0].study_uid))]
+    filler = fill(small_disk, leave=sum(archived) // 2)
+    create_user(svc.db, "ada", PASSWORD, "admin")
+    client = audit_app.test_client()
+    answer = client.post("/admin/exports/deid", data={
+        "csrf_token": log_in(client, "ada"), "studies": two_studies[0].study_uid,
+        "confirmed": "yes"})
+    html = re.sub(r"\s+", " ", answer.get_data(as_text=True))
+    assert answer.status_code == 507
+    assert "The server&#39;s storage is full: nothing of the export was kept; try again " \
+        "later." in html
+    assert f">{two_studies[0].study_uid}</textarea>" in html
+    assert [p for p in small_disk.rglob("*") if p.is_file()] == [filler]
+    with svc.db.session() as db:
+        event = db.scalars(select(AuditEvent).where(AuditEvent.action == "export.deid")).one()
+    assert (event.actor, event.outcome, event.detail["error"]) == ("ada", "failed",
+                                                                   "write failed")
+    assert event.entities == [f"patient:{PATIENT['issuer']}|{PATIENT['id']}",
+                              f"study:{two_studies[0].study_uid}"]
+    assert 0 < event.detail["exported"] < len(archived)  # it had written some before

@@ -66,7 +66,8 @@ def test_full_flow_is_audited_once_per_event(audit_app: Flask, tmp_path: Path) -
     assert all(e.client == "127.0.0.1" and e.node == NODE for e in events)
     assert events[2].detail == {"method": "scanned", "status": "matched"}
     assert events[7].detail == {"dates": "modified", "exported": len(study.instances),
-                                "excluded": 0, "flagged_for_review": 0}
+                                "excluded": 0, "flagged_for_review": 0,
+                                "export": exported.get_json()["export"]}
     assert all(a.recorded_at <= b.recorded_at for a, b in itertools.pairwise(events))
     assert audit.verify(db).as_json() == {"ok": True, "records": 9, "broken_at": None}
 

@@ -88,6 +88,24 @@ def _refused_rejection(page: Any) -> None:
     page.wait_for_selector("p.alert[role=alert]")
 
 
+def _ask_to_export(study_uid: str) -> Callable[[Any], None]:
+    """Type the study's UID on the exports page and tap Review: the page asks to confirm."""
+    def act(page: Any) -> None:
+        page.fill("#studies", study_uid)
+        page.click("main button:text-is('Review the export')")
+        page.wait_for_selector("#confirm-title")
+    return act
+
+
+def _export(study_uid: str) -> Callable[[Any], None]:
+    """Ask to export the study, then Confirm: the page shows the export and its download."""
+    def act(page: Any) -> None:
+        _ask_to_export(study_uid)(page)
+        page.click("#confirm-title ~ form :text-is('Confirm export')")
+        page.wait_for_selector("#result-title")
+    return act
+
+
 def _ask_to_release(page: Any) -> None:
     """Tap Release on the legal hold: the page asks to confirm it."""
     page.click("form[action$='/release'] button")
@@ -173,6 +191,9 @@ def pages(site: Site) -> list[PageSpec]:
         PageSpec("deliveries", "/admin/deliveries", "admin", "main h1"),
         PageSpec("audit", "/admin/audit", "admin", "main h1"),
         PageSpec("exports", "/admin/exports", "admin", "main h1"),
+        PageSpec("exports-preview", "/admin/exports", "admin", "main h1",
+                 _ask_to_export(site.study_uid)),
+        PageSpec("exports-done", "/admin/exports", "admin", "main h1", _export(site.study_uid)),
         PageSpec("corrections", "/admin/corrections", "admin", "main h1"),
         PageSpec("corrections-refused", "/admin/corrections", "admin", "main h1",
                  _refused_rejection),
@@ -318,6 +339,12 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     release = re.sub(r"\s+", " ", light["retention-release"]["text"])
     assert "Release this legal hold? Held since" in release and "by ada, for: pending claim" \
         in release and "MRN 00999999 (HOSP-A)" in release
+    export = re.sub(r"\s+", " ", light["exports-preview"]["text"])
+    assert re.search(r"Export 1 study, de-identified\? \d+ DICOM images? of 1 patient\. Dates: "
+                     r"shifted per patient\.", export)
+    assert re.search(r"Export \S+ \d+ instances exported, 0 excluded, 0 flagged for review; 1 "
+                     r"patients, 1 of 1 studies\. Dates: modified\. Download the export \(zip\)",
+                     re.sub(r"\s+", " ", light["exports-done"]["text"]))
     assert light["login"]["nav"] == [] and light["capture-login"]["nav"] == []
     assert light["viewer"]["back"] == "/"
     # opened without an EMR launch: no patient, so nothing to list or photograph
