@@ -110,3 +110,11 @@ def sentence(message: str) -> str:
     if not text:
         return text
     return text[0].upper() + text[1:] + ("" if text[-1] in ".!?" else ".")
+
+
+@bp.app_template_filter("counted")
+def counted(number: int, noun: str, plural: str | None = None) -> str:
+    """``number`` with its ``noun``, singular for exactly 1, else ``plural`` (default: the noun
+    and an s): ``3|counted("photo")`` is "3 photos", ``1|counted("study", "studies")``
+    "1 study"."""
+    return f"{number} {noun if number == 1 else plural or noun + 's'}"

@@ -342,8 +342,9 @@ def test_every_page_fits_a_phone_is_accessible_and_has_the_app_bar(
     export = re.sub(r"\s+", " ", light["exports-preview"]["text"])
     assert re.search(r"Export 1 study, de-identified\? \d+ DICOM images? of 1 patient\. Dates: "
                      r"shifted per patient\.", export)
-    assert re.search(r"Export \S+ \d+ instances exported, 0 excluded, 0 flagged for review; 1 "
-                     r"patients, 1 of 1 studies\. Dates: modified\. Download the export \(zip\)",
+    assert re.search(r"Export \S+ \d+ images? exported, 0 excluded, 0 flagged for review; 1 "
+                     r"patient, 1 of 1 study\. Dates: modified\. Download the export \(zip\) "
+                     r"Files in the export \(\d+\)",
                      re.sub(r"\s+", " ", light["exports-done"]["text"]))
     assert light["login"]["nav"] == [] and light["capture-login"]["nav"] == []
     assert light["viewer"]["back"] == "/"

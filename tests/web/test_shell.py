@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import pytest
 from flask import Flask, g, render_template_string
 
-from app.web.shell import app_shell, when
+from app.web.shell import app_shell, counted, when
 from app.workflow.accounts import WebLogin
 from app.workflow.tokens import Caller
 
@@ -50,3 +50,8 @@ def test_when_shows_a_human_utc_time_in_a_time_element() -> None:
     assert when(datetime(2026, 1, 2, 3, 4, 5)) == (
         '<time datetime="2026-01-02T03:04:05+00:00">2 Jan 2026, 03:04 UTC</time>')
     assert when(None) == "" and when("") == ""
+
+
+def test_counted_says_one_in_the_singular_and_any_other_number_in_the_plural() -> None:
+    assert [counted(n, "photo") for n in (0, 1, 2)] == ["0 photos", "1 photo", "2 photos"]
+    assert [counted(n, "study", "studies") for n in (1, 3)] == ["1 study", "3 studies"]
