@@ -118,3 +118,9 @@ def counted(number: int, noun: str, plural: str | None = None) -> str:
     and an s): ``3|counted("photo")`` is "3 photos", ``1|counted("study", "studies")``
     "1 study"."""
     return f"{number} {noun if number == 1 else plural or noun + 's'}"
+
+
+def confirmed() -> bool:
+    """Whether this post of a two-step page (corrections, retention, exports, accounts) is the
+    confirmation of its preview (``confirmed=yes``), not the first step, which changes nothing."""
+    return request.form.get("confirmed") == "yes"

@@ -29,6 +29,7 @@ from flask import Blueprint, Response, g, render_template, request
 
 from app.web import services
 from app.web.auth import current_login, require
+from app.web.shell import confirmed
 from app.workflow import accounts, audit, tokens
 
 bp = Blueprint("accounts", __name__, url_prefix="/admin")
@@ -54,11 +55,6 @@ def _by() -> audit.Actor:
     """The logged-in admin as the actor of the workflow's audit record."""
     return audit.Actor(g.caller.user, g.caller.role, request.remote_addr,
                        services().settings.node)
-
-
-def _confirmed() -> bool:
-    """Whether this post is the confirmation of a preview, not the first step."""
-    return request.form.get("confirmed") == "yes"
 
 
 def _username() -> str:
@@ -97,7 +93,7 @@ def enable_submit() -> tuple[Response, int]:
 def disable_submit() -> tuple[Response, int]:
     username, db = _username(), services().db
     try:
-        if not _confirmed():
+        if not confirmed():
             return _page(preview={"user": accounts.plan_disable(db, username, by=_by())})
         changed = accounts.set_disabled(db, username, True, by=_by())
     except accounts.AccountError as exc:
@@ -113,7 +109,7 @@ def revoke_submit() -> tuple[Response, int]:
     if token_id is None:
         return _page(422, error="choose the token to revoke")
     try:
-        if not _confirmed():
+        if not confirmed():
             return _page(preview={"token": tokens.live_token(db, token_id)})
         tokens.revoke_token(db, token_id, by=_by())
     except tokens.TokenError as exc:

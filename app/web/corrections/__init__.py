@@ -30,6 +30,7 @@ from flask import Blueprint, Response, abort, g, render_template, request
 from app.pipeline.dicom.kos import RejectionReason
 from app.web import services
 from app.web.auth import current_login, require
+from app.web.shell import confirmed
 from app.workflow import audit, corrections
 
 bp = Blueprint("corrections", __name__, url_prefix="/admin")
@@ -69,11 +70,6 @@ def _allowed() -> tuple[str, timedelta | None]:
 
 def _refused(exc: corrections.CorrectionError) -> tuple[Response, int]:
     return _page(403 if isinstance(exc, corrections.NotAllowed) else 422, error=str(exc))
-
-
-def _confirmed() -> bool:
-    """Whether this post is the confirmation of a preview, not the first step."""
-    return request.form.get("confirmed") == "yes"
 
 
 def _preview(kind: str, plan: corrections.RejectPlan | corrections.MovePlan,
@@ -124,7 +120,7 @@ def reject_submit() -> tuple[Response, int]:
         return _page(422, error="choose the reason of the rejection")
     instance = request.form.get("instance", "").strip()
     try:
-        if not _confirmed():
+        if not confirmed():
             plan = corrections.plan_reject(services(), instance, actor=actor,
                                            own_within=own_within)
             return _preview("reject", plan, plan.patient, instance=instance, reason=reason)
@@ -143,7 +139,7 @@ def patient_submit() -> tuple[Response, int]:
               for name in ("study", "patient_id", "issuer", "reason")}
     args = (fields["study"], fields["patient_id"], fields["issuer"], fields["reason"])
     try:
-        if not _confirmed():
+        if not confirmed():
             plan = corrections.plan_move(services(), *args, actor=actor,
                                          own_within=own_within)
             return _preview("move", plan, plan.source, plan.target, **fields)

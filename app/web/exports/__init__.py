@@ -25,6 +25,7 @@ from app.durable import disk_full
 from app.web import services
 from app.web.auth import current_caller, current_login, require
 from app.web.errors import error_response
+from app.web.shell import confirmed
 from app.workflow.deid_export import (
     REPORT_NAME,
     ExportError,
@@ -109,7 +110,7 @@ def export_submit() -> tuple[Response, int]:
     form = {"studies": " ".join(studies), "retain_dates": retain_dates,
             "include_burned_in": include_burned_in}
     try:
-        if request.form.get("confirmed") != "yes":
+        if not confirmed():
             return _form_page(preview=plan_export(services().db, studies), form=form)
         export_id, report = _run(studies, retain_dates, include_burned_in)
     except ExportError as exc:

@@ -24,6 +24,7 @@ from flask import Blueprint, Response, g, render_template, request
 
 from app.web import services
 from app.web.auth import current_login, require
+from app.web.shell import confirmed
 from app.workflow import audit, retention
 
 bp = Blueprint("retention", __name__, url_prefix="/admin")
@@ -115,7 +116,7 @@ def hold_submit() -> tuple[Response, int]:
 def release_submit() -> tuple[Response, int]:
     try:
         target = _target()
-        if request.form.get("confirmed") != "yes":
+        if not confirmed():
             return _release_preview(retention.plan_release(services(), target))
         retention.release_hold(services(), target, actor=g.caller.user)
     except retention.RetentionError as exc:
